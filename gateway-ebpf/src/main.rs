@@ -1,0 +1,361 @@
+//! sshgw TC-ingress classifier.
+//!
+//! For TCP to an intercepted port from an ENROLLED source to an AUDITED destination it sets
+//! the intercept mark on every packet (policy routing then delivers the packet locally) and
+//! hands the flow's SYN to the transparent listener taken from the SOCKMAP. Everything else
+//! returns `TC_ACT_PIPE` untouched. With no listener in the SOCKMAP (daemon down) matching
+//! SYNs are dropped: an audited server is never reachable unaudited.
+#![no_std]
+#![no_main]
+
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_PIPE,
+        TC_ACT_SHOT, bpf_hdr_start_off::BPF_HDR_START_NET, bpf_sock, bpf_sock_tuple,
+    },
+    helpers::{
+        bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skb_load_bytes_relative,
+        bpf_skc_lookup_tcp,
+    },
+    macros::{classifier, map},
+    maps::{HashMap, LpmTrie, PerCpuArray, SockMap, lpm_trie::Key},
+    programs::TcContext,
+};
+use gateway_common::{
+    Counter, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, MAX_AUDITED, MAX_ENROLLED, MAX_PORTS,
+};
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// Mark bit that the fwmark rule routes into the local table. Set at load time.
+#[unsafe(no_mangle)]
+static INTERCEPT_MARK: Global<u32> = Global::new(0x100);
+
+#[map]
+static ENROLLED_V4: HashMap<Ipv4Bytes, u8> = HashMap::pinned(MAX_ENROLLED, 0);
+#[map]
+static ENROLLED_V6: HashMap<Ipv6Bytes, u8> = HashMap::pinned(MAX_ENROLLED, 0);
+#[map]
+static AUDITED_V4: LpmTrie<Ipv4Bytes, u8> = LpmTrie::pinned(MAX_AUDITED, 0);
+#[map]
+static AUDITED_V6: LpmTrie<Ipv6Bytes, u8> = LpmTrie::pinned(MAX_AUDITED, 0);
+#[map]
+static PORTS: HashMap<u16, u8> = HashMap::pinned(MAX_PORTS, 0);
+#[map]
+static LISTENER: SockMap = SockMap::pinned(2, 0);
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DSTOPTS: u8 = 60;
+/// Extension headers we walk before giving up (and passing the packet).
+const IPV6_MAX_EXT: usize = 4;
+
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    ver_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    protocol: u8,
+    check: u16,
+    saddr: Ipv4Bytes,
+    daddr: Ipv4Bytes,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Hdr {
+    ver_tc_flow: u32,
+    payload_len: u16,
+    nexthdr: u8,
+    hop_limit: u8,
+    saddr: Ipv6Bytes,
+    daddr: Ipv6Bytes,
+}
+
+/// The first 14 bytes of the TCP header: ports, sequence numbers, offset and flags.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHead {
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack_seq: u32,
+    doff: u8,
+    flags: u8,
+}
+
+/// What the parser extracted from a packet that may need steering.
+struct Flow {
+    tuple: bpf_sock_tuple,
+    v6: bool,
+    flags: u8,
+}
+
+#[classifier]
+pub fn sshgw_ingress(ctx: TcContext) -> i32 {
+    match steer(&ctx) {
+        Verdict::Pass => {
+            count(Counter::Passed);
+            TC_ACT_PIPE
+        }
+        Verdict::Preexisting => {
+            count(Counter::PassedPreexisting);
+            TC_ACT_PIPE
+        }
+        Verdict::Intercept { syn } => {
+            count(if syn {
+                Counter::InterceptedSyn
+            } else {
+                Counter::InterceptedPacket
+            });
+            TC_ACT_OK
+        }
+        Verdict::Drop(reason) => {
+            count(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+enum Verdict {
+    Pass,
+    Preexisting,
+    Intercept { syn: bool },
+    Drop(Counter),
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = STATS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other writer, no atomics needed.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads `T` at `offset` bytes from the start of the network header, whatever the L2
+/// header of the device (Ethernet on veth, none on WireGuard/tun).
+#[inline(always)]
+fn load_net<T: Copy>(ctx: &TcContext, offset: u32) -> Option<T> {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    let ret = unsafe {
+        bpf_skb_load_bytes_relative(
+            ctx.as_ptr(),
+            offset,
+            value.as_mut_ptr().cast::<c_void>(),
+            size_of::<T>() as u32,
+            BPF_HDR_START_NET,
+        )
+    };
+    if ret == 0 {
+        Some(unsafe { value.assume_init() })
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn steer(ctx: &TcContext) -> Verdict {
+    let protocol = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let flow = match protocol {
+        ETH_P_IP => parse_v4(ctx),
+        ETH_P_IPV6 => parse_v6(ctx),
+        _ => None,
+    };
+    match flow {
+        Some(flow) => steer_flow(ctx, flow),
+        None => Verdict::Pass,
+    }
+}
+
+#[inline(always)]
+fn port_intercepted(dport_be: u16) -> bool {
+    unsafe { PORTS.get(u16::from_be(dport_be)) }.is_some()
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext) -> Option<Flow> {
+    let ip: Ipv4Hdr = load_net(ctx, 0)?;
+    let ihl = u32::from(ip.ver_ihl & 0x0f) * 4;
+    if ip.ver_ihl >> 4 != 4 || ihl < 20 || ip.protocol != IPPROTO_TCP {
+        return None;
+    }
+    // Only the first fragment carries the TCP header.
+    if u16::from_be(ip.frag_off) & 0x1fff != 0 {
+        return None;
+    }
+    let tcp: TcpHead = load_net(ctx, ihl)?;
+    if !port_intercepted(tcp.dport) {
+        return None;
+    }
+    unsafe { ENROLLED_V4.get(ip.saddr) }?;
+    AUDITED_V4.get(Key::new(32, ip.daddr))?;
+
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    unsafe {
+        let t = &mut tuple.__bindgen_anon_1.ipv4;
+        t.saddr = u32::from_ne_bytes(ip.saddr);
+        t.daddr = u32::from_ne_bytes(ip.daddr);
+        t.sport = tcp.sport;
+        t.dport = tcp.dport;
+    }
+    Some(Flow {
+        tuple,
+        v6: false,
+        flags: tcp.flags,
+    })
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext) -> Option<Flow> {
+    let ip: Ipv6Hdr = load_net(ctx, 0)?;
+    if u32::from_be(ip.ver_tc_flow) >> 28 != 6 {
+        return None;
+    }
+    let mut nexthdr = ip.nexthdr;
+    let mut offset: u32 = 40;
+    for _ in 0..IPV6_MAX_EXT {
+        match nexthdr {
+            IPPROTO_TCP => break,
+            IPV6_HOP | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let ext: [u8; 2] = load_net(ctx, offset)?;
+                nexthdr = ext[0];
+                offset += (u32::from(ext[1]) + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let frag: [u8; 4] = load_net(ctx, offset)?;
+                // Non-first fragments carry no TCP header.
+                if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
+                    return None;
+                }
+                nexthdr = frag[0];
+                offset += 8;
+            }
+            _ => return None,
+        }
+    }
+    if nexthdr != IPPROTO_TCP {
+        return None;
+    }
+    let tcp: TcpHead = load_net(ctx, offset)?;
+    if !port_intercepted(tcp.dport) {
+        return None;
+    }
+    unsafe { ENROLLED_V6.get(ip.saddr) }?;
+    AUDITED_V6.get(Key::new(128, ip.daddr))?;
+
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    unsafe {
+        let t = &mut tuple.__bindgen_anon_1.ipv6;
+        t.saddr = core::mem::transmute::<Ipv6Bytes, [u32; 4]>(ip.saddr);
+        t.daddr = core::mem::transmute::<Ipv6Bytes, [u32; 4]>(ip.daddr);
+        t.sport = tcp.sport;
+        t.dport = tcp.dport;
+    }
+    Some(Flow {
+        tuple,
+        v6: true,
+        flags: tcp.flags,
+    })
+}
+
+#[inline(always)]
+fn mark(ctx: &TcContext) {
+    let old = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark(old | INTERCEPT_MARK.load());
+}
+
+#[inline(always)]
+fn steer_flow(ctx: &TcContext, mut flow: Flow) -> Verdict {
+    let pure_syn = flow.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+
+    // An existing local socket for this 4-tuple means the flow is already ours.
+    // The tuple length must be a constant for the verifier.
+    let sk = unsafe {
+        if flow.v6 {
+            bpf_skc_lookup_tcp(
+                ctx.as_ptr(),
+                &mut flow.tuple,
+                size_of::<[u32; 9]>() as u32,
+                BPF_F_CURRENT_NETNS as u64,
+                0,
+            )
+        } else {
+            bpf_skc_lookup_tcp(
+                ctx.as_ptr(),
+                &mut flow.tuple,
+                size_of::<[u32; 3]>() as u32,
+                BPF_F_CURRENT_NETNS as u64,
+                0,
+            )
+        }
+    };
+    if !sk.is_null() {
+        let state = unsafe { (*sk).state };
+        // A LISTEN socket (for example the router's own sshd on the wildcard address) is
+        // not ours; a TIME_WAIT socket hit by a new SYN must start a new flow.
+        let reuse = state != BPF_TCP_LISTEN && !(state == BPF_TCP_TIME_WAIT && pure_syn);
+        if reuse {
+            let ret = unsafe { bpf_sk_assign(ctx.as_ptr(), sk.cast(), 0) };
+            unsafe { bpf_sk_release(sk.cast()) };
+            if ret != 0 {
+                return Verdict::Drop(Counter::DroppedAssignFailed);
+            }
+            mark(ctx);
+            return Verdict::Intercept { syn: false };
+        }
+        unsafe { bpf_sk_release(sk.cast()) };
+    }
+
+    if !pure_syn {
+        // No local socket and not a new flow: it predates interception, keep forwarding it.
+        return Verdict::Preexisting;
+    }
+
+    let slot = if flow.v6 { LISTENER_V6 } else { LISTENER_V4 };
+    let listener = unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::from_ref(&LISTENER).cast_mut().cast::<c_void>(),
+            core::ptr::from_ref(&slot).cast::<c_void>(),
+        )
+    }
+    .cast::<bpf_sock>();
+    if listener.is_null() {
+        // Fail closed: the daemon is down, so nobody can audit this flow.
+        return Verdict::Drop(Counter::DroppedListenerDown);
+    }
+    if unsafe { (*listener).state } != BPF_TCP_LISTEN {
+        unsafe { bpf_sk_release(listener.cast()) };
+        return Verdict::Drop(Counter::DroppedListenerDown);
+    }
+    let ret = unsafe { bpf_sk_assign(ctx.as_ptr(), listener.cast(), 0) };
+    unsafe { bpf_sk_release(listener.cast()) };
+    if ret != 0 {
+        return Verdict::Drop(Counter::DroppedAssignFailed);
+    }
+    mark(ctx);
+    Verdict::Intercept { syn: true }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,170 @@
+//! The daemon's TOML configuration (`sshgw run --config FILE`).
+//!
+//! Later features add sections and fields; existing names never change meaning.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sshgw/control.sock";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sshgw";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Persistent state: device table, policies, CA keys, session log.
+    pub state_dir: PathBuf,
+    /// Unix socket of the local control API.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    pub datapath: DatapathConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatapathConfig {
+    /// Device-facing interfaces (tunnel ends) the TC program is attached to.
+    pub interfaces: Vec<String>,
+    /// TCP destination ports that are intercepted.
+    #[serde(default = "default_ports")]
+    pub ports: Vec<u16>,
+    /// bpffs directory holding the pinned links and maps (survives the daemon).
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// skb mark bit that routes intercepted packets to the local table.
+    #[serde(default = "default_intercept_mark")]
+    pub intercept_mark: u32,
+    /// Routing table holding the `local 0.0.0.0/0 dev lo` route.
+    #[serde(default = "default_route_table")]
+    pub route_table: u32,
+    /// Priority of the fwmark rule.
+    #[serde(default = "default_rule_priority")]
+    pub rule_priority: u32,
+    /// Port of the loopback listeners (0: any free port). Packets reach them through
+    /// `bpf_sk_assign`, so the port never appears on the wire.
+    #[serde(default)]
+    pub listen_port: u16,
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+fn default_ports() -> Vec<u16> {
+    vec![22]
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+fn default_intercept_mark() -> u32 {
+    0x100
+}
+fn default_route_table() -> u32 {
+    100
+}
+fn default_rule_priority() -> u32 {
+    100
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let dp = &self.datapath;
+        if dp.interfaces.is_empty() {
+            bail!("datapath.interfaces: name at least one device-facing interface");
+        }
+        for (i, name) in dp.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                bail!("datapath.interfaces[{i}]: {name:?} is not a valid interface name");
+            }
+        }
+        if dp.ports.is_empty() {
+            bail!("datapath.ports: list at least one port");
+        }
+        if dp.ports.len() > gateway_common::MAX_PORTS as usize {
+            bail!(
+                "datapath.ports: at most {} ports are supported",
+                gateway_common::MAX_PORTS
+            );
+        }
+        if let Some(i) = dp.ports.iter().position(|&p| p == 0) {
+            bail!("datapath.ports[{i}]: 0 is not a valid port");
+        }
+        if dp.intercept_mark == 0 {
+            bail!("datapath.intercept_mark: must be a non-zero bit mask");
+        }
+        if matches!(dp.route_table, 0 | 253..=255) {
+            bail!(
+                "datapath.route_table: {} is reserved (unspec/default/main/local); use a dedicated table",
+                dp.route_table
+            );
+        }
+        if !dp.pin_dir.is_absolute() {
+            bail!(
+                "datapath.pin_dir: {:?} must be an absolute path",
+                dp.pin_dir
+            );
+        }
+        Ok(())
+    }
+
+    pub fn devices_path(&self) -> PathBuf {
+        self.state_dir.join("devices.json")
+    }
+
+    pub fn policies_path(&self) -> PathBuf {
+        self.state_dir.join("policies.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c =
+            Config::parse("state_dir = \"/var/lib/sshgw\"\n[datapath]\ninterfaces = [\"wg0\"]\n")
+                .unwrap();
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.datapath.ports, vec![22]);
+        assert_eq!(c.datapath.intercept_mark, 0x100);
+        assert_eq!(c.datapath.route_table, 100);
+        assert_eq!(
+            c.devices_path(),
+            PathBuf::from("/var/lib/sshgw/devices.json")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = |t: &str| format!("{:#}", Config::parse(t).unwrap_err());
+        assert!(
+            err("state_dir = \"/s\"\n[datapath]\ninterfaces = []\n")
+                .contains("datapath.interfaces")
+        );
+        assert!(
+            err("state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\nports = [0]\n")
+                .contains("datapath.ports[0]")
+        );
+        assert!(
+            err("state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\nroute_table = 254\n")
+                .contains("route_table")
+        );
+        assert!(
+            err("state_dir = \"/s\"\nbogus = 1\n[datapath]\ninterfaces = [\"a\"]\n")
+                .contains("bogus")
+        );
+    }
+}

@@ -1,0 +1,61 @@
+//! Control socket client used by the CLI.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+/// Why a request did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("sshgw is not running (no answer on {path}): {source}")]
+    Unreachable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Sends one request and returns the status and JSON body.
+pub async fn request(
+    socket: &Path,
+    method: &str,
+    route: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, serde_json::Value), ClientError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("control socket handshake failed")?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("{}{route}", super::API_PREFIX))
+        .header("host", "sshgw")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .context("invalid request")?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("control request failed")?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .context("cannot read control response")?
+        .to_bytes();
+    let value = serde_json::from_slice(&bytes).context("control response is not JSON")?;
+    Ok((status, value))
+}

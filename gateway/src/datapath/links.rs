@@ -1,0 +1,131 @@
+//! TCX links of the TC program, pinned per interface so they outlive the daemon.
+//!
+//! A pinned link keeps the program attached after a crash (the program then drops audited
+//! SYNs because the SOCKMAP is empty). A starting daemon swaps its program into the
+//! existing link atomically (`bpf_link_update`), so there is no moment without a program.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
+};
+
+/// One attached interface.
+#[derive(Debug)]
+pub struct AttachedLink {
+    pub interface: String,
+    pub link_id: u32,
+    pub program_id: u32,
+    pin: PathBuf,
+}
+
+fn pin_path(links_dir: &Path, interface: &str) -> PathBuf {
+    links_dir.join(interface)
+}
+
+/// Attaches (or takes over) the program on `interface` and pins the link.
+pub fn attach(
+    prog: &mut SchedClassifier,
+    links_dir: &Path,
+    interface: &str,
+) -> Result<AttachedLink> {
+    let pin = pin_path(links_dir, interface);
+    let link_id = match take_over(prog, &pin, interface)? {
+        Some(id) => id,
+        None => {
+            // First attach: go before other TCX programs so none can pass the flow on.
+            let id = prog
+                .attach_with_options(
+                    interface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
+                .with_context(|| {
+                    format!("cannot attach the TC program to {interface} (TCX needs Linux >= 6.6)")
+                })?;
+            let link = prog.take_link(id)?;
+            let fd: FdLink = link
+                .try_into()
+                .with_context(|| format!("the link on {interface} is not a TCX link"))?;
+            let pinned = fd
+                .pin(&pin)
+                .with_context(|| format!("cannot pin link at {}", pin.display()))?;
+            return describe(FdLink::from(pinned), interface, pin);
+        }
+    };
+    let link = prog.take_link(link_id)?;
+    let fd: FdLink = link
+        .try_into()
+        .context("taken-over link is not a TCX link")?;
+    describe(fd, interface, pin)
+}
+
+/// Swaps our program into a link pinned by an earlier daemon. `None` when there is no
+/// usable pinned link (none yet, or its interface went away).
+fn take_over(
+    prog: &mut SchedClassifier,
+    pin: &Path,
+    interface: &str,
+) -> Result<Option<aya::programs::tc::SchedClassifierLinkId>> {
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let pinned = PinnedLink::from_pin(pin)
+        .with_context(|| format!("cannot open pinned link {}", pin.display()))?;
+    let fd = FdLink::from(pinned);
+    let link = match SchedClassifierLink::try_from(fd) {
+        Ok(link) => link,
+        Err(e) => bail!("{} is not a TCX link: {e}", pin.display()),
+    };
+    match prog.attach_to_link(link) {
+        Ok(id) => {
+            tracing::info!(interface, "took over the pinned datapath link");
+            Ok(Some(id))
+        }
+        Err(e) => {
+            // A link whose interface was deleted cannot be updated; start afresh.
+            tracing::warn!(interface, error = %e, "pinned link is defunct; attaching a new one");
+            std::fs::remove_file(pin)
+                .with_context(|| format!("cannot remove stale pin {}", pin.display()))?;
+            Ok(None)
+        }
+    }
+}
+
+fn describe(fd: FdLink, interface: &str, pin: PathBuf) -> Result<AttachedLink> {
+    let info = fd.info().context("cannot read link info")?;
+    // The pin keeps the link alive; our fd is no longer needed.
+    drop(fd);
+    Ok(AttachedLink {
+        interface: interface.to_string(),
+        link_id: info.id(),
+        program_id: info.program_id(),
+        pin,
+    })
+}
+
+/// Pins of links for interfaces that are no longer configured.
+pub fn stale_pins(links_dir: &Path, keep: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(links_dir) else {
+        return Ok(out);
+    };
+    for entry in entries {
+        let entry = entry?;
+        if !keep.iter().any(|k| entry.file_name() == k.as_str()) {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+impl AttachedLink {
+    /// Detaches: removing the pin drops the last reference to the link.
+    pub fn detach(self) -> Result<()> {
+        std::fs::remove_file(&self.pin)
+            .with_context(|| format!("cannot remove pinned link {}", self.pin.display()))
+    }
+}

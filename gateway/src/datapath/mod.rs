@@ -1,0 +1,209 @@
+//! The kernel datapath: the TC program on the device-facing interfaces, its pinned maps
+//! and links, and the policy routing that delivers intercepted packets locally.
+
+mod bpffs;
+mod links;
+pub mod maps;
+mod object;
+pub mod routing;
+
+use std::{
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use gateway_common::{INTERCEPT_MARK_GLOBAL, PROGRAM_NAME};
+use serde::Serialize;
+
+use crate::config::DatapathConfig;
+pub use maps::{Counters, MatchSets};
+use routing::Routing;
+
+/// A running datapath owned by this daemon.
+pub struct Datapath {
+    ebpf: Ebpf,
+    links: Vec<links::AttachedLink>,
+    routing: Routing,
+    pin_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub link_id: u32,
+    pub program_id: u32,
+}
+
+fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
+}
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn routing_of(cfg: &DatapathConfig) -> Routing {
+    Routing {
+        mark: cfg.intercept_mark,
+        table: cfg.route_table,
+        priority: cfg.rule_priority,
+    }
+}
+
+impl Datapath {
+    /// Loads the program with the pinned maps, fills the maps and listener slots, installs
+    /// routing, then attaches (or takes over) the links. Once this returns, audited flows
+    /// from enrolled devices reach the listeners.
+    pub async fn start(
+        cfg: &DatapathConfig,
+        sets: &MatchSets,
+        listener_v4: Option<&impl AsRawFd>,
+        listener_v6: Option<&impl AsRawFd>,
+    ) -> Result<Self> {
+        bpffs::ensure(&cfg.pin_dir)?;
+        for dir in [
+            cfg.pin_dir.clone(),
+            maps_dir(&cfg.pin_dir),
+            links_dir(&cfg.pin_dir),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(maps_dir(&cfg.pin_dir))
+            .override_global(INTERCEPT_MARK_GLOBAL, &cfg.intercept_mark, true)
+            .load(object::bytes()?)
+            .context("cannot load the eBPF program")?;
+
+        maps::sync(&mut ebpf, sets)?;
+        maps::set_listeners(&mut ebpf, listener_v4, listener_v6)?;
+
+        let routing = routing_of(cfg);
+        let handle = routing::connect().await?;
+        routing.install(&handle).await?;
+        for name in &cfg.interfaces {
+            routing::interface_index(&handle, name).await?;
+        }
+
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM_NAME)
+            .context("eBPF object has no TC program")?
+            .try_into()?;
+        prog.load()
+            .context("the kernel verifier rejected the TC program")?;
+        let mut attached = Vec::new();
+        for name in &cfg.interfaces {
+            let link = links::attach(prog, &links_dir(&cfg.pin_dir), name)?;
+            tracing::info!(
+                interface = %name,
+                link_id = link.link_id,
+                program_id = link.program_id,
+                "datapath attached"
+            );
+            attached.push(link);
+        }
+        for stale in links::stale_pins(&links_dir(&cfg.pin_dir), &cfg.interfaces)? {
+            tracing::warn!(pin = %stale.display(), "detaching link of an interface no longer configured");
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("cannot remove {}", stale.display()))?;
+        }
+        Ok(Datapath {
+            ebpf,
+            links: attached,
+            routing,
+            pin_dir: cfg.pin_dir.clone(),
+        })
+    }
+
+    /// Replaces the match sets (enrolled sources, audited destinations, ports).
+    pub fn update(&mut self, sets: &MatchSets) -> Result<()> {
+        maps::sync(&mut self.ebpf, sets)
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        maps::counters(&self.ebpf)
+    }
+
+    pub fn interfaces(&self) -> Vec<InterfaceStatus> {
+        self.links
+            .iter()
+            .map(|l| InterfaceStatus {
+                name: l.interface.clone(),
+                link_id: l.link_id,
+                program_id: l.program_id,
+            })
+            .collect()
+    }
+
+    /// Clean shutdown: detach every link, remove routing and unpin everything, so the
+    /// router forwards as if sshgw had never run.
+    pub async fn remove(self) -> Result<()> {
+        let Datapath {
+            ebpf,
+            links,
+            routing,
+            pin_dir,
+        } = self;
+        for link in links {
+            link.detach()?;
+        }
+        let handle = routing::connect().await?;
+        routing.remove(&handle).await?;
+        drop(ebpf);
+        remove_pins(&pin_dir)
+    }
+}
+
+/// Removes the pin directory tree (pinned maps and any leftover links).
+fn remove_pins(pin_dir: &Path) -> Result<()> {
+    for dir in [links_dir(pin_dir), maps_dir(pin_dir)] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries {
+                let path = entry?.path();
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot unpin {}", path.display()))?;
+            }
+            std::fs::remove_dir(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+    }
+    match std::fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", pin_dir.display())),
+    }
+}
+
+/// What is left in the kernel when no daemon runs: pinned links keep the program
+/// attached (fail closed), and its counters keep counting.
+pub struct PinnedState {
+    pub interfaces: Vec<InterfaceStatus>,
+    pub counters: Counters,
+}
+
+pub fn pinned_state(pin_dir: &Path) -> Result<Option<PinnedState>> {
+    if !bpffs::has_pins(pin_dir) {
+        return Ok(None);
+    }
+    let mut interfaces = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(links_dir(pin_dir)) {
+        for entry in entries.filter_map(|e| e.ok()) {
+            let info = aya::programs::links::PinnedLink::from_pin(entry.path())
+                .map(aya::programs::links::FdLink::from)
+                .and_then(|fd| fd.info())
+                .with_context(|| format!("cannot read pinned link {}", entry.path().display()))?;
+            interfaces.push(InterfaceStatus {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                link_id: info.id(),
+                program_id: info.program_id(),
+            });
+        }
+    }
+    interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+    let counters = maps::pinned_counters(&maps_dir(pin_dir))?;
+    Ok(Some(PinnedState {
+        interfaces,
+        counters,
+    }))
+}

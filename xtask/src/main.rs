@@ -1,0 +1,94 @@
+//! Developer tasks for sshgw, run as `cargo xtask <command>` (alias in .cargo/config.toml).
+
+mod ebpf;
+mod prereqs;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "sshgw build, test and setup tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Check build/test prerequisites and install whatever is missing.
+    Prereqs,
+    /// Build the eBPF datapath object (nightly, bpfel-unknown-none); runs prereqs first.
+    BuildEbpf,
+    /// Build everything and run the unit and network-namespace tests.
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Cmd) -> Result<()> {
+    match command {
+        Cmd::Prereqs => prereqs::ensure().map(drop),
+        Cmd::BuildEbpf => {
+            let prereqs = prereqs::ensure()?;
+            ebpf::build(&util::workspace_root()?, &prereqs).map(drop)
+        }
+        Cmd::Test(args) => test::run(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_flags_and_extra_args() {
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "test",
+            "--netns-only",
+            "--",
+            "filter",
+            "--nocapture",
+        ])
+        .expect("valid command line");
+        let Cmd::Test(args) = cli.command else {
+            panic!("expected the test subcommand");
+        };
+        assert!(args.netns_only && !args.unit_only);
+        assert_eq!(args.extra, ["filter", "--nocapture"]);
+    }
+
+    #[test]
+    fn conflicting_test_flags_are_rejected() {
+        assert!(Cli::try_parse_from(["xtask", "test", "--unit-only", "--netns-only"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "test", "--unit-only", "--", "x"]).is_err());
+    }
+
+    #[test]
+    fn build_ebpf_is_kebab_case() {
+        assert!(Cli::try_parse_from(["xtask", "build-ebpf"]).is_ok());
+    }
+}

@@ -1,0 +1,234 @@
+//! `cargo xtask prereqs`: checks every build/test prerequisite and installs only what is missing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::util;
+
+/// Debian packages needed to build (bpf-linker's LLVM) and to run the netns tests.
+pub const APT_PACKAGES: &[&str] = &[
+    "openssh-server",
+    "openssh-client",
+    "iproute2",
+    "tcpdump",
+    "bpftool",
+    "llvm-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+
+/// LLVM major that bpf-linker is built against; nightly rustc must use the same one.
+pub const LLVM_MAJOR: u32 = 22;
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_FEATURE: &str = "llvm-22";
+const NIGHTLY: &str = "nightly";
+
+/// What later steps need to know about the (now complete) toolchain.
+#[derive(Debug, Clone)]
+pub struct Prereqs {
+    /// Absolute path of the bpf-linker executable.
+    pub bpf_linker: PathBuf,
+}
+
+fn log(msg: &str) {
+    println!("[prereqs] {msg}");
+}
+
+/// Checks all prerequisites, installs the missing ones, and reports where bpf-linker lives.
+pub fn ensure() -> Result<Prereqs> {
+    check_nightly_llvm()?;
+
+    let mut missing_apt = Vec::new();
+    for &pkg in APT_PACKAGES {
+        if deb_installed(pkg)? {
+            log(&format!("ok: {pkg}"));
+        } else {
+            log(&format!("missing: {pkg}"));
+            missing_apt.push(pkg);
+        }
+    }
+
+    let has_rust_src = rust_src_installed()?;
+    if has_rust_src {
+        log("ok: rust-src (nightly)");
+    } else {
+        log("missing: rust-src (nightly)");
+    }
+
+    let bpf_linker = find_bpf_linker();
+    match &bpf_linker {
+        Some(path) => log(&format!("ok: bpf-linker ({})", path.display())),
+        None => log("missing: bpf-linker"),
+    }
+
+    if !missing_apt.is_empty() {
+        if !util::is_root()? {
+            let mut missing: Vec<String> = missing_apt.iter().map(ToString::to_string).collect();
+            if !has_rust_src {
+                missing.push("rust-src (nightly)".into());
+            }
+            if bpf_linker.is_none() {
+                missing.push("bpf-linker".into());
+            }
+            bail!(
+                "missing prerequisites: {}. Installing Debian packages needs root; run \
+                 `apt-get install -y --no-install-recommends {}` as root (or rerun this command \
+                 as root)",
+                missing.join(", "),
+                missing_apt.join(" "),
+            );
+        }
+        install_apt(&missing_apt)?;
+    }
+
+    if !has_rust_src {
+        log("installing rust-src for the nightly toolchain…");
+        util::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
+
+    let bpf_linker = match bpf_linker {
+        Some(path) => path,
+        None => install_bpf_linker()?,
+    };
+
+    log("all prerequisites present");
+    Ok(Prereqs { bpf_linker })
+}
+
+/// `rustup run nightly rustc -vV` must report LLVM 22, the version bpf-linker links against.
+fn check_nightly_llvm() -> Result<()> {
+    let verbose = util::output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-vV"]))
+        .context(
+            "the nightly toolchain is not usable (it builds the eBPF program); \
+             install it with `rustup toolchain install nightly --component rust-src`",
+        )?;
+    let (major, full) = parse_llvm_version(&verbose)
+        .context("`rustup run nightly rustc -vV` did not report an `LLVM version:` line")?;
+    if major != LLVM_MAJOR {
+        bail!(
+            "nightly rustc uses LLVM {full} but bpf-linker is built against LLVM {LLVM_MAJOR} \
+             (llvm-{LLVM_MAJOR}-dev); their LLVM major versions must match. Install a nightly \
+             whose `rustc -vV` reports LLVM {LLVM_MAJOR}, or rebuild bpf-linker against LLVM \
+             {major} and update xtask/src/prereqs.rs"
+        );
+    }
+    log(&format!(
+        "ok: nightly rustc uses LLVM {full} (matches bpf-linker's LLVM {LLVM_MAJOR})"
+    ));
+    Ok(())
+}
+
+/// Parses `LLVM version: 22.1.4` out of `rustc -vV` output into `(22, "22.1.4")`.
+fn parse_llvm_version(rustc_vv: &str) -> Option<(u32, String)> {
+    let full = rustc_vv
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version:"))?
+        .trim();
+    let major = full.split('.').next()?.parse().ok()?;
+    Some((major, full.to_owned()))
+}
+
+fn deb_installed(pkg: &str) -> Result<bool> {
+    // dpkg-query exits non-zero for packages it has never heard of: that just means "missing".
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .context("could not run `dpkg-query` (prereqs supports Debian-based systems only)")?;
+    Ok(out.status.success() && status_is_installed(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn status_is_installed(dpkg_status: &str) -> bool {
+    dpkg_status.contains("install ok installed")
+}
+
+fn install_apt(packages: &[&str]) -> Result<()> {
+    log(&format!(
+        "installing Debian packages: {} (apt-get)…",
+        packages.join(", ")
+    ));
+    util::run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    for &pkg in packages {
+        if !deb_installed(pkg)? {
+            bail!("`apt-get install` succeeded but {pkg} is still not installed");
+        }
+    }
+    Ok(())
+}
+
+fn rust_src_installed() -> Result<bool> {
+    let list = util::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        NIGHTLY,
+        "--installed",
+    ]))?;
+    Ok(list.lines().any(|line| line.trim() == "rust-src"))
+}
+
+/// bpf-linker on `PATH`, or in cargo's bin directory (where `cargo install` puts it).
+pub fn find_bpf_linker() -> Option<PathBuf> {
+    let extra: Vec<PathBuf> = util::cargo_bin_dir().into_iter().collect();
+    util::find_executable("bpf-linker", &extra)
+}
+
+fn install_bpf_linker() -> Result<PathBuf> {
+    log("installing bpf-linker (cargo install, ~8 min)…");
+    // Output is streamed (inherited stdio) so the long build shows its progress.
+    util::run(
+        util::host_cargo()
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                BPF_LINKER_FEATURE,
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )?;
+    let path = find_bpf_linker().context(
+        "`cargo install bpf-linker` succeeded but bpf-linker is not on PATH or in ~/.cargo/bin",
+    )?;
+    log(&format!("ok: bpf-linker ({})", path.display()));
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_version_from_rustc_vv() {
+        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\n\
+                  host: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
+        assert_eq!(parse_llvm_version(vv), Some((22, "22.1.4".to_owned())));
+        assert_eq!(parse_llvm_version("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn dpkg_status() {
+        assert!(status_is_installed("install ok installed"));
+        assert!(!status_is_installed("deinstall ok config-files"));
+        assert!(!status_is_installed("unknown ok not-installed"));
+        assert!(!status_is_installed(""));
+    }
+}
