@@ -44,6 +44,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the gateway's CA public keys (creating the keys on first use).
+    Ca {
+        #[command(subcommand)]
+        what: CaCommand,
+        #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum CaCommand {
+    /// The user CA line for the servers' sshd `TrustedUserCAKeys` file.
+    UserKey,
+    /// The `@cert-authority` line for the devices' `known_hosts`.
+    KnownHosts,
 }
 
 pub fn main() -> ExitCode {
@@ -58,6 +73,7 @@ pub fn main() -> ExitCode {
             socket,
             json,
         } => status_cmd(config, socket, json),
+        Command::Ca { what, config } => ca_cmd(what, config),
     };
     match result {
         Ok(code) => code,
@@ -77,6 +93,19 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(config_path: PathBuf) -> Result<ExitCode> {
     let config = Config::load(&config_path)?;
     runtime()?.block_on(crate::daemon::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ca_cmd(what: CaCommand, config_path: PathBuf) -> Result<ExitCode> {
+    let config = Config::load(&config_path)?;
+    let authorities = crate::ca::Authorities::load_or_create(&config.state_dir)?;
+    println!(
+        "{}",
+        match what {
+            CaCommand::UserKey => authorities.user_ca_public_line(),
+            CaCommand::KnownHosts => authorities.known_hosts_line(),
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,6 +19,52 @@ pub struct Config {
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
     pub datapath: DatapathConfig,
+    #[serde(default)]
+    pub ssh: SshConfig,
+}
+
+/// The SSH relay: how sshgw talks to devices and to the real servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Checking of the real servers' host keys against `known_hosts` in the state dir.
+    pub upstream_host_keys: HostKeyMode,
+    /// Relay `direct-tcpip` (-L) and `tcpip-forward` (-R). Off: forwarding bypasses recording.
+    pub port_forwarding: bool,
+    /// Relay agent forwarding (-A).
+    pub agent_forwarding: bool,
+    /// Seconds allowed for the TCP connect and SSH handshake to the real server.
+    pub connect_timeout_secs: u64,
+    /// Lifetime of minted user certificates (at most 120 s).
+    pub certificate_lifetime_secs: u64,
+    /// Extra host-certificate principals per destination address, e.g.
+    /// `{ "203.0.113.10" = ["db1.example.com"] }`.
+    pub host_names: std::collections::BTreeMap<std::net::IpAddr, Vec<String>>,
+    /// Seconds between keepalives to an idle device (replaces an idle timeout).
+    pub keepalive_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostKeyMode {
+    /// Pin the first key seen for a server; refuse a different one later.
+    Tofu,
+    /// Accept only keys or CAs pre-seeded in `known_hosts`.
+    Strict,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            upstream_host_keys: HostKeyMode::Tofu,
+            port_forwarding: false,
+            agent_forwarding: false,
+            connect_timeout_secs: 10,
+            certificate_lifetime_secs: 120,
+            host_names: Default::default(),
+            keepalive_secs: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +156,16 @@ impl Config {
                 dp.route_table
             );
         }
+        let ssh = &self.ssh;
+        if !(1..=120).contains(&ssh.certificate_lifetime_secs) {
+            bail!("ssh.certificate_lifetime_secs: must be between 1 and 120 seconds");
+        }
+        if ssh.connect_timeout_secs == 0 {
+            bail!("ssh.connect_timeout_secs: must be at least 1");
+        }
+        if ssh.keepalive_secs == 0 {
+            bail!("ssh.keepalive_secs: must be at least 1");
+        }
         if !dp.pin_dir.is_absolute() {
             bail!(
                 "datapath.pin_dir: {:?} must be an absolute path",
@@ -121,6 +177,11 @@ impl Config {
 
     pub fn devices_path(&self) -> PathBuf {
         self.state_dir.join("devices.json")
+    }
+
+    /// Pinned host keys of the real servers (OpenSSH known_hosts format).
+    pub fn known_hosts_path(&self) -> PathBuf {
+        self.state_dir.join("known_hosts")
     }
 
     pub fn policies_path(&self) -> PathBuf {

@@ -11,14 +11,17 @@ use tokio::{
 };
 
 use crate::{
+    ca::{Authorities, HostCerts},
     config::Config,
     control,
     datapath::{Datapath, MatchSets},
     devices::DeviceTable,
+    identity::IdentityIndex,
     listener::{self, Listeners},
     policies::PolicySet,
-    splice,
+    relay::{self, RelayContext},
     status::{self, Report},
+    upstream_keys::UpstreamKeys,
 };
 
 /// State shared by the accept loops and the control API.
@@ -26,6 +29,7 @@ pub struct Shared {
     config: Config,
     datapath: std::sync::Mutex<Option<Datapath>>,
     listeners: Vec<SocketAddr>,
+    relay: Arc<RelayContext>,
     reload: Mutex<()>,
 }
 
@@ -46,11 +50,15 @@ impl Shared {
     /// Re-reads devices.json and policies.json and updates the match sets.
     async fn reload(&self) -> Result<()> {
         let _serial = self.reload.lock().await;
-        let sets = load_match_sets(&self.config)?;
-        let mut guard = self.datapath.lock().expect("datapath lock poisoned");
-        if let Some(dp) = guard.as_mut() {
-            dp.update(&sets)?;
+        let (devices, policies) = load_state(&self.config)?;
+        let sets = match_sets(&self.config, &devices, &policies);
+        {
+            let mut guard = self.datapath.lock().expect("datapath lock poisoned");
+            if let Some(dp) = guard.as_mut() {
+                dp.update(&sets)?;
+            }
         }
+        self.relay.set_identities(IdentityIndex::new(&devices));
         tracing::info!(
             enrolled = sets.enrolled.len(),
             audited = sets.audited.len(),
@@ -60,20 +68,34 @@ impl Shared {
     }
 }
 
-fn load_match_sets(config: &Config) -> Result<MatchSets> {
-    let devices = DeviceTable::load(&config.devices_path())?;
-    let policies = PolicySet::load(&config.policies_path())?;
-    Ok(MatchSets {
+fn load_state(config: &Config) -> Result<(DeviceTable, PolicySet)> {
+    Ok((
+        DeviceTable::load(&config.devices_path())?,
+        PolicySet::load(&config.policies_path())?,
+    ))
+}
+
+fn match_sets(config: &Config, devices: &DeviceTable, policies: &PolicySet) -> MatchSets {
+    MatchSets {
         enrolled: devices.addresses().collect(),
         audited: policies.audited_networks().map(|n| n.0).collect(),
         ports: config.datapath.ports.iter().copied().collect(),
-    })
+    }
 }
 
 pub async fn run(config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
-    let sets = load_match_sets(&config)?;
+    let (devices, policies) = load_state(&config)?;
+    let sets = match_sets(&config, &devices, &policies);
+    let authorities = Arc::new(Authorities::load_or_create(&config.state_dir)?);
+    let relay = Arc::new(RelayContext {
+        config: config.ssh.clone(),
+        host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
+        upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
+        identities: std::sync::RwLock::new(Arc::new(IdentityIndex::new(&devices))),
+        authorities,
+    });
     let control = control::server::bind(&config.control_socket).await?;
     let listeners = Listeners::bind(config.datapath.listen_port)?;
     let datapath = Datapath::start(
@@ -88,13 +110,14 @@ pub async fn run(config: Config) -> Result<()> {
         listeners: listeners.addresses(),
         config: config.clone(),
         datapath: std::sync::Mutex::new(Some(datapath)),
+        relay: relay.clone(),
         reload: Mutex::new(()),
     });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::server::serve(control, shared.clone()));
-    tasks.spawn(accept_loop(listeners.v4));
+    tasks.spawn(accept_loop(listeners.v4, relay.clone()));
     if let Some(v6) = listeners.v6 {
-        tasks.spawn(accept_loop(v6));
+        tasks.spawn(accept_loop(v6, relay.clone()));
     }
     tracing::info!(
         interfaces = ?config.datapath.interfaces,
@@ -135,7 +158,7 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener) {
+async fn accept_loop(listener: TcpListener, relay: Arc<RelayContext>) {
     loop {
         let conn = match listener::accept(&listener).await {
             Ok(Some(conn)) => conn,
@@ -152,16 +175,6 @@ async fn accept_loop(listener: TcpListener) {
             orig_dst = %conn.original_dst,
             "intercepted connection"
         );
-        tokio::spawn(async move {
-            let (peer, dst) = (conn.peer, conn.original_dst);
-            match splice::relay(conn).await {
-                Ok((up, down)) => {
-                    tracing::info!(%peer, orig_dst = %dst, bytes_up = up, bytes_down = down, "connection closed")
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, orig_dst = %dst, error = %format!("{e:#}"), "relay failed")
-                }
-            }
-        });
+        tokio::spawn(relay::serve(relay.clone(), conn));
     }
 }

@@ -1,18 +1,21 @@
 //! sshgw: a transparent SSH audit gateway for Linux egress routers.
 
+mod ca;
 mod cli;
 mod config;
 mod control;
 mod daemon;
 mod datapath;
 mod devices;
+mod identity;
 mod json_file;
 mod listener;
 mod logging;
 mod network;
 mod policies;
-mod splice;
+mod relay;
 mod status;
+mod upstream_keys;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -1,0 +1,71 @@
+//! Who is connecting: the device and user behind a tunnel source address.
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use crate::devices::{Device, DeviceTable};
+
+/// The identity of an intercepted connection, taken from the device table.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub device_id: String,
+    pub email: String,
+    /// The email's local part: the certificate principal (`jdoe@example.com` → `jdoe`).
+    pub principal: String,
+}
+
+/// Address → device lookup in constant time, rebuilt whenever the table changes.
+#[derive(Debug, Default)]
+pub struct IdentityIndex {
+    by_address: HashMap<IpAddr, Arc<Identity>>,
+}
+
+impl IdentityIndex {
+    pub fn new(table: &DeviceTable) -> Self {
+        let mut by_address = HashMap::new();
+        for device in &table.devices {
+            let identity = Arc::new(identity_of(device));
+            for addr in &device.addresses {
+                by_address.insert(*addr, identity.clone());
+            }
+        }
+        IdentityIndex { by_address }
+    }
+
+    pub fn resolve(&self, source: IpAddr) -> Option<Arc<Identity>> {
+        self.by_address.get(&source).cloned()
+    }
+}
+
+fn identity_of(device: &Device) -> Identity {
+    let email = device.user.email.clone();
+    // The device table only holds emails with a non-empty local part.
+    let principal = crate::ca::email_local_part(&email)
+        .unwrap_or_default()
+        .to_string();
+    Identity {
+        device_id: device.id.clone(),
+        email,
+        principal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_every_address_of_a_device() {
+        let table = DeviceTable::parse(
+            r#"{"devices": [{"id": "laptop-jdoe", "addresses": ["100.96.0.7", "fd00:96::7"],
+                "user": {"email": "jdoe@example.com", "groups": ["developers"]}}]}"#,
+        )
+        .unwrap();
+        let index = IdentityIndex::new(&table);
+        for addr in ["100.96.0.7", "fd00:96::7"] {
+            let id = index.resolve(addr.parse().unwrap()).unwrap();
+            assert_eq!(id.device_id, "laptop-jdoe");
+            assert_eq!(id.principal, "jdoe");
+        }
+        assert!(index.resolve("100.96.0.8".parse().unwrap()).is_none());
+    }
+}

@@ -1,0 +1,465 @@
+//! The device-facing SSH server. The device is not asked for credentials (its identity
+//! comes from the tunnel address); everything it does on the connection is relayed to the
+//! real server.
+
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+
+use russh::{
+    ChannelId, ChannelOpenFailure, ChannelWriteHalf, Disconnect, Pty, Sig, client,
+    server::{self, Auth, Msg, Session},
+};
+use tokio::task::JoinHandle;
+
+use super::{
+    ConnectionInfo, RelayContext,
+    pump::{self, ChannelLink},
+    upstream::{self, Bridge, Connected, ServerSide, UpstreamError},
+};
+
+/// Longest wait for the server's answer to a channel request before failing it.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct DeviceSide {
+    pub(super) ctx: Arc<RelayContext>,
+    pub(super) info: Arc<ConnectionInfo>,
+    pub(super) bridge: Arc<Bridge>,
+    /// The server connection being set up since the TCP accept.
+    pub(super) pending: Option<JoinHandle<Result<Connected, UpstreamError>>>,
+    server: Option<client::Handle<ServerSide>>,
+    /// Why the connection cannot be relayed; told to the user right after auth.
+    failure: Option<String>,
+    channels: HashMap<ChannelId, ChannelLink>,
+}
+
+impl DeviceSide {
+    pub(super) fn new(
+        ctx: Arc<RelayContext>,
+        info: Arc<ConnectionInfo>,
+        bridge: Arc<Bridge>,
+        pending: Option<JoinHandle<Result<Connected, UpstreamError>>>,
+    ) -> Self {
+        DeviceSide {
+            ctx,
+            info,
+            bridge,
+            pending,
+            server: None,
+            failure: None,
+            channels: HashMap::new(),
+        }
+    }
+
+    /// Logs in to the real server as `login`. The device itself is always "accepted":
+    /// a failure is explained to the user by a disconnect message right after.
+    async fn authorize(&mut self, login: &str) -> Auth {
+        if self.server.is_some() || self.failure.is_some() {
+            return Auth::Accept;
+        }
+        let Some(identity) = self.info.identity.clone() else {
+            self.fail(format!(
+                "sshgw: {} is not an enrolled device",
+                self.info.peer.ip()
+            ));
+            return Auth::Accept;
+        };
+        let Some(pending) = self.pending.take() else {
+            self.fail("sshgw: internal error: no server connection".into());
+            return Auth::Accept;
+        };
+        let mut conn = match pending.await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                self.fail(e.to_string());
+                return Auth::Accept;
+            }
+            Err(e) => {
+                self.fail(format!("sshgw: internal error: {e}"));
+                return Auth::Accept;
+            }
+        };
+        match upstream::authenticate(&self.ctx, &mut conn, &identity, login, &self.info.id).await {
+            Ok(minted) => {
+                tracing::info!(
+                    session = %self.info.id,
+                    email = %identity.email,
+                    device = %identity.device_id,
+                    peer = %self.info.peer,
+                    orig_dst = %self.info.original_dst,
+                    login,
+                    principal = %identity.principal,
+                    cert_serial = minted.serial,
+                    upstream_host_key = %conn.host_key_fingerprint,
+                    "logged in to the server"
+                );
+                self.server = Some(conn.handle);
+            }
+            Err(e) => self.fail(e.to_string()),
+        }
+        Auth::Accept
+    }
+
+    fn fail(&mut self, message: String) {
+        tracing::warn!(session = %self.info.id, peer = %self.info.peer, orig_dst = %self.info.original_dst, reason = %message, "relay refused");
+        self.failure = Some(message);
+    }
+
+    /// Sends a channel request upstream and answers the device with the server's reply.
+    /// Answering inside the callback keeps russh's per-channel reply flag correct.
+    async fn relay_request<F, Fut>(&mut self, channel: ChannelId, session: &mut Session, send: F)
+    where
+        F: FnOnce(Arc<ChannelWriteHalf<client::Msg>>) -> Fut,
+        Fut: Future<Output = Result<(), russh::Error>>,
+    {
+        let ok = match self.channels.get(&channel) {
+            Some(link) => {
+                let reply = link.expect_reply();
+                if send(link.upstream.clone()).await.is_ok() {
+                    matches!(
+                        tokio::time::timeout(REPLY_TIMEOUT, reply).await,
+                        Ok(Ok(true))
+                    )
+                } else {
+                    false
+                }
+            }
+            None => false,
+        };
+        let _ = if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        };
+    }
+
+    fn link(&self, channel: ChannelId) -> Option<Arc<ChannelWriteHalf<client::Msg>>> {
+        self.channels.get(&channel).map(|l| l.upstream.clone())
+    }
+}
+
+impl server::Handler for DeviceSide {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user).await)
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user).await)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        _key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user).await)
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        _response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.authorize(user).await)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let _ = self.bridge.device.set(session.handle());
+        self.info
+            .authenticated
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(message) = self.failure.take() {
+            session.disconnect(Disconnect::ByApplication, &message, "en")?;
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: russh::Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(server) = &self.server else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        match server.channel_open_session().await {
+            Ok(up) => {
+                let id = channel.id();
+                reply.accept().await;
+                let link = pump::start(channel, up, session.handle(), self.bridge.traffic.clone());
+                self.channels.insert(id, link);
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.info.id, error = %e, "server refused a session channel");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: russh::Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let server = match &self.server {
+            Some(s) if self.ctx.config.port_forwarding => s,
+            _ => {
+                tracing::info!(session = %self.info.id, target = %format!("{host_to_connect}:{port_to_connect}"), "refused port forwarding (-L): disabled");
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return Ok(());
+            }
+        };
+        match server
+            .channel_open_direct_tcpip(
+                host_to_connect,
+                port_to_connect,
+                originator_address,
+                originator_port,
+            )
+            .await
+        {
+            Ok(up) => {
+                let id = channel.id();
+                reply.accept().await;
+                let link = pump::start(channel, up, session.handle(), self.bridge.traffic.clone());
+                self.channels.insert(id, link);
+            }
+            Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+        }
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: russh::Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: russh::Channel<Msg>,
+        _socket_path: &str,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (term, modes) = (term.to_string(), modes.to_vec());
+        self.relay_request(channel, session, |up| async move {
+            up.request_pty(
+                true, &term, col_width, row_height, pix_width, pix_height, &modes,
+            )
+            .await
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (k, v) = (variable_name.to_string(), variable_value.to_string());
+        self.relay_request(channel, session, |up| async move {
+            up.set_env(true, k, v).await
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(session = %self.info.id, channel = %channel, "shell");
+        self.relay_request(channel, session, |up| async move {
+            up.request_shell(true).await
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(session = %self.info.id, channel = %channel, command = %String::from_utf8_lossy(data), "exec");
+        let command = data.to_vec();
+        self.relay_request(channel, session, |up| async move {
+            up.exec(true, command).await
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(session = %self.info.id, channel = %channel, subsystem = name, "subsystem");
+        let name = name.to_string();
+        self.relay_request(channel, session, |up| async move {
+            up.request_subsystem(true, name).await
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(up) = self.link(channel) {
+            let _ = up
+                .window_change(col_width, row_height, pix_width, pix_height)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(up) = self.link(channel) {
+            let _ = up.signal(signal).await;
+        }
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if !self.ctx.config.agent_forwarding {
+            tracing::info!(session = %self.info.id, "refused agent forwarding: disabled");
+            return Ok(false);
+        }
+        let Some(link) = self.channels.get(&channel) else {
+            return Ok(false);
+        };
+        self.bridge
+            .agent_requested
+            .store(true, std::sync::atomic::Ordering::Release);
+        let reply = link.expect_reply();
+        if link.upstream.agent_forward(true).await.is_err() {
+            return Ok(false);
+        }
+        Ok(matches!(
+            tokio::time::timeout(REPLY_TIMEOUT, reply).await,
+            Ok(Ok(true))
+        ))
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let server = match &self.server {
+            Some(s) if self.ctx.config.port_forwarding => s,
+            _ => {
+                tracing::info!(session = %self.info.id, listen = %format!("{address}:{port}"), "refused remote forwarding (-R): disabled");
+                return Ok(false);
+            }
+        };
+        match server.tcpip_forward(address, *port).await {
+            Ok(bound) => {
+                if *port == 0 {
+                    *port = bound;
+                }
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        match &self.server {
+            Some(s) if self.ctx.config.port_forwarding => {
+                Ok(s.cancel_tcpip_forward(address, port).await.is_ok())
+            }
+            _ => Ok(false),
+        }
+    }
+}

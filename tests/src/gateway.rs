@@ -1,0 +1,572 @@
+//! The sshgw daemon under test, run in the lab's `rtr` namespace.
+//!
+//! The binary comes from `$SSHGW_BIN` (absolute path), falling back to
+//! `<workspace>/target/debug/sshgw`. The harness writes `config.toml`, `state/devices.json` and
+//! `state/policies.json` into a lab subdirectory and runs
+//! `sshgw run --config CONFIG --log-format text` entered into `rtr` with `setns` only (never
+//! `ip netns exec`, which would hide the host's `/sys/fs/bpf`).
+//!
+//! ```ignore
+//! let mut gw = lab.gateway()?;          // files written, not started
+//! let status = gw.start()?;             // spawn + poll `sshgw status --json` until running
+//! gw.wait_for_intercept(Family::V4.audited(), 22, Duration::from_secs(5))?;
+//! gw.kill()?;                           // SIGKILL (fail-closed checks)
+//! gw.start()?;                          // restart with the same config
+//! gw.stop()?;                           // SIGTERM + bounded wait
+//! ```
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::process::{Proc, describe_status};
+use crate::topology::{BPF_PIN_ROOT, Lab, host_port};
+use crate::wait::poll_until;
+
+/// Environment variable naming the sshgw binary (absolute path).
+pub const SSHGW_BIN_ENV: &str = "SSHGW_BIN";
+
+/// How long the daemon may take to report `"daemon": "running"`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Interval between readiness status queries.
+pub const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the daemon may take to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadline for one `sshgw status` run.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The skb mark bit and routing table the datapath uses (for leftover checks).
+pub const INTERCEPT_FWMARK: &str = "0x100";
+pub const INTERCEPT_TABLE: &str = "100";
+
+/// Log fragment of an intercepted connection.
+pub const INTERCEPT_LOG: &str = "intercepted connection";
+
+/// Resolves the sshgw binary: `$SSHGW_BIN` (must be an absolute path to an existing file), else
+/// `<workspace>/target/debug/sshgw` if it exists.
+pub fn sshgw_bin() -> Result<PathBuf> {
+    if let Some(v) = std::env::var_os(SSHGW_BIN_ENV) {
+        let p = PathBuf::from(&v);
+        if !p.is_absolute() {
+            bail!("{SSHGW_BIN_ENV}={} is not an absolute path", p.display());
+        }
+        if !p.is_file() {
+            bail!(
+                "{SSHGW_BIN_ENV}={} does not exist (build it with `cargo build -p sshgw`)",
+                p.display()
+            );
+        }
+        return Ok(p);
+    }
+    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sshgw");
+    if fallback.is_file() {
+        return Ok(fallback.canonicalize().unwrap_or(fallback));
+    }
+    bail!(
+        "the sshgw binary was not found: set {SSHGW_BIN_ENV} to its absolute path \
+         (e.g. {SSHGW_BIN_ENV}=$PWD/target/debug/sshgw after `cargo build -p sshgw`); \
+         fallback {} does not exist",
+        fallback.display()
+    )
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+static BPFFS_LOCK: Mutex<()> = Mutex::new(());
+
+/// Makes sure the BPF filesystem is mounted at /sys/fs/bpf (in the host mount namespace, where
+/// the daemon pins its objects); mounts it if not. Systemd hosts always have it; minimal
+/// containers/VMs may not.
+pub fn ensure_bpffs() -> Result<()> {
+    let _guard = BPFFS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = CString::new(BPF_PIN_ROOT).expect("no NUL");
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        BPF_PIN_ROOT,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .with_context(|| format!("mounting the BPF filesystem at {BPF_PIN_ROOT}"))?;
+    Ok(())
+}
+
+/// Finds bpftool (PATH, /usr/sbin, /usr/local/sbin) or fails with a clear message.
+pub fn bpftool() -> Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join("bpftool"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("bpftool is not installed (install it with `cargo xtask prereqs` or `apt-get install bpftool`); it is needed to check that BPF links are gone"))
+}
+
+/// True if `bpftool link show id ID` finds the link.
+pub fn bpf_link_exists(id: u32) -> Result<bool> {
+    let out = Command::new(bpftool()?)
+        .args(["link", "show", "id", &id.to_string()])
+        .output()
+        .context("running bpftool")?;
+    Ok(out.status.success())
+}
+
+/// The lab standard devices.json: device `laptop-jdoe` with the enrolled addresses on `r0`.
+pub fn default_devices() -> Value {
+    json!({"devices": [{
+        "id": "laptop-jdoe",
+        "addresses": ["100.96.0.7", "fd00:96::7"],
+        "interface": "r0",
+        "user": {"email": "jdoe@example.com", "groups": ["developers"]},
+        "posture": ["disk-encryption"]
+    }]})
+}
+
+/// The lab standard policies.json: audit SSH to 203.0.113.10 and 2001:db8:1::10 on port 22.
+pub fn default_policies() -> Value {
+    json!({"policies": [{
+        "id": "audit-lab",
+        "name": "Audit lab server",
+        "precedence": 10,
+        "enabled": true,
+        "action": "audit_ssh",
+        "destinations": ["203.0.113.10/32", "2001:db8:1::10/128"],
+        "ports": [22]
+    }]})
+}
+
+/// What the harness writes for the daemon.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `[datapath] interfaces`.
+    pub interfaces: Vec<String>,
+    /// `[datapath] ports`.
+    pub ports: Vec<u16>,
+    /// `[datapath] pin_dir`; None = `/sys/fs/bpf/<lab name>`.
+    pub pin_dir: Option<PathBuf>,
+    /// Contents of `state/devices.json`.
+    pub devices: Value,
+    /// Contents of `state/policies.json`.
+    pub policies: Value,
+    /// Raw TOML appended to config.toml; must start with a `[table]` header (it follows the
+    /// `[datapath]` table).
+    pub extra_toml: String,
+    /// `--log-format` value.
+    pub log_format: String,
+    /// Extra environment for the daemon (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: vec!["r0".to_owned()],
+            ports: vec![22],
+            pin_dir: None,
+            devices: default_devices(),
+            policies: default_policies(),
+            extra_toml: String::new(),
+            log_format: "text".to_owned(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A TOML basic string (JSON string escapes are a subset of TOML's).
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("string serializes")
+}
+
+fn toml_path(p: &Path) -> String {
+    toml_str(&p.to_string_lossy())
+}
+
+/// One attached interface in `sshgw status --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AttachedInterface {
+    pub name: String,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// Datapath counters in `sshgw status --json`. Missing counters read as 0 (a stopped daemon
+/// with nothing pinned prints `"counters": {}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    pub intercepted_syns: u64,
+    pub intercepted_packets: u64,
+    pub passed_packets: u64,
+    pub passed_preexisting_packets: u64,
+    pub dropped_while_down: u64,
+    pub dropped_assign_failed: u64,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// `sshgw status --config F --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Status {
+    /// `running` or `stopped`.
+    pub daemon: String,
+    #[serde(default)]
+    pub pin_dir: Option<String>,
+    pub pinned: bool,
+    pub interfaces: Vec<AttachedInterface>,
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    /// Absent counters (e.g. nothing pinned) read as zeros.
+    #[serde(default)]
+    pub counters: Counters,
+    /// The whole JSON document.
+    #[serde(skip)]
+    pub raw: Value,
+}
+
+impl Status {
+    pub fn is_running(&self) -> bool {
+        self.daemon == "running"
+    }
+
+    /// Link ids of all attached interfaces.
+    pub fn link_ids(&self) -> Vec<u32> {
+        self.interfaces.iter().filter_map(|i| i.link_id).collect()
+    }
+}
+
+/// The daemon's files and process; borrows the lab.
+pub struct Gateway<'a> {
+    lab: &'a Lab,
+    bin: PathBuf,
+    dir: PathBuf,
+    config_path: PathBuf,
+    state_dir: PathBuf,
+    control_socket: PathBuf,
+    pin_dir: PathBuf,
+    cfg: GatewayConfig,
+    proc: Option<Proc>,
+    runs: Vec<Proc>,
+}
+
+impl Lab {
+    /// Prepares the daemon with [`GatewayConfig::default`] (files written, not started).
+    pub fn gateway(&self) -> Result<Gateway<'_>> {
+        self.gateway_with(GatewayConfig::default())
+    }
+
+    /// Prepares the daemon with a custom configuration (files written, not started).
+    pub fn gateway_with(&self, cfg: GatewayConfig) -> Result<Gateway<'_>> {
+        let bin = sshgw_bin()?;
+        ensure_bpffs()?;
+        let dir = self.new_subdir("sshgw")?;
+        let state_dir = dir.join("state");
+        fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let pin_dir = cfg.pin_dir.clone().unwrap_or_else(|| self.pin_dir(None));
+        self.remove_on_drop(&pin_dir);
+        let gw = Gateway {
+            lab: self,
+            bin,
+            config_path: dir.join("config.toml"),
+            control_socket: dir.join("control.sock"),
+            state_dir,
+            pin_dir,
+            dir,
+            cfg,
+            proc: None,
+            runs: Vec::new(),
+        };
+        gw.write_files()?;
+        Ok(gw)
+    }
+
+    /// [`Lab::gateway`] + [`Gateway::start`].
+    pub fn start_gateway(&self) -> Result<Gateway<'_>> {
+        let mut gw = self.gateway()?;
+        gw.start()?;
+        Ok(gw)
+    }
+}
+
+impl<'a> Gateway<'a> {
+    fn write_files(&self) -> Result<()> {
+        let c = &self.cfg;
+        let list = |items: Vec<String>| items.join(", ");
+        let mut toml = format!(
+            "state_dir = {}\ncontrol_socket = {}\n\n[datapath]\ninterfaces = [{}]\nports = [{}]\npin_dir = {}\n",
+            toml_path(&self.state_dir),
+            toml_path(&self.control_socket),
+            list(c.interfaces.iter().map(|s| toml_str(s)).collect()),
+            list(c.ports.iter().map(u16::to_string).collect()),
+            toml_path(&self.pin_dir),
+        );
+        if !c.extra_toml.is_empty() {
+            toml.push('\n');
+            toml.push_str(&c.extra_toml);
+            toml.push('\n');
+        }
+        fs::write(&self.config_path, toml)
+            .with_context(|| format!("writing {}", self.config_path.display()))?;
+        self.write_devices(&c.devices)?;
+        self.write_policies(&c.policies)?;
+        Ok(())
+    }
+
+    /// Rewrites `state/devices.json`.
+    pub fn write_devices(&self, devices: &Value) -> Result<()> {
+        let p = self.state_dir.join("devices.json");
+        fs::write(&p, serde_json::to_vec_pretty(devices)?)
+            .with_context(|| format!("writing {}", p.display()))
+    }
+
+    /// Rewrites `state/policies.json`.
+    pub fn write_policies(&self, policies: &Value) -> Result<()> {
+        let p = self.state_dir.join("policies.json");
+        fs::write(&p, serde_json::to_vec_pretty(policies)?)
+            .with_context(|| format!("writing {}", p.display()))
+    }
+
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    /// The current (or last) daemon process.
+    pub fn proc(&self) -> Option<&Proc> {
+        self.proc.as_ref()
+    }
+
+    /// True if the daemon process is alive.
+    pub fn is_running(&self) -> bool {
+        self.proc.as_ref().is_some_and(Proc::is_running)
+    }
+
+    /// A command running `sshgw ARGS` entered into `rtr` via setns.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.lab.rtr.setns_command(&self.bin);
+        cmd.args(args).env("RUST_BACKTRACE", "1");
+        cmd
+    }
+
+    /// Spawns `sshgw run --config CONFIG --log-format FMT` in `rtr` without waiting for it.
+    pub fn spawn(&mut self) -> Result<&Proc> {
+        if self.is_running() {
+            bail!("the daemon is already running");
+        }
+        let mut cmd = self.command(&["run", "--config"]);
+        cmd.arg(&self.config_path)
+            .args(["--log-format", &self.cfg.log_format]);
+        for (k, v) in &self.cfg.env {
+            cmd.env(k, v);
+        }
+        let proc = self
+            .lab
+            .procs()
+            .spawn(&format!("sshgw-run{}", self.runs.len() + 1), &mut cmd)?;
+        self.runs.push(proc.clone());
+        Ok(self.proc.insert(proc))
+    }
+
+    /// Spawns the daemon and waits until `status` reports it running. Also used to restart
+    /// after [`Gateway::kill`] / [`Gateway::stop`] with the same config.
+    pub fn start(&mut self) -> Result<Status> {
+        self.spawn()?;
+        self.wait_ready(READY_TIMEOUT)
+    }
+
+    /// Stops (if running) and starts again with the same config.
+    pub fn restart(&mut self) -> Result<Status> {
+        if self.is_running() {
+            self.stop()?;
+        }
+        self.start()
+    }
+
+    /// Polls `status` until it answers `"daemon": "running"`. Fails early if the daemon exits,
+    /// and on timeout; both errors include the daemon log.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Status> {
+        let proc = self
+            .proc
+            .as_ref()
+            .ok_or_else(|| anyhow!("the daemon was never started"))?;
+        let mut last = String::from("no status answer yet");
+        poll_until(
+            "sshgw status to report the daemon running",
+            timeout,
+            READY_POLL_INTERVAL,
+            || {
+                if let Some(st) = proc.try_status()? {
+                    bail!("sshgw exited during startup ({})", describe_status(st));
+                }
+                match self.status() {
+                    Ok(s) if s.is_running() => return Ok(Some(s)),
+                    Ok(s) => last = format!("status says daemon={:?}: {}", s.daemon, s.raw),
+                    Err(err) => last = format!("{err:#}"),
+                }
+                Ok(None)
+            },
+        )
+        .with_context(|| {
+            format!(
+                "last status attempt: {last}\n--- sshgw log ---\n{}",
+                proc.log_text().trim_end()
+            )
+        })
+    }
+
+    /// Runs `sshgw status --config CONFIG --json` in `rtr` (setns) and returns the JSON. A
+    /// non-zero exit is accepted as long as stdout is a JSON document.
+    pub fn status_json(&self) -> Result<Value> {
+        let mut cmd = self.command(&["status", "--config"]);
+        cmd.arg(&self.config_path).arg("--json");
+        let out = self
+            .lab
+            .procs()
+            .run_quiet("sshgw-status", &mut cmd, STATUS_TIMEOUT)?;
+        serde_json::from_str(out.stdout.trim()).with_context(|| {
+            format!(
+                "sshgw status --json ({}) did not print JSON:\nstdout: {}\nstderr: {}",
+                describe_status(out.status),
+                out.stdout.trim_end(),
+                out.stderr.trim_end()
+            )
+        })
+    }
+
+    /// [`Gateway::status_json`] parsed into [`Status`].
+    pub fn status(&self) -> Result<Status> {
+        let raw = self.status_json()?;
+        let mut status: Status = serde_json::from_value(raw.clone())
+            .with_context(|| format!("unexpected sshgw status JSON: {raw}"))?;
+        status.raw = raw;
+        Ok(status)
+    }
+
+    fn running_proc(&self) -> Result<&Proc> {
+        self.proc
+            .as_ref()
+            .ok_or_else(|| anyhow!("the daemon was never started"))
+    }
+
+    /// SIGTERM and a bounded wait for the exit (SIGKILL + error on timeout).
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let proc = self.running_proc()?;
+        proc.terminate(STOP_TIMEOUT)
+            .with_context(|| format!("--- sshgw log ---\n{}", proc.log_text().trim_end()))
+    }
+
+    /// SIGKILL (simulates a crash: nothing is cleaned up) and reap.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.running_proc()?.kill()
+    }
+
+    /// The current run's log (stdout + stderr).
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+
+    /// Logs of every run, in order.
+    pub fn all_logs(&self) -> String {
+        self.runs
+            .iter()
+            .map(Proc::log_text)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits (bounded) until the current run logs `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        self.running_proc()?.wait_for_log(needle, timeout)
+    }
+
+    /// Waits (bounded) for a log line of the current run containing both
+    /// `intercepted connection` and `orig_dst=<addr>:<port>`, and returns it.
+    pub fn wait_for_intercept(&self, addr: IpAddr, port: u16, timeout: Duration) -> Result<String> {
+        let proc = self.running_proc()?;
+        let needle = format!("orig_dst={}", host_port(addr, port));
+        let find = || {
+            proc.log_text()
+                .lines()
+                .find(|l| l.contains(INTERCEPT_LOG) && l.contains(&needle))
+                .map(str::to_owned)
+        };
+        poll_until(
+            &format!("an '{INTERCEPT_LOG}' log line with {needle}"),
+            timeout,
+            READY_POLL_INTERVAL,
+            || Ok(find()),
+        )
+        .with_context(|| format!("--- sshgw log ---\n{}", proc.log_text().trim_end()))
+    }
+
+    /// Describes routing state the datapath leaves in `rtr` when it should be gone: `ip rule`
+    /// entries with the intercept fwmark and routes in the intercept table, for both families.
+    /// Empty = clean.
+    pub fn routing_leftovers(&self) -> Result<Vec<String>> {
+        let rtr = &self.lab.rtr;
+        let mut found = Vec::new();
+        for fam in ["-4", "-6"] {
+            let rules = rtr.ip(&[fam, "rule", "show"])?;
+            found.extend(
+                rules
+                    .lines()
+                    .filter(|l| l.contains(&format!("fwmark {INTERCEPT_FWMARK}")))
+                    .map(|l| format!("ip {fam} rule: {}", l.trim())),
+            );
+            let out = rtr.ip_output(&[fam, "route", "show", "table", INTERCEPT_TABLE])?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                bail!(
+                    "ip {fam} route show table {INTERCEPT_TABLE} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            found.extend(
+                stdout
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| format!("ip {fam} route table {INTERCEPT_TABLE}: {}", l.trim())),
+            );
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,59 @@
+//! Network-namespace lab harness for sshgw integration tests (and `cargo xtask lab`).
+//!
+//! A [`Lab`] is three fresh network namespaces wired as device -> router -> server (see
+//! [`topology`]), with IPv4 and IPv6 addresses from documentation/CGNAT ranges only. On top of
+//! it the harness runs real programs, each owned by the lab's process registry
+//! ([`process::Processes`]) and killed by PID when the lab is dropped (also on panic):
+//!
+//! * [`sshd`]: OpenSSH's sshd in `srv` (ports 22 and 2222, IPv4 and IPv6);
+//! * [`ssh`]: the OpenSSH client in `dev` (one-shot commands and long-lived sessions);
+//! * [`gateway`]: the sshgw daemon in `rtr` (config/state files, start/stop/kill, `status`);
+//! * [`capture`]: tcpdump in any namespace, parsed packets (TTL / hop limit checks).
+//!
+//! Requirements: root, `ip` (iproute2), `/usr/sbin/sshd`, `ssh`, `ssh-keygen`, `tcpdump`,
+//! `sysctl`; `bpftool` for BPF link checks. All waits are bounded and poll concrete
+//! conditions (log lines, status answers, process exits); nothing sleeps as a readiness check.
+//!
+//! ```ignore
+//! use sshgw_tests::*;
+//! lab_test(|lab| {
+//!     let _sshd = lab.start_sshd()?;
+//!     let mut gw = lab.gateway()?;
+//!     gw.start()?;
+//!     let conn = lab.ssh(Family::V4.audited()).bind(Family::V4.enrolled()).ssh_connection()?;
+//!     anyhow::ensure!(conn.client == Family::V4.router_wan());
+//!     Ok(())
+//! });
+//! ```
+//!
+//! Set `SSHGW_TEST_KEEP_TMP=1` to keep a lab's temp dir (configs, logs) after the test.
+
+pub mod capture;
+pub mod gateway;
+pub mod netns;
+pub mod process;
+pub mod ssh;
+pub mod sshd;
+pub mod topology;
+pub mod wait;
+
+pub use capture::{Capture, Packet, syn_ack_filter, syn_filter};
+pub use gateway::{Counters, Gateway, GatewayConfig, Status};
+pub use netns::Netns;
+pub use process::{Finished, Proc, Processes};
+pub use ssh::{KeyPair, Ssh, SshConnection, SshOutput, SshSession};
+pub use sshd::{OTHER_TCP_PORT, SSH_PORT, Sshd, SshdConfig};
+pub use topology::{Family, Lab, addr, host_port, iface};
+
+/// Runs `test` in a fresh [`Lab`]. Any error or panic fails the test; the lab then prints every
+/// process's log (daemon, sshd, ssh, tcpdump) before tearing down.
+pub fn lab_test(test: impl FnOnce(&Lab) -> anyhow::Result<()>) {
+    let lab = match Lab::new() {
+        Ok(lab) => lab,
+        Err(err) => panic!("creating the lab failed: {err:?}"),
+    };
+    if let Err(err) = test(&lab) {
+        // Panicking while `lab` is alive makes its Drop dump the logs.
+        panic!("lab {} failed: {err:?}", lab.name());
+    }
+}
