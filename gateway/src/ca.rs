@@ -250,7 +250,6 @@ impl fmt::Debug for MintedCert {
 }
 
 /// The local part of an email address: `jdoe@example.com` → `jdoe`.
-#[allow(dead_code, reason = "identity.rs derives the principal itself for now")]
 pub fn email_local_part(email: &str) -> Result<&str> {
     match email.split_once('@') {
         Some((local, domain))
@@ -446,16 +445,8 @@ fn create_key(path: &Path, comment: &str) -> Result<PrivateKey> {
 
     let dir = path.parent().context("key path has no parent")?;
     let tmp = temp_path(path);
-    let written = write_new_file(&tmp, text.as_bytes());
-    let linked = written.and_then(|()| {
-        std::fs::hard_link(&tmp, path).map_err(|e| {
-            if e.kind() == ErrorKind::AlreadyExists {
-                anyhow::Error::new(e)
-            } else {
-                anyhow::Error::new(e).context(format!("cannot create key file {}", path.display()))
-            }
-        })
-    });
+    write_new_file(&tmp, text.as_bytes())?;
+    let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => {
@@ -467,14 +458,11 @@ fn create_key(path: &Path, comment: &str) -> Result<PrivateKey> {
             );
             Ok(key)
         }
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == ErrorKind::AlreadyExists) =>
-        {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
             // Another process created it first: use theirs.
             load_key(path)?.with_context(|| format!("key file {} vanished", path.display()))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e).with_context(|| format!("cannot create key file {}", path.display())),
     }
 }
 
@@ -496,11 +484,16 @@ fn write_new_file(path: &Path, data: &[u8]) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot chmod {}", path.display()))?;
-    file.write_all(data)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.write_all(data))
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        // Ours (O_EXCL), and incomplete: do not leave it behind.
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
 }
 
 /// Best-effort fsync of a directory, so a created entry survives a crash.
@@ -591,6 +584,39 @@ mod tests {
         let err = format!("{:#}", Authorities::load_or_create(tmp.path()).unwrap_err());
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"garbage\n");
+    }
+
+    #[test]
+    fn loads_keys_made_by_ssh_keygen_and_openssh_reads_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "mine", "-f"])
+            .arg(dir.join("user_ca"))
+            .status()
+            .expect("run ssh-keygen");
+        assert!(status.success());
+        let public = std::fs::read_to_string(dir.join("user_ca.pub")).unwrap();
+        let a = Authorities::load_or_create(tmp.path()).unwrap();
+        assert_eq!(
+            PublicKey::from_openssh(&public).unwrap().key_data(),
+            a.user_ca.public_key().key_data()
+        );
+        // OpenSSH reads the keys sshgw wrote.
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(dir.join("host_ca"))
+            .output()
+            .expect("run ssh-keygen");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let derived = PublicKey::from_openssh(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        assert_eq!(derived.key_data(), a.host_ca.public_key().key_data());
     }
 
     #[test]

@@ -124,12 +124,9 @@ impl UpstreamKeys {
         });
         if trusted_ca {
             match validate_host_cert(cert, &principal, &ca_fp) {
-                Ok(()) => {
-                    if is_revoked(&lines, cert.public_key()) {
-                        return Ok(self.revoked(&name, cert.public_key()));
-                    }
-                    return Ok(KeyVerdict::Trusted);
-                }
+                // The certified key itself may still be revoked: `check_plain` says so.
+                Ok(()) if !is_revoked(&lines, cert.public_key()) => return Ok(KeyVerdict::Trusted),
+                Ok(()) => {}
                 Err(reason) => tracing::warn!(
                     host = %name,
                     ca = %ca_fp,
@@ -754,10 +751,17 @@ mod tests {
             KeyVerdict::Mismatch { .. }
         ));
 
+        // Revoking the certified key rejects it despite a valid certificate.
+        let good = host_cert(&ca, &host_key, "192.0.2.30", CertType::Host, window);
+        std::fs::write(&f.path, format!("{text}@revoked * {}\n", line(&host_key))).unwrap();
+        assert_eq!(
+            u.check_certificate(ip("192.0.2.30"), 22, &good).unwrap(),
+            KeyVerdict::Revoked
+        );
+
         // Revoking the CA rejects even valid certificates.
         text.push_str(&format!("@revoked * {}\n", line(ca.public_key())));
         std::fs::write(&f.path, &text).unwrap();
-        let good = host_cert(&ca, &host_key, "192.0.2.30", CertType::Host, window);
         assert_eq!(
             u.check_certificate(ip("192.0.2.30"), 22, &good).unwrap(),
             KeyVerdict::Revoked

@@ -14,6 +14,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "tcpdump",
     "bpftool",
+    "rsync",
     "llvm-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
