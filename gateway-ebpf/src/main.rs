@@ -21,11 +21,12 @@ use aya_ebpf::{
         bpf_skc_lookup_tcp,
     },
     macros::{classifier, map},
-    maps::{HashMap, LpmTrie, PerCpuArray, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap, lpm_trie::Key},
     programs::TcContext,
 };
 use gateway_common::{
-    Counter, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, MAX_AUDITED, MAX_ENROLLED, MAX_PORTS,
+    Counter, FlowKey, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, MAX_AUDITED, MAX_ENROLLED,
+    MAX_FLOWS, MAX_PORTS, settings,
 };
 
 #[unsafe(link_section = "license")]
@@ -50,6 +51,10 @@ static PORTS: HashMap<u16, u8> = HashMap::pinned(MAX_PORTS, 0);
 static LISTENER: SockMap = SockMap::pinned(2, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+#[map]
+static SETTINGS: Array<u32> = Array::pinned(1, 0);
+#[map]
+static FLOW_INGRESS: LruHashMap<FlowKey, u32> = LruHashMap::pinned(MAX_FLOWS, 0);
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -105,8 +110,15 @@ struct TcpHead {
 /// What the parser extracted from a packet that may need steering.
 struct Flow {
     tuple: bpf_sock_tuple,
+    key: FlowKey,
     v6: bool,
     flags: u8,
+}
+
+/// Whether a packet's source is enrolled; decided after the destination matched.
+enum Source {
+    Enrolled,
+    Unenrolled,
 }
 
 #[classifier]
@@ -180,7 +192,17 @@ fn steer(ctx: &TcContext) -> Verdict {
         _ => None,
     };
     match flow {
-        Some(flow) => steer_flow(ctx, flow),
+        Some((flow, Source::Enrolled)) => steer_flow(ctx, flow),
+        Some((flow, Source::Unenrolled)) => {
+            let drop_unenrolled = SETTINGS
+                .get(0)
+                .is_some_and(|flags| flags & settings::UNENROLLED_DROP != 0);
+            if drop_unenrolled && flow.flags & TCP_FLAG_SYN != 0 {
+                Verdict::Drop(Counter::DroppedUnenrolled)
+            } else {
+                Verdict::Pass
+            }
+        }
         None => Verdict::Pass,
     }
 }
@@ -191,7 +213,7 @@ fn port_intercepted(dport_be: u16) -> bool {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &TcContext) -> Option<Flow> {
+fn parse_v4(ctx: &TcContext) -> Option<(Flow, Source)> {
     let ip: Ipv4Hdr = load_net(ctx, 0)?;
     let ihl = u32::from(ip.ver_ihl & 0x0f) * 4;
     if ip.ver_ihl >> 4 != 4 || ihl < 20 || ip.protocol != IPPROTO_TCP {
@@ -205,9 +227,21 @@ fn parse_v4(ctx: &TcContext) -> Option<Flow> {
     if !port_intercepted(tcp.dport) {
         return None;
     }
-    unsafe { ENROLLED_V4.get(ip.saddr) }?;
     AUDITED_V4.get(Key::new(32, ip.daddr))?;
+    let source = match unsafe { ENROLLED_V4.get(ip.saddr) } {
+        Some(_) => Source::Enrolled,
+        None => Source::Unenrolled,
+    };
 
+    let mut key = FlowKey {
+        family: 4,
+        sport: tcp.sport,
+        dport: tcp.dport,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    key.saddr[..4].copy_from_slice(&ip.saddr);
+    key.daddr[..4].copy_from_slice(&ip.daddr);
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     unsafe {
         let t = &mut tuple.__bindgen_anon_1.ipv4;
@@ -216,15 +250,19 @@ fn parse_v4(ctx: &TcContext) -> Option<Flow> {
         t.sport = tcp.sport;
         t.dport = tcp.dport;
     }
-    Some(Flow {
-        tuple,
-        v6: false,
-        flags: tcp.flags,
-    })
+    Some((
+        Flow {
+            tuple,
+            key,
+            v6: false,
+            flags: tcp.flags,
+        },
+        source,
+    ))
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext) -> Option<Flow> {
+fn parse_v6(ctx: &TcContext) -> Option<(Flow, Source)> {
     let ip: Ipv6Hdr = load_net(ctx, 0)?;
     if u32::from_be(ip.ver_tc_flow) >> 28 != 6 {
         return None;
@@ -258,9 +296,19 @@ fn parse_v6(ctx: &TcContext) -> Option<Flow> {
     if !port_intercepted(tcp.dport) {
         return None;
     }
-    unsafe { ENROLLED_V6.get(ip.saddr) }?;
     AUDITED_V6.get(Key::new(128, ip.daddr))?;
+    let source = match unsafe { ENROLLED_V6.get(ip.saddr) } {
+        Some(_) => Source::Enrolled,
+        None => Source::Unenrolled,
+    };
 
+    let key = FlowKey {
+        family: 6,
+        sport: tcp.sport,
+        dport: tcp.dport,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+    };
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     unsafe {
         let t = &mut tuple.__bindgen_anon_1.ipv6;
@@ -269,11 +317,15 @@ fn parse_v6(ctx: &TcContext) -> Option<Flow> {
         t.sport = tcp.sport;
         t.dport = tcp.dport;
     }
-    Some(Flow {
-        tuple,
-        v6: true,
-        flags: tcp.flags,
-    })
+    Some((
+        Flow {
+            tuple,
+            key,
+            v6: true,
+            flags: tcp.flags,
+        },
+        source,
+    ))
 }
 
 #[inline(always)]
@@ -350,6 +402,9 @@ fn steer_flow(ctx: &TcContext, mut flow: Flow) -> Verdict {
     if ret != 0 {
         return Verdict::Drop(Counter::DroppedAssignFailed);
     }
+    // Userspace attributes the flow only if it arrived where its device is expected.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let _ = FLOW_INGRESS.insert(&flow.key, &ifindex, 0);
     mark(ctx);
     Verdict::Intercept { syn: true }
 }

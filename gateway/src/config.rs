@@ -18,6 +18,9 @@ pub struct Config {
     /// Unix socket of the local control API.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// Group whose members may use the control socket (besides root).
+    #[serde(default)]
+    pub control_group: Option<String>,
     pub datapath: DatapathConfig,
     #[serde(default)]
     pub ssh: SshConfig,
@@ -91,6 +94,19 @@ pub struct DatapathConfig {
     /// `bpf_sk_assign`, so the port never appears on the wire.
     #[serde(default)]
     pub listen_port: u16,
+    /// SSH from sources not in the device table to audited destinations.
+    #[serde(default)]
+    pub unenrolled: Unenrolled,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unenrolled {
+    /// Leave it alone: non-device traffic is none of sshgw's business.
+    #[default]
+    Pass,
+    /// Drop it: audited servers are reachable only through sshgw.
+    Drop,
 }
 
 fn default_control_socket() -> PathBuf {

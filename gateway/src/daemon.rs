@@ -1,5 +1,5 @@
-//! `sshgw run`: wires the datapath, the listeners, the relay and the control socket,
-//! and handles signals (SIGTERM/SIGINT: clean stop; SIGHUP: reload the state files).
+//! `sshgw run`: wires the datapath, the listeners, admission, the relay and the control
+//! socket, and handles signals (SIGTERM/SIGINT: clean stop; SIGHUP: reload the state files).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -7,30 +7,27 @@ use anyhow::{Context, Result};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
-    sync::Mutex,
 };
 
 use crate::{
+    admission,
     ca::{Authorities, HostCerts},
     config::Config,
     control,
-    datapath::{Datapath, MatchSets},
-    devices::DeviceTable,
-    identity::IdentityIndex,
+    datapath::{self, Datapath, FlowIngress},
     listener::{self, Listeners},
-    policies::PolicySet,
     relay::{self, RelayContext},
+    state::{self, LiveState},
     status::{self, Report},
     upstream_keys::UpstreamKeys,
 };
 
 /// State shared by the accept loops and the control API.
 pub struct Shared {
-    config: Config,
-    datapath: std::sync::Mutex<Option<Datapath>>,
+    pub config: Config,
+    pub state: Arc<LiveState>,
+    datapath: Arc<std::sync::Mutex<Option<Datapath>>>,
     listeners: Vec<SocketAddr>,
-    relay: Arc<RelayContext>,
-    reload: Mutex<()>,
 }
 
 impl Shared {
@@ -46,78 +43,61 @@ impl Shared {
             counters: status::counters_owned(dp.counters()?),
         })
     }
-
-    /// Re-reads devices.json and policies.json and updates the match sets.
-    async fn reload(&self) -> Result<()> {
-        let _serial = self.reload.lock().await;
-        let (devices, policies) = load_state(&self.config)?;
-        let sets = match_sets(&self.config, &devices, &policies);
-        {
-            let mut guard = self.datapath.lock().expect("datapath lock poisoned");
-            if let Some(dp) = guard.as_mut() {
-                dp.update(&sets)?;
-            }
-        }
-        self.relay.set_identities(IdentityIndex::new(&devices));
-        tracing::info!(
-            enrolled = sets.enrolled.len(),
-            audited = sets.audited.len(),
-            "reloaded device table and policies"
-        );
-        Ok(())
-    }
 }
 
-fn load_state(config: &Config) -> Result<(DeviceTable, PolicySet)> {
-    Ok((
-        DeviceTable::load(&config.devices_path())?,
-        PolicySet::load(&config.policies_path())?,
-    ))
-}
-
-fn match_sets(config: &Config, devices: &DeviceTable, policies: &PolicySet) -> MatchSets {
-    MatchSets {
-        enrolled: devices.addresses().collect(),
-        audited: policies.audited_networks().map(|n| n.0).collect(),
-        ports: config.datapath.ports.iter().copied().collect(),
-    }
+/// What each accepted connection needs.
+struct Admit {
+    state: Arc<LiveState>,
+    relay: Arc<RelayContext>,
+    ingress: FlowIngress,
 }
 
 pub async fn run(config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
-    let (devices, policies) = load_state(&config)?;
-    let sets = match_sets(&config, &devices, &policies);
+    let (devices, policies) = state::load(&config)?;
+    let sets = state::match_sets(&config, &devices, &policies);
     let authorities = Arc::new(Authorities::load_or_create(&config.state_dir)?);
     let relay = Arc::new(RelayContext {
         config: config.ssh.clone(),
         host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
         upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
-        identities: std::sync::RwLock::new(Arc::new(IdentityIndex::new(&devices))),
         authorities,
     });
-    let control = control::server::bind(&config.control_socket).await?;
+    let control = control::server::bind(&config).await?;
     let listeners = Listeners::bind(config.datapath.listen_port)?;
-    let datapath = Datapath::start(
+    let mut dp = Datapath::start(
         &config.datapath,
         &sets,
         Some(&listeners.v4),
         listeners.v6.as_ref(),
     )
     .await?;
+    let ingress = dp.flow_ingress()?;
+    let datapath = Arc::new(std::sync::Mutex::new(Some(dp)));
+    let live = Arc::new(LiveState::new(
+        config.clone(),
+        devices,
+        policies,
+        datapath.clone(),
+    ));
 
     let shared = Arc::new(Shared {
         listeners: listeners.addresses(),
         config: config.clone(),
-        datapath: std::sync::Mutex::new(Some(datapath)),
-        relay: relay.clone(),
-        reload: Mutex::new(()),
+        state: live.clone(),
+        datapath,
+    });
+    let admit = Arc::new(Admit {
+        state: live,
+        relay,
+        ingress,
     });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::server::serve(control, shared.clone()));
-    tasks.spawn(accept_loop(listeners.v4, relay.clone()));
+    tasks.spawn(accept_loop(listeners.v4, admit.clone()));
     if let Some(v6) = listeners.v6 {
-        tasks.spawn(accept_loop(v6, relay.clone()));
+        tasks.spawn(accept_loop(v6, admit.clone()));
     }
     tracing::info!(
         interfaces = ?config.datapath.interfaces,
@@ -136,8 +116,8 @@ pub async fn run(config: Config) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                if let Err(e) = shared.reload().await {
-                    tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous state");
+                if let Err(e) = shared.state.reload().await {
+                    tracing::error!(error = %e, "reload failed; keeping the previous state");
                 }
             }
         }
@@ -158,7 +138,7 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, relay: Arc<RelayContext>) {
+async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
     loop {
         let conn = match listener::accept(&listener).await {
             Ok(Some(conn)) => conn,
@@ -170,11 +150,30 @@ async fn accept_loop(listener: TcpListener, relay: Arc<RelayContext>) {
                 continue;
             }
         };
+        let session_id = admission::new_session_id();
+        let ingress = admit
+            .ingress
+            .take_flow(conn.peer, conn.original_dst)
+            .and_then(datapath::interface_name);
         tracing::info!(
+            session = %session_id,
             peer = %conn.peer,
             orig_dst = %conn.original_dst,
+            ingress = ingress.as_deref().unwrap_or("-"),
             "intercepted connection"
         );
-        tokio::spawn(relay::serve(relay.clone(), conn));
+        let decision = admission::admit(
+            &admit.state.snapshot(),
+            &session_id,
+            conn.peer,
+            conn.original_dst,
+            ingress.as_deref(),
+        );
+        tokio::spawn(relay::serve(
+            admit.relay.clone(),
+            conn,
+            session_id,
+            decision,
+        ));
     }
 }

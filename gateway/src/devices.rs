@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 use crate::json_file;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceTable {
     pub devices: Vec<Device>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Device {
     pub id: String,
     pub addresses: Vec<IpAddr>,
@@ -27,6 +29,7 @@ pub struct Device {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct User {
     pub email: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,7 +50,7 @@ impl DeviceTable {
         Ok(json_file::load_with(path, Self::parse)?.unwrap_or_default())
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         let mut ids = HashSet::new();
         let mut owners = std::collections::HashMap::new();
         for (i, d) in self.devices.iter().enumerate() {
@@ -73,6 +76,25 @@ impl DeviceTable {
             }
         }
         Ok(())
+    }
+
+    /// Inserts or replaces the device with `device.id`, then validates the whole table.
+    pub fn upsert(&self, device: Device) -> Result<Self> {
+        let mut next = self.clone();
+        match next.devices.iter_mut().find(|d| d.id == device.id) {
+            Some(slot) => *slot = device,
+            None => next.devices.push(device),
+        }
+        next.validate()?;
+        Ok(next)
+    }
+
+    /// The table without device `id`, or `None` when there is no such device.
+    pub fn without(&self, id: &str) -> Option<Self> {
+        let mut next = self.clone();
+        let before = next.devices.len();
+        next.devices.retain(|d| d.id != id);
+        (next.devices.len() != before).then_some(next)
     }
 
     /// Every tunnel address: the datapath's ENROLLED set.

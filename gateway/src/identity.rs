@@ -11,6 +11,11 @@ pub struct Identity {
     pub email: String,
     /// The email's local part: the certificate principal (`jdoe@example.com` → `jdoe`).
     pub principal: String,
+    pub groups: Vec<String>,
+    /// Posture checks the device currently passes.
+    pub posture: Vec<String>,
+    /// The interface the device's tunnel must arrive on, when pinned to one.
+    pub interface: Option<String>,
 }
 
 /// Address → device lookup in constant time, rebuilt whenever the table changes.
@@ -46,6 +51,9 @@ fn identity_of(device: &Device) -> Identity {
         device_id: device.id.clone(),
         email,
         principal,
+        groups: device.user.groups.clone(),
+        posture: device.posture.clone(),
+        interface: device.interface.clone(),
     }
 }
 

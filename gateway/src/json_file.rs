@@ -30,3 +30,62 @@ pub fn load_with<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T>) -> Resul
         .map(Some)
         .with_context(|| format!("invalid {}", path.display()))
 }
+
+/// A new version of a state file, written and synced next to it but not yet in place.
+/// Dropping it without `commit` removes it, leaving the old file untouched.
+pub struct Staged {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    committed: bool,
+}
+
+/// Writes `value` as pretty JSON to a temporary file beside `path` (mode 0600, fsynced).
+pub fn stage<T: serde::Serialize>(path: &Path, value: &T) -> Result<Staged> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let staged = Staged {
+        tmp,
+        path: path.to_path_buf(),
+        committed: false,
+    };
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", staged.tmp.display()))?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Atomically replaces the old file and makes the rename durable.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("cannot replace {}", self.path.display()))?;
+        self.committed = true;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot sync {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}

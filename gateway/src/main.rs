@@ -1,5 +1,6 @@
 //! sshgw: a transparent SSH audit gateway for Linux egress routers.
 
+mod admission;
 mod ca;
 mod cli;
 mod config;
@@ -13,7 +14,9 @@ mod listener;
 mod logging;
 mod network;
 mod policies;
+mod policy_eval;
 mod relay;
+mod state;
 mod status;
 mod upstream_keys;
 

@@ -1,22 +1,36 @@
 //! Audit-SSH policies, stored as `policies.json` in the state dir. This module holds the
-//! schema; the datapath takes its AUDITED set from the enabled policies' destinations.
+//! schema and its validation; `policy_eval` decides connections with it, and the datapath
+//! takes its AUDITED set from the enabled policies' destinations.
+//!
+//! Every error starts with the field path, e.g.
+//! `policies[3].destinations[0]: "10.0.0.300/8" is not an IP network`.
 
-use std::{collections::HashSet, path::Path};
+use std::{collections::HashSet, fmt, path::Path, time::Duration};
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{json_file, network::Network};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Most policies a set may hold.
+pub const MAX_POLICIES: usize = 1_000;
+/// Most distinct destinations across all enabled policies: the datapath's AUDITED map size.
+pub const MAX_DESTINATIONS: usize = gateway_common::MAX_AUDITED as usize;
+/// Longest `ssh.max_duration` accepted.
+pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(365 * DAY);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicySet {
     pub policies: Vec<Policy>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     pub id: String,
     pub name: String,
+    /// Lower runs first; ties keep the order of the file.
     pub precedence: i64,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
@@ -24,6 +38,14 @@ pub struct Policy {
     pub destinations: Vec<Network>,
     #[serde(default = "default_ports")]
     pub ports: Vec<u16>,
+    /// Who the policy applies to; all lists empty means anyone.
+    #[serde(default)]
+    pub identity: IdentityMatch,
+    /// Posture checks the device must pass, all of them.
+    #[serde(default)]
+    pub posture: Vec<String>,
+    #[serde(default)]
+    pub ssh: SshSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +53,46 @@ pub struct Policy {
 pub enum Action {
     AuditSsh,
     Block,
+}
+
+/// Alternatives: the subject matches when its email is in `emails`, OR its email domain is
+/// in `email_domains`, OR one of its groups is in `groups`. All three empty: anyone.
+/// Emails and domains compare case-insensitively; groups compare exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityMatch {
+    #[serde(default)]
+    pub emails: Vec<String>,
+    #[serde(default)]
+    pub email_domains: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl IdentityMatch {
+    /// True when no list is set, so the policy applies to everyone.
+    pub fn is_anyone(&self) -> bool {
+        self.emails.is_empty() && self.email_domains.is_empty() && self.groups.is_empty()
+    }
+}
+
+/// What an audited session may do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshSettings {
+    /// Record the commands of the session in the audit log.
+    pub command_logging: bool,
+    /// Unix logins the user may use on the server; empty means any.
+    pub usernames: Vec<String>,
+    /// `None`: the `[ssh] port_forwarding` config default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_forwarding: Option<bool>,
+    /// `None`: the `[ssh] agent_forwarding` config default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_forwarding: Option<bool>,
+    /// Written as `"90s"`, `"30m"`, `"8h"`, `"1h30m"`, `"2d"`; `None`: no limit.
+    #[serde(with = "duration_text", skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<Duration>,
 }
 
 fn enabled_by_default() -> bool {
@@ -52,20 +114,68 @@ impl PolicySet {
         Ok(json_file::load_with(path, Self::parse)?.unwrap_or_default())
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
+        if self.policies.len() > MAX_POLICIES {
+            bail!(
+                "policies: {} policies; at most {MAX_POLICIES} are supported",
+                self.policies.len()
+            );
+        }
         let mut ids = HashSet::new();
+        let mut audited = HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
+            let at = format!("policies[{i}]");
             if p.id.is_empty() {
-                bail!("policies[{i}].id: must not be empty");
+                bail!("{at}.id: must not be empty");
+            }
+            if p.id.chars().any(char::is_control) {
+                bail!("{at}.id: {:?} contains control characters", p.id);
             }
             if !ids.insert(p.id.as_str()) {
-                bail!("policies[{i}].id: {:?} is used by another policy", p.id);
+                bail!("{at}.id: {:?} is used by another policy", p.id);
+            }
+            if p.name.trim().is_empty() {
+                bail!("{at}.name: must not be empty");
+            }
+            if p.name.chars().any(char::is_control) {
+                bail!("{at}.name: {:?} contains control characters", p.name);
             }
             if p.destinations.is_empty() {
-                bail!("policies[{i}].destinations: list at least one IP or CIDR");
+                bail!("{at}.destinations: list at least one IP or CIDR");
             }
-            if let Some(j) = p.ports.iter().position(|&port| port == 0) {
-                bail!("policies[{i}].ports[{j}]: 0 is not a valid port");
+            if p.enabled {
+                for (j, d) in p.destinations.iter().enumerate() {
+                    if audited.insert(d.0.trunc()) && audited.len() > MAX_DESTINATIONS {
+                        bail!(
+                            "{at}.destinations[{j}]: the enabled policies list more than \
+                             {MAX_DESTINATIONS} distinct destinations, the size of the \
+                             datapath's AUDITED map"
+                        );
+                    }
+                }
+            }
+            if p.ports.is_empty() {
+                bail!("{at}.ports: list at least one port (or leave it out for [22])");
+            }
+            let mut ports = HashSet::new();
+            for (j, &port) in p.ports.iter().enumerate() {
+                if port == 0 {
+                    bail!("{at}.ports[{j}]: 0 is not a valid port");
+                }
+                if !ports.insert(port) {
+                    bail!("{at}.ports[{j}]: {port} is listed twice");
+                }
+            }
+            validate_identity(&at, &p.identity)?;
+            validate_names(&format!("{at}.posture"), &p.posture, "posture check")?;
+            for (j, login) in p.ssh.usernames.iter().enumerate() {
+                if !is_unix_login(login) {
+                    bail!(
+                        "{at}.ssh.usernames[{j}]: {login:?} is not a valid Unix login name \
+                         (lowercase letters, digits, '_', '.', '-', an optional final '$', \
+                         starting with a letter or '_', at most 32 characters)"
+                    );
+                }
             }
         }
         Ok(())
@@ -77,6 +187,177 @@ impl PolicySet {
             .iter()
             .filter(|p| p.enabled)
             .flat_map(|p| p.destinations.iter().copied())
+    }
+}
+
+fn validate_identity(at: &str, identity: &IdentityMatch) -> Result<()> {
+    for (j, email) in identity.emails.iter().enumerate() {
+        let valid = matches!(email.split_once('@'),
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+        if !valid {
+            bail!("{at}.identity.emails[{j}]: {email:?} is not an email address (local@domain)");
+        }
+    }
+    for (j, domain) in identity.email_domains.iter().enumerate() {
+        if domain.is_empty() {
+            bail!("{at}.identity.email_domains[{j}]: must not be empty");
+        }
+        if domain.contains('@') {
+            bail!(
+                "{at}.identity.email_domains[{j}]: {domain:?} must not contain '@' \
+                 (write just the domain, e.g. \"example.com\")"
+            );
+        }
+    }
+    validate_names(&format!("{at}.identity.groups"), &identity.groups, "group")
+}
+
+fn validate_names(at: &str, names: &[String], what: &str) -> Result<()> {
+    for (j, name) in names.iter().enumerate() {
+        if name.is_empty() {
+            bail!("{at}[{j}]: the {what} name must not be empty");
+        }
+    }
+    Ok(())
+}
+
+/// `[a-z_][a-z0-9_.-]*[$]?`, at most 32 characters: the portable Unix login names.
+fn is_unix_login(name: &str) -> bool {
+    let body = name.strip_suffix('$').unwrap_or(name);
+    let mut bytes = body.bytes();
+    name.len() <= 32
+        && matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+}
+
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+const UNITS: [(char, u64); 4] = [('d', DAY), ('h', HOUR), ('m', MINUTE), ('s', 1)];
+
+/// Parses a duration written as numbers with units from largest to smallest, each unit at
+/// most once: `"90s"`, `"30m"`, `"8h"`, `"1h30m"`, `"2d"`. Zero and anything above
+/// [`MAX_SESSION_DURATION`] are refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const HINT: &str = "write a duration such as \"30m\", \"8h\" or \"1h30m\"";
+    if text.is_empty() {
+        return Err(format!("must not be empty; {HINT}"));
+    }
+    let too_long = || {
+        format!(
+            "{text:?} is longer than the maximum of {}",
+            format_duration(MAX_SESSION_DURATION)
+        )
+    };
+    let mut total: u64 = 0;
+    let mut rest = text;
+    // Index into UNITS of the next unit allowed: units must get smaller.
+    let mut next_unit = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, after) = rest.split_at(digits);
+        let Some(unit) = after.chars().next() else {
+            return Err(format!(
+                "{text:?}: {number:?} has no unit (use d, h, m or s); {HINT}"
+            ));
+        };
+        if number.is_empty() {
+            return Err(format!(
+                "{text:?}: expected a number before {unit:?}; {HINT}"
+            ));
+        }
+        let Some(pos) = UNITS.iter().position(|&(u, _)| u == unit) else {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use d, h, m or s); {HINT}"
+            ));
+        };
+        if pos < next_unit {
+            return Err(format!(
+                "{text:?}: units must go from largest to smallest (d, h, m, s), each at most once"
+            ));
+        }
+        next_unit = pos + 1;
+        let n: u64 = number.parse().map_err(|_| too_long())?;
+        total = n
+            .checked_mul(UNITS[pos].1)
+            .and_then(|secs| total.checked_add(secs))
+            .ok_or_else(too_long)?;
+        rest = &after[unit.len_utf8()..];
+    }
+    if total == 0 {
+        return Err(format!(
+            "{text:?} is zero; leave max_duration out for no limit"
+        ));
+    }
+    let duration = Duration::from_secs(total);
+    if duration > MAX_SESSION_DURATION {
+        return Err(too_long());
+    }
+    Ok(duration)
+}
+
+/// The canonical text of a duration, whole seconds: `5400s` → `"1h30m"`, `90s` → `"1m30s"`.
+pub fn format_duration(duration: Duration) -> String {
+    DurationText(duration).to_string()
+}
+
+struct DurationText(Duration);
+
+impl fmt::Display for DurationText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut secs = self.0.as_secs();
+        if secs == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, size) in UNITS {
+            if secs >= size {
+                write!(f, "{}{unit}", secs / size)?;
+                secs %= size;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serde for `Option<Duration>` as duration text; `null` or absent is `None`.
+mod duration_text {
+    use std::{fmt, time::Duration};
+
+    use serde::{Deserializer, Serializer, de};
+
+    use super::{DurationText, parse_duration};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.collect_str(&DurationText(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        d.deserialize_option(OptionVisitor)
+    }
+
+    struct OptionVisitor;
+
+    impl<'de> de::Visitor<'de> for OptionVisitor {
+        type Value = Option<Duration>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a duration such as \"30m\", \"8h\" or \"1h30m\"")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            parse_duration(v).map(Some).map_err(E::custom)
+        }
     }
 }
 
@@ -116,5 +397,380 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("policies[0].action:"), "{e}");
+    }
+
+    const FULL: &str = r#"{"policies": [
+      {"id": "block-contractors", "name": "Block contractors from production", "precedence": 5,
+       "action": "block", "destinations": ["203.0.113.128/25"],
+       "identity": {"groups": ["contractors"]}},
+      {"id": "audit-prod", "name": "Audit production SSH", "precedence": 10, "enabled": true,
+       "action": "audit_ssh", "destinations": ["203.0.113.0/24", "2001:db8:1::/64"], "ports": [22, 2222],
+       "identity": {"emails": ["Ops@Example.com"], "email_domains": ["example.com"], "groups": ["sre"]},
+       "posture": ["disk-encryption", "os-up-to-date"],
+       "ssh": {"command_logging": true, "usernames": ["ubuntu", "deploy$"], "port_forwarding": false,
+               "agent_forwarding": true, "max_duration": "1h30m"}}]}"#;
+
+    #[test]
+    fn parses_every_field_with_defaults() {
+        let set = PolicySet::parse(FULL).unwrap();
+        let block = &set.policies[0];
+        assert!(block.enabled);
+        assert_eq!(block.action, Action::Block);
+        assert_eq!(block.ports, [22]);
+        assert_eq!(block.identity.groups, ["contractors"]);
+        assert!(block.identity.emails.is_empty() && block.identity.email_domains.is_empty());
+        assert!(block.posture.is_empty());
+        assert_eq!(block.ssh, SshSettings::default());
+        assert!(!block.ssh.command_logging && block.ssh.usernames.is_empty());
+        assert_eq!(block.ssh.port_forwarding, None);
+        assert_eq!(block.ssh.max_duration, None);
+
+        let audit = &set.policies[1];
+        assert_eq!(audit.ports, [22, 2222]);
+        assert_eq!(
+            audit.identity.emails,
+            ["Ops@Example.com"],
+            "stored as given"
+        );
+        assert_eq!(audit.posture, ["disk-encryption", "os-up-to-date"]);
+        assert!(audit.ssh.command_logging);
+        assert_eq!(audit.ssh.usernames, ["ubuntu", "deploy$"]);
+        assert_eq!(audit.ssh.port_forwarding, Some(false));
+        assert_eq!(audit.ssh.agent_forwarding, Some(true));
+        assert_eq!(audit.ssh.max_duration, Some(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn serialize_round_trips() {
+        let set = PolicySet::parse(FULL).unwrap();
+        let text = serde_json::to_string_pretty(&set).unwrap();
+        assert_eq!(PolicySet::parse(&text).unwrap(), set);
+        assert!(text.contains(r#""max_duration": "1h30m""#), "{text}");
+        // Unset options are left out rather than written as null.
+        let block = serde_json::to_value(&set.policies[0]).unwrap();
+        assert_eq!(
+            block["ssh"],
+            serde_json::json!({"command_logging": false, "usernames": []})
+        );
+        assert_eq!(block["ports"], serde_json::json!([22]));
+        assert_eq!(block["enabled"], serde_json::json!(true));
+        // null is accepted as "not set".
+        let set = PolicySet::parse(
+            r#"{"policies": [{"id": "p", "name": "n", "precedence": 1, "action": "block",
+                "destinations": ["10.0.0.0/8"], "ssh": {"max_duration": null, "port_forwarding": null}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(set.policies[0].ssh, SshSettings::default());
+    }
+
+    /// A set of policies `p0`, `p1`, … each with the fields of one override object
+    /// (JSON text) laid over a valid minimal policy.
+    fn set_of(overrides: &[&str]) -> String {
+        let policies: Vec<serde_json::Value> = overrides
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let mut p = serde_json::json!({"id": format!("p{i}"), "name": "n", "precedence": i,
+                    "action": "audit_ssh", "destinations": ["10.0.0.0/8"]});
+                let o: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(o).unwrap();
+                for (k, v) in o {
+                    p[k] = v;
+                }
+                p
+            })
+            .collect();
+        serde_json::json!({ "policies": policies }).to_string()
+    }
+
+    fn one(overrides: &str) -> String {
+        set_of(&[overrides])
+    }
+
+    fn error(text: &str) -> String {
+        format!("{:#}", PolicySet::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn every_validation_error_names_its_field() {
+        let cases: &[(String, &str)] = &[
+            (one(r#"{"id": ""}"#), "policies[0].id: must not be empty"),
+            (
+                one(r#"{"id": "a\tb"}"#),
+                "policies[0].id: \"a\\tb\" contains control characters",
+            ),
+            (
+                set_of(&["{}", "{}", r#"{"id": "p1"}"#]),
+                "policies[2].id: \"p1\" is used by another policy",
+            ),
+            (
+                one(r#"{"name": " "}"#),
+                "policies[0].name: must not be empty",
+            ),
+            (
+                one(r#"{"name": "a\nb"}"#),
+                "policies[0].name: \"a\\nb\" contains control characters",
+            ),
+            (
+                one(r#"{"destinations": []}"#),
+                "policies[0].destinations: list at least one IP or CIDR",
+            ),
+            (
+                set_of(&[
+                    "{}",
+                    r#"{"destinations": ["2001:db8::/32", "fe80::1%eth0"]}"#,
+                ]),
+                "policies[1].destinations[1]: \"fe80::1%eth0\" is not an IP network",
+            ),
+            (
+                one(r#"{"ports": []}"#),
+                "policies[0].ports: list at least one port",
+            ),
+            (
+                one(r#"{"ports": [22, 0]}"#),
+                "policies[0].ports[1]: 0 is not a valid port",
+            ),
+            (
+                one(r#"{"ports": [22, 2222, 22]}"#),
+                "policies[0].ports[2]: 22 is listed twice",
+            ),
+            (
+                one(r#"{"ports": [70000]}"#),
+                "policies[0].ports[0]: invalid value",
+            ),
+            (
+                one(r#"{"identity": {"emails": ["a@b.c", "jdoe"]}}"#),
+                "policies[0].identity.emails[1]: \"jdoe\" is not an email address",
+            ),
+            (
+                one(r#"{"identity": {"emails": ["@example.com"]}}"#),
+                "policies[0].identity.emails[0]: \"@example.com\" is not an email address",
+            ),
+            (
+                one(r#"{"identity": {"emails": ["a@b@example.com"]}}"#),
+                "policies[0].identity.emails[0]: \"a@b@example.com\" is not an email address",
+            ),
+            (
+                one(r#"{"identity": {"email_domains": ["example.com", "@example.org"]}}"#),
+                "policies[0].identity.email_domains[1]: \"@example.org\" must not contain '@'",
+            ),
+            (
+                one(r#"{"identity": {"email_domains": [""]}}"#),
+                "policies[0].identity.email_domains[0]: must not be empty",
+            ),
+            (
+                one(r#"{"identity": {"groups": ["sre", ""]}}"#),
+                "policies[0].identity.groups[1]: the group name must not be empty",
+            ),
+            (
+                one(r#"{"posture": [""]}"#),
+                "policies[0].posture[0]: the posture check name must not be empty",
+            ),
+            (
+                one(r#"{"ssh": {"usernames": ["ubuntu", "Root"]}}"#),
+                "policies[0].ssh.usernames[1]: \"Root\" is not a valid Unix login name",
+            ),
+            (
+                one(r#"{"ssh": {"max_duration": "8x"}}"#),
+                "policies[0].ssh.max_duration: \"8x\": unknown unit 'x'",
+            ),
+            (
+                one(r#"{"ssh": {"max_duration": "0m"}}"#),
+                "policies[0].ssh.max_duration: \"0m\" is zero",
+            ),
+            (
+                one(r#"{"ssh": {"max_duration": 3600}}"#),
+                "policies[0].ssh.max_duration: invalid type: integer `3600`, expected a duration",
+            ),
+            (
+                one(r#"{"ssh": {"command_logging": "yes"}}"#),
+                "policies[0].ssh.command_logging: invalid type",
+            ),
+            (
+                one(r#"{"ssh": {"port_forwarding": 1}}"#),
+                "policies[0].ssh.port_forwarding: invalid type",
+            ),
+            (
+                one(r#"{"identity": {"emails": "a@b.c"}}"#),
+                "policies[0].identity.emails: invalid type",
+            ),
+            (
+                one(r#"{"enabled": "no"}"#),
+                "policies[0].enabled: invalid type",
+            ),
+            (
+                one(r#"{"precedence": 1.5}"#),
+                "policies[0].precedence: invalid type",
+            ),
+            (
+                r#"{"policies": [{"id": "p", "name": "n", "precedence": 1, "action": "block"}]}"#
+                    .into(),
+                "policies[0]: missing field `destinations`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = error(text);
+            assert!(
+                e.starts_with(want),
+                "want {want:?}\n got {e:?}\n for {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_issue_example_error() {
+        let e = error(&set_of(&[
+            "{}",
+            "{}",
+            "{}",
+            r#"{"destinations": ["10.0.0.300/8"]}"#,
+        ]));
+        // serde_json appends the position: "… at line 1 column 333".
+        assert!(
+            e.starts_with("policies[3].destinations[0]: \"10.0.0.300/8\" is not an IP network"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_path() {
+        for (overrides, want) in [
+            (
+                r#"{"ssh": {"usernmes": ["ubuntu"]}}"#,
+                "policies[0].ssh.usernmes: unknown field `usernmes`",
+            ),
+            (
+                r#"{"identity": {"domains": ["example.com"]}}"#,
+                "policies[0].identity.domains: unknown field `domains`",
+            ),
+            (
+                r#"{"port": [22]}"#,
+                "policies[0].port: unknown field `port`",
+            ),
+        ] {
+            let e = error(&one(overrides));
+            assert!(e.starts_with(want), "want {want:?}\n got {e:?}");
+        }
+        let e = error(r#"{"policies": [], "version": 2}"#);
+        assert!(e.starts_with("version: unknown field `version`"), "{e}");
+    }
+
+    #[test]
+    fn unix_login_names() {
+        for ok in ["ubuntu", "_apt", "deploy$", "a.b-c_9", "x", &"a".repeat(32)] {
+            assert!(is_unix_login(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "$",
+            "Root",
+            "9lives",
+            "-x",
+            ".x",
+            "a$b",
+            "a b",
+            "jdoe@example.com",
+            "é",
+            &"a".repeat(33),
+        ] {
+            assert!(!is_unix_login(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let policy = |i: usize, enabled: bool, dsts: &[String]| {
+            serde_json::json!({"id": format!("p{i}"), "name": "n", "precedence": i,
+                "enabled": enabled, "action": "audit_ssh", "destinations": dsts})
+        };
+        let set = |policies: Vec<serde_json::Value>| {
+            serde_json::json!({ "policies": policies }).to_string()
+        };
+        let host = |n: usize| format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+
+        let many: Vec<_> = (0..MAX_POLICIES)
+            .map(|i| policy(i, true, &[host(i)]))
+            .collect();
+        PolicySet::parse(&set(many.clone())).unwrap();
+        let mut too_many = many;
+        too_many.push(policy(MAX_POLICIES, true, &[host(MAX_POLICIES)]));
+        assert_eq!(
+            error(&set(too_many)),
+            "policies: 1001 policies; at most 1000 are supported"
+        );
+
+        // 16,384 distinct destinations fit; duplicates and disabled policies do not count.
+        let half: Vec<String> = (0..MAX_DESTINATIONS / 2).map(host).collect();
+        let rest: Vec<String> = (MAX_DESTINATIONS / 2..MAX_DESTINATIONS).map(host).collect();
+        let fits = vec![
+            policy(0, true, &half),
+            policy(1, true, &rest),
+            policy(2, true, &half[..10]),
+            policy(3, false, &[host(MAX_DESTINATIONS)]),
+        ];
+        PolicySet::parse(&set(fits)).unwrap();
+        let over = vec![
+            policy(0, true, &half),
+            policy(1, true, &rest),
+            policy(2, true, &[host(0), host(MAX_DESTINATIONS)]),
+        ];
+        let e = error(&set(over));
+        assert!(
+            e.starts_with(
+                "policies[2].destinations[1]: the enabled policies list more than 16384 distinct destinations"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        for (text, secs, canonical) in [
+            ("90s", 90, "1m30s"),
+            ("30m", 1800, "30m"),
+            ("8h", 8 * 3600, "8h"),
+            ("1h30m", 5400, "1h30m"),
+            ("2d", 2 * 86400, "2d"),
+            ("1d2h3m4s", 86400 + 7200 + 180 + 4, "1d2h3m4s"),
+            ("0h5m", 300, "5m"),
+            ("120m", 7200, "2h"),
+            ("365d", 365 * 86400, "365d"),
+        ] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(d, Duration::from_secs(secs), "{text}");
+            assert_eq!(format_duration(d), canonical, "{text}");
+            assert_eq!(parse_duration(canonical).unwrap(), d, "{canonical}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_say_why() {
+        for (text, want) in [
+            ("", "must not be empty"),
+            ("0s", "\"0s\" is zero"),
+            ("0h0m", "\"0h0m\" is zero"),
+            ("90", "\"90\": \"90\" has no unit"),
+            ("1h30", "\"1h30\": \"30\" has no unit"),
+            ("h", "\"h\": expected a number before 'h'"),
+            ("5w", "\"5w\": unknown unit 'w'"),
+            ("8H", "\"8H\": unknown unit 'H'"),
+            ("1.5h", "\"1.5h\": unknown unit '.'"),
+            (" 8h", "\" 8h\": expected a number before ' '"),
+            ("-5m", "\"-5m\": expected a number before '-'"),
+            ("30m1h", "\"30m1h\": units must go from largest to smallest"),
+            ("1h1h", "\"1h1h\": units must go from largest to smallest"),
+            ("366d", "\"366d\" is longer than the maximum of 365d"),
+            (
+                "99999999999999999999s",
+                "\"99999999999999999999s\" is longer than the maximum",
+            ),
+            (
+                "18446744073709551615d",
+                "\"18446744073709551615d\" is longer than the maximum",
+            ),
+        ] {
+            let e = parse_duration(text).unwrap_err();
+            assert!(e.starts_with(want), "{text:?}: want {want:?}, got {e:?}");
+        }
     }
 }

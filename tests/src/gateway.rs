@@ -2,11 +2,19 @@
 //!
 //! The binary comes from `$SSHGW_BIN` (absolute path), falling back to
 //! `<workspace>/target/debug/sshgw`. The harness writes `config.toml`, `state/devices.json` and
-//! `state/policies.json` into a lab subdirectory and runs
+//! `state/policies.json` and runs
 //! `sshgw run --config CONFIG --log-format text` entered into `rtr` with `setns` only (never
 //! `ip netns exec`, which would hide the host's `/sys/fs/bpf`).
 //!
+//! The daemon's state dir is per lab (`<lab dir>/sshgw-state`), shared by every [`Gateway`]
+//! of the lab like the persistent state of a real router: its CA keys (`ca/`) are created by
+//! [`Lab::sshgw_ca`] before sshd starts (sshd must trust the user CA) and its `known_hosts`
+//! survives restarts. Config files and the control socket are per [`Gateway`].
+//!
 //! ```ignore
+//! let ca = lab.sshgw_ca()?;             // `sshgw ca user-key` / `known-hosts` (created once)
+//! let sshd = lab.start_sshd_for_gateway()?; // trusts ca.user_ca_file
+//! let mut gw = lab.gateway_with(GatewayConfig::default().ssh("port_forwarding = true"))?;
 //! let mut gw = lab.gateway()?;          // files written, not started
 //! let status = gw.start()?;             // spawn + poll `sshgw status --json` until running
 //! gw.wait_for_intercept(Family::V4.audited(), 22, Duration::from_secs(5))?;
@@ -162,8 +170,10 @@ pub struct GatewayConfig {
     pub devices: Value,
     /// Contents of `state/policies.json`.
     pub policies: Value,
+    /// Lines of the `[ssh]` table (e.g. `port_forwarding = true`); no table when empty.
+    pub ssh: Vec<String>,
     /// Raw TOML appended to config.toml; must start with a `[table]` header (it follows the
-    /// `[datapath]` table).
+    /// `[datapath]` and `[ssh]` tables).
     pub extra_toml: String,
     /// `--log-format` value.
     pub log_format: String,
@@ -179,12 +189,37 @@ impl Default for GatewayConfig {
             pin_dir: None,
             devices: default_devices(),
             policies: default_policies(),
+            ssh: Vec::new(),
             extra_toml: String::new(),
             log_format: "text".to_owned(),
             env: Vec::new(),
         }
     }
 }
+
+impl GatewayConfig {
+    /// Adds a line to the `[ssh]` table, e.g. `ssh("upstream_host_keys = \"strict\"")`.
+    pub fn ssh(mut self, line: &str) -> Self {
+        self.ssh.push(line.to_owned());
+        self
+    }
+}
+
+/// The lab gateway's certificate authorities, as printed by `sshgw ca`.
+#[derive(Debug, Clone)]
+pub struct SshgwCa {
+    /// `sshgw ca user-key`: `ssh-ed25519 AAAA... sshgw-user-ca`.
+    pub user_ca_line: String,
+    /// A file holding [`SshgwCa::user_ca_line`], for sshd's `TrustedUserCAKeys`.
+    pub user_ca_file: PathBuf,
+    /// `sshgw ca known-hosts`: `@cert-authority * ssh-ed25519 AAAA... sshgw-host-ca`.
+    pub known_hosts_line: String,
+    /// A file holding [`SshgwCa::known_hosts_line`], for a device's `UserKnownHostsFile`.
+    pub known_hosts_file: PathBuf,
+}
+
+/// Deadline for `sshgw ca ...` (key generation and file I/O only).
+pub const CA_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A TOML basic string (JSON string escapes are a subset of TOML's).
 fn toml_str(s: &str) -> String {
@@ -265,6 +300,66 @@ pub struct Gateway<'a> {
 }
 
 impl Lab {
+    /// The lab gateway's state dir `<lab dir>/sshgw-state` (created on first use).
+    pub fn sshgw_state_dir(&self) -> Result<PathBuf> {
+        let dir = self.dir().join("sshgw-state");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// The lab gateway's CAs. The first call runs `sshgw ca user-key` and
+    /// `sshgw ca known-hosts` with a minimal config on the lab state dir (no namespace is
+    /// needed), which creates the CA keys the daemon will use; later calls return the cached
+    /// answer.
+    pub fn sshgw_ca(&self) -> Result<&SshgwCa> {
+        if let Some(ca) = self.sshgw_ca_cell().get() {
+            return Ok(ca);
+        }
+        let bin = sshgw_bin()?;
+        let state_dir = self.sshgw_state_dir()?;
+        let config = self.dir().join("sshgw-ca.toml");
+        fs::write(
+            &config,
+            format!(
+                "state_dir = {}\n\n[datapath]\ninterfaces = [\"{}\"]\n",
+                toml_path(&state_dir),
+                crate::topology::iface::RTR_LAN
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let ca_line = |what: &str| -> Result<String> {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["ca", what, "--config"]).arg(&config);
+            let out = self
+                .procs()
+                .run_quiet(&format!("sshgw ca {what}"), &mut cmd, CA_TIMEOUT)?
+                .check(&format!("sshgw ca {what}"))?;
+            let line = out.stdout.trim().to_owned();
+            if line.lines().count() != 1 {
+                bail!(
+                    "sshgw ca {what} should print one line, got {:?}",
+                    out.stdout
+                );
+            }
+            Ok(line)
+        };
+        let user_ca_line = ca_line("user-key")?;
+        let known_hosts_line = ca_line("known-hosts")?;
+        let user_ca_file = self.dir().join("sshgw_user_ca.pub");
+        let known_hosts_file = self.dir().join("sshgw_known_hosts");
+        fs::write(&user_ca_file, format!("{user_ca_line}\n"))
+            .with_context(|| format!("writing {}", user_ca_file.display()))?;
+        fs::write(&known_hosts_file, format!("{known_hosts_line}\n"))
+            .with_context(|| format!("writing {}", known_hosts_file.display()))?;
+        let _ = self.sshgw_ca_cell().set(SshgwCa {
+            user_ca_line,
+            user_ca_file,
+            known_hosts_line,
+            known_hosts_file,
+        });
+        Ok(self.sshgw_ca_cell().get().expect("just set"))
+    }
+
     /// Prepares the daemon with [`GatewayConfig::default`] (files written, not started).
     pub fn gateway(&self) -> Result<Gateway<'_>> {
         self.gateway_with(GatewayConfig::default())
@@ -275,9 +370,7 @@ impl Lab {
         let bin = sshgw_bin()?;
         ensure_bpffs()?;
         let dir = self.new_subdir("sshgw")?;
-        let state_dir = dir.join("state");
-        fs::create_dir_all(&state_dir)
-            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let state_dir = self.sshgw_state_dir()?;
         let pin_dir = cfg.pin_dir.clone().unwrap_or_else(|| self.pin_dir(None));
         self.remove_on_drop(&pin_dir);
         let gw = Gateway {
@@ -316,6 +409,13 @@ impl<'a> Gateway<'a> {
             list(c.ports.iter().map(u16::to_string).collect()),
             toml_path(&self.pin_dir),
         );
+        if !c.ssh.is_empty() {
+            toml.push_str("\n[ssh]\n");
+            for line in &c.ssh {
+                toml.push_str(line);
+                toml.push('\n');
+            }
+        }
         if !c.extra_toml.is_empty() {
             toml.push('\n');
             toml.push_str(&c.extra_toml);
@@ -356,6 +456,11 @@ impl<'a> Gateway<'a> {
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// `<state_dir>/known_hosts`: the pinned host keys of the real servers.
+    pub fn known_hosts_path(&self) -> PathBuf {
+        self.state_dir.join("known_hosts")
     }
 
     pub fn control_socket(&self) -> &Path {

@@ -5,9 +5,12 @@
 //! it the harness runs real programs, each owned by the lab's process registry
 //! ([`process::Processes`]) and killed by PID when the lab is dropped (also on panic):
 //!
-//! * [`sshd`]: OpenSSH's sshd in `srv` (ports 22 and 2222, IPv4 and IPv6);
-//! * [`ssh`]: the OpenSSH client in `dev` (one-shot commands and long-lived sessions);
-//! * [`gateway`]: the sshgw daemon in `rtr` (config/state files, start/stop/kill, `status`);
+//! * [`sshd`]: OpenSSH's sshd in `srv` (ports 22 and 2222, IPv4 and IPv6), in a private mount
+//!   namespace with lab-only Unix users, optionally trusting the gateway's user CA;
+//! * [`ssh`]: the OpenSSH client in `dev` (one-shot commands, long-lived sessions, pty
+//!   sessions, scp/sftp/rsync);
+//! * [`gateway`]: the sshgw daemon in `rtr` (config/state files, CA, start/stop/kill,
+//!   `status`);
 //! * [`capture`]: tcpdump in any namespace, parsed packets (TTL / hop limit checks).
 //!
 //! Requirements: root, `ip` (iproute2), `/usr/sbin/sshd`, `ssh`, `ssh-keygen`, `tcpdump`,
@@ -17,7 +20,7 @@
 //! ```ignore
 //! use sshgw_tests::*;
 //! lab_test(|lab| {
-//!     let _sshd = lab.start_sshd()?;
+//!     let _sshd = lab.start_sshd_for_gateway()?; // trusts the gateway's user CA
 //!     let mut gw = lab.gateway()?;
 //!     gw.start()?;
 //!     let conn = lab.ssh(Family::V4.audited()).bind(Family::V4.enrolled()).ssh_connection()?;
@@ -38,11 +41,11 @@ pub mod topology;
 pub mod wait;
 
 pub use capture::{Capture, Packet, syn_ack_filter, syn_filter};
-pub use gateway::{Counters, Gateway, GatewayConfig, Status};
+pub use gateway::{Counters, Gateway, GatewayConfig, SshgwCa, Status};
 pub use netns::Netns;
-pub use process::{Finished, Proc, Processes};
-pub use ssh::{KeyPair, Ssh, SshConnection, SshOutput, SshSession};
-pub use sshd::{OTHER_TCP_PORT, SSH_PORT, Sshd, SshdConfig};
+pub use process::{Finished, Io, Proc, Processes};
+pub use ssh::{KeyPair, PtySession, Ssh, SshConnection, SshOutput, SshSession};
+pub use sshd::{LAB_PRINCIPAL, LAB_USERS, OTHER_TCP_PORT, SSH_PORT, Sshd, SshdConfig, UnixUser};
 pub use topology::{Family, Lab, addr, host_port, iface};
 
 /// Runs `test` in a fresh [`Lab`]. Any error or panic fails the test; the lab then prints every

@@ -62,6 +62,16 @@ pub struct Proc {
     stderr: PathBuf,
 }
 
+/// Where a spawned process's stdin comes from and its stdout goes to (stderr always goes to
+/// the log directory). Default: stdin `/dev/null`, stdout to the log directory.
+#[derive(Debug, Clone, Default)]
+pub struct Io {
+    /// Read stdin from this file.
+    pub stdin: Option<PathBuf>,
+    /// Write stdout to this file (created/truncated) instead of a log file.
+    pub stdout: Option<PathBuf>,
+}
+
 /// Result of a bounded [`Processes::run`].
 #[derive(Debug, Clone)]
 pub struct Finished {
@@ -218,13 +228,76 @@ impl Processes {
 
     /// Starts `cmd` with stdin from /dev/null and stdout/stderr redirected to log files.
     pub fn spawn(&self, name: &str, cmd: &mut Command) -> Result<Proc> {
+        self.spawn_io(name, cmd, &Io::default())
+    }
+
+    /// Starts `cmd` with stdin/stdout as described by `io` (stderr always goes to a log file).
+    /// A stdout redirected to a caller's file is not a log: [`Proc::stdout_text`] is empty and
+    /// failure dumps skip it.
+    pub fn spawn_io(&self, name: &str, cmd: &mut Command, io: &Io) -> Result<Proc> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (out, err) = self.log_paths(id, name);
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&out).with_context(|| format!("creating {}", out.display()))?)
+        let stdin = match &io.stdin {
+            Some(path) => Stdio::from(
+                File::open(path).with_context(|| format!("opening {}", path.display()))?,
+            ),
+            None => Stdio::null(),
+        };
+        let (stdout, stdout_log) = match &io.stdout {
+            Some(path) => (
+                File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                None,
+            ),
+            None => (
+                File::create(&out).with_context(|| format!("creating {}", out.display()))?,
+                Some(out),
+            ),
+        };
+        cmd.stdin(stdin)
+            .stdout(stdout)
             .stderr(File::create(&err).with_context(|| format!("creating {}", err.display()))?);
-        let (proc, _, _) = self.register(id, name, cmd, Some(out), err)?;
+        let (proc, _, _) = self.register(id, name, cmd, stdout_log, err)?;
         Ok(proc)
+    }
+
+    /// Starts `cmd` with a pseudo-terminal slave as stdin, stdout and stderr and as its
+    /// controlling terminal (`setsid` + `TIOCSCTTY` before exec), like a login session. Returns
+    /// the process and the path of its transcript log (recorded as the process's stdout log;
+    /// the caller's reader of the master appends to it).
+    pub fn spawn_pty(
+        &self,
+        name: &str,
+        cmd: &mut Command,
+        slave: &std::os::fd::OwnedFd,
+    ) -> Result<(Proc, PathBuf)> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (out, err) = self.log_paths(id, name);
+        File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+        // stderr is the terminal too; the (empty) stderr log keeps the registry uniform.
+        File::create(&err).with_context(|| format!("creating {}", err.display()))?;
+        let dup = |what: &str| {
+            slave
+                .try_clone()
+                .with_context(|| format!("duplicating the pty slave for {what}"))
+        };
+        cmd.stdin(Stdio::from(dup("stdin")?))
+            .stdout(Stdio::from(dup("stdout")?))
+            .stderr(Stdio::from(dup("stderr")?));
+        // SAFETY: setsid and ioctl are async-signal-safe syscalls; nothing allocates.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                // stdin is the slave by now (std sets up stdio before pre_exec hooks).
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (proc, _, _) = self.register(id, name, cmd, Some(out.clone()), err)?;
+        Ok((proc, out))
     }
 
     /// Starts `cmd` with piped stdin and stdout (returned to the caller) and stderr to a log
@@ -249,14 +322,26 @@ impl Processes {
     /// (with its output so far) returned. A non-zero exit is *not* an error (see
     /// [`Finished::check`]).
     pub fn run(&self, name: &str, cmd: &mut Command, timeout: Duration) -> Result<Finished> {
-        self.run_inner(name, cmd, timeout).1
+        self.run_inner(name, cmd, timeout, &Io::default()).1
+    }
+
+    /// Like [`Processes::run`] with stdin/stdout as described by `io` (a stdout redirected to a
+    /// file reads as empty in [`Finished::stdout`]).
+    pub fn run_io(
+        &self,
+        name: &str,
+        cmd: &mut Command,
+        timeout: Duration,
+        io: &Io,
+    ) -> Result<Finished> {
+        self.run_inner(name, cmd, timeout, io).1
     }
 
     /// Like [`Processes::run`], but a successful run is dropped from the registry afterwards
     /// so it does not clutter failure dumps (key generation, config checks, status polls).
     /// Failures stay registered.
     pub fn run_quiet(&self, name: &str, cmd: &mut Command, timeout: Duration) -> Result<Finished> {
-        let (id, result) = self.run_inner(name, cmd, timeout);
+        let (id, result) = self.run_inner(name, cmd, timeout, &Io::default());
         if let (Some(id), Ok(f)) = (id, &result)
             && f.status.success()
         {
@@ -270,8 +355,9 @@ impl Processes {
         name: &str,
         cmd: &mut Command,
         timeout: Duration,
+        io: &Io,
     ) -> (Option<usize>, Result<Finished>) {
-        let proc = match self.spawn(name, cmd) {
+        let proc = match self.spawn_io(name, cmd, io) {
             Ok(p) => p,
             Err(err) => return (None, Err(err)),
         };

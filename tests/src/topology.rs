@@ -20,12 +20,13 @@ use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
+use crate::gateway::SshgwCa;
 use crate::netns::{LAB_PREFIX, Netns, sweep_stale};
 use crate::process::Processes;
 use crate::ssh::KeyPair;
@@ -168,6 +169,7 @@ pub struct Lab {
     authorized_keys: PathBuf,
     cleanup_dirs: Mutex<Vec<PathBuf>>,
     seq: AtomicUsize,
+    sshgw_ca: OnceLock<SshgwCa>,
     /// The device namespace (`d0`).
     pub dev: Netns,
     /// The router namespace (`r0`, `r1`); the device under test.
@@ -213,6 +215,7 @@ impl Lab {
             authorized_keys,
             cleanup_dirs: Mutex::new(Vec::new()),
             seq: AtomicUsize::new(0),
+            sshgw_ca: OnceLock::new(),
             dev,
             rtr,
             srv,
@@ -236,6 +239,11 @@ impl Lab {
         let dir = self.dir().join(format!("{label}-{n}"));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
+    }
+
+    /// The cache behind [`Lab::sshgw_ca`].
+    pub(crate) fn sshgw_ca_cell(&self) -> &OnceLock<SshgwCa> {
+        &self.sshgw_ca
     }
 
     /// The process registry (every process the lab starts).

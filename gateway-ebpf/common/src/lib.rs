@@ -19,18 +19,35 @@ pub mod maps {
     pub const LISTENER: &str = "LISTENER";
     /// Per-CPU counters, indexed by [`super::Counter`].
     pub const STATS: &str = "STATS";
-
-    /// Every map the daemon pins, so takeover and clean-up can walk them.
-    pub const ALL: [&str; 7] = [
-        ENROLLED_V4,
-        ENROLLED_V6,
-        AUDITED_V4,
-        AUDITED_V6,
-        PORTS,
-        LISTENER,
-        STATS,
-    ];
+    /// Runtime switches, slot 0: [`super::Settings`] flags.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// Ingress interface of each intercepted SYN, keyed by [`super::FlowKey`] (LRU).
+    pub const FLOW_INGRESS: &str = "FLOW_INGRESS";
 }
+
+/// Bits of the SETTINGS map's slot 0.
+pub mod settings {
+    /// SSH from a source that is not enrolled to an audited destination is dropped.
+    pub const UNENROLLED_DROP: u32 = 1;
+}
+
+/// A flow as the TC program saw its SYN: the key of FLOW_INGRESS. Addresses and ports are
+/// in network byte order; IPv4 addresses use the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// 4 or 6.
+    pub family: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowKey {}
+
+pub const MAX_FLOWS: u32 = 65_536;
 
 /// Name of the TC classifier function in the object.
 pub const PROGRAM_NAME: &str = "sshgw_ingress";
@@ -63,10 +80,12 @@ pub enum Counter {
     DroppedListenerDown = 4,
     /// Matching SYNs dropped because `bpf_sk_assign` failed.
     DroppedAssignFailed = 5,
+    /// SSH to audited destinations from sources that are not enrolled (`unenrolled = "drop"`).
+    DroppedUnenrolled = 6,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::InterceptedSyn,
         Counter::InterceptedPacket,
@@ -74,6 +93,7 @@ impl Counter {
         Counter::PassedPreexisting,
         Counter::DroppedListenerDown,
         Counter::DroppedAssignFailed,
+        Counter::DroppedUnenrolled,
     ];
 
     /// Stable snake_case name used in `sshgw status --json` and metrics.
@@ -85,6 +105,7 @@ impl Counter {
             Counter::PassedPreexisting => "passed_preexisting_packets",
             Counter::DroppedListenerDown => "dropped_while_down",
             Counter::DroppedAssignFailed => "dropped_assign_failed",
+            Counter::DroppedUnenrolled => "dropped_unenrolled",
         }
     }
 }

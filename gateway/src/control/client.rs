@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 /// Why a request did not produce an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("sshgw is not running (no answer on {path}): {source}")]
+    #[error("sshgw is not running (no answer on {path})")]
     Unreachable {
         path: String,
         source: std::io::Error,

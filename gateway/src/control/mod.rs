@@ -1,6 +1,7 @@
 //! The local control API: HTTP/1.1 + JSON over a Unix socket.
 
 pub mod client;
+pub mod routes;
 pub mod server;
 
 /// Route prefix of every endpoint.

@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     hash::Hash,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::AsRawFd,
     path::Path,
 };
@@ -14,9 +14,9 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, SockMap, lpm_trie::Key},
 };
-use gateway_common::{Counter, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, maps};
+use gateway_common::{Counter, FlowKey, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, maps};
 use ipnet::IpNet;
 
 /// What the TC program matches on: enrolled sources, audited destinations, ports.
@@ -25,6 +25,35 @@ pub struct MatchSets {
     pub enrolled: HashSet<IpAddr>,
     pub audited: HashSet<IpNet>,
     pub ports: HashSet<u16>,
+    /// Drop SSH from sources that are not enrolled to audited destinations.
+    pub unenrolled_drop: bool,
+}
+
+impl MatchSets {
+    /// Refuses sets the kernel maps cannot hold, before anything is changed.
+    pub fn check_capacity(&self) -> Result<()> {
+        let v4 = self.enrolled.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = self.enrolled.len() - v4;
+        let limit = gateway_common::MAX_ENROLLED as usize;
+        if v4 > limit || v6 > limit {
+            anyhow::bail!(
+                "devices: {v4} IPv4 and {v6} IPv6 tunnel addresses exceed the datapath's limit of {limit} per family"
+            );
+        }
+        let v4 = self
+            .audited
+            .iter()
+            .filter(|n| matches!(n, IpNet::V4(_)))
+            .count();
+        let v6 = self.audited.len() - v4;
+        let limit = gateway_common::MAX_AUDITED as usize;
+        if v4 > limit || v6 > limit {
+            anyhow::bail!(
+                "policies: {v4} IPv4 and {v6} IPv6 destinations exceed the datapath's limit of {limit} per family"
+            );
+        }
+        Ok(())
+    }
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map> {
@@ -98,7 +127,63 @@ pub fn sync(ebpf: &mut Ebpf, sets: &MatchSets) -> Result<()> {
     sync_lpm(ebpf, maps::AUDITED_V6, &audited_v6)?;
     sync_hash(ebpf, maps::ENROLLED_V4, &enrolled_v4)?;
     sync_hash(ebpf, maps::ENROLLED_V6, &enrolled_v6)?;
+    let mut settings: Array<_, u32> = Array::try_from(map_mut(ebpf, maps::SETTINGS)?)?;
+    let flags = if sets.unenrolled_drop {
+        gateway_common::settings::UNENROLLED_DROP
+    } else {
+        0
+    };
+    settings
+        .set(0, flags, 0)
+        .context("cannot update map SETTINGS")?;
     Ok(())
+}
+
+/// Where intercepted SYNs came in, recorded by the program per flow.
+pub struct FlowIngress {
+    map: std::sync::Mutex<HashMap<MapData, FlowKey, u32>>,
+}
+
+impl FlowIngress {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf
+            .take_map(maps::FLOW_INGRESS)
+            .context("eBPF object has no FLOW_INGRESS map")?;
+        Ok(FlowIngress {
+            map: std::sync::Mutex::new(HashMap::try_from(map)?),
+        })
+    }
+
+    /// The ingress ifindex of the flow `peer` → `dst`, consumed on read.
+    pub fn take_flow(&self, peer: SocketAddr, dst: SocketAddr) -> Option<u32> {
+        let key = flow_key(peer, dst)?;
+        let mut map = self.map.lock().expect("flow map lock poisoned");
+        let ifindex = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(ifindex)
+    }
+}
+
+fn flow_key(peer: SocketAddr, dst: SocketAddr) -> Option<FlowKey> {
+    let mut key = FlowKey {
+        sport: peer.port().to_be(),
+        dport: dst.port().to_be(),
+        ..Default::default()
+    };
+    match (peer.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            key.family = 4;
+            key.saddr[..4].copy_from_slice(&s.octets());
+            key.daddr[..4].copy_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            key.family = 6;
+            key.saddr = s.octets();
+            key.daddr = d.octets();
+        }
+        _ => return None,
+    }
+    Some(key)
 }
 
 /// Puts the transparent listeners into the SOCKMAP slots the program reads.

@@ -18,12 +18,13 @@ use gateway_common::{INTERCEPT_MARK_GLOBAL, PROGRAM_NAME};
 use serde::Serialize;
 
 use crate::config::DatapathConfig;
-pub use maps::{Counters, MatchSets};
+pub use maps::{Counters, FlowIngress, MatchSets};
 use routing::Routing;
 
 /// A running datapath owned by this daemon.
 pub struct Datapath {
     ebpf: Ebpf,
+    sets: MatchSets,
     links: Vec<links::AttachedLink>,
     routing: Routing,
     pin_dir: PathBuf,
@@ -76,6 +77,7 @@ impl Datapath {
             .load(object::bytes()?)
             .context("cannot load the eBPF program")?;
 
+        sets.check_capacity()?;
         maps::sync(&mut ebpf, sets)?;
         maps::set_listeners(&mut ebpf, listener_v4, listener_v6)?;
 
@@ -110,15 +112,30 @@ impl Datapath {
         }
         Ok(Datapath {
             ebpf,
+            sets: sets.clone(),
             links: attached,
             routing,
             pin_dir: cfg.pin_dir.clone(),
         })
     }
 
-    /// Replaces the match sets (enrolled sources, audited destinations, ports).
+    /// Replaces the match sets (enrolled sources, audited destinations, ports). On failure
+    /// the maps are put back as they were, so the program never runs on a half-applied set.
     pub fn update(&mut self, sets: &MatchSets) -> Result<()> {
-        maps::sync(&mut self.ebpf, sets)
+        sets.check_capacity()?;
+        if let Err(e) = maps::sync(&mut self.ebpf, sets) {
+            if let Err(undo) = maps::sync(&mut self.ebpf, &self.sets) {
+                tracing::error!(error = %format!("{undo:#}"), "cannot restore the previous datapath sets");
+            }
+            return Err(e);
+        }
+        self.sets = sets.clone();
+        Ok(())
+    }
+
+    /// The per-flow ingress interface records (taken once, shared with the listeners).
+    pub fn flow_ingress(&mut self) -> Result<FlowIngress> {
+        FlowIngress::take(&mut self.ebpf)
     }
 
     pub fn counters(&self) -> Result<Counters> {
@@ -141,6 +158,7 @@ impl Datapath {
     pub async fn remove(self) -> Result<()> {
         let Datapath {
             ebpf,
+            sets: _,
             links,
             routing,
             pin_dir,
@@ -206,4 +224,16 @@ pub fn pinned_state(pin_dir: &Path) -> Result<Option<PinnedState>> {
         interfaces,
         counters,
     }))
+}
+
+/// The name of interface `ifindex` in this network namespace.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
+    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if ptr.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }

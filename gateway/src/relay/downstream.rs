@@ -37,6 +37,7 @@ impl DeviceSide {
         info: Arc<ConnectionInfo>,
         bridge: Arc<Bridge>,
         pending: Option<JoinHandle<Result<Connected, UpstreamError>>>,
+        refusal: Option<String>,
     ) -> Self {
         DeviceSide {
             ctx,
@@ -44,7 +45,7 @@ impl DeviceSide {
             bridge,
             pending,
             server: None,
-            failure: None,
+            failure: refusal,
             channels: HashMap::new(),
         }
     }
@@ -55,13 +56,21 @@ impl DeviceSide {
         if self.server.is_some() || self.failure.is_some() {
             return Auth::Accept;
         }
-        let Some(identity) = self.info.identity.clone() else {
-            self.fail(format!(
-                "sshgw: {} is not an enrolled device",
-                self.info.peer.ip()
-            ));
+        let (Some(identity), Some(permissions)) =
+            (self.info.identity.clone(), self.info.permissions.clone())
+        else {
+            self.fail("sshgw: internal error: connection was not admitted".into());
             return Auth::Accept;
         };
+        if !permissions.login_allowed(login) {
+            self.fail(format!(
+                "sshgw: login {login:?} is not allowed by policy {:?} ({}); allowed: {}",
+                permissions.policy.name,
+                permissions.policy.id,
+                permissions.policy.ssh.usernames.join(", ")
+            ));
+            return Auth::Accept;
+        }
         let Some(pending) = self.pending.take() else {
             self.fail("sshgw: internal error: no server connection".into());
             return Auth::Accept;
@@ -77,7 +86,16 @@ impl DeviceSide {
                 return Auth::Accept;
             }
         };
-        match upstream::authenticate(&self.ctx, &mut conn, &identity, login, &self.info.id).await {
+        match upstream::authenticate(
+            &self.ctx,
+            &mut conn,
+            &identity,
+            &permissions,
+            login,
+            &self.info.id,
+        )
+        .await
+        {
             Ok(minted) => {
                 tracing::info!(
                     session = %self.info.id,
@@ -86,6 +104,7 @@ impl DeviceSide {
                     peer = %self.info.peer,
                     orig_dst = %self.info.original_dst,
                     login,
+                    policy = %permissions.policy.id,
                     principal = %identity.principal,
                     cert_serial = minted.serial,
                     upstream_host_key = %conn.host_key_fingerprint,
@@ -213,7 +232,7 @@ impl server::Handler for DeviceSide {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let server = match &self.server {
-            Some(s) if self.ctx.config.port_forwarding => s,
+            Some(s) if self.bridge.port_forwarding => s,
             _ => {
                 tracing::info!(session = %self.info.id, target = %format!("{host_to_connect}:{port_to_connect}"), "refused port forwarding (-L): disabled");
                 reply
@@ -405,7 +424,7 @@ impl server::Handler for DeviceSide {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        if !self.ctx.config.agent_forwarding {
+        if !self.bridge.agent_forwarding {
             tracing::info!(session = %self.info.id, "refused agent forwarding: disabled");
             return Ok(false);
         }
@@ -432,7 +451,7 @@ impl server::Handler for DeviceSide {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         let server = match &self.server {
-            Some(s) if self.ctx.config.port_forwarding => s,
+            Some(s) if self.bridge.port_forwarding => s,
             _ => {
                 tracing::info!(session = %self.info.id, listen = %format!("{address}:{port}"), "refused remote forwarding (-R): disabled");
                 return Ok(false);
@@ -456,7 +475,7 @@ impl server::Handler for DeviceSide {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         match &self.server {
-            Some(s) if self.ctx.config.port_forwarding => {
+            Some(s) if self.bridge.port_forwarding => {
                 Ok(s.cancel_tcpip_forward(address, port).await.is_ok())
             }
             _ => Ok(false),

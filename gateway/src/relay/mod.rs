@@ -8,7 +8,7 @@ mod upstream;
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -18,10 +18,13 @@ use anyhow::Result;
 use russh::{SshId, server};
 
 use crate::{
+    admission::{Admission, Outcome},
     ca::{Authorities, HostCerts},
     config::SshConfig,
-    identity::{Identity, IdentityIndex},
+    identity::Identity,
     listener::Intercepted,
+    policies::Policy,
+    policy_eval::PolicyEngine,
     upstream_keys::UpstreamKeys,
 };
 use downstream::DeviceSide;
@@ -39,7 +42,6 @@ pub struct RelayContext {
     pub authorities: Arc<Authorities>,
     pub host_certs: HostCerts,
     pub upstream_keys: UpstreamKeys,
-    pub identities: RwLock<Arc<IdentityIndex>>,
 }
 
 /// Facts about one intercepted connection.
@@ -49,13 +51,41 @@ pub struct ConnectionInfo {
     pub original_dst: SocketAddr,
     pub identity: Option<Arc<Identity>>,
     pub authenticated: AtomicBool,
+    /// The deciding policy, if any (also for refusals).
+    pub policy_id: Option<String>,
+    /// What the admitting policy allows; `None` when the connection is refused.
+    pub permissions: Option<Permissions>,
+}
+
+/// The admitting policy's SSH settings, with the daemon config filling what it leaves open.
+#[derive(Debug, Clone)]
+pub struct Permissions {
+    pub policy: Arc<Policy>,
+    pub port_forwarding: bool,
+    pub agent_forwarding: bool,
+}
+
+impl Permissions {
+    fn new(policy: Arc<Policy>, defaults: &SshConfig) -> Self {
+        Permissions {
+            port_forwarding: policy
+                .ssh
+                .port_forwarding
+                .unwrap_or(defaults.port_forwarding),
+            agent_forwarding: policy
+                .ssh
+                .agent_forwarding
+                .unwrap_or(defaults.agent_forwarding),
+            policy,
+        }
+    }
+
+    fn login_allowed(&self, login: &str) -> bool {
+        PolicyEngine::login_allowed(&self.policy, login)
+    }
 }
 
 impl RelayContext {
-    pub fn set_identities(&self, index: IdentityIndex) {
-        *self.identities.write().expect("identity lock poisoned") = Arc::new(index);
-    }
-
     fn server_config(&self, dst: IpAddr) -> Result<Arc<server::Config>> {
         let certificate = self.host_certs.get(dst)?;
         Ok(Arc::new(server::Config {
@@ -77,39 +107,44 @@ impl RelayContext {
     }
 }
 
-fn new_session_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    format!("{millis:011x}{:08x}", rand::random::<u32>())
-}
-
 /// Relays one intercepted connection until either side ends it.
-pub async fn serve(ctx: Arc<RelayContext>, conn: Intercepted) {
+pub async fn serve(
+    ctx: Arc<RelayContext>,
+    conn: Intercepted,
+    session_id: String,
+    admission: Admission,
+) {
     let started = Instant::now();
-    let identity = ctx
-        .identities
-        .read()
-        .expect("identity lock poisoned")
-        .resolve(conn.peer.ip());
+    let (permissions, refusal, policy_id) = match admission.outcome {
+        Outcome::Relay { policy } => {
+            let id = policy.id.clone();
+            (Some(Permissions::new(policy, &ctx.config)), None, Some(id))
+        }
+        Outcome::Refuse { message, policy_id } => (None, Some(message), policy_id),
+    };
     let info = Arc::new(ConnectionInfo {
-        id: new_session_id(),
+        id: session_id,
         peer: conn.peer,
         original_dst: conn.original_dst,
-        identity,
+        identity: admission.identity,
         authenticated: AtomicBool::new(false),
+        policy_id,
+        permissions,
     });
+    let (port_forwarding, agent_forwarding) = info
+        .permissions
+        .as_ref()
+        .map_or((false, false), |p| (p.port_forwarding, p.agent_forwarding));
     let bridge = Arc::new(Bridge {
         device: Default::default(),
-        port_forwarding: ctx.config.port_forwarding,
-        agent_forwarding: ctx.config.agent_forwarding,
+        port_forwarding,
+        agent_forwarding,
         agent_requested: AtomicBool::new(false),
         traffic: Default::default(),
         server_closed: Default::default(),
     });
     // The server leg's TCP and SSH handshakes run while the device does its own.
-    let pending = info.identity.as_ref().map(|_| {
+    let pending = info.permissions.as_ref().map(|_| {
         tokio::spawn(upstream::connect(
             ctx.clone(),
             conn.original_dst,
@@ -123,7 +158,7 @@ pub async fn serve(ctx: Arc<RelayContext>, conn: Intercepted) {
             return;
         }
     };
-    let handler = DeviceSide::new(ctx.clone(), info.clone(), bridge.clone(), pending);
+    let handler = DeviceSide::new(ctx.clone(), info.clone(), bridge.clone(), pending, refusal);
     let running = match tokio::time::timeout(
         LOGIN_GRACE,
         server::run_stream(config, conn.stream, handler),
@@ -156,7 +191,28 @@ pub async fn serve(ctx: Arc<RelayContext>, conn: Intercepted) {
             }
         })
     };
+    let deadline = info.permissions.as_ref().and_then(|p| {
+        p.policy.ssh.max_duration.map(|d| {
+            (
+                d,
+                format!(
+                    "sshgw: session ended: policy {:?} ({}) allows at most {}",
+                    p.policy.name,
+                    p.policy.id,
+                    humanize(d)
+                ),
+            )
+        })
+    });
+    let limit = deadline.as_ref().map(|(d, _)| *d);
+    let expiry = async move {
+        match limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(running);
+    tokio::pin!(expiry);
     let reason = tokio::select! {
         result = &mut running => match result {
             Ok(()) => "client".to_string(),
@@ -169,16 +225,41 @@ pub async fn serve(ctx: Arc<RelayContext>, conn: Intercepted) {
             let _ = running.await;
             "server".to_string()
         }
+        () = &mut expiry => {
+            let message = deadline.map(|(_, m)| m).unwrap_or_default();
+            tracing::info!(session = %info.id, "maximum session duration reached");
+            let _ = device.disconnect(russh::Disconnect::ByApplication, message, "en".into()).await;
+            let _ = running.await;
+            "max duration".to_string()
+        }
     };
     grace.abort();
     tracing::info!(
         session = %info.id,
         peer = %info.peer,
         orig_dst = %info.original_dst,
+        policy = info.policy_id.as_deref().unwrap_or("-"),
         bytes_from_client = bridge.traffic.from_client.load(Ordering::Relaxed),
         bytes_from_server = bridge.traffic.from_server.load(Ordering::Relaxed),
         duration_ms = started.elapsed().as_millis() as u64,
         close_reason = %reason,
         "connection closed"
     );
+}
+
+/// "1h30m" style, for messages.
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out += &format!("{h}h");
+    }
+    if m > 0 {
+        out += &format!("{m}m");
+    }
+    if s > 0 || out.is_empty() {
+        out += &format!("{s}s");
+    }
+    out
 }

@@ -184,6 +184,7 @@ pub async fn authenticate(
     ctx: &RelayContext,
     conn: &mut Connected,
     identity: &Identity,
+    permissions: &super::Permissions,
     login: &str,
     session_id: &str,
 ) -> Result<MintedCert, UpstreamError> {
@@ -198,8 +199,8 @@ pub async fn authenticate(
             session_id,
             source_address: conn.local.ip(),
             lifetime: Duration::from_secs(ctx.config.certificate_lifetime_secs),
-            permit_port_forwarding: ctx.config.port_forwarding,
-            permit_agent_forwarding: ctx.config.agent_forwarding,
+            permit_port_forwarding: permissions.port_forwarding,
+            permit_agent_forwarding: permissions.agent_forwarding,
         })
         .map_err(|e| UpstreamError::Certificate(format!("{e:#}")))?;
     let refused = || UpstreamError::CertificateRefused {

@@ -1,0 +1,201 @@
+//! Command-line interface.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error, 3 input refused (invalid file or
+//! request), 4 daemon unreachable.
+
+mod ca;
+mod devices;
+mod policy;
+mod status;
+mod table;
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    config::{self, Config},
+    control::client::{self, ClientError},
+    logging::{self, LogFormat},
+};
+
+pub const DEFAULT_CONFIG: &str = "/etc/sshgw/sshgw.toml";
+
+#[derive(Parser)]
+#[command(name = "sshgw", version, about = "Transparent SSH audit gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway daemon.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Log format: JSON when stderr is not a terminal, unless set.
+        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+        log_format: LogFormat,
+    },
+    /// Show the datapath: interfaces, listeners and counters.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the gateway's CA public keys (creating the keys on first use).
+    Ca {
+        #[command(subcommand)]
+        what: ca::CaCommand,
+        #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Audit-SSH policies: push, show, check.
+    Policy {
+        #[command(subcommand)]
+        what: policy::PolicyCommand,
+    },
+    /// The device table: push, show.
+    Devices {
+        #[command(subcommand)]
+        what: devices::DevicesCommand,
+    },
+}
+
+/// Where the daemon is: its control socket, from `--socket` or the config.
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// Config file (for the control socket and pin directory).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Control socket (overrides the config).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+}
+
+impl Target {
+    fn config(&self) -> Result<Option<Config>> {
+        match &self.config {
+            Some(path) => Ok(Some(Config::load(path)?)),
+            None if self.socket.is_none() && Path::new(DEFAULT_CONFIG).exists() => {
+                Ok(Some(Config::load(Path::new(DEFAULT_CONFIG))?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn socket(&self, config: Option<&Config>) -> PathBuf {
+        self.socket
+            .clone()
+            .or_else(|| config.map(|c| c.control_socket.clone()))
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONTROL_SOCKET))
+    }
+}
+
+/// The request was refused as invalid (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, log_format } => {
+            logging::init(log_format);
+            run(config)
+        }
+        Command::Status { target, json } => status::run(&target, json),
+        Command::Ca { what, config } => ca::run(what, &config),
+        Command::Policy { what } => policy::run(what),
+        Command::Devices { what } => devices::run(what),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sshgw: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Refused>().is_some() {
+        3
+    } else if matches!(
+        e.downcast_ref::<ClientError>(),
+        Some(ClientError::Unreachable { .. })
+    ) {
+        4
+    } else {
+        1
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(config_path: PathBuf) -> Result<()> {
+    let config = Config::load(&config_path)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(crate::daemon::run(config))
+}
+
+/// Reads FILE, or standard input for `-`.
+fn read_input(file: &Path) -> Result<String> {
+    use anyhow::Context;
+    if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+    }
+}
+
+/// One API call; a 4xx answer becomes [`Refused`] with the daemon's error text.
+fn call(
+    target: &Target,
+    method: &str,
+    route: &str,
+    body: Option<String>,
+) -> Result<serde_json::Value> {
+    let config = target.config()?;
+    let socket = target.socket(config.as_ref());
+    runtime()?.block_on(async {
+        let (status, value) =
+            client::request(&socket, method, route, body.map(String::into_bytes)).await?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let message = value["error"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_string();
+            if status.is_client_error() {
+                Err(Refused(message).into())
+            } else {
+                Err(anyhow::anyhow!("{message} ({status})"))
+            }
+        }
+    })
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

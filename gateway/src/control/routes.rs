@@ -1,0 +1,144 @@
+//! The API's endpoints, all under [`super::API_PREFIX`]:
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | /status | datapath status |
+//! | GET, PUT | /policies | the policy set; PUT replaces it whole |
+//! | POST | /policies/validate | validate a policy set without applying it |
+//! | GET, PUT | /devices | the device table; PUT replaces it whole |
+//! | PUT, DELETE | /devices/{id} | upsert or delete one device |
+//!
+//! `/sessions` is reserved for the session log.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode};
+use serde::Serialize;
+
+use crate::{
+    daemon::Shared,
+    devices::{Device, DeviceTable},
+    json_file,
+    policies::PolicySet,
+    state::ApplyError,
+};
+
+type Reply = Response<Full<Bytes>>;
+
+pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
+    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
+    bytes.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("static response parts are valid")
+}
+
+pub fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    validate: impl FnOnce(T) -> anyhow::Result<T>,
+) -> Result<T, Reply> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "request body is not UTF-8"))?;
+    json_file::parse(text)
+        .and_then(validate)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))
+}
+
+fn applied(result: Result<(), ApplyError>, what: impl Serialize) -> Reply {
+    match result {
+        Ok(()) => json(StatusCode::OK, &what),
+        Err(ApplyError::Invalid(m)) => error(StatusCode::BAD_REQUEST, m),
+        Err(ApplyError::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
+        Err(e @ ApplyError::Internal(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn validated_policies(set: PolicySet) -> anyhow::Result<PolicySet> {
+    set.validate()?;
+    Ok(set)
+}
+
+fn validated_devices(table: DeviceTable) -> anyhow::Result<DeviceTable> {
+    table.validate()?;
+    Ok(table)
+}
+
+pub async fn route(method: &Method, path: &str, body: Bytes, shared: &Shared) -> Reply {
+    let Some(route) = path.strip_prefix(super::API_PREFIX) else {
+        return error(StatusCode::NOT_FOUND, format!("no such endpoint {path}"));
+    };
+    let state = &shared.state;
+    match (method, route) {
+        (&Method::GET, "/status") => match shared.status() {
+            Ok(report) => json(StatusCode::OK, &report),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        },
+        (&Method::GET, "/policies") => json(StatusCode::OK, &state.snapshot().policies),
+        (&Method::PUT, "/policies") => match parse(&body, validated_policies) {
+            Ok(set) => {
+                let count = set.policies.len();
+                applied(
+                    state.replace_policies(set).await,
+                    serde_json::json!({ "applied": true, "policies": count }),
+                )
+            }
+            Err(reply) => reply,
+        },
+        (&Method::POST, "/policies/validate") => match parse(&body, validated_policies) {
+            Ok(set) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "valid": true, "policies": set.policies.len() }),
+            ),
+            Err(reply) => reply,
+        },
+        (&Method::GET, "/devices") => json(StatusCode::OK, &state.snapshot().devices),
+        (&Method::PUT, "/devices") => match parse(&body, validated_devices) {
+            Ok(table) => {
+                let count = table.devices.len();
+                applied(
+                    state.replace_devices(table).await,
+                    serde_json::json!({ "applied": true, "devices": count }),
+                )
+            }
+            Err(reply) => reply,
+        },
+        (m, r) if r.starts_with("/devices/") => {
+            let id = &r["/devices/".len()..];
+            if id.is_empty() || id.contains('/') {
+                return error(StatusCode::NOT_FOUND, format!("no such endpoint {path}"));
+            }
+            match *m {
+                Method::PUT => match parse::<Device>(&body, Ok) {
+                    Ok(device) if device.id != id => error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "id: {:?} does not match the path's device id {id:?}",
+                            device.id
+                        ),
+                    ),
+                    Ok(device) => applied(
+                        state.upsert_device(device).await,
+                        serde_json::json!({ "applied": true, "device": id }),
+                    ),
+                    Err(reply) => reply,
+                },
+                Method::DELETE => applied(
+                    state.delete_device(id).await,
+                    serde_json::json!({ "deleted": id }),
+                ),
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT or DELETE"),
+            }
+        }
+        (_, "/status" | "/policies" | "/policies/validate" | "/devices") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
+    }
+}
