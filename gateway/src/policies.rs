@@ -656,6 +656,38 @@ mod tests {
     }
 
     #[test]
+    fn docs_examples_are_valid() {
+        let doc = include_str!("../../docs/policy.md");
+        let blocks: Vec<&str> = doc
+            .split("```json\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .collect();
+        assert!(blocks.len() >= 5, "{}", blocks.len());
+        for block in blocks {
+            PolicySet::parse(block).unwrap_or_else(|e| panic!("{e:#}\n{block}"));
+        }
+        for (text, shown) in [
+            (
+                one(r#"{"destinations": ["10.0.0.300/8"]}"#),
+                "\"10.0.0.300/8\" is not an IP network",
+            ),
+            (
+                one(r#"{"ssh": {"usernmes": []}}"#),
+                "unknown field `usernmes`, expected one of `command_logging`, `usernames`",
+            ),
+            (
+                one(r#"{"ssh": {"max_duration": "5w"}}"#),
+                "\"5w\": unknown unit 'w' (use d, h, m or s); ",
+            ),
+        ] {
+            let e = error(&text);
+            assert!(e.contains(shown), "{e}");
+            assert!(doc.contains(shown), "docs/policy.md should quote {shown:?}");
+        }
+    }
+
+    #[test]
     fn unix_login_names() {
         for ok in ["ubuntu", "_apt", "deploy$", "a.b-c_9", "x", &"a".repeat(32)] {
             assert!(is_unix_login(ok), "{ok}");

@@ -450,6 +450,53 @@ mod tests {
     }
 
     #[test]
+    fn docs_contractor_example() {
+        // The last example of docs/policy.md, and its table of results.
+        let doc = include_str!("../../docs/policy.md");
+        let block = doc.rsplit("```json\n").next().unwrap();
+        let block = block.split("```").next().unwrap();
+        let engine = PolicyEngine::new(&PolicySet::parse(block).unwrap());
+        let contractors = strings(&["contractors"]);
+        for (email, groups, dst, want) in [
+            (
+                "jdoe@example.com",
+                &[][..],
+                "203.0.113.200:22",
+                "sshgw: audited by policy \"Audit production SSH\" (audit-prod)",
+            ),
+            (
+                "c@example.com",
+                &contractors[..],
+                "203.0.113.200:22",
+                "sshgw: blocked by policy \"Contractors: no payment servers\" (block-contractors-payments)",
+            ),
+            (
+                "c@example.com",
+                &contractors[..],
+                "203.0.113.10:22",
+                "sshgw: audited by policy \"Audit production SSH\" (audit-prod)",
+            ),
+            (
+                "x@other.org",
+                &[][..],
+                "203.0.113.10:22",
+                "sshgw: no policy allows this connection",
+            ),
+        ] {
+            let subject = Subject {
+                email,
+                groups,
+                posture: &[],
+            };
+            let decision = engine.evaluate(dst.parse().unwrap(), &subject);
+            assert_eq!(decision.message(), want, "{email} {dst}");
+            if want.contains("blocked") {
+                assert!(doc.contains(want.trim_start_matches("sshgw: ")), "{want}");
+            }
+        }
+    }
+
+    #[test]
     fn prefix_masks() {
         let a: u32 = 0xCB00_71C8; // 203.0.113.200
         assert_eq!(mask_v4(a, 0), 0);

@@ -39,15 +39,19 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     json(status, &serde_json::json!({ "error": message.into() }))
 }
 
+/// Parses and validates a JSON body; the error names the failing field.
 fn parse<T: serde::de::DeserializeOwned>(
     body: &[u8],
     validate: impl FnOnce(T) -> anyhow::Result<T>,
-) -> Result<T, Reply> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "request body is not UTF-8"))?;
+) -> Result<T, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "request body is not UTF-8".to_string())?;
     json_file::parse(text)
         .and_then(validate)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))
+        .map_err(|e| format!("{e:#}"))
+}
+
+fn bad_request(message: String) -> Reply {
+    error(StatusCode::BAD_REQUEST, message)
 }
 
 fn applied(result: Result<(), ApplyError>, what: impl Serialize) -> Reply {
@@ -88,14 +92,14 @@ pub async fn route(method: &Method, path: &str, body: Bytes, shared: &Shared) ->
                     serde_json::json!({ "applied": true, "policies": count }),
                 )
             }
-            Err(reply) => reply,
+            Err(message) => bad_request(message),
         },
         (&Method::POST, "/policies/validate") => match parse(&body, validated_policies) {
             Ok(set) => json(
                 StatusCode::OK,
                 &serde_json::json!({ "valid": true, "policies": set.policies.len() }),
             ),
-            Err(reply) => reply,
+            Err(message) => bad_request(message),
         },
         (&Method::GET, "/devices") => json(StatusCode::OK, &state.snapshot().devices),
         (&Method::PUT, "/devices") => match parse(&body, validated_devices) {
@@ -106,7 +110,7 @@ pub async fn route(method: &Method, path: &str, body: Bytes, shared: &Shared) ->
                     serde_json::json!({ "applied": true, "devices": count }),
                 )
             }
-            Err(reply) => reply,
+            Err(message) => bad_request(message),
         },
         (m, r) if r.starts_with("/devices/") => {
             let id = &r["/devices/".len()..];
@@ -126,7 +130,7 @@ pub async fn route(method: &Method, path: &str, body: Bytes, shared: &Shared) ->
                         state.upsert_device(device).await,
                         serde_json::json!({ "applied": true, "device": id }),
                     ),
-                    Err(reply) => reply,
+                    Err(message) => bad_request(message),
                 },
                 Method::DELETE => applied(
                     state.delete_device(id).await,

@@ -199,7 +199,7 @@ pub async fn serve(
                     "sshgw: session ended: policy {:?} ({}) allows at most {}",
                     p.policy.name,
                     p.policy.id,
-                    humanize(d)
+                    crate::policies::format_duration(d)
                 ),
             )
         })
@@ -245,21 +245,4 @@ pub async fn serve(
         close_reason = %reason,
         "connection closed"
     );
-}
-
-/// "1h30m" style, for messages.
-fn humanize(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out += &format!("{h}h");
-    }
-    if m > 0 {
-        out += &format!("{m}m");
-    }
-    if s > 0 || out.is_empty() {
-        out += &format!("{s}s");
-    }
-    out
 }
