@@ -33,6 +33,8 @@ pub fn new_session_id() -> String {
 pub struct Admission {
     pub identity: Option<Arc<Identity>>,
     pub outcome: Outcome,
+    /// Name of the deciding policy, for the session log.
+    pub policy_name: Option<String>,
 }
 
 /// Judges a connection from `peer` to `original_dst` that came in on `ingress`
@@ -52,6 +54,7 @@ pub fn admit(
                 message: format!("sshgw: {} is not an enrolled device", peer.ip()),
                 policy_id: None,
             },
+            policy_name: None,
         };
     };
     if let Some(expected) = &identity.interface
@@ -78,6 +81,7 @@ pub fn admit(
                 ),
                 policy_id: None,
             },
+            policy_name: None,
         };
     }
     let decision = snapshot.engine.evaluate(
@@ -89,6 +93,13 @@ pub fn admit(
         },
     );
     let policy_id = decision.policy_id().map(str::to_string);
+    let policy_name = match &decision {
+        Decision::Audit { policy }
+        | Decision::Block {
+            policy: Some(policy),
+        } => Some(policy.name.clone()),
+        Decision::Block { policy: None } => None,
+    };
     let verdict = if matches!(decision, Decision::Audit { .. }) {
         "audit_ssh"
     } else {
@@ -114,5 +125,6 @@ pub fn admit(
     Admission {
         identity: Some(identity),
         outcome,
+        policy_name,
     }
 }

@@ -24,6 +24,53 @@ pub struct Config {
     pub datapath: DatapathConfig,
     #[serde(default)]
     pub ssh: SshConfig,
+    #[serde(default)]
+    pub recording: RecordingConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// Encrypted session recording (for policies with `command_logging`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// The operator's public key (`sshgw recording keygen` writes NAME.pub). Can also be
+    /// replaced at run time with `sshgw recording set-key`.
+    pub public_key_file: Option<PathBuf>,
+    /// Where recordings go (default: `<state_dir>/recordings`).
+    pub dir: Option<PathBuf>,
+    /// What happens when a session that must be recorded cannot be.
+    pub on_recording_failure: RecordingFailure,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingFailure {
+    /// Refuse the session (or end it) with a message.
+    #[default]
+    Refuse,
+    /// Carry on unrecorded, logging the failure.
+    Allow,
+}
+
+/// How long session records and recordings are kept (both are removed together).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Sessions older than this many days are removed; 0 keeps them forever.
+    pub max_age_days: u64,
+    /// When the log and recordings together exceed this many MiB, the oldest sessions
+    /// are removed; 0 means no limit.
+    pub max_total_mb: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age_days: 90,
+            max_total_mb: 10 * 1024,
+        }
+    }
 }
 
 /// The SSH relay: how sshgw talks to devices and to the real servers.
@@ -193,6 +240,18 @@ impl Config {
 
     pub fn devices_path(&self) -> PathBuf {
         self.state_dir.join("devices.json")
+    }
+
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.recording
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("recordings"))
+    }
+
+    /// The session log database.
+    pub fn session_log_path(&self) -> PathBuf {
+        self.state_dir.join("sessions.db")
     }
 
     /// Pinned host keys of the real servers (OpenSSH known_hosts format).

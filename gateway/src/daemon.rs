@@ -17,6 +17,7 @@ use crate::{
     datapath::{self, Datapath, FlowIngress},
     listener::{self, Listeners},
     relay::{self, RelayContext},
+    sessions::{live::LiveSessions, retention, store::SessionStore},
     state::{self, LiveState},
     status::{self, Report},
     upstream_keys::UpstreamKeys,
@@ -26,6 +27,8 @@ use crate::{
 pub struct Shared {
     pub config: Config,
     pub state: Arc<LiveState>,
+    pub store: SessionStore,
+    pub live: Arc<LiveSessions>,
     datapath: Arc<std::sync::Mutex<Option<Datapath>>>,
     listeners: Vec<SocketAddr>,
 }
@@ -53,12 +56,19 @@ struct Admit {
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    // Everything the daemon writes (keys, state, session log, recordings) is private; the
+    // control socket's 0660 is set explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
     let (devices, policies) = state::load(&config)?;
     let sets = state::match_sets(&config, &devices, &policies);
     let authorities = Arc::new(Authorities::load_or_create(&config.state_dir)?);
+    let store = SessionStore::open(&config.session_log_path())?;
+    let live = Arc::new(LiveSessions::default());
     let relay = Arc::new(RelayContext {
+        store: store.clone(),
+        live: live.clone(),
         config: config.ssh.clone(),
         host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
         upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
@@ -75,7 +85,7 @@ pub async fn run(config: Config) -> Result<()> {
     .await?;
     let ingress = dp.flow_ingress()?;
     let datapath = Arc::new(std::sync::Mutex::new(Some(dp)));
-    let live = Arc::new(LiveState::new(
+    let live_state = Arc::new(LiveState::new(
         config.clone(),
         devices,
         policies,
@@ -85,16 +95,19 @@ pub async fn run(config: Config) -> Result<()> {
     let shared = Arc::new(Shared {
         listeners: listeners.addresses(),
         config: config.clone(),
-        state: live.clone(),
+        state: live_state.clone(),
+        store: store.clone(),
+        live: live.clone(),
         datapath,
     });
     let admit = Arc::new(Admit {
-        state: live,
+        state: live_state,
         relay,
         ingress,
     });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::server::serve(control, shared.clone()));
+    tasks.spawn(retention_loop(config.clone(), store.clone()));
     tasks.spawn(accept_loop(listeners.v4, admit.clone()));
     if let Some(v6) = listeners.v6 {
         tasks.spawn(accept_loop(v6, admit.clone()));
@@ -175,5 +188,26 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             session_id,
             decision,
         ));
+    }
+}
+
+/// Applies retention at start and then hourly, off the async threads.
+async fn retention_loop(config: Config, store: SessionStore) {
+    let limits = retention::Limits {
+        max_age_days: config.retention.max_age_days,
+        max_total_mb: config.retention.max_total_mb,
+    };
+    let recordings = config.recordings_dir();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let (store, recordings) = (store.clone(), recordings.clone());
+        match tokio::task::spawn_blocking(move || retention::enforce(&store, &recordings, limits))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "retention failed"),
+            Err(e) => tracing::error!(error = %e, "retention task failed"),
+        }
     }
 }

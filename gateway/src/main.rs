@@ -16,6 +16,7 @@ mod network;
 mod policies;
 mod policy_eval;
 mod relay;
+mod sessions;
 mod state;
 mod status;
 mod upstream_keys;

@@ -6,6 +6,7 @@
 mod ca;
 mod devices;
 mod policy;
+mod sessions;
 mod status;
 mod table;
 
@@ -68,6 +69,14 @@ enum Command {
         #[command(subcommand)]
         what: devices::DevicesCommand,
     },
+    /// The session log: list, show, kill.
+    #[command(args_conflicts_with_subcommands = true)]
+    Sessions {
+        #[command(subcommand)]
+        what: Option<sessions::SessionsCommand>,
+        #[command(flatten)]
+        list: sessions::ListArgs,
+    },
 }
 
 /// Where the daemon is: its control socket, from `--socket` or the config.
@@ -116,6 +125,10 @@ pub fn main() -> ExitCode {
         Command::Ca { what, config } => ca::run(what, &config),
         Command::Policy { what } => policy::run(what),
         Command::Devices { what } => devices::run(what),
+        Command::Sessions {
+            what: Some(what), ..
+        } => sessions::run(what),
+        Command::Sessions { what: None, list } => sessions::list(list),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

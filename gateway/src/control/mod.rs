@@ -3,6 +3,7 @@
 pub mod client;
 pub mod routes;
 pub mod server;
+mod sessions;
 
 /// Route prefix of every endpoint.
 pub const API_PREFIX: &str = "/v1";

@@ -8,7 +8,7 @@
 //! | GET, PUT | /devices | the device table; PUT replaces it whole |
 //! | PUT, DELETE | /devices/{id} | upsert or delete one device |
 //!
-//! `/sessions` is reserved for the session log.
+//! `/sessions…`: see [`super::sessions`].
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,7 +23,7 @@ use crate::{
     state::ApplyError,
 };
 
-type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<Full<Bytes>>;
 
 pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
     let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
@@ -73,12 +73,21 @@ fn validated_devices(table: DeviceTable) -> anyhow::Result<DeviceTable> {
     Ok(table)
 }
 
-pub async fn route(method: &Method, path: &str, body: Bytes, shared: &Shared) -> Reply {
+pub async fn route(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: Bytes,
+    shared: &Shared,
+) -> Reply {
     let Some(route) = path.strip_prefix(super::API_PREFIX) else {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint {path}"));
     };
     let state = &shared.state;
     match (method, route) {
+        (m, r) if r == "/sessions" || r.starts_with("/sessions/") => {
+            super::sessions::route(m, r, query, shared).await
+        }
         (&Method::GET, "/status") => match shared.status() {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),

@@ -161,5 +161,12 @@ async fn handle(
     } else {
         Bytes::new()
     };
-    Ok(routes::route(&parts.method, parts.uri.path(), body, &shared).await)
+    Ok(routes::route(
+        &parts.method,
+        parts.uri.path(),
+        parts.uri.query(),
+        body,
+        &shared,
+    )
+    .await)
 }

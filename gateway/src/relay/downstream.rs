@@ -11,10 +11,12 @@ use russh::{
 use tokio::task::JoinHandle;
 
 use super::{
-    ConnectionInfo, RelayContext,
+    ConnectionInfo, RelayContext, ServerSlot,
+    audit::ProgramTap,
     pump::{self, ChannelLink},
-    upstream::{self, Bridge, Connected, ServerSide, UpstreamError},
+    upstream::{self, Bridge, Connected, UpstreamError},
 };
+use crate::sessions::{ChannelRecord, now_micros};
 
 /// Longest wait for the server's answer to a channel request before failing it.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,7 +27,7 @@ pub struct DeviceSide {
     pub(super) bridge: Arc<Bridge>,
     /// The server connection being set up since the TCP accept.
     pub(super) pending: Option<JoinHandle<Result<Connected, UpstreamError>>>,
-    server: Option<client::Handle<ServerSide>>,
+    server: ServerSlot,
     /// Why the connection cannot be relayed; told to the user right after auth.
     failure: Option<String>,
     channels: HashMap<ChannelId, ChannelLink>,
@@ -38,13 +40,14 @@ impl DeviceSide {
         bridge: Arc<Bridge>,
         pending: Option<JoinHandle<Result<Connected, UpstreamError>>>,
         refusal: Option<String>,
+        server: ServerSlot,
     ) -> Self {
         DeviceSide {
             ctx,
             info,
             bridge,
             pending,
-            server: None,
+            server,
             failure: refusal,
             channels: HashMap::new(),
         }
@@ -53,9 +56,10 @@ impl DeviceSide {
     /// Logs in to the real server as `login`. The device itself is always "accepted":
     /// a failure is explained to the user by a disconnect message right after.
     async fn authorize(&mut self, login: &str) -> Auth {
-        if self.server.is_some() || self.failure.is_some() {
+        if self.server.get().is_some() || self.failure.is_some() {
             return Auth::Accept;
         }
+        self.info.tracker.login_attempted(login);
         let (Some(identity), Some(permissions)) =
             (self.info.identity.clone(), self.info.permissions.clone())
         else {
@@ -110,7 +114,10 @@ impl DeviceSide {
                     upstream_host_key = %conn.host_key_fingerprint,
                     "logged in to the server"
                 );
-                self.server = Some(conn.handle);
+                self.info
+                    .tracker
+                    .logged_in(login, minted.serial, &conn.host_key_fingerprint);
+                let _ = self.server.set(Arc::new(conn.handle));
             }
             Err(e) => self.fail(e.to_string()),
         }
@@ -119,12 +126,18 @@ impl DeviceSide {
 
     fn fail(&mut self, message: String) {
         tracing::warn!(session = %self.info.id, peer = %self.info.peer, orig_dst = %self.info.original_dst, reason = %message, "relay refused");
+        *self.info.failure.lock().expect("failure lock poisoned") = Some(message.clone());
         self.failure = Some(message);
     }
 
     /// Sends a channel request upstream and answers the device with the server's reply.
     /// Answering inside the callback keeps russh's per-channel reply flag correct.
-    async fn relay_request<F, Fut>(&mut self, channel: ChannelId, session: &mut Session, send: F)
+    async fn relay_request<F, Fut>(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+        send: F,
+    ) -> bool
     where
         F: FnOnce(Arc<ChannelWriteHalf<client::Msg>>) -> Fut,
         Fut: Future<Output = Result<(), russh::Error>>,
@@ -148,6 +161,29 @@ impl DeviceSide {
         } else {
             session.channel_failure(channel)
         };
+        ok
+    }
+
+    /// A program started on `channel`: log it and watch the channel until it closes.
+    fn program_started(&self, channel: ChannelId, kind: &str, command: Option<String>) {
+        let Some(link) = self.channels.get(&channel) else {
+            return;
+        };
+        let number = u32::from(channel);
+        self.info.tracker.channel_opened(ChannelRecord {
+            channel: number,
+            kind: kind.to_string(),
+            command,
+            started_at: now_micros(),
+            ended_at: None,
+            exit_status: None,
+            exit_signal: None,
+            recording: None,
+        });
+        link.attach(Arc::new(ProgramTap {
+            tracker: self.info.tracker.clone(),
+            channel: number,
+        }));
     }
 
     fn link(&self, channel: ChannelId) -> Option<Arc<ChannelWriteHalf<client::Msg>>> {
@@ -200,7 +236,7 @@ impl server::Handler for DeviceSide {
         reply: server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(server) = &self.server else {
+        let Some(server) = self.server.get() else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -231,7 +267,7 @@ impl server::Handler for DeviceSide {
         reply: server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let server = match &self.server {
+        let server = match self.server.get() {
             Some(s) if self.bridge.port_forwarding => s,
             _ => {
                 tracing::info!(session = %self.info.id, target = %format!("{host_to_connect}:{port_to_connect}"), "refused port forwarding (-L): disabled");
@@ -353,10 +389,14 @@ impl server::Handler for DeviceSide {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         tracing::info!(session = %self.info.id, channel = %channel, "shell");
-        self.relay_request(channel, session, |up| async move {
-            up.request_shell(true).await
-        })
-        .await;
+        if self
+            .relay_request(channel, session, |up| async move {
+                up.request_shell(true).await
+            })
+            .await
+        {
+            self.program_started(channel, "shell", None);
+        }
         Ok(())
     }
 
@@ -368,10 +408,15 @@ impl server::Handler for DeviceSide {
     ) -> Result<(), Self::Error> {
         tracing::info!(session = %self.info.id, channel = %channel, command = %String::from_utf8_lossy(data), "exec");
         let command = data.to_vec();
-        self.relay_request(channel, session, |up| async move {
-            up.exec(true, command).await
-        })
-        .await;
+        if self
+            .relay_request(channel, session, |up| async move {
+                up.exec(true, command).await
+            })
+            .await
+        {
+            let command = String::from_utf8_lossy(data).into_owned();
+            self.program_started(channel, "exec", Some(command));
+        }
         Ok(())
     }
 
@@ -382,11 +427,15 @@ impl server::Handler for DeviceSide {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         tracing::info!(session = %self.info.id, channel = %channel, subsystem = name, "subsystem");
-        let name = name.to_string();
-        self.relay_request(channel, session, |up| async move {
-            up.request_subsystem(true, name).await
-        })
-        .await;
+        let subsystem = name.to_string();
+        if self
+            .relay_request(channel, session, |up| async move {
+                up.request_subsystem(true, subsystem).await
+            })
+            .await
+        {
+            self.program_started(channel, "subsystem", Some(name.to_string()));
+        }
         Ok(())
     }
 
@@ -450,7 +499,7 @@ impl server::Handler for DeviceSide {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let server = match &self.server {
+        let server = match self.server.get() {
             Some(s) if self.bridge.port_forwarding => s,
             _ => {
                 tracing::info!(session = %self.info.id, listen = %format!("{address}:{port}"), "refused remote forwarding (-R): disabled");
@@ -474,7 +523,7 @@ impl server::Handler for DeviceSide {
         port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        match &self.server {
+        match self.server.get() {
             Some(s) if self.bridge.port_forwarding => {
                 Ok(s.cancel_tcpip_forward(address, port).await.is_ok())
             }

@@ -1,6 +1,7 @@
 //! The SSH relay: terminates the device's SSH connection and logs in to the real server
 //! with a short-lived certificate, relaying every channel.
 
+mod audit;
 mod downstream;
 mod pump;
 mod upstream;
@@ -11,7 +12,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Result;
@@ -25,6 +26,12 @@ use crate::{
     listener::Intercepted,
     policies::Policy,
     policy_eval::PolicyEngine,
+    sessions::{
+        SessionRecord,
+        live::{LiveSessions, Tracker},
+        now_micros,
+        store::SessionStore,
+    },
     upstream_keys::UpstreamKeys,
 };
 use downstream::DeviceSide;
@@ -42,7 +49,12 @@ pub struct RelayContext {
     pub authorities: Arc<Authorities>,
     pub host_certs: HostCerts,
     pub upstream_keys: UpstreamKeys,
+    pub store: SessionStore,
+    pub live: Arc<LiveSessions>,
 }
+
+/// The server connection once logged in, shared by the device side and the teardown.
+type ServerSlot = Arc<std::sync::OnceLock<Arc<russh::client::Handle<upstream::ServerSide>>>>;
 
 /// Facts about one intercepted connection.
 pub struct ConnectionInfo {
@@ -51,10 +63,11 @@ pub struct ConnectionInfo {
     pub original_dst: SocketAddr,
     pub identity: Option<Arc<Identity>>,
     pub authenticated: AtomicBool,
-    /// The deciding policy, if any (also for refusals).
-    pub policy_id: Option<String>,
     /// What the admitting policy allows; `None` when the connection is refused.
     pub permissions: Option<Permissions>,
+    pub tracker: Arc<Tracker>,
+    /// Why the relay refused, once it did (the session log's close reason).
+    pub failure: std::sync::Mutex<Option<String>>,
 }
 
 /// The admitting policy's SSH settings, with the daemon config filling what it leaves open.
@@ -114,7 +127,6 @@ pub async fn serve(
     session_id: String,
     admission: Admission,
 ) {
-    let started = Instant::now();
     let (permissions, refusal, policy_id) = match admission.outcome {
         Outcome::Relay { policy } => {
             let id = policy.id.clone();
@@ -122,14 +134,45 @@ pub async fn serve(
         }
         Outcome::Refuse { message, policy_id } => (None, Some(message), policy_id),
     };
+    let identity = admission.identity;
+    let tracker = Arc::new(Tracker::open(
+        SessionRecord {
+            id: session_id.clone(),
+            email: identity.as_ref().map(|i| i.email.clone()),
+            device_id: identity.as_ref().map(|i| i.device_id.clone()),
+            source: conn.peer.to_string(),
+            destination: conn.original_dst.to_string(),
+            login: None,
+            policy_id,
+            policy_name: admission.policy_name,
+            decision: if permissions.is_some() {
+                "audit_ssh"
+            } else {
+                "block"
+            }
+            .into(),
+            started_at: now_micros(),
+            ended_at: None,
+            duration_ms: None,
+            bytes_from_client: 0,
+            bytes_from_server: 0,
+            close_reason: None,
+            cert_serial: None,
+            upstream_host_key: None,
+            channels: vec![],
+        },
+        ctx.store.clone(),
+        ctx.live.clone(),
+    ));
     let info = Arc::new(ConnectionInfo {
         id: session_id,
         peer: conn.peer,
         original_dst: conn.original_dst,
-        identity: admission.identity,
+        identity,
         authenticated: AtomicBool::new(false),
-        policy_id,
         permissions,
+        tracker: tracker.clone(),
+        failure: std::sync::Mutex::new(refusal.clone()),
     });
     let (port_forwarding, agent_forwarding) = info
         .permissions
@@ -140,7 +183,7 @@ pub async fn serve(
         port_forwarding,
         agent_forwarding,
         agent_requested: AtomicBool::new(false),
-        traffic: Default::default(),
+        traffic: tracker.bytes(),
         server_closed: Default::default(),
     });
     // The server leg's TCP and SSH handshakes run while the device does its own.
@@ -158,7 +201,15 @@ pub async fn serve(
             return;
         }
     };
-    let handler = DeviceSide::new(ctx.clone(), info.clone(), bridge.clone(), pending, refusal);
+    let server: ServerSlot = Default::default();
+    let handler = DeviceSide::new(
+        ctx.clone(),
+        info.clone(),
+        bridge.clone(),
+        pending,
+        refusal,
+        server.clone(),
+    );
     let running = match tokio::time::timeout(
         LOGIN_GRACE,
         server::run_stream(config, conn.stream, handler),
@@ -167,11 +218,11 @@ pub async fn serve(
     {
         Ok(Ok(running)) => running,
         Ok(Err(e)) => {
-            tracing::info!(session = %info.id, peer = %info.peer, error = %e, "device handshake failed");
+            finish(&info, &format!("error: device handshake failed: {e}"));
             return;
         }
         Err(_) => {
-            tracing::info!(session = %info.id, peer = %info.peer, "device sent no SSH banner in time");
+            finish(&info, "error: device sent no SSH banner in time");
             return;
         }
     };
@@ -211,38 +262,69 @@ pub async fn serve(
             None => std::future::pending().await,
         }
     };
+    let kill = tracker.kill_switch();
     tokio::pin!(running);
     tokio::pin!(expiry);
+    // Ends the device leg with `message` and waits for it to close.
+    let end_with = async |message: String| {
+        let _ = device
+            .disconnect(russh::Disconnect::ByApplication, message, "en".into())
+            .await;
+    };
     let reason = tokio::select! {
         result = &mut running => match result {
             Ok(()) => "client".to_string(),
             Err(e) => format!("error: {e}"),
         },
         _ = bridge.server_closed.notified() => {
-            let _ = device
-                .disconnect(russh::Disconnect::ByApplication, "sshgw: the server closed the connection".into(), "en".into())
-                .await;
-            let _ = running.await;
+            end_with("sshgw: the server closed the connection".into()).await;
+            let _ = running.as_mut().await;
             "server".to_string()
         }
         () = &mut expiry => {
-            let message = deadline.map(|(_, m)| m).unwrap_or_default();
             tracing::info!(session = %info.id, "maximum session duration reached");
-            let _ = device.disconnect(russh::Disconnect::ByApplication, message, "en".into()).await;
-            let _ = running.await;
+            end_with(deadline.map(|(_, m)| m).unwrap_or_default()).await;
+            let _ = running.as_mut().await;
             "max duration".to_string()
+        }
+        () = kill.notified() => {
+            tracing::info!(session = %info.id, "session killed by an administrator");
+            end_with("sshgw: session terminated by an administrator".into()).await;
+            let _ = running.as_mut().await;
+            "admin kill".to_string()
         }
     };
     grace.abort();
+    // Close the server leg too, whoever ended the session.
+    if let Some(server) = server.get() {
+        let _ = server
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+    finish(&info, &reason);
+}
+
+/// Closes the session record (a refusal's reason wins over how the socket ended) and
+/// emits it as the structured `session closed` event.
+fn finish(info: &ConnectionInfo, reason: &str) {
+    let failure = info.failure.lock().expect("failure lock poisoned").clone();
+    let record = info.tracker.close(failure.as_deref().unwrap_or(reason));
     tracing::info!(
-        session = %info.id,
-        peer = %info.peer,
-        orig_dst = %info.original_dst,
-        policy = info.policy_id.as_deref().unwrap_or("-"),
-        bytes_from_client = bridge.traffic.from_client.load(Ordering::Relaxed),
-        bytes_from_server = bridge.traffic.from_server.load(Ordering::Relaxed),
-        duration_ms = started.elapsed().as_millis() as u64,
-        close_reason = %reason,
-        "connection closed"
+        session = %record.id,
+        email = record.email.as_deref().unwrap_or("-"),
+        device = record.device_id.as_deref().unwrap_or("-"),
+        source = %record.source,
+        orig_dst = %record.destination,
+        login = record.login.as_deref().unwrap_or("-"),
+        policy = record.policy_id.as_deref().unwrap_or("-"),
+        decision = %record.decision,
+        duration_ms = record.duration_ms.unwrap_or_default(),
+        bytes_from_client = record.bytes_from_client,
+        bytes_from_server = record.bytes_from_server,
+        close_reason = record.close_reason.as_deref().unwrap_or("-"),
+        cert_serial = record.cert_serial.as_deref().unwrap_or("-"),
+        upstream_host_key = record.upstream_host_key.as_deref().unwrap_or("-"),
+        channels = record.channels.len(),
+        "session closed"
     );
 }

@@ -7,36 +7,52 @@
 
 use std::{
     collections::VecDeque,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, OnceLock, atomic::Ordering},
 };
 
 use bytes::Bytes;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig, client, server};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::sessions::live::ByteCounters;
+
 /// Messages buffered per direction beyond russh's own channel buffer (each at most one
 /// SSH packet, 32 KiB): a receiver that stops reading stalls its connection only after
 /// this much has piled up.
 const QUEUE_MESSAGES: usize = 256;
 
-/// Byte counters of one connection, both directions.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    pub from_client: AtomicU64,
-    pub from_server: AtomicU64,
+/// How a channel's program ended, as the server reported it.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelExit {
+    pub status: Option<u32>,
+    pub signal: Option<(String, bool)>,
 }
+
+/// Watches a channel once its program (shell, exec, subsystem) has started: the session
+/// log and the recorder hang off this.
+pub trait ChannelTap: Send + Sync {
+    /// Channel data as relayed; `ext` is the extended-data code (1 = stderr).
+    fn data(&self, from_client: bool, ext: Option<u32>, data: &Bytes);
+    /// The channel closed; called once.
+    fn closed(&self, exit: ChannelExit);
+}
+
+type TapSlot = Arc<OnceLock<Arc<dyn ChannelTap>>>;
 
 /// The server-side half of a relayed channel, used by request callbacks.
 #[derive(Clone)]
 pub struct ChannelLink {
     pub upstream: Arc<ChannelWriteHalf<client::Msg>>,
-    replies: Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>,
+    replies: Replies,
+    tap: TapSlot,
 }
 
 impl ChannelLink {
+    /// Starts watching the channel (once; later calls are ignored).
+    pub fn attach(&self, tap: Arc<dyn ChannelTap>) {
+        let _ = self.tap.set(tap);
+    }
+
     /// Registers interest in the reply to the request about to be sent upstream.
     pub fn expect_reply(&self) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
@@ -67,68 +83,77 @@ pub fn start(
     down: russh::Channel<server::Msg>,
     up: russh::Channel<client::Msg>,
     down_handle: server::Handle,
-    traffic: Arc<Traffic>,
+    traffic: Arc<ByteCounters>,
 ) -> ChannelLink {
     let (down_read, down_write) = down.split();
     let (up_read, up_write) = up.split();
     let upstream = Arc::new(up_write);
-    let replies: Arc<Mutex<VecDeque<oneshot::Sender<bool>>>> = Default::default();
+    let replies: Replies = Default::default();
+    let tap: TapSlot = Default::default();
 
     let (to_server, from_device) = mpsc::channel(QUEUE_MESSAGES);
     let (to_device, from_server) = mpsc::channel(QUEUE_MESSAGES);
-    tokio::spawn(read_device(down_read, to_server, traffic.clone()));
+    tokio::spawn(read_side(
+        down_read,
+        to_server,
+        traffic.clone(),
+        tap.clone(),
+        true,
+        None,
+    ));
     tokio::spawn(write_server(from_device, upstream.clone()));
-    tokio::spawn(read_server(up_read, to_device, replies.clone(), traffic));
-    tokio::spawn(write_device(from_server, down_write, down_handle));
-    ChannelLink { upstream, replies }
-}
-
-async fn read_device(mut read: ChannelReadHalf, queue: mpsc::Sender<Event>, traffic: Arc<Traffic>) {
-    while let Some(msg) = read.wait().await {
-        let event = match msg {
-            ChannelMsg::Data { data } => {
-                traffic
-                    .from_client
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                Event::Data(data)
-            }
-            ChannelMsg::ExtendedData { data, ext } => {
-                traffic
-                    .from_client
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                Event::Extended(ext, data)
-            }
-            ChannelMsg::Eof => Event::Eof,
-            ChannelMsg::Close => Event::Close,
-            // Requests are relayed by the handler callbacks, which must answer them.
-            _ => continue,
-        };
-        let close = matches!(event, Event::Close);
-        if queue.send(event).await.is_err() || close {
-            return;
-        }
+    tokio::spawn(read_side(
+        up_read,
+        to_device,
+        traffic,
+        tap.clone(),
+        false,
+        Some(replies.clone()),
+    ));
+    tokio::spawn(write_device(
+        from_server,
+        down_write,
+        down_handle,
+        tap.clone(),
+    ));
+    ChannelLink {
+        upstream,
+        replies,
+        tap,
     }
-    let _ = queue.send(Event::Close).await;
 }
 
-async fn read_server(
+type Replies = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
+
+/// Drains one side's channel into the queue towards the other side. Replies to requests
+/// (only the server sends them) go straight to the waiting callback.
+async fn read_side(
     mut read: ChannelReadHalf,
     queue: mpsc::Sender<Event>,
-    replies: Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>,
-    traffic: Arc<Traffic>,
+    traffic: Arc<ByteCounters>,
+    tap: TapSlot,
+    from_client: bool,
+    replies: Option<Replies>,
 ) {
+    let counter = if from_client {
+        &traffic.from_client
+    } else {
+        &traffic.from_server
+    };
     while let Some(msg) = read.wait().await {
         let event = match msg {
             ChannelMsg::Data { data } => {
-                traffic
-                    .from_server
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(tap) = tap.get() {
+                    tap.data(from_client, None, &data);
+                }
                 Event::Data(data)
             }
             ChannelMsg::ExtendedData { data, ext } => {
-                traffic
-                    .from_server
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(tap) = tap.get() {
+                    tap.data(from_client, Some(ext), &data);
+                }
                 Event::Extended(ext, data)
             }
             ChannelMsg::Eof => Event::Eof,
@@ -146,12 +171,15 @@ async fn read_server(
                 lang: lang_tag,
             },
             reply @ (ChannelMsg::Success | ChannelMsg::Failure) => {
-                let ok = matches!(reply, ChannelMsg::Success);
-                if let Some(waiter) = replies.lock().expect("reply queue poisoned").pop_front() {
-                    let _ = waiter.send(ok);
+                let waiter = replies
+                    .as_ref()
+                    .and_then(|r| r.lock().expect("reply queue poisoned").pop_front());
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(matches!(reply, ChannelMsg::Success));
                 }
                 continue;
             }
+            // Device-side requests are relayed by the handler callbacks, which must answer them.
             _ => continue,
         };
         let close = matches!(event, Event::Close);
@@ -159,8 +187,10 @@ async fn read_server(
             break;
         }
     }
-    // Wake any request callback still waiting: the channel is gone.
-    replies.lock().expect("reply queue poisoned").clear();
+    if let Some(replies) = replies {
+        // Wake any request callback still waiting: the channel is gone.
+        replies.lock().expect("reply queue poisoned").clear();
+    }
     let _ = queue.send(Event::Close).await;
 }
 
@@ -187,29 +217,48 @@ async fn write_device(
     mut queue: mpsc::Receiver<Event>,
     down: ChannelWriteHalf<server::Msg>,
     handle: server::Handle,
+    tap: TapSlot,
 ) {
+    let mut exit = ChannelExit::default();
     while let Some(event) = queue.recv().await {
         let result = match event {
             Event::Data(data) => down.data_bytes(data).await,
             Event::Extended(ext, data) => down.extended_data_bytes(ext, data).await,
             Event::Eof => down.eof().await,
-            Event::ExitStatus(code) => down.exit_status(code).await,
+            Event::ExitStatus(code) => {
+                exit.status = Some(code);
+                down.exit_status(code).await
+            }
             Event::ExitSignal {
                 signal,
                 core_dumped,
                 message,
                 lang,
-            } => handle
-                .exit_signal_request(down.id(), signal, core_dumped, message, lang)
-                .await
-                .map_err(|_| russh::Error::SendError),
+            } => {
+                exit.signal = Some((signal_name(&signal), core_dumped));
+                handle
+                    .exit_signal_request(down.id(), signal, core_dumped, message, lang)
+                    .await
+                    .map_err(|_| russh::Error::SendError)
+            }
             Event::Close => {
                 let _ = down.close().await;
-                return;
+                break;
             }
         };
         if result.is_err() {
-            return;
+            break;
         }
+    }
+    if let Some(tap) = tap.get() {
+        tap.closed(exit);
+    }
+}
+
+/// The signal's SSH name without the `SIG` prefix (`TERM`, `KILL`, …).
+fn signal_name(signal: &Sig) -> String {
+    match signal {
+        Sig::Custom(name) => name.clone(),
+        other => format!("{other:?}"),
     }
 }

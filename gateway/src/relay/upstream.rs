@@ -13,10 +13,7 @@ use russh::{
 };
 use tokio::{net::TcpStream, sync::Notify};
 
-use super::{
-    RelayContext,
-    pump::{self, Traffic},
-};
+use super::{RelayContext, pump};
 use crate::{
     ca::{MintedCert, UserCertRequest},
     identity::Identity,
@@ -69,7 +66,7 @@ pub struct Bridge {
     pub agent_forwarding: bool,
     /// Set once the device asked for agent forwarding on some channel.
     pub agent_requested: AtomicBool,
-    pub traffic: Arc<Traffic>,
+    pub traffic: Arc<crate::sessions::live::ByteCounters>,
     /// Notified when the server side of the connection ends.
     pub server_closed: Notify,
 }

@@ -1,0 +1,183 @@
+//! `sshgw sessions [--active] [--since D] [--user EMAIL] [--json]`, `sessions show ID`,
+//! `sessions kill ID`.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use super::{Target, table};
+use crate::sessions::{SessionRecord, format_time};
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only sessions in progress.
+    #[arg(long)]
+    active: bool,
+    /// Only sessions started within this long, e.g. 30m, 8h, 2d.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only sessions of this user (email).
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCommand {
+    /// One session with its channels.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End a live session: both legs close and the user is told why.
+    Kill {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Encodes a query value (emails carry `@` and `+`).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+pub fn list(args: ListArgs) -> Result<()> {
+    let mut query = Vec::new();
+    if args.active {
+        query.push("active=true".to_string());
+    }
+    if let Some(since) = &args.since {
+        query.push(format!("since={}", encode(since)));
+    }
+    if let Some(user) = &args.user {
+        query.push(format!("user={}", encode(user)));
+    }
+    let route = if query.is_empty() {
+        "/sessions".to_string()
+    } else {
+        format!("/sessions?{}", query.join("&"))
+    };
+    let value = super::call(&args.target, "GET", &route, None)?;
+    if args.json {
+        return super::print_json(&value);
+    }
+    let sessions: Vec<SessionRecord> = serde_json::from_value(value["sessions"].clone())?;
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                format_time(s.started_at),
+                s.duration_ms
+                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+                    .unwrap_or_else(|| "live".into()),
+                s.email.clone().unwrap_or_else(|| "-".into()),
+                s.device_id.clone().unwrap_or_else(|| "-".into()),
+                s.destination.clone(),
+                s.login.clone().unwrap_or_else(|| "-".into()),
+                s.decision.clone(),
+                s.policy_id.clone().unwrap_or_else(|| "-".into()),
+                s.close_reason.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "ID",
+            "STARTED",
+            "DURATION",
+            "USER",
+            "DEVICE",
+            "DESTINATION",
+            "LOGIN",
+            "DECISION",
+            "POLICY",
+            "CLOSED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub fn run(command: SessionsCommand) -> Result<()> {
+    match command {
+        SessionsCommand::Show { id, json, target } => {
+            let value = super::call(&target, "GET", &format!("/sessions/{}", encode(&id)), None)?;
+            if json {
+                return super::print_json(&value);
+            }
+            let s: SessionRecord = serde_json::from_value(value)?;
+            let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            println!("session:       {}", s.id);
+            println!("user:          {}", opt(&s.email));
+            println!("device:        {}", opt(&s.device_id));
+            println!("source:        {}", s.source);
+            println!("destination:   {}", s.destination);
+            println!("login:         {}", opt(&s.login));
+            println!("decision:      {} ({})", s.decision, opt(&s.policy_id));
+            println!("started:       {}", format_time(s.started_at));
+            println!(
+                "ended:         {}",
+                s.ended_at.map(format_time).unwrap_or_else(|| "live".into())
+            );
+            println!(
+                "bytes:         {} from client, {} from server",
+                s.bytes_from_client, s.bytes_from_server
+            );
+            println!("closed:        {}", opt(&s.close_reason));
+            println!("certificate:   serial {}", opt(&s.cert_serial));
+            println!("server key:    {}", opt(&s.upstream_host_key));
+            if !s.channels.is_empty() {
+                println!();
+                let rows: Vec<Vec<String>> = s
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.channel.to_string(),
+                            c.kind.clone(),
+                            c.command.clone().unwrap_or_else(|| "-".into()),
+                            format_time(c.started_at),
+                            match (&c.exit_status, &c.exit_signal) {
+                                (_, Some(sig)) => format!("signal {sig}"),
+                                (Some(code), None) => code.to_string(),
+                                (None, None) if c.ended_at.is_none() => "running".into(),
+                                (None, None) => "-".into(),
+                            },
+                            c.recording.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                table::print(
+                    &["CHANNEL", "KIND", "COMMAND", "STARTED", "EXIT", "RECORDING"],
+                    &rows,
+                );
+            }
+            Ok(())
+        }
+        SessionsCommand::Kill { id, target } => {
+            super::call(
+                &target,
+                "POST",
+                &format!("/sessions/{}/kill", encode(&id)),
+                None,
+            )?;
+            println!("killed session {id}");
+            Ok(())
+        }
+    }
+}

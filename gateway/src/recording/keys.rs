@@ -1,0 +1,198 @@
+//! Recording keys: X25519 (DHKEM(X25519, HKDF-SHA256)) key pairs in ssh-log-cli's key file
+//! format: standard base64 of the raw 32 bytes, 44 characters, no newline.
+
+use std::{
+    fs::OpenOptions,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use hpke::{Deserializable, Kem as _, Serializable, kem::X25519HkdfSha256};
+
+use super::format::base64_engine;
+
+pub(crate) type KemPublic = <X25519HkdfSha256 as hpke::Kem>::PublicKey;
+pub(crate) type KemPrivate = <X25519HkdfSha256 as hpke::Kem>::PrivateKey;
+
+/// The public key recordings are encrypted to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordingKey(pub(crate) KemPublic);
+
+impl RecordingKey {
+    /// Reads a public key file (`NAME.pub` of `keygen`); surrounding whitespace is ignored.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read recording public key {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Parses base64 (padded or not) of the 32-byte X25519 public key.
+    pub fn parse(base64: &str) -> Result<Self> {
+        let bytes = decode_key(base64, "public")?;
+        Ok(RecordingKey(
+            KemPublic::from_bytes(&bytes).expect("32 bytes make an X25519 public key"),
+        ))
+    }
+
+    /// The key file text: 44 characters of base64.
+    pub fn to_base64(&self) -> String {
+        base64_engine().encode(self.0.to_bytes())
+    }
+}
+
+/// The private key that decrypts recordings.
+#[derive(Clone)]
+pub struct RecordingPrivateKey(pub(crate) KemPrivate);
+
+impl RecordingPrivateKey {
+    /// Reads a private key file; surrounding whitespace is ignored.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read private key {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn parse(base64: &str) -> Result<Self> {
+        let bytes = decode_key(base64, "private")?;
+        Ok(RecordingPrivateKey(
+            KemPrivate::from_bytes(&bytes).expect("32 bytes make an X25519 private key"),
+        ))
+    }
+
+    pub fn public(&self) -> RecordingKey {
+        RecordingKey(X25519HkdfSha256::sk_to_pk(&self.0))
+    }
+
+    /// The key file text: 44 characters of base64 of the clamped scalar.
+    pub fn to_base64(&self) -> String {
+        base64_engine().encode(self.0.to_bytes())
+    }
+}
+
+fn decode_key(text: &str, what: &str) -> Result<Vec<u8>> {
+    let text = text.trim();
+    if text.is_empty() {
+        bail!("invalid {what} key: the file is empty");
+    }
+    let bytes = base64_engine()
+        .decode(text)
+        .map_err(|e| anyhow::anyhow!("invalid {what} key: not base64 ({e})"))?;
+    if bytes.len() != 32 {
+        bail!(
+            "invalid {what} key: {} bytes, expected 32 (an X25519 key in base64, 44 characters)",
+            bytes.len()
+        );
+    }
+    Ok(bytes)
+}
+
+/// Generates a key pair.
+pub fn generate() -> (RecordingPrivateKey, RecordingKey) {
+    let (sk, pk) = X25519HkdfSha256::gen_keypair();
+    (RecordingPrivateKey(sk), RecordingKey(pk))
+}
+
+/// `keygen -o NAME`: writes NAME (private, 0600) and NAME.pub (public, 0644), never
+/// overwriting an existing file. Returns the public key file's path.
+pub fn write_key_pair(name: &Path) -> Result<PathBuf> {
+    let public_path = {
+        let mut os = name.as_os_str().to_owned();
+        os.push(".pub");
+        PathBuf::from(os)
+    };
+    for path in [name, public_path.as_path()] {
+        if path.symlink_metadata().is_ok() {
+            bail!(
+                "{} already exists; refusing to overwrite a key file",
+                path.display()
+            );
+        }
+    }
+    let (private, public) = generate();
+    write_new(name, &private.to_base64(), 0o600)?;
+    if let Err(e) = write_new(&public_path, &public.to_base64(), 0o644) {
+        // We created the private key file just now: do not leave half a pair behind.
+        let _ = std::fs::remove_file(name);
+        return Err(e);
+    }
+    Ok(public_path)
+}
+
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                anyhow::anyhow!(
+                    "{} already exists; refusing to overwrite a key file",
+                    path.display()
+                )
+            } else {
+                anyhow::anyhow!("cannot create {}: {e}", path.display())
+            }
+        })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn generated_keys_have_the_ssh_log_cli_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("rec");
+        let public_path = write_key_pair(&name).unwrap();
+        assert_eq!(public_path, dir.path().join("rec.pub"));
+        let private_text = std::fs::read_to_string(&name).unwrap();
+        let public_text = std::fs::read_to_string(&public_path).unwrap();
+        for text in [&private_text, &public_text] {
+            assert_eq!(text.len(), 44, "{text:?}");
+            assert!(text.ends_with('='));
+            assert!(!text.contains('\n'));
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&private_text)
+            .unwrap();
+        // x25519 clamping, as ssh-log-cli's keys have it.
+        assert_eq!(raw[0] & 7, 0);
+        assert_eq!(raw[31] & 0x80, 0);
+        assert_eq!(raw[31] & 0x40, 0x40);
+        let mode = std::fs::metadata(&name).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let private = RecordingPrivateKey::from_file(&name).unwrap();
+        assert_eq!(
+            private.public(),
+            RecordingKey::from_file(&public_path).unwrap()
+        );
+
+        // Never overwrite.
+        let err = write_key_pair(&name).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(std::fs::read_to_string(&name).unwrap(), private_text);
+    }
+
+    #[test]
+    fn key_parsing_is_lenient_about_whitespace_and_padding() {
+        let private = "SMDInoNDfDYWNdYgyv47aWzvgdl7T1djmwpP+k/9CUg=";
+        let public = "6UMFAjnFDI7mdBkTOS/3aTmfCQP0XBWe9yxn6vR3LlQ=";
+        let key = RecordingPrivateKey::parse(&format!("  {private}\n")).unwrap();
+        assert_eq!(key.public().to_base64(), public);
+        let unpadded = RecordingKey::parse(public.trim_end_matches('=')).unwrap();
+        assert_eq!(unpadded.to_base64(), public);
+        let err = RecordingKey::parse("AAAA").unwrap_err().to_string();
+        assert!(err.contains("3 bytes, expected 32"), "{err}");
+        let err = RecordingKey::parse("not base64!").unwrap_err().to_string();
+        assert!(err.contains("not base64"), "{err}");
+    }
+}

@@ -1,0 +1,629 @@
+//! Writing recordings: the synchronous file writer and the async [`Recorder`] handle.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    os::unix::fs::{FileExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use hpke::{OpModeS, Serializable, aead::ChaCha20Poly1305, kdf::HkdfSha256, kem::X25519HkdfSha256};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+
+use super::{
+    format::{
+        self, CODE_CLIENT_RESERVED_COLLISION, CODE_DATA, CODE_END, CODE_RESIZE, ExitData,
+        Metadata, PtyInfo, RESERVED_CODES, SOURCE_CLIENT, SOURCE_SERVER, SSHGW_FORMAT, SshgwInfo,
+        WRITER_FLUSH_BYTES, WRITER_MAX_PACKET_DATA,
+    },
+    keys::RecordingKey,
+};
+
+type SenderCtx = hpke::aead::AeadCtxS<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>;
+
+/// Buffered data is sealed and written at the latest this long after it was recorded.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Events queued between the relay and the writer task (each usually one SSH packet of at
+/// most 32 KiB): when the disk falls this far behind, [`Recorder::data`] waits.
+const QUEUE_EVENTS: usize = 256;
+
+/// What a recording is about. Known when the channel's shell, exec or subsystem request
+/// is accepted, which is when the recorder is created: a pty-req always comes before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelMeta {
+    pub session_id: String,
+    pub channel: ChannelKind,
+    pub pty: Option<PtyMeta>,
+    pub user_email: Option<String>,
+    pub device_id: Option<String>,
+    /// The user name logged in as on the server.
+    pub login: String,
+    /// The server, e.g. `10.0.0.5:22`.
+    pub destination: String,
+}
+
+/// The channel's request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelKind {
+    Shell,
+    Exec { command: String },
+    Subsystem { name: String },
+}
+
+impl ChannelKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChannelKind::Shell => "shell",
+            ChannelKind::Exec { .. } => "exec",
+            ChannelKind::Subsystem { .. } => "subsystem",
+        }
+    }
+}
+
+/// The terminal from the pty-req (modes by name: see [`super::pty_modes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PtyMeta {
+    pub term: String,
+    pub width: u32,
+    pub height: u32,
+    pub modes: Vec<(String, u32)>,
+}
+
+/// How the channel ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exit {
+    /// exit-status.
+    Status(u32),
+    /// exit-signal, e.g. `TERM`.
+    Signal { name: String, core_dumped: bool },
+    /// The gateway ended the channel, e.g. the upstream connection failed.
+    Error(String),
+    /// The channel closed without either.
+    None,
+}
+
+impl Exit {
+    /// An exit-signal as russh reports it.
+    pub fn signal(sig: &russh::Sig, core_dumped: bool) -> Exit {
+        let name = match sig {
+            russh::Sig::ABRT => "ABRT",
+            russh::Sig::ALRM => "ALRM",
+            russh::Sig::FPE => "FPE",
+            russh::Sig::HUP => "HUP",
+            russh::Sig::ILL => "ILL",
+            russh::Sig::INT => "INT",
+            russh::Sig::KILL => "KILL",
+            russh::Sig::PIPE => "PIPE",
+            russh::Sig::QUIT => "QUIT",
+            russh::Sig::SEGV => "SEGV",
+            russh::Sig::TERM => "TERM",
+            russh::Sig::USR1 => "USR1",
+            russh::Sig::Custom(name) => name,
+        };
+        Exit::Signal {
+            name: name.to_string(),
+            core_dumped,
+        }
+    }
+}
+
+/// Totals of a finished recording.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub chunks: u64,
+    /// Packets including the end-of-recording record.
+    pub packets: u64,
+    /// Plaintext bytes of the packet stream (the header's `data_size`).
+    pub bytes: u64,
+    pub duration_us: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// The synchronous writer.
+
+/// Writes one recording file. Packets are buffered in memory and sealed into one chunk
+/// per [`FileWriter::flush`]; after the first I/O error every call fails with it.
+pub(crate) struct FileWriter {
+    path: PathBuf,
+    file: File,
+    ctx: SenderCtx,
+    meta: Metadata,
+    header_json_len: usize,
+    pending: Vec<u8>,
+    last_elapsed: u64,
+    stats: Summary,
+    error: Option<String>,
+}
+
+impl FileWriter {
+    /// Creates `path` (0600, never overwriting) and writes the header.
+    pub fn create(
+        path: &Path,
+        key: &RecordingKey,
+        meta: &ChannelMeta,
+        started: SystemTime,
+    ) -> Result<FileWriter> {
+        let (enc, ctx) = hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
+            &OpModeS::Base,
+            &key.0,
+            b"",
+        )
+        .map_err(|e| anyhow!("cannot set up recording encryption: {e}"))?;
+        let started_us = format::unix_micros(started);
+        let (command, subsystem) = match &meta.channel {
+            ChannelKind::Shell => (None, None),
+            ChannelKind::Exec { command } => (Some(command.clone()), None),
+            ChannelKind::Subsystem { name } => (None, Some(name.clone())),
+        };
+        let header = Metadata {
+            started_at: started_us / 1_000_000,
+            data_size: 0,
+            encapsulated_key: hex::encode(enc.to_bytes()),
+            pty: meta.pty.as_ref().map(|pty| PtyInfo {
+                term: Some(pty.term.clone()),
+                width: pty.width,
+                height: pty.height,
+                modes: pty.modes.clone(),
+            }),
+            sshgw: Some(SshgwInfo {
+                format: SSHGW_FORMAT,
+                started_at_us: Some(started_us),
+                session_id: meta.session_id.clone(),
+                channel: meta.channel.as_str().to_string(),
+                command,
+                subsystem,
+                user_email: meta.user_email.clone(),
+                device_id: meta.device_id.clone(),
+                login: Some(meta.login.clone()),
+                destination: Some(meta.destination.clone()),
+                recipient: Some(key.to_base64()),
+            }),
+            exit_data: None,
+        };
+        let json_len = serde_json::to_vec(&header)?.len();
+        let header_json_len = format::header_json_len(json_len);
+        let json = format::padded_header_json(&header, header_json_len).expect("header fits");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create recording {}", path.display()))?;
+        if let Err(e) = file.write_all(&format::encode_header(&json)) {
+            let _ = std::fs::remove_file(path);
+            return Err(e).with_context(|| format!("cannot write recording {}", path.display()));
+        }
+        Ok(FileWriter {
+            path: path.to_owned(),
+            file,
+            ctx,
+            meta: header,
+            header_json_len,
+            pending: Vec::new(),
+            last_elapsed: 0,
+            stats: Summary::default(),
+            error: None,
+        })
+    }
+
+    fn push(&mut self, source: u8, code: u32, elapsed_us: u64, data: &[u8]) {
+        // Packet times never go backwards (ssh-log-cli prints `inf` delays otherwise).
+        let elapsed = elapsed_us.max(self.last_elapsed);
+        self.last_elapsed = elapsed;
+        format::encode_packet(&mut self.pending, source, code, elapsed, data);
+        self.stats.packets += 1;
+    }
+
+    /// Buffers channel data (split into packets of at most 1 MiB).
+    pub fn data(&mut self, from_client: bool, ext: Option<u32>, elapsed_us: u64, data: &[u8]) {
+        let (source, code) = if from_client {
+            let code = match ext {
+                None => CODE_DATA,
+                Some(code) if RESERVED_CODES.contains(&code) => CODE_CLIENT_RESERVED_COLLISION,
+                Some(code) => code,
+            };
+            (SOURCE_CLIENT, code)
+        } else {
+            (SOURCE_SERVER, ext.unwrap_or(CODE_DATA))
+        };
+        if data.is_empty() {
+            self.push(source, code, elapsed_us, data);
+        }
+        for piece in data.chunks(WRITER_MAX_PACKET_DATA) {
+            self.push(source, code, elapsed_us, piece);
+        }
+    }
+
+    /// Buffers a resize record; ignored without a pty (it would end up in ssh-log-cli's
+    /// `data_from_client.txt`).
+    pub fn resize(&mut self, elapsed_us: u64, cols: u32, rows: u32) {
+        if self.meta.pty.is_some() {
+            self.push(
+                SOURCE_CLIENT,
+                CODE_RESIZE,
+                elapsed_us,
+                &format::resize_data(cols, rows),
+            );
+        }
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.error {
+            Some(e) => Err(anyhow!("{e}")),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, what: &str, e: impl std::fmt::Display) -> anyhow::Error {
+        let message = format!("recording {}: {what}: {e}", self.path.display());
+        self.error = Some(message.clone());
+        anyhow!(message)
+    }
+
+    /// Seals everything buffered into one chunk and writes it (nothing when empty).
+    pub fn flush(&mut self) -> Result<()> {
+        self.check()?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let plaintext = std::mem::take(&mut self.pending);
+        self.write_chunk(&plaintext)
+    }
+
+    fn write_chunk(&mut self, plaintext: &[u8]) -> Result<()> {
+        let ciphertext = match self.ctx.seal(plaintext, b"") {
+            Ok(ct) => ct,
+            Err(e) => return Err(self.fail("cannot encrypt", e)),
+        };
+        let mut frame = Vec::with_capacity(4 + ciphertext.len());
+        frame.extend_from_slice(&(ciphertext.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&ciphertext);
+        if let Err(e) = self.file.write_all(&frame) {
+            return Err(self.fail("write failed", e));
+        }
+        self.stats.chunks += 1;
+        self.stats.bytes += plaintext.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the end-of-recording record, rewrites the header with `exit_data` and
+    /// `data_size`, and syncs the file to disk.
+    pub fn finish(&mut self, exit: &Exit, end_elapsed_us: u64) -> Result<Summary> {
+        self.check()?;
+        self.push(SOURCE_CLIENT, CODE_END, end_elapsed_us, b"");
+        self.flush()?;
+        // The encrypted data is on disk before the header is touched.
+        if let Err(e) = self.file.sync_data() {
+            return Err(self.fail("fdatasync failed", e));
+        }
+        let end_us = self.meta.sshgw.as_ref().and_then(|s| s.started_at_us).unwrap_or(0)
+            + self.last_elapsed;
+        let mut meta = self.meta.clone();
+        meta.data_size = self.stats.bytes;
+        meta.exit_data = exit_data(exit, end_us / 1_000_000);
+        let json = fit_header(&mut meta, self.header_json_len);
+        let header = format::encode_header(&json);
+        if let Err(e) = self.file.write_all_at(&header[4..], 4) {
+            return Err(self.fail("header rewrite failed", e));
+        }
+        if let Err(e) = self.file.sync_data() {
+            return Err(self.fail("fdatasync failed", e));
+        }
+        self.meta = meta;
+        self.stats.duration_us = self.last_elapsed;
+        Ok(self.stats)
+    }
+
+    /// Test-only: seals the buffered stream as chunks cut at the given offsets, breaking
+    /// the rule that chunks hold whole packets (readers must cope).
+    #[cfg(test)]
+    pub fn flush_split(&mut self, cuts: &[usize]) -> Result<()> {
+        let stream = std::mem::take(&mut self.pending);
+        let mut start = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
+            let cut = cut.clamp(start, stream.len());
+            self.write_chunk(&stream[start..cut])?;
+            start = cut;
+        }
+        Ok(())
+    }
+
+    /// Test-only: appends the end record to the buffer without flushing.
+    #[cfg(test)]
+    pub fn push_end(&mut self, elapsed_us: u64) {
+        self.push(SOURCE_CLIENT, CODE_END, elapsed_us, b"");
+    }
+}
+
+fn exit_data(exit: &Exit, timestamp: u64) -> Option<ExitData> {
+    let base = ExitData {
+        timestamp,
+        status: None,
+        signal: None,
+        core_dumped: false,
+        error_msg: None,
+    };
+    match exit {
+        Exit::Status(status) => Some(ExitData {
+            status: Some(*status),
+            ..base
+        }),
+        Exit::Signal { name, core_dumped } => Some(ExitData {
+            signal: Some(name.clone()),
+            core_dumped: *core_dumped,
+            ..base
+        }),
+        Exit::Error(message) => Some(ExitData {
+            error_msg: Some(message.clone()),
+            ..base
+        }),
+        Exit::None => None,
+    }
+}
+
+/// The padded header JSON, shortening the free-text exit fields until it fits.
+fn fit_header(meta: &mut Metadata, len: usize) -> Vec<u8> {
+    loop {
+        if let Some(json) = format::padded_header_json(meta, len) {
+            return json;
+        }
+        let exit = meta.exit_data.as_mut().expect("the header without exit data fits");
+        let longest = [&mut exit.error_msg, &mut exit.signal]
+            .into_iter()
+            .flatten()
+            .max_by_key(|s| s.len())
+            .expect("the header without exit strings fits");
+        let mut keep = longest.len() / 2;
+        while !longest.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        longest.truncate(keep);
+        longest.push('…');
+        if keep == 0 {
+            longest.clear();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The async handle.
+
+enum Command {
+    Data {
+        from_client: bool,
+        ext: Option<u32>,
+        elapsed_us: u64,
+        data: Bytes,
+    },
+    Resize {
+        elapsed_us: u64,
+        cols: u32,
+        rows: u32,
+    },
+    Finish {
+        exit: Exit,
+        elapsed_us: u64,
+        reply: oneshot::Sender<Result<Summary>>,
+    },
+}
+
+/// Records one channel. Events go over a bounded queue to a writer task that buffers
+/// them, seals and writes a chunk at least once a second (and per 64 KiB), and does all
+/// disk I/O on tokio's blocking pool. Packet times are taken when an event is submitted.
+pub struct Recorder {
+    tx: mpsc::Sender<Command>,
+    failed: Arc<Mutex<Option<String>>>,
+    start: Instant,
+}
+
+impl Recorder {
+    /// Creates the recording file (0600, never overwriting an existing file), writes its
+    /// header and starts the writer task. Fails on any I/O error. Must be called inside a
+    /// tokio runtime.
+    pub async fn create(path: &Path, key: &RecordingKey, meta: ChannelMeta) -> Result<Recorder> {
+        let path = path.to_owned();
+        let key = key.clone();
+        let start = Instant::now();
+        let writer = tokio::task::spawn_blocking(move || {
+            FileWriter::create(&path, &key, &meta, SystemTime::now())
+        })
+        .await??;
+        let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
+        let failed = Arc::new(Mutex::new(None));
+        tokio::spawn(run_writer(writer, rx, failed.clone()));
+        Ok(Recorder { tx, failed, start })
+    }
+
+    fn elapsed_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// Records channel data (`ext` = the SSH extended data type, 1 for stderr). Waits
+    /// only when the queue to the writer is full; does nothing once the recording failed.
+    pub async fn data(&self, from_client: bool, ext: Option<u32>, data: Bytes) {
+        if self.failed().is_some() {
+            return;
+        }
+        let elapsed_us = self.elapsed_us();
+        let _ = self
+            .tx
+            .send(Command::Data {
+                from_client,
+                ext,
+                elapsed_us,
+                data,
+            })
+            .await;
+    }
+
+    /// Records a window-change (ignored for channels without a pty).
+    pub async fn resize(&self, cols: u32, rows: u32) {
+        if self.failed().is_some() {
+            return;
+        }
+        let elapsed_us = self.elapsed_us();
+        let _ = self
+            .tx
+            .send(Command::Resize {
+                elapsed_us,
+                cols,
+                rows,
+            })
+            .await;
+    }
+
+    /// Ends the recording: writes what is buffered and the end-of-recording record,
+    /// rewrites the header with the exit data and syncs the file.
+    pub async fn finish(self, exit: Exit) -> Result<Summary> {
+        let elapsed_us = self.elapsed_us();
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .tx
+            .send(Command::Finish {
+                exit,
+                elapsed_us,
+                reply,
+            })
+            .await;
+        match (sent, answer.await) {
+            (Ok(()), Ok(result)) => result,
+            _ => Err(anyhow!(
+                "{}",
+                self.failed()
+                    .unwrap_or_else(|| "recording writer stopped".to_string())
+            )),
+        }
+    }
+
+    /// The first write error, if any: the recording is incomplete from then on.
+    pub fn failed(&self) -> Option<String> {
+        self.failed.lock().expect("recorder state poisoned").clone()
+    }
+}
+
+/// Runs `f` on the blocking pool with the writer, handing the writer back.
+async fn blocking<T: Send + 'static>(
+    mut writer: FileWriter,
+    f: impl FnOnce(&mut FileWriter) -> T + Send + 'static,
+) -> Option<(FileWriter, T)> {
+    tokio::task::spawn_blocking(move || {
+        let out = f(&mut writer);
+        (writer, out)
+    })
+    .await
+    .ok()
+}
+
+async fn run_writer(
+    writer: FileWriter,
+    mut rx: mpsc::Receiver<Command>,
+    failed: Arc<Mutex<Option<String>>>,
+) {
+    let set_failed = |e: &anyhow::Error| {
+        let mut slot = failed.lock().expect("recorder state poisoned");
+        if slot.is_none() {
+            tracing::warn!("{e:#}");
+            *slot = Some(format!("{e:#}"));
+        }
+    };
+    let mut writer = Some(writer);
+    // When the oldest buffered packet must be written.
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let timer = tokio::time::sleep_until(
+            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
+        );
+        let command = tokio::select! {
+            command = rx.recv() => command,
+            () = timer, if deadline.is_some() => {
+                deadline = None;
+                flush(&mut writer, &set_failed).await;
+                continue;
+            }
+        };
+        let Some(command) = command else {
+            // Dropped without finish: keep what was recorded; it reads as truncated.
+            if let Some(w) = &writer {
+                tracing::warn!(
+                    "recording {} dropped without finish: it will read as truncated",
+                    w.path.display()
+                );
+            }
+            flush(&mut writer, &set_failed).await;
+            return;
+        };
+        let Some(w) = writer.as_mut() else {
+            // Failed earlier: drain the queue so senders never wait.
+            if let Command::Finish { reply, .. } = command {
+                let message = failed.lock().expect("recorder state poisoned").clone();
+                let _ = reply.send(Err(anyhow!(
+                    "{}",
+                    message.unwrap_or_else(|| "recording writer failed".into())
+                )));
+                return;
+            }
+            continue;
+        };
+        match command {
+            Command::Data {
+                from_client,
+                ext,
+                elapsed_us,
+                data,
+            } => w.data(from_client, ext, elapsed_us, &data),
+            Command::Resize {
+                elapsed_us,
+                cols,
+                rows,
+            } => w.resize(elapsed_us, cols, rows),
+            Command::Finish {
+                exit,
+                elapsed_us,
+                reply,
+            } => {
+                let w = writer.take().expect("writer present");
+                let result = match blocking(w, move |w| w.finish(&exit, elapsed_us)).await {
+                    Some((_, result)) => result,
+                    None => Err(anyhow!("recording writer panicked")),
+                };
+                if let Err(e) = &result {
+                    set_failed(e);
+                }
+                let _ = reply.send(result);
+                return;
+            }
+        }
+        let pending = writer.as_ref().map_or(0, FileWriter::pending_len);
+        if deadline.is_none() && pending > 0 {
+            deadline = Some(Instant::now() + FLUSH_INTERVAL);
+        }
+        if pending >= WRITER_FLUSH_BYTES {
+            deadline = None;
+            flush(&mut writer, &set_failed).await;
+        }
+    }
+}
+
+async fn flush(writer: &mut Option<FileWriter>, set_failed: &impl Fn(&anyhow::Error)) {
+    let Some(w) = writer.take() else { return };
+    if w.pending_len() == 0 {
+        *writer = Some(w);
+        return;
+    }
+    match blocking(w, FileWriter::flush).await {
+        Some((w, Ok(()))) => *writer = Some(w),
+        Some((_, Err(e))) => set_failed(&e),
+        None => set_failed(&anyhow!("recording writer panicked")),
+    }
+}

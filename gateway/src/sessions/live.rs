@@ -1,0 +1,225 @@
+//! Sessions in progress: listed, shown and killed through the control API. Each relayed
+//! connection reports to a [`Tracker`], which keeps its live entry and the stored record
+//! in step.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use tokio::sync::Notify;
+
+use super::{
+    ChannelRecord, SessionRecord, now_micros,
+    store::{SessionStore, Write},
+};
+
+/// Bytes relayed on a connection, updated by the channel pumps.
+#[derive(Debug, Default)]
+pub struct ByteCounters {
+    pub from_client: AtomicU64,
+    pub from_server: AtomicU64,
+}
+
+struct Entry {
+    record: Mutex<SessionRecord>,
+    bytes: Arc<ByteCounters>,
+    kill: Arc<Notify>,
+}
+
+impl Entry {
+    fn snapshot(&self) -> SessionRecord {
+        let mut record = self.record.lock().expect("session lock poisoned").clone();
+        record.bytes_from_client = self.bytes.from_client.load(Ordering::Relaxed);
+        record.bytes_from_server = self.bytes.from_server.load(Ordering::Relaxed);
+        record
+    }
+}
+
+#[derive(Default)]
+pub struct LiveSessions {
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+impl LiveSessions {
+    pub fn list(&self) -> Vec<SessionRecord> {
+        let entries: Vec<Arc<Entry>> = self
+            .entries
+            .lock()
+            .expect("live sessions lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<SessionRecord> = entries.iter().map(|e| e.snapshot()).collect();
+        out.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        out
+    }
+
+    pub fn get(&self, id: &str) -> Option<SessionRecord> {
+        let entry = self
+            .entries
+            .lock()
+            .expect("live sessions lock poisoned")
+            .get(id)
+            .cloned();
+        entry.map(|e| e.snapshot())
+    }
+
+    /// Asks session `id` to end; false when it is not live.
+    pub fn kill(&self, id: &str) -> bool {
+        match self
+            .entries
+            .lock()
+            .expect("live sessions lock poisoned")
+            .get(id)
+        {
+            Some(entry) => {
+                entry.kill.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One connection's bookkeeping: stored record, live entry, kill switch.
+pub struct Tracker {
+    id: String,
+    started: Instant,
+    entry: Arc<Entry>,
+    live: Arc<LiveSessions>,
+    store: SessionStore,
+    closed: AtomicBool,
+}
+
+impl Tracker {
+    /// Records the new connection and makes it visible as live.
+    pub fn open(record: SessionRecord, store: SessionStore, live: Arc<LiveSessions>) -> Self {
+        let entry = Arc::new(Entry {
+            record: Mutex::new(record.clone()),
+            bytes: Default::default(),
+            kill: Default::default(),
+        });
+        let id = record.id.clone();
+        store.write(Write::Open(record));
+        live.entries
+            .lock()
+            .expect("live sessions lock poisoned")
+            .insert(id.clone(), entry.clone());
+        Tracker {
+            id,
+            started: Instant::now(),
+            entry,
+            live,
+            store,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn bytes(&self) -> Arc<ByteCounters> {
+        self.entry.bytes.clone()
+    }
+
+    /// Resolves when an administrator kills the session.
+    pub fn kill_switch(&self) -> Arc<Notify> {
+        self.entry.kill.clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SessionRecord)) {
+        f(&mut self.entry.record.lock().expect("session lock poisoned"));
+    }
+
+    pub fn logged_in(&self, login: &str, cert_serial: u64, upstream_host_key: &str) {
+        self.update(|r| {
+            r.login = Some(login.to_string());
+            r.cert_serial = Some(cert_serial.to_string());
+            r.upstream_host_key = Some(upstream_host_key.to_string());
+        });
+        self.store.write(Write::LoggedIn {
+            id: self.id.clone(),
+            login: login.to_string(),
+            cert_serial: cert_serial.to_string(),
+            upstream_host_key: upstream_host_key.to_string(),
+        });
+    }
+
+    /// The login the user asked for, also when it is refused.
+    pub fn login_attempted(&self, login: &str) {
+        self.update(|r| r.login = Some(login.to_string()));
+    }
+
+    pub fn channel_opened(&self, record: ChannelRecord) {
+        self.update(|r| r.channels.push(record.clone()));
+        self.store.write(Write::ChannelOpen {
+            session_id: self.id.clone(),
+            record,
+        });
+    }
+
+    pub fn channel_closed(
+        &self,
+        channel: u32,
+        exit_status: Option<u32>,
+        exit_signal: Option<String>,
+    ) {
+        let ended_at = now_micros();
+        self.update(|r| {
+            if let Some(c) = r
+                .channels
+                .iter_mut()
+                .rev()
+                .find(|c| c.channel == channel && c.ended_at.is_none())
+            {
+                c.ended_at = Some(ended_at);
+                c.exit_status = exit_status;
+                c.exit_signal = exit_signal.clone();
+            }
+        });
+        self.store.write(Write::ChannelClose {
+            session_id: self.id.clone(),
+            channel,
+            ended_at,
+            exit_status,
+            exit_signal,
+        });
+    }
+
+    /// Ends the record (once); returns it as stored, for the closing log event.
+    pub fn close(&self, reason: &str) -> SessionRecord {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return self.entry.snapshot();
+        }
+        let ended_at = now_micros();
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        self.update(|r| {
+            r.ended_at = Some(ended_at);
+            r.duration_ms = Some(duration_ms);
+            r.close_reason = Some(reason.to_string());
+        });
+        let record = self.entry.snapshot();
+        self.store.write(Write::Close {
+            id: self.id.clone(),
+            ended_at,
+            duration_ms,
+            bytes_from_client: record.bytes_from_client,
+            bytes_from_server: record.bytes_from_server,
+            close_reason: reason.to_string(),
+        });
+        self.live
+            .entries
+            .lock()
+            .expect("live sessions lock poisoned")
+            .remove(&self.id);
+        record
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.close("error: relay ended unexpectedly");
+    }
+}
