@@ -37,6 +37,7 @@ fn decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+#[derive(Debug)]
 struct ListQuery {
     active: bool,
     filter: Filter,
