@@ -15,6 +15,7 @@ mod logging;
 mod network;
 mod policies;
 mod policy_eval;
+mod recording;
 mod relay;
 mod sessions;
 mod state;

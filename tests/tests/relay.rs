@@ -379,7 +379,8 @@ fn pty_shell_window_change() {
             term.transcript()
         );
         log_line(&gw, &["shell", "channel="])?;
-        gw.wait_for_log("connection closed", LOG_TIMEOUT)?;
+        // The close record ("connection closed" / "session closed", with its reason).
+        log_line(&gw, &["closed", "close_reason="])?;
         Ok(())
     });
 }
@@ -791,6 +792,40 @@ fn ipv6_relayed_exec() {
     });
 }
 
+/// Starts an OpenSSH control master (`-v -N`) to `ssh`'s host on `control` and waits (bounded)
+/// until it accepts clients; returns a builder for clients of it.
+fn control_master<'a>(
+    ssh: Ssh<'a>,
+    control: &Path,
+) -> Result<(sshgw_tests::Proc, impl Fn() -> Ssh<'a>)> {
+    let path = format!("ControlPath={}", control.display());
+    let master = ssh
+        .clone()
+        .option("ControlMaster=yes")
+        .option(&path)
+        .arg("-v")
+        .arg("-N")
+        .spawn("")?;
+    let client = move || ssh.clone().option("ControlMaster=no").option(&path);
+    sshgw_tests::wait::poll_until(
+        "the ssh control master to accept clients",
+        SESSION_TIMEOUT,
+        Duration::from_millis(50),
+        || {
+            if !master.is_running() {
+                bail!("the control master exited: {}", master.log_text());
+            }
+            Ok(client()
+                .arg("-O")
+                .arg("check")
+                .run("")?
+                .success()
+                .then_some(()))
+        },
+    )?;
+    Ok((master, client))
+}
+
 /// 14. Several channels on one connection (OpenSSH multiplexing): two sessions open at the
 ///     same time over one relayed connection.
 #[test]
@@ -798,34 +833,19 @@ fn multiplexed_channels() {
     lab_test(|lab| {
         let (_sshd, gw) = start(lab, SshdConfig::gateway(), GatewayConfig::default())?;
         let control = lab.dir().join("cm.sock");
-        let mux = |master: &str| {
-            relayed(lab)
-                .option(&format!("ControlMaster={master}"))
-                .option(&format!("ControlPath={}", control.display()))
-        };
-        let master = mux("yes").arg("-vvv").arg("-N").spawn("")?;
-        sshgw_tests::wait::poll_until(
-            "the ssh control master to accept clients",
-            SESSION_TIMEOUT,
-            Duration::from_millis(50),
-            || {
-                if !master.is_running() {
-                    bail!("the control master exited: {}", master.log_text());
-                }
-                Ok(mux("no")
-                    .arg("-O")
-                    .arg("check")
-                    .run("")?
-                    .success()
-                    .then_some(()))
-            },
-        )?;
+        let (master, mux) = control_master(relayed(lab), &control)?;
 
         // A holds its channel open (waiting on stdin) while B runs to completion.
-        let mut a = mux("no").session("echo A-start; read x; echo A-got-$x")?;
+        let mut a = mux().session("echo A-start; read x; echo A-got-$x")?;
         ensure!(a.read_line(SESSION_TIMEOUT)? == "A-start");
-        let b = mux("no").arg("-vvv").run("echo B-done")?;
-        ensure!(lines(&b)? == ["B-done"], "{b:?}");
+        // B's stdin is /dev/null, so the master sends CLOSE right after B's EOF; the exit
+        // status must still come through (OpenSSH's sshd sends it after a client CLOSE).
+        let b = mux().run("echo B-done")?;
+        ensure!(
+            b.success() && b.stdout == "B-done\n",
+            "command B over the shared connection should print B-done and exit 0 \
+             (exit 255 with the output = its exit status was lost): {b:?}"
+        );
         a.send_line("hello")?;
         ensure!(a.read_line(SESSION_TIMEOUT)? == "A-got-hello");
         ensure!(a.close(SESSION_TIMEOUT)?.success(), "session A failed");
@@ -839,8 +859,43 @@ fn multiplexed_channels() {
         let execs = log.lines().filter(|l| l.contains(" exec ")).count();
         ensure!(execs >= 2, "expected two exec requests in the log:\n{log}");
 
-        mux("no").arg("-O").arg("exit").run("")?.check()?;
+        mux().arg("-O").arg("exit").run("")?.check()?;
         master.wait_exit(SESSION_TIMEOUT)?;
+        Ok(())
+    });
+}
+
+/// 14b. The exit status must survive a client that closes its channel first. An OpenSSH
+///      control master whose client's stdin is at EOF sends CHANNEL_CLOSE as soon as the
+///      server's EOF arrives; sshd still sends exit-status afterwards. A command that closes
+///      its output a second before it exits makes that order certain. Compared with the direct
+///      path to the same sshd.
+#[test]
+fn exit_status_after_client_close() {
+    lab_test(|lab| {
+        let (_sshd, _gw) = start(lab, SshdConfig::gateway(), GatewayConfig::default())?;
+        let cmd = "echo out; exec >&- 2>&-; sleep 1; exit 3";
+        let mut results = Vec::new();
+        for (what, ssh) in [("direct", direct(lab)), ("relayed", relayed(lab))] {
+            let control = lab.dir().join(format!("cm-{what}.sock"));
+            let (master, client) = control_master(ssh, &control)?;
+            let out = client().run(cmd)?;
+            eprintln!("{what}: {out:?}");
+            results.push((what, out));
+            client().arg("-O").arg("exit").run("")?.check()?;
+            master.wait_exit(SESSION_TIMEOUT)?;
+        }
+        let (d, r) = (&results[0].1, &results[1].1);
+        ensure!(
+            d.code() == Some(3) && d.stdout == "out\n",
+            "direct (reference): {d:?}"
+        );
+        ensure!(
+            r.code() == Some(3) && r.stdout == "out\n",
+            "relayed: the exit status 3 was lost (ssh exit {:?}); the client's CHANNEL_CLOSE \
+             arrived before the server's exit-status: {r:?}",
+            r.code()
+        );
         Ok(())
     });
 }

@@ -6,6 +6,7 @@
 mod ca;
 mod devices;
 mod policy;
+mod recording;
 mod sessions;
 mod status;
 mod table;
@@ -69,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         what: devices::DevicesCommand,
     },
+    /// Session recordings: keygen, decrypt, export, replay, verify.
+    Recording {
+        #[command(subcommand)]
+        what: recording::RecordingCommand,
+    },
     /// The session log: list, show, kill.
     #[command(args_conflicts_with_subcommands = true)]
     Sessions {
@@ -125,6 +131,7 @@ pub fn main() -> ExitCode {
         Command::Ca { what, config } => ca::run(what, &config),
         Command::Policy { what } => policy::run(what),
         Command::Devices { what } => devices::run(what),
+        Command::Recording { what } => recording::run(what),
         Command::Sessions {
             what: Some(what), ..
         } => sessions::run(what),

@@ -90,16 +90,16 @@ pub fn scriptreplay<R: Read>(
 }
 
 /// Writes the concatenated client and/or server data (non-pty output).
-pub fn raw_streams<R: Read>(
+pub fn raw_streams<'a, R: Read>(
     reader: &mut Reader<R>,
-    mut client: Option<&mut dyn Write>,
-    mut server: Option<&mut dyn Write>,
+    mut client: Option<&'a mut dyn Write>,
+    mut server: Option<&'a mut dyn Write>,
 ) -> Result<End> {
     while let Some(packet) = reader.next_packet()? {
         let out = if packet.source == SOURCE_CLIENT {
-            client.as_deref_mut()
+            &mut client
         } else {
-            server.as_deref_mut()
+            &mut server
         };
         if let Some(out) = out {
             out.write_all(&packet.data)?;

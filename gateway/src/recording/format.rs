@@ -208,12 +208,6 @@ pub struct Packet {
     pub kind: Kind,
 }
 
-impl Packet {
-    pub fn from_client(&self) -> bool {
-        self.source == SOURCE_CLIENT
-    }
-}
-
 /// Classifies a packet; `Err` for a malformed extension record.
 pub fn classify(source: u8, code: u32, data: &[u8]) -> Result<Kind, String> {
     if source == SOURCE_SERVER {

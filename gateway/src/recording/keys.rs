@@ -48,13 +48,8 @@ impl RecordingKey {
 pub struct RecordingPrivateKey(pub(crate) KemPrivate);
 
 impl RecordingPrivateKey {
-    /// Reads a private key file; surrounding whitespace is ignored.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read private key {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("{}", path.display()))
-    }
-
+    /// Parses base64 (padded or not) of the 32-byte X25519 private key; surrounding
+    /// whitespace is ignored.
     pub fn parse(base64: &str) -> Result<Self> {
         let bytes = decode_key(base64, "private")?;
         Ok(RecordingPrivateKey(
@@ -170,7 +165,7 @@ mod tests {
         assert_eq!(raw[31] & 0x40, 0x40);
         let mode = std::fs::metadata(&name).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let private = RecordingPrivateKey::from_file(&name).unwrap();
+        let private = RecordingPrivateKey::parse(&private_text).unwrap();
         assert_eq!(
             private.public(),
             RecordingKey::from_file(&public_path).unwrap()

@@ -14,6 +14,10 @@
 //!
 //! # Writer API (for the relay)
 //!
+//! Types: [`writer::Recorder`], [`writer::ChannelMeta`], [`writer::ChannelKind`],
+//! [`writer::PtyMeta`], [`writer::Exit`], [`writer::Summary`], [`keys::RecordingKey`];
+//! [`format::pty_modes`] turns russh's `pty_request` modes into the names the header uses.
+//!
 //! ```ignore
 //! let key = RecordingKey::from_file(path)?;            // or RecordingKey::parse(base64)
 //! // When the channel's shell/exec/subsystem request is accepted (after any pty-req):
@@ -26,17 +30,17 @@
 //! let summary = rec.finish(Exit::Status(0)).await?;     // or Exit::signal(&sig, core)
 //! ```
 //!
-//! * [`Recorder::create`] creates the file with mode 0600 and `O_EXCL`, writes the header
+//! * [`writer::Recorder::create`] creates the file with mode 0600 and `O_EXCL`, writes the header
 //!   and spawns a writer task; it fails on any I/O error. The pty (if any) is part of
-//!   [`ChannelMeta`]: create the recorder once the channel's request is known, which is
+//!   [`writer::ChannelMeta`]: create the recorder once the channel's request is known, which is
 //!   after the pty-req.
 //! * `data`/`resize` take the packet time when called and queue the event (bounded: they
 //!   wait only when 256 events are queued, i.e. when the disk cannot keep up). The writer
 //!   task seals one chunk of all whole packets buffered so far at least once a second and
 //!   whenever 64 KiB are buffered, never an empty chunk; disk I/O runs on the blocking
 //!   pool. Packet times are forced non-decreasing.
-//! * [`Recorder::failed`] returns the first write error; the recording stops there.
-//! * [`Recorder::finish`] writes the end-of-recording record, `fdatasync`s, rewrites the
+//! * [`writer::Recorder::failed`] returns the first write error; the recording stops there.
+//! * [`writer::Recorder::finish`] writes the end-of-recording record, `fdatasync`s, rewrites the
 //!   header with `exit_data` and `data_size`, and `fdatasync`s again. A recorder dropped
 //!   without `finish` writes what it buffered and reads as truncated.
 //!
@@ -44,18 +48,16 @@
 //! unflushed buffer); the file then reads as truncated, with no `exit_data`. A power loss
 //! can also lose what the kernel had not yet written back (only `finish` syncs).
 
-mod export;
-mod format;
-mod keys;
-mod reader;
-mod writer;
+pub mod export;
+pub mod format;
+pub mod keys;
+pub mod reader;
+pub mod writer;
 
 #[cfg(test)]
 mod tests;
 
-pub use export::{asciicast, decrypted_zip, replay, scriptreplay, zip_members};
-pub use format::{Kind, Metadata, Packet, pty_mode_name, pty_modes};
-pub use keys::{RecordingKey, RecordingPrivateKey, write_key_pair};
-pub use reader::{End, Reader, RecordingError, Truncation};
-pub use writer::{ChannelKind, ChannelMeta, Exit, PtyMeta, Recorder, Summary};
-pub use format::{format_secs, format_utc};
+pub use export::{asciicast, decrypted_zip, replay, scriptreplay};
+pub use format::{Kind, Metadata, format_secs, format_utc};
+pub use keys::{RecordingPrivateKey, write_key_pair};
+pub use reader::{End, Reader, RecordingError};

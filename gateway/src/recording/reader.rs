@@ -43,7 +43,9 @@ pub enum RecordingError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
     /// The authenticated end-of-recording record was read, and nothing after it.
-    Complete { end_elapsed_us: u64 },
+    Complete {
+        end_elapsed_us: u64,
+    },
     Truncated(Truncation),
 }
 
@@ -61,7 +63,10 @@ impl fmt::Display for Truncation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Truncation::AfterChunk { chunks: 0, .. } => {
-                write!(f, "truncated after the header (no chunks): no end-of-recording record")
+                write!(
+                    f,
+                    "truncated after the header (no chunks): no end-of-recording record"
+                )
             }
             Truncation::AfterChunk {
                 chunks,
@@ -70,7 +75,11 @@ impl fmt::Display for Truncation {
                 f,
                 "truncated after chunk {}{}: no end-of-recording record",
                 chunks - 1,
-                if inside_packet { ", inside a packet" } else { "" }
+                if inside_packet {
+                    ", inside a packet"
+                } else {
+                    ""
+                }
             ),
             Truncation::InsideChunk { chunk, offset } => write!(
                 f,
@@ -203,12 +212,6 @@ impl<R: Read> Reader<R> {
                 return Ok(None);
             }
         }
-    }
-
-    /// Reads to the end, discarding packets.
-    pub fn drain(&mut self) -> Result<End, RecordingError> {
-        while self.next_packet()?.is_some() {}
-        Ok(self.end.expect("end known after the last packet"))
     }
 
     fn corrupt(&self, reason: String) -> RecordingError {

@@ -19,8 +19,8 @@ use tokio::{
 
 use super::{
     format::{
-        self, CODE_CLIENT_RESERVED_COLLISION, CODE_DATA, CODE_END, CODE_RESIZE, ExitData,
-        Metadata, PtyInfo, RESERVED_CODES, SOURCE_CLIENT, SOURCE_SERVER, SSHGW_FORMAT, SshgwInfo,
+        self, CODE_CLIENT_RESERVED_COLLISION, CODE_DATA, CODE_END, CODE_RESIZE, ExitData, Metadata,
+        PtyInfo, RESERVED_CODES, SOURCE_CLIENT, SOURCE_SERVER, SSHGW_FORMAT, SshgwInfo,
         WRITER_FLUSH_BYTES, WRITER_MAX_PACKET_DATA,
     },
     keys::RecordingKey,
@@ -67,7 +67,7 @@ impl ChannelKind {
     }
 }
 
-/// The terminal from the pty-req (modes by name: see [`super::pty_modes`]).
+/// The terminal from the pty-req (modes by name: see [`super::format::pty_modes`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PtyMeta {
     pub term: String,
@@ -307,7 +307,12 @@ impl FileWriter {
         if let Err(e) = self.file.sync_data() {
             return Err(self.fail("fdatasync failed", e));
         }
-        let end_us = self.meta.sshgw.as_ref().and_then(|s| s.started_at_us).unwrap_or(0)
+        let end_us = self
+            .meta
+            .sshgw
+            .as_ref()
+            .and_then(|s| s.started_at_us)
+            .unwrap_or(0)
             + self.last_elapsed;
         let mut meta = self.meta.clone();
         meta.data_size = self.stats.bytes;
@@ -337,6 +342,12 @@ impl FileWriter {
             start = cut;
         }
         Ok(())
+    }
+
+    /// Test-only: appends raw bytes to the buffered stream.
+    #[cfg(test)]
+    pub fn inject(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
     }
 
     /// Test-only: appends the end record to the buffer without flushing.
@@ -378,7 +389,10 @@ fn fit_header(meta: &mut Metadata, len: usize) -> Vec<u8> {
         if let Some(json) = format::padded_header_json(meta, len) {
             return json;
         }
-        let exit = meta.exit_data.as_mut().expect("the header without exit data fits");
+        let exit = meta
+            .exit_data
+            .as_mut()
+            .expect("the header without exit data fits");
         let longest = [&mut exit.error_msg, &mut exit.signal]
             .into_iter()
             .flatten()
@@ -439,10 +453,14 @@ impl Recorder {
             FileWriter::create(&path, &key, &meta, SystemTime::now())
         })
         .await??;
+        Ok(Recorder::start(writer, start))
+    }
+
+    fn start(writer: FileWriter, start: Instant) -> Recorder {
         let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
         let failed = Arc::new(Mutex::new(None));
         tokio::spawn(run_writer(writer, rx, failed.clone()));
-        Ok(Recorder { tx, failed, start })
+        Recorder { tx, failed, start }
     }
 
     fn elapsed_us(&self) -> u64 {
@@ -540,13 +558,12 @@ async fn run_writer(
     let mut writer = Some(writer);
     // When the oldest buffered packet must be written.
     let mut deadline: Option<Instant> = None;
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
     loop {
-        let timer = tokio::time::sleep_until(
-            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400)),
-        );
         let command = tokio::select! {
             command = rx.recv() => command,
-            () = timer, if deadline.is_some() => {
+            () = timer.as_mut(), if deadline.is_some() => {
                 deadline = None;
                 flush(&mut writer, &set_failed).await;
                 continue;
@@ -606,7 +623,9 @@ async fn run_writer(
         }
         let pending = writer.as_ref().map_or(0, FileWriter::pending_len);
         if deadline.is_none() && pending > 0 {
-            deadline = Some(Instant::now() + FLUSH_INTERVAL);
+            let at = Instant::now() + FLUSH_INTERVAL;
+            deadline = Some(at);
+            timer.as_mut().reset(at);
         }
         if pending >= WRITER_FLUSH_BYTES {
             deadline = None;
@@ -625,5 +644,73 @@ async fn flush(writer: &mut Option<FileWriter>, set_failed: &impl Fn(&anyhow::Er
         Some((w, Ok(()))) => *writer = Some(w),
         Some((_, Err(e))) => set_failed(&e),
         None => set_failed(&anyhow!("recording writer panicked")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::keys;
+
+    fn full_disk_writer() -> (tempfile::TempDir, FileWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, public) = keys::generate();
+        let meta = ChannelMeta {
+            session_id: "s".into(),
+            channel: ChannelKind::Subsystem {
+                name: "sftp".into(),
+            },
+            pty: None,
+            user_email: None,
+            device_id: None,
+            login: "root".into(),
+            destination: "10.0.0.5:22".into(),
+        };
+        let mut writer =
+            FileWriter::create(&dir.path().join("rec"), &public, &meta, SystemTime::now()).unwrap();
+        assert_eq!(
+            writer.meta.sshgw.as_ref().unwrap().subsystem.as_deref(),
+            Some("sftp")
+        );
+        writer.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        (dir, writer)
+    }
+
+    #[test]
+    fn write_errors_are_reported_and_sticky() {
+        let (_dir, mut writer) = full_disk_writer();
+        writer.data(false, None, 0, b"x");
+        let err = writer.flush().unwrap_err().to_string();
+        assert!(
+            err.contains("write failed") && err.contains("No space left"),
+            "{err}"
+        );
+        writer.data(false, None, 1, b"y");
+        assert_eq!(writer.flush().unwrap_err().to_string(), err);
+        assert_eq!(
+            writer.finish(&Exit::Status(0), 2).unwrap_err().to_string(),
+            err
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recorder_reports_the_first_failure() {
+        let (_dir, writer) = full_disk_writer();
+        let recorder = Recorder::start(writer, Instant::now());
+        recorder.data(false, None, Bytes::from_static(b"x")).await;
+        assert_eq!(recorder.failed(), None);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let failed = recorder.failed().expect("flush failed");
+        assert!(failed.contains("No space left"), "{failed}");
+        // Events after a failure are dropped without waiting.
+        for _ in 0..2 * QUEUE_EVENTS {
+            recorder.data(false, None, Bytes::from_static(b"x")).await;
+        }
+        let err = recorder
+            .finish(Exit::Status(0))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, failed);
     }
 }

@@ -246,7 +246,13 @@ impl server::Handler for DeviceSide {
             Ok(up) => {
                 let id = channel.id();
                 reply.accept().await;
-                let link = pump::start(channel, up, session.handle(), self.bridge.traffic.clone());
+                let link = pump::start(
+                    pump::Kind::Session,
+                    channel,
+                    up,
+                    session.handle(),
+                    self.bridge.traffic.clone(),
+                );
                 self.channels.insert(id, link);
             }
             Err(e) => {
@@ -289,7 +295,13 @@ impl server::Handler for DeviceSide {
             Ok(up) => {
                 let id = channel.id();
                 reply.accept().await;
-                let link = pump::start(channel, up, session.handle(), self.bridge.traffic.clone());
+                let link = pump::start(
+                    pump::Kind::Stream,
+                    channel,
+                    up,
+                    session.handle(),
+                    self.bridge.traffic.clone(),
+                );
                 self.channels.insert(id, link);
             }
             Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,

@@ -78,8 +78,18 @@ enum Event {
     Close,
 }
 
+/// What kind of channel is relayed, which decides how its end is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A session channel: its exit status must reach the client (see [`write_device`]).
+    Session,
+    /// A forwarded TCP or agent channel: EOF is a half-close and passes through at once.
+    Stream,
+}
+
 /// Starts relaying between a device-side channel and a server-side channel.
 pub fn start(
+    kind: Kind,
     down: russh::Channel<server::Msg>,
     up: russh::Channel<client::Msg>,
     down_handle: server::Handle,
@@ -111,6 +121,7 @@ pub fn start(
         Some(replies.clone()),
     ));
     tokio::spawn(write_device(
+        kind,
         from_server,
         down_write,
         down_handle,
@@ -213,21 +224,38 @@ async fn write_server(mut queue: mpsc::Receiver<Event>, up: Arc<ChannelWriteHalf
     }
 }
 
+/// Writes the server's side of a channel to the device.
+///
+/// On session channels the server's EOF is held back until its exit status, exit signal
+/// or close arrives, and then sent after the exit status. An OpenSSH client whose stdin is
+/// already at EOF (a multiplexing master always is) answers EOF with CLOSE at once; russh
+/// then forgets the channel and would drop an exit status that follows, turning exit 3
+/// into 255. RFC 4254 allows exit-status before EOF.
 async fn write_device(
+    kind: Kind,
     mut queue: mpsc::Receiver<Event>,
     down: ChannelWriteHalf<server::Msg>,
     handle: server::Handle,
     tap: TapSlot,
 ) {
     let mut exit = ChannelExit::default();
+    let mut eof_held = false;
     while let Some(event) = queue.recv().await {
         let result = match event {
             Event::Data(data) => down.data_bytes(data).await,
             Event::Extended(ext, data) => down.extended_data_bytes(ext, data).await,
+            Event::Eof if kind == Kind::Session => {
+                eof_held = true;
+                Ok(())
+            }
             Event::Eof => down.eof().await,
             Event::ExitStatus(code) => {
                 exit.status = Some(code);
-                down.exit_status(code).await
+                let sent = down.exit_status(code).await;
+                if std::mem::take(&mut eof_held) {
+                    let _ = down.eof().await;
+                }
+                sent
             }
             Event::ExitSignal {
                 signal,
@@ -236,12 +264,19 @@ async fn write_device(
                 lang,
             } => {
                 exit.signal = Some((signal_name(&signal), core_dumped));
-                handle
+                let sent = handle
                     .exit_signal_request(down.id(), signal, core_dumped, message, lang)
                     .await
-                    .map_err(|_| russh::Error::SendError)
+                    .map_err(|_| russh::Error::SendError);
+                if std::mem::take(&mut eof_held) {
+                    let _ = down.eof().await;
+                }
+                sent
             }
             Event::Close => {
+                if eof_held {
+                    let _ = down.eof().await;
+                }
                 let _ = down.close().await;
                 break;
             }

@@ -304,7 +304,7 @@ impl client::Handler for ServerSide {
             {
                 Ok(down) => {
                     reply.accept().await;
-                    pump::start(down, channel, device, traffic);
+                    pump::start(pump::Kind::Stream, down, channel, device, traffic);
                 }
                 Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
             }
@@ -334,7 +334,7 @@ impl client::Handler for ServerSide {
             match device.channel_open_agent().await {
                 Ok(down) => {
                     reply.accept().await;
-                    pump::start(down, channel, device, traffic);
+                    pump::start(pump::Kind::Stream, down, channel, device, traffic);
                 }
                 Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
             }

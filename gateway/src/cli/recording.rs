@@ -1,0 +1,596 @@
+//! `sshgw recording keygen|decrypt|export|replay|verify`: session recordings
+//! (ssh-log-cli compatible; see docs/recording-format.md).
+
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
+
+use super::Refused;
+use crate::recording::{self, End, Kind, Reader, RecordingError, RecordingPrivateKey};
+
+#[derive(Subcommand)]
+pub enum RecordingCommand {
+    /// Generate a key pair: NAME (private key, mode 0600) and NAME.pub (public key, for
+    /// the gateway), as `ssh-log-cli generate-key-pair` does. Never overwrites.
+    Keygen {
+        #[arg(
+            short,
+            long = "output",
+            visible_alias = "output-file-name",
+            value_name = "NAME"
+        )]
+        output: PathBuf,
+    },
+    /// Decrypt a recording into the zip `ssh-log-cli decrypt` writes.
+    Decrypt {
+        #[command(flatten)]
+        input: Input,
+        /// Output zip (default: <input>-decrypted.zip).
+        #[arg(
+            short,
+            long = "output",
+            visible_alias = "output-file-name",
+            value_name = "OUT.zip"
+        )]
+        output: Option<PathBuf>,
+    },
+    /// Export a recording as asciicast v2 or a scriptreplay typescript + timing pair.
+    Export {
+        #[command(flatten)]
+        input: Input,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Output file (asciicast; default standard output) or OUT.data + OUT.times
+        /// (scriptreplay; default <input>.data + <input>.times).
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
+    /// Play a recording's output in this terminal with its timing.
+    Replay {
+        #[command(flatten)]
+        input: Input,
+        /// Playback speed factor.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Cap pauses at this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        idle_limit: Option<f64>,
+    },
+    /// Check that a recording is complete: exit 0 if so, 3 if truncated or corrupt.
+    Verify {
+        #[command(flatten)]
+        input: Input,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Input {
+    /// The recording.
+    #[arg(
+        short,
+        long = "input",
+        visible_alias = "input-filename",
+        value_name = "FILE"
+    )]
+    input: PathBuf,
+    /// The private key file.
+    #[arg(
+        short,
+        long = "key",
+        visible_alias = "private-key-filename",
+        value_name = "KEY"
+    )]
+    key: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Asciicast,
+    Scriptreplay,
+}
+
+pub fn run(what: RecordingCommand) -> Result<()> {
+    match what {
+        RecordingCommand::Keygen { output } => keygen(&output),
+        RecordingCommand::Decrypt { input, output } => decrypt(&input, output),
+        RecordingCommand::Export {
+            input,
+            format,
+            output,
+        } => export(&input, format, output),
+        RecordingCommand::Replay {
+            input,
+            speed,
+            idle_limit,
+        } => replay(&input, speed, idle_limit),
+        RecordingCommand::Verify { input } => verify(&input),
+    }
+}
+
+fn keygen(name: &Path) -> Result<()> {
+    let public = recording::write_key_pair(name).map_err(|e| Refused(format!("{e:#}")))?;
+    eprintln!(
+        "private key: {} (keep it offline; it decrypts every recording)\npublic key:  {} (for the gateway)",
+        name.display(),
+        public.display()
+    );
+    Ok(())
+}
+
+/// Bad input (not a recording, wrong key, corrupt) → exit code 3; I/O errors stay 1.
+fn refuse(file: &Path, e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<RecordingError>() {
+        Some(RecordingError::Io(_)) | None => e.context(file.display().to_string()),
+        Some(error) => Refused(format!("{}: {error}", file.display())).into(),
+    }
+}
+
+impl Input {
+    fn key(&self) -> Result<RecordingPrivateKey> {
+        let text = std::fs::read_to_string(&self.key)
+            .with_context(|| format!("cannot read private key {}", self.key.display()))?;
+        RecordingPrivateKey::parse(&text)
+            .map_err(|e| Refused(format!("{}: {e:#}", self.key.display())).into())
+    }
+
+    fn open(&self, key: &RecordingPrivateKey) -> Result<Reader<BufReader<File>>> {
+        let file = File::open(&self.input)
+            .with_context(|| format!("cannot open {}", self.input.display()))?;
+        let reader = Reader::open(BufReader::with_capacity(256 * 1024, file), key)
+            .map_err(|e| refuse(&self.input, e.into()))?;
+        // A public key parses as a private key too: name the mix-up.
+        let recipient = reader
+            .meta()
+            .sshgw
+            .as_ref()
+            .and_then(|s| s.recipient.as_deref());
+        if let (Some(recipient), Ok(text)) = (recipient, std::fs::read_to_string(&self.key))
+            && text.trim().trim_end_matches('=') == recipient.trim_end_matches('=')
+        {
+            return Err(Refused(format!(
+                "{}: this is the public key {} was encrypted to; decrypting needs its private key",
+                self.key.display(),
+                self.input.display()
+            ))
+            .into());
+        }
+        Ok(reader)
+    }
+
+    /// Tells about a truncated recording after its output was written.
+    fn warn(&self, end: End) {
+        if let End::Truncated(truncation) = end {
+            eprintln!(
+                "sshgw: warning: {}: {truncation}; the output holds what was recorded",
+                self.input.display()
+            );
+        }
+    }
+}
+
+/// Writes `path` through a temporary file in the same directory, renamed on success.
+fn write_atomically<T>(path: &Path, f: impl FnOnce(&mut File) -> Result<T>) -> Result<T> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file name", path.display()))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .with_context(|| format!("cannot create {}", temp.display()))?;
+    let result = f(&mut file).and_then(|value| {
+        file.sync_all()
+            .and_then(|()| std::fs::rename(&temp, path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(value)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut os = path.as_os_str().to_owned();
+    os.push(suffix);
+    PathBuf::from(os)
+}
+
+fn decrypt(input: &Input, output: Option<PathBuf>) -> Result<()> {
+    let output = output.unwrap_or_else(|| with_suffix(&input.input, "-decrypted.zip"));
+    if !output.to_string_lossy().ends_with(".zip") {
+        return Err(Refused(format!(
+            "{}: the output file name must end in .zip",
+            output.display()
+        ))
+        .into());
+    }
+    let key = input.key()?;
+    // Checks the header and the key before creating the output.
+    input.open(&key)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let end = write_atomically(&output, |file| {
+        recording::decrypted_zip(
+            || {
+                let file = File::open(&input.input).map_err(RecordingError::Io)?;
+                Reader::open(BufReader::with_capacity(256 * 1024, file), &key)
+            },
+            BufWriter::new(file),
+            now,
+        )
+        .map_err(|e| refuse(&input.input, e))
+    })?;
+    input.warn(end);
+    eprintln!("wrote {}", output.display());
+    Ok(())
+}
+
+fn export(input: &Input, format: ExportFormat, output: Option<PathBuf>) -> Result<()> {
+    let key = input.key()?;
+    let mut reader = input.open(&key)?;
+    let end = match (format, output) {
+        (ExportFormat::Asciicast, None) => {
+            let stdout = std::io::stdout();
+            let mut out = BufWriter::new(stdout.lock());
+            let end =
+                recording::asciicast(&mut reader, &mut out).map_err(|e| refuse(&input.input, e))?;
+            out.flush()?;
+            end
+        }
+        (ExportFormat::Asciicast, Some(path)) => write_atomically(&path, |file| {
+            let mut out = BufWriter::new(file);
+            let end =
+                recording::asciicast(&mut reader, &mut out).map_err(|e| refuse(&input.input, e))?;
+            out.flush()?;
+            Ok(end)
+        })?,
+        (ExportFormat::Scriptreplay, output) => {
+            let base = output.unwrap_or_else(|| input.input.clone());
+            let (data_path, times_path) =
+                (with_suffix(&base, ".data"), with_suffix(&base, ".times"));
+            let end = write_atomically(&data_path, |data| {
+                write_atomically(&times_path, |times| {
+                    let mut data = BufWriter::new(data);
+                    let mut times = BufWriter::new(times);
+                    let end =
+                        recording::scriptreplay(&mut reader, Some(&mut data), Some(&mut times))
+                            .map_err(|e| refuse(&input.input, e))?;
+                    data.flush()?;
+                    times.flush()?;
+                    Ok(end)
+                })
+            })?;
+            eprintln!(
+                "wrote {} and {} (play with: scriptreplay --timing {} {})",
+                data_path.display(),
+                times_path.display(),
+                times_path.display(),
+                data_path.display()
+            );
+            end
+        }
+    };
+    input.warn(end);
+    Ok(())
+}
+
+fn replay(input: &Input, speed: f64, idle_limit: Option<f64>) -> Result<()> {
+    if !(speed.is_finite() && speed > 0.0) {
+        return Err(Refused(format!("--speed {speed}: must be a positive number")).into());
+    }
+    if let Some(limit) = idle_limit
+        && !(limit.is_finite() && limit >= 0.0)
+    {
+        return Err(Refused(format!("--idle-limit {limit}: must be a number of seconds")).into());
+    }
+    let key = input.key()?;
+    let mut reader = input.open(&key)?;
+    if let Some(pty) = &reader.meta().pty {
+        eprintln!(
+            "replaying {} (recorded on a {}x{} {} terminal)",
+            input.input.display(),
+            pty.width,
+            pty.height,
+            pty.term.as_deref().unwrap_or("unknown")
+        );
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let end = recording::replay(
+        &mut reader,
+        &mut out,
+        speed,
+        idle_limit,
+        &mut std::thread::sleep,
+    )
+    .map_err(|e| refuse(&input.input, e))?;
+    input.warn(end);
+    Ok(())
+}
+
+fn verify(input: &Input) -> Result<()> {
+    let key = input.key()?;
+    let mut reader = input.open(&key)?;
+    let (mut inputs, mut outputs, mut resizes, mut ends) = (0u64, 0u64, 0u64, 0u64);
+    let (mut last, mut backwards) = (0u64, None);
+    loop {
+        let packet = match reader.next_packet() {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break,
+            Err(e) => return Err(refuse(&input.input, e.into())),
+        };
+        if packet.elapsed_us < last && backwards.is_none() {
+            backwards = Some(reader.packets() - 1);
+        }
+        last = last.max(packet.elapsed_us);
+        match packet.kind {
+            Kind::Input => inputs += 1,
+            Kind::Output => outputs += 1,
+            Kind::Resize { .. } => resizes += 1,
+            Kind::End => ends += 1,
+        }
+    }
+    let end = reader.end().expect("stream ended");
+    let meta = reader.meta();
+    let mut report = format!("{}:\n", input.input.display());
+    if let Some(s) = &meta.sshgw {
+        let what = match (s.command.as_deref(), s.subsystem.as_deref()) {
+            (Some(command), _) => format!("exec {command:?}"),
+            (None, Some(name)) => format!("subsystem {name}"),
+            (None, None) => s.channel.clone(),
+        };
+        report += &format!("  channel:  {what}\n");
+        report += &format!(
+            "  session:  {} by {} (device {}) as {}@{}\n",
+            s.session_id,
+            s.user_email.as_deref().unwrap_or("-"),
+            s.device_id.as_deref().unwrap_or("-"),
+            s.login.as_deref().unwrap_or("-"),
+            s.destination.as_deref().unwrap_or("-"),
+        );
+    }
+    if let Some(pty) = &meta.pty {
+        report += &format!(
+            "  pty:      {} {}x{}\n",
+            pty.term.as_deref().unwrap_or("unknown"),
+            pty.width,
+            pty.height
+        );
+    }
+    report += &format!(
+        "  started:  {} UTC\n",
+        recording::format_utc(meta.started_at)
+    );
+    let duration = match end {
+        End::Complete { end_elapsed_us } => end_elapsed_us.max(last),
+        End::Truncated(_) => last,
+    };
+    report += &format!("  duration: {} s\n", recording::format_secs(duration));
+    let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    report += &format!(
+        "  content:  {} ({outputs} output, {inputs} input, {resizes} resize, {ends} end) in {}\n",
+        plural(reader.packets(), "packet"),
+        plural(reader.chunks(), "chunk")
+    );
+    report += &format!("  exit:     {}\n", describe_exit(meta));
+    match end {
+        End::Complete { .. } => {
+            report += "  status:   complete (authenticated end-of-recording record)\n"
+        }
+        End::Truncated(t) => report += &format!("  status:   {t}\n"),
+    }
+    print!("{report}");
+    if let Some(packet) = backwards {
+        return Err(Refused(format!(
+            "{}: packet times go backwards at packet {packet}",
+            input.input.display()
+        ))
+        .into());
+    }
+    match end {
+        End::Complete { .. } => Ok(()),
+        End::Truncated(truncation) => {
+            let note = if meta.sshgw.is_none() {
+                " (not written by sshgw: ssh-log-cli recordings have no end-of-recording record, so completeness cannot be proven)"
+            } else {
+                ""
+            };
+            Err(Refused(format!("{}: {truncation}{note}", input.input.display())).into())
+        }
+    }
+}
+
+fn describe_exit(meta: &recording::Metadata) -> String {
+    let Some(exit) = &meta.exit_data else {
+        return "no termination data".into();
+    };
+    let at = recording::format_utc(exit.timestamp);
+    if let Some(message) = &exit.error_msg {
+        format!("error {message:?} at {at} UTC")
+    } else if let Some(signal) = &exit.signal {
+        format!(
+            "signal {signal}{} at {at} UTC",
+            if exit.core_dumped {
+                " (core dumped)"
+            } else {
+                ""
+            }
+        )
+    } else {
+        match exit.status {
+            Some(status) => format!("status {status} at {at} UTC"),
+            None => format!("ended at {at} UTC (no status)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::recording::{
+        keys::RecordingKey,
+        writer::{ChannelKind, ChannelMeta, Exit, FileWriter},
+    };
+
+    /// A complete exec recording with three chunks, and its key pair.
+    fn sample(dir: &Path) -> (PathBuf, PathBuf) {
+        let key = dir.join("key");
+        recording::write_key_pair(&key).unwrap();
+        let public =
+            RecordingKey::parse(&std::fs::read_to_string(dir.join("key.pub")).unwrap()).unwrap();
+        let meta = ChannelMeta {
+            session_id: "s-9".into(),
+            channel: ChannelKind::Exec {
+                command: "id".into(),
+            },
+            pty: None,
+            user_email: None,
+            device_id: None,
+            login: "root".into(),
+            destination: "10.0.0.5:22".into(),
+        };
+        let rec = dir.join("rec");
+        let mut writer = FileWriter::create(&rec, &public, &meta, SystemTime::now()).unwrap();
+        writer.data(true, None, 10, b"input");
+        writer.flush().unwrap();
+        writer.data(false, None, 20, b"uid=0(root)\n");
+        writer.flush().unwrap();
+        writer.finish(&Exit::Status(0), 30).unwrap();
+        (rec, key)
+    }
+
+    fn input(input: &Path, key: &Path) -> Input {
+        Input {
+            input: input.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+
+    fn refused(result: Result<()>) -> String {
+        let e = result.unwrap_err();
+        assert!(e.downcast_ref::<Refused>().is_some(), "not refused: {e:#}");
+        e.to_string()
+    }
+
+    #[test]
+    fn recording_verify_exit_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rec, key) = sample(dir.path());
+        verify(&input(&rec, &key)).unwrap();
+
+        let bytes = std::fs::read(&rec).unwrap();
+        let truncated = dir.path().join("truncated");
+        // Drop the last chunk (the end record alone: 4 + 13 + 4 + 16 bytes).
+        std::fs::write(&truncated, &bytes[..bytes.len() - 37]).unwrap();
+        let message = refused(verify(&input(&truncated, &key)));
+        assert!(
+            message.ends_with("truncated after chunk 1: no end-of-recording record"),
+            "{message}"
+        );
+
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        std::fs::write(&truncated, &flipped).unwrap();
+        let message = refused(verify(&input(&truncated, &key)));
+        assert!(
+            message.contains("authentication failed at chunk 2"),
+            "{message}"
+        );
+
+        let other = dir.path().join("other");
+        recording::write_key_pair(&other).unwrap();
+        let message = refused(verify(&input(&rec, &other)));
+        assert!(message.contains("wrong key"), "{message}");
+        let message = refused(verify(&input(&rec, &dir.path().join("key.pub"))));
+        assert!(message.contains("this is the public key"), "{message}");
+        let message = refused(verify(&input(&key, &key)));
+        assert!(
+            message.contains("not an sshgw/ssh-log-cli recording"),
+            "{message}"
+        );
+
+        let e = verify(&input(&dir.path().join("missing"), &key)).unwrap_err();
+        assert!(e.downcast_ref::<Refused>().is_none());
+        let message = refused(keygen(&key));
+        assert!(message.contains("already exists"), "{message}");
+    }
+
+    #[test]
+    fn recording_decrypt_and_export_write_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rec, key) = sample(dir.path());
+        decrypt(&input(&rec, &key), None).unwrap();
+        let zip = std::fs::read(dir.path().join("rec-decrypted.zip")).unwrap();
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+        let mut client = String::new();
+        std::io::Read::read_to_string(
+            &mut archive.by_name("data_from_client.txt").unwrap(),
+            &mut client,
+        )
+        .unwrap();
+        assert_eq!(client, "input");
+
+        let message = refused(decrypt(
+            &input(&rec, &key),
+            Some(dir.path().join("out.txt")),
+        ));
+        assert!(message.contains("must end in .zip"), "{message}");
+
+        let base = dir.path().join("out");
+        export(
+            &input(&rec, &key),
+            ExportFormat::Scriptreplay,
+            Some(base.clone()),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out.times")).unwrap(),
+            "0.000020 12\n"
+        );
+        let cast = dir.path().join("out.cast");
+        export(
+            &input(&rec, &key),
+            ExportFormat::Asciicast,
+            Some(cast.clone()),
+        )
+        .unwrap();
+        assert!(
+            std::fs::read_to_string(&cast)
+                .unwrap()
+                .starts_with("{\"version\":2,")
+        );
+
+        // Only the outputs: no temporary files left behind.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "key",
+                "key.pub",
+                "out.cast",
+                "out.data",
+                "out.times",
+                "rec",
+                "rec-decrypted.zip"
+            ]
+        );
+    }
+}
