@@ -249,6 +249,11 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("recordings"))
     }
 
+    /// The recording public key last set through the control API.
+    pub fn recording_key_path(&self) -> PathBuf {
+        self.state_dir.join("recording.pub")
+    }
+
     /// The session log database.
     pub fn session_log_path(&self) -> PathBuf {
         self.state_dir.join("sessions.db")

@@ -16,7 +16,8 @@ use crate::{
     control,
     datapath::{self, Datapath, FlowIngress},
     listener::{self, Listeners},
-    relay::{self, RelayContext},
+    recording::keys::RecordingKey,
+    relay::{self, RecordingSettings, RelayContext},
     sessions::{live::LiveSessions, retention, store::SessionStore},
     state::{self, LiveState},
     status::{self, Report},
@@ -29,6 +30,7 @@ pub struct Shared {
     pub state: Arc<LiveState>,
     pub store: SessionStore,
     pub live: Arc<LiveSessions>,
+    pub relay: Arc<RelayContext>,
     datapath: Arc<std::sync::Mutex<Option<Datapath>>>,
     listeners: Vec<SocketAddr>,
 }
@@ -66,7 +68,16 @@ pub async fn run(config: Config) -> Result<()> {
     let authorities = Arc::new(Authorities::load_or_create(&config.state_dir)?);
     let store = SessionStore::open(&config.session_log_path())?;
     let live = Arc::new(LiveSessions::default());
+    let recordings = config.recordings_dir();
+    std::fs::create_dir_all(&recordings)
+        .with_context(|| format!("cannot create recording dir {}", recordings.display()))?;
+    let recording_key = load_recording_key(&config)?;
     let relay = Arc::new(RelayContext {
+        recording: RecordingSettings {
+            dir: recordings,
+            key: std::sync::RwLock::new(recording_key),
+            on_failure: config.recording.on_recording_failure,
+        },
         store: store.clone(),
         live: live.clone(),
         config: config.ssh.clone(),
@@ -98,6 +109,7 @@ pub async fn run(config: Config) -> Result<()> {
         state: live_state.clone(),
         store: store.clone(),
         live: live.clone(),
+        relay: relay.clone(),
         datapath,
     });
     let admit = Arc::new(Admit {
@@ -210,4 +222,23 @@ async fn retention_loop(config: Config, store: SessionStore) {
             Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
     }
+}
+
+/// The recording key: the one last set through the API (kept in the state dir), else the
+/// configured file, else none (sessions whose policy needs a recording are then refused
+/// or go unrecorded, per `on_recording_failure`).
+fn load_recording_key(config: &Config) -> Result<Option<Arc<RecordingKey>>> {
+    let pushed = config.recording_key_path();
+    let path = if pushed.exists() {
+        pushed
+    } else if let Some(file) = &config.recording.public_key_file {
+        file.clone()
+    } else {
+        tracing::warn!("no recording key configured: policies with command_logging cannot record");
+        return Ok(None);
+    };
+    let key = RecordingKey::from_file(&path)
+        .with_context(|| format!("cannot load the recording key {}", path.display()))?;
+    tracing::info!(path = %path.display(), "recording key loaded");
+    Ok(Some(Arc::new(key)))
 }

@@ -36,7 +36,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::process::{Proc, describe_status};
+use crate::control::ApiReply;
+use crate::process::{Finished, Proc, describe_status};
 use crate::topology::{BPF_PIN_ROOT, Lab, host_port};
 use crate::wait::poll_until;
 
@@ -166,6 +167,10 @@ pub struct GatewayConfig {
     pub ports: Vec<u16>,
     /// `[datapath] pin_dir`; None = `/sys/fs/bpf/<lab name>`.
     pub pin_dir: Option<PathBuf>,
+    /// Extra lines of the `[datapath]` table (e.g. `unenrolled = "drop"`).
+    pub datapath: Vec<String>,
+    /// Top-level `control_group` (who besides root may use the control socket).
+    pub control_group: Option<String>,
     /// Contents of `state/devices.json`.
     pub devices: Value,
     /// Contents of `state/policies.json`.
@@ -187,6 +192,8 @@ impl Default for GatewayConfig {
             interfaces: vec!["r0".to_owned()],
             ports: vec![22],
             pin_dir: None,
+            datapath: Vec::new(),
+            control_group: None,
             devices: default_devices(),
             policies: default_policies(),
             ssh: Vec::new(),
@@ -201,6 +208,36 @@ impl GatewayConfig {
     /// Adds a line to the `[ssh]` table, e.g. `ssh("upstream_host_keys = \"strict\"")`.
     pub fn ssh(mut self, line: &str) -> Self {
         self.ssh.push(line.to_owned());
+        self
+    }
+
+    /// Adds a line to the `[datapath]` table, e.g. `datapath("unenrolled = \"drop\"")`.
+    pub fn datapath(mut self, line: &str) -> Self {
+        self.datapath.push(line.to_owned());
+        self
+    }
+
+    /// Sets the top-level `control_group`.
+    pub fn control_group(mut self, group: &str) -> Self {
+        self.control_group = Some(group.to_owned());
+        self
+    }
+
+    /// Replaces the device table written to `state/devices.json`.
+    pub fn devices(mut self, devices: Value) -> Self {
+        self.devices = devices;
+        self
+    }
+
+    /// Replaces the policies written to `state/policies.json`.
+    pub fn policies(mut self, policies: Value) -> Self {
+        self.policies = policies;
+        self
+    }
+
+    /// Replaces `[datapath] interfaces`.
+    pub fn interfaces(mut self, names: &[&str]) -> Self {
+        self.interfaces = names.iter().map(|n| (*n).to_owned()).collect();
         self
     }
 }
@@ -251,6 +288,7 @@ pub struct Counters {
     pub passed_preexisting_packets: u64,
     pub dropped_while_down: u64,
     pub dropped_assign_failed: u64,
+    pub dropped_unenrolled: u64,
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
 }
@@ -409,6 +447,14 @@ impl<'a> Gateway<'a> {
             list(c.ports.iter().map(u16::to_string).collect()),
             toml_path(&self.pin_dir),
         );
+        for line in &c.datapath {
+            toml.push_str(line);
+            toml.push('\n');
+        }
+        if let Some(group) = &c.control_group {
+            // A top-level key: it must come before the first table.
+            toml = format!("control_group = {}\n{toml}", toml_str(group));
+        }
         if !c.ssh.is_empty() {
             toml.push_str("\n[ssh]\n");
             for line in &c.ssh {
@@ -673,5 +719,131 @@ impl<'a> Gateway<'a> {
             );
         }
         Ok(found)
+    }
+}
+
+/// Deadline of one control API request or CLI command (a push of 10,000 devices included).
+pub const API_TIMEOUT: Duration = Duration::from_secs(120);
+
+static PUSH_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The control API and the CLI that talks to it.
+impl Gateway<'_> {
+    /// `<state_dir>/policies.json`.
+    pub fn policies_path(&self) -> PathBuf {
+        self.state_dir.join("policies.json")
+    }
+
+    /// `<state_dir>/devices.json`.
+    pub fn devices_path(&self) -> PathBuf {
+        self.state_dir.join("devices.json")
+    }
+
+    /// One HTTP request on the control socket with a raw body (see [`crate::control`]).
+    pub fn api_bytes(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<ApiReply> {
+        crate::control::request(&self.control_socket, method, path, body, API_TIMEOUT)
+    }
+
+    /// One HTTP request on the control socket with a JSON body; returns the status and the
+    /// JSON reply (an error if the reply is not JSON).
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let bytes = body.map(serde_json::to_vec).transpose()?;
+        let reply = self.api_bytes(method, path, bytes.as_deref())?;
+        let json = reply.json()?;
+        Ok((reply.status, json))
+    }
+
+    /// Runs `sshgw ARGS` (no socket added; e.g. `policy check`), bounded by [`API_TIMEOUT`].
+    /// A non-zero exit is not an error here.
+    pub fn sshgw(&self, args: &[&str]) -> Result<Finished> {
+        let mut cmd = self.command(args);
+        self.lab
+            .procs()
+            .run_quiet(&format!("sshgw {}", args.join(" ")), &mut cmd, API_TIMEOUT)
+    }
+
+    /// Runs `sshgw ARGS --socket <control socket>`. A non-zero exit is not an error here.
+    pub fn cli(&self, args: &[&str]) -> Result<Finished> {
+        let socket = self.control_socket.to_string_lossy().into_owned();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--socket", &socket]);
+        self.sshgw(&all)
+    }
+
+    /// [`Gateway::cli`] that must succeed and print JSON (add `--json` to `args`).
+    pub fn cli_json(&self, args: &[&str]) -> Result<Value> {
+        let out = self
+            .cli(args)?
+            .check(&format!("sshgw {}", args.join(" ")))?;
+        serde_json::from_str(&out.stdout)
+            .with_context(|| format!("sshgw {} printed no JSON: {:?}", args.join(" "), out.stdout))
+    }
+
+    /// Writes `doc` to a fresh file in the gateway dir and returns its path.
+    pub fn write_input(&self, label: &str, doc: &Value) -> Result<PathBuf> {
+        let n = PUSH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("{label}-{n}.json"));
+        fs::write(&path, serde_json::to_vec_pretty(doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// `sshgw policy push FILE` with `policies` written to a file; must succeed.
+    pub fn push_policies(&self, policies: &Value) -> Result<Finished> {
+        let file = self.write_input("policies", policies)?;
+        self.cli(&["policy", "push", &file.to_string_lossy()])?
+            .check("sshgw policy push")
+    }
+
+    /// `sshgw devices push FILE` with `devices` written to a file; must succeed.
+    pub fn push_devices(&self, devices: &Value) -> Result<Finished> {
+        let file = self.write_input("devices", devices)?;
+        self.cli(&["devices", "push", &file.to_string_lossy()])?
+            .check("sshgw devices push")
+    }
+
+    /// Sends SIGHUP to the running daemon (reload the state files).
+    pub fn sighup(&self) -> Result<()> {
+        self.running_proc()?
+            .signal(nix::sys::signal::Signal::SIGHUP)
+    }
+
+    /// `sshgw sessions ARGS --json`: the session records.
+    pub fn sessions(&self, args: &[&str]) -> Result<Vec<Value>> {
+        let mut all = vec!["sessions"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let v = self.cli_json(&all)?;
+        v.get("sessions")
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| anyhow!("sshgw sessions --json has no \"sessions\" list: {v}"))
+    }
+
+    /// `sshgw sessions show ID --json`.
+    pub fn session(&self, id: &str) -> Result<Value> {
+        self.cli_json(&["sessions", "show", id, "--json"])
+    }
+
+    /// Waits (bounded) until a session record satisfying `pred` is in the log (`sessions`
+    /// with `args`, e.g. `--active`) and returns it.
+    pub fn wait_for_session(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let mut last = Vec::new();
+        poll_until(what, timeout, READY_POLL_INTERVAL, || {
+            last = self.sessions(args)?;
+            Ok(last.iter().find(|s| pred(s)).cloned())
+        })
+        .with_context(|| format!("sessions seen last: {last:#?}"))
+    }
+
+    /// How many times the current run has logged `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
     }
 }

@@ -11,7 +11,9 @@
 //!   sessions, scp/sftp/rsync);
 //! * [`gateway`]: the sshgw daemon in `rtr` (config/state files, CA, start/stop/kill,
 //!   `status`);
-//! * [`capture`]: tcpdump in any namespace, parsed packets (TTL / hop limit checks).
+//! * [`capture`]: tcpdump in any namespace, parsed packets (TTL / hop limit checks);
+//! * [`control`]: a std-only HTTP/1.1 client for the daemon's control socket (see
+//!   [`Gateway::api`] and [`Gateway::cli`] for the API and the CLI).
 //!
 //! Requirements: root, `ip` (iproute2), `/usr/sbin/sshd`, `ssh`, `ssh-keygen`, `tcpdump`,
 //! `sysctl`; `bpftool` for BPF link checks. All waits are bounded and poll concrete
@@ -32,6 +34,7 @@
 //! Set `SSHGW_TEST_KEEP_TMP=1` to keep a lab's temp dir (configs, logs) after the test.
 
 pub mod capture;
+pub mod control;
 pub mod gateway;
 pub mod netns;
 pub mod process;
@@ -41,6 +44,7 @@ pub mod topology;
 pub mod wait;
 
 pub use capture::{Capture, Packet, syn_ack_filter, syn_filter};
+pub use control::ApiReply;
 pub use gateway::{Counters, Gateway, GatewayConfig, SshgwCa, Status};
 pub use netns::Netns;
 pub use process::{Finished, Io, Proc, Processes};

@@ -122,6 +122,12 @@ pub struct Refused(pub String);
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // Behave like any Unix filter: `sshgw sessions | head` ends quietly. (The daemon
+        // keeps Rust's default of ignoring SIGPIPE, so a vanished peer is just an error.)
+        // SAFETY: setting a signal disposition before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Run { config, log_format } => {
             logging::init(log_format);

@@ -15,6 +15,12 @@ use crate::recording::{self, End, Kind, Reader, RecordingError, RecordingPrivate
 
 #[derive(Subcommand)]
 pub enum RecordingCommand {
+    /// Make the running daemon encrypt new recordings to FILE (a NAME.pub public key).
+    SetKey {
+        file: PathBuf,
+        #[command(flatten)]
+        target: super::Target,
+    },
     /// Generate a key pair: NAME (private key, mode 0600) and NAME.pub (public key, for
     /// the gateway), as `ssh-log-cli generate-key-pair` does. Never overwrites.
     Keygen {
@@ -96,6 +102,7 @@ pub enum ExportFormat {
 
 pub fn run(what: RecordingCommand) -> Result<()> {
     match what {
+        RecordingCommand::SetKey { file, target } => set_key(&file, &target),
         RecordingCommand::Keygen { output } => keygen(&output),
         RecordingCommand::Decrypt { input, output } => decrypt(&input, output),
         RecordingCommand::Export {
@@ -110,6 +117,24 @@ pub fn run(what: RecordingCommand) -> Result<()> {
         } => replay(&input, speed, idle_limit),
         RecordingCommand::Verify { input } => verify(&input),
     }
+}
+
+fn set_key(file: &Path, target: &super::Target) -> Result<()> {
+    let text = super::read_input(file)?;
+    // Refuse a malformed key locally, before anything reaches the daemon.
+    recording::keys::RecordingKey::parse(text.trim())
+        .map_err(|e| Refused(format!("{}: {e:#}", file.display())))?;
+    super::call(
+        target,
+        "PUT",
+        "/recording/key",
+        Some(text.trim().to_string()),
+    )?;
+    println!(
+        "recording key replaced; new sessions are encrypted to {}",
+        file.display()
+    );
+    Ok(())
 }
 
 fn keygen(name: &Path) -> Result<()> {

@@ -7,6 +7,7 @@
 //! | POST | /policies/validate | validate a policy set without applying it |
 //! | GET, PUT | /devices | the device table; PUT replaces it whole |
 //! | PUT, DELETE | /devices/{id} | upsert or delete one device |
+//! | PUT | /recording/key | replace the recording public key (base64 body) |
 //!
 //! `/sessions…`: see [`super::sessions`].
 
@@ -20,6 +21,7 @@ use crate::{
     devices::{Device, DeviceTable},
     json_file,
     policies::PolicySet,
+    recording::keys::RecordingKey,
     state::ApplyError,
 };
 
@@ -88,6 +90,7 @@ pub async fn route(
         (m, r) if r == "/sessions" || r.starts_with("/sessions/") => {
             super::sessions::route(m, r, query, shared).await
         }
+        (&Method::PUT, "/recording/key") => set_recording_key(&body, shared),
         (&Method::GET, "/status") => match shared.status() {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
@@ -154,4 +157,34 @@ pub async fn route(
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint {path}")),
     }
+}
+
+/// Replaces the recording key (body: the base64 public key, as in `NAME.pub`). New
+/// channels use it at once; it is kept in the state dir and wins over the config file.
+fn set_recording_key(body: &[u8], shared: &Shared) -> Reply {
+    let text = String::from_utf8_lossy(body);
+    let key = match RecordingKey::parse(text.trim()) {
+        Ok(key) => key,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("public key: {e:#}")),
+    };
+    let path = shared.config.recording_key_path();
+    let tmp = path.with_extension("pub.tmp");
+    let written = std::fs::write(&tmp, key.to_base64())
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store the key in {}: {e}", path.display()),
+        );
+    }
+    *shared
+        .relay
+        .recording
+        .key
+        .write()
+        .expect("recording key lock poisoned") = Some(std::sync::Arc::new(key));
+    tracing::info!(path = %path.display(), "recording key replaced");
+    json(StatusCode::OK, &serde_json::json!({ "applied": true }))
 }

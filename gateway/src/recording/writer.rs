@@ -89,26 +89,32 @@ pub enum Exit {
     None,
 }
 
+/// The SSH name of a signal, without the `SIG` prefix (`TERM`, `KILL`, …).
+pub fn signal_name(sig: &russh::Sig) -> String {
+    match sig {
+        russh::Sig::ABRT => "ABRT",
+        russh::Sig::ALRM => "ALRM",
+        russh::Sig::FPE => "FPE",
+        russh::Sig::HUP => "HUP",
+        russh::Sig::ILL => "ILL",
+        russh::Sig::INT => "INT",
+        russh::Sig::KILL => "KILL",
+        russh::Sig::PIPE => "PIPE",
+        russh::Sig::QUIT => "QUIT",
+        russh::Sig::SEGV => "SEGV",
+        russh::Sig::TERM => "TERM",
+        russh::Sig::USR1 => "USR1",
+        russh::Sig::Custom(name) => name,
+    }
+    .to_string()
+}
+
+#[cfg(test)]
 impl Exit {
     /// An exit-signal as russh reports it.
     pub fn signal(sig: &russh::Sig, core_dumped: bool) -> Exit {
-        let name = match sig {
-            russh::Sig::ABRT => "ABRT",
-            russh::Sig::ALRM => "ALRM",
-            russh::Sig::FPE => "FPE",
-            russh::Sig::HUP => "HUP",
-            russh::Sig::ILL => "ILL",
-            russh::Sig::INT => "INT",
-            russh::Sig::KILL => "KILL",
-            russh::Sig::PIPE => "PIPE",
-            russh::Sig::QUIT => "QUIT",
-            russh::Sig::SEGV => "SEGV",
-            russh::Sig::TERM => "TERM",
-            russh::Sig::USR1 => "USR1",
-            russh::Sig::Custom(name) => name,
-        };
         Exit::Signal {
-            name: name.to_string(),
+            name: signal_name(sig),
             core_dumped,
         }
     }
@@ -503,7 +509,7 @@ impl Recorder {
 
     /// Ends the recording: writes what is buffered and the end-of-recording record,
     /// rewrites the header with the exit data and syncs the file.
-    pub async fn finish(self, exit: Exit) -> Result<Summary> {
+    pub async fn finish(&self, exit: Exit) -> Result<Summary> {
         let elapsed_us = self.elapsed_us();
         let (reply, answer) = oneshot::channel();
         let sent = self

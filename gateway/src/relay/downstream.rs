@@ -16,7 +16,14 @@ use super::{
     pump::{self, ChannelLink},
     upstream::{self, Bridge, Connected, UpstreamError},
 };
-use crate::sessions::{ChannelRecord, now_micros};
+use crate::{
+    config::RecordingFailure,
+    recording::{
+        format::pty_modes,
+        writer::{ChannelKind, ChannelMeta, PtyMeta},
+    },
+    sessions::{ChannelRecord, now_micros},
+};
 
 /// Longest wait for the server's answer to a channel request before failing it.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +38,10 @@ pub struct DeviceSide {
     /// Why the connection cannot be relayed; told to the user right after auth.
     failure: Option<String>,
     channels: HashMap<ChannelId, ChannelLink>,
+    /// The pty each channel asked for, for its recording.
+    ptys: HashMap<ChannelId, PtyMeta>,
+    /// The Unix login, once authorized.
+    login: Option<String>,
 }
 
 impl DeviceSide {
@@ -50,6 +61,8 @@ impl DeviceSide {
             server,
             failure: refusal,
             channels: HashMap::new(),
+            ptys: HashMap::new(),
+            login: None,
         }
     }
 
@@ -118,6 +131,7 @@ impl DeviceSide {
                     .tracker
                     .logged_in(login, minted.serial, &conn.host_key_fingerprint);
                 let _ = self.server.set(Arc::new(conn.handle));
+                self.login = Some(login.to_string());
             }
             Err(e) => self.fail(e.to_string()),
         }
@@ -164,26 +178,104 @@ impl DeviceSide {
         ok
     }
 
-    /// A program started on `channel`: log it and watch the channel until it closes.
-    fn program_started(&self, channel: ChannelId, kind: &str, command: Option<String>) {
-        let Some(link) = self.channels.get(&channel) else {
-            return;
+    /// Prepares a program (shell, exec, subsystem) on `channel` before its request goes to
+    /// the server, so that not a byte of its output escapes the recording: opens the
+    /// recording when the policy asks for one and starts watching the channel. `Err` is
+    /// the message to end the session with: the program must not run (an unrecordable
+    /// session under `refuse`).
+    async fn prepare_program(
+        &mut self,
+        channel: ChannelId,
+        kind: &ChannelKind,
+    ) -> Result<Option<String>, String> {
+        let Some(link) = self.channels.get(&channel).cloned() else {
+            return Ok(None);
+        };
+        let Some(permissions) = self.info.permissions.clone() else {
+            return Err("sshgw: internal error: connection was not admitted".into());
         };
         let number = u32::from(channel);
-        self.info.tracker.channel_opened(ChannelRecord {
-            channel: number,
-            kind: kind.to_string(),
-            command,
-            started_at: now_micros(),
-            ended_at: None,
-            exit_status: None,
-            exit_signal: None,
-            recording: None,
-        });
-        link.attach(Arc::new(ProgramTap {
-            tracker: self.info.tracker.clone(),
-            channel: number,
-        }));
+        let refuse = self.ctx.recording.on_failure == RecordingFailure::Refuse;
+        let mut recorder = None;
+        let mut file = None;
+        if permissions.policy.ssh.command_logging {
+            let meta = ChannelMeta {
+                session_id: self.info.id.clone(),
+                channel: kind.clone(),
+                pty: self.ptys.get(&channel).cloned(),
+                user_email: self.info.identity.as_ref().map(|i| i.email.clone()),
+                device_id: self.info.identity.as_ref().map(|i| i.device_id.clone()),
+                login: self.login.clone().unwrap_or_default(),
+                destination: self.info.original_dst.to_string(),
+            };
+            match self.ctx.recording.open(&self.info.id, number, meta).await {
+                Ok((opened, path)) => {
+                    recorder = Some(opened);
+                    file = Some(path.display().to_string());
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    tracing::error!(session = %self.info.id, channel = number, error = %error, "cannot open the recording");
+                    self.info
+                        .recording_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if refuse {
+                        return Err(format!(
+                            "sshgw: session refused: policy {:?} requires a recording, and it cannot be written ({error})",
+                            permissions.policy.name
+                        ));
+                    }
+                }
+            }
+        }
+        link.attach(Arc::new(ProgramTap::new(
+            self.info.clone(),
+            number,
+            recorder,
+            refuse,
+        )));
+        Ok(file)
+    }
+
+    /// Runs a program request: prepares it, relays it, and logs it once the server agreed.
+    async fn start_program<F, Fut>(
+        &mut self,
+        channel: ChannelId,
+        kind: ChannelKind,
+        session: &mut Session,
+        send: F,
+    ) where
+        F: FnOnce(Arc<ChannelWriteHalf<client::Msg>>) -> Fut,
+        Fut: Future<Output = Result<(), russh::Error>>,
+    {
+        let recording = match self.prepare_program(channel, &kind).await {
+            Ok(file) => file,
+            Err(message) => {
+                // Disconnect first: a client that saw the request fail would exit before
+                // reading why.
+                *self.info.failure.lock().expect("failure lock poisoned") = Some(message.clone());
+                let _ = session.disconnect(Disconnect::ByApplication, &message, "en");
+                let _ = session.channel_failure(channel);
+                return;
+            }
+        };
+        if self.relay_request(channel, session, send).await {
+            let (kind, command) = match kind {
+                ChannelKind::Shell => ("shell", None),
+                ChannelKind::Exec { command } => ("exec", Some(command)),
+                ChannelKind::Subsystem { name } => ("subsystem", Some(name)),
+            };
+            self.info.tracker.channel_opened(ChannelRecord {
+                channel: u32::from(channel),
+                kind: kind.to_string(),
+                command,
+                started_at: now_micros(),
+                ended_at: None,
+                exit_status: None,
+                exit_signal: None,
+                recording,
+            });
+        }
     }
 
     fn link(&self, channel: ChannelId) -> Option<Arc<ChannelWriteHalf<client::Msg>>> {
@@ -342,6 +434,7 @@ impl server::Handler for DeviceSide {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.ptys.remove(&channel);
         Ok(())
     }
 
@@ -356,6 +449,15 @@ impl server::Handler for DeviceSide {
         modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.ptys.insert(
+            channel,
+            PtyMeta {
+                term: term.to_string(),
+                width: col_width,
+                height: row_height,
+                modes: pty_modes(modes),
+            },
+        );
         let (term, modes) = (term.to_string(), modes.to_vec());
         self.relay_request(channel, session, |up| async move {
             up.request_pty(
@@ -401,14 +503,10 @@ impl server::Handler for DeviceSide {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         tracing::info!(session = %self.info.id, channel = %channel, "shell");
-        if self
-            .relay_request(channel, session, |up| async move {
-                up.request_shell(true).await
-            })
-            .await
-        {
-            self.program_started(channel, "shell", None);
-        }
+        self.start_program(channel, ChannelKind::Shell, session, |up| async move {
+            up.request_shell(true).await
+        })
+        .await;
         Ok(())
     }
 
@@ -418,17 +516,16 @@ impl server::Handler for DeviceSide {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::info!(session = %self.info.id, channel = %channel, command = %String::from_utf8_lossy(data), "exec");
-        let command = data.to_vec();
-        if self
-            .relay_request(channel, session, |up| async move {
-                up.exec(true, command).await
-            })
-            .await
-        {
-            let command = String::from_utf8_lossy(data).into_owned();
-            self.program_started(channel, "exec", Some(command));
-        }
+        let command = String::from_utf8_lossy(data).into_owned();
+        tracing::info!(session = %self.info.id, channel = %channel, command = %command, "exec");
+        let bytes = data.to_vec();
+        self.start_program(
+            channel,
+            ChannelKind::Exec { command },
+            session,
+            |up| async move { up.exec(true, bytes).await },
+        )
+        .await;
         Ok(())
     }
 
@@ -440,14 +537,15 @@ impl server::Handler for DeviceSide {
     ) -> Result<(), Self::Error> {
         tracing::info!(session = %self.info.id, channel = %channel, subsystem = name, "subsystem");
         let subsystem = name.to_string();
-        if self
-            .relay_request(channel, session, |up| async move {
-                up.request_subsystem(true, subsystem).await
-            })
-            .await
-        {
-            self.program_started(channel, "subsystem", Some(name.to_string()));
-        }
+        self.start_program(
+            channel,
+            ChannelKind::Subsystem {
+                name: name.to_string(),
+            },
+            session,
+            |up| async move { up.request_subsystem(true, subsystem).await },
+        )
+        .await;
         Ok(())
     }
 
@@ -460,10 +558,14 @@ impl server::Handler for DeviceSide {
         pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(up) = self.link(channel) {
-            let _ = up
+        if let Some(link) = self.channels.get(&channel) {
+            let _ = link
+                .upstream
                 .window_change(col_width, row_height, pix_width, pix_height)
                 .await;
+            if let Some(tap) = link.tap() {
+                tap.resize(col_width, row_height).await;
+            }
         }
         Ok(())
     }

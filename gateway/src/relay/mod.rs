@@ -15,17 +15,21 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use russh::{SshId, server};
 
 use crate::{
     admission::{Admission, Outcome},
     ca::{Authorities, HostCerts},
-    config::SshConfig,
+    config::{RecordingFailure, SshConfig},
     identity::Identity,
     listener::Intercepted,
     policies::Policy,
     policy_eval::PolicyEngine,
+    recording::{
+        keys::RecordingKey,
+        writer::{ChannelMeta, Recorder},
+    },
     sessions::{
         SessionRecord,
         live::{LiveSessions, Tracker},
@@ -51,6 +55,37 @@ pub struct RelayContext {
     pub upstream_keys: UpstreamKeys,
     pub store: SessionStore,
     pub live: Arc<LiveSessions>,
+    pub recording: RecordingSettings,
+}
+
+/// Where recordings go, the key they are encrypted to, and what a failure means.
+pub struct RecordingSettings {
+    pub dir: std::path::PathBuf,
+    /// Replaceable at run time; new channels use the key current when they start.
+    pub key: std::sync::RwLock<Option<Arc<RecordingKey>>>,
+    pub on_failure: RecordingFailure,
+}
+
+impl RecordingSettings {
+    /// Opens the recording of channel `channel` of session `session`.
+    async fn open(
+        &self,
+        session: &str,
+        channel: u32,
+        meta: ChannelMeta,
+    ) -> anyhow::Result<(Recorder, std::path::PathBuf)> {
+        let key = self
+            .key
+            .read()
+            .expect("recording key lock poisoned")
+            .clone()
+            .context("no recording key is configured ([recording] public_key_file or `sshgw recording set-key`)")?;
+        let path = self.dir.join(format!("{session}-ch{channel}.sshlog"));
+        let recorder = Recorder::create(&path, &key, meta)
+            .await
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok((recorder, path))
+    }
 }
 
 /// The server connection once logged in, shared by the device side and the teardown.
@@ -68,6 +103,17 @@ pub struct ConnectionInfo {
     pub tracker: Arc<Tracker>,
     /// Why the relay refused, once it did (the session log's close reason).
     pub failure: std::sync::Mutex<Option<String>>,
+    /// Ends the session with `failure` as the message (set by [`ConnectionInfo::abort`]).
+    aborted: tokio::sync::Notify,
+    pub recording_failures: std::sync::atomic::AtomicU64,
+}
+
+impl ConnectionInfo {
+    /// Ends the session from inside the relay, telling the user `message`.
+    pub fn abort(&self, message: String) {
+        *self.failure.lock().expect("failure lock poisoned") = Some(message);
+        self.aborted.notify_one();
+    }
 }
 
 /// The admitting policy's SSH settings, with the daemon config filling what it leaves open.
@@ -173,6 +219,8 @@ pub async fn serve(
         permissions,
         tracker: tracker.clone(),
         failure: std::sync::Mutex::new(refusal.clone()),
+        aborted: Default::default(),
+        recording_failures: Default::default(),
     });
     let (port_forwarding, agent_forwarding) = info
         .permissions
@@ -286,6 +334,12 @@ pub async fn serve(
             end_with(deadline.map(|(_, m)| m).unwrap_or_default()).await;
             let _ = running.as_mut().await;
             "max duration".to_string()
+        }
+        () = info.aborted.notified() => {
+            let message = info.failure.lock().expect("failure lock poisoned").clone().unwrap_or_default();
+            end_with(message).await;
+            let _ = running.as_mut().await;
+            "error".to_string()
         }
         () = kill.notified() => {
             tracing::info!(session = %info.id, "session killed by an administrator");

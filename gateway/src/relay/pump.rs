@@ -14,7 +14,8 @@ use bytes::Bytes;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig, client, server};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sessions::live::ByteCounters;
+use super::audit::ProgramTap;
+use crate::{recording::writer::signal_name, sessions::live::ByteCounters};
 
 /// Messages buffered per direction beyond russh's own channel buffer (each at most one
 /// SSH packet, 32 KiB): a receiver that stops reading stalls its connection only after
@@ -30,14 +31,7 @@ pub struct ChannelExit {
 
 /// Watches a channel once its program (shell, exec, subsystem) has started: the session
 /// log and the recorder hang off this.
-pub trait ChannelTap: Send + Sync {
-    /// Channel data as relayed; `ext` is the extended-data code (1 = stderr).
-    fn data(&self, from_client: bool, ext: Option<u32>, data: &Bytes);
-    /// The channel closed; called once.
-    fn closed(&self, exit: ChannelExit);
-}
-
-type TapSlot = Arc<OnceLock<Arc<dyn ChannelTap>>>;
+type TapSlot = Arc<OnceLock<Arc<ProgramTap>>>;
 
 /// The server-side half of a relayed channel, used by request callbacks.
 #[derive(Clone)]
@@ -49,8 +43,12 @@ pub struct ChannelLink {
 
 impl ChannelLink {
     /// Starts watching the channel (once; later calls are ignored).
-    pub fn attach(&self, tap: Arc<dyn ChannelTap>) {
+    pub fn attach(&self, tap: Arc<ProgramTap>) {
         let _ = self.tap.set(tap);
+    }
+
+    pub fn tap(&self) -> Option<&Arc<ProgramTap>> {
+        self.tap.get()
     }
 
     /// Registers interest in the reply to the request about to be sent upstream.
@@ -156,14 +154,14 @@ async fn read_side(
             ChannelMsg::Data { data } => {
                 counter.fetch_add(data.len() as u64, Ordering::Relaxed);
                 if let Some(tap) = tap.get() {
-                    tap.data(from_client, None, &data);
+                    tap.data(from_client, None, &data).await;
                 }
                 Event::Data(data)
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 counter.fetch_add(data.len() as u64, Ordering::Relaxed);
                 if let Some(tap) = tap.get() {
-                    tap.data(from_client, Some(ext), &data);
+                    tap.data(from_client, Some(ext), &data).await;
                 }
                 Event::Extended(ext, data)
             }
@@ -286,14 +284,6 @@ async fn write_device(
         }
     }
     if let Some(tap) = tap.get() {
-        tap.closed(exit);
-    }
-}
-
-/// The signal's SSH name without the `SIG` prefix (`TERM`, `KILL`, …).
-fn signal_name(signal: &Sig) -> String {
-    match signal {
-        Sig::Custom(name) => name.clone(),
-        other => format!("{other:?}"),
+        tap.closed(exit).await;
     }
 }

@@ -55,7 +55,7 @@ impl LiveSessions {
             .cloned()
             .collect();
         let mut out: Vec<SessionRecord> = entries.iter().map(|e| e.snapshot()).collect();
-        out.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        out.sort_by_key(|s| std::cmp::Reverse(s.started_at));
         out
     }
 
@@ -105,7 +105,7 @@ impl Tracker {
             kill: Default::default(),
         });
         let id = record.id.clone();
-        store.write(Write::Open(record));
+        store.write(Write::Open(Box::new(record)));
         live.entries
             .lock()
             .expect("live sessions lock poisoned")

@@ -101,7 +101,7 @@ mod tests {
             let started = now - age_days * 86_400 * 1_000_000;
             let file = recordings.join(id);
             std::fs::write(&file, b"x").unwrap();
-            store.write(Write::Open(SessionRecord {
+            store.write(Write::Open(Box::new(SessionRecord {
                 id: id.into(),
                 email: None,
                 device_id: None,
@@ -120,7 +120,7 @@ mod tests {
                 cert_serial: None,
                 upstream_host_key: None,
                 channels: vec![],
-            }));
+            })));
             store.write(Write::ChannelOpen {
                 session_id: id.into(),
                 record: ChannelRecord {

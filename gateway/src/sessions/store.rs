@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS channels (
 /// A change to the log, applied in order by the writer thread.
 #[derive(Debug)]
 pub enum Write {
-    Open(SessionRecord),
+    Open(Box<SessionRecord>),
     LoggedIn {
         id: String,
         login: String,
@@ -311,6 +311,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
 fn apply(tx: &rusqlite::Transaction<'_>, change: Write) -> rusqlite::Result<()> {
     match change {
         Write::Open(s) => {
+            let s = *s;
             tx.execute(
                 "INSERT INTO sessions (id, email, device_id, source, destination, login, policy_id,
                     policy_name, decision, started_at, ended_at, duration_ms, bytes_from_client,
@@ -430,7 +431,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sessions.db");
         let store = SessionStore::open(&path).unwrap();
-        store.write(Write::Open(record("s1", "jdoe@example.com", 1_000_000)));
+        store.write(Write::Open(Box::new(record(
+            "s1",
+            "jdoe@example.com",
+            1_000_000,
+        ))));
         store.write(Write::LoggedIn {
             id: "s1".into(),
             login: "root".into(),
@@ -465,7 +470,11 @@ mod tests {
             bytes_from_server: 20,
             close_reason: "client".into(),
         });
-        store.write(Write::Open(record("s2", "other@example.com", 3_000_000)));
+        store.write(Write::Open(Box::new(record(
+            "s2",
+            "other@example.com",
+            3_000_000,
+        ))));
         store.sync();
 
         let s1 = store.get("s1").unwrap().unwrap();
