@@ -633,7 +633,7 @@ fn pushed_state_survives_restart_and_sighup_reloads() {
             "policies.json should hold what is in force:\ndisk: {on_disk:#}\nshown: {in_force:#}"
         );
 
-        let check = |what: &str| -> Result<()> {
+        let check = |gw: &Gateway<'_>, what: &str| -> Result<()> {
             ensure!(
                 shown_policy_ids(&gw)? == ["audit-20"],
                 "{what}: policy show --json: {:#}",
@@ -642,16 +642,16 @@ fn pushed_state_survives_restart_and_sighup_reloads() {
             expect_intercepted(lab, V4.not_audited(), &format!("{what}: 203.0.113.20"))?;
             expect_bypassed(lab, V4.audited(), &format!("{what}: 203.0.113.10"))
         };
-        check("after the push")?;
+        check(&gw, "after the push")?;
 
         gw.kill()?;
         gw.start().context("restarting after SIGKILL")?;
-        check("after SIGKILL and restart")?;
+        check(&gw, "after SIGKILL and restart")?;
 
         let exit = gw.stop()?;
         ensure!(exit.success(), "sshgw stop: {exit:?}");
         gw.start().context("restarting after a clean stop")?;
-        check("after a clean stop and start")?;
+        check(&gw, "after a clean stop and start")?;
 
         // SIGHUP: back to the default policies, edited on disk.
         let applied = gw.log_count(APPLIED);

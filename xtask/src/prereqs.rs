@@ -15,6 +15,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "rsync",
+    "curl",
+    "asciinema",
     "llvm-22-dev",
     "libzstd-dev",
     "zlib1g-dev",

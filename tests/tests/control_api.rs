@@ -1,0 +1,442 @@
+//! Control API tests over the daemon's real Unix socket: peer credentials (SO_PEERCRED and
+//! the socket's mode/group), input validation with field-path errors, atomic refusal (state
+//! in memory and on disk unchanged), body limits, and the CLI's exit codes.
+//!
+//! Needs root, the sshgw binary (`SSHGW_BIN=/abs/path/sshgw`), `curl` and `setpriv`
+//! (util-linux) for the unprivileged-peer test:
+//! `SSHGW_BIN=$PWD/target/debug/sshgw cargo test -p sshgw-tests --test control_api -- --test-threads=2`.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use sshgw_tests::gateway::{default_devices, default_policies};
+use sshgw_tests::{Gateway, GatewayConfig, Lab, lab_test};
+
+/// `nobody` / `nogroup` on Debian.
+const NOBODY: u32 = 65534;
+const CURL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `curl --unix-socket SOCK http://sshgw/PATH`, as root or (with `as_nobody`) as uid/gid
+/// 65534 without supplementary groups. Returns curl's exit code, the HTTP code (0 when there
+/// was no answer) and the body.
+fn curl(lab: &Lab, socket: &Path, path: &str, as_nobody: bool) -> Result<(i32, u16, String)> {
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "curl",
+        ]);
+        c
+    } else {
+        Command::new("curl")
+    };
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(socket)
+        .arg(format!("http://sshgw{path}"));
+    let out = lab.procs().run_quiet("curl", &mut cmd, CURL_TIMEOUT)?;
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
+    Ok((
+        out.status.code().unwrap_or(-1),
+        code.trim().parse().unwrap_or(0),
+        format!("{body}{}", out.stderr),
+    ))
+}
+
+/// 11. The socket is 0660; root may use it. A peer that is neither root, the daemon's user
+///     nor in `control_group` is refused with 403 even when the socket mode would let it
+///     connect; with `control_group = "nogroup"` the socket belongs to that group and its
+///     members are allowed without any chmod.
+#[test]
+fn control_socket_checks_peer_credentials() {
+    lab_test(|lab| {
+        let mut gw = lab.gateway()?;
+        gw.start()?;
+        let sock = gw.control_socket().to_owned();
+        let meta = fs::metadata(&sock)?;
+        ensure!(
+            meta.permissions().mode() & 0o777 == 0o660,
+            "the control socket should have mode 0660: {:o}",
+            meta.permissions().mode()
+        );
+
+        let (rc, code, body) = curl(lab, &sock, "/v1/status", false)?;
+        ensure!(rc == 0 && code == 200, "curl as root: rc {rc}, HTTP {code}: {body}");
+        let status: Value = serde_json::from_str(&body).context("status body")?;
+        ensure!(status["daemon"] == "running", "status: {status}");
+
+        // Let uid 65534 reach the socket's directory (the lab dir is 0700).
+        fs::set_permissions(lab.dir(), fs::Permissions::from_mode(0o711))?;
+        let (rc, code, body) = curl(lab, &sock, "/v1/status", true)?;
+        ensure!(
+            rc != 0 && code == 0,
+            "with mode 0660 root:root, uid 65534 should not even connect: rc {rc}, HTTP {code}: {body}"
+        );
+
+        // A misconfigured socket mode: the peer check still refuses.
+        fs::set_permissions(&sock, fs::Permissions::from_mode(0o666))?;
+        let (rc, code, body) = curl(lab, &sock, "/v1/policies", true)?;
+        ensure!(rc == 0 && code == 403, "uid 65534 should get 403: rc {rc}, HTTP {code}: {body}");
+        let err: Value = serde_json::from_str(&body).context("403 body")?;
+        ensure!(
+            err["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "the 403 body should be {{\"error\": …}}: {body}"
+        );
+        let line = gw
+            .proc()
+            .context("daemon")?
+            .wait_for_line("control socket peer refused", Duration::from_secs(10))?;
+        ensure!(
+            line.contains(&NOBODY.to_string()),
+            "the refusal log line should name uid {NOBODY}: {line}"
+        );
+        gw.stop()?;
+
+        // control_group: the group owns the socket and its members may use it.
+        let mut gw = lab.gateway_with(GatewayConfig::default().control_group("nogroup"))?;
+        gw.start()?;
+        let sock = gw.control_socket().to_owned();
+        let meta = fs::metadata(&sock)?;
+        ensure!(
+            meta.permissions().mode() & 0o777 == 0o660 && meta.gid() == NOBODY,
+            "with control_group the socket should be 0660 group {NOBODY}: mode {:o} gid {}",
+            meta.permissions().mode() & 0o777,
+            meta.gid()
+        );
+        let (rc, code, body) = curl(lab, &sock, "/v1/status", true)?;
+        ensure!(
+            rc == 0 && code == 200,
+            "a member of control_group should be allowed: rc {rc}, HTTP {code}: {body}"
+        );
+        let status: Value = serde_json::from_str(&body).context("status body")?;
+        ensure!(status["daemon"] == "running", "status: {status}");
+        Ok(())
+    });
+}
+
+/// The policy set and device table in force, and the bytes of both files.
+struct Snapshot {
+    policies: Value,
+    devices: Value,
+    policies_file: Vec<u8>,
+    devices_file: Vec<u8>,
+}
+
+fn snapshot(gw: &Gateway<'_>) -> Result<Snapshot> {
+    let (c1, policies) = gw.api("GET", "/v1/policies", None)?;
+    let (c2, devices) = gw.api("GET", "/v1/devices", None)?;
+    ensure!(c1 == 200 && c2 == 200, "GET policies/devices: {c1} {c2}");
+    Ok(Snapshot {
+        policies,
+        devices,
+        policies_file: fs::read(gw.policies_path())?,
+        devices_file: fs::read(gw.devices_path())?,
+    })
+}
+
+/// Nothing changed: in memory (GET) and on disk (bytes).
+fn unchanged(gw: &Gateway<'_>, before: &Snapshot, what: &str) -> Result<()> {
+    let now = snapshot(gw)?;
+    ensure!(
+        now.policies == before.policies,
+        "{what}: the policies in force changed: {:#}",
+        now.policies
+    );
+    ensure!(
+        now.devices == before.devices,
+        "{what}: the device table changed: {:#}",
+        now.devices
+    );
+    ensure!(
+        now.policies_file == before.policies_file,
+        "{what}: policies.json changed on disk"
+    );
+    ensure!(
+        now.devices_file == before.devices_file,
+        "{what}: devices.json changed on disk"
+    );
+    Ok(())
+}
+
+/// A one-policy set with `field` replaced (or added) in the policy.
+fn policy_with(field: &str, value: Value) -> Value {
+    let mut set = default_policies();
+    set["policies"][0][field] = value;
+    set
+}
+
+/// `method path body` must answer `status` with an error that passes `check`.
+fn expect_error(
+    gw: &Gateway<'_>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    status: u16,
+    check: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<String> {
+    let reply = gw.api_bytes(method, path, Some(body))?;
+    let error = reply.error();
+    ensure!(
+        reply.status == status && error.as_deref().is_some_and(&check),
+        "{what}: {method} {path} should answer {status} with a matching error, got {} {:?}",
+        reply.status,
+        reply.body
+    );
+    Ok(error.unwrap_or_default())
+}
+
+/// 12. Invalid pushes are refused with 400 and an error naming the field path (or the JSON
+///     position); after each, the state in memory and on disk is byte-for-byte unchanged.
+///     Validation without applying, the body limit (413), and the single-device endpoints.
+#[test]
+fn control_api_refuses_invalid_input_atomically() {
+    lab_test(|lab| {
+        let mut gw = lab.gateway()?;
+        gw.start()?;
+        let before = snapshot(&gw)?;
+
+        let bad_cidr = policy_with("destinations", json!(["10.0.0.300/8"]));
+        let mut dup_ids = default_policies();
+        let first = dup_ids["policies"][0].clone();
+        dup_ids["policies"].as_array_mut().unwrap().push(first);
+        let cases: Vec<(&str, Vec<u8>, Box<dyn Fn(&str) -> bool>)> = vec![
+            (
+                "truncated JSON",
+                br#"{"policies": [{"id": "x""#.to_vec(),
+                Box::new(|e: &str| e.contains("line 1 column")),
+            ),
+            (
+                "a syntax error on line 3",
+                b"{\"policies\": [\n  {\"id\": \"x\",\n   \"name\": }]}".to_vec(),
+                Box::new(|e: &str| e.contains("line 3 column")),
+            ),
+            (
+                "not UTF-8",
+                b"{\"policies\": [\xff]}".to_vec(),
+                Box::new(|e: &str| !e.is_empty()),
+            ),
+            (
+                "a number as id",
+                serde_json::to_vec(&policy_with("id", json!(5)))?,
+                Box::new(|e: &str| e.starts_with("policies[0].id:")),
+            ),
+            (
+                "an unknown field",
+                serde_json::to_vec(&policy_with("bogus", json!(true)))?,
+                Box::new(|e: &str| {
+                    e.starts_with("policies[0].bogus:") && e.contains("unknown field `bogus`")
+                }),
+            ),
+            (
+                "an unknown ssh field",
+                serde_json::to_vec(&policy_with("ssh", json!({"usernmes": ["x"]})))?,
+                Box::new(|e: &str| e.starts_with("policies[0].ssh.usernmes:")),
+            ),
+            (
+                "an invalid CIDR",
+                serde_json::to_vec(&bad_cidr)?,
+                Box::new(|e: &str| {
+                    e.starts_with(
+                        "policies[0].destinations[0]: \"10.0.0.300/8\" is not an IP network",
+                    )
+                }),
+            ),
+            (
+                "a bad duration",
+                serde_json::to_vec(&policy_with("ssh", json!({"max_duration": "5w"})))?,
+                Box::new(|e: &str| e.starts_with("policies[0].ssh.max_duration:")),
+            ),
+            (
+                "duplicate ids",
+                serde_json::to_vec(&dup_ids)?,
+                Box::new(|e: &str| e.starts_with("policies[1].id:")),
+            ),
+            (
+                "no destinations",
+                serde_json::to_vec(&policy_with("destinations", json!([])))?,
+                Box::new(|e: &str| e.starts_with("policies[0].destinations")),
+            ),
+        ];
+        for (what, body, check) in &cases {
+            let e = expect_error(&gw, "PUT", "/v1/policies", body, 400, check, what)?;
+            eprintln!("{what}: {e}");
+            unchanged(&gw, &before, what)?;
+            let v = expect_error(&gw, "POST", "/v1/policies/validate", body, 400, check, what)?;
+            ensure!(v == e, "{what}: validate and push should give the same error: {v:?} vs {e:?}");
+        }
+
+        // Validation alone applies nothing.
+        let other = json!({"policies": [
+            {"id": "a", "name": "A", "precedence": 1, "action": "audit_ssh", "destinations": ["203.0.113.20"]},
+            {"id": "b", "name": "B", "precedence": 2, "action": "block", "destinations": ["198.51.100.0/24"]}
+        ]});
+        let (code, reply) = gw.api("POST", "/v1/policies/validate", Some(&other))?;
+        ensure!(
+            code == 200 && reply == json!({"valid": true, "policies": 2}),
+            "validate: {code} {reply}"
+        );
+        unchanged(&gw, &before, "after validate")?;
+
+        // 33 MiB is over the 32 MiB body limit.
+        let mut huge = vec![b' '; 33 * 1024 * 1024];
+        huge.extend_from_slice(&serde_json::to_vec(&other)?);
+        expect_error(
+            &gw,
+            "PUT",
+            "/v1/policies",
+            &huge,
+            413,
+            |e| e.contains("MiB"),
+            "33 MiB body",
+        )?;
+        unchanged(&gw, &before, "after the oversized body")?;
+
+        // Devices.
+        let mut dup_addr = default_devices();
+        let mut second = dup_addr["devices"][0].clone();
+        second["id"] = json!("second");
+        dup_addr["devices"].as_array_mut().unwrap().push(second);
+        expect_error(
+            &gw,
+            "PUT",
+            "/v1/devices",
+            &serde_json::to_vec(&dup_addr)?,
+            400,
+            |e| e.starts_with("devices[1].addresses[0]:") && e.contains("laptop-jdoe"),
+            "a duplicate device address",
+        )?;
+        unchanged(&gw, &before, "after the duplicate address")?;
+        expect_error(
+            &gw,
+            "DELETE",
+            "/v1/devices/unknown",
+            b"",
+            404,
+            |e| e.contains("unknown"),
+            "deleting an unknown device",
+        )?;
+        let mut device = default_devices()["devices"][0].clone();
+        device["id"] = json!("someone-else");
+        expect_error(
+            &gw,
+            "PUT",
+            "/v1/devices/laptop-jdoe",
+            &serde_json::to_vec(&device)?,
+            400,
+            |e| e.contains("someone-else") && e.contains("laptop-jdoe"),
+            "a body id that differs from the path",
+        )?;
+        unchanged(&gw, &before, "after the device errors")?;
+        expect_error(&gw, "GET", "/v1/nonexistent", b"", 404, |_| true, "unknown endpoint")?;
+        expect_error(&gw, "DELETE", "/v1/policies", b"", 405, |_| true, "wrong method")?;
+        unchanged(&gw, &before, "after the endpoint errors")?;
+
+        // A valid push applies, in memory and on disk.
+        let (code, reply) = gw.api("PUT", "/v1/policies", Some(&other))?;
+        ensure!(
+            code == 200 && reply == json!({"applied": true, "policies": 2}),
+            "PUT /v1/policies: {code} {reply}"
+        );
+        let (_, in_force) = gw.api("GET", "/v1/policies", None)?;
+        let on_disk: Value = serde_json::from_slice(&fs::read(gw.policies_path())?)?;
+        ensure!(
+            on_disk == in_force && in_force["policies"][1]["id"] == "b",
+            "after a valid push, disk and memory should hold it:\ndisk {on_disk:#}\nmemory {in_force:#}"
+        );
+        let mode = fs::metadata(gw.policies_path())?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "policies.json should be written 0600, is {mode:o}");
+
+        // One device in, one device out.
+        let mut extra = default_devices()["devices"][0].clone();
+        extra["id"] = json!("tablet-jdoe");
+        extra["addresses"] = json!(["100.96.0.9"]);
+        let (code, reply) = gw.api("PUT", "/v1/devices/tablet-jdoe", Some(&extra))?;
+        ensure!(code == 200, "PUT /v1/devices/tablet-jdoe: {code} {reply}");
+        let (_, devices) = gw.api("GET", "/v1/devices", None)?;
+        ensure!(
+            devices["devices"].as_array().map(Vec::len) == Some(2),
+            "two devices after the upsert: {devices:#}"
+        );
+        let (code, reply) = gw.api("DELETE", "/v1/devices/tablet-jdoe", None)?;
+        ensure!(code == 200, "DELETE /v1/devices/tablet-jdoe: {code} {reply}");
+        let (code, _) = gw.api("DELETE", "/v1/devices/tablet-jdoe", None)?;
+        ensure!(code == 404, "deleting it twice should answer 404, got {code}");
+        let (_, devices) = gw.api("GET", "/v1/devices", None)?;
+        ensure!(
+            devices == before.devices,
+            "the device table should be back to the original: {devices:#}"
+        );
+        Ok(())
+    });
+}
+
+/// 13. CLI exit codes: 3 for refused input (offline `policy check`, `policy push` of an
+///     invalid file, a 4xx answer), 4 when the daemon is unreachable; errors name the field.
+#[test]
+fn cli_exit_codes() {
+    lab_test(|lab| {
+        let mut gw = lab.gateway()?;
+        let bad = gw.write_input("bad", &policy_with("destinations", json!(["10.0.0.300/8"])))?;
+        let good = gw.write_input("good", &default_policies())?;
+        let bad = bad.to_string_lossy().into_owned();
+        let good = good.to_string_lossy().into_owned();
+
+        // Offline: no daemon running.
+        let out = gw.sshgw(&["policy", "check", &bad])?;
+        ensure!(
+            out.status.code() == Some(3)
+                && out.stderr.contains("policies[0].destinations[0]")
+                && out.stderr.contains("10.0.0.300/8"),
+            "policy check of an invalid file should exit 3 naming the field: {out:?}"
+        );
+        let out = gw.sshgw(&["policy", "check", &good])?;
+        ensure!(
+            out.status.success() && out.stdout.contains("1 policies"),
+            "policy check of a valid file: {out:?}"
+        );
+        for args in [
+            vec!["policy", "show", "--socket", "/nonexistent/sshgw.sock"],
+            vec!["devices", "show", "--socket", "/nonexistent/sshgw.sock"],
+            vec!["policy", "push", &good, "--socket", "/nonexistent/sshgw.sock"],
+        ] {
+            let out = gw.sshgw(&args)?;
+            ensure!(
+                out.status.code() == Some(4),
+                "sshgw {} should exit 4 (daemon unreachable): {out:?}",
+                args.join(" ")
+            );
+        }
+        let out = gw.cli(&["policy", "show"])?;
+        ensure!(
+            out.status.code() == Some(4),
+            "policy show before the daemon started should exit 4: {out:?}"
+        );
+
+        gw.start()?;
+        let before = snapshot(&gw)?;
+        let out = gw.cli(&["policy", "push", &bad])?;
+        ensure!(
+            out.status.code() == Some(3) && out.stderr.contains("policies[0].destinations[0]"),
+            "policy push of an invalid file should exit 3 naming the field: {out:?}"
+        );
+        unchanged(&gw, &before, "after the refused CLI push")?;
+        let out = gw.cli(&["sessions", "show", "no-such-session"])?;
+        ensure!(
+            out.status.code() == Some(3),
+            "a 404 answer should exit 3: {out:?}"
+        );
+        let out = gw.cli(&["policy", "show"])?;
+        ensure!(
+            out.status.success() && out.stdout.contains("audit-lab"),
+            "policy show (table): {out:?}"
+        );
+        Ok(())
+    });
+}
