@@ -21,6 +21,9 @@ pub struct Config {
     /// Group whose members may use the control socket (besides root).
     #[serde(default)]
     pub control_group: Option<String>,
+    /// On stop, sessions get this long to end by themselves before they are closed.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: u64,
     pub datapath: DatapathConfig,
     #[serde(default)]
     pub ssh: SshConfig,
@@ -28,6 +31,17 @@ pub struct Config {
     pub recording: RecordingConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics. They are always at `/metrics` on the control socket.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Also serve `/metrics` on this TCP address (no authentication: bind it to a
+    /// management address).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Encrypted session recording (for policies with `command_logging`).
@@ -144,6 +158,20 @@ pub struct DatapathConfig {
     /// SSH from sources not in the device table to audited destinations.
     #[serde(default)]
     pub unenrolled: Unenrolled,
+    /// What a stopping daemon does with the datapath.
+    #[serde(default)]
+    pub on_stop: OnStop,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStop {
+    /// Leave the program attached and failing closed, so a restart opens no gap.
+    #[default]
+    Keep,
+    /// Remove everything, as if sshgw had never run (audited servers become reachable
+    /// directly).
+    Remove,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -156,6 +184,9 @@ pub enum Unenrolled {
     Drop,
 }
 
+fn default_drain_timeout() -> u64 {
+    30
+}
 fn default_control_socket() -> PathBuf {
     PathBuf::from(DEFAULT_CONTROL_SOCKET)
 }

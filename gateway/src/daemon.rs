@@ -1,7 +1,7 @@
 //! `sshgw run`: wires the datapath, the listeners, admission, the relay and the control
 //! socket, and handles signals (SIGTERM/SIGINT: clean stop; SIGHUP: reload the state files).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -12,10 +12,12 @@ use tokio::{
 use crate::{
     admission,
     ca::{Authorities, HostCerts},
-    config::Config,
+    config::{Config, OnStop},
     control,
     datapath::{self, Datapath, FlowIngress},
     listener::{self, Listeners},
+    metrics::METRICS,
+    notify,
     recording::keys::RecordingKey,
     relay::{self, RecordingSettings, RelayContext},
     sessions::{live::LiveSessions, retention, store::SessionStore},
@@ -36,6 +38,17 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The Prometheus exposition.
+    pub fn metrics(&self) -> String {
+        let counters = self
+            .datapath
+            .lock()
+            .expect("datapath lock poisoned")
+            .as_ref()
+            .and_then(|dp| dp.counters().ok());
+        crate::metrics::render(&self.live, counters.as_ref())
+    }
+
     pub fn status(&self) -> Result<Report> {
         let guard = self.datapath.lock().expect("datapath lock poisoned");
         let dp = guard.as_ref().context("the datapath is shutting down")?;
@@ -57,7 +70,7 @@ struct Admit {
     ingress: FlowIngress,
 }
 
-pub async fn run(config: Config) -> Result<()> {
+pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     // Everything the daemon writes (keys, state, session log, recordings) is private; the
     // control socket's 0660 is set explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -117,12 +130,20 @@ pub async fn run(config: Config) -> Result<()> {
         relay,
         ingress,
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control::server::serve(control, shared.clone()));
-    tasks.spawn(retention_loop(config.clone(), store.clone()));
-    tasks.spawn(accept_loop(listeners.v4, admit.clone()));
+    // Control and housekeeping run until the very end; the accept loops stop first.
+    let mut service = tokio::task::JoinSet::new();
+    service.spawn(control::server::serve(control, shared.clone()));
+    service.spawn(retention_loop(config.clone(), store.clone()));
+    if let Some(addr) = config.metrics.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        service.spawn(control::server::serve_metrics(listener, shared.clone()));
+    }
+    let mut accepting = tokio::task::JoinSet::new();
+    accepting.spawn(accept_loop(listeners.v4, admit.clone()));
     if let Some(v6) = listeners.v6 {
-        tasks.spawn(accept_loop(v6, admit.clone()));
+        accepting.spawn(accept_loop(v6, admit.clone()));
     }
     tracing::info!(
         interfaces = ?config.datapath.interfaces,
@@ -132,6 +153,7 @@ pub async fn run(config: Config) -> Result<()> {
         control_socket = %config.control_socket.display(),
         "sshgw ready"
     );
+    notify::notify("READY=1\nSTATUS=intercepting");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -140,26 +162,143 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                if let Err(e) = shared.state.reload().await {
-                    tracing::error!(error = %e, "reload failed; keeping the previous state");
-                }
-            }
+            _ = hup.recv() => reload(&config_path, &shared).await,
         }
     }
+    notify::notify("STOPPING=1\nSTATUS=draining sessions");
+    stop(accepting, &shared).await?;
+    service.abort_all();
+    let _ = std::fs::remove_file(&config.control_socket);
+    Ok(())
+}
 
-    tracing::info!("stopping: removing the datapath");
-    tasks.abort_all();
+/// SIGHUP: re-reads the config file and the state files. Devices, policies, the
+/// datapath's ports and `unenrolled` switch, and the recording key file apply at once;
+/// other changed settings are reported as needing a restart. Sessions are not touched.
+async fn reload(config_path: &Path, shared: &Shared) {
+    notify::notify("RELOADING=1");
+    let result = async {
+        let next = Config::load(config_path)?;
+        for setting in restart_only_changes(&shared.config, &next) {
+            tracing::warn!(setting, "changed setting takes effect only after a restart");
+        }
+        shared.state.set_config(next.clone());
+        shared
+            .state
+            .reload()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !next.recording_key_path().exists()
+            && let Some(file) = &next.recording.public_key_file
+        {
+            let key = RecordingKey::from_file(file)
+                .with_context(|| format!("cannot load the recording key {}", file.display()))?;
+            *shared
+                .relay
+                .recording
+                .key
+                .write()
+                .expect("recording key lock poisoned") = Some(Arc::new(key));
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => tracing::info!(config = %config_path.display(), "reloaded"),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the previous state")
+        }
+    }
+    notify::notify("READY=1");
+}
+
+/// Settings a running daemon cannot change.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let (o, n) = (&old.datapath, &new.datapath);
+    [
+        ("state_dir", differs(&old.state_dir, &new.state_dir)),
+        (
+            "control_socket",
+            differs(&old.control_socket, &new.control_socket),
+        ),
+        (
+            "control_group",
+            differs(&old.control_group, &new.control_group),
+        ),
+        ("datapath.interfaces", differs(&o.interfaces, &n.interfaces)),
+        ("datapath.pin_dir", differs(&o.pin_dir, &n.pin_dir)),
+        (
+            "datapath.intercept_mark",
+            o.intercept_mark != n.intercept_mark,
+        ),
+        ("datapath.route_table", o.route_table != n.route_table),
+        ("datapath.rule_priority", o.rule_priority != n.rule_priority),
+        ("datapath.listen_port", o.listen_port != n.listen_port),
+        ("ssh", differs(&old.ssh, &new.ssh)),
+        (
+            "recording.dir",
+            differs(&old.recording.dir, &new.recording.dir),
+        ),
+        (
+            "recording.on_recording_failure",
+            differs(
+                &old.recording.on_recording_failure,
+                &new.recording.on_recording_failure,
+            ),
+        ),
+        ("retention", differs(&old.retention, &new.retention)),
+        ("metrics", differs(&old.metrics, &new.metrics)),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
+
+/// Graceful stop: accept nothing new (closing the listeners empties the SOCKMAP, so new
+/// audited SYNs are dropped), let sessions drain for `drain_timeout_secs`, end the rest,
+/// then keep the datapath pinned and failing closed (`on_stop = "keep"`) or remove it.
+async fn stop(mut accepting: tokio::task::JoinSet<()>, shared: &Shared) -> Result<()> {
+    accepting.abort_all();
+    while accepting.join_next().await.is_some() {}
+    let live = shared.live.count();
+    let drain = Duration::from_secs(shared.config.drain_timeout_secs);
+    tracing::info!(
+        sessions = live,
+        timeout_secs = drain.as_secs(),
+        "stopping: no new sessions; draining"
+    );
+    if tokio::time::timeout(drain, shared.live.drained())
+        .await
+        .is_err()
+    {
+        let ended = shared.live.kill_all("sshgw: the gateway is shutting down");
+        tracing::warn!(
+            sessions = ended,
+            "drain timeout: ending the remaining sessions"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.live.drained()).await;
+    }
+    shared.store.sync();
     let datapath = shared
         .datapath
         .lock()
         .expect("datapath lock poisoned")
         .take();
-    if let Some(dp) = datapath {
-        dp.remove().await?;
+    match (datapath, shared.config.datapath.on_stop) {
+        (Some(dp), OnStop::Remove) => {
+            dp.remove().await?;
+            tracing::info!("stopped; datapath removed, nothing left installed");
+        }
+        (Some(dp), OnStop::Keep) => {
+            drop(dp);
+            tracing::info!(
+                "stopped; the datapath stays attached and drops audited SSH until sshgw runs again"
+            );
+        }
+        (None, _) => {}
     }
-    let _ = std::fs::remove_file(&config.control_socket);
-    tracing::info!("stopped; nothing left installed");
     Ok(())
 }
 
@@ -194,6 +333,12 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             conn.original_dst,
             ingress.as_deref(),
         );
+        match &decision.outcome {
+            admission::Outcome::Relay { policy } => METRICS.decision(Some(&policy.id), true),
+            admission::Outcome::Refuse { policy_id, .. } => {
+                METRICS.decision(policy_id.as_deref(), false)
+            }
+        }
         tokio::spawn(relay::serve(
             admit.relay.clone(),
             conn,

@@ -55,7 +55,7 @@ pub enum ApplyError {
 }
 
 pub struct LiveState {
-    config: Config,
+    config: RwLock<Config>,
     current: RwLock<Arc<Snapshot>>,
     /// Serialises writers; readers never wait for it.
     writer: tokio::sync::Mutex<()>,
@@ -93,11 +93,20 @@ impl LiveState {
         datapath: Arc<Mutex<Option<Datapath>>>,
     ) -> Self {
         LiveState {
-            config,
+            config: RwLock::new(config),
             current: RwLock::new(Arc::new(Snapshot::new(devices, policies))),
             writer: tokio::sync::Mutex::new(()),
             datapath,
         }
+    }
+
+    /// Takes a re-read config: its datapath ports and switches apply with the next change.
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().expect("config lock poisoned") = config;
+    }
+
+    fn config(&self) -> Config {
+        self.config.read().expect("config lock poisoned").clone()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -140,7 +149,7 @@ impl LiveState {
     /// Re-reads both files (SIGHUP). An invalid file leaves everything as it was.
     pub async fn reload(&self) -> Result<(), ApplyError> {
         let (devices, policies) =
-            load(&self.config).map_err(|e| ApplyError::Invalid(format!("{e:#}")))?;
+            load(&self.config()).map_err(|e| ApplyError::Invalid(format!("{e:#}")))?;
         self.apply(Change::Both(devices, policies)).await
     }
 
@@ -150,21 +159,22 @@ impl LiveState {
     }
 
     fn apply_locked(&self, change: Change) -> Result<(), ApplyError> {
+        let config = self.config();
         let current = self.snapshot();
         let internal = ApplyError::Internal;
         let (devices, policies, staged) = match change {
             Change::Devices(d) => {
-                let staged = stage(&self.config.devices_path(), &d)?;
+                let staged = stage(&config.devices_path(), &d)?;
                 (d, current.policies.clone(), vec![staged])
             }
             Change::Policies(p) => {
-                let staged = stage(&self.config.policies_path(), &p)?;
+                let staged = stage(&config.policies_path(), &p)?;
                 (current.devices.clone(), p, vec![staged])
             }
             // Reloaded from disk: the files already hold this state.
             Change::Both(d, p) => (d, p, vec![]),
         };
-        let sets = match_sets(&self.config, &devices, &policies);
+        let sets = match_sets(&config, &devices, &policies);
         sets.check_capacity()
             .map_err(|e| ApplyError::Invalid(e.to_string()))?;
         {
@@ -176,7 +186,7 @@ impl LiveState {
         for file in staged {
             if let Err(e) = file.commit() {
                 // Put the maps back so they match what is still on disk and in memory.
-                let old = match_sets(&self.config, &current.devices, &current.policies);
+                let old = match_sets(&config, &current.devices, &current.policies);
                 if let Some(dp) = self
                     .datapath
                     .lock()

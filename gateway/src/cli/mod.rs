@@ -4,6 +4,7 @@
 //! request), 4 daemon unreachable.
 
 mod ca;
+mod datapath;
 mod devices;
 mod policy;
 mod recording;
@@ -57,6 +58,13 @@ enum Command {
     Ca {
         #[command(subcommand)]
         what: ca::CaCommand,
+        #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// The kernel datapath a stopped daemon leaves in place (failing closed).
+    Datapath {
+        #[command(subcommand)]
+        what: datapath::DatapathCommand,
         #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -136,6 +144,7 @@ pub fn main() -> ExitCode {
         Command::Status { target, json } => status::run(&target, json),
         Command::Ca { what, config } => ca::run(what, &config),
         Command::Policy { what } => policy::run(what),
+        Command::Datapath { what, config } => datapath::run(what, &config),
         Command::Devices { what } => devices::run(what),
         Command::Recording { what } => recording::run(what),
         Command::Sessions {
@@ -176,7 +185,7 @@ fn run(config_path: PathBuf) -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(crate::daemon::run(config))
+        .block_on(crate::daemon::run(config, &config_path))
 }
 
 /// Reads FILE, or standard input for `-`.

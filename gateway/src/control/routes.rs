@@ -37,6 +37,15 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
         .expect("static response parts are valid")
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics_reply(shared: &Shared) -> Reply {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+        .body(Full::new(Bytes::from(shared.metrics())))
+        .expect("static response parts are valid")
+}
+
 pub fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     json(status, &serde_json::json!({ "error": message.into() }))
 }
@@ -82,6 +91,9 @@ pub async fn route(
     body: Bytes,
     shared: &Shared,
 ) -> Reply {
+    if path == "/metrics" && method == Method::GET {
+        return metrics_reply(shared);
+    }
     let Some(route) = path.strip_prefix(super::API_PREFIX) else {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint {path}"));
     };

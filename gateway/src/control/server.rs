@@ -170,3 +170,34 @@ async fn handle(
     )
     .await)
 }
+
+/// `[metrics] listen`: serves only `GET /metrics` on a TCP address (no credentials are
+/// available on TCP, so nothing else is exposed there).
+pub async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                            routes::metrics_reply(&shared)
+                        } else {
+                            routes::error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
+                        },
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

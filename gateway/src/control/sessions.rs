@@ -138,7 +138,7 @@ pub async fn route(method: &Method, route: &str, query: Option<&str>, shared: &S
                     }
                 }
                 (&Method::POST, "kill") => {
-                    if shared.live.kill(id) {
+                    if shared.live.kill(id, crate::sessions::live::ADMIN_KILL) {
                         json(StatusCode::OK, &serde_json::json!({ "killed": id }))
                     } else {
                         error(StatusCode::NOT_FOUND, format!("no live session {id:?}"))

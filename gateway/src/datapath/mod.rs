@@ -173,6 +173,17 @@ impl Datapath {
     }
 }
 
+/// Removes what a stopped daemon left in the kernel (`on_stop = "keep"`, or a crash):
+/// detaches the pinned links, deletes the routing and unpins the maps. Returns whether
+/// anything was pinned.
+pub async fn remove_pinned(cfg: &DatapathConfig) -> Result<bool> {
+    let pinned = bpffs::has_pins(&cfg.pin_dir);
+    let handle = routing::connect().await?;
+    routing_of(cfg).remove(&handle).await?;
+    remove_pins(&cfg.pin_dir)?;
+    Ok(pinned)
+}
+
 /// Removes the pin directory tree (pinned maps and any leftover links).
 fn remove_pins(pin_dir: &Path) -> Result<()> {
     for dir in [links_dir(pin_dir), maps_dir(pin_dir)] {

@@ -95,7 +95,9 @@ impl ProgramTap {
             return;
         }
         tracing::error!(session = %self.info.id, channel = self.channel, error = %error, "recording failed");
-        self.info.recording_failures.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS
+            .recording_failures
+            .fetch_add(1, Ordering::Relaxed);
         if self.refuse_unrecorded {
             self.info.abort(format!(
                 "sshgw: session ended: its recording failed ({error})"

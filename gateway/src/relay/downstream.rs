@@ -216,7 +216,7 @@ impl DeviceSide {
                 Err(e) => {
                     let error = format!("{e:#}");
                     tracing::error!(session = %self.info.id, channel = number, error = %error, "cannot open the recording");
-                    self.info
+                    crate::metrics::METRICS
                         .recording_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if refuse {

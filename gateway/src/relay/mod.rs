@@ -105,7 +105,6 @@ pub struct ConnectionInfo {
     pub failure: std::sync::Mutex<Option<String>>,
     /// Ends the session with `failure` as the message (set by [`ConnectionInfo::abort`]).
     aborted: tokio::sync::Notify,
-    pub recording_failures: std::sync::atomic::AtomicU64,
 }
 
 impl ConnectionInfo {
@@ -220,7 +219,6 @@ pub async fn serve(
         tracker: tracker.clone(),
         failure: std::sync::Mutex::new(refusal.clone()),
         aborted: Default::default(),
-        recording_failures: Default::default(),
     });
     let (port_forwarding, agent_forwarding) = info
         .permissions
@@ -342,10 +340,16 @@ pub async fn serve(
             "error".to_string()
         }
         () = kill.notified() => {
-            tracing::info!(session = %info.id, "session killed by an administrator");
-            end_with("sshgw: session terminated by an administrator".into()).await;
+            let message = tracker.kill_reason();
+            tracing::info!(session = %info.id, reason = %message, "session killed");
+            let reason = if message == crate::sessions::live::ADMIN_KILL {
+                "admin kill".to_string()
+            } else {
+                "gateway shutdown".to_string()
+            };
+            end_with(message).await;
             let _ = running.as_mut().await;
-            "admin kill".to_string()
+            reason
         }
     };
     grace.abort();
@@ -363,6 +367,7 @@ pub async fn serve(
 fn finish(info: &ConnectionInfo, reason: &str) {
     let failure = info.failure.lock().expect("failure lock poisoned").clone();
     let record = info.tracker.close(failure.as_deref().unwrap_or(reason));
+    crate::metrics::METRICS.session_closed(record.bytes_from_client, record.bytes_from_server);
     tracing::info!(
         session = %record.id,
         email = record.email.as_deref().unwrap_or("-"),

@@ -109,6 +109,7 @@ pub async fn connect(
     dst: SocketAddr,
     bridge: Arc<Bridge>,
 ) -> Result<Connected, UpstreamError> {
+    let started = std::time::Instant::now();
     let timeout = Duration::from_secs(ctx.config.connect_timeout_secs);
     let unreachable = |reason: String| UpstreamError::Unreachable { dst, reason };
     let stream = tokio::time::timeout(timeout, TcpStream::connect(dst))
@@ -136,12 +137,17 @@ pub async fn connect(
         })?;
     let seen = verdict.lock().expect("verdict lock poisoned").take();
     match (result, seen) {
-        (Ok(handle), Some((_, fingerprint))) => Ok(Connected {
-            handle,
-            dst,
-            local,
-            host_key_fingerprint: fingerprint,
-        }),
+        (Ok(handle), Some((_, fingerprint))) => {
+            crate::metrics::METRICS
+                .upstream_connect
+                .observe(started.elapsed());
+            Ok(Connected {
+                handle,
+                dst,
+                local,
+                host_key_fingerprint: fingerprint,
+            })
+        }
         (Ok(_), None) => Err(UpstreamError::Handshake {
             dst,
             reason: "the server's host key was never checked".into(),
@@ -186,6 +192,7 @@ pub async fn authenticate(
     session_id: &str,
 ) -> Result<MintedCert, UpstreamError> {
     let dst = conn.dst;
+    let mint_started = std::time::Instant::now();
     let minted = ctx
         .authorities
         .mint_user_cert(&UserCertRequest {
@@ -200,6 +207,9 @@ pub async fn authenticate(
             permit_agent_forwarding: permissions.agent_forwarding,
         })
         .map_err(|e| UpstreamError::Certificate(format!("{e:#}")))?;
+    crate::metrics::METRICS
+        .certificate_mint
+        .observe(mint_started.elapsed());
     let refused = || UpstreamError::CertificateRefused {
         dst,
         login: login.to_string(),

@@ -29,6 +29,8 @@ struct Entry {
     record: Mutex<SessionRecord>,
     bytes: Arc<ByteCounters>,
     kill: Arc<Notify>,
+    /// Why the session is being killed; told to the user.
+    kill_reason: Mutex<Option<String>>,
 }
 
 impl Entry {
@@ -43,7 +45,12 @@ impl Entry {
 #[derive(Default)]
 pub struct LiveSessions {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Notified whenever a session ends (for draining on shutdown).
+    ended: Notify,
 }
+
+/// What an administrator's kill tells the user.
+pub const ADMIN_KILL: &str = "sshgw: session terminated by an administrator";
 
 impl LiveSessions {
     pub fn list(&self) -> Vec<SessionRecord> {
@@ -69,8 +76,8 @@ impl LiveSessions {
         entry.map(|e| e.snapshot())
     }
 
-    /// Asks session `id` to end; false when it is not live.
-    pub fn kill(&self, id: &str) -> bool {
+    /// Asks session `id` to end, telling the user `reason`; false when it is not live.
+    pub fn kill(&self, id: &str, reason: &str) -> bool {
         match self
             .entries
             .lock()
@@ -78,10 +85,41 @@ impl LiveSessions {
             .get(id)
         {
             Some(entry) => {
+                *entry.kill_reason.lock().expect("kill reason poisoned") = Some(reason.to_string());
                 entry.kill.notify_one();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Asks every live session to end.
+    pub fn kill_all(&self, reason: &str) -> usize {
+        let ids: Vec<String> = self
+            .entries
+            .lock()
+            .expect("live sessions lock poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        ids.iter().filter(|id| self.kill(id, reason)).count()
+    }
+
+    pub fn count(&self) -> usize {
+        self.entries
+            .lock()
+            .expect("live sessions lock poisoned")
+            .len()
+    }
+
+    /// Resolves once no session is live.
+    pub async fn drained(&self) {
+        loop {
+            let ended = self.ended.notified();
+            if self.count() == 0 {
+                return;
+            }
+            ended.await;
         }
     }
 }
@@ -103,6 +141,7 @@ impl Tracker {
             record: Mutex::new(record.clone()),
             bytes: Default::default(),
             kill: Default::default(),
+            kill_reason: Default::default(),
         });
         let id = record.id.clone();
         store.write(Write::Open(Box::new(record)));
@@ -124,9 +163,18 @@ impl Tracker {
         self.entry.bytes.clone()
     }
 
-    /// Resolves when an administrator kills the session.
+    /// Resolves when the session is killed (see [`Tracker::kill_reason`]).
     pub fn kill_switch(&self) -> Arc<Notify> {
         self.entry.kill.clone()
+    }
+
+    pub fn kill_reason(&self) -> String {
+        self.entry
+            .kill_reason
+            .lock()
+            .expect("kill reason poisoned")
+            .clone()
+            .unwrap_or_else(|| ADMIN_KILL.to_string())
     }
 
     fn update(&self, f: impl FnOnce(&mut SessionRecord)) {
@@ -214,6 +262,7 @@ impl Tracker {
             .lock()
             .expect("live sessions lock poisoned")
             .remove(&self.id);
+        self.live.ended.notify_waiters();
         record
     }
 }

@@ -1,0 +1,251 @@
+//! Prometheus metrics, in the text exposition format, served at `/metrics` on the control
+//! socket and, when `[metrics] listen` is set, on a TCP address.
+//!
+//! The counters are process-wide statics: every part of the daemon can count without
+//! being handed a registry, and a scrape reads them all at once.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::{datapath::Counters, sessions::live::LiveSessions};
+
+/// Bucket upper bounds in seconds, for handshake-scale latencies.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Self {
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+pub struct Metrics {
+    sessions_audited: AtomicU64,
+    sessions_blocked: AtomicU64,
+    /// Bytes of sessions that have ended; live ones are added at scrape time.
+    closed_bytes_from_client: AtomicU64,
+    closed_bytes_from_server: AtomicU64,
+    /// (policy id or "none", decision) → count.
+    decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    pub recording_failures: AtomicU64,
+    pub certificate_mint: Histogram,
+    pub upstream_connect: Histogram,
+}
+
+pub static METRICS: Metrics = Metrics {
+    sessions_audited: AtomicU64::new(0),
+    sessions_blocked: AtomicU64::new(0),
+    closed_bytes_from_client: AtomicU64::new(0),
+    closed_bytes_from_server: AtomicU64::new(0),
+    decisions: Mutex::new(BTreeMap::new()),
+    recording_failures: AtomicU64::new(0),
+    certificate_mint: Histogram::new(),
+    upstream_connect: Histogram::new(),
+};
+
+impl Metrics {
+    /// A connection was judged: `audit` true for relayed, false for blocked.
+    pub fn decision(&self, policy_id: Option<&str>, audit: bool) {
+        let (counter, decision) = if audit {
+            (&self.sessions_audited, "audit_ssh")
+        } else {
+            (&self.sessions_blocked, "block")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        *self
+            .decisions
+            .lock()
+            .expect("metrics lock poisoned")
+            .entry((policy_id.unwrap_or("none").to_string(), decision))
+            .or_default() += 1;
+    }
+
+    /// A session ended after relaying these bytes.
+    pub fn session_closed(&self, from_client: u64, from_server: u64) {
+        self.closed_bytes_from_client
+            .fetch_add(from_client, Ordering::Relaxed);
+        self.closed_bytes_from_server
+            .fetch_add(from_server, Ordering::Relaxed);
+    }
+}
+
+/// Escapes a label value (`\`, `"` and newlines).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, value) in series {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// The whole exposition, read at scrape time.
+pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
+    let m = &METRICS;
+    let mut out = String::with_capacity(4096);
+    let sessions = live.list();
+    let (mut live_client, mut live_server) = (0, 0);
+    for s in &sessions {
+        live_client += s.bytes_from_client;
+        live_server += s.bytes_from_server;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sshgw_sessions_active Sessions in progress.\n# TYPE sshgw_sessions_active gauge\nsshgw_sessions_active {}",
+        sessions.len()
+    );
+    counter(
+        &mut out,
+        "sshgw_sessions_total",
+        "Intercepted connections by decision.",
+        &[
+            (
+                "decision=\"audit_ssh\"",
+                m.sessions_audited.load(Ordering::Relaxed),
+            ),
+            (
+                "decision=\"block\"",
+                m.sessions_blocked.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+    counter(
+        &mut out,
+        "sshgw_bytes_total",
+        "Channel payload relayed, by direction.",
+        &[
+            (
+                "direction=\"from_client\"",
+                m.closed_bytes_from_client.load(Ordering::Relaxed) + live_client,
+            ),
+            (
+                "direction=\"from_server\"",
+                m.closed_bytes_from_server.load(Ordering::Relaxed) + live_server,
+            ),
+        ],
+    );
+    {
+        let decisions = m.decisions.lock().expect("metrics lock poisoned");
+        let labels: Vec<(String, u64)> = decisions
+            .iter()
+            .map(|((policy, decision), n)| {
+                (
+                    format!("policy=\"{}\",decision=\"{decision}\"", label(policy)),
+                    *n,
+                )
+            })
+            .collect();
+        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(
+            &mut out,
+            "sshgw_policy_decisions_total",
+            "Policy decisions by policy and decision.",
+            &series,
+        );
+    }
+    counter(
+        &mut out,
+        "sshgw_recording_failures_total",
+        "Recordings that could not be opened or written.",
+        &[("", m.recording_failures.load(Ordering::Relaxed))],
+    );
+    if let Some(counters) = datapath {
+        let labels: Vec<(String, u64)> = counters
+            .iter()
+            .map(|(name, value)| (format!("counter=\"{name}\""), *value))
+            .collect();
+        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(
+            &mut out,
+            "sshgw_datapath_packets_total",
+            "Datapath counters of the TC program (summed over CPUs).",
+            &series,
+        );
+    }
+    m.certificate_mint.render(
+        &mut out,
+        "sshgw_certificate_mint_seconds",
+        "Time to mint a user certificate.",
+    );
+    m.upstream_connect.render(
+        &mut out,
+        "sshgw_upstream_connect_seconds",
+        "Time for the TCP connect and SSH handshake with the real server.",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(20));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"));
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"));
+        assert!(out.contains("x_bucket{le=\"10\"} 2\n"));
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_count 3\n"));
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
