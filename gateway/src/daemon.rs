@@ -162,7 +162,7 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&config_path, &shared).await,
+            _ = hup.recv() => reload(config_path, &shared).await,
         }
     }
     notify::notify("STOPPING=1\nSTATUS=draining sessions");
