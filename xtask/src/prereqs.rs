@@ -17,6 +17,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "rsync",
     "curl",
     "asciinema",
+    "systemd",
     "llvm-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
