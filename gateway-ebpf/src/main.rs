@@ -63,8 +63,9 @@ const IPV6_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DSTOPTS: u8 = 60;
-/// Extension headers we walk before giving up (and passing the packet).
-const IPV6_MAX_EXT: usize = 4;
+const IPV6_AH: u8 = 51;
+/// Extension headers we walk; a longer chain toward an audited server is dropped.
+const IPV6_MAX_EXT: usize = 8;
 
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
@@ -119,6 +120,17 @@ struct Flow {
 enum Source {
     Enrolled,
     Unenrolled,
+}
+
+/// What parsing made of a packet.
+enum Parsed {
+    /// Not TCP to an intercepted port of an audited destination: pass it untouched.
+    NotOurs,
+    Flow(Flow, Source),
+    /// Toward an audited destination, but its TCP header cannot be trusted (a first
+    /// fragment, or an IPv6 header chain we cannot walk). Passing it could let a SYN reach
+    /// the server unseen, so it is dropped.
+    Evasive,
 }
 
 #[classifier]
@@ -186,14 +198,14 @@ fn load_net<T: Copy>(ctx: &TcContext, offset: u32) -> Option<T> {
 #[inline(always)]
 fn steer(ctx: &TcContext) -> Verdict {
     let protocol = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    let flow = match protocol {
+    let parsed = match protocol {
         ETH_P_IP => parse_v4(ctx),
         ETH_P_IPV6 => parse_v6(ctx),
-        _ => None,
+        _ => Parsed::NotOurs,
     };
-    match flow {
-        Some((flow, Source::Enrolled)) => steer_flow(ctx, flow),
-        Some((flow, Source::Unenrolled)) => {
+    match parsed {
+        Parsed::Flow(flow, Source::Enrolled) => steer_flow(ctx, flow),
+        Parsed::Flow(flow, Source::Unenrolled) => {
             let drop_unenrolled = SETTINGS
                 .get(0)
                 .is_some_and(|flags| flags & settings::UNENROLLED_DROP != 0);
@@ -203,7 +215,8 @@ fn steer(ctx: &TcContext) -> Verdict {
                 Verdict::Pass
             }
         }
-        None => Verdict::Pass,
+        Parsed::Evasive => Verdict::Drop(Counter::DroppedEvasive),
+        Parsed::NotOurs => Verdict::Pass,
     }
 }
 
@@ -213,21 +226,39 @@ fn port_intercepted(dport_be: u16) -> bool {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &TcContext) -> Option<(Flow, Source)> {
-    let ip: Ipv4Hdr = load_net(ctx, 0)?;
+fn parse_v4(ctx: &TcContext) -> Parsed {
+    let Some(ip) = load_net::<Ipv4Hdr>(ctx, 0) else {
+        return Parsed::NotOurs;
+    };
     let ihl = u32::from(ip.ver_ihl & 0x0f) * 4;
     if ip.ver_ihl >> 4 != 4 || ihl < 20 || ip.protocol != IPPROTO_TCP {
-        return None;
+        return Parsed::NotOurs;
     }
-    // Only the first fragment carries the TCP header.
-    if u16::from_be(ip.frag_off) & 0x1fff != 0 {
-        return None;
+    let frag = u16::from_be(ip.frag_off);
+    // Later fragments carry no TCP header; without their first fragment they are inert.
+    if frag & 0x1fff != 0 {
+        return Parsed::NotOurs;
     }
-    let tcp: TcpHead = load_net(ctx, ihl)?;
+    let fragmented = frag & 0x2000 != 0;
+    let Some(tcp) = load_net::<TcpHead>(ctx, ihl) else {
+        // Too short to hold the TCP header: only a (tiny) first fragment can do that.
+        return if fragmented && AUDITED_V4.get(Key::new(32, ip.daddr)).is_some() {
+            Parsed::Evasive
+        } else {
+            Parsed::NotOurs
+        };
+    };
     if !port_intercepted(tcp.dport) {
-        return None;
+        return Parsed::NotOurs;
     }
-    AUDITED_V4.get(Key::new(32, ip.daddr))?;
+    if AUDITED_V4.get(Key::new(32, ip.daddr)).is_none() {
+        return Parsed::NotOurs;
+    }
+    if fragmented {
+        // A later, overlapping fragment could turn this into a SYN the server sees and
+        // we never did. SSH never needs fragments (TCP sets DF).
+        return Parsed::Evasive;
+    }
     let source = match unsafe { ENROLLED_V4.get(ip.saddr) } {
         Some(_) => Source::Enrolled,
         None => Source::Unenrolled,
@@ -250,7 +281,7 @@ fn parse_v4(ctx: &TcContext) -> Option<(Flow, Source)> {
         t.sport = tcp.sport;
         t.dport = tcp.dport;
     }
-    Some((
+    Parsed::Flow(
         Flow {
             tuple,
             key,
@@ -258,45 +289,81 @@ fn parse_v4(ctx: &TcContext) -> Option<(Flow, Source)> {
             flags: tcp.flags,
         },
         source,
-    ))
+    )
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext) -> Option<(Flow, Source)> {
-    let ip: Ipv6Hdr = load_net(ctx, 0)?;
+fn parse_v6(ctx: &TcContext) -> Parsed {
+    let Some(ip) = load_net::<Ipv6Hdr>(ctx, 0) else {
+        return Parsed::NotOurs;
+    };
     if u32::from_be(ip.ver_tc_flow) >> 28 != 6 {
-        return None;
+        return Parsed::NotOurs;
     }
+    let audited = || AUDITED_V6.get(Key::new(128, ip.daddr)).is_some();
     let mut nexthdr = ip.nexthdr;
     let mut offset: u32 = 40;
+    let mut fragmented = false;
+    let mut walked = false;
     for _ in 0..IPV6_MAX_EXT {
+        let Some(ext) = load_net::<[u8; 4]>(ctx, offset) else {
+            return if audited() {
+                Parsed::Evasive
+            } else {
+                Parsed::NotOurs
+            };
+        };
         match nexthdr {
-            IPPROTO_TCP => break,
+            IPPROTO_TCP => {
+                walked = true;
+                break;
+            }
             IPV6_HOP | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let ext: [u8; 2] = load_net(ctx, offset)?;
                 nexthdr = ext[0];
                 offset += (u32::from(ext[1]) + 1) * 8;
             }
+            IPV6_AH => {
+                nexthdr = ext[0];
+                offset += (u32::from(ext[1]) + 2) * 4;
+            }
             IPV6_FRAGMENT => {
-                let frag: [u8; 4] = load_net(ctx, offset)?;
-                // Non-first fragments carry no TCP header.
-                if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
-                    return None;
+                let frag = u16::from_be_bytes([ext[2], ext[3]]);
+                // Later fragments carry no TCP header.
+                if frag & 0xfff8 != 0 {
+                    return Parsed::NotOurs;
                 }
-                nexthdr = frag[0];
+                // The M flag; an "atomic fragment" (M clear, offset 0) is whole.
+                fragmented |= frag & 1 != 0;
+                nexthdr = ext[0];
                 offset += 8;
             }
-            _ => return None,
+            // UDP, ICMPv6, ESP and the like: not TCP.
+            _ => return Parsed::NotOurs,
         }
     }
-    if nexthdr != IPPROTO_TCP {
-        return None;
+    if !walked {
+        if nexthdr != IPPROTO_TCP {
+            // A chain longer than we walk could hide TCP: fail closed for audited servers.
+            return if audited() {
+                Parsed::Evasive
+            } else {
+                Parsed::NotOurs
+            };
+        }
     }
-    let tcp: TcpHead = load_net(ctx, offset)?;
-    if !port_intercepted(tcp.dport) {
-        return None;
+    let Some(tcp) = load_net::<TcpHead>(ctx, offset) else {
+        return if fragmented && audited() {
+            Parsed::Evasive
+        } else {
+            Parsed::NotOurs
+        };
+    };
+    if !port_intercepted(tcp.dport) || !audited() {
+        return Parsed::NotOurs;
     }
-    AUDITED_V6.get(Key::new(128, ip.daddr))?;
+    if fragmented {
+        return Parsed::Evasive;
+    }
     let source = match unsafe { ENROLLED_V6.get(ip.saddr) } {
         Some(_) => Source::Enrolled,
         None => Source::Unenrolled,
@@ -317,7 +384,7 @@ fn parse_v6(ctx: &TcContext) -> Option<(Flow, Source)> {
         t.sport = tcp.sport;
         t.dport = tcp.dport;
     }
-    Some((
+    Parsed::Flow(
         Flow {
             tuple,
             key,
@@ -325,7 +392,7 @@ fn parse_v6(ctx: &TcContext) -> Option<(Flow, Source)> {
             flags: tcp.flags,
         },
         source,
-    ))
+    )
 }
 
 #[inline(always)]

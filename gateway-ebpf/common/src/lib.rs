@@ -82,10 +82,14 @@ pub enum Counter {
     DroppedAssignFailed = 5,
     /// SSH to audited destinations from sources that are not enrolled (`unenrolled = "drop"`).
     DroppedUnenrolled = 6,
+    /// Packets to audited destinations whose TCP ports or flags cannot be trusted: first
+    /// fragments (a SYN could be completed behind our back) and IPv6 extension-header
+    /// chains too long to walk.
+    DroppedEvasive = 7,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::InterceptedSyn,
         Counter::InterceptedPacket,
@@ -94,6 +98,7 @@ impl Counter {
         Counter::DroppedListenerDown,
         Counter::DroppedAssignFailed,
         Counter::DroppedUnenrolled,
+        Counter::DroppedEvasive,
     ];
 
     /// Stable snake_case name used in `sshgw status --json` and metrics.
@@ -106,6 +111,7 @@ impl Counter {
             Counter::DroppedListenerDown => "dropped_while_down",
             Counter::DroppedAssignFailed => "dropped_assign_failed",
             Counter::DroppedUnenrolled => "dropped_unenrolled",
+            Counter::DroppedEvasive => "dropped_evasive",
         }
     }
 }

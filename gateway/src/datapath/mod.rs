@@ -37,8 +37,41 @@ pub struct InterfaceStatus {
     pub program_id: u32,
 }
 
-fn maps_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("maps")
+/// Pinned maps of this build's program. aya reuses a pinned map without checking its
+/// shape, so each object build gets its own directory (`maps-<hash>`); the program it
+/// replaces keeps its maps until the link swap, then they are unpinned.
+fn maps_dir(pin_dir: &Path) -> Result<PathBuf> {
+    Ok(pin_dir.join(format!("maps-{}", object::layout_id()?)))
+}
+
+/// Every pinned maps directory (this build's and earlier builds').
+fn all_maps_dirs(pin_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(pin_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("maps"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// Unpins every file in `dir` and removes it.
+fn unpin_dir(dir: &Path) -> Result<()> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries {
+            let path = entry?.path();
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot unpin {}", path.display()))?;
+        }
+        std::fs::remove_dir(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    Ok(())
 }
 fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
@@ -63,16 +96,17 @@ impl Datapath {
         listener_v6: Option<&impl AsRawFd>,
     ) -> Result<Self> {
         bpffs::ensure(&cfg.pin_dir)?;
+        let maps_pins = maps_dir(&cfg.pin_dir)?;
         for dir in [
             cfg.pin_dir.clone(),
-            maps_dir(&cfg.pin_dir),
+            maps_pins.clone(),
             links_dir(&cfg.pin_dir),
         ] {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
         }
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(maps_dir(&cfg.pin_dir))
+            .default_map_pin_directory(&maps_pins)
             .override_global(INTERCEPT_MARK_GLOBAL, &cfg.intercept_mark, true)
             .load(object::bytes()?)
             .context("cannot load the eBPF program")?;
@@ -104,6 +138,14 @@ impl Datapath {
                 "datapath attached"
             );
             attached.push(link);
+        }
+        // Every link now runs this build's program: older builds' maps are unused.
+        for old in all_maps_dirs(&cfg.pin_dir)
+            .into_iter()
+            .filter(|d| *d != maps_pins)
+        {
+            tracing::info!(dir = %old.display(), "unpinning the maps of the replaced program");
+            unpin_dir(&old)?;
         }
         for stale in links::stale_pins(&links_dir(&cfg.pin_dir), &cfg.interfaces)? {
             tracing::warn!(pin = %stale.display(), "detaching link of an interface no longer configured");
@@ -186,16 +228,8 @@ pub async fn remove_pinned(cfg: &DatapathConfig) -> Result<bool> {
 
 /// Removes the pin directory tree (pinned maps and any leftover links).
 fn remove_pins(pin_dir: &Path) -> Result<()> {
-    for dir in [links_dir(pin_dir), maps_dir(pin_dir)] {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries {
-                let path = entry?.path();
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("cannot unpin {}", path.display()))?;
-            }
-            std::fs::remove_dir(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?;
-        }
+    for dir in std::iter::once(links_dir(pin_dir)).chain(all_maps_dirs(pin_dir)) {
+        unpin_dir(&dir)?;
     }
     match std::fs::remove_dir(pin_dir) {
         Ok(()) => Ok(()),
@@ -230,7 +264,12 @@ pub fn pinned_state(pin_dir: &Path) -> Result<Option<PinnedState>> {
         }
     }
     interfaces.sort_by(|a, b| a.name.cmp(&b.name));
-    let counters = maps::pinned_counters(&maps_dir(pin_dir))?;
+    // The newest build's maps, i.e. those of the program the links run.
+    let dir = all_maps_dirs(pin_dir)
+        .into_iter()
+        .max_by_key(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
+        .context("no pinned maps")?;
+    let counters = maps::pinned_counters(&dir)?;
     Ok(Some(PinnedState {
         interfaces,
         counters,

@@ -14,3 +14,11 @@ pub fn bytes() -> Result<&'static [u8]> {
     }
     Ok(OBJECT)
 }
+
+/// Short hash of the object: pinned maps live in a directory named after it, so a program
+/// is never handed maps laid out for another build.
+pub fn layout_id() -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes()?);
+    Ok(digest[..6].iter().map(|b| format!("{b:02x}")).collect())
+}
