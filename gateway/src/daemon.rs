@@ -134,6 +134,7 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     let mut service = tokio::task::JoinSet::new();
     service.spawn(control::server::serve(control, shared.clone()));
     service.spawn(retention_loop(config.clone(), store.clone()));
+    service.spawn(interface_watch(shared.clone()));
     if let Some(addr) = config.metrics.listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -182,17 +183,30 @@ async fn reload(config_path: &Path, shared: &Shared) {
         for setting in restart_only_changes(&shared.config, &next) {
             tracing::warn!(setting, "changed setting takes effect only after a restart");
         }
-        shared.state.set_config(next.clone());
-        shared
-            .state
-            .reload()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if !next.recording_key_path().exists()
-            && let Some(file) = &next.recording.public_key_file
-        {
-            let key = RecordingKey::from_file(file)
-                .with_context(|| format!("cannot load the recording key {}", file.display()))?;
+        // Take over only what a running daemon can change; the rest stays as started.
+        let old = shared.state.config();
+        let mut effective = old.clone();
+        effective.datapath.ports = next.datapath.ports.clone();
+        effective.datapath.unenrolled = next.datapath.unenrolled;
+        effective.datapath.on_stop = next.datapath.on_stop;
+        effective.drain_timeout_secs = next.drain_timeout_secs;
+        effective.recording.public_key_file = next.recording.public_key_file.clone();
+        let key = match (
+            &effective.recording.public_key_file,
+            effective.recording_key_path().exists(),
+        ) {
+            (Some(file), false) => Some(
+                RecordingKey::from_file(file)
+                    .with_context(|| format!("cannot load the recording key {}", file.display()))?,
+            ),
+            _ => None,
+        };
+        shared.state.set_config(effective);
+        if let Err(e) = shared.state.reload().await {
+            shared.state.set_config(old);
+            anyhow::bail!("{e}");
+        }
+        if let Some(key) = key {
             *shared
                 .relay
                 .recording
@@ -262,8 +276,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 async fn stop(mut accepting: tokio::task::JoinSet<()>, shared: &Shared) -> Result<()> {
     accepting.abort_all();
     while accepting.join_next().await.is_some() {}
+    let config = shared.state.config();
     let live = shared.live.count();
-    let drain = Duration::from_secs(shared.config.drain_timeout_secs);
+    let drain = Duration::from_secs(config.drain_timeout_secs);
     tracing::info!(
         sessions = live,
         timeout_secs = drain.as_secs(),
@@ -286,7 +301,7 @@ async fn stop(mut accepting: tokio::task::JoinSet<()>, shared: &Shared) -> Resul
         .lock()
         .expect("datapath lock poisoned")
         .take();
-    match (datapath, shared.config.datapath.on_stop) {
+    match (datapath, config.datapath.on_stop) {
         (Some(dp), OnStop::Remove) => {
             dp.remove().await?;
             tracing::info!("stopped; datapath removed, nothing left installed");
@@ -345,6 +360,23 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             session_id,
             decision,
         ));
+    }
+}
+
+/// Re-attaches the datapath to interfaces that were re-created or appeared late. Until
+/// then (at most a second) their traffic is forwarded unaudited; docs/deployment.md
+/// shows a firewall rule that closes that window.
+async fn interface_watch(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut guard = shared.datapath.lock().expect("datapath lock poisoned");
+        if let Some(dp) = guard.as_mut()
+            && let Err(e) = dp.reconcile(&shared.config.datapath.interfaces)
+        {
+            tracing::error!(error = %format!("{e:#}"), "cannot re-attach the datapath");
+        }
     }
 }
 

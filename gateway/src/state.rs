@@ -105,7 +105,8 @@ impl LiveState {
         *self.config.write().expect("config lock poisoned") = config;
     }
 
-    fn config(&self) -> Config {
+    /// The config in force (the startup one plus what reloads changed).
+    pub fn config(&self) -> Config {
         self.config.read().expect("config lock poisoned").clone()
     }
 

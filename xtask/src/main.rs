@@ -1,5 +1,6 @@
 //! Developer tasks for sshgw, run as `cargo xtask <command>` (alias in .cargo/config.toml).
 
+mod deploy;
 mod ebpf;
 mod prereqs;
 mod test;
@@ -29,6 +30,10 @@ enum Cmd {
     BuildEbpf,
     /// Build everything and run the unit and network-namespace tests.
     Test(test::TestArgs),
+    /// Build a release sshgw and install it (binary, systemd unit, default config) on a
+    /// router over SSH (--host) or into a directory tree (--root). Enables the service but
+    /// does not start it.
+    Deploy(deploy::DeployArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,7 @@ fn run(command: Cmd) -> Result<()> {
             ebpf::build(&util::workspace_root()?, &prereqs).map(drop)
         }
         Cmd::Test(args) => test::run(&args),
+        Cmd::Deploy(args) => deploy::run(&args),
     }
 }
 
@@ -85,6 +91,41 @@ mod tests {
     fn conflicting_test_flags_are_rejected() {
         assert!(Cli::try_parse_from(["xtask", "test", "--unit-only", "--netns-only"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "test", "--unit-only", "--", "x"]).is_err());
+    }
+
+    #[test]
+    fn deploy_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["xtask", "deploy"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "deploy", "--host", "r", "--root", "/x"]).is_err());
+        // --ssh-opt only makes sense with --host.
+        assert!(
+            Cli::try_parse_from(["xtask", "deploy", "--root", "/x", "--ssh-opt", "A=b"]).is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "deploy",
+            "--host",
+            "admin@router",
+            "--ssh-opt",
+            "Port=2222",
+            "--ssh-opt",
+            "User=admin",
+        ])
+        .expect("valid command line");
+        let Cmd::Deploy(args) = cli.command else {
+            panic!("expected the deploy subcommand");
+        };
+        assert_eq!(args.host.as_deref(), Some("admin@router"));
+        assert_eq!(args.ssh_opts, ["Port=2222", "User=admin"]);
+        assert!(args.root.is_none() && args.binary.is_none());
+
+        let cli = Cli::try_parse_from(["xtask", "deploy", "--root", "/mnt/r", "--binary", "b"])
+            .expect("valid command line");
+        let Cmd::Deploy(args) = cli.command else {
+            panic!("expected the deploy subcommand");
+        };
+        assert_eq!(args.root.as_deref(), Some(std::path::Path::new("/mnt/r")));
+        assert_eq!(args.binary.as_deref(), Some(std::path::Path::new("b")));
     }
 
     #[test]

@@ -172,6 +172,11 @@ fn execute(step: Step, ctx: &mut RunState<'_>) -> Result<()> {
             for pkg in UNIT_TEST_PACKAGES {
                 cmd.args(["--package", pkg]);
             }
+            // xtask's deploy tests install and run the debug sshgw built just before.
+            let bin = sshgw_bin(&ctx.target_dir);
+            if let Ok(bin) = bin.canonicalize() {
+                cmd.env("SSHGW_BIN", bin);
+            }
             util::run(&mut cmd)?;
         }
         Step::NetnsTests => {

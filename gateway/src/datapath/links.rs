@@ -17,6 +17,8 @@ use aya::programs::{
 #[derive(Debug)]
 pub struct AttachedLink {
     pub interface: String,
+    /// The interface's index when attached: a re-created interface gets a new one.
+    pub ifindex: u32,
     pub link_id: u32,
     pub program_id: u32,
     pin: PathBuf,
@@ -101,6 +103,7 @@ fn describe(fd: FdLink, interface: &str, pin: PathBuf) -> Result<AttachedLink> {
     drop(fd);
     Ok(AttachedLink {
         interface: interface.to_string(),
+        ifindex: ifindex(interface).unwrap_or(0),
         link_id: info.id(),
         program_id: info.program_id(),
         pin,
@@ -128,4 +131,9 @@ impl AttachedLink {
         std::fs::remove_file(&self.pin)
             .with_context(|| format!("cannot remove pinned link {}", self.pin.display()))
     }
+}
+
+/// The current index of `interface`, if it exists.
+pub fn ifindex(interface: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(interface).ok()
 }

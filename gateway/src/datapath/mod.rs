@@ -118,9 +118,6 @@ impl Datapath {
         let routing = routing_of(cfg);
         let handle = routing::connect().await?;
         routing.install(&handle).await?;
-        for name in &cfg.interfaces {
-            routing::interface_index(&handle, name).await?;
-        }
 
         let prog: &mut SchedClassifier = ebpf
             .program_mut(PROGRAM_NAME)
@@ -130,6 +127,10 @@ impl Datapath {
             .context("the kernel verifier rejected the TC program")?;
         let mut attached = Vec::new();
         for name in &cfg.interfaces {
+            if links::ifindex(name).is_none() {
+                tracing::warn!(interface = %name, "datapath interface does not exist yet; it is attached when it appears");
+                continue;
+            }
             let link = links::attach(prog, &links_dir(&cfg.pin_dir), name)?;
             tracing::info!(
                 interface = %name,
@@ -159,6 +160,38 @@ impl Datapath {
             routing,
             pin_dir: cfg.pin_dir.clone(),
         })
+    }
+
+    /// Keeps every configured interface attached: an interface that was deleted and
+    /// re-created (`wg-quick down/up`) has a new index and a defunct link, and one that
+    /// did not exist at start may have appeared. Called every second by the daemon.
+    pub fn reconcile(&mut self, interfaces: &[String]) -> Result<()> {
+        let links_dir = links_dir(&self.pin_dir);
+        for name in interfaces {
+            let index = links::ifindex(name);
+            let slot = self.links.iter().position(|l| &l.interface == name);
+            if let (Some(index), Some(pos)) = (index, slot)
+                && self.links[pos].ifindex == index
+            {
+                continue;
+            }
+            if let Some(pos) = slot {
+                let old = self.links.remove(pos);
+                tracing::warn!(interface = %name, "datapath interface went away or was re-created");
+                old.detach()?;
+            }
+            if index.is_some() {
+                let prog: &mut SchedClassifier = self
+                    .ebpf
+                    .program_mut(PROGRAM_NAME)
+                    .context("eBPF object has no TC program")?
+                    .try_into()?;
+                let link = links::attach(prog, &links_dir, name)?;
+                tracing::info!(interface = %name, link_id = link.link_id, "datapath attached to the interface");
+                self.links.push(link);
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the match sets (enrolled sources, audited destinations, ports). On failure

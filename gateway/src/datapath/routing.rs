@@ -178,18 +178,3 @@ async fn loopback_index(handle: &Handle) -> Result<u32> {
         .context("no loopback interface in this network namespace")?;
     Ok(link.header.index)
 }
-
-/// Index of a named interface, with an error that names it.
-pub async fn interface_index(handle: &Handle, name: &str) -> Result<u32> {
-    let link = handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-        .ok()
-        .flatten()
-        .with_context(|| format!("datapath interface {name:?} does not exist"))?;
-    Ok(link.header.index)
-}
