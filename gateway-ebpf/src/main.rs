@@ -116,10 +116,17 @@ struct Flow {
     flags: u8,
 }
 
-/// Whether a packet's source is enrolled; decided after the destination matched.
+/// Who judges a packet to an intercepted port.
 enum Source {
+    /// A new flow (pure SYN) from an enrolled source to an audited destination.
     Enrolled,
+    /// A new flow from a source that is not enrolled, to an audited destination.
     Unenrolled,
+    /// Not a new flow: whether it is ours is decided by its local socket alone, whatever
+    /// the sets say now. A push that drops a destination or device must not strand the
+    /// flows it already admitted (their packets would be forwarded to a server that
+    /// never heard of them, which then resets them).
+    Established,
 }
 
 /// What parsing made of a packet.
@@ -204,12 +211,12 @@ fn steer(ctx: &TcContext) -> Verdict {
         _ => Parsed::NotOurs,
     };
     match parsed {
-        Parsed::Flow(flow, Source::Enrolled) => steer_flow(ctx, flow),
-        Parsed::Flow(flow, Source::Unenrolled) => {
+        Parsed::Flow(flow, Source::Enrolled | Source::Established) => steer_flow(ctx, flow),
+        Parsed::Flow(_, Source::Unenrolled) => {
             let drop_unenrolled = SETTINGS
                 .get(0)
                 .is_some_and(|flags| flags & settings::UNENROLLED_DROP != 0);
-            if drop_unenrolled && flow.flags & TCP_FLAG_SYN != 0 {
+            if drop_unenrolled {
                 Verdict::Drop(Counter::DroppedUnenrolled)
             } else {
                 Verdict::Pass
@@ -251,17 +258,24 @@ fn parse_v4(ctx: &TcContext) -> Parsed {
     if !port_intercepted(tcp.dport) {
         return Parsed::NotOurs;
     }
-    if AUDITED_V4.get(Key::new(32, ip.daddr)).is_none() {
-        return Parsed::NotOurs;
-    }
+    let audited = || AUDITED_V4.get(Key::new(32, ip.daddr)).is_some();
     if fragmented {
         // A later, overlapping fragment could turn this into a SYN the server sees and
         // we never did. SSH never needs fragments (TCP sets DF).
-        return Parsed::Evasive;
+        return if audited() {
+            Parsed::Evasive
+        } else {
+            Parsed::NotOurs
+        };
     }
-    let source = match unsafe { ENROLLED_V4.get(ip.saddr) } {
-        Some(_) => Source::Enrolled,
-        None => Source::Unenrolled,
+    let source = if !is_pure_syn(tcp.flags) {
+        Source::Established
+    } else if !audited() {
+        return Parsed::NotOurs;
+    } else if unsafe { ENROLLED_V4.get(ip.saddr) }.is_some() {
+        Source::Enrolled
+    } else {
+        Source::Unenrolled
     };
 
     let mut key = FlowKey {
@@ -358,15 +372,24 @@ fn parse_v6(ctx: &TcContext) -> Parsed {
             Parsed::NotOurs
         };
     };
-    if !port_intercepted(tcp.dport) || !audited() {
+    if !port_intercepted(tcp.dport) {
         return Parsed::NotOurs;
     }
     if fragmented {
-        return Parsed::Evasive;
+        return if audited() {
+            Parsed::Evasive
+        } else {
+            Parsed::NotOurs
+        };
     }
-    let source = match unsafe { ENROLLED_V6.get(ip.saddr) } {
-        Some(_) => Source::Enrolled,
-        None => Source::Unenrolled,
+    let source = if !is_pure_syn(tcp.flags) {
+        Source::Established
+    } else if !audited() {
+        return Parsed::NotOurs;
+    } else if unsafe { ENROLLED_V6.get(ip.saddr) }.is_some() {
+        Source::Enrolled
+    } else {
+        Source::Unenrolled
     };
 
     let key = FlowKey {
@@ -401,9 +424,15 @@ fn mark(ctx: &TcContext) {
     ctx.set_mark(old | INTERCEPT_MARK.load());
 }
 
+/// A connection request: SYN without ACK.
+#[inline(always)]
+fn is_pure_syn(flags: u8) -> bool {
+    flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+}
+
 #[inline(always)]
 fn steer_flow(ctx: &TcContext, mut flow: Flow) -> Verdict {
-    let pure_syn = flow.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let pure_syn = is_pure_syn(flow.flags);
 
     // An existing local socket for this 4-tuple means the flow is already ours.
     // The tuple length must be a constant for the verifier.

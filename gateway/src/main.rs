@@ -8,6 +8,7 @@ mod control;
 mod daemon;
 mod datapath;
 mod devices;
+mod file_audit;
 mod identity;
 mod json_file;
 mod listener;

@@ -21,6 +21,17 @@
 //! gw.kill()?;                           // SIGKILL (fail-closed checks)
 //! gw.start()?;                          // restart with the same config
 //! gw.stop()?;                           // SIGTERM + bounded wait
+//!
+//! // The control API (std-only HTTP/1.1 over the socket) and the CLI (`--socket` added):
+//! let (code, json) = gw.api("PUT", "/v1/policies", Some(&policies))?;
+//! let reply = gw.api_bytes("PUT", "/v1/policies", Some(b"{not json"))?; // reply.error()
+//! gw.push_policies(&policies)?;         // `sshgw policy push FILE`, must succeed
+//! let shown = gw.cli_json(&["policy", "show", "--json"])?;
+//! let out = gw.cli(&["sessions", "kill", id])?; // a Finished: inspect the exit code
+//! let live = gw.sessions(&["--active"])?;
+//! gw.write_policies(&policies)?; gw.sighup()?; // edit on disk + reload
+//! // Config knobs: GatewayConfig::default().datapath("unenrolled = \"drop\"")
+//! //     .control_group("nogroup").interfaces(&["r0", "r2"]).policies(p).devices(d)
 //! ```
 
 use std::collections::BTreeMap;
@@ -768,6 +779,24 @@ impl Gateway<'_> {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--socket", &socket]);
         self.sshgw(&all)
+    }
+
+    /// [`Gateway::cli`] with standard input read from `stdin` (for `push -`).
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &Path) -> Result<Finished> {
+        let socket = self.control_socket.to_string_lossy().into_owned();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--socket", &socket]);
+        let mut cmd = self.command(&all);
+        let io = crate::process::Io {
+            stdin: Some(stdin.to_owned()),
+            stdout: None,
+        };
+        self.lab.procs().run_io(
+            &format!("sshgw {}", args.join(" ")),
+            &mut cmd,
+            API_TIMEOUT,
+            &io,
+        )
     }
 
     /// [`Gateway::cli`] that must succeed and print JSON (add `--json` to `args`).

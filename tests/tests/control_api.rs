@@ -1,16 +1,18 @@
 //! Control API tests over the daemon's real Unix socket: peer credentials (SO_PEERCRED and
 //! the socket's mode/group), input validation with field-path errors, atomic refusal (state
-//! in memory and on disk unchanged), body limits, and the CLI's exit codes.
+//! in memory and on disk unchanged), body size and time limits, and the CLI's exit codes.
 //!
 //! Needs root, the sshgw binary (`SSHGW_BIN=/abs/path/sshgw`), `curl` and `setpriv`
 //! (util-linux) for the unprivileged-peer test:
 //! `SSHGW_BIN=$PWD/target/debug/sshgw cargo test -p sshgw-tests --test control_api -- --test-threads=2`.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
@@ -37,9 +39,16 @@ fn curl(lab: &Lab, socket: &Path, path: &str, as_nobody: bool) -> Result<(i32, u
     } else {
         Command::new("curl")
     };
-    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(socket)
-        .arg(format!("http://sshgw{path}"));
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "--unix-socket",
+    ])
+    .arg(socket)
+    .arg(format!("http://sshgw{path}"));
     let out = lab.procs().run_quiet("curl", &mut cmd, CURL_TIMEOUT)?;
     let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
     Ok((
@@ -67,7 +76,10 @@ fn control_socket_checks_peer_credentials() {
         );
 
         let (rc, code, body) = curl(lab, &sock, "/v1/status", false)?;
-        ensure!(rc == 0 && code == 200, "curl as root: rc {rc}, HTTP {code}: {body}");
+        ensure!(
+            rc == 0 && code == 200,
+            "curl as root: rc {rc}, HTTP {code}: {body}"
+        );
         let status: Value = serde_json::from_str(&body).context("status body")?;
         ensure!(status["daemon"] == "running", "status: {status}");
 
@@ -82,7 +94,10 @@ fn control_socket_checks_peer_credentials() {
         // A misconfigured socket mode: the peer check still refuses.
         fs::set_permissions(&sock, fs::Permissions::from_mode(0o666))?;
         let (rc, code, body) = curl(lab, &sock, "/v1/policies", true)?;
-        ensure!(rc == 0 && code == 403, "uid 65534 should get 403: rc {rc}, HTTP {code}: {body}");
+        ensure!(
+            rc == 0 && code == 403,
+            "uid 65534 should get 403: rc {rc}, HTTP {code}: {body}"
+        );
         let err: Value = serde_json::from_str(&body).context("403 body")?;
         ensure!(
             err["error"].as_str().is_some_and(|e| !e.is_empty()),
@@ -171,6 +186,9 @@ fn policy_with(field: &str, value: Value) -> Value {
     set
 }
 
+/// A predicate on an API error message.
+type ErrorCheck = Box<dyn Fn(&str) -> bool>;
+
 /// `method path body` must answer `status` with an error that passes `check`.
 fn expect_error(
     gw: &Gateway<'_>,
@@ -206,7 +224,7 @@ fn control_api_refuses_invalid_input_atomically() {
         let mut dup_ids = default_policies();
         let first = dup_ids["policies"][0].clone();
         dup_ids["policies"].as_array_mut().unwrap().push(first);
-        let cases: Vec<(&str, Vec<u8>, Box<dyn Fn(&str) -> bool>)> = vec![
+        let cases: Vec<(&str, Vec<u8>, ErrorCheck)> = vec![
             (
                 "truncated JSON",
                 br#"{"policies": [{"id": "x""#.to_vec(),
@@ -269,7 +287,10 @@ fn control_api_refuses_invalid_input_atomically() {
             eprintln!("{what}: {e}");
             unchanged(&gw, &before, what)?;
             let v = expect_error(&gw, "POST", "/v1/policies/validate", body, 400, check, what)?;
-            ensure!(v == e, "{what}: validate and push should give the same error: {v:?} vs {e:?}");
+            ensure!(
+                v == e,
+                "{what}: validate and push should give the same error: {v:?} vs {e:?}"
+            );
         }
 
         // Validation alone applies nothing.
@@ -334,8 +355,24 @@ fn control_api_refuses_invalid_input_atomically() {
             "a body id that differs from the path",
         )?;
         unchanged(&gw, &before, "after the device errors")?;
-        expect_error(&gw, "GET", "/v1/nonexistent", b"", 404, |_| true, "unknown endpoint")?;
-        expect_error(&gw, "DELETE", "/v1/policies", b"", 405, |_| true, "wrong method")?;
+        expect_error(
+            &gw,
+            "GET",
+            "/v1/nonexistent",
+            b"",
+            404,
+            |_| true,
+            "unknown endpoint",
+        )?;
+        expect_error(
+            &gw,
+            "DELETE",
+            "/v1/policies",
+            b"",
+            405,
+            |_| true,
+            "wrong method",
+        )?;
         unchanged(&gw, &before, "after the endpoint errors")?;
 
         // A valid push applies, in memory and on disk.
@@ -351,7 +388,38 @@ fn control_api_refuses_invalid_input_atomically() {
             "after a valid push, disk and memory should hold it:\ndisk {on_disk:#}\nmemory {in_force:#}"
         );
         let mode = fs::metadata(gw.policies_path())?.permissions().mode() & 0o777;
-        ensure!(mode == 0o600, "policies.json should be written 0600, is {mode:o}");
+        ensure!(
+            mode == 0o600,
+            "policies.json should be written 0600, is {mode:o}"
+        );
+
+        // Durations are shown in canonical form, and `policy show --json` output pushes back
+        // unchanged (`policy push -`, from standard input).
+        let mut canonical = other.clone();
+        canonical["policies"][0]["ssh"] = json!({"max_duration": "90s"});
+        canonical["policies"][1]["ssh"] = json!({"max_duration": "120m"});
+        let (code, reply) = gw.api("PUT", "/v1/policies", Some(&canonical))?;
+        ensure!(code == 200, "PUT with durations: {code} {reply}");
+        let shown = gw.cli_json(&["policy", "show", "--json"])?;
+        ensure!(
+            shown["policies"][0]["ssh"]["max_duration"] == "1m30s"
+                && shown["policies"][1]["ssh"]["max_duration"] == "2h",
+            "durations should be shown canonically (90s -> 1m30s, 120m -> 2h): {shown:#}"
+        );
+        let file = gw.write_input("shown", &shown)?;
+        let out = gw
+            .cli_with_stdin(&["policy", "push", "-"], &file)?
+            .check("sshgw policy push - (the show --json output)")?;
+        ensure!(
+            out.stdout.contains("applied 2 policies"),
+            "policy push -: {:?}",
+            out.stdout
+        );
+        let again = gw.cli_json(&["policy", "show", "--json"])?;
+        ensure!(
+            again == shown,
+            "pushing the shown policies back should change nothing:\nbefore {shown:#}\nafter {again:#}"
+        );
 
         // One device in, one device out.
         let mut extra = default_devices()["devices"][0].clone();
@@ -365,13 +433,30 @@ fn control_api_refuses_invalid_input_atomically() {
             "two devices after the upsert: {devices:#}"
         );
         let (code, reply) = gw.api("DELETE", "/v1/devices/tablet-jdoe", None)?;
-        ensure!(code == 200, "DELETE /v1/devices/tablet-jdoe: {code} {reply}");
+        ensure!(
+            code == 200,
+            "DELETE /v1/devices/tablet-jdoe: {code} {reply}"
+        );
         let (code, _) = gw.api("DELETE", "/v1/devices/tablet-jdoe", None)?;
-        ensure!(code == 404, "deleting it twice should answer 404, got {code}");
+        ensure!(
+            code == 404,
+            "deleting it twice should answer 404, got {code}"
+        );
         let (_, devices) = gw.api("GET", "/v1/devices", None)?;
         ensure!(
             devices == before.devices,
             "the device table should be back to the original: {devices:#}"
+        );
+
+        // Refused and accepted pushes leave no staging files behind.
+        let leftovers: Vec<String> = fs::read_dir(gw.state_dir())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        ensure!(
+            leftovers.is_empty(),
+            "temporary files left in the state dir: {leftovers:?}"
         );
         Ok(())
     });
@@ -404,7 +489,13 @@ fn cli_exit_codes() {
         for args in [
             vec!["policy", "show", "--socket", "/nonexistent/sshgw.sock"],
             vec!["devices", "show", "--socket", "/nonexistent/sshgw.sock"],
-            vec!["policy", "push", &good, "--socket", "/nonexistent/sshgw.sock"],
+            vec![
+                "policy",
+                "push",
+                &good,
+                "--socket",
+                "/nonexistent/sshgw.sock",
+            ],
         ] {
             let out = gw.sshgw(&args)?;
             ensure!(
@@ -437,6 +528,78 @@ fn cli_exit_codes() {
             out.status.success() && out.stdout.contains("audit-lab"),
             "policy show (table): {out:?}"
         );
+        Ok(())
+    });
+}
+
+/// Reads from `stream` until EOF or a complete HTTP status line + headers; returns what was
+/// read and how long it took. Bounded by the stream's read timeout.
+fn read_until_close(stream: &mut UnixStream) -> Result<(String, Duration)> {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "no reply and no close after {:?}; read so far: {:?}",
+                        started.elapsed(),
+                        String::from_utf8_lossy(&got)
+                    )
+                });
+            }
+        }
+    }
+    Ok((
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    ))
+}
+
+/// Extra: slow clients are cut off (a request header must arrive within 5 s, a body within
+/// 15 s: 408) and do not hold up other clients meanwhile.
+#[test]
+fn control_socket_cuts_off_slow_clients() {
+    lab_test(|lab| {
+        let mut gw = lab.gateway()?;
+        gw.start()?;
+        let before = snapshot(&gw)?;
+        let sock = gw.control_socket().to_owned();
+
+        let mut slow_header = UnixStream::connect(&sock)?;
+        slow_header.write_all(b"GET /v1/status HTTP/1.1\r\nHost: sshgw\r\n")?;
+        let mut slow_body = UnixStream::connect(&sock)?;
+        slow_body.write_all(
+            b"PUT /v1/policies HTTP/1.1\r\nHost: sshgw\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"policies\": [",
+        )?;
+        // Both stalled connections are open: other clients are still served.
+        let (code, status) = gw.api("GET", "/v1/status", None)?;
+        ensure!(
+            code == 200,
+            "GET /v1/status while slow clients wait: {code} {status}"
+        );
+
+        // Deadlines: 5 s / 15 s in the daemon, plus slack for a loaded machine.
+        slow_header.set_read_timeout(Some(Duration::from_secs(12)))?;
+        let (reply, took) = read_until_close(&mut slow_header)?;
+        eprintln!("incomplete header: cut off after {took:?} with {reply:?}");
+        ensure!(
+            reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+            "an incomplete header should get the connection closed (or 408): {reply:?}"
+        );
+
+        slow_body.set_read_timeout(Some(Duration::from_secs(25)))?;
+        let (reply, took) = read_until_close(&mut slow_body)?;
+        eprintln!("incomplete body: answered after {took:?} with {reply:?}");
+        ensure!(
+            reply.starts_with("HTTP/1.1 408") && reply.contains("\"error\""),
+            "an incomplete body should be answered 408 with an error: {reply:?}"
+        );
+        unchanged(&gw, &before, "after the slow clients")?;
         Ok(())
     });
 }

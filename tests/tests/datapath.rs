@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use sshgw_tests::gateway::{INTERCEPT_LOG, bpf_link_exists, bpftool};
+use sshgw_tests::gateway::{GatewayConfig, INTERCEPT_LOG, bpf_link_exists, bpftool};
 use sshgw_tests::{
     Family, Lab, OTHER_TCP_PORT, SSH_PORT, SshConnection, host_port, iface, lab_test,
     syn_ack_filter,
@@ -295,11 +295,26 @@ fn sigkill_fails_closed(lab: &Lab, fam: Family) -> Result<()> {
 }
 family_tests!(sigkill_fails_closed => sigkill_fails_closed_v4, sigkill_fails_closed_v6);
 
-/// 6. A clean stop (SIGTERM) removes rules, routes, pins and BPF links; traffic is forwarded
-///    again.
-fn clean_stop_leaves_nothing(lab: &Lab, fam: Family) -> Result<()> {
+/// What a stop does with the datapath (`[datapath] on_stop`).
+#[derive(Clone, Copy, PartialEq)]
+enum OnStop {
+    /// Detach and remove everything at SIGTERM.
+    Remove,
+    /// The default: stay attached and failing closed; `sshgw datapath remove` takes it out.
+    Keep,
+}
+
+/// 6. A stop with `on_stop = "remove"` (or, with the default `keep`, a stop followed by
+///    `sshgw datapath remove`) removes rules, routes, pins and BPF links; traffic is
+///    forwarded again. With `keep`, audited SSH stays dropped between the two.
+fn stop_leaves_nothing(lab: &Lab, fam: Family, mode: OnStop) -> Result<()> {
     let _sshd = lab.start_sshd_for_gateway()?;
-    let mut gw = lab.gateway()?;
+    let mut gw = match mode {
+        OnStop::Remove => {
+            lab.gateway_with(GatewayConfig::default().datapath("on_stop = \"remove\""))?
+        }
+        OnStop::Keep => lab.gateway()?,
+    };
     let running = gw.start()?;
     let link_ids = running.link_ids();
     ensure!(
@@ -333,21 +348,45 @@ fn clean_stop_leaves_nothing(lab: &Lab, fam: Family) -> Result<()> {
         gw.log()
     );
 
+    if mode == OnStop::Keep {
+        let status = gw.status()?;
+        ensure!(
+            status.daemon == "stopped" && status.pinned && !status.interfaces.is_empty(),
+            "after a stop with on_stop = keep the datapath should stay pinned: {}",
+            status.raw
+        );
+        let out = lab
+            .ssh(fam.audited())
+            .bind(fam.enrolled())
+            .connect_timeout(3)
+            .run("true")?;
+        ensure!(
+            !out.success() && out.stderr.contains("Connection timed out"),
+            "after a stop with on_stop = keep, audited SSH should be dropped: {out:?}"
+        );
+        let config = gw.config_path().to_string_lossy().into_owned();
+        let removed = gw.sshgw(&["datapath", "remove", "--config", &config])?;
+        ensure!(
+            removed.success(),
+            "sshgw datapath remove failed: {removed:?}"
+        );
+    }
+
     let leftovers = gw.routing_leftovers()?;
     ensure!(
         leftovers.is_empty(),
-        "routing state left after a clean stop: {leftovers:#?}"
+        "routing state left after the stop: {leftovers:#?}"
     );
     ensure!(
         !gw.pin_dir().exists(),
-        "pin dir {} left after a clean stop",
+        "pin dir {} left after the stop",
         gw.pin_dir().display()
     );
 
     let status = gw.status()?;
     ensure!(
         status.daemon == "stopped" && !status.pinned && status.interfaces.is_empty(),
-        "after a clean stop status should say stopped / not pinned / no interfaces: {}",
+        "after the stop status should say stopped / not pinned / no interfaces: {}",
         status.raw
     );
 
@@ -358,15 +397,24 @@ fn clean_stop_leaves_nothing(lab: &Lab, fam: Family) -> Result<()> {
         fam.audited(),
         SSH_PORT,
         fam.enrolled(),
-        "after clean stop",
+        "after the stop",
     )?;
 
     for id in link_ids {
         ensure!(
             !bpf_link_exists(id)?,
-            "BPF link {id} still exists after a clean stop"
+            "BPF link {id} still exists after the stop"
         );
     }
     Ok(())
 }
+
+fn clean_stop_leaves_nothing(lab: &Lab, fam: Family) -> Result<()> {
+    stop_leaves_nothing(lab, fam, OnStop::Remove)
+}
 family_tests!(clean_stop_leaves_nothing => clean_stop_leaves_nothing_v4, clean_stop_leaves_nothing_v6);
+
+fn kept_datapath_fails_closed_until_removed(lab: &Lab, fam: Family) -> Result<()> {
+    stop_leaves_nothing(lab, fam, OnStop::Keep)
+}
+family_tests!(kept_datapath_fails_closed_until_removed => kept_datapath_fails_closed_until_removed_v4, kept_datapath_fails_closed_until_removed_v6);

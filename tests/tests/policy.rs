@@ -7,7 +7,8 @@
 //! `jdoe`. A connection is *intercepted* when sshd sees the router's upstream address
 //! (203.0.113.1) and *bypassed* when it sees the device's own address.
 //!
-//! IPv4 unless stated; every test builds its own lab. Needs root, the sshgw binary
+//! IPv4 unless stated (the live push, spoof and unenrolled-drop tests run for IPv4 and
+//! IPv6); every test builds its own lab. Needs root, the sshgw binary
 //! (`SSHGW_BIN=/abs/path/sshgw`) and OpenSSH:
 //! `SSHGW_BIN=$PWD/target/debug/sshgw cargo test -p sshgw-tests --test policy -- --test-threads=2`.
 
@@ -19,8 +20,8 @@ use serde_json::{Value, json};
 use sshgw_tests::gateway::{default_devices, default_policies};
 use sshgw_tests::wait::poll_until;
 use sshgw_tests::{
-    Family, Gateway, GatewayConfig, Lab, Ssh, SshConnection, SshOutput, Sshd, SshdConfig,
-    lab_test,
+    Family, Gateway, GatewayConfig, Lab, OTHER_TCP_PORT, SSH_PORT, Ssh, SshConnection, SshOutput,
+    SshSession, Sshd, SshdConfig, lab_test,
 };
 
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,11 +46,47 @@ fn start(lab: &Lab, cfg: GatewayConfig) -> Result<(Sshd, Gateway<'_>)> {
 
 /// `ssh` from the enrolled device address to the audited server address.
 fn to_audited(lab: &Lab) -> Ssh<'_> {
-    lab.ssh(V4.audited()).bind(V4.enrolled())
+    to_audited_fam(lab, V4)
+}
+
+/// `ssh` from the enrolled device address to the audited server address of `fam`.
+fn to_audited_fam(lab: &Lab, fam: Family) -> Ssh<'_> {
+    lab.ssh(fam.audited()).bind(fam.enrolled())
+}
+
+/// The family of `addr`.
+fn family_of(addr: IpAddr) -> Family {
+    if addr.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    }
+}
+
+/// Generates an IPv4 and an IPv6 test from `body(lab, family)`.
+macro_rules! family_tests {
+    ($body:ident => $v4:ident, $v6:ident) => {
+        #[test]
+        fn $v4() {
+            lab_test(|lab| $body(lab, Family::V4));
+        }
+
+        #[test]
+        fn $v6() {
+            lab_test(|lab| $body(lab, Family::V6));
+        }
+    };
 }
 
 /// One policy with the required fields; add optional fields with `extra` (merged).
-fn policy(id: &str, name: &str, precedence: i64, action: &str, dst: &[&str], extra: Value) -> Value {
+fn policy(
+    id: &str,
+    name: &str,
+    precedence: i64,
+    action: &str,
+    dst: &[&str],
+    extra: Value,
+) -> Value {
     let mut p = json!({
         "id": id,
         "name": name,
@@ -92,22 +129,24 @@ fn client_seen(lab: &Lab, src: IpAddr, dst: IpAddr) -> Result<IpAddr> {
 
 /// A new connection from the enrolled device to `dst` is intercepted (sshd sees the router).
 fn expect_intercepted(lab: &Lab, dst: IpAddr, what: &str) -> Result<()> {
-    let client = client_seen(lab, V4.enrolled(), dst).context(what.to_owned())?;
+    let fam = family_of(dst);
+    let client = client_seen(lab, fam.enrolled(), dst).context(what.to_owned())?;
     ensure!(
-        client == V4.router_wan(),
+        client == fam.router_wan(),
         "{what}: ssh to {dst} should be intercepted (sshd sees {}), but sshd saw {client}",
-        V4.router_wan()
+        fam.router_wan()
     );
     Ok(())
 }
 
 /// A new connection from the enrolled device to `dst` is bypassed (sshd sees the device).
 fn expect_bypassed(lab: &Lab, dst: IpAddr, what: &str) -> Result<()> {
-    let client = client_seen(lab, V4.enrolled(), dst).context(what.to_owned())?;
+    let fam = family_of(dst);
+    let client = client_seen(lab, fam.enrolled(), dst).context(what.to_owned())?;
     ensure!(
-        client == V4.enrolled(),
+        client == fam.enrolled(),
         "{what}: ssh to {dst} should be bypassed (sshd sees {}), but sshd saw {client}",
-        V4.enrolled()
+        fam.enrolled()
     );
     Ok(())
 }
@@ -204,8 +243,10 @@ fn wait_closed(gw: &Gateway<'_>, id: &str) -> Result<Value> {
         Duration::from_millis(50),
         || {
             last = gw.session(id)?;
-            Ok((!last["close_reason"].is_null() && !last["ended_at"].is_null())
-                .then(|| last.clone()))
+            Ok(
+                (!last["close_reason"].is_null() && !last["ended_at"].is_null())
+                    .then(|| last.clone()),
+            )
         },
     )
     .with_context(|| format!("last record: {last:#}"))
@@ -217,64 +258,127 @@ fn wait_closed(gw: &Gateway<'_>, id: &str) -> Result<Value> {
 
 /// 1. A live push starts and stops interception for new connections without cutting
 ///    established sessions, bypassed or relayed.
-#[test]
-fn live_push_switches_interception_without_cutting_sessions() {
-    lab_test(|lab| {
-        let (_sshd, gw) = start(lab, GatewayConfig::default().policies(policies_elsewhere()))?;
-        expect_bypassed(lab, V4.audited(), "before any policy covers it")?;
+fn live_push_switches_interception(lab: &Lab, fam: Family) -> Result<()> {
+    let (_sshd, gw) = start(lab, GatewayConfig::default().policies(policies_elsewhere()))?;
+    expect_bypassed(lab, fam.audited(), "before any policy covers it")?;
 
-        // A long-lived direct session, opened while the server is not audited.
-        let mut direct = to_audited(lab).session("echo $SSH_CONNECTION; exec cat")?;
-        let conn = SshConnection::parse(&direct.read_line(SESSION_TIMEOUT)?)?;
-        ensure!(
-            conn.client == V4.enrolled(),
-            "the first session should be direct: {conn:?}"
-        );
-        direct.roundtrip("direct before the push", SESSION_TIMEOUT)?;
+    // A long-lived direct session, opened while the server is not audited.
+    let mut direct = to_audited_fam(lab, fam).session("echo $SSH_CONNECTION; exec cat")?;
+    let conn = SshConnection::parse(&direct.read_line(SESSION_TIMEOUT)?)?;
+    ensure!(
+        conn.client == fam.enrolled(),
+        "the first session should be direct: {conn:?}"
+    );
+    direct.roundtrip("direct before the push", SESSION_TIMEOUT)?;
 
-        // Start auditing 203.0.113.10.
-        gw.push_policies(&default_policies())?;
-        ensure!(shown_policy_ids(&gw)? == ["audit-lab"], "policy show after the push");
-        expect_intercepted(lab, V4.audited(), "after pushing the audit policy")?;
-        gw.wait_for_intercept(V4.audited(), 22, LOG_TIMEOUT)?;
-        direct
-            .roundtrip("direct after the push", SESSION_TIMEOUT)
-            .context("the established direct session broke when interception started")?;
+    // Start auditing the audited address (203.0.113.10 / 2001:db8:1::10).
+    gw.push_policies(&default_policies())?;
+    ensure!(
+        shown_policy_ids(&gw)? == ["audit-lab"],
+        "policy show after the push"
+    );
+    expect_intercepted(lab, fam.audited(), "after pushing the audit policy")?;
+    gw.wait_for_intercept(fam.audited(), 22, LOG_TIMEOUT)?;
+    direct
+        .roundtrip("direct after the push", SESSION_TIMEOUT)
+        .context("the established direct session broke when interception started")?;
 
-        // A relayed session, opened while the server is audited.
-        let mut relayed = to_audited(lab).session("echo $SSH_CONNECTION; exec cat")?;
-        let conn = SshConnection::parse(&relayed.read_line(SESSION_TIMEOUT)?)?;
-        ensure!(
-            conn.client == V4.router_wan(),
-            "the second session should be relayed: {conn:?}"
-        );
-        relayed.roundtrip("relayed before the second push", SESSION_TIMEOUT)?;
+    // A relayed session, opened while the server is audited.
+    let mut relayed = to_audited_fam(lab, fam).session("echo $SSH_CONNECTION; exec cat")?;
+    let conn = SshConnection::parse(&relayed.read_line(SESSION_TIMEOUT)?)?;
+    ensure!(
+        conn.client == fam.router_wan(),
+        "the second session should be relayed: {conn:?}"
+    );
+    relayed.roundtrip("relayed before the second push", SESSION_TIMEOUT)?;
 
-        // Stop auditing it again.
-        gw.push_policies(&policies_elsewhere())?;
-        ensure!(
-            shown_policy_ids(&gw)? == ["audit-elsewhere"],
-            "policy show after the second push"
-        );
-        expect_bypassed(lab, V4.audited(), "after removing the audit policy")?;
-        relayed
-            .roundtrip("relayed after the second push", SESSION_TIMEOUT)
-            .context("the established relayed session broke when interception stopped")?;
-        direct
-            .roundtrip("direct after the second push", SESSION_TIMEOUT)
-            .context("the established direct session broke when interception stopped")?;
+    // Stop auditing it again.
+    gw.push_policies(&policies_elsewhere())?;
+    ensure!(
+        shown_policy_ids(&gw)? == ["audit-elsewhere"],
+        "policy show after the second push"
+    );
+    expect_bypassed(lab, fam.audited(), "after removing the audit policy")?;
+    relayed
+        .roundtrip("relayed after the second push", SESSION_TIMEOUT)
+        .context("the established relayed session broke when interception stopped")?;
+    direct
+        .roundtrip("direct after the second push", SESSION_TIMEOUT)
+        .context("the established direct session broke when interception stopped")?;
 
-        for (what, session) in [("direct", direct), ("relayed", relayed)] {
-            let status = session.close(SESSION_TIMEOUT)?;
-            ensure!(
-                status.success(),
-                "the {what} session ended with {status:?}"
-            );
-        }
-        ensure!(gw.is_running(), "the daemon died:\n{}", gw.log());
-        Ok(())
-    });
+    // A disabled policy's destinations are not intercepted either.
+    gw.push_policies(&default_policies())?;
+    expect_intercepted(lab, fam.audited(), "audit-lab enabled again")?;
+    let mut disabled = default_policies();
+    disabled["policies"][0]["enabled"] = json!(false);
+    gw.push_policies(&disabled)?;
+    expect_bypassed(lab, fam.audited(), "audit-lab disabled")?;
+    relayed.roundtrip("relayed after the policy was disabled", SESSION_TIMEOUT)?;
+
+    for (what, session) in [("direct", direct), ("relayed", relayed)] {
+        let status = session.close(SESSION_TIMEOUT)?;
+        ensure!(status.success(), "the {what} session ended with {status:?}");
+    }
+    ensure!(gw.is_running(), "the daemon died:\n{}", gw.log());
+    Ok(())
 }
+family_tests!(live_push_switches_interception => live_push_switches_interception_without_cutting_sessions_v4, live_push_switches_interception_without_cutting_sessions_v6);
+
+/// 1b. The same promise on a router that follows the kernel's advice for pure routing
+///     workloads and turns early demux off (`net.ipv4.ip_early_demux = 0`, which also covers
+///     IPv6): a relayed session must survive a push that removes its destination from the
+///     audited set, and one that removes its device. Packets of those flows then reach the
+///     router with no early-demuxed socket, so only the datapath can still steer them to the
+///     relay's socket.
+fn established_sessions_survive_push_without_early_demux(lab: &Lab, fam: Family) -> Result<()> {
+    lab.rtr.sysctl("net.ipv4.ip_early_demux", "0")?;
+    let (_sshd, gw) = start(lab, GatewayConfig::default())?;
+    let open = |what: &str| -> Result<SshSession> {
+        let mut s = to_audited_fam(lab, fam).session("echo $SSH_CONNECTION; exec cat")?;
+        let conn = SshConnection::parse(&s.read_line(SESSION_TIMEOUT)?)?;
+        ensure!(
+            conn.client == fam.router_wan(),
+            "{what}: should be relayed: {conn:?}"
+        );
+        s.roundtrip(&format!("{what} before"), SESSION_TIMEOUT)?;
+        Ok(s)
+    };
+    let mut failures = Vec::new();
+
+    let mut a = open("session A")?;
+    gw.push_policies(&policies_elsewhere())?;
+    expect_bypassed(lab, fam.audited(), "after removing the audit policy")?;
+    if let Err(e) = a.roundtrip("session A after the policy push", SESSION_TIMEOUT) {
+        failures.push(format!(
+            "a push that removed the destination from the audited set cut the relayed \
+             session: {e:#}"
+        ));
+    }
+
+    gw.push_policies(&default_policies())?;
+    let mut b = open("session B")?;
+    let (code, reply) = gw.api("DELETE", "/v1/devices/laptop-jdoe", None)?;
+    ensure!(
+        code == 200,
+        "DELETE /v1/devices/laptop-jdoe: {code} {reply}"
+    );
+    expect_bypassed(lab, fam.audited(), "after deleting the device")?;
+    if let Err(e) = b.roundtrip("session B after the device delete", SESSION_TIMEOUT) {
+        failures.push(format!(
+            "deleting the device cut its relayed session: {e:#}"
+        ));
+    }
+    ensure!(
+        failures.is_empty(),
+        "with net.ipv4.ip_early_demux=0 on the router, established relayed sessions were cut \
+         (the datapath returns TC_ACT_PIPE before its socket lookup once a flow's destination \
+         is not AUDITED or its source not ENROLLED; the packets are forwarded to the server, \
+         which resets them):\n- {}",
+        failures.join("\n- ")
+    );
+    Ok(())
+}
+family_tests!(established_sessions_survive_push_without_early_demux => established_sessions_survive_push_without_early_demux_v4, established_sessions_survive_push_without_early_demux_v6);
 
 // ------------------------------------------------------------------------------------------
 // 2-5. Decisions
@@ -291,7 +395,8 @@ fn block_policy_refuses_with_its_name() {
                 "Audit lab server",
                 10,
                 "audit_ssh",
-                &["203.0.113.0/24"],
+                // Host bits are dropped: this is 203.0.113.0/24.
+                &["203.0.113.77/24"],
                 json!({}),
             ),
             policy(
@@ -324,6 +429,12 @@ fn block_policy_refuses_with_its_name() {
                 && str_field(&s, "device_id") == Some("laptop-jdoe"),
             "session record of the blocked connection: {s:#}"
         );
+        let id = str_field(&s, "id").context("session without id")?;
+        let closed = wait_closed(&gw, id)?;
+        ensure!(
+            str_field(&closed, "close_reason").is_some_and(|r| r.contains("blocked by policy")),
+            "the close reason of a blocked session should be the refusal: {closed:#}"
+        );
         ensure!(
             !sshd.log().contains("Accepted publickey"),
             "a blocked connection must not log in to the server:\n{}",
@@ -331,6 +442,37 @@ fn block_policy_refuses_with_its_name() {
         );
         // The rest of 203.0.113.0/24 is still audited (the block is narrower).
         expect_intercepted(lab, V4.not_audited(), "203.0.113.20 under audit-lab")?;
+
+        // Equal precedence: the order of the file decides.
+        let block = policy(
+            "block-all",
+            "Block everyone",
+            10,
+            "block",
+            &["203.0.113.10/32"],
+            json!({}),
+        );
+        let audit = policy(
+            "audit-lab",
+            "Audit lab server",
+            10,
+            "audit_ssh",
+            &["203.0.113.10/32"],
+            json!({}),
+        );
+        gw.push_policies(&policies(vec![block.clone(), audit.clone()]))?;
+        expect_refused_run(
+            &to_audited(lab),
+            "true",
+            &["sshgw: blocked by policy \"Block everyone\" (block-all)"],
+            "block first in the file, same precedence",
+        )?;
+        gw.push_policies(&policies(vec![audit, block]))?;
+        expect_intercepted(
+            lab,
+            V4.audited(),
+            "audit first in the file, same precedence",
+        )?;
         Ok(())
     });
 }
@@ -409,7 +551,10 @@ fn posture_check_gates_the_connection() {
         let mut lines = out.stdout.lines();
         ensure!(lines.next() == Some("root"), "id -un: {:?}", out.stdout);
         let conn = SshConnection::parse(lines.next().unwrap_or_default())?;
-        ensure!(conn.client == V4.router_wan(), "should be relayed: {conn:?}");
+        ensure!(
+            conn.client == V4.router_wan(),
+            "should be relayed: {conn:?}"
+        );
         find_session(&gw, &[], "the allowed session in the log", |s| {
             str_field(s, "decision") == Some("audit_ssh")
                 && str_field(s, "policy_id") == Some("audit-healthy")
@@ -419,7 +564,10 @@ fn posture_check_gates_the_connection() {
         let mut device = devices["devices"][0].clone();
         device["posture"] = json!(["disk-encryption"]);
         let (status, reply) = gw.api("PUT", "/v1/devices/laptop-jdoe", Some(&device))?;
-        ensure!(status == 200, "PUT /v1/devices/laptop-jdoe: {status} {reply}");
+        ensure!(
+            status == 200,
+            "PUT /v1/devices/laptop-jdoe: {status} {reply}"
+        );
         expect_refused_run(
             &to_audited(lab),
             "true",
@@ -444,12 +592,17 @@ fn username_allow_list_is_enforced() {
             json!({"ssh": {"usernames": ["jdoe"]}}),
         )]);
         let (sshd, _gw) = start(lab, GatewayConfig::default().policies(set))?;
-        let out = to_audited(lab).user("jdoe").run("id -un; echo $SSH_CONNECTION")?;
+        let out = to_audited(lab)
+            .user("jdoe")
+            .run("id -un; echo $SSH_CONNECTION")?;
         out.check()?;
         let mut lines = out.stdout.lines();
         ensure!(lines.next() == Some("jdoe"), "id -un: {:?}", out.stdout);
         let conn = SshConnection::parse(lines.next().unwrap_or_default())?;
-        ensure!(conn.client == V4.router_wan(), "should be relayed: {conn:?}");
+        ensure!(
+            conn.client == V4.router_wan(),
+            "should be relayed: {conn:?}"
+        );
 
         expect_refused_run(
             &to_audited(lab).user("root"),
@@ -469,54 +622,112 @@ fn username_allow_list_is_enforced() {
     });
 }
 
+/// 5b. Policy ports and `[datapath] ports`: with both 22 and 2222 intercepted, a policy for
+///     port 2222 only relays 2222, and port 22 to the same destination (caught by the
+///     datapath, allowed by no policy) is blocked. A policy port the datapath does not
+///     intercept is never seen by the gateway.
+#[test]
+fn policy_ports_and_datapath_ports() {
+    lab_test(|lab| {
+        let only_2222 = policies(vec![policy(
+            "audit-2222",
+            "Audit port 2222",
+            10,
+            "audit_ssh",
+            &["203.0.113.10/32"],
+            json!({"ports": [2222]}),
+        )]);
+        let mut cfg = GatewayConfig::default().policies(only_2222);
+        cfg.ports = vec![SSH_PORT, OTHER_TCP_PORT];
+        let (_sshd, mut gw) = start(lab, cfg)?;
+        let conn = to_audited(lab).port(OTHER_TCP_PORT).ssh_connection()?;
+        ensure!(
+            conn.client == V4.router_wan() && conn.server_port == OTHER_TCP_PORT,
+            "port 2222 should be relayed: {conn:?}"
+        );
+        expect_refused_run(
+            &to_audited(lab),
+            "true",
+            &["sshgw: no policy allows this connection"],
+            "port 22 with a policy for 2222 only",
+        )?;
+        gw.stop()?;
+
+        // The datapath intercepts port 22 only: the policy's 2222 is never intercepted.
+        let both = policies(vec![policy(
+            "audit-both",
+            "Audit 22 and 2222",
+            10,
+            "audit_ssh",
+            &["203.0.113.10/32"],
+            json!({"ports": [22, 2222]}),
+        )]);
+        let mut gw = lab.gateway_with(GatewayConfig::default().policies(both))?;
+        gw.start()?;
+        let conn = to_audited(lab).port(OTHER_TCP_PORT).ssh_connection()?;
+        ensure!(
+            conn.client == V4.enrolled(),
+            "port 2222 is not in [datapath] ports, so it should be forwarded untouched: {conn:?}"
+        );
+        expect_intercepted(lab, V4.audited(), "port 22")?;
+        Ok(())
+    });
+}
+
 // ------------------------------------------------------------------------------------------
 // 6-8. Ingress, session limits, unenrolled sources
 // ------------------------------------------------------------------------------------------
 
 /// 6. A device pinned to tunnel `r2` whose SSH arrives on `r0` is refused as spoofed; pinned
 ///    to `r0` (PUT /v1/devices/{id}) it is relayed.
-#[test]
-fn source_on_the_wrong_interface_is_refused_as_spoofed() {
-    lab_test(|lab| {
-        // A second device-facing interface on the router (nothing arrives on it).
-        lab.rtr.ip(&["link", "add", "r2", "type", "dummy"])?;
-        lab.rtr.ip(&["link", "set", "r2", "up"])?;
-        let mut devices = default_devices();
-        devices["devices"][0]["interface"] = json!("r2");
-        let (_sshd, gw) = start(
-            lab,
-            GatewayConfig::default()
-                .interfaces(&["r0", "r2"])
-                .devices(devices.clone()),
-        )?;
-        let status = gw.status()?;
-        let attached: Vec<&str> = status.interfaces.iter().map(|i| i.name.as_str()).collect();
-        ensure!(
-            attached.contains(&"r0") && attached.contains(&"r2"),
-            "both interfaces should be attached: {}",
-            status.raw
-        );
+fn spoofed_source_is_refused(lab: &Lab, fam: Family) -> Result<()> {
+    // A second device-facing interface on the router (nothing arrives on it): a veth
+    // pair with both ends in rtr (the `dummy` module may be missing).
+    lab.rtr.ip(&[
+        "link", "add", "r2", "type", "veth", "peer", "name", "r2peer",
+    ])?;
+    for name in ["r2", "r2peer"] {
+        lab.rtr.ip(&["link", "set", name, "up"])?;
+    }
+    let mut devices = default_devices();
+    devices["devices"][0]["interface"] = json!("r2");
+    let (_sshd, gw) = start(
+        lab,
+        GatewayConfig::default()
+            .interfaces(&["r0", "r2"])
+            .devices(devices.clone()),
+    )?;
+    let status = gw.status()?;
+    let attached: Vec<&str> = status.interfaces.iter().map(|i| i.name.as_str()).collect();
+    ensure!(
+        attached.contains(&"r0") && attached.contains(&"r2"),
+        "both interfaces should be attached: {}",
+        status.raw
+    );
 
-        expect_refused_run(
-            &to_audited(lab),
-            "true",
-            &["sshgw: 100.96.0.7 arrived on r0, not on its device's tunnel r2; refused as spoofed"],
-            "device pinned to r2 arriving on r0",
-        )?;
-        let line = wait_for_nth_log(&gw, "spoofed source", 0)?;
-        ensure!(
-            line.contains("laptop-jdoe"),
-            "the spoof log line should name the device: {line}"
-        );
+    expect_refused_run(
+        &to_audited_fam(lab, fam),
+        "true",
+        &[&format!(
+            "sshgw: {} arrived on r0, not on its device's tunnel r2; refused as spoofed",
+            fam.enrolled()
+        )],
+        "device pinned to r2 arriving on r0",
+    )?;
+    let line = wait_for_nth_log(&gw, "spoofed source", 0)?;
+    ensure!(
+        line.contains("laptop-jdoe"),
+        "the spoof log line should name the device: {line}"
+    );
 
-        let mut device = devices["devices"][0].clone();
-        device["interface"] = json!("r0");
-        let (code, reply) = gw.api("PUT", "/v1/devices/laptop-jdoe", Some(&device))?;
-        ensure!(code == 200, "PUT /v1/devices/laptop-jdoe: {code} {reply}");
-        expect_intercepted(lab, V4.audited(), "device pinned to r0")?;
-        Ok(())
-    });
+    let mut device = devices["devices"][0].clone();
+    device["interface"] = json!("r0");
+    let (code, reply) = gw.api("PUT", "/v1/devices/laptop-jdoe", Some(&device))?;
+    ensure!(code == 200, "PUT /v1/devices/laptop-jdoe: {code} {reply}");
+    expect_intercepted(lab, fam.audited(), "device pinned to r0")?;
+    Ok(())
 }
+family_tests!(spoofed_source_is_refused => source_on_the_wrong_interface_is_refused_as_spoofed_v4, source_on_the_wrong_interface_is_refused_as_spoofed_v6);
 
 /// 7. `ssh.max_duration` ends a session: the user is told why, promptly, and the log says
 ///    `max duration`.
@@ -564,41 +775,39 @@ fn max_duration_ends_the_session() {
 /// 8. `[datapath] unenrolled = "drop"`: SSH from a source that is not a device to an audited
 ///    destination is dropped (the client times out, nothing answers) and counted; SSH to a
 ///    non-audited destination is untouched; enrolled devices are still intercepted.
-#[test]
-fn unenrolled_drop_drops_ssh_to_audited_destinations() {
-    lab_test(|lab| {
-        let (_sshd, gw) = start(
-            lab,
-            GatewayConfig::default().datapath("unenrolled = \"drop\""),
-        )?;
-        let before = gw.status()?.counters.dropped_unenrolled;
-        let out = lab
-            .ssh(V4.audited())
-            .bind(V4.not_enrolled())
-            .connect_timeout(3)
-            .run("true")?;
-        ensure!(
-            !out.success()
-                && out.stderr.contains("Connection timed out")
-                && !out.stderr.contains("refused"),
-            "SSH from the non-enrolled source to the audited server should time out (dropped): {out:?}"
-        );
-        let status = gw.status()?;
-        ensure!(
-            status.counters.dropped_unenrolled > before,
-            "dropped_unenrolled should have increased from {before}: {}",
-            status.raw
-        );
+fn unenrolled_drop(lab: &Lab, fam: Family) -> Result<()> {
+    let (_sshd, gw) = start(
+        lab,
+        GatewayConfig::default().datapath("unenrolled = \"drop\""),
+    )?;
+    let before = gw.status()?.counters.dropped_unenrolled;
+    let out = lab
+        .ssh(fam.audited())
+        .bind(fam.not_enrolled())
+        .connect_timeout(3)
+        .run("true")?;
+    ensure!(
+        !out.success()
+            && out.stderr.contains("Connection timed out")
+            && !out.stderr.contains("refused"),
+        "SSH from the non-enrolled source to the audited server should time out (dropped): {out:?}"
+    );
+    let status = gw.status()?;
+    ensure!(
+        status.counters.dropped_unenrolled > before,
+        "dropped_unenrolled should have increased from {before}: {}",
+        status.raw
+    );
 
-        let client = client_seen(lab, V4.not_enrolled(), V4.not_audited())?;
-        ensure!(
-            client == V4.not_enrolled(),
-            "SSH from the non-enrolled source to a non-audited address should be forwarded untouched, sshd saw {client}"
-        );
-        expect_intercepted(lab, V4.audited(), "the enrolled device")?;
-        Ok(())
-    });
+    let client = client_seen(lab, fam.not_enrolled(), fam.not_audited())?;
+    ensure!(
+        client == fam.not_enrolled(),
+        "SSH from the non-enrolled source to a non-audited address should be forwarded untouched, sshd saw {client}"
+    );
+    expect_intercepted(lab, fam.audited(), "the enrolled device")?;
+    Ok(())
 }
+family_tests!(unenrolled_drop => unenrolled_drop_drops_ssh_to_audited_destinations_v4, unenrolled_drop_drops_ssh_to_audited_destinations_v6);
 
 // ------------------------------------------------------------------------------------------
 // 9. Persistence and reload
@@ -632,15 +841,33 @@ fn pushed_state_survives_restart_and_sighup_reloads() {
             on_disk == in_force,
             "policies.json should hold what is in force:\ndisk: {on_disk:#}\nshown: {in_force:#}"
         );
+        // A second device on the device's other address (PUT /v1/devices/{id}).
+        let mut tablet = default_devices()["devices"][0].clone();
+        tablet["id"] = json!("tablet-jdoe");
+        tablet["addresses"] = json!([V4.not_enrolled().to_string()]);
+        let (code, reply) = gw.api("PUT", "/v1/devices/tablet-jdoe", Some(&tablet))?;
+        ensure!(code == 200, "PUT /v1/devices/tablet-jdoe: {code} {reply}");
 
         let check = |gw: &Gateway<'_>, what: &str| -> Result<()> {
             ensure!(
-                shown_policy_ids(&gw)? == ["audit-20"],
+                shown_policy_ids(gw)? == ["audit-20"],
                 "{what}: policy show --json: {:#}",
                 gw.cli_json(&["policy", "show", "--json"])?
             );
+            let devices = gw.cli_json(&["devices", "show", "--json"])?;
+            ensure!(
+                devices["devices"][1]["id"] == "tablet-jdoe",
+                "{what}: devices show --json: {devices:#}"
+            );
             expect_intercepted(lab, V4.not_audited(), &format!("{what}: 203.0.113.20"))?;
-            expect_bypassed(lab, V4.audited(), &format!("{what}: 203.0.113.10"))
+            expect_bypassed(lab, V4.audited(), &format!("{what}: 203.0.113.10"))?;
+            let client = client_seen(lab, V4.not_enrolled(), V4.not_audited())?;
+            ensure!(
+                client == V4.router_wan(),
+                "{what}: the pushed device {} should be intercepted to 203.0.113.20, sshd saw {client}",
+                V4.not_enrolled()
+            );
+            Ok(())
         };
         check(&gw, "after the push")?;
 
@@ -705,18 +932,25 @@ fn sessions_kill_ends_both_legs() {
         let (sshd, gw) = start(lab, GatewayConfig::default())?;
         let mut session = to_audited(lab).session("echo $SSH_CONNECTION; exec cat")?;
         let conn = SshConnection::parse(&session.read_line(SESSION_TIMEOUT)?)?;
-        ensure!(conn.client == V4.router_wan(), "should be relayed: {conn:?}");
+        ensure!(
+            conn.client == V4.router_wan(),
+            "should be relayed: {conn:?}"
+        );
         session.roundtrip("before the kill", SESSION_TIMEOUT)?;
 
         let live = find_session(&gw, &["--active"], "the live session", |_| true)?;
-        let id = str_field(&live, "id").context("session without id")?.to_owned();
+        let id = str_field(&live, "id")
+            .context("session without id")?
+            .to_owned();
         ensure!(
             live["ended_at"].is_null(),
             "a live session has no end yet: {live:#}"
         );
 
         let killed_at = Instant::now();
-        let out = gw.cli(&["sessions", "kill", &id])?.check("sshgw sessions kill")?;
+        let out = gw
+            .cli(&["sessions", "kill", &id])?
+            .check("sshgw sessions kill")?;
         ensure!(
             out.stdout.contains(&id),
             "sessions kill output: {:?}",
@@ -739,10 +973,12 @@ fn sessions_kill_ends_both_legs() {
         );
 
         let s = wait_closed(&gw, &id)?;
+        eprintln!("killed session record: {s:#}");
         ensure!(
             str_field(&s, "close_reason") == Some("admin kill"),
             "close_reason: {s:#}"
         );
+        expect_relayed_record(&s, &conn)?;
         ensure!(
             gw.sessions(&["--active"])?
                 .iter()
@@ -772,6 +1008,60 @@ fn sessions_kill_ends_both_legs() {
         );
         Ok(())
     });
+}
+
+/// The fields of a relayed session's record (`sessions show ID --json`) after it ended: the
+/// identity, the login, the certificate and server key, the byte counts and the one exec
+/// channel of `echo $SSH_CONNECTION; exec cat`.
+fn expect_relayed_record(s: &Value, conn: &SshConnection) -> Result<()> {
+    let strs = [
+        ("email", Some("jdoe@example.com")),
+        ("device_id", Some("laptop-jdoe")),
+        ("destination", Some("203.0.113.10:22")),
+        ("login", Some("root")),
+        ("policy_id", Some("audit-lab")),
+        ("policy_name", Some("Audit lab server")),
+        ("decision", Some("audit_ssh")),
+    ];
+    for (key, want) in strs {
+        ensure!(str_field(s, key) == want, "{key} should be {want:?}: {s:#}");
+    }
+    ensure!(
+        str_field(s, "source").is_some_and(|x| x.starts_with("100.96.0.7:")),
+        "source: {s:#}"
+    );
+    for key in ["id", "started_at", "ended_at", "cert_serial"] {
+        ensure!(
+            str_field(s, key).is_some_and(|v| !v.is_empty()),
+            "{key} should be a non-empty string: {s:#}"
+        );
+    }
+    ensure!(
+        str_field(s, "upstream_host_key").is_some_and(|k| k.starts_with("SHA256:")),
+        "upstream_host_key should be a SHA256 fingerprint: {s:#}"
+    );
+    ensure!(
+        s["duration_ms"].as_u64().is_some()
+            && s["bytes_from_client"].as_u64().is_some_and(|b| b > 0)
+            && s["bytes_from_server"].as_u64().is_some_and(|b| b > 0),
+        "duration and byte counts: {s:#}"
+    );
+    let channels = s["channels"].as_array().context("no channels list")?;
+    ensure!(channels.len() == 1, "one channel expected: {s:#}");
+    let ch = &channels[0];
+    ensure!(
+        str_field(ch, "kind") == Some("exec")
+            && str_field(ch, "command") == Some("echo $SSH_CONNECTION; exec cat")
+            && str_field(ch, "started_at").is_some()
+            && ch.get("channel").is_some_and(Value::is_u64)
+            && ch.get("exit_status").is_some()
+            && ch.get("exit_signal").is_some()
+            && ch.get("recording").is_some(),
+        "channel record: {ch:#}"
+    );
+    // sshd saw the router's upstream address: the session really went through the relay.
+    ensure!(conn.client == V4.router_wan(), "{conn:?}");
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------

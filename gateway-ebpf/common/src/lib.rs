@@ -74,7 +74,8 @@ pub enum Counter {
     InterceptedPacket = 1,
     /// Packets that did not match and continued untouched.
     Passed = 2,
-    /// Matching packets of flows that predate interception, forwarded untouched.
+    /// Non-SYN packets to an intercepted port with no local socket (flows sshgw does not
+    /// own: older than the interception, or not audited), forwarded untouched.
     PassedPreexisting = 3,
     /// Matching SYNs dropped because no listener was in the SOCKMAP (daemon down).
     DroppedListenerDown = 4,

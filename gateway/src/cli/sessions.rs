@@ -82,9 +82,12 @@ pub fn list(args: ListArgs) -> Result<()> {
             vec![
                 s.id.clone(),
                 format_time(s.started_at),
-                s.duration_ms
-                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
-                    .unwrap_or_else(|| "live".into()),
+                match (s.duration_ms, &s.close_reason) {
+                    (Some(d), _) => format!("{:.1}s", d as f64 / 1000.0),
+                    // Interrupted by a daemon crash: the end is unknown.
+                    (None, Some(_)) => "?".into(),
+                    (None, None) => "live".into(),
+                },
                 s.email.clone().unwrap_or_else(|| "-".into()),
                 s.device_id.clone().unwrap_or_else(|| "-".into()),
                 s.destination.clone(),
@@ -132,7 +135,11 @@ pub fn run(command: SessionsCommand) -> Result<()> {
             println!("started:       {}", format_time(s.started_at));
             println!(
                 "ended:         {}",
-                s.ended_at.map(format_time).unwrap_or_else(|| "live".into())
+                match (s.ended_at, &s.close_reason) {
+                    (Some(t), _) => format_time(t),
+                    (None, Some(_)) => "unknown (interrupted)".into(),
+                    (None, None) => "live".into(),
+                }
             );
             println!(
                 "bytes:         {} from client, {} from server",

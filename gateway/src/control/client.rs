@@ -28,12 +28,21 @@ pub async fn request(
     route: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, serde_json::Value), ClientError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::Unreachable {
-            path: socket.display().to_string(),
-            source,
-        })?;
+    let stream = match UnixStream::connect(socket).await {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ClientError::Other(anyhow::anyhow!(
+                "permission denied on {}: use root or a member of the control group",
+                socket.display()
+            )));
+        }
+        Err(source) => {
+            return Err(ClientError::Unreachable {
+                path: socket.display().to_string(),
+                source,
+            });
+        }
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("control socket handshake failed")?;

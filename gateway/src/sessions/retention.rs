@@ -64,7 +64,7 @@ pub fn enforce(store: &SessionStore, recordings: &Path, limits: Limits) -> Resul
     }
     if limits.max_total_mb > 0 {
         let limit = limits.max_total_mb * 1024 * 1024;
-        while store.disk_bytes() + dir_bytes(recordings) > limit {
+        while store.used_bytes()? + dir_bytes(recordings) > limit {
             let batch = store.oldest_ended(50)?;
             if batch.is_empty() {
                 break;

@@ -247,17 +247,15 @@ impl SessionStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Size of the database files on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        ["", "-wal", "-shm"]
-            .iter()
-            .filter_map(|suffix| {
-                let mut p = self.path.clone().into_os_string();
-                p.push(suffix);
-                std::fs::metadata(p).ok()
-            })
-            .map(|m| m.len())
-            .sum()
+    /// Bytes the log's records occupy: pages in use, not the file size. SQLite reuses
+    /// freed pages but never shrinks its file, so the file size would keep retention
+    /// deleting sessions that are no longer there.
+    pub fn used_bytes(&self) -> Result<u64> {
+        let conn = open(&self.path)?;
+        let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+        let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        Ok(((pages - free).max(0) * size) as u64)
     }
 }
 
