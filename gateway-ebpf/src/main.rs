@@ -258,24 +258,14 @@ fn parse_v4(ctx: &TcContext) -> Parsed {
     if !port_intercepted(tcp.dport) {
         return Parsed::NotOurs;
     }
-    let audited = || AUDITED_V4.get(Key::new(32, ip.daddr)).is_some();
-    if fragmented {
-        // A later, overlapping fragment could turn this into a SYN the server sees and
-        // we never did. SSH never needs fragments (TCP sets DF).
-        return if audited() {
-            Parsed::Evasive
-        } else {
-            Parsed::NotOurs
-        };
-    }
-    let source = if !is_pure_syn(tcp.flags) {
-        Source::Established
-    } else if !audited() {
-        return Parsed::NotOurs;
-    } else if unsafe { ENROLLED_V4.get(ip.saddr) }.is_some() {
-        Source::Enrolled
-    } else {
-        Source::Unenrolled
+    let source = match judge(
+        tcp.flags,
+        fragmented,
+        || AUDITED_V4.get(Key::new(32, ip.daddr)).is_some(),
+        || unsafe { ENROLLED_V4.get(ip.saddr) }.is_some(),
+    ) {
+        Ok(source) => source,
+        Err(parsed) => return parsed,
     };
 
     let mut key = FlowKey {
@@ -375,21 +365,11 @@ fn parse_v6(ctx: &TcContext) -> Parsed {
     if !port_intercepted(tcp.dport) {
         return Parsed::NotOurs;
     }
-    if fragmented {
-        return if audited() {
-            Parsed::Evasive
-        } else {
-            Parsed::NotOurs
-        };
-    }
-    let source = if !is_pure_syn(tcp.flags) {
-        Source::Established
-    } else if !audited() {
-        return Parsed::NotOurs;
-    } else if unsafe { ENROLLED_V6.get(ip.saddr) }.is_some() {
-        Source::Enrolled
-    } else {
-        Source::Unenrolled
+    let source = match judge(tcp.flags, fragmented, audited, || {
+        unsafe { ENROLLED_V6.get(ip.saddr) }.is_some()
+    }) {
+        Ok(source) => source,
+        Err(parsed) => return parsed,
     };
 
     let key = FlowKey {
@@ -422,6 +402,36 @@ fn parse_v6(ctx: &TcContext) -> Parsed {
 fn mark(ctx: &TcContext) {
     let old = unsafe { (*ctx.skb.skb).mark };
     ctx.set_mark(old | INTERCEPT_MARK.load());
+}
+
+/// Who judges a TCP packet to an intercepted port (`Err`: the verdict is already clear).
+/// Only a new flow's SYN consults the sets; later packets belong to whoever owns the
+/// flow's socket.
+#[inline(always)]
+fn judge(
+    flags: u8,
+    fragmented: bool,
+    audited: impl Fn() -> bool,
+    enrolled: impl Fn() -> bool,
+) -> Result<Source, Parsed> {
+    if fragmented {
+        // A later, overlapping fragment could turn this into a SYN the server sees and
+        // we never did. SSH never needs fragments (TCP sets DF).
+        return Err(if audited() {
+            Parsed::Evasive
+        } else {
+            Parsed::NotOurs
+        });
+    }
+    if !is_pure_syn(flags) {
+        Ok(Source::Established)
+    } else if !audited() {
+        Err(Parsed::NotOurs)
+    } else if enrolled() {
+        Ok(Source::Enrolled)
+    } else {
+        Ok(Source::Unenrolled)
+    }
 }
 
 /// A connection request: SYN without ACK.

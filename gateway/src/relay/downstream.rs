@@ -278,6 +278,33 @@ impl DeviceSide {
         }
     }
 
+    /// Confirms a device channel once its server side opened (never before, so no data
+    /// can be lost), and starts relaying between the two.
+    async fn bridge_channel(
+        &mut self,
+        kind: pump::Kind,
+        channel: russh::Channel<Msg>,
+        opened: Result<russh::Channel<client::Msg>, russh::Error>,
+        reply: server::ChannelOpenHandle,
+        session: &mut Session,
+    ) {
+        match opened {
+            Ok(up) => {
+                let id = channel.id();
+                reply.accept().await;
+                let link = pump::start(
+                    kind,
+                    channel,
+                    up,
+                    session.handle(),
+                    self.bridge.traffic.clone(),
+                );
+                self.channels.insert(id, link);
+            }
+            Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+        }
+    }
+
     fn link(&self, channel: ChannelId) -> Option<Arc<ChannelWriteHalf<client::Msg>>> {
         self.channels.get(&channel).map(|l| l.upstream.clone())
     }
@@ -334,24 +361,12 @@ impl server::Handler for DeviceSide {
                 .await;
             return Ok(());
         };
-        match server.channel_open_session().await {
-            Ok(up) => {
-                let id = channel.id();
-                reply.accept().await;
-                let link = pump::start(
-                    pump::Kind::Session,
-                    channel,
-                    up,
-                    session.handle(),
-                    self.bridge.traffic.clone(),
-                );
-                self.channels.insert(id, link);
-            }
-            Err(e) => {
-                tracing::warn!(session = %self.info.id, error = %e, "server refused a session channel");
-                reply.reject(ChannelOpenFailure::ConnectFailed).await;
-            }
+        let opened = server.channel_open_session().await;
+        if let Err(e) = &opened {
+            tracing::warn!(session = %self.info.id, error = %e, "server refused a session channel");
         }
+        self.bridge_channel(pump::Kind::Session, channel, opened, reply, session)
+            .await;
         Ok(())
     }
 
@@ -375,29 +390,16 @@ impl server::Handler for DeviceSide {
                 return Ok(());
             }
         };
-        match server
+        let opened = server
             .channel_open_direct_tcpip(
                 host_to_connect,
                 port_to_connect,
                 originator_address,
                 originator_port,
             )
-            .await
-        {
-            Ok(up) => {
-                let id = channel.id();
-                reply.accept().await;
-                let link = pump::start(
-                    pump::Kind::Stream,
-                    channel,
-                    up,
-                    session.handle(),
-                    self.bridge.traffic.clone(),
-                );
-                self.channels.insert(id, link);
-            }
-            Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
-        }
+            .await;
+        self.bridge_channel(pump::Kind::Stream, channel, opened, reply, session)
+            .await;
         Ok(())
     }
 

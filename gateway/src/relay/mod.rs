@@ -182,29 +182,21 @@ pub async fn serve(
     let identity = admission.identity;
     let tracker = Arc::new(Tracker::open(
         SessionRecord {
-            id: session_id.clone(),
             email: identity.as_ref().map(|i| i.email.clone()),
             device_id: identity.as_ref().map(|i| i.device_id.clone()),
-            source: conn.peer.to_string(),
-            destination: conn.original_dst.to_string(),
-            login: None,
             policy_id,
             policy_name: admission.policy_name,
-            decision: if permissions.is_some() {
-                "audit_ssh"
-            } else {
-                "block"
-            }
-            .into(),
-            started_at: now_micros(),
-            ended_at: None,
-            duration_ms: None,
-            bytes_from_client: 0,
-            bytes_from_server: 0,
-            close_reason: None,
-            cert_serial: None,
-            upstream_host_key: None,
-            channels: vec![],
+            ..SessionRecord::new(
+                session_id.clone(),
+                conn.peer.to_string(),
+                conn.original_dst.to_string(),
+                if permissions.is_some() {
+                    "audit_ssh"
+                } else {
+                    "block"
+                },
+                now_micros(),
+            )
         },
         ctx.store.clone(),
         ctx.live.clone(),

@@ -91,6 +91,38 @@ pub struct SessionRecord {
     pub channels: Vec<ChannelRecord>,
 }
 
+impl SessionRecord {
+    /// A record just opened: everything not known at the accept is empty.
+    pub fn new(
+        id: String,
+        source: String,
+        destination: String,
+        decision: &str,
+        started_at: i64,
+    ) -> Self {
+        SessionRecord {
+            id,
+            email: None,
+            device_id: None,
+            source,
+            destination,
+            login: None,
+            policy_id: None,
+            policy_name: None,
+            decision: decision.to_string(),
+            started_at,
+            ended_at: None,
+            duration_ms: None,
+            bytes_from_client: 0,
+            bytes_from_server: 0,
+            close_reason: None,
+            cert_serial: None,
+            upstream_host_key: None,
+            channels: vec![],
+        }
+    }
+}
+
 /// One program (shell, exec, subsystem) on a session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChannelRecord {

@@ -102,24 +102,8 @@ mod tests {
             let file = recordings.join(id);
             std::fs::write(&file, b"x").unwrap();
             store.write(Write::Open(Box::new(SessionRecord {
-                id: id.into(),
-                email: None,
-                device_id: None,
-                source: "s".into(),
-                destination: "d".into(),
-                login: None,
-                policy_id: None,
-                policy_name: None,
-                decision: "audit_ssh".into(),
-                started_at: started,
                 ended_at: (!open).then_some(started + 1),
-                duration_ms: None,
-                bytes_from_client: 0,
-                bytes_from_server: 0,
-                close_reason: None,
-                cert_serial: None,
-                upstream_host_key: None,
-                channels: vec![],
+                ..SessionRecord::new(id.into(), "s".into(), "d".into(), "audit_ssh", started)
             })));
             store.write(Write::ChannelOpen {
                 session_id: id.into(),

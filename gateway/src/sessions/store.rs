@@ -403,24 +403,17 @@ mod tests {
 
     fn record(id: &str, email: &str, started_at: i64) -> SessionRecord {
         SessionRecord {
-            id: id.into(),
             email: Some(email.into()),
             device_id: Some("laptop".into()),
-            source: "100.96.0.7:40000".into(),
-            destination: "203.0.113.10:22".into(),
-            login: None,
             policy_id: Some("audit".into()),
             policy_name: Some("Audit".into()),
-            decision: "audit_ssh".into(),
-            started_at,
-            ended_at: None,
-            duration_ms: None,
-            bytes_from_client: 0,
-            bytes_from_server: 0,
-            close_reason: None,
-            cert_serial: None,
-            upstream_host_key: None,
-            channels: vec![],
+            ..SessionRecord::new(
+                id.into(),
+                "100.96.0.7:40000".into(),
+                "203.0.113.10:22".into(),
+                "audit_ssh",
+                started_at,
+            )
         }
     }
 
