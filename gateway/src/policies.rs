@@ -93,6 +93,28 @@ pub struct SshSettings {
     /// Written as `"90s"`, `"30m"`, `"8h"`, `"1h30m"`, `"2d"`; `None`: no limit.
     #[serde(with = "duration_text", skip_serializing_if = "Option::is_none")]
     pub max_duration: Option<Duration>,
+    /// SFTP and legacy scp: `allow`, `read_only` or `deny`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub sftp: SftpRule,
+    /// Bytes a channel may upload (SFTP writes, scp files); `None`: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_upload_bytes: Option<u64>,
+}
+
+/// File transfers a policy allows on SFTP and legacy scp channels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SftpRule {
+    #[default]
+    Allow,
+    /// Downloads and listing work; uploads, removes, renames and other changes are denied.
+    ReadOnly,
+    /// The sftp subsystem and scp are refused.
+    Deny,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn enabled_by_default() -> bool {

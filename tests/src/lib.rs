@@ -38,6 +38,7 @@ pub mod control;
 pub mod gateway;
 pub mod netns;
 pub mod process;
+pub mod recording;
 pub mod ssh;
 pub mod sshd;
 pub mod topology;

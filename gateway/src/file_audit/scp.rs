@@ -204,7 +204,9 @@ enum Source {
     Line,
     /// A `C` record was sent: nothing may come before the sink's answer.
     WaitAck,
-    Data { remaining: u64 },
+    Data {
+        remaining: u64,
+    },
     /// The status byte after a file's data.
     Trail,
     /// The error message that replaced that status byte.
@@ -222,7 +224,11 @@ enum Record {
     Times,
     File,
     FileData,
-    Dir { path: String, name: String, mode: u32 },
+    Dir {
+        path: String,
+        name: String,
+        mode: u32,
+    },
     EndDir,
 }
 
@@ -263,6 +269,7 @@ impl ScpAudit {
     }
 
     /// Client → server data. See the module documentation.
+    #[allow(clippy::wrong_self_convention)] // the relay's vocabulary: data from the client
     pub fn from_client(&mut self, data: Bytes) -> Filtered {
         let mut out = Filtered::default();
         if let Some(reason) = &self.close {
@@ -276,7 +283,10 @@ impl ScpAudit {
                 status_text: message.clone(),
                 ..self.base("refused", self.command.paths.join(" "))
             }));
-            self.close = Some(format!("scp {}: {message}", self.command.direction.as_str()));
+            self.close = Some(format!(
+                "scp {}: {message}",
+                self.command.direction.as_str()
+            ));
             out.close = self.close.clone();
             return out;
         }
@@ -304,6 +314,7 @@ impl ScpAudit {
     }
 
     /// Server → client data: passed unchanged; the events are the transfers it completed.
+    #[allow(clippy::wrong_self_convention)]
     pub fn from_server(&mut self, data: Bytes) -> Filtered {
         let mut out = Filtered::default();
         if self.close.is_none() && self.broken.is_none() {
@@ -701,7 +712,9 @@ fn parse_header(rest: &[u8]) -> Option<(u32, u64, String)> {
     if mode.is_empty() || mode.len() > 6 || !mode.iter().all(|b| (b'0'..=b'7').contains(b)) {
         return None;
     }
-    let mode = mode.iter().fold(0u32, |m, b| (m << 3) | u32::from(b - b'0'));
+    let mode = mode
+        .iter()
+        .fold(0u32, |m, b| (m << 3) | u32::from(b - b'0'));
     let rest = &rest[mode_end + 1..];
     let size_end = rest.iter().position(|&b| b == b' ')?;
     let size = &rest[..size_end];

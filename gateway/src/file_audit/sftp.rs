@@ -131,6 +131,7 @@ impl SftpAudit {
     }
 
     /// Client → server data. See the module documentation.
+    #[allow(clippy::wrong_self_convention)] // the relay's vocabulary: data from the client
     pub fn from_client(&mut self, data: Bytes) -> Filtered {
         let mut out = Filtered::default();
         if !self.filtering {
@@ -159,7 +160,10 @@ impl SftpAudit {
         } else if !out.reply.is_empty() {
             self.outbox.append(&mut out.reply);
             if self.outbox.len() > MAX_OUTBOX {
-                self.fail("client", "too many denied requests waiting for the server".into());
+                self.fail(
+                    "client",
+                    "too many denied requests waiting for the server".into(),
+                );
             }
         }
         if let Some(reason) = self.close_reason() {
@@ -172,6 +176,7 @@ impl SftpAudit {
 
     /// Server → client data: its bytes pass unchanged (with held-back denial replies
     /// spliced in at a packet boundary); the events are the operations it answered.
+    #[allow(clippy::wrong_self_convention)]
     pub fn from_server(&mut self, data: Bytes) -> Filtered {
         let mut out = Filtered::default();
         if self.broken.is_some() || (!self.tracking && !self.filtering) {
@@ -346,7 +351,12 @@ impl SftpAudit {
 
     /// Decodes one request (its prefix), applies the rules and records what to match the
     /// reply with. Returns whether the packet is forwarded.
-    fn client_packet(&mut self, p: &[u8], body_len: usize, out: &mut Filtered) -> Result<bool, String> {
+    fn client_packet(
+        &mut self,
+        p: &[u8],
+        body_len: usize,
+        out: &mut Filtered,
+    ) -> Result<bool, String> {
         let mut c = Cursor::new(p);
         let kind = c.u8().map_err(String::from)?;
         if kind == FXP_INIT {
@@ -394,12 +404,8 @@ impl SftpAudit {
                 }
                 Request::Quiet => OpInfo::new("unknown", format!("type {kind}")),
             };
-            out.events.push(op_event(
-                info,
-                Some(FX_PERMISSION_DENIED),
-                message,
-                true,
-            ));
+            out.events
+                .push(op_event(info, Some(FX_PERMISSION_DENIED), message, true));
             return Ok(false);
         }
 
@@ -659,7 +665,8 @@ impl SftpAudit {
 
     fn insert_pending(&mut self, id: u32, pending: Pending) {
         if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&id) {
-            return self.stop_tracking(format!("more than {MAX_PENDING} requests awaiting a reply"));
+            return self
+                .stop_tracking(format!("more than {MAX_PENDING} requests awaiting a reply"));
         }
         let cost = pending.cost();
         if self.tracked_bytes + cost > MAX_TRACKED_BYTES {
@@ -736,11 +743,23 @@ impl OpInfo {
 enum Request {
     /// Reads and queries: neither reported nor restricted.
     Quiet,
-    Open { info: OpInfo, pflags: u32 },
-    OpenDir { info: OpInfo },
-    Close { handle: Vec<u8> },
-    Read { handle: Vec<u8> },
-    Write { handle: Vec<u8>, len: u64 },
+    Open {
+        info: OpInfo,
+        pflags: u32,
+    },
+    OpenDir {
+        info: OpInfo,
+    },
+    Close {
+        handle: Vec<u8>,
+    },
+    Read {
+        handle: Vec<u8>,
+    },
+    Write {
+        handle: Vec<u8>,
+        len: u64,
+    },
     /// Reported with the server's status; modifying.
     Op(OpInfo),
     /// Not known here: passed when everything is allowed, denied under `read_only`.
@@ -752,9 +771,10 @@ impl Request {
         match self {
             Request::Open { pflags, .. } => pflags & !(FXF_READ | FXF_EXCL) != 0,
             Request::Write { .. } | Request::Op(_) | Request::Unknown(_) => true,
-            Request::Quiet | Request::OpenDir { .. } | Request::Close { .. } | Request::Read { .. } => {
-                false
-            }
+            Request::Quiet
+            | Request::OpenDir { .. }
+            | Request::Close { .. }
+            | Request::Read { .. } => false,
         }
     }
 }
@@ -772,9 +792,9 @@ impl Pending {
     fn cost(&self) -> usize {
         match self {
             Pending::Open { info, .. } | Pending::Op(info) => info.cost(),
-            Pending::Close { handle } | Pending::Read { handle } | Pending::Write { handle, .. } => {
-                ENTRY_COST + handle.len()
-            }
+            Pending::Close { handle }
+            | Pending::Read { handle }
+            | Pending::Write { handle, .. } => ENTRY_COST + handle.len(),
         }
     }
 }
@@ -919,8 +939,8 @@ fn client_want(p: &[u8], body_len: usize) -> Result<usize, String> {
                 name_end
             }
         }
-        FXP_OPEN | FXP_CLOSE | FXP_READ | FXP_SETSTAT | FXP_FSETSTAT | FXP_OPENDIR
-        | FXP_REMOVE | FXP_MKDIR | FXP_RMDIR | FXP_RENAME | FXP_SYMLINK => body_len,
+        FXP_OPEN | FXP_CLOSE | FXP_READ | FXP_SETSTAT | FXP_FSETSTAT | FXP_OPENDIR | FXP_REMOVE
+        | FXP_MKDIR | FXP_RMDIR | FXP_RENAME | FXP_SYMLINK => body_len,
         _ => 5,
     };
     let want = want.min(body_len);
@@ -977,9 +997,15 @@ enum Item {
     /// The input is used up.
     Done,
     /// A packet's prefix is complete (the input up to `end` is consumed); call `decided`.
-    Packet { end: usize },
+    Packet {
+        end: usize,
+    },
     /// Input `start..end` belongs to the current packet's remainder.
-    Rest { start: usize, end: usize, keep: bool },
+    Rest {
+        start: usize,
+        end: usize,
+        keep: bool,
+    },
     Error(String),
 }
 

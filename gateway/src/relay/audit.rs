@@ -60,16 +60,24 @@ impl ProgramTap {
                 },
                 (None, Some(code)) => Exit::Status(code),
                 // The gateway ended the session (a failure it told the user about).
-                (None, None) => match self
-                    .info
-                    .failure
-                    .lock()
-                    .expect("failure lock poisoned")
-                    .clone()
-                {
-                    Some(reason) => Exit::Error(reason),
-                    None => Exit::None,
-                },
+                (None, None) => {
+                    let failure = self
+                        .info
+                        .failure
+                        .lock()
+                        .expect("failure lock poisoned")
+                        .clone();
+                    let ended = self
+                        .info
+                        .ended_by_gateway
+                        .lock()
+                        .expect("end reason poisoned")
+                        .clone();
+                    match failure.or(ended) {
+                        Some(reason) => Exit::Error(reason),
+                        None => Exit::None,
+                    }
+                }
             };
             if let Err(e) = recorder.finish(end).await {
                 self.report(format!("{e:#}"));

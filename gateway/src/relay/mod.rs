@@ -103,6 +103,9 @@ pub struct ConnectionInfo {
     pub tracker: Arc<Tracker>,
     /// Why the relay refused, once it did (the session log's close reason).
     pub failure: std::sync::Mutex<Option<String>>,
+    /// What the gateway told the user when it ended the session (kill, max duration,
+    /// shutdown): recordings note it as the programs' end.
+    pub ended_by_gateway: std::sync::Mutex<Option<String>>,
     /// Ends the session with `failure` as the message (set by [`ConnectionInfo::abort`]).
     aborted: tokio::sync::Notify,
 }
@@ -211,6 +214,7 @@ pub async fn serve(
         tracker: tracker.clone(),
         failure: std::sync::Mutex::new(refusal.clone()),
         aborted: Default::default(),
+        ended_by_gateway: Default::default(),
     });
     let (port_forwarding, agent_forwarding) = info
         .permissions
@@ -305,6 +309,7 @@ pub async fn serve(
     tokio::pin!(expiry);
     // Ends the device leg with `message` and waits for it to close.
     let end_with = async |message: String| {
+        *info.ended_by_gateway.lock().expect("end reason poisoned") = Some(message.clone());
         let _ = device
             .disconnect(russh::Disconnect::ByApplication, message, "en".into())
             .await;

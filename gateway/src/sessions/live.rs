@@ -236,6 +236,14 @@ impl Tracker {
         });
     }
 
+    pub fn file_op(&self, record: super::FileOpRecord) {
+        self.update(|r| r.file_ops.push(record.clone()));
+        self.store.write(Write::FileOp {
+            session_id: self.id.clone(),
+            record,
+        });
+    }
+
     /// Ends the record (once); returns it as stored, for the closing log event.
     pub fn close(&self, reason: &str) -> SessionRecord {
         if self.closed.swap(true, Ordering::AcqRel) {

@@ -89,6 +89,34 @@ pub struct SessionRecord {
     pub upstream_host_key: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<ChannelRecord>,
+    /// File operations seen on SFTP and legacy scp channels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_ops: Vec<FileOpRecord>,
+}
+
+/// One file operation on an SFTP or scp channel, with what the server (or the gateway,
+/// when it denied it) answered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileOpRecord {
+    pub channel: u32,
+    #[serde(
+        serialize_with = "serialize_time",
+        deserialize_with = "deserialize_time"
+    )]
+    pub at: i64,
+    /// `sftp` or `scp`.
+    pub protocol: String,
+    /// `open`, `close`, `remove`, `rename`, `mkdir`, … (SFTP); `upload`, `download` (scp).
+    pub op: String,
+    pub path: String,
+    pub target: Option<String>,
+    pub flags: Option<String>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// `ok`, the server's error, or the gateway's denial.
+    pub status: String,
+    /// Refused by the gateway's transfer rules (never reached the server).
+    pub denied: bool,
 }
 
 impl SessionRecord {
@@ -119,6 +147,7 @@ impl SessionRecord {
             cert_serial: None,
             upstream_host_key: None,
             channels: vec![],
+            file_ops: vec![],
         }
     }
 }

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{ChannelRecord, SessionRecord};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -49,6 +49,21 @@ CREATE TABLE IF NOT EXISTS channels (
     recording TEXT,
     PRIMARY KEY (session_id, channel, started_at)
 );
+CREATE TABLE IF NOT EXISTS file_ops (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    channel INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    protocol TEXT NOT NULL,
+    op TEXT NOT NULL,
+    path TEXT NOT NULL,
+    target TEXT,
+    flags TEXT,
+    bytes_read INTEGER NOT NULL,
+    bytes_written INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    denied INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS file_ops_session ON file_ops(session_id);
 ";
 
 /// A change to the log, applied in order by the writer thread.
@@ -79,6 +94,10 @@ pub enum Write {
         ended_at: i64,
         exit_status: Option<u32>,
         exit_signal: Option<String>,
+    },
+    FileOp {
+        session_id: String,
+        record: super::FileOpRecord,
     },
     /// Deletes sessions (and their channels) by id.
     Delete(Vec<String>),
@@ -222,6 +241,27 @@ impl SessionStore {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        let mut stmt = conn.prepare(
+            "SELECT channel, at, protocol, op, path, target, flags, bytes_read, bytes_written, status, denied
+             FROM file_ops WHERE session_id = ? ORDER BY at, rowid",
+        )?;
+        record.file_ops = stmt
+            .query_map([id], |r| {
+                Ok(super::FileOpRecord {
+                    channel: r.get(0)?,
+                    at: r.get(1)?,
+                    protocol: r.get(2)?,
+                    op: r.get(3)?,
+                    path: r.get(4)?,
+                    target: r.get(5)?,
+                    flags: r.get(6)?,
+                    bytes_read: r.get::<_, i64>(7)? as u64,
+                    bytes_written: r.get::<_, i64>(8)? as u64,
+                    status: r.get(9)?,
+                    denied: r.get(10)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
         Ok(Some(record))
     }
 
@@ -279,6 +319,7 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         cert_serial: r.get("cert_serial")?,
         upstream_host_key: r.get("upstream_host_key")?,
         channels: vec![],
+        file_ops: vec![],
     })
 }
 
@@ -386,8 +427,33 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: Write) -> rusqlite::Result<()> 
                 params![session_id, channel, ended_at, exit_status, exit_signal],
             )?;
         }
+        Write::FileOp {
+            session_id,
+            record: f,
+        } => {
+            tx.execute(
+                "INSERT INTO file_ops (session_id, channel, at, protocol, op, path, target, flags,
+                    bytes_read, bytes_written, status, denied)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    session_id,
+                    f.channel,
+                    f.at,
+                    f.protocol,
+                    f.op,
+                    f.path,
+                    f.target,
+                    f.flags,
+                    f.bytes_read as i64,
+                    f.bytes_written as i64,
+                    f.status,
+                    f.denied
+                ],
+            )?;
+        }
         Write::Delete(ids) => {
             for id in ids {
+                tx.execute("DELETE FROM file_ops WHERE session_id = ?", [&id])?;
                 tx.execute("DELETE FROM channels WHERE session_id = ?", [&id])?;
                 tx.execute("DELETE FROM sessions WHERE id = ?", [&id])?;
             }
