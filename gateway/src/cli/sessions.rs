@@ -174,6 +174,42 @@ pub fn run(command: SessionsCommand) -> Result<()> {
                     &rows,
                 );
             }
+            if !s.file_ops.is_empty() {
+                println!();
+                let rows: Vec<Vec<String>> = s
+                    .file_ops
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.channel.to_string(),
+                            format!("{} {}", f.protocol, f.op),
+                            f.path.clone(),
+                            f.target.clone().unwrap_or_else(|| "-".into()),
+                            f.flags.clone().unwrap_or_else(|| "-".into()),
+                            f.bytes_read.to_string(),
+                            f.bytes_written.to_string(),
+                            if f.denied {
+                                format!("DENIED: {}", f.status)
+                            } else {
+                                f.status.clone()
+                            },
+                        ]
+                    })
+                    .collect();
+                table::print(
+                    &[
+                        "CHANNEL",
+                        "OPERATION",
+                        "PATH",
+                        "TARGET",
+                        "FLAGS",
+                        "READ",
+                        "WRITTEN",
+                        "STATUS",
+                    ],
+                    &rows,
+                );
+            }
             Ok(())
         }
         SessionsCommand::Kill { id, target } => {

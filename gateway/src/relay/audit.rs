@@ -9,12 +9,19 @@ use std::sync::{
 use bytes::Bytes;
 
 use super::{ConnectionInfo, pump::ChannelExit};
-use crate::recording::writer::{Exit, Recorder};
+use crate::{
+    file_audit::{FileEvent, Filtered, ScpAudit, ScpDirection, SftpAudit, SftpMode, TransferRules},
+    policies::{Policy, SftpRule},
+    recording::writer::{Exit, Recorder},
+    sessions::{FileOpRecord, now_micros},
+};
 
 pub struct ProgramTap {
     pub info: Arc<ConnectionInfo>,
     pub channel: u32,
     pub recorder: Option<Recorder>,
+    /// SFTP/scp auditor; both directions of the channel go through it, one at a time.
+    pub transfer: Option<tokio::sync::Mutex<Transfer>>,
     /// `on_recording_failure = "refuse"`: a recording that breaks ends the session.
     pub refuse_unrecorded: bool,
     failure_reported: AtomicBool,
@@ -25,12 +32,14 @@ impl ProgramTap {
         info: Arc<ConnectionInfo>,
         channel: u32,
         recorder: Option<Recorder>,
+        transfer: Option<Transfer>,
         refuse_unrecorded: bool,
     ) -> Self {
         ProgramTap {
             info,
             channel,
             recorder,
+            transfer: transfer.map(tokio::sync::Mutex::new),
             refuse_unrecorded,
             failure_reported: AtomicBool::new(false),
         }
@@ -52,6 +61,10 @@ impl ProgramTap {
 
     /// The channel closed: finish the recording and the channel record.
     pub async fn closed(&self, exit: ChannelExit) {
+        if let Some(transfer) = &self.transfer {
+            let events = transfer.lock().await.finish();
+            self.file_events(events);
+        }
         if let Some(recorder) = &self.recorder {
             let end = match (&exit.signal, exit.status) {
                 (Some((name, core_dumped)), _) => Exit::Signal {
@@ -110,6 +123,101 @@ impl ProgramTap {
             self.info.abort(format!(
                 "sshgw: session ended: its recording failed ({error})"
             ));
+        }
+    }
+}
+
+/// The file-transfer auditor of an SFTP or legacy scp channel (see `file_audit`).
+pub enum Transfer {
+    Sftp(SftpAudit),
+    Scp(ScpAudit),
+}
+
+impl Transfer {
+    pub fn from_client(&mut self, data: Bytes) -> Filtered {
+        match self {
+            Transfer::Sftp(a) => a.from_client(data),
+            Transfer::Scp(a) => a.from_client(data),
+        }
+    }
+
+    pub fn from_server(&mut self, data: Bytes) -> Filtered {
+        match self {
+            Transfer::Sftp(a) => a.from_server(data),
+            Transfer::Scp(a) => a.from_server(data),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<FileEvent> {
+        match self {
+            Transfer::Sftp(a) => a.finish(),
+            Transfer::Scp(a) => a.finish(),
+        }
+    }
+}
+
+/// The policy's transfer rules as the auditor takes them.
+pub fn transfer_rules(policy: &Policy) -> TransferRules {
+    TransferRules {
+        sftp: match policy.ssh.sftp {
+            SftpRule::Allow => SftpMode::Allow,
+            SftpRule::ReadOnly => SftpMode::ReadOnly,
+            SftpRule::Deny => SftpMode::Deny,
+        },
+        max_upload_bytes: policy.ssh.max_upload_bytes,
+        policy_name: policy.name.clone(),
+    }
+}
+
+impl ProgramTap {
+    /// Logs file operations the auditor completed.
+    pub fn file_events(&self, events: Vec<FileEvent>) {
+        for event in events {
+            let record = match event {
+                FileEvent::Sftp(op) => FileOpRecord {
+                    channel: self.channel,
+                    at: now_micros(),
+                    protocol: "sftp".into(),
+                    op: op.op.to_string(),
+                    path: op.path,
+                    target: op.target,
+                    flags: op.flags,
+                    bytes_read: op.bytes_read,
+                    bytes_written: op.bytes_written,
+                    status: op.status_text,
+                    denied: op.denied,
+                },
+                FileEvent::Scp(file) => {
+                    let upload = file.direction == ScpDirection::Upload;
+                    FileOpRecord {
+                        channel: self.channel,
+                        at: now_micros(),
+                        protocol: "scp".into(),
+                        op: format!("{} {}", if upload { "upload" } else { "download" }, file.op),
+                        path: file.path,
+                        target: None,
+                        flags: Some(format!("size={},mode={:04o}", file.size, file.mode)),
+                        bytes_read: if upload { 0 } else { file.bytes },
+                        bytes_written: if upload { file.bytes } else { 0 },
+                        status: file.status_text,
+                        denied: file.denied,
+                    }
+                }
+            };
+            tracing::info!(
+                session = %self.info.id,
+                channel = self.channel,
+                protocol = %record.protocol,
+                op = %record.op,
+                path = %record.path,
+                target = record.target.as_deref().unwrap_or("-"),
+                bytes_read = record.bytes_read,
+                bytes_written = record.bytes_written,
+                status = %record.status,
+                denied = record.denied,
+                "file operation"
+            );
+            self.info.tracker.file_op(record);
         }
     }
 }

@@ -12,12 +12,14 @@ use tokio::task::JoinHandle;
 
 use super::{
     ConnectionInfo, RelayContext, ServerSlot,
-    audit::ProgramTap,
+    audit::{ProgramTap, Transfer, transfer_rules},
     pump::{self, ChannelLink},
     upstream::{self, Bridge, Connected, UpstreamError},
 };
 use crate::{
     config::RecordingFailure,
+    file_audit::{ScpAudit, ScpDirection, SftpAudit, scp},
+    policies::SftpRule,
     recording::{
         format::pty_modes,
         writer::{ChannelKind, ChannelMeta, PtyMeta},
@@ -187,6 +189,7 @@ impl DeviceSide {
         &mut self,
         channel: ChannelId,
         kind: &ChannelKind,
+        transfer: Option<Transfer>,
     ) -> Result<Option<String>, String> {
         let Some(link) = self.channels.get(&channel).cloned() else {
             return Ok(None);
@@ -232,12 +235,46 @@ impl DeviceSide {
             self.info.clone(),
             number,
             recorder,
+            transfer,
             refuse,
         )));
         Ok(file)
     }
 
     /// Runs a program request: prepares it, relays it, and logs it once the server agreed.
+    /// The auditor an SFTP or legacy scp program gets, or why the policy refuses it.
+    fn transfer_for(&self, kind: &ChannelKind) -> Result<Option<Transfer>, String> {
+        let Some(permissions) = &self.info.permissions else {
+            return Ok(None);
+        };
+        let policy = &permissions.policy;
+        let rules = transfer_rules(policy);
+        let refused = |what: &str| {
+            format!(
+                "sshgw: {what} is denied by policy {:?} ({})",
+                policy.name, policy.id
+            )
+        };
+        match kind {
+            ChannelKind::Subsystem { name } if name == "sftp" => match policy.ssh.sftp {
+                SftpRule::Deny => Err(refused("sftp")),
+                _ => Ok(Some(Transfer::Sftp(SftpAudit::new(rules)))),
+            },
+            ChannelKind::Exec { command } => match scp::parse_command(command) {
+                None => Ok(None),
+                Some(_) if policy.ssh.sftp == SftpRule::Deny => Err(refused("scp")),
+                Some(cmd)
+                    if policy.ssh.sftp == SftpRule::ReadOnly
+                        && cmd.direction == ScpDirection::Upload =>
+                {
+                    Err(refused("uploading with scp"))
+                }
+                Some(cmd) => Ok(Some(Transfer::Scp(ScpAudit::new(cmd, rules)))),
+            },
+            _ => Ok(None),
+        }
+    }
+
     async fn start_program<F, Fut>(
         &mut self,
         channel: ChannelId,
@@ -248,7 +285,17 @@ impl DeviceSide {
         F: FnOnce(Arc<ChannelWriteHalf<client::Msg>>) -> Fut,
         Fut: Future<Output = Result<(), russh::Error>>,
     {
-        let recording = match self.prepare_program(channel, &kind).await {
+        let transfer = match self.transfer_for(&kind) {
+            Ok(transfer) => transfer,
+            Err(message) => {
+                tracing::info!(session = %self.info.id, channel = %channel, reason = %message, "file transfer refused by policy");
+                let line = format!("{message}\r\n");
+                let _ = session.extended_data(channel, 1, line.into_bytes());
+                let _ = session.channel_failure(channel);
+                return;
+            }
+        };
+        let recording = match self.prepare_program(channel, &kind, transfer).await {
             Ok(file) => file,
             Err(message) => {
                 // Disconnect first: a client that saw the request fail would exit before

@@ -104,6 +104,7 @@ pub fn start(
     tokio::spawn(read_side(
         down_read,
         to_server,
+        Some(to_device.clone()),
         traffic.clone(),
         tap.clone(),
         true,
@@ -113,6 +114,7 @@ pub fn start(
     tokio::spawn(read_side(
         up_read,
         to_device,
+        None,
         traffic,
         tap.clone(),
         false,
@@ -134,11 +136,60 @@ pub fn start(
 
 type Replies = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
 
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Passes one chunk of an SFTP/scp channel through its auditor. The lock is held while
+/// the results are queued, so what goes to the client (server data, injected denials)
+/// keeps the order the auditor decided.
+async fn audited(
+    transfer: &tokio::sync::Mutex<super::audit::Transfer>,
+    tap: &ProgramTap,
+    from_client: bool,
+    data: bytes::Bytes,
+    queue: &mpsc::Sender<Event>,
+    back: Option<&mpsc::Sender<Event>>,
+) -> Flow {
+    let mut auditor = transfer.lock().await;
+    let result = if from_client {
+        auditor.from_client(data)
+    } else {
+        auditor.from_server(data)
+    };
+    for chunk in result.forward {
+        if queue.send(Event::Data(chunk)).await.is_err() {
+            return Flow::Stop;
+        }
+    }
+    if let Some(back) = back
+        && !result.reply.is_empty()
+    {
+        let _ = back.send(Event::Data(result.reply.into())).await;
+    }
+    drop(auditor);
+    tap.file_events(result.events);
+    match result.close {
+        None => Flow::Continue,
+        Some(reason) => {
+            tracing::warn!(session = %tap.info.id, channel = tap.channel, reason = %reason, "closing the file-transfer channel");
+            let _ = queue.send(Event::Close).await;
+            if let Some(back) = back {
+                let _ = back.send(Event::Close).await;
+            }
+            Flow::Stop
+        }
+    }
+}
+
 /// Drains one side's channel into the queue towards the other side. Replies to requests
 /// (only the server sends them) go straight to the waiting callback.
 async fn read_side(
     mut read: ChannelReadHalf,
     queue: mpsc::Sender<Event>,
+    // Toward the side this task reads from: where an auditor's replies go.
+    back: Option<mpsc::Sender<Event>>,
     traffic: Arc<ByteCounters>,
     tap: TapSlot,
     from_client: bool,
@@ -155,6 +206,13 @@ async fn read_side(
                 counter.fetch_add(data.len() as u64, Ordering::Relaxed);
                 if let Some(tap) = tap.get() {
                     tap.data(from_client, None, &data).await;
+                    if let Some(transfer) = &tap.transfer {
+                        match audited(transfer, tap, from_client, data, &queue, back.as_ref()).await
+                        {
+                            Flow::Continue => continue,
+                            Flow::Stop => break,
+                        }
+                    }
                 }
                 Event::Data(data)
             }
