@@ -134,14 +134,14 @@ pub enum Transfer {
 }
 
 impl Transfer {
-    pub fn from_client(&mut self, data: Bytes) -> Filtered {
+    pub fn client_data(&mut self, data: Bytes) -> Filtered {
         match self {
             Transfer::Sftp(a) => a.from_client(data),
             Transfer::Scp(a) => a.from_client(data),
         }
     }
 
-    pub fn from_server(&mut self, data: Bytes) -> Filtered {
+    pub fn server_data(&mut self, data: Bytes) -> Filtered {
         match self {
             Transfer::Sftp(a) => a.from_server(data),
             Transfer::Scp(a) => a.from_server(data),

@@ -154,9 +154,9 @@ async fn audited(
 ) -> Flow {
     let mut auditor = transfer.lock().await;
     let result = if from_client {
-        auditor.from_client(data)
+        auditor.client_data(data)
     } else {
-        auditor.from_server(data)
+        auditor.server_data(data)
     };
     for chunk in result.forward {
         if queue.send(Event::Data(chunk)).await.is_err() {
