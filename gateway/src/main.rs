@@ -9,7 +9,6 @@ mod daemon;
 mod datapath;
 mod devices;
 // Not called by the relay yet: remove the allow when it is.
-#[allow(dead_code, unused_imports)]
 mod file_audit;
 mod identity;
 mod json_file;

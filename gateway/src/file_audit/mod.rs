@@ -82,7 +82,7 @@ mod scp_tests;
 #[cfg(test)]
 mod sftp_tests;
 
-pub use scp::{ScpAudit, ScpCommand, ScpDirection};
+pub use scp::{ScpAudit, ScpDirection};
 pub use sftp::SftpAudit;
 
 /// What a policy allows on SFTP (and legacy scp) channels.
@@ -162,7 +162,7 @@ pub struct ScpFile {
     /// `status_text`) or `refused` (the whole transfer was refused by the rules).
     pub op: &'static str,
     /// The name the protocol carries, under the directories (`D` records) it is in; relative
-    /// to the command's path (see [`ScpCommand::paths`]).
+    /// to the command's path (see [`scp::ScpCommand::paths`]).
     pub path: String,
     /// The size the record announced.
     pub size: u64,

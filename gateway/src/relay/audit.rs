@@ -62,8 +62,28 @@ impl ProgramTap {
     /// The channel closed: finish the recording and the channel record.
     pub async fn closed(&self, exit: ChannelExit) {
         if let Some(transfer) = &self.transfer {
-            let events = transfer.lock().await.finish();
+            let mut auditor = transfer.lock().await;
+            let events = auditor.finish();
+            let unparseable = auditor.unparseable();
+            drop(auditor);
             self.file_events(events);
+            if let Some(reason) = unparseable {
+                // Flagged, not fatal (under plain `allow` the bytes passed unchanged).
+                tracing::warn!(session = %self.info.id, channel = self.channel, reason = %reason, "file-transfer stream could not be parsed");
+                self.info.tracker.file_op(FileOpRecord {
+                    channel: self.channel,
+                    at: now_micros(),
+                    protocol: "sftp/scp".into(),
+                    op: "unparseable".into(),
+                    path: String::new(),
+                    target: None,
+                    flags: None,
+                    bytes_read: 0,
+                    bytes_written: 0,
+                    status: reason,
+                    denied: false,
+                });
+            }
         }
         if let Some(recorder) = &self.recorder {
             let end = match (&exit.signal, exit.status) {
@@ -153,6 +173,15 @@ impl Transfer {
             Transfer::Sftp(a) => a.finish(),
             Transfer::Scp(a) => a.finish(),
         }
+    }
+
+    /// Why the stream could not be parsed, if it could not.
+    fn unparseable(&self) -> Option<String> {
+        match self {
+            Transfer::Sftp(a) => a.unparseable(),
+            Transfer::Scp(a) => a.unparseable(),
+        }
+        .map(str::to_string)
     }
 }
 
