@@ -24,7 +24,7 @@ use crate::{
         format::pty_modes,
         writer::{ChannelKind, ChannelMeta, PtyMeta},
     },
-    sessions::{ChannelRecord, now_micros},
+    sessions::{ChannelRecord, FileOpRecord, now_micros},
 };
 
 /// Longest wait for the server's answer to a channel request before failing it.
@@ -275,6 +275,60 @@ impl DeviceSide {
         }
     }
 
+    /// A transfer the policy refuses runs as a program that only explains why: the request
+    /// is accepted (a client whose request failed would exit before printing anything),
+    /// then the reason goes to stderr, exit status 1, and the channel closes. The server
+    /// never sees the request. The refusal is logged as a channel and a denied file
+    /// operation.
+    async fn refuse_transfer(
+        &mut self,
+        channel: ChannelId,
+        kind: &ChannelKind,
+        message: &str,
+        session: &mut Session,
+    ) {
+        tracing::info!(session = %self.info.id, channel = %channel, reason = %message, "file transfer refused by policy");
+        let number = u32::from(channel);
+        let (kind_name, command) = match kind {
+            ChannelKind::Exec { command } => ("exec", command.clone()),
+            ChannelKind::Subsystem { name } => ("subsystem", name.clone()),
+            ChannelKind::Shell => ("shell", String::new()),
+        };
+        let now = now_micros();
+        self.info.tracker.channel_opened(ChannelRecord {
+            channel: number,
+            kind: kind_name.to_string(),
+            command: Some(command.clone()),
+            started_at: now,
+            ended_at: None,
+            exit_status: None,
+            exit_signal: None,
+            recording: None,
+        });
+        self.info.tracker.file_op(FileOpRecord {
+            channel: number,
+            at: now,
+            protocol: if kind_name == "exec" { "scp" } else { "sftp" }.into(),
+            op: "refused".into(),
+            path: command,
+            target: None,
+            flags: None,
+            bytes_read: 0,
+            bytes_written: 0,
+            status: message.to_string(),
+            denied: true,
+        });
+        self.info.tracker.channel_closed(number, Some(1), None);
+        if let Some(link) = self.channels.get(&channel) {
+            let _ = link.upstream.close().await;
+        }
+        let _ = session.channel_success(channel);
+        let _ = session.extended_data(channel, 1, format!("{message}\r\n").into_bytes());
+        let _ = session.exit_status_request(channel, 1);
+        let _ = session.eof(channel);
+        let _ = session.close(channel);
+    }
+
     async fn start_program<F, Fut>(
         &mut self,
         channel: ChannelId,
@@ -288,10 +342,8 @@ impl DeviceSide {
         let transfer = match self.transfer_for(&kind) {
             Ok(transfer) => transfer,
             Err(message) => {
-                tracing::info!(session = %self.info.id, channel = %channel, reason = %message, "file transfer refused by policy");
-                let line = format!("{message}\r\n");
-                let _ = session.extended_data(channel, 1, line.into_bytes());
-                let _ = session.channel_failure(channel);
+                self.refuse_transfer(channel, &kind, &message, session)
+                    .await;
                 return;
             }
         };
