@@ -2,8 +2,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::{
-    Filtered, ScpAudit, ScpCommand, ScpDirection, SftpMode, TransferRules,
-    scp::parse_command,
+    Filtered, ScpAudit, ScpDirection, SftpMode, TransferRules,
+    scp::{ScpCommand, parse_command},
     sftp_tests::{rules, summary, transcript},
 };
 
