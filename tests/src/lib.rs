@@ -33,10 +33,12 @@
 //!
 //! Set `SSHGW_TEST_KEEP_TMP=1` to keep a lab's temp dir (configs, logs) after the test.
 
+pub mod bench;
 pub mod capture;
 pub mod control;
 pub mod gateway;
 pub mod netns;
+pub mod persist;
 pub mod process;
 pub mod recording;
 pub mod ssh;

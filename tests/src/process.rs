@@ -10,6 +10,11 @@
 //! killed (and no `Drop` runs) its children die with it. Caveat: the death signal is tied to the
 //! *thread* that spawned the child, so spawn long-lived processes from a thread that lives as
 //! long as the lab (libtest runs each test in one thread, which is fine).
+//!
+//! A lab that must outlive the process that built it (`cargo xtask lab`, see
+//! [`crate::persist`]) spawns its long-lived processes after [`Processes::set_detached`]:
+//! those get no death signal and a session of their own (`setsid`), so neither the exit of
+//! the lab binary nor the terminal's Ctrl-C or hangup reaches them.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -17,7 +22,7 @@ use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +42,8 @@ struct Inner {
     log_dir: PathBuf,
     next_id: AtomicUsize,
     entries: Mutex<Vec<Entry>>,
+    /// Spawn without the parent death signal, in a new session (see [`Processes::set_detached`]).
+    detached: AtomicBool,
 }
 
 struct Entry {
@@ -147,6 +154,21 @@ fn set_parent_death_signal(cmd: &mut Command) {
     }
 }
 
+/// Lets the child outlive us: no death signal, and a session of its own so the terminal's
+/// job-control signals (Ctrl-C, hangup) never reach it.
+fn detach_from_parent(cmd: &mut Command) {
+    // SAFETY: getsid, getpid and setsid are async-signal-safe syscalls; nothing allocates.
+    unsafe {
+        cmd.pre_exec(|| {
+            // spawn_pty's own hook may already have made the child a session leader.
+            if libc::getsid(0) != libc::getpid() && libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -169,12 +191,21 @@ impl Processes {
                 log_dir,
                 next_id: AtomicUsize::new(1),
                 entries: Mutex::new(Vec::new()),
+                detached: AtomicBool::new(false),
             }),
         })
     }
 
     pub fn log_dir(&self) -> &Path {
         &self.inner.log_dir
+    }
+
+    /// From now on, spawn processes that outlive this one (`true`) or die with it (`false`, the
+    /// default): detached processes get no `PR_SET_PDEATHSIG` and run in a new session
+    /// (`setsid`). The registry still kills them by PID when the lab is dropped; a lab that
+    /// stays up is forgotten instead (see [`crate::persist`]).
+    pub fn set_detached(&self, detached: bool) {
+        self.inner.detached.store(detached, Ordering::Relaxed);
     }
 
     fn log_paths(&self, id: usize, name: &str) -> (PathBuf, PathBuf) {
@@ -194,7 +225,11 @@ impl Processes {
         stderr: PathBuf,
     ) -> Result<(Proc, Option<ChildStdin>, Option<ChildStdout>)> {
         let command = command_line(cmd);
-        set_parent_death_signal(cmd);
+        if self.inner.detached.load(Ordering::Relaxed) {
+            detach_from_parent(cmd);
+        } else {
+            set_parent_death_signal(cmd);
+        }
         // Hold the lock across spawn so kill_all never misses a half-registered child.
         let mut entries = lock(&self.inner);
         let mut child = cmd

@@ -193,6 +193,23 @@ impl Lab {
             .prefix(&format!("{name}-"))
             .tempdir()
             .context("creating the lab temp dir")?;
+        Self::build(name, tmp)
+    }
+
+    /// A lab with a caller-chosen `name` (namespaces `<name>-dev|rtr|srv`, pin directory
+    /// `/sys/fs/bpf/<name>`) and its temporary directory inside `parent`: the lab
+    /// `cargo xtask lab` leaves up under fixed names (see [`crate::persist`]). No stale sweep
+    /// runs, and only `sgw-<pid>-…` names are ever swept by other labs.
+    pub fn with_name(name: &str, parent: &Path) -> Result<Self> {
+        require_root()?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(parent)
+            .with_context(|| format!("creating the lab dir in {}", parent.display()))?;
+        Self::build(name.to_owned(), tmp)
+    }
+
+    fn build(name: String, tmp: TempDir) -> Result<Self> {
         let procs = Processes::new(tmp.path().join("logs"))?;
         let dev = Netns::create(&format!("{name}-dev"))?;
         let rtr = Netns::create(&format!("{name}-rtr"))?;

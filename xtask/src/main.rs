@@ -1,7 +1,9 @@
 //! Developer tasks for sshgw, run as `cargo xtask <command>` (alias in .cargo/config.toml).
 
+mod bench;
 mod deploy;
 mod ebpf;
+mod lab;
 mod prereqs;
 mod test;
 mod util;
@@ -34,6 +36,14 @@ enum Cmd {
     /// router over SSH (--host) or into a directory tree (--root). Enables the service but
     /// does not start it.
     Deploy(deploy::DeployArgs),
+    /// The whole job end to end: build, create a device/router/server lab with sshd and
+    /// sshgw, run a scripted ssh session, show the session log and replay the recording,
+    /// and leave the lab up for an interactive try (--down removes it; --ci checks and
+    /// tears down).
+    Lab(lab::LabArgs),
+    /// Benchmark sshgw against the direct path in the netns lab (release build); writes
+    /// target/bench/report.json and, after a full run, refreshes docs/benchmarks.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +66,8 @@ fn run(command: Cmd) -> Result<()> {
         }
         Cmd::Test(args) => test::run(&args),
         Cmd::Deploy(args) => deploy::run(&args),
+        Cmd::Lab(args) => lab::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
     }
 }
 
@@ -126,6 +138,30 @@ mod tests {
         };
         assert_eq!(args.root.as_deref(), Some(std::path::Path::new("/mnt/r")));
         assert_eq!(args.binary.as_deref(), Some(std::path::Path::new("b")));
+    }
+
+    #[test]
+    fn lab_flags() {
+        let cli = Cli::try_parse_from(["xtask", "lab"]).expect("valid command line");
+        let Cmd::Lab(args) = cli.command else {
+            panic!("expected the lab subcommand");
+        };
+        assert!(!args.ci && !args.down);
+        assert!(Cli::try_parse_from(["xtask", "lab", "--down"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "lab", "--ci"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "lab", "--ci", "--down"]).is_err());
+    }
+
+    #[test]
+    fn bench_flags() {
+        let cli = Cli::try_parse_from(["xtask", "bench", "--quick", "--only", "bulk,setup"])
+            .expect("valid command line");
+        let Cmd::Bench(args) = cli.command else {
+            panic!("expected the bench subcommand");
+        };
+        assert!(args.quick && !args.profile && !args.no_docs);
+        assert_eq!(args.only, ["bulk", "setup"]);
+        assert!(Cli::try_parse_from(["xtask", "bench", "--profile", "--no-docs"]).is_ok());
     }
 
     #[test]

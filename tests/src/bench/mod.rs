@@ -1,0 +1,313 @@
+//! The benchmark harness behind `cargo xtask bench` (binary `sshgw-bench`).
+//!
+//! Every figure runs in a fresh [`Lab`](crate::Lab) with the release sshgw and compares the
+//! gateway route with the direct route to the same sshd (see [`env`]), sampled alternately
+//! (A B A B). The figures:
+//!
+//! * (a) bulk throughput and (f) CPU per GiB: [`bulk`];
+//! * (b) connection setup: [`setup`];
+//! * (c) keystroke round trip over a pty: [`latency`];
+//! * (d) concurrent idle sessions, sshgw memory and descriptors: [`concurrency`];
+//! * (e) the TC program's cost on traffic it does not steer: [`datapath`];
+//! * `--profile`: `perf` samples of sshgw during a bulk transfer: [`profile`].
+//!
+//! The outcome is `report.json` (every sample series, medians, p99s, ratios, the machine,
+//! the commit and the date), `report.md` (the tables) and `results.md` (the Results section
+//! that `cargo xtask bench` splices into `docs/benchmarks.md`). Nothing here asserts a
+//! timing: a figure fails only when the harness cannot measure it.
+
+pub mod bulk;
+pub mod concurrency;
+pub mod datapath;
+pub mod env;
+pub mod latency;
+pub mod profile;
+pub mod report;
+pub mod setup;
+pub mod stats;
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::topology::Lab;
+use env::{BenchEnv, EnvOptions, Route};
+use report::{FigureError, Report};
+
+/// A figure that can be selected with `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Figure {
+    /// (a) and (f).
+    Bulk,
+    Setup,
+    Latency,
+    Concurrency,
+    Datapath,
+}
+
+impl Figure {
+    pub const ALL: [Figure; 5] = [
+        Figure::Bulk,
+        Figure::Setup,
+        Figure::Latency,
+        Figure::Concurrency,
+        Figure::Datapath,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Figure::Bulk => "bulk",
+            Figure::Setup => "setup",
+            Figure::Latency => "latency",
+            Figure::Concurrency => "concurrency",
+            Figure::Datapath => "datapath",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .with_context(|| {
+                format!(
+                    "unknown figure {name:?} (one of: {})",
+                    Self::ALL.map(Figure::name).join(", ")
+                )
+            })
+    }
+}
+
+/// Sizes and sample counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sizes {
+    pub bulk_bytes: u64,
+    pub bulk_rounds: usize,
+    pub setups: usize,
+    pub keystrokes: usize,
+    pub sessions: usize,
+    /// Session handshakes in flight while ramping up.
+    pub session_window: usize,
+    pub session_rounds: usize,
+    pub tcp_bytes: u64,
+    /// Size of the SSH uploads that measure the program's per-packet cost on SSH.
+    pub datapath_ssh_bytes: u64,
+    pub datapath_rounds: usize,
+}
+
+impl Sizes {
+    pub fn full() -> Self {
+        Self {
+            bulk_bytes: 1 << 30,
+            bulk_rounds: 5,
+            setups: 200,
+            keystrokes: 1000,
+            sessions: 2000,
+            session_window: 32,
+            session_rounds: 1,
+            tcp_bytes: 8 << 30,
+            datapath_ssh_bytes: 256 << 20,
+            datapath_rounds: 10,
+        }
+    }
+
+    pub fn quick() -> Self {
+        Self {
+            bulk_bytes: 16 << 20,
+            bulk_rounds: 2,
+            setups: 20,
+            keystrokes: 100,
+            sessions: 50,
+            session_window: 16,
+            session_rounds: 1,
+            tcp_bytes: 64 << 20,
+            datapath_ssh_bytes: 16 << 20,
+            datapath_rounds: 2,
+        }
+    }
+}
+
+/// What to run and where the results go.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    pub sizes: Sizes,
+    pub out_dir: PathBuf,
+    /// Empty: every figure.
+    pub only: Vec<Figure>,
+    /// Also profile sshgw with perf during a bulk transfer.
+    pub profile: bool,
+    /// This binary (the datapath figure runs it in the namespaces as sender and receiver).
+    pub exe: PathBuf,
+    /// The workspace (for the git commit).
+    pub workspace: PathBuf,
+}
+
+impl Options {
+    fn wants(&self, f: Figure) -> bool {
+        self.only.is_empty() || self.only.contains(&f)
+    }
+}
+
+fn log(msg: &str) {
+    eprintln!("[bench] {msg}");
+}
+
+/// Runs `body` in a fresh lab with a benchmark environment; a failure is recorded, and the
+/// lab's process logs are printed.
+fn in_lab<T>(
+    figure: Figure,
+    env_opts: &EnvOptions,
+    errors: &mut Vec<FigureError>,
+    body: impl FnOnce(&mut BenchEnv<'_>) -> Result<T>,
+) -> Option<T> {
+    log(&format!("== {}", figure.name()));
+    let started = Instant::now();
+    let outcome = Lab::new().and_then(|lab| {
+        let result = BenchEnv::start(&lab, env_opts).and_then(|mut env| body(&mut env));
+        if result.is_err() {
+            lab.dump_logs();
+        }
+        result
+    });
+    log(&format!(
+        "== {} done in {:.0}s",
+        figure.name(),
+        started.elapsed().as_secs_f64()
+    ));
+    match outcome {
+        Ok(v) => Some(v),
+        Err(err) => {
+            log(&format!("{} FAILED: {err:#}", figure.name()));
+            errors.push(FigureError {
+                figure,
+                error: format!("{err:#}"),
+            });
+            None
+        }
+    }
+}
+
+/// Runs the selected figures and writes the report files into `opts.out_dir`.
+pub fn run(opts: &Options) -> Result<Report> {
+    crate::topology::require_root()?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    let nofile = sys::raise_nofile_limit()?;
+    let started = Instant::now();
+    let mut report = Report::new(opts);
+    log(&format!(
+        "{} run on {}; open-file limit {nofile}; load average {}",
+        if opts.quick { "quick" } else { "full" },
+        report.machine.summary(),
+        report.load_before
+    ));
+    let s = &opts.sizes;
+    let plain = EnvOptions::default();
+    let mut errors = Vec::new();
+
+    if opts.wants(Figure::Bulk) {
+        report.bulk = in_lab(Figure::Bulk, &plain, &mut errors, |env| {
+            bulk::run(env, s.bulk_bytes, s.bulk_rounds, &log)
+        });
+    }
+    if opts.wants(Figure::Setup) {
+        report.setup = in_lab(Figure::Setup, &plain, &mut errors, |env| {
+            setup::run(env, s.setups, &log)
+        });
+    }
+    if opts.wants(Figure::Latency) {
+        report.latency = in_lab(Figure::Latency, &plain, &mut errors, |env| {
+            latency::run(env, s.keystrokes, &log)
+        });
+    }
+    if opts.wants(Figure::Concurrency) {
+        report.concurrency = in_lab(Figure::Concurrency, &plain, &mut errors, |env| {
+            concurrency::run(env, s.sessions, s.session_window, s.session_rounds, &log)
+        });
+        if let Some(c) = &report.concurrency {
+            for r in c.ramps.iter().filter(|r| r.error.is_some()) {
+                errors.push(FigureError {
+                    figure: Figure::Concurrency,
+                    error: format!(
+                        "{} ramp {} stopped at {} of {} sessions: {}",
+                        r.route.label(),
+                        r.round + 1,
+                        r.reached,
+                        r.target,
+                        r.error.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+    }
+    if opts.wants(Figure::Datapath) {
+        let remove = EnvOptions {
+            remove_on_stop: true,
+        };
+        report.datapath = in_lab(Figure::Datapath, &remove, &mut errors, |env| {
+            datapath::run(
+                env,
+                &opts.exe,
+                s.tcp_bytes,
+                s.datapath_ssh_bytes,
+                s.datapath_rounds,
+                &log,
+            )
+        });
+    }
+    if opts.profile {
+        let out = opts.out_dir.clone();
+        let bytes = s.bulk_bytes;
+        let profiles = in_lab(Figure::Bulk, &plain, &mut errors, |env| {
+            let mut all = Vec::new();
+            for (route, direction) in [
+                (Route::Sshgw, bulk::Direction::Upload),
+                (Route::Sshgw, bulk::Direction::Download),
+                (Route::SshgwLogged, bulk::Direction::Upload),
+            ] {
+                all.push(profile::run(env, &out, route, direction, bytes, &log)?);
+            }
+            Ok(all)
+        });
+        report.profiles = profiles.unwrap_or_default();
+    }
+
+    report.errors = errors;
+    report.finish(started.elapsed().as_secs_f64());
+    report.write(&opts.out_dir)?;
+    log(&format!(
+        "wrote {} ({:.0}s)",
+        opts.out_dir.join("report.json").display(),
+        report.duration_s
+    ));
+    Ok(report)
+}
+
+/// Runs the benchmark and fails when a figure could not be measured (after writing the
+/// report).
+pub fn run_checked(opts: &Options) -> Result<()> {
+    let report = run(opts)?;
+    print!("{}", report.markdown());
+    if !report.errors.is_empty() {
+        bail!(
+            "{} figure(s) could not be measured: {}",
+            report.errors.len(),
+            report
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.figure.name(), e.error))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Default output directory `<workspace>/target/bench`.
+pub fn default_out_dir(workspace: &Path) -> PathBuf {
+    workspace.join("target").join("bench")
+}

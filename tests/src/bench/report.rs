@@ -1,0 +1,565 @@
+//! `report.json`, `report.md` and `results.md` (the Results section of
+//! `docs/benchmarks.md`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::bulk::{BulkFigure, Direction};
+use super::concurrency::ConcurrencyFigure;
+use super::datapath::{self, DatapathFigure};
+use super::env::Route;
+use super::latency::LatencyFigure;
+use super::profile::Profile;
+use super::setup::SetupFigure;
+use super::stats::ratio;
+use super::sys::{self, Machine};
+use super::{Figure, Options, Sizes};
+
+/// The targets the figures are reported against.
+pub mod target {
+    pub const BULK_RATIO: f64 = 0.85;
+    pub const BULK_LOGGED_RATIO: f64 = 0.80;
+    pub const SETUP_ADDED_MS: f64 = 5.0;
+    pub const KEYSTROKE_ADDED_MS: f64 = 0.3;
+    pub const SESSIONS: usize = 2000;
+    pub const SESSIONS_RSS_MIB: f64 = 256.0;
+    pub const TC_NS_PER_PACKET: f64 = 100.0;
+    pub const FORWARDED_RATIO: f64 = 0.98;
+    pub const CPU_RATIO: f64 = 1.2;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FigureError {
+    pub figure: Figure,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Meets,
+    Misses,
+    /// No target, or not comparable (quick run).
+    Info,
+}
+
+impl Verdict {
+    fn of(ok: bool) -> Self {
+        if ok { Verdict::Meets } else { Verdict::Misses }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Meets => "meets",
+            Verdict::Misses => "**misses**",
+            Verdict::Info => "",
+        }
+    }
+}
+
+/// One line of the summary table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub figure: String,
+    pub direct: String,
+    pub sshgw: String,
+    pub comparison: String,
+    pub target: String,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub quick: bool,
+    pub date: String,
+    pub git_commit: Option<String>,
+    pub machine: Machine,
+    /// `/proc/loadavg` before and after the run (other work on the machine skews figures).
+    pub load_before: String,
+    pub load_after: String,
+    pub duration_s: f64,
+    pub sizes: Sizes,
+    pub bulk: Option<BulkFigure>,
+    pub setup: Option<SetupFigure>,
+    pub latency: Option<LatencyFigure>,
+    pub concurrency: Option<ConcurrencyFigure>,
+    pub datapath: Option<DatapathFigure>,
+    pub profiles: Vec<Profile>,
+    pub summary: Vec<Row>,
+    pub errors: Vec<FigureError>,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// `v` with `decimals`, or `n/a`.
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+fn signed(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:+.decimals$}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+impl Report {
+    pub fn new(opts: &Options) -> Self {
+        Self {
+            schema: 1,
+            quick: opts.quick,
+            date: sys::utc_now(),
+            git_commit: sys::git_commit(&opts.workspace),
+            machine: Machine::probe(),
+            load_before: loadavg(),
+            load_after: String::new(),
+            duration_s: 0.0,
+            sizes: opts.sizes.clone(),
+            bulk: None,
+            setup: None,
+            latency: None,
+            concurrency: None,
+            datapath: None,
+            profiles: Vec::new(),
+            summary: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn finish(&mut self, duration_s: f64) {
+        self.duration_s = duration_s;
+        self.load_after = loadavg();
+        self.summary = self.rows();
+    }
+
+    /// A verdict, or Info in a quick run (its sizes are too small to compare).
+    fn verdict(&self, ok: bool) -> Verdict {
+        if self.quick {
+            Verdict::Info
+        } else {
+            Verdict::of(ok)
+        }
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let mut row = |figure: String,
+                       direct: String,
+                       sshgw: String,
+                       comparison: String,
+                       target: &str,
+                       verdict: Verdict| {
+            rows.push(Row {
+                figure,
+                direct,
+                sshgw,
+                comparison,
+                target: target.to_owned(),
+                verdict,
+            })
+        };
+        if let Some(b) = &self.bulk {
+            for direction in Direction::ALL {
+                let (Some(d), Some(g), Some(l)) = (
+                    b.get(Route::Direct, direction),
+                    b.get(Route::Sshgw, direction),
+                    b.get(Route::SshgwLogged, direction),
+                ) else {
+                    continue;
+                };
+                row(
+                    format!("a) {} {} (MiB/s)", direction.label(), size(b.bytes)),
+                    num(d.mib_per_s.median, 0),
+                    num(g.mib_per_s.median, 0),
+                    format!("{}×", num(g.ratio_to_direct, 2)),
+                    "≥ 0.85×",
+                    self.verdict(g.ratio_to_direct >= target::BULK_RATIO),
+                );
+                row(
+                    format!("a) {}, command logging (MiB/s)", direction.label()),
+                    num(d.mib_per_s.median, 0),
+                    num(l.mib_per_s.median, 0),
+                    format!("{}×", num(l.ratio_to_direct, 2)),
+                    "≥ 0.80×",
+                    self.verdict(l.ratio_to_direct >= target::BULK_LOGGED_RATIO),
+                );
+            }
+        }
+        if let Some(s) = &self.setup {
+            row(
+                format!("b) connection setup, median of {} (ms)", s.runs),
+                num(s.direct_ms.median, 1),
+                num(s.sshgw_ms.median, 1),
+                format!("{} ms", signed(s.added_median_ms, 1)),
+                "≤ +5 ms",
+                self.verdict(s.added_median_ms <= target::SETUP_ADDED_MS),
+            );
+            row(
+                "b) connection setup, p99 (ms)".to_owned(),
+                num(s.direct_ms.p99, 1),
+                num(s.sshgw_ms.p99, 1),
+                format!("{} ms", signed(s.added_p99_ms, 1)),
+                "",
+                Verdict::Info,
+            );
+            let default_kex = s
+                .negotiated
+                .iter()
+                .find(|n| n.route == Route::Direct && !n.pinned_kex)
+                .map_or("default", |n| n.kex.as_str());
+            row(
+                format!(
+                    "b) setup median, direct with the client's default key exchange ({default_kex}) (ms)"
+                ),
+                num(s.direct_default_kex_ms.median, 1),
+                num(s.sshgw_ms.median, 1),
+                format!(
+                    "{} ms",
+                    signed(s.sshgw_ms.median - s.direct_default_kex_ms.median, 1)
+                ),
+                "",
+                Verdict::Info,
+            );
+        }
+        if let Some(l) = &self.latency {
+            row(
+                format!(
+                    "c) keystroke round trip, median of {} (ms)",
+                    l.samples_per_route
+                ),
+                num(l.direct_ms.median, 3),
+                num(l.sshgw_ms.median, 3),
+                format!("{} ms", signed(l.added_median_ms, 3)),
+                "≤ +0.3 ms",
+                self.verdict(l.added_median_ms <= target::KEYSTROKE_ADDED_MS),
+            );
+            row(
+                "c) keystroke round trip, p99 (ms)".to_owned(),
+                num(l.direct_ms.p99, 3),
+                num(l.sshgw_ms.p99, 3),
+                format!("{} ms", signed(l.added_p99_ms, 3)),
+                "",
+                Verdict::Info,
+            );
+        }
+        if let Some(c) = &self.concurrency
+            && let (Some(d), Some(g)) = (c.last(Route::Direct), c.last(Route::Sshgw))
+        {
+            let rss = g.memory.last().map_or(f64::NAN, |m| m.rss_mib);
+            row(
+                format!("d) concurrent idle sessions (of {})", c.target),
+                d.reached.to_string(),
+                g.reached.to_string(),
+                format!("sshgw RSS {} MiB", num(rss, 0)),
+                "2,000 sessions, RSS ≤ 256 MiB",
+                self.verdict(g.reached >= target::SESSIONS && rss <= target::SESSIONS_RSS_MIB),
+            );
+            row(
+                "d) sshgw per session".to_owned(),
+                String::new(),
+                format!(
+                    "{} KiB RSS, {} fds",
+                    num(g.rss_per_session_kib.unwrap_or(f64::NAN), 0),
+                    num(g.fds_per_session.unwrap_or(f64::NAN), 2)
+                ),
+                String::new(),
+                "",
+                Verdict::Info,
+            );
+            let (dr, gr) = (c.rate(Route::Direct), c.rate(Route::Sshgw));
+            row(
+                format!("d) session setup rate, {} in flight (sessions/s)", c.window),
+                num(dr, 1),
+                num(gr, 1),
+                format!("{}×", num(ratio(gr, dr), 2)),
+                "",
+                Verdict::Info,
+            );
+        }
+        if let Some(d) = &self.datapath {
+            if let Some(c) = d.cost(datapath::CLASS_TCP) {
+                row(
+                    "e) TC program, non-audited bulk TCP (ns/packet)".to_owned(),
+                    String::new(),
+                    num(c.ns_per_packet, 1),
+                    format!("{} B/packet", num(c.bytes_per_packet, 0)),
+                    "≤ 100 ns",
+                    self.verdict(c.ns_per_packet <= target::TC_NS_PER_PACKET),
+                );
+            }
+            if let Some(c) = d.cost(datapath::CLASS_SSH_DIRECT) {
+                row(
+                    "e) TC program, non-audited SSH (ns/packet)".to_owned(),
+                    String::new(),
+                    num(c.ns_per_packet, 1),
+                    format!("{} B/packet", num(c.bytes_per_packet, 0)),
+                    "",
+                    Verdict::Info,
+                );
+            }
+            row(
+                format!(
+                    "e) forwarded TCP {}, without / with program (MiB/s)",
+                    size(d.tcp_bytes)
+                ),
+                num(d.without_program_mib_s.median, 0),
+                num(d.with_program_mib_s.median, 0),
+                format!("{}× (paired {}×)", num(d.ratio, 3), num(d.paired_ratio, 3)),
+                "≥ 0.98×",
+                self.verdict(d.ratio >= target::FORWARDED_RATIO),
+            );
+        }
+        if let Some(b) = &self.bulk {
+            for direction in Direction::ALL {
+                for route in [Route::Sshgw, Route::SshgwLogged] {
+                    let Some(c) = b.cpu(route, direction) else {
+                        continue;
+                    };
+                    let plain = route == Route::Sshgw;
+                    row(
+                        format!(
+                            "f) CPU, {}{} (s/GiB: ssh+sshd direct vs sshgw)",
+                            direction.label(),
+                            if plain { "" } else { ", command logging" }
+                        ),
+                        num(c.direct_ssh_plus_sshd_s_per_gib, 2),
+                        num(c.sshgw_s_per_gib, 2),
+                        format!("{}×", num(c.ratio, 2)),
+                        if plain { "≤ 1.2×" } else { "" },
+                        if plain {
+                            self.verdict(c.ratio <= target::CPU_RATIO)
+                        } else {
+                            Verdict::Info
+                        },
+                    );
+                }
+            }
+        }
+        rows
+    }
+
+    /// The Results section body (no heading): provenance, the summary table, details.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "Run: {} UTC, commit `{}`, `cargo xtask bench{}` ({}).  ",
+            self.date.trim_end_matches('Z').replace('T', " "),
+            self.git_commit.as_deref().unwrap_or("unknown"),
+            if self.quick { " --quick" } else { "" },
+            if self.duration_s < 120.0 {
+                format!("{:.0} s", self.duration_s)
+            } else {
+                format!("{:.0} min", self.duration_s / 60.0)
+            }
+        );
+        let _ = writeln!(md, "Machine: {}.  ", self.machine.summary());
+        let _ = writeln!(
+            md,
+            "Load average before / after: {} / {}.",
+            self.load_before, self.load_after
+        );
+        if self.quick {
+            let _ = writeln!(
+                md,
+                "\n*Quick run: the sizes only check the harness; the numbers mean nothing.*"
+            );
+        }
+        md.push('\n');
+        md.push_str("| Figure | Direct | Through sshgw | sshgw vs direct | Target | Status |\n");
+        md.push_str("|---|---:|---:|---:|---|---|\n");
+        for r in &self.summary {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.figure,
+                r.direct,
+                r.sshgw,
+                r.comparison,
+                r.target,
+                r.verdict.text()
+            );
+        }
+        for e in &self.errors {
+            let _ = writeln!(
+                md,
+                "\n**{} could not be measured:** {}",
+                e.figure.name(),
+                e.error.replace('\n', " ")
+            );
+        }
+        self.details(&mut md);
+        md
+    }
+
+    fn details(&self, md: &mut String) {
+        if let Some(b) = &self.bulk {
+            let _ = writeln!(
+                md,
+                "\n**Bulk transfers** ({} each way, {} rounds; MiB/s median [min–max]; CPU seconds per GiB, medians)\n",
+                size(b.bytes),
+                b.rounds
+            );
+            md.push_str("| Route | Direction | MiB/s | vs direct | ssh | sshd | sshgw |\n");
+            md.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+            for s in &b.summary {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} [{}–{}] | {}× | {} | {} | {} |",
+                    s.route.label(),
+                    s.direction.label(),
+                    num(s.mib_per_s.median, 0),
+                    num(s.mib_per_s.min, 0),
+                    num(s.mib_per_s.max, 0),
+                    num(s.ratio_to_direct, 2),
+                    num(s.ssh_cpu_s_per_gib, 2),
+                    num(s.sshd_cpu_s_per_gib, 2),
+                    s.sshgw_cpu_s_per_gib.map_or("–".to_owned(), |v| num(v, 2)),
+                );
+            }
+            md.push_str("\nCPU seconds of an empty session (setup and teardown, included above):");
+            for c in &b.setup_cpu {
+                let _ = write!(
+                    md,
+                    " {}: ssh {}, sshd {}{};",
+                    c.route.label(),
+                    num(c.ssh_s, 3),
+                    num(c.sshd_s, 3),
+                    c.sshgw_s
+                        .map_or(String::new(), |g| format!(", sshgw {}", num(g, 3)))
+                );
+            }
+            md.pop();
+            md.push_str(".\n");
+        }
+        if let Some(s) = &self.setup {
+            let _ = writeln!(
+                md,
+                "\n**Negotiated on the device leg** (`ssh -v`; sshgw's server leg uses russh's defaults)\n"
+            );
+            md.push_str(
+                "| Route | Client key exchange | Key exchange | Cipher |\n|---|---|---|---|\n",
+            );
+            for n in &s.negotiated {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} |",
+                    n.route.label(),
+                    if n.pinned_kex { "pinned" } else { "default" },
+                    n.kex,
+                    n.cipher
+                );
+            }
+        }
+        if let Some(c) = &self.concurrency {
+            let _ = writeln!(
+                md,
+                "\n**Concurrency** (idle `ssh -tt` sessions, {} handshakes in flight)\n",
+                c.window
+            );
+            md.push_str("| Route | Sessions | Ramp (s) | Sessions/s | Setup median / p99 (ms) | Machine memory used (MiB) |\n");
+            md.push_str("|---|---:|---:|---:|---:|---:|\n");
+            for r in &c.ramps {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} / {} | {} | {} | {} / {} | {} |",
+                    r.route.label(),
+                    r.reached,
+                    r.target,
+                    num(r.seconds, 1),
+                    num(r.sessions_per_s, 1),
+                    num(r.setup_ms.median, 0),
+                    num(r.setup_ms.p99, 0),
+                    num(r.machine_mib_used, 0)
+                );
+            }
+            if let Some(g) = c.last(Route::Sshgw) {
+                md.push_str("\n| sshgw at N sessions | RSS (MiB) | fds | threads |\n");
+                md.push_str("|---:|---:|---:|---:|\n");
+                for m in &g.memory {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} |",
+                        m.sessions,
+                        num(m.rss_mib, 1),
+                        m.fds,
+                        m.threads
+                    );
+                }
+            }
+        }
+        if let Some(d) = &self.datapath {
+            let _ = writeln!(
+                md,
+                "\n**TC program cost** (`bpf_stats_enabled`, r0 ingress; a packet is one skb, GSO included)\n"
+            );
+            md.push_str("| Traffic | Packets | ns/packet | Bytes/packet |\n");
+            md.push_str("|---|---:|---:|---:|\n");
+            for c in &d.costs {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} |",
+                    c.class,
+                    c.run_cnt,
+                    num(c.ns_per_packet, 1),
+                    num(c.bytes_per_packet, 0)
+                );
+            }
+        }
+        for p in &self.profiles {
+            let _ = writeln!(
+                md,
+                "\n**Profile** of sshgw, {} {} ({} samples, {:.0} MiB/s during the profile; self time)\n",
+                p.route.label(),
+                p.direction.label(),
+                p.samples,
+                p.transfer.mib_per_s
+            );
+            md.push_str("| % | Object | Symbol |\n|---:|---|---|\n");
+            for e in p.top.iter().take(10) {
+                let _ = writeln!(
+                    md,
+                    "| {:.1} | {} | `{}` |",
+                    e.percent,
+                    e.dso,
+                    e.symbol.replace('|', "\\|")
+                );
+            }
+        }
+    }
+
+    /// Writes `report.json`, `report.md` and `results.md` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let json = dir.join("report.json");
+        std::fs::write(&json, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        let body = self.markdown();
+        let md = dir.join("report.md");
+        std::fs::write(&md, format!("# sshgw benchmark\n\n{body}"))
+            .with_context(|| format!("writing {}", md.display()))?;
+        let results = dir.join("results.md");
+        std::fs::write(&results, body).with_context(|| format!("writing {}", results.display()))?;
+        Ok(())
+    }
+}

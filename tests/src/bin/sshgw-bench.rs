@@ -1,0 +1,109 @@
+//! `sshgw-bench`: the benchmark runner behind `cargo xtask bench` (see
+//! `sshgw_tests::bench`), plus the TCP sender/receiver it runs inside the lab namespaces.
+//!
+//! ```text
+//! sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N]
+//! sshgw-bench tcp-sink --listen ADDR:PORT
+//! sshgw-bench tcp-source --connect ADDR:PORT --bytes N
+//! ```
+//!
+//! Needs root and `SSHGW_BIN` (the release sshgw); `cargo xtask bench` sets everything up.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use sshgw_tests::bench::{self, Figure, Options, Sizes, datapath};
+
+const USAGE: &str = "usage:
+  sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N]
+      FIG: bulk, setup, latency, concurrency, datapath
+      --sessions N: idle sessions of the concurrency figure (default 2000, quick 50)
+  sshgw-bench tcp-sink --listen ADDR:PORT
+  sshgw-bench tcp-source --connect ADDR:PORT --bytes N";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sshgw-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The value following `flag` in `args`.
+fn value<'a>(args: &'a [String], flag: &str) -> Result<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .with_context(|| format!("{flag} VALUE is required\n{USAGE}"))
+}
+
+fn dispatch(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("tcp-sink") => datapath::tcp_sink(value(args, "--listen")?),
+        Some("tcp-source") => {
+            let bytes = value(args, "--bytes")?
+                .parse()
+                .context("--bytes must be a byte count")?;
+            datapath::tcp_source(value(args, "--connect")?, bytes)
+        }
+        Some("run") => run(&args[1..]),
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => run(args),
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("no workspace directory")?
+        .to_path_buf();
+    let mut quick = false;
+    let mut profile = false;
+    let mut out_dir = None;
+    let mut sessions = None;
+    let mut only = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--profile" => profile = true,
+            "--out" => out_dir = Some(PathBuf::from(it.next().context("--out DIR")?)),
+            "--sessions" => {
+                sessions = Some(
+                    it.next()
+                        .context("--sessions N")?
+                        .parse()
+                        .context("--sessions takes a number")?,
+                )
+            }
+            "--only" => {
+                for name in it.next().context("--only FIG,...")?.split(',') {
+                    only.push(Figure::parse(name.trim())?);
+                }
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let mut sizes = if quick { Sizes::quick() } else { Sizes::full() };
+    if let Some(n) = sessions {
+        sizes.sessions = n;
+    }
+    let opts = Options {
+        quick,
+        sizes,
+        out_dir: out_dir.unwrap_or_else(|| bench::default_out_dir(&workspace)),
+        only,
+        profile,
+        exe: std::env::current_exe().context("locating this executable")?,
+        workspace,
+    };
+    bench::run_checked(&opts)
+}
