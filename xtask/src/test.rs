@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the single entry point that builds everything and runs every test.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -38,6 +39,8 @@ enum Step {
     BuildGateway,
     UnitTests,
     NetnsTests,
+    /// `cargo xtask bench --quick`: shows the benchmark harness works (no timing checks).
+    BenchQuick,
 }
 
 impl Step {
@@ -49,13 +52,14 @@ impl Step {
             Step::BuildGateway => "build sshgw (debug)",
             Step::UnitTests => "unit tests",
             Step::NetnsTests => "netns tests",
+            Step::BenchQuick => "bench --quick",
         }
     }
 
     /// Whether a failure makes the remaining steps pointless (they are then skipped).
     /// Test steps are not: the netns tests still run after a unit-test failure.
     fn aborts_on_failure(self) -> bool {
-        !matches!(self, Step::UnitTests | Step::NetnsTests)
+        !matches!(self, Step::UnitTests | Step::NetnsTests | Step::BenchQuick)
     }
 }
 
@@ -73,6 +77,10 @@ fn plan(args: &TestArgs) -> Vec<Step> {
     }
     if netns {
         steps.push(Step::NetnsTests);
+        // A filtered run is about particular tests; the benchmark harness is not one.
+        if args.extra.is_empty() {
+            steps.push(Step::BenchQuick);
+        }
     }
     steps
 }
@@ -165,6 +173,14 @@ fn execute(step: Step, ctx: &mut RunState<'_>) -> Result<()> {
                     bin.display()
                 );
             }
+        }
+        Step::BenchQuick => {
+            let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+            util::run(
+                Command::new(xtask)
+                    .args(["bench", "--quick"])
+                    .current_dir(&ctx.root),
+            )?;
         }
         Step::UnitTests => {
             let mut cmd = util::host_cargo();
@@ -276,9 +292,17 @@ mod tests {
                 Step::BuildEbpf,
                 Step::BuildGateway,
                 Step::UnitTests,
-                Step::NetnsTests
+                Step::NetnsTests,
+                Step::BenchQuick
             ]
         );
+    }
+
+    #[test]
+    fn a_test_filter_skips_the_bench() {
+        let mut filtered = args(false, false);
+        filtered.extra = vec!["relay".into()];
+        assert!(!plan(&filtered).contains(&Step::BenchQuick));
     }
 
     #[test]
