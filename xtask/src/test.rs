@@ -184,7 +184,8 @@ fn execute(step: Step, ctx: &mut RunState<'_>) -> Result<()> {
         }
         Step::UnitTests => {
             let mut cmd = util::host_cargo();
-            cmd.arg("test").current_dir(&ctx.root);
+            // Every package's tests run even if one fails, so one failure hides nothing.
+            cmd.args(["test", "--no-fail-fast"]).current_dir(&ctx.root);
             for pkg in UNIT_TEST_PACKAGES {
                 cmd.args(["--package", pkg]);
             }
@@ -203,7 +204,13 @@ fn execute(step: Step, ctx: &mut RunState<'_>) -> Result<()> {
             println!("[test] SSHGW_BIN={}", bin.display());
             util::run(
                 util::host_cargo()
-                    .args(["test", "--package", NETNS_TEST_PACKAGE, "--"])
+                    .args([
+                        "test",
+                        "--no-fail-fast",
+                        "--package",
+                        NETNS_TEST_PACKAGE,
+                        "--",
+                    ])
                     .arg(NETNS_TEST_THREADS)
                     .args(ctx.extra)
                     .env("SSHGW_BIN", &bin)
