@@ -871,6 +871,25 @@ impl Gateway<'_> {
         .with_context(|| format!("sessions seen last: {last:#?}"))
     }
 
+    /// Waits (bounded) until `sessions show ID --json` has an end time and a close reason,
+    /// and returns the record.
+    pub fn wait_session_closed(&self, id: &str, timeout: Duration) -> Result<Value> {
+        let mut last = Value::Null;
+        poll_until(
+            &format!("session {id} to be closed in the log"),
+            timeout,
+            Duration::from_millis(50),
+            || {
+                last = self.session(id)?;
+                Ok(
+                    (!last["close_reason"].is_null() && !last["ended_at"].is_null())
+                        .then(|| last.clone()),
+                )
+            },
+        )
+        .with_context(|| format!("last record: {last:#}"))
+    }
+
     /// How many times the current run has logged `needle`.
     pub fn log_count(&self, needle: &str) -> usize {
         self.log().matches(needle).count()

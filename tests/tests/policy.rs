@@ -234,22 +234,9 @@ fn find_session(
     })
 }
 
-/// Waits (bounded) until `sessions show ID --json` has a close reason, and returns it.
+/// Waits (bounded) until session `id` is closed in the log, and returns its record.
 fn wait_closed(gw: &Gateway<'_>, id: &str) -> Result<Value> {
-    let mut last = Value::Null;
-    poll_until(
-        &format!("session {id} to be closed in the log"),
-        LOG_TIMEOUT,
-        Duration::from_millis(50),
-        || {
-            last = gw.session(id)?;
-            Ok(
-                (!last["close_reason"].is_null() && !last["ended_at"].is_null())
-                    .then(|| last.clone()),
-            )
-        },
-    )
-    .with_context(|| format!("last record: {last:#}"))
+    gw.wait_session_closed(id, LOG_TIMEOUT)
 }
 
 // ------------------------------------------------------------------------------------------
