@@ -45,8 +45,6 @@ const LOGIN: &str = "jdoe";
 
 /// The daemon's log line for a subsystem/exec refused by the transfer rules.
 const TRANSFER_REFUSED: &str = "file transfer refused by policy";
-/// What OpenSSH prints (and then exits 255) when the gateway refuses the session channel's
-/// subsystem / exec request.
 
 // ------------------------------------------------------------------------------------------
 // Helpers
