@@ -67,3 +67,19 @@ pub fn lab_test(test: impl FnOnce(&Lab) -> anyhow::Result<()>) {
         panic!("lab {} failed: {err:?}", lab.name());
     }
 }
+
+/// Generates an IPv4 and an IPv6 test from `body(lab, family)`, each in its own lab.
+#[macro_export]
+macro_rules! family_tests {
+    ($body:ident => $v4:ident, $v6:ident) => {
+        #[test]
+        fn $v4() {
+            $crate::lab_test(|lab| $body(lab, $crate::Family::V4));
+        }
+
+        #[test]
+        fn $v6() {
+            $crate::lab_test(|lab| $body(lab, $crate::Family::V6));
+        }
+    };
+}

@@ -14,30 +14,15 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use sshgw_tests::family_tests;
 use sshgw_tests::gateway::{GatewayConfig, INTERCEPT_LOG, bpf_link_exists, bpftool};
 use sshgw_tests::{
-    Family, Lab, OTHER_TCP_PORT, SSH_PORT, SshConnection, host_port, iface, lab_test,
-    syn_ack_filter,
+    Family, Lab, OTHER_TCP_PORT, SSH_PORT, SshConnection, host_port, iface, syn_ack_filter,
 };
 
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Generates an IPv4 and an IPv6 test from `body(lab, family)`.
-macro_rules! family_tests {
-    ($body:ident => $v4:ident, $v6:ident) => {
-        #[test]
-        fn $v4() {
-            lab_test(|lab| $body(lab, Family::V4));
-        }
-
-        #[test]
-        fn $v6() {
-            lab_test(|lab| $body(lab, Family::V6));
-        }
-    };
-}
 
 /// `echo $SSH_CONNECTION` from `src` to `dst:port` (in `dev`) must succeed and show `client`
 /// as the client address sshd saw (the raw line must start with "<client> ").

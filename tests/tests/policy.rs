@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
+use sshgw_tests::family_tests;
 use sshgw_tests::gateway::{default_devices, default_policies};
 use sshgw_tests::wait::poll_until;
 use sshgw_tests::{
@@ -61,21 +62,6 @@ fn family_of(addr: IpAddr) -> Family {
     } else {
         Family::V6
     }
-}
-
-/// Generates an IPv4 and an IPv6 test from `body(lab, family)`.
-macro_rules! family_tests {
-    ($body:ident => $v4:ident, $v6:ident) => {
-        #[test]
-        fn $v4() {
-            lab_test(|lab| $body(lab, Family::V4));
-        }
-
-        #[test]
-        fn $v6() {
-            lab_test(|lab| $body(lab, Family::V6));
-        }
-    };
 }
 
 /// One policy with the required fields; add optional fields with `extra` (merged).
