@@ -17,13 +17,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::env::{BenchEnv, READY_MARKER, Route};
+use super::env::{BenchEnv, Failure, READY_MARKER, Route};
 use super::stats::Series;
 use super::sys;
 use crate::process::Proc;
 
 /// Longest a single session may take to come up.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(120);
+/// A session not up after this long gets a TCP snapshot (at most [`MAX_SNAPSHOTS`]).
+const SLOW: Duration = Duration::from_secs(40);
+const MAX_SNAPSHOTS: usize = 5;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryPoint {
@@ -49,6 +52,10 @@ pub struct Ramp {
     pub fds_per_session: Option<f64>,
     /// Memory the whole machine used for the N sessions (MemAvailable drop), all processes.
     pub machine_mib_used: f64,
+    /// Sessions that failed to come up (each was replaced by a new attempt).
+    pub failures: Vec<Failure>,
+    /// TCP snapshots of sessions that were slow to come up.
+    pub slow_snapshots: Vec<String>,
     /// Why the ramp stopped early, if it did.
     pub error: Option<String>,
 }
@@ -85,6 +92,7 @@ struct Pending {
     stdout: ChildStdout,
     seen: Vec<u8>,
     started: Instant,
+    snapshot_taken: bool,
 }
 
 struct Open {
@@ -147,9 +155,12 @@ fn ramp(
     let mut spawned = 0;
     let mut next_quarter = 1;
     let mut error = None;
+    let mut failures = Vec::new();
+    let mut slow_snapshots = Vec::new();
+    let max_failures = (target / 50).max(5);
     let start = Instant::now();
     'ramp: while open.len() < target {
-        while pending.len() < window && spawned < target {
+        while pending.len() < window && open.len() + pending.len() < target {
             let mut cmd = env.ssh_command(route, true, &remote);
             let (proc, stdin, stdout) = env
                 .lab
@@ -162,6 +173,7 @@ fn ramp(
                 stdout,
                 seen: Vec::new(),
                 started: Instant::now(),
+                snapshot_taken: false,
             });
             spawned += 1;
         }
@@ -190,13 +202,23 @@ fn ramp(
                 if got > 0 {
                     p.seen.extend_from_slice(&buf[..got as usize]);
                 } else if got == 0 {
-                    error = Some(format!(
-                        "a session via {} ended before it was up ({} were open): {}",
+                    let p = pending.swap_remove(i);
+                    fds.swap_remove(i);
+                    let _ = p.proc.kill();
+                    let why = format!(
+                        "a session via {} ended after {:.1}s before it was up ({} were open): {}",
                         route.label(),
+                        p.started.elapsed().as_secs_f64(),
                         open.len(),
                         p.proc.stderr_text().trim_end()
-                    ));
-                    break 'ramp;
+                    );
+                    log(&why);
+                    failures.push(Failure { route, reason: why });
+                    if failures.len() > max_failures {
+                        error = Some(format!("more than {max_failures} sessions failed"));
+                        break 'ramp;
+                    }
+                    continue;
                 }
             }
             if p.seen
@@ -212,6 +234,17 @@ fn ramp(
                     _stdout: p.stdout,
                 });
                 continue;
+            }
+            if !p.snapshot_taken
+                && p.started.elapsed() > SLOW
+                && slow_snapshots.len() < MAX_SNAPSHOTS
+            {
+                p.snapshot_taken = true;
+                slow_snapshots.push(format!(
+                    "{} session not up after {SLOW:?}: {}",
+                    route.label(),
+                    env.tcp_snapshot()
+                ));
             }
             if p.started.elapsed() > SESSION_TIMEOUT {
                 error = Some(format!(
@@ -271,6 +304,8 @@ fn ramp(
             seconds,
             sessions_per_s: reached as f64 / seconds,
             setup_ms: Series::new("ms", setup_ms),
+            failures,
+            slow_snapshots,
             memory,
             rss_per_session_kib,
             fds_per_session,

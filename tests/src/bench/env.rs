@@ -91,6 +91,13 @@ pub struct Negotiated {
 /// Marker a remote command prints once its session is up.
 pub const READY_MARKER: &str = "sshgw-bench-ready";
 
+/// A connection or session that failed (it is not part of any sample series).
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub route: Route,
+    pub reason: String,
+}
+
 /// What a figure needs from the lab.
 #[derive(Debug, Clone, Default)]
 pub struct EnvOptions {
@@ -264,6 +271,39 @@ impl<'a> BenchEnv<'a> {
                 "{} nstat: {}\n",
                 ns.name(),
                 interesting.join("; ")
+            ));
+        }
+        out
+    }
+
+    /// The device's connections still in SYN-SENT, and every router socket on the same
+    /// device ports: a SYN that gets no answer usually meets an old socket of the same
+    /// 4-tuple on the router (TIME-WAIT after sshgw closed first).
+    pub fn tcp_snapshot(&self) -> String {
+        let dev = self
+            .lab
+            .dev
+            .exec("ss", &["-tanH", "state", "syn-sent"])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        let mut out = format!("dev SYN-SENT: [{}]", dev.trim().replace('\n', "; "));
+        let rtr = self
+            .lab
+            .rtr
+            .exec("ss", &["-tanH"])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        for line in dev.lines() {
+            // Local address is the 4th column of `ss -tan state X` without the state.
+            let Some(local) = line.split_whitespace().nth(2) else {
+                continue;
+            };
+            let matches: Vec<&str> = rtr.lines().filter(|l| l.contains(local)).collect();
+            out.push_str(&format!(
+                "; rtr sockets for {local}: [{}]",
+                matches
+                    .iter()
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             ));
         }
         out

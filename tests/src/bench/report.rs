@@ -223,6 +223,17 @@ impl Report {
                 "",
                 Verdict::Info,
             );
+            if !s.failures.is_empty() {
+                let count = |r: Route| s.failures.iter().filter(|f| f.route == r).count();
+                row(
+                    "b) failed connections (not in the figures above)".to_owned(),
+                    count(Route::Direct).to_string(),
+                    count(Route::Sshgw).to_string(),
+                    String::new(),
+                    "none",
+                    self.verdict(count(Route::Sshgw) == 0),
+                );
+            }
             let default_kex = s
                 .negotiated
                 .iter()
@@ -287,6 +298,23 @@ impl Report {
                 "",
                 Verdict::Info,
             );
+            let failed = |route: Route| -> usize {
+                c.ramps
+                    .iter()
+                    .filter(|r| r.route == route)
+                    .map(|r| r.failures.len())
+                    .sum()
+            };
+            if failed(Route::Direct) + failed(Route::Sshgw) > 0 {
+                row(
+                    "d) sessions that failed to come up (retried)".to_owned(),
+                    failed(Route::Direct).to_string(),
+                    failed(Route::Sshgw).to_string(),
+                    String::new(),
+                    "none",
+                    self.verdict(failed(Route::Sshgw) == 0),
+                );
+            }
             let (dr, gr) = (c.rate(Route::Direct), c.rate(Route::Sshgw));
             row(
                 format!("d) session setup rate, {} in flight (sessions/s)", c.window),
@@ -400,6 +428,22 @@ impl Report {
                 r.target,
                 r.verdict.text()
             );
+        }
+        let mut failures: Vec<&str> = Vec::new();
+        if let Some(s) = &self.setup {
+            failures.extend(s.failures.iter().map(|f| f.reason.as_str()));
+        }
+        if let Some(c) = &self.concurrency {
+            for r in &c.ramps {
+                failures.extend(r.failures.iter().map(|f| f.reason.as_str()));
+                failures.extend(r.slow_snapshots.iter().map(String::as_str));
+            }
+        }
+        if !failures.is_empty() {
+            md.push_str("\n**Failed connections** (first 5):\n\n");
+            for f in failures.iter().take(5) {
+                let _ = writeln!(md, "- {}", f.replace('\n', " "));
+            }
         }
         for e in &self.errors {
             let _ = writeln!(

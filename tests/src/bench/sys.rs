@@ -167,15 +167,18 @@ pub fn spawn_timed(cmd: &mut Command) -> Result<Child> {
     cmd.spawn().with_context(|| format!("spawning {cmd:?}"))
 }
 
-/// Waits for `child` to exit, returning the moment it did (a pidfd wakes us at once, no
-/// polling). On timeout the child is SIGKILLed and reaped, and an error returned.
-pub fn wait_child(child: &mut Child, timeout: Duration) -> Result<(ExitStatus, Instant)> {
+/// Waits up to `timeout` for `child` to exit and returns the moment it did (a pidfd wakes
+/// us at once, no polling), or None if it is still running (it is left running).
+pub fn try_wait_child(
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<Option<(ExitStatus, Instant)>> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd (or -1).
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
     if fd < 0 {
         // No pidfd (old kernel): fall back to a blocking wait.
         let status = child.wait().context("waiting for a child")?;
-        return Ok((status, Instant::now()));
+        return Ok(Some((status, Instant::now())));
     }
     let fd = fd as libc::c_int;
     let mut pfd = libc::pollfd {
@@ -190,12 +193,22 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Result<(ExitStatus, I
     // SAFETY: we own the pidfd.
     unsafe { libc::close(fd) };
     if ready <= 0 {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("pid {} did not exit within {timeout:?}", child.id());
+        return Ok(None);
     }
     let status = child.wait().context("reaping a child")?;
-    Ok((status, exited_at))
+    Ok(Some((status, exited_at)))
+}
+
+/// [`try_wait_child`] that SIGKILLs and reaps the child on timeout and returns an error.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Result<(ExitStatus, Instant)> {
+    match try_wait_child(child, timeout)? {
+        Some(done) => Ok(done),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("pid {} did not exit within {timeout:?}", child.id());
+        }
+    }
 }
 
 /// What the report says about the machine.
