@@ -106,6 +106,58 @@ pub struct SshConfig {
     pub host_names: std::collections::BTreeMap<std::net::IpAddr, Vec<String>>,
     /// Seconds between keepalives to an idle device (replaces an idle timeout).
     pub keepalive_secs: u64,
+    /// Ciphers offered to devices. The client's order picks among them (RFC 4253), so
+    /// this list decides only which ones are allowed: see docs/configuration.md.
+    pub device_ciphers: Vec<String>,
+    /// Ciphers asked of the real servers, most preferred first (sshgw is the client on
+    /// that leg, so its order wins).
+    pub upstream_ciphers: Vec<String>,
+}
+
+/// Ciphers sshgw accepts in `device_ciphers` / `upstream_ciphers`: authenticated
+/// encryption or CTR with an encrypt-then-MAC; no CBC, no "none".
+pub const SUPPORTED_CIPHERS: &[&str] = &[
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+];
+
+/// AES-GCM first: with AES-NI it costs a fraction of ChaCha20-Poly1305 (docs/benchmarks.md).
+const DEFAULT_UPSTREAM_CIPHERS: &[&str] = &[
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+];
+
+const DEFAULT_DEVICE_CIPHERS: &[&str] = DEFAULT_UPSTREAM_CIPHERS;
+
+/// The russh names for a validated cipher list, in order.
+pub fn cipher_names(field: &str, list: &[String]) -> Result<Vec<russh::cipher::Name>> {
+    if list.is_empty() {
+        bail!("ssh.{field}: list at least one cipher");
+    }
+    let mut names = Vec::with_capacity(list.len());
+    for (i, name) in list.iter().enumerate() {
+        if !SUPPORTED_CIPHERS.contains(&name.as_str()) {
+            bail!(
+                "ssh.{field}[{i}]: {name:?} is not a supported cipher (supported: {})",
+                SUPPORTED_CIPHERS.join(", ")
+            );
+        }
+        if list[..i].contains(name) {
+            bail!("ssh.{field}[{i}]: {name:?} is listed twice");
+        }
+        let parsed = russh::cipher::Name::try_from(name.as_str())
+            .map_err(|()| anyhow::anyhow!("ssh.{field}[{i}]: {name:?} is unknown to russh"))?;
+        names.push(parsed);
+    }
+    Ok(names)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -127,6 +179,14 @@ impl Default for SshConfig {
             certificate_lifetime_secs: 120,
             host_names: Default::default(),
             keepalive_secs: 30,
+            device_ciphers: DEFAULT_DEVICE_CIPHERS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            upstream_ciphers: DEFAULT_UPSTREAM_CIPHERS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -260,6 +320,8 @@ impl Config {
         if ssh.keepalive_secs == 0 {
             bail!("ssh.keepalive_secs: must be at least 1");
         }
+        cipher_names("device_ciphers", &ssh.device_ciphers)?;
+        cipher_names("upstream_ciphers", &ssh.upstream_ciphers)?;
         if !dp.pin_dir.is_absolute() {
             bail!(
                 "datapath.pin_dir: {:?} must be an absolute path",
@@ -338,5 +400,37 @@ mod tests {
             err("state_dir = \"/s\"\nbogus = 1\n[datapath]\ninterfaces = [\"a\"]\n")
                 .contains("bogus")
         );
+    }
+
+    #[test]
+    fn cipher_lists_are_checked() {
+        let base = "state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\n[ssh]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.ssh.upstream_ciphers[0], "aes128-gcm@openssh.com");
+        let all = cipher_names("device_ciphers", &c.ssh.device_ciphers).unwrap();
+        assert_eq!(all.len(), SUPPORTED_CIPHERS.len());
+        let err = |line: &str| {
+            format!(
+                "{:#}",
+                Config::parse(&format!("{base}{line}\n")).unwrap_err()
+            )
+        };
+        let e = err("upstream_ciphers = [\"aes128-gcm@openssh.com\", \"aes128-cbc\"]");
+        assert!(
+            e.contains("ssh.upstream_ciphers[1]")
+                && e.contains("\"aes128-cbc\" is not a supported cipher"),
+            "{e}"
+        );
+        let e = err("device_ciphers = [\"aes256-ctr\", \"aes256-ctr\"]");
+        assert!(
+            e.contains("ssh.device_ciphers[1]") && e.contains("listed twice"),
+            "{e}"
+        );
+        let e = err("device_ciphers = []");
+        assert!(
+            e.contains("ssh.device_ciphers: list at least one cipher"),
+            "{e}"
+        );
+        assert!(err("device_ciphers = [\"none\"]").contains("not a supported cipher"));
     }
 }

@@ -33,6 +33,12 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_name = "FIGURE")]
     pub only: Vec<String>,
 
+    /// A line for sshgw's `[ssh]` table, e.g. `upstream_ciphers = ["aes128-ctr"]`, to
+    /// measure a setting against the defaults (repeatable). Such a run never touches
+    /// docs/benchmarks.md.
+    #[arg(long, value_name = "LINE")]
+    pub gateway_ssh: Vec<String>,
+
     /// Do not refresh docs/benchmarks.md after a full run.
     #[arg(long)]
     pub no_docs: bool,
@@ -56,7 +62,7 @@ fn log(msg: &str) {
 impl BenchArgs {
     /// Whether this run refreshes docs/benchmarks.md.
     fn updates_docs(&self) -> bool {
-        !self.quick && self.only.is_empty() && !self.no_docs
+        !self.quick && self.only.is_empty() && self.gateway_ssh.is_empty() && !self.no_docs
     }
 }
 
@@ -104,6 +110,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !args.only.is_empty() {
         cmd.arg("--only").arg(args.only.join(","));
     }
+    for line in &args.gateway_ssh {
+        cmd.arg("--gateway-ssh").arg(line);
+    }
     cmd.env("SSHGW_BIN", &sshgw).current_dir(&root);
     log(&format!("SSHGW_BIN={}", sshgw.display()));
     let outcome = util::run(&mut cmd);
@@ -130,6 +139,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "quick run"
             } else if !args.only.is_empty() {
                 "partial run"
+            } else if !args.gateway_ssh.is_empty() {
+                "--gateway-ssh run"
             } else {
                 "--no-docs"
             }
@@ -201,11 +212,17 @@ mod tests {
             quick,
             profile: false,
             only: only.iter().map(|s| (*s).to_owned()).collect(),
+            gateway_ssh: Vec::new(),
             no_docs,
         };
         assert!(args(false, &[], false).updates_docs());
         assert!(!args(true, &[], false).updates_docs());
         assert!(!args(false, &["bulk"], false).updates_docs());
         assert!(!args(false, &[], true).updates_docs());
+        let tuned = BenchArgs {
+            gateway_ssh: vec!["upstream_ciphers = [\"aes128-ctr\"]".to_owned()],
+            ..args(false, &[], false)
+        };
+        assert!(!tuned.updates_docs());
     }
 }

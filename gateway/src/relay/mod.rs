@@ -50,12 +50,28 @@ const LOGIN_GRACE: Duration = Duration::from_secs(60);
 /// Everything a connection needs that outlives it.
 pub struct RelayContext {
     pub config: SshConfig,
+    pub ciphers: Ciphers,
     pub authorities: Arc<Authorities>,
     pub host_certs: HostCerts,
     pub upstream_keys: UpstreamKeys,
     pub store: SessionStore,
     pub live: Arc<LiveSessions>,
     pub recording: RecordingSettings,
+}
+
+/// The cipher lists of `[ssh]`, resolved once at start.
+pub struct Ciphers {
+    pub device: Vec<russh::cipher::Name>,
+    pub upstream: Vec<russh::cipher::Name>,
+}
+
+impl Ciphers {
+    pub fn new(config: &SshConfig) -> anyhow::Result<Self> {
+        Ok(Ciphers {
+            device: crate::config::cipher_names("device_ciphers", &config.device_ciphers)?,
+            upstream: crate::config::cipher_names("upstream_ciphers", &config.upstream_ciphers)?,
+        })
+    }
 }
 
 /// Where recordings go, the key they are encrypted to, and what a failure means.
@@ -163,6 +179,10 @@ impl RelayContext {
             keepalive_max: 3,
             nodelay: true,
             window_size: WINDOW_SIZE,
+            preferred: russh::Preferred {
+                cipher: self.ciphers.device.clone().into(),
+                ..Default::default()
+            },
             ..Default::default()
         }))
     }

@@ -88,7 +88,10 @@ pub struct ServerSide {
 }
 
 fn client_config(ctx: &RelayContext, dst: SocketAddr) -> Arc<client::Config> {
-    let mut preferred = russh::Preferred::default();
+    let mut preferred = russh::Preferred {
+        cipher: ctx.ciphers.upstream.clone().into(),
+        ..Default::default()
+    };
     if ctx.upstream_keys.wants_certificates(dst.ip(), dst.port()) {
         preferred.host_key_certificates = preferred.key.clone();
     }

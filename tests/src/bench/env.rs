@@ -104,6 +104,8 @@ pub struct EnvOptions {
     /// `[datapath] on_stop = "remove"` (the datapath figure stops and starts the daemon to
     /// measure forwarding without the program).
     pub remove_on_stop: bool,
+    /// Extra lines for sshgw's `[ssh]` table.
+    pub gateway_ssh: Vec<String>,
 }
 
 /// A running benchmark lab: sshd in `srv`, sshgw in `rtr`, host keys already accepted.
@@ -153,6 +155,9 @@ impl<'a> BenchEnv<'a> {
              "destinations": [format!("{}/32", Route::SshgwLogged.addr())], "ports": [22],
              "ssh": {"command_logging": true}}
         ]}));
+        for line in &opts.gateway_ssh {
+            cfg = cfg.ssh(line);
+        }
         if opts.remove_on_stop {
             cfg = cfg.datapath("on_stop = \"remove\"");
         }

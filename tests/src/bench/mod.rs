@@ -144,6 +144,9 @@ pub struct Options {
     pub exe: PathBuf,
     /// The workspace (for the git commit).
     pub workspace: PathBuf,
+    /// Extra lines for sshgw's `[ssh]` table (`--gateway-ssh`), e.g. a cipher list to
+    /// compare against the defaults.
+    pub gateway_ssh: Vec<String>,
 }
 
 impl Options {
@@ -206,7 +209,10 @@ pub fn run(opts: &Options) -> Result<Report> {
         report.load_before
     ));
     let s = &opts.sizes;
-    let plain = EnvOptions::default();
+    let plain = EnvOptions {
+        gateway_ssh: opts.gateway_ssh.clone(),
+        ..EnvOptions::default()
+    };
     let mut errors = Vec::new();
 
     if opts.wants(Figure::Bulk) {
@@ -247,6 +253,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     if opts.wants(Figure::Datapath) {
         let remove = EnvOptions {
             remove_on_stop: true,
+            ..plain.clone()
         };
         report.datapath = in_lab(Figure::Datapath, &remove, &mut errors, |env| {
             datapath::run(

@@ -83,6 +83,8 @@ pub struct Report {
     pub load_after: String,
     pub duration_s: f64,
     pub sizes: Sizes,
+    /// `--gateway-ssh` lines: sshgw ran with these instead of its defaults.
+    pub gateway_ssh: Vec<String>,
     pub bulk: Option<BulkFigure>,
     pub setup: Option<SetupFigure>,
     pub latency: Option<LatencyFigure>,
@@ -136,6 +138,7 @@ impl Report {
             load_after: String::new(),
             duration_s: 0.0,
             sizes: opts.sizes.clone(),
+            gateway_ssh: opts.gateway_ssh.clone(),
             bulk: None,
             setup: None,
             latency: None,
@@ -408,6 +411,17 @@ impl Report {
             "Load average before / after: {} / {}.",
             self.load_before, self.load_after
         );
+        if !self.gateway_ssh.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n*sshgw ran with `[ssh]` {}, not its defaults.*",
+                self.gateway_ssh
+                    .iter()
+                    .map(|l| format!("`{l}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         if self.quick {
             let _ = writeln!(
                 md,

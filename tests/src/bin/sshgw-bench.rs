@@ -2,7 +2,7 @@
 //! `sshgw_tests::bench`), plus the TCP sender/receiver it runs inside the lab namespaces.
 //!
 //! ```text
-//! sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N]
+//! sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N] [--gateway-ssh LINE]...
 //! sshgw-bench tcp-sink --listen ADDR:PORT
 //! sshgw-bench tcp-source --connect ADDR:PORT --bytes N
 //! ```
@@ -16,9 +16,11 @@ use anyhow::{Context, Result, bail};
 use sshgw_tests::bench::{self, Figure, Options, Sizes, datapath};
 
 const USAGE: &str = "usage:
-  sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N]
+  sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N] [--gateway-ssh LINE]...
       FIG: bulk, setup, latency, concurrency, datapath
       --sessions N: idle sessions of the concurrency figure (default 2000, quick 50)
+      --gateway-ssh LINE: a line for sshgw's [ssh] table, e.g.
+        'upstream_ciphers = [\"aes128-ctr\"]' (repeatable)
   sshgw-bench tcp-sink --listen ADDR:PORT
   sshgw-bench tcp-source --connect ADDR:PORT --bytes N";
 
@@ -70,6 +72,7 @@ fn run(args: &[String]) -> Result<()> {
     let mut out_dir = None;
     let mut sessions = None;
     let mut only = Vec::new();
+    let mut gateway_ssh = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -84,6 +87,7 @@ fn run(args: &[String]) -> Result<()> {
                         .context("--sessions takes a number")?,
                 )
             }
+            "--gateway-ssh" => gateway_ssh.push(it.next().context("--gateway-ssh LINE")?.clone()),
             "--only" => {
                 for name in it.next().context("--only FIG,...")?.split(',') {
                     only.push(Figure::parse(name.trim())?);
@@ -104,6 +108,7 @@ fn run(args: &[String]) -> Result<()> {
         profile,
         exe: std::env::current_exe().context("locating this executable")?,
         workspace,
+        gateway_ssh,
     };
     bench::run_checked(&opts)
 }
