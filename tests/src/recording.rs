@@ -241,6 +241,25 @@ pub fn export_asciicast(lab: &Lab, recording: &Path, key: &Path) -> Result<PathB
     Ok(out)
 }
 
+/// `sshgw recording export --format file-ops` to standard output; must exit 0. Returns
+/// the JSON lines.
+pub fn export_file_ops(lab: &Lab, recording: &Path, key: &Path) -> Result<String> {
+    Ok(recording_cli(
+        lab,
+        &[
+            "export",
+            "-i",
+            &recording.to_string_lossy(),
+            "-k",
+            &key.to_string_lossy(),
+            "--format",
+            "file-ops",
+        ],
+    )?
+    .check("sshgw recording export --format file-ops")?
+    .stdout)
+}
+
 /// Length of the container's prefix before the first chunk: the `u32` header length and the
 /// header itself.
 pub fn header_len(recording: &Path) -> Result<u64> {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use sshgw_tests::gateway::default_policies;
+use sshgw_tests::recording::{self as rec, RecordingKey};
 use sshgw_tests::wait::poll_until;
 use sshgw_tests::{
     Family, Gateway, GatewayConfig, Lab, Ssh, SshOutput, Sshd, SshdConfig, lab_test,
@@ -1121,6 +1122,117 @@ fn upload_limit_is_enforced() {
             },
             "scp -O upload over the limit",
         )?;
+        Ok(())
+    });
+}
+
+/// A recorded SFTP channel: the session log and the recording's trailer list the same
+/// operations, and the recording's ssh-log-cli view (`data_from_client.txt`) is exactly the
+/// SFTP bytes the client sent.
+#[test]
+fn recorded_sftp_carries_file_ops_in_its_trailer() {
+    lab_test(|lab| {
+        let key = RecordingKey::generate(lab, "fileops")?;
+        let sshd = lab.start_sshd_with(SshdConfig::gateway())?;
+        let mut cfg =
+            GatewayConfig::default().policies(policies_with(json!({"command_logging": true}))?);
+        cfg.extra_toml = rec::recording_toml(Some(&key.public), None, &[]);
+        let mut gw = lab.gateway_with(cfg)?;
+        gw.start()?;
+        let home = home(lab)?;
+        let up = lab.dir().join("rec-up.bin");
+        let up_len = 100_000 + 3;
+        random_file(lab, &up, up_len)?;
+        let batch = format!(
+            "put {} rec-up.bin\nrename rec-up.bin rec-moved.bin\nrm rec-moved.bin\n",
+            path_str(&up)?
+        );
+        let (out, s) = with_session(&gw, "recorded sftp -b", || relayed(lab).sftp_batch(&batch))?;
+        ok(&out, "recorded sftp -b")?;
+        // The recording is finished (trailer written) when its channel is closed in the log.
+        let id = str_field(&s, "id").context("session without id")?;
+        let (s, channel, recording) = rec::closed_recorded_channel(&gw, id, LOG_TIMEOUT)?;
+        ensure!(
+            str_field(&channel, "command") == Some("sftp"),
+            "the recorded channel should be the sftp subsystem: {channel}"
+        );
+
+        let verified = rec::verify(lab, &recording, &key.private)?;
+        ensure!(
+            verified.success() && verified.stdout.contains("file ops:"),
+            "verify should pass and count the file operations: {verified:?}"
+        );
+
+        // The trailer holds the session log's operations, in the same order.
+        let logged: Vec<(String, String)> = file_ops(&s)
+            .iter()
+            .map(|o| {
+                (
+                    str_field(o, "op").unwrap_or_default().to_owned(),
+                    str_field(o, "path").unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let lines = rec::export_file_ops(lab, &recording, &key.private)?;
+        let recorded: Vec<(String, String)> = lines
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).with_context(|| format!("line {l:?}"))?;
+                Ok((
+                    str_field(&v, "op").unwrap_or_default().to_owned(),
+                    str_field(&v, "path").unwrap_or_default().to_owned(),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        ensure!(
+            recorded == logged,
+            "the trailer should list the logged operations:\ntrailer: {recorded:?}\nlog: {logged:?}"
+        );
+        let (up_p, moved_p) = (
+            remote_abs(&home, "rec-up.bin"),
+            remote_abs(&home, "rec-moved.bin"),
+        );
+        for (op, path) in [
+            ("close", &up_p),
+            ("posix-rename", &up_p),
+            ("remove", &moved_p),
+        ] {
+            ensure!(
+                recorded.iter().any(|(o, p)| o == op && p == path),
+                "no {op} {path} in the trailer: {recorded:?}"
+            );
+        }
+
+        // What ssh-log-cli shows: the raw SFTP stream, starting with SSH_FXP_INIT, and as
+        // many client bytes as the session relayed.
+        let zip = rec::decrypt(lab, &recording, &key.private)?;
+        ensure!(
+            zip.names()
+                == [
+                    "data_from_client.txt",
+                    "data_from_server.txt",
+                    "file_operations.jsonl"
+                ],
+            "zip members: {:?}",
+            zip.names()
+        );
+        let client = &zip.members["data_from_client.txt"];
+        ensure!(
+            client.get(4) == Some(&1),
+            "data_from_client.txt should start with SSH_FXP_INIT, got {:?}",
+            &client[..client.len().min(16)]
+        );
+        ensure!(
+            s["bytes_from_client"].as_u64() == Some(client.len() as u64),
+            "data_from_client.txt has {} bytes, the session relayed {}",
+            client.len(),
+            s["bytes_from_client"]
+        );
+        ensure!(
+            zip.member_text("file_operations.jsonl")? == lines,
+            "the zip's file_operations.jsonl should match the export"
+        );
+        drop(sshd);
         Ok(())
     });
 }

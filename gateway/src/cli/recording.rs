@@ -45,14 +45,15 @@ pub enum RecordingCommand {
         )]
         output: Option<PathBuf>,
     },
-    /// Export a recording as asciicast v2 or a scriptreplay typescript + timing pair.
+    /// Export a recording as asciicast v2, a scriptreplay typescript + timing pair, or the
+    /// file operations of an SFTP/scp channel as JSON lines.
     Export {
         #[command(flatten)]
         input: Input,
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Output file (asciicast; default standard output) or OUT.data + OUT.times
-        /// (scriptreplay; default <input>.data + <input>.times).
+        /// Output file (asciicast, file-ops; default standard output) or OUT.data +
+        /// OUT.times (scriptreplay; default <input>.data + <input>.times).
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
     },
@@ -98,6 +99,8 @@ pub struct Input {
 pub enum ExportFormat {
     Asciicast,
     Scriptreplay,
+    /// One JSON object per SFTP/scp operation (the recording's trailer).
+    FileOps,
 }
 
 pub fn run(what: RecordingCommand) -> Result<()> {
@@ -264,23 +267,27 @@ fn decrypt(input: &Input, output: Option<PathBuf>) -> Result<()> {
 fn export(input: &Input, format: ExportFormat, output: Option<PathBuf>) -> Result<()> {
     let key = input.key()?;
     let mut reader = input.open(&key)?;
-    let end = match (format, output) {
-        (ExportFormat::Asciicast, None) => {
+    type Writer = fn(&mut Reader<BufReader<File>>, &mut dyn Write) -> Result<End>;
+    let single: Option<Writer> = match format {
+        ExportFormat::Asciicast => Some(recording::asciicast),
+        ExportFormat::FileOps => Some(recording::file_operations),
+        ExportFormat::Scriptreplay => None,
+    };
+    let end = match (single, output) {
+        (Some(write), None) => {
             let stdout = std::io::stdout();
             let mut out = BufWriter::new(stdout.lock());
-            let end =
-                recording::asciicast(&mut reader, &mut out).map_err(|e| refuse(&input.input, e))?;
+            let end = write(&mut reader, &mut out).map_err(|e| refuse(&input.input, e))?;
             out.flush()?;
             end
         }
-        (ExportFormat::Asciicast, Some(path)) => write_atomically(&path, |file| {
+        (Some(write), Some(path)) => write_atomically(&path, |file| {
             let mut out = BufWriter::new(file);
-            let end =
-                recording::asciicast(&mut reader, &mut out).map_err(|e| refuse(&input.input, e))?;
+            let end = write(&mut reader, &mut out).map_err(|e| refuse(&input.input, e))?;
             out.flush()?;
             Ok(end)
         })?,
-        (ExportFormat::Scriptreplay, output) => {
+        (None, output) => {
             let base = output.unwrap_or_else(|| input.input.clone());
             let (data_path, times_path) =
                 (with_suffix(&base, ".data"), with_suffix(&base, ".times"));
@@ -348,6 +355,7 @@ fn verify(input: &Input) -> Result<()> {
     let key = input.key()?;
     let mut reader = input.open(&key)?;
     let (mut inputs, mut outputs, mut resizes, mut ends) = (0u64, 0u64, 0u64, 0u64);
+    let (mut file_ops, mut file_ops_omitted) = (0u64, 0u64);
     let (mut last, mut backwards) = (0u64, None);
     loop {
         let packet = match reader.next_packet() {
@@ -364,6 +372,8 @@ fn verify(input: &Input) -> Result<()> {
             Kind::Output => outputs += 1,
             Kind::Resize { .. } => resizes += 1,
             Kind::End => ends += 1,
+            Kind::FileOp => file_ops += 1,
+            Kind::FileOpsOmitted { count } => file_ops_omitted += count,
         }
     }
     let end = reader.end().expect("stream ended");
@@ -404,10 +414,26 @@ fn verify(input: &Input) -> Result<()> {
     report += &format!("  duration: {} s\n", recording::format_secs(duration));
     let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     report += &format!(
-        "  content:  {} ({outputs} output, {inputs} input, {resizes} resize, {ends} end) in {}\n",
+        "  content:  {} ({outputs} output, {inputs} input, {resizes} resize, {ends} end{}) in {}\n",
         plural(reader.packets(), "packet"),
+        if file_ops + file_ops_omitted > 0 {
+            format!(", {} file op", file_ops + u64::from(file_ops_omitted > 0))
+        } else {
+            String::new()
+        },
         plural(reader.chunks(), "chunk")
     );
+    if file_ops + file_ops_omitted > 0 {
+        report += &format!(
+            "  file ops: {}{} (trailer; export with --format file-ops)\n",
+            plural(file_ops, "operation"),
+            if file_ops_omitted > 0 {
+                format!(", {file_ops_omitted} more omitted (see the session log)")
+            } else {
+                String::new()
+            }
+        );
+    }
     report += &format!("  exit:     {}\n", describe_exit(meta));
     match end {
         End::Complete { .. } => {

@@ -96,6 +96,10 @@ pub fn raw_streams<'a, R: Read>(
     mut server: Option<&'a mut dyn Write>,
 ) -> Result<End> {
     while let Some(packet) = reader.next_packet()? {
+        // ssh-log-cli never reads the trailer.
+        if packet.kind.is_trailer_record() {
+            continue;
+        }
         let out = if packet.source == SOURCE_CLIENT {
             &mut client
         } else {
@@ -111,6 +115,26 @@ pub fn raw_streams<'a, R: Read>(
 // ---------------------------------------------------------------------------------------
 // ssh-log-cli's zip.
 
+/// The JSON lines of the trailer's file operations: one object per operation, then
+/// `{"omitted":N}` if the trailer's limit left some out.
+pub fn file_operations<R: Read>(reader: &mut Reader<R>, out: &mut dyn Write) -> Result<End> {
+    while let Some(packet) = reader.next_packet()? {
+        match packet.kind {
+            Kind::FileOp => {
+                out.write_all(&packet.data)?;
+                out.write_all(b"\n")?;
+            }
+            Kind::FileOpsOmitted { count } => writeln!(out, "{{\"omitted\":{count}}}")?,
+            _ => {}
+        }
+    }
+    Ok(reader.end().expect("stream ended"))
+}
+
+/// Zip member with the file operations, besides ssh-log-cli's two (only when the
+/// recording has a trailer).
+pub const FILE_OPERATIONS_MEMBER: &str = "file_operations.jsonl";
+
 /// Member names of the zip for a recording: pty → typescript and timing, otherwise the
 /// two directions.
 pub fn zip_members(meta: &Metadata) -> [&'static str; 2] {
@@ -121,7 +145,8 @@ pub fn zip_members(meta: &Metadata) -> [&'static str; 2] {
     }
 }
 
-/// Writes the zip `ssh-log-cli decrypt` writes (same members, same contents; Stored).
+/// Writes the zip `ssh-log-cli decrypt` writes (same members, same contents; Stored),
+/// plus [`FILE_OPERATIONS_MEMBER`] when the recording has file operations.
 /// `open` is called once per pass: a first pass checks the whole stream before anything
 /// is written, then one pass per member keeps memory use flat.
 pub fn decrypted_zip<R: Read, W: Write + Seek>(
@@ -131,8 +156,10 @@ pub fn decrypted_zip<R: Read, W: Write + Seek>(
 ) -> Result<End> {
     let mut reader = open()?;
     let mut total = 0u64;
+    let mut trailer = false;
     while let Some(packet) = reader.next_packet()? {
         total += packet.data.len() as u64 + 64;
+        trailer |= packet.kind.is_trailer_record();
     }
     let end = reader.end().expect("stream ended");
     let members = zip_members(reader.meta());
@@ -153,6 +180,10 @@ pub fn decrypted_zip<R: Read, W: Write + Seek>(
             (false, 0) => raw_streams(&mut reader, Some(&mut zip), None)?,
             (false, _) => raw_streams(&mut reader, None, Some(&mut zip))?,
         };
+    }
+    if trailer {
+        zip.start_file(FILE_OPERATIONS_MEMBER, options)?;
+        file_operations(&mut open()?, &mut zip)?;
     }
     zip.finish()?;
     Ok(end)
@@ -299,7 +330,7 @@ pub fn asciicast<R: Read>(reader: &mut Reader<R>, out: &mut dyn Write) -> Result
             Kind::Resize { cols, rows } => {
                 cast_event(out, last, "r", &format!("{cols}x{rows}"))?;
             }
-            Kind::End => {}
+            Kind::End | Kind::FileOp | Kind::FileOpsOmitted { .. } => {}
         }
     }
     for (stream, code) in [(&mut output, "o"), (&mut input, "i")] {

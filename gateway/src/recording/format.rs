@@ -22,6 +22,13 @@ pub const CODE_END: u32 = 0x7367_7200;
 /// (e.g. `132x43`). Written only for pty channels, so it never reaches ssh-log-cli's
 /// non-pty `data_from_client.txt`.
 pub const CODE_RESIZE: u32 = 0x7367_7201;
+/// Extension record: one file operation of an SFTP or scp channel. Source 0, data = one
+/// JSON object (the session log's file-operation fields). Only in the trailer, after the
+/// boundary (an empty chunk), where ssh-log-cli stops reading: its output is unchanged.
+pub const CODE_FILE_OP: u32 = 0x7367_7202;
+/// Extension record: this many further file operations were not recorded (the trailer's
+/// size limit); the session log has them all. Source 0, data = ASCII decimal count.
+pub const CODE_FILE_OPS_OMITTED: u32 = 0x7367_7203;
 /// Codes from `0x73677200` to `0x736772ff` (`"sgr"` followed by one byte) are reserved for
 /// sshgw extension records sent with source 0.
 pub const RESERVED_CODES: std::ops::RangeInclusive<u32> = 0x7367_7200..=0x7367_72ff;
@@ -52,7 +59,11 @@ pub const TAG_LEN: usize = 16;
 /// The writer splits channel data into packets of at most this many bytes.
 pub const WRITER_MAX_PACKET_DATA: usize = 1024 * 1024;
 /// The writer seals a chunk as soon as this much plaintext is buffered.
-pub const WRITER_FLUSH_BYTES: usize = 64 * 1024;
+/// (Each flush is one hand-off to the blocking pool: fewer, larger chunks cost less CPU.)
+pub const WRITER_FLUSH_BYTES: usize = 256 * 1024;
+/// File-operation records kept per channel for the trailer (JSON bytes); the rest are
+/// counted in a [`CODE_FILE_OPS_OMITTED`] record.
+pub const WRITER_MAX_TRAILER_BYTES: usize = 1024 * 1024;
 /// Smallest padded header JSON the writer emits (a multiple of 3, so its base64 has no
 /// `=` padding and a fixed length).
 pub const WRITER_HEADER_MIN: usize = 2049;
@@ -195,6 +206,18 @@ pub enum Kind {
     Resize { cols: u32, rows: u32 },
     /// End-of-recording extension record.
     End,
+    /// File-operation extension record (a JSON object in the packet's data).
+    FileOp,
+    /// Count of file operations left out of the trailer.
+    FileOpsOmitted { count: u64 },
+}
+
+impl Kind {
+    /// Whether this kind belongs in the trailer (after the boundary) rather than the
+    /// channel's stream.
+    pub fn is_trailer_record(self) -> bool {
+        matches!(self, Kind::FileOp | Kind::FileOpsOmitted { .. })
+    }
 }
 
 /// One decoded packet of the stream.
@@ -224,6 +247,24 @@ pub fn classify(source: u8, code: u32, data: &[u8]) -> Result<Kind, String> {
             .ok_or_else(|| {
                 format!(
                     "malformed resize record {:?}",
+                    String::from_utf8_lossy(data)
+                )
+            }),
+        CODE_FILE_OP => match serde_json::from_slice::<serde_json::Value>(data) {
+            Ok(serde_json::Value::Object(_)) => Ok(Kind::FileOp),
+            _ => Err(format!(
+                "file-operation record is not a JSON object: {:?}",
+                String::from_utf8_lossy(&data[..data.len().min(80)])
+            )),
+        },
+        CODE_FILE_OPS_OMITTED => std::str::from_utf8(data)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .map(|count| Kind::FileOpsOmitted { count })
+            .ok_or_else(|| {
+                format!(
+                    "malformed omitted-file-operations record {:?}",
                     String::from_utf8_lossy(data)
                 )
             }),
@@ -433,6 +474,26 @@ mod tests {
         assert!(RESERVED_CODES.contains(&CODE_END));
         assert!(RESERVED_CODES.contains(&CODE_RESIZE));
         assert!(RESERVED_CODES.contains(&CODE_CLIENT_RESERVED_COLLISION));
+        assert!(RESERVED_CODES.contains(&CODE_FILE_OP));
+        assert!(RESERVED_CODES.contains(&CODE_FILE_OPS_OMITTED));
+    }
+
+    #[test]
+    fn file_operation_records() {
+        assert_eq!(
+            classify(0, CODE_FILE_OP, br#"{"op":"open"}"#),
+            Ok(Kind::FileOp)
+        );
+        assert!(classify(0, CODE_FILE_OP, b"[1]").is_err());
+        assert!(classify(0, CODE_FILE_OP, b"{").is_err());
+        assert_eq!(
+            classify(0, CODE_FILE_OPS_OMITTED, b"12"),
+            Ok(Kind::FileOpsOmitted { count: 12 })
+        );
+        assert!(classify(0, CODE_FILE_OPS_OMITTED, b"").is_err());
+        assert!(classify(0, CODE_FILE_OPS_OMITTED, b"-1").is_err());
+        // Server data is never an extension record.
+        assert_eq!(classify(1, CODE_FILE_OP, b"x"), Ok(Kind::Output));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! chunk plaintexts form one stream of packets `u32 BE len, u8 source, u32 BE code,
 //! u64 BE elapsed_us, data`. Our extension records ([`format::CODE_END`],
 //! [`format::CODE_RESIZE`]) are client packets that ssh-log-cli leaves out of its pty
-//! output.
+//! output. File operations of SFTP/scp channels ([`format::CODE_FILE_OP`]) go in a
+//! trailer behind an empty chunk, which ssh-log-cli reads as the end of the file.
 //!
 //! # Writer API (for the relay)
 //!
@@ -26,6 +27,7 @@
 //! rec.data(false, Some(1), bytes).await;                // server stderr
 //! rec.data(true, None, bytes).await;                    // client → server input
 //! rec.resize(cols, rows).await;                         // window-change
+//! rec.file_op(json);                                    // SFTP/scp operation (trailer)
 //! if let Some(error) = rec.failed() { /* refuse or close per policy */ }
 //! let summary = rec.finish(Exit::Status(0)).await?;     // or Exit::signal(&sig, core)
 //! ```
@@ -37,9 +39,12 @@
 //! * `data`/`resize` take the packet time when called and queue the event (bounded: they
 //!   wait only when 256 events are queued, i.e. when the disk cannot keep up). The writer
 //!   task seals one chunk of all whole packets buffered so far at least once a second and
-//!   whenever 64 KiB are buffered, never an empty chunk; disk I/O runs on the blocking
+//!   whenever 256 KiB are buffered, never an empty chunk; disk I/O runs on the blocking
 //!   pool. Packet times are forced non-decreasing.
 //! * [`writer::Recorder::failed`] returns the first write error; the recording stops there.
+//! * [`writer::Recorder::file_op`] keeps the operation in memory (at most 1 MiB of JSON per
+//!   channel; the rest are counted); [`writer::Recorder::finish`] writes them after an
+//!   empty chunk. A crash loses them from the recording; the session log has them.
 //! * [`writer::Recorder::finish`] writes the end-of-recording record, `fdatasync`s, rewrites the
 //!   header with `exit_data` and `data_size`, and `fdatasync`s again. A recorder dropped
 //!   without `finish` writes what it buffered and reads as truncated.
@@ -57,7 +62,7 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use export::{asciicast, decrypted_zip, replay, scriptreplay};
+pub use export::{asciicast, decrypted_zip, file_operations, replay, scriptreplay};
 pub use format::{Kind, Metadata, format_secs, format_utc};
 pub use keys::{RecordingPrivateKey, write_key_pair};
 pub use reader::{End, Reader, RecordingError};

@@ -102,6 +102,8 @@ pub struct Reader<R> {
     packets: u64,
     end_record: Option<u64>,
     end: Option<End>,
+    /// The empty chunk that starts the trailer was read (ssh-log-cli stops there).
+    in_trailer: bool,
 }
 
 impl<R: Read> Reader<R> {
@@ -176,6 +178,7 @@ impl<R: Read> Reader<R> {
             packets: 0,
             end_record: None,
             end: None,
+            in_trailer: false,
         })
     }
 
@@ -259,6 +262,20 @@ impl<R: Read> Reader<R> {
         let data = body[13..].to_vec();
         let kind = format::classify(source, code, &data)
             .map_err(|reason| self.corrupt(format!("packet {}: {reason}", self.packets)))?;
+        // Both readers must see the same channel bytes: ours reads on past the boundary,
+        // ssh-log-cli does not.
+        if kind.is_trailer_record() && !self.in_trailer {
+            return Err(self.corrupt(format!(
+                "packet {}: a file-operation record before the trailer's empty chunk",
+                self.packets
+            )));
+        }
+        if self.in_trailer && !kind.is_trailer_record() && kind != Kind::End {
+            return Err(self.corrupt(format!(
+                "packet {}: channel data after the trailer's empty chunk",
+                self.packets
+            )));
+        }
         self.pos += 4 + len as usize;
         self.packets += 1;
         if kind == Kind::End {
@@ -345,6 +362,21 @@ impl<R: Read> Reader<R> {
                 })?;
         self.offset += 4 + u64::from(len);
         self.chunks += 1;
+        if plaintext.is_empty() {
+            let reason = if self.in_trailer {
+                Some("a second empty chunk")
+            } else if self.end_record.is_some() {
+                Some("an empty chunk after the end-of-recording record")
+            } else if self.pos < self.buf.len() {
+                Some("an empty chunk inside a packet")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(self.corrupt(format!("{reason} (offset {start})")));
+            }
+            self.in_trailer = true;
+        }
         self.buf.drain(..self.pos);
         self.pos = 0;
         self.buf.extend_from_slice(&plaintext);

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 
 use super::{
     export,
-    format::{self, CODE_END, CODE_RESIZE, Kind, Metadata, Packet},
+    format::{self, CODE_END, CODE_FILE_OP, CODE_RESIZE, Kind, Metadata, Packet},
     keys::{self, RecordingKey, RecordingPrivateKey},
     reader::{End, Reader, RecordingError, Truncation},
     writer::{ChannelKind, ChannelMeta, Exit, FileWriter, PtyMeta, Recorder},
@@ -342,7 +342,8 @@ proptest! {
     }
 
     /// Readers accept any chunking: packets and length prefixes split across chunks of
-    /// any size, empty chunks included.
+    /// any size. (An empty chunk is only valid as the trailer boundary: see
+    /// `misplaced_trailer_records_are_corrupt`.)
     #[test]
     fn reader_accepts_arbitrary_chunking(
         ops in proptest::collection::vec(op(), 0..30),
@@ -360,7 +361,9 @@ proptest! {
             // One-byte chunks (length prefixes spread over four chunks) for a stretch.
             cuts.extend(1..len.min(300));
         }
+        cuts.retain(|&c| c > 0 && c < len);
         cuts.sort_unstable();
+        cuts.dedup();
         writer.flush_split(&cuts).unwrap();
 
         let bytes = std::fs::read(&f.path).unwrap();
@@ -854,6 +857,180 @@ fn raw_zip_has_both_directions() {
     assert_eq!(members[1].1, b"$ ls\r\nfile \xe2\x82\xacok\r\n$ ");
 }
 
+// ---------------------------------------------------------------------------------------
+// The file-operation trailer.
+
+/// What ssh-log-cli's non-pty decrypt writes, modelled from the research note (§3, §4.4)
+/// and independent of [`Reader`]: chunks in order until EOF or the first empty chunk,
+/// then every packet's data by source.
+fn ssh_log_cli_raw(bytes: &[u8], key: &RecordingPrivateKey) -> (Vec<u8>, Vec<u8>) {
+    let mut stream = Vec::new();
+    for chunk in raw_chunks(bytes, key) {
+        if chunk.is_empty() {
+            break;
+        }
+        stream.extend_from_slice(&chunk);
+    }
+    let (mut client, mut server) = (Vec::new(), Vec::new());
+    let mut rest = &stream[..];
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        let body = &rest[4..4 + len];
+        match body[0] {
+            0 => client.extend_from_slice(&body[13..]),
+            1 => server.extend_from_slice(&body[13..]),
+            other => panic!("source {other}"),
+        }
+        rest = &rest[4 + len..];
+    }
+    (client, server)
+}
+
+fn sftp_meta() -> ChannelMeta {
+    ChannelMeta {
+        channel: ChannelKind::Subsystem {
+            name: "sftp".into(),
+        },
+        ..channel_meta(false)
+    }
+}
+
+#[test]
+fn file_operations_go_in_a_trailer_ssh_log_cli_does_not_read() {
+    let f = fixture();
+    let mut writer = FileWriter::create(&f.path, &f.public, &sftp_meta(), started()).unwrap();
+    writer.data(true, None, 10, b"\x00\x00\x00\x05\x01\x00\x00\x00\x03");
+    writer.data(false, None, 20, b"\x00\x00\x00\x05\x02\x00\x00\x00\x03");
+    writer.file_op(30, br#"{"op":"open","path":"/tmp/a"}"#.to_vec());
+    writer.data(true, None, 40, b"more");
+    writer.file_op(50, br#"{"op":"remove","path":"/tmp/b"}"#.to_vec());
+    let summary = writer.finish(&Exit::Status(0), 60).unwrap();
+    assert_eq!((summary.file_ops, summary.file_ops_omitted), (2, 0));
+    let bytes = std::fs::read(&f.path).unwrap();
+
+    // ssh-log-cli sees exactly the channel's bytes.
+    let (client, server) = ssh_log_cli_raw(&bytes, &f.private);
+    assert_eq!(client, b"\x00\x00\x00\x05\x01\x00\x00\x00\x03more");
+    assert_eq!(server, b"\x00\x00\x00\x05\x02\x00\x00\x00\x03");
+    // One empty chunk, and the channel's stream ends in the chunk before it.
+    let chunks = raw_chunks(&bytes, &f.private);
+    let empty: Vec<usize> = (0..chunks.len())
+        .filter(|&i| chunks[i].is_empty())
+        .collect();
+    assert_eq!(empty.len(), 1);
+    assert!(whole_packets(&chunks[empty[0] - 1]));
+
+    // Our reader sees the operations and a complete recording.
+    let (packets, end) = read_all(&bytes, &f.private).unwrap();
+    assert!(matches!(end, End::Complete { .. }));
+    let kinds: Vec<Kind> = packets.iter().map(|p| p.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            Kind::Input,
+            Kind::Output,
+            Kind::Input,
+            Kind::FileOp,
+            Kind::FileOp,
+            Kind::End
+        ]
+    );
+    assert_eq!(packets[3].data, br#"{"op":"open","path":"/tmp/a"}"#);
+
+    // Our zip: ssh-log-cli's two members, the same bytes, plus the operations.
+    let members = unzip(&bytes, &f.private);
+    assert_eq!(members[0], ("data_from_client.txt".to_string(), client));
+    assert_eq!(members[1], ("data_from_server.txt".to_string(), server));
+    assert_eq!(members[2].0, export::FILE_OPERATIONS_MEMBER);
+    assert_eq!(
+        String::from_utf8(members[2].1.clone()).unwrap(),
+        "{\"op\":\"open\",\"path\":\"/tmp/a\"}\n{\"op\":\"remove\",\"path\":\"/tmp/b\"}\n"
+    );
+}
+
+#[test]
+fn the_trailer_is_bounded_and_counts_what_it_left_out() {
+    let f = fixture();
+    let mut writer = FileWriter::create(&f.path, &f.public, &sftp_meta(), started()).unwrap();
+    let op = format!("{{\"path\":\"{}\"}}", "x".repeat(1000)).into_bytes();
+    let fits = format::WRITER_MAX_TRAILER_BYTES / op.len();
+    for i in 0..fits + 7 {
+        writer.file_op(i as u64, op.clone());
+    }
+    let summary = writer.finish(&Exit::Status(0), 1).unwrap();
+    assert_eq!(
+        (summary.file_ops, summary.file_ops_omitted),
+        (fits as u64, 7)
+    );
+    let bytes = std::fs::read(&f.path).unwrap();
+    let (packets, end) = read_all(&bytes, &f.private).unwrap();
+    assert!(matches!(end, End::Complete { .. }));
+    assert_eq!(
+        packets[packets.len() - 2].kind,
+        Kind::FileOpsOmitted { count: 7 }
+    );
+    // Without channel data ssh-log-cli sees an empty session.
+    assert_eq!(ssh_log_cli_raw(&bytes, &f.private), (vec![], vec![]));
+    let mut reader = Reader::open(&bytes[..], &f.private).unwrap();
+    let mut jsonl = Vec::new();
+    export::file_operations(&mut reader, &mut jsonl).unwrap();
+    let text = String::from_utf8(jsonl).unwrap();
+    assert_eq!(text.lines().count(), fits + 1);
+    assert!(text.ends_with("{\"omitted\":7}\n"));
+}
+
+#[test]
+fn a_channel_without_file_operations_has_no_trailer() {
+    let (f, bytes) = recorded(false);
+    assert!(
+        raw_chunks(&bytes, &f.private)
+            .iter()
+            .all(|chunk| !chunk.is_empty())
+    );
+    assert_eq!(unzip(&bytes, &f.private).len(), 2);
+}
+
+#[test]
+fn misplaced_trailer_records_are_corrupt() {
+    type Part = fn(&mut Vec<u8>);
+    let op: Part = |out| format::encode_packet(out, 0, CODE_FILE_OP, 1, b"{}");
+    let data: Part = |out| format::encode_packet(out, 0, 0, 1, b"x");
+    let end: Part = |out| format::encode_packet(out, 0, CODE_END, 2, b"");
+    // Chunks to write, `None` = an empty chunk.
+    let cases: [(&[Option<&[Part]>], &str); 4] = [
+        (
+            &[Some(&[data, op, end])],
+            "file-operation record before the trailer's empty chunk",
+        ),
+        (
+            &[Some(&[data]), None, Some(&[data, end])],
+            "channel data after the trailer's empty chunk",
+        ),
+        (
+            &[Some(&[data]), None, Some(&[op]), None, Some(&[end])],
+            "a second empty chunk",
+        ),
+        (
+            &[Some(&[data, end]), None],
+            "after the end-of-recording record",
+        ),
+    ];
+    for (chunks, expected) in cases {
+        let f = fixture();
+        let mut writer = FileWriter::create(&f.path, &f.public, &sftp_meta(), started()).unwrap();
+        for chunk in chunks {
+            let mut stream = Vec::new();
+            for part in chunk.iter().copied().flatten() {
+                part(&mut stream);
+            }
+            write_stream(&mut writer, &stream);
+        }
+        let bytes = std::fs::read(&f.path).unwrap();
+        let err = read_all(&bytes, &f.private).unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+}
+
 fn unzip(bytes: &[u8], key: &RecordingPrivateKey) -> Vec<(String, Vec<u8>)> {
     let mut zip = Cursor::new(Vec::new());
     export::decrypted_zip(|| Reader::open(bytes, key), &mut zip, 0).unwrap();
@@ -945,12 +1122,13 @@ async fn recorder_flushes_within_a_second_without_real_sleeps() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn recorder_flushes_every_64_kib() {
+async fn recorder_flushes_every_256_kib() {
     let f = fixture();
     let recorder = Recorder::create(&f.path, &f.public, channel_meta(false))
         .await
         .unwrap();
-    for _ in 0..5 {
+    let sends = format::WRITER_FLUSH_BYTES / (16 * 1024) + 1;
+    for _ in 0..sends {
         recorder
             .data(false, None, Bytes::from(vec![b'x'; 16 * 1024]))
             .await;
@@ -964,7 +1142,7 @@ async fn recorder_flushes_every_64_kib() {
         .finish(Exit::Error("upstream lost".into()))
         .await
         .unwrap();
-    assert_eq!(summary.packets, 6);
+    assert_eq!(summary.packets, sends as u64 + 1);
     let bytes = std::fs::read(&f.path).unwrap();
     assert_eq!(
         header(&bytes).exit_data.unwrap().error_msg.as_deref(),

@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
-use hpke::{OpModeS, Serializable, aead::ChaCha20Poly1305, kdf::HkdfSha256, kem::X25519HkdfSha256};
+use hpke::{
+    OpModeS, Serializable, aead::ChaCha20Poly1305, inout::InOutBuf, kdf::HkdfSha256,
+    kem::X25519HkdfSha256,
+};
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -19,14 +22,18 @@ use tokio::{
 
 use super::{
     format::{
-        self, CODE_CLIENT_RESERVED_COLLISION, CODE_DATA, CODE_END, CODE_RESIZE, ExitData, Metadata,
-        PtyInfo, RESERVED_CODES, SOURCE_CLIENT, SOURCE_SERVER, SSHGW_FORMAT, SshgwInfo,
-        WRITER_FLUSH_BYTES, WRITER_MAX_PACKET_DATA,
+        self, CODE_CLIENT_RESERVED_COLLISION, CODE_DATA, CODE_END, CODE_FILE_OP,
+        CODE_FILE_OPS_OMITTED, CODE_RESIZE, ExitData, Metadata, PtyInfo, RESERVED_CODES,
+        SOURCE_CLIENT, SOURCE_SERVER, SSHGW_FORMAT, SshgwInfo, WRITER_FLUSH_BYTES,
+        WRITER_MAX_PACKET_DATA, WRITER_MAX_TRAILER_BYTES,
     },
     keys::RecordingKey,
 };
 
 type SenderCtx = hpke::aead::AeadCtxS<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>;
+
+/// Placeholder for a chunk's length prefix at the start of the pending buffer.
+const CHUNK_PREFIX: [u8; 4] = [0; 4];
 
 /// Buffered data is sealed and written at the latest this long after it was recorded.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -129,6 +136,35 @@ pub struct Summary {
     /// Plaintext bytes of the packet stream (the header's `data_size`).
     pub bytes: u64,
     pub duration_us: u64,
+    /// File-operation records in the trailer, and those left out of it.
+    pub file_ops: u64,
+    pub file_ops_omitted: u64,
+}
+
+/// File operations waiting for the trailer, which is written at finish behind an empty
+/// chunk: ssh-log-cli stops reading there, so its output stays the channel's bytes.
+/// Bounded by [`WRITER_MAX_TRAILER_BYTES`]; what does not fit is only counted.
+#[derive(Debug, Default)]
+pub(crate) struct Trailer {
+    ops: Vec<(u64, Vec<u8>)>,
+    bytes: usize,
+    omitted: u64,
+}
+
+impl Trailer {
+    fn push(&mut self, elapsed_us: u64, json: Vec<u8>) {
+        // Once one is left out, so are all later ones: the trailer is the first N.
+        if self.omitted > 0 || self.bytes + json.len() > WRITER_MAX_TRAILER_BYTES {
+            self.omitted += 1;
+            return;
+        }
+        self.bytes += json.len();
+        self.ops.push((elapsed_us, json));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.omitted == 0
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -142,10 +178,14 @@ pub(crate) struct FileWriter {
     ctx: SenderCtx,
     meta: Metadata,
     header_json_len: usize,
+    /// The next chunk's frame: 4 bytes for its length, then the packets buffered so far.
+    /// Sealed in place, so a flush copies nothing.
     pending: Vec<u8>,
     last_elapsed: u64,
     stats: Summary,
     error: Option<String>,
+    /// Shared with the [`Recorder`] handle, which adds to it without a queue.
+    trailer: Arc<Mutex<Trailer>>,
 }
 
 impl FileWriter {
@@ -212,10 +252,11 @@ impl FileWriter {
             ctx,
             meta: header,
             header_json_len,
-            pending: Vec::new(),
+            pending: CHUNK_PREFIX.to_vec(),
             last_elapsed: 0,
             stats: Summary::default(),
             error: None,
+            trailer: Arc::default(),
         })
     }
 
@@ -260,8 +301,14 @@ impl FileWriter {
         }
     }
 
+    /// Keeps a file operation (one JSON object) for the trailer.
+    #[cfg(test)]
+    pub fn file_op(&mut self, elapsed_us: u64, json: Vec<u8>) {
+        lock(&self.trailer).push(elapsed_us, json);
+    }
+
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() - CHUNK_PREFIX.len()
     }
 
     fn check(&self) -> Result<()> {
@@ -280,13 +327,31 @@ impl FileWriter {
     /// Seals everything buffered into one chunk and writes it (nothing when empty).
     pub fn flush(&mut self) -> Result<()> {
         self.check()?;
-        if self.pending.is_empty() {
+        let plaintext_len = self.pending_len();
+        if plaintext_len == 0 {
             return Ok(());
         }
-        let plaintext = std::mem::take(&mut self.pending);
-        self.write_chunk(&plaintext)
+        let body = &mut self.pending[CHUNK_PREFIX.len()..];
+        let tag = match self.ctx.seal_inout_detached(InOutBuf::from(body), b"") {
+            Ok(tag) => tag,
+            Err(e) => return Err(self.fail("cannot encrypt", e)),
+        };
+        self.pending.extend_from_slice(&tag.to_bytes());
+        let ciphertext_len = (plaintext_len + format::TAG_LEN) as u32;
+        self.pending[..CHUNK_PREFIX.len()].copy_from_slice(&ciphertext_len.to_be_bytes());
+        if let Err(e) = self.file.write_all(&self.pending) {
+            return Err(self.fail("write failed", e));
+        }
+        self.stats.chunks += 1;
+        self.stats.bytes += plaintext_len as u64;
+        self.pending.clear();
+        // Keep the buffer for the next chunk, unless a burst made it large.
+        self.pending.shrink_to(2 * WRITER_FLUSH_BYTES);
+        self.pending.extend_from_slice(&CHUNK_PREFIX);
+        Ok(())
     }
 
+    /// Seals `plaintext` as one chunk and writes it (the trailer's empty chunk, tests).
     fn write_chunk(&mut self, plaintext: &[u8]) -> Result<()> {
         let ciphertext = match self.ctx.seal(plaintext, b"") {
             Ok(ct) => ct,
@@ -303,10 +368,34 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Writes the end-of-recording record, rewrites the header with `exit_data` and
-    /// `data_size`, and syncs the file to disk.
+    /// Writes the trailer (if there are file operations) and the end-of-recording record,
+    /// rewrites the header with `exit_data` and `data_size`, and syncs the file to disk.
     pub fn finish(&mut self, exit: &Exit, end_elapsed_us: u64) -> Result<Summary> {
         self.check()?;
+        let trailer = std::mem::take(&mut *lock(&self.trailer));
+        if !trailer.is_empty() {
+            // The boundary: the channel's stream ends in its own chunk, then one empty
+            // chunk, which ssh-log-cli reads as the end of the file.
+            self.flush()?;
+            self.write_chunk(b"")?;
+            for (elapsed_us, json) in &trailer.ops {
+                self.push(SOURCE_CLIENT, CODE_FILE_OP, *elapsed_us, json);
+                if self.pending.len() >= WRITER_FLUSH_BYTES {
+                    self.flush()?;
+                }
+            }
+            if trailer.omitted > 0 {
+                let count = trailer.omitted.to_string();
+                self.push(
+                    SOURCE_CLIENT,
+                    CODE_FILE_OPS_OMITTED,
+                    end_elapsed_us,
+                    count.as_bytes(),
+                );
+            }
+            self.stats.file_ops = trailer.ops.len() as u64;
+            self.stats.file_ops_omitted = trailer.omitted;
+        }
         self.push(SOURCE_CLIENT, CODE_END, end_elapsed_us, b"");
         self.flush()?;
         // The encrypted data is on disk before the header is touched.
@@ -340,7 +429,7 @@ impl FileWriter {
     /// the rule that chunks hold whole packets (readers must cope).
     #[cfg(test)]
     pub fn flush_split(&mut self, cuts: &[usize]) -> Result<()> {
-        let stream = std::mem::take(&mut self.pending);
+        let stream = self.pending.split_off(CHUNK_PREFIX.len());
         let mut start = 0;
         for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
             let cut = cut.clamp(start, stream.len());
@@ -361,6 +450,10 @@ impl FileWriter {
     pub fn push_end(&mut self, elapsed_us: u64) {
         self.push(SOURCE_CLIENT, CODE_END, elapsed_us, b"");
     }
+}
+
+fn lock(trailer: &Mutex<Trailer>) -> std::sync::MutexGuard<'_, Trailer> {
+    trailer.lock().expect("recording trailer poisoned")
 }
 
 fn exit_data(exit: &Exit, timestamp: u64) -> Option<ExitData> {
@@ -439,12 +532,13 @@ enum Command {
 }
 
 /// Records one channel. Events go over a bounded queue to a writer task that buffers
-/// them, seals and writes a chunk at least once a second (and per 64 KiB), and does all
+/// them, seals and writes a chunk at least once a second (and per 256 KiB), and does all
 /// disk I/O on tokio's blocking pool. Packet times are taken when an event is submitted.
 pub struct Recorder {
     tx: mpsc::Sender<Command>,
     failed: Arc<Mutex<Option<String>>>,
     start: Instant,
+    trailer: Arc<Mutex<Trailer>>,
 }
 
 impl Recorder {
@@ -465,8 +559,14 @@ impl Recorder {
     fn start(writer: FileWriter, start: Instant) -> Recorder {
         let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
         let failed = Arc::new(Mutex::new(None));
+        let trailer = writer.trailer.clone();
         tokio::spawn(run_writer(writer, rx, failed.clone()));
-        Recorder { tx, failed, start }
+        Recorder {
+            tx,
+            failed,
+            start,
+            trailer,
+        }
     }
 
     fn elapsed_us(&self) -> u64 {
@@ -505,6 +605,14 @@ impl Recorder {
                 rows,
             })
             .await;
+    }
+
+    /// Records a file operation (one JSON object) of an SFTP or scp channel. It is kept in
+    /// memory (bounded) and written in the trailer at [`Recorder::finish`].
+    pub fn file_op(&self, json: Vec<u8>) {
+        if self.failed().is_none() {
+            lock(&self.trailer).push(self.elapsed_us(), json);
+        }
     }
 
     /// Ends the recording: writes what is buffered and the end-of-recording record,

@@ -70,7 +70,7 @@ impl ProgramTap {
             if let Some(reason) = unparseable {
                 // Flagged, not fatal (under plain `allow` the bytes passed unchanged).
                 tracing::warn!(session = %self.info.id, channel = self.channel, reason = %reason, "file-transfer stream could not be parsed");
-                self.info.tracker.file_op(FileOpRecord {
+                self.file_op(FileOpRecord {
                     channel: self.channel,
                     at: now_micros(),
                     protocol: "sftp/scp".into(),
@@ -246,7 +246,20 @@ impl ProgramTap {
                 denied = record.denied,
                 "file operation"
             );
-            self.info.tracker.file_op(record);
+            self.file_op(record);
         }
+    }
+
+    /// Into the session log and, when the channel is recorded, the recording's trailer.
+    fn file_op(&self, record: FileOpRecord) {
+        if let Some(recorder) = &self.recorder {
+            match serde_json::to_vec(&record) {
+                Ok(json) => recorder.file_op(json),
+                Err(e) => {
+                    tracing::warn!(session = %self.info.id, error = %e, "file operation not recorded")
+                }
+            }
+        }
+        self.info.tracker.file_op(record);
     }
 }
