@@ -899,3 +899,49 @@ fn exit_status_after_client_close() {
         Ok(())
     });
 }
+
+/// `[ssh] device_ciphers` limits the device leg: with AES-GCM only, OpenSSH picks it and a
+/// ChaCha20-only client is refused. The server leg prefers AES-GCM by default.
+#[test]
+fn cipher_lists_apply_per_leg() {
+    lab_test(|lab| {
+        // sshd logs the negotiated cipher at DEBUG1 (its first LogLevel line wins).
+        let base = sshgw_tests::sshd::BASE_LINES
+            .iter()
+            .map(|l| {
+                if l.starts_with("LogLevel") {
+                    "LogLevel DEBUG1".to_owned()
+                } else {
+                    (*l).to_owned()
+                }
+            })
+            .collect();
+        let (sshd, _gw) = start(
+            lab,
+            SshdConfig::default().trust_sshgw_ca().replace_base(base),
+            GatewayConfig::default()
+                .ssh(r#"device_ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]"#),
+        )?;
+        let out = relayed(lab)
+            .user("jdoe")
+            .option("LogLevel=DEBUG1")
+            .run("echo relayed")?;
+        ensure!(lines(&out)? == ["relayed"], "{out:?}");
+        ensure!(
+            out.stderr
+                .contains("kex: server->client cipher: aes128-gcm@openssh.com"),
+            "the device leg should negotiate aes128-gcm: {}",
+            out.stderr
+        );
+        sshd.wait_for_log(
+            "kex: client->server cipher: aes128-gcm@openssh.com",
+            LOG_TIMEOUT,
+        )?;
+
+        let out = relayed(lab)
+            .user("jdoe")
+            .option("Ciphers=chacha20-poly1305@openssh.com")
+            .run("true")?;
+        expect_ssh_failure(&out, &["no matching cipher"], "a ChaCha20-only client")
+    });
+}
