@@ -220,44 +220,34 @@ pub fn verify(lab: &Lab, recording: &Path, key: &Path) -> Result<Finished> {
     )
 }
 
+/// `sshgw recording export --format FORMAT [-o OUT]`; must exit 0.
+fn export(
+    lab: &Lab,
+    recording: &Path,
+    key: &Path,
+    format: &str,
+    out: Option<&Path>,
+) -> Result<Finished> {
+    let (recording, key) = (recording.to_string_lossy(), key.to_string_lossy());
+    let out = out.map(|p| p.to_string_lossy().into_owned());
+    let mut args = vec!["export", "-i", &recording, "-k", &key, "--format", format];
+    if let Some(out) = &out {
+        args.extend(["-o", out.as_str()]);
+    }
+    recording_cli(lab, &args)?.check(&format!("sshgw recording export --format {format}"))
+}
+
 /// `sshgw recording export --format asciicast -o <fresh>.cast`; must exit 0. Returns the path.
 pub fn export_asciicast(lab: &Lab, recording: &Path, key: &Path) -> Result<PathBuf> {
     let out = fresh_output(lab, "export", "cast");
-    recording_cli(
-        lab,
-        &[
-            "export",
-            "-i",
-            &recording.to_string_lossy(),
-            "-k",
-            &key.to_string_lossy(),
-            "--format",
-            "asciicast",
-            "-o",
-            &out.to_string_lossy(),
-        ],
-    )?
-    .check("sshgw recording export --format asciicast")?;
+    export(lab, recording, key, "asciicast", Some(&out))?;
     Ok(out)
 }
 
 /// `sshgw recording export --format file-ops` to standard output; must exit 0. Returns
 /// the JSON lines.
 pub fn export_file_ops(lab: &Lab, recording: &Path, key: &Path) -> Result<String> {
-    Ok(recording_cli(
-        lab,
-        &[
-            "export",
-            "-i",
-            &recording.to_string_lossy(),
-            "-k",
-            &key.to_string_lossy(),
-            "--format",
-            "file-ops",
-        ],
-    )?
-    .check("sshgw recording export --format file-ops")?
-    .stdout)
+    Ok(export(lab, recording, key, "file-ops", None)?.stdout)
 }
 
 /// Length of the container's prefix before the first chunk: the `u32` header length and the
