@@ -514,7 +514,7 @@ impl Report {
         if let Some(s) = &self.setup {
             let _ = writeln!(
                 md,
-                "\n**Negotiated on the device leg** (`ssh -v`; sshgw's server leg uses russh's defaults)\n"
+                "\n**Negotiated on the device leg** (`ssh -v`; sshgw's server leg follows its `upstream_ciphers`, AES-GCM first by default)\n"
             );
             md.push_str(
                 "| Route | Client key exchange | Key exchange | Cipher |\n|---|---|---|---|\n",
