@@ -5,6 +5,10 @@
 //! hands the flow's SYN to the transparent listener taken from the SOCKMAP. Everything else
 //! returns `TC_ACT_PIPE` untouched. With no listener in the SOCKMAP (daemon down) matching
 //! SYNs are dropped: an audited server is never reachable unaudited.
+//!
+//! The object holds three entry points that differ only in how they read headers (see
+//! `gateway_common::programs`): in place behind a known link-layer header (Ethernet or none)
+//! with a fallback to `bpf_skb_load_bytes_relative`, or with that helper alone.
 #![no_std]
 #![no_main]
 
@@ -26,7 +30,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     Counter, FlowKey, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, MAX_AUDITED, MAX_ENROLLED,
-    MAX_FLOWS, MAX_PORTS, settings,
+    MAX_FLOWS, PortSet, settings,
 };
 
 #[unsafe(link_section = "license")]
@@ -46,7 +50,7 @@ static AUDITED_V4: LpmTrie<Ipv4Bytes, u8> = LpmTrie::pinned(MAX_AUDITED, 0);
 #[map]
 static AUDITED_V6: LpmTrie<Ipv6Bytes, u8> = LpmTrie::pinned(MAX_AUDITED, 0);
 #[map]
-static PORTS: HashMap<u16, u8> = HashMap::pinned(MAX_PORTS, 0);
+static PORTS: Array<PortSet> = Array::pinned(1, 0);
 #[map]
 static LISTENER: SockMap = SockMap::pinned(2, 0);
 #[map]
@@ -56,6 +60,7 @@ static SETTINGS: Array<u32> = Array::pinned(1, 0);
 #[map]
 static FLOW_INGRESS: LruHashMap<FlowKey, u32> = LruHashMap::pinned(MAX_FLOWS, 0);
 
+const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
@@ -138,11 +143,32 @@ enum Parsed {
     /// fragment, or an IPv6 header chain we cannot walk). Passing it could let a SYN reach
     /// the server unseen, so it is dropped.
     Evasive,
+    /// Read in place, the headers were not all in the linear part of the skb (or did not
+    /// look like the link type promised): parse again with `bpf_skb_load_bytes_relative`.
+    Retry,
 }
 
+/// Any device: headers are read relative to the network header by a helper.
 #[classifier]
 pub fn sshgw_ingress(ctx: TcContext) -> i32 {
-    match steer(&ctx) {
+    run(&ctx, None)
+}
+
+/// Ethernet devices: headers are read in place behind the 14-byte Ethernet header.
+#[classifier]
+pub fn sshgw_ingress_eth(ctx: TcContext) -> i32 {
+    run(&ctx, Some(ETH_HLEN))
+}
+
+/// Devices without a link-layer header (WireGuard, tun): headers are read in place.
+#[classifier]
+pub fn sshgw_ingress_l3(ctx: TcContext) -> i32 {
+    run(&ctx, Some(0))
+}
+
+#[inline(always)]
+fn run(ctx: &TcContext, l2_len: Option<usize>) -> i32 {
+    match steer(ctx, l2_len) {
         Verdict::Pass => {
             count(Counter::Passed);
             TC_ACT_PIPE
@@ -181,35 +207,127 @@ fn count(counter: Counter) {
     }
 }
 
-/// Reads `T` at `offset` bytes from the start of the network header, whatever the L2
-/// header of the device (Ethernet on veth, none on WireGuard/tun).
+/// Where the parser reads headers from. Offsets count from the start of the IP header.
+trait Packet {
+    /// A failed read means "not in the linear area, ask the helper" (`Parsed::Retry`)
+    /// rather than "the packet is too short".
+    const DIRECT: bool;
+    fn load<T: Copy>(&self, offset: u32) -> Option<T>;
+    /// Whether the IP header's length (`l3_len` bytes including the IP header) agrees with
+    /// the skb; a mismatch means the IP header is not where it was assumed to be.
+    fn l3_len_ok(&self, l3_len: u32) -> bool;
+}
+
+/// Reads relative to the network header with `bpf_skb_load_bytes_relative`, whatever the
+/// L2 header of the device; sees non-linear data too.
+struct Relative<'a>(&'a TcContext);
+
+impl Packet for Relative<'_> {
+    const DIRECT: bool = false;
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: u32) -> Option<T> {
+        let mut value = core::mem::MaybeUninit::<T>::uninit();
+        let ret = unsafe {
+            bpf_skb_load_bytes_relative(
+                self.0.as_ptr(),
+                offset,
+                value.as_mut_ptr().cast::<c_void>(),
+                size_of::<T>() as u32,
+                BPF_HDR_START_NET,
+            )
+        };
+        if ret == 0 {
+            Some(unsafe { value.assume_init() })
+        } else {
+            None
+        }
+    }
+
+    #[inline(always)]
+    fn l3_len_ok(&self, _l3_len: u32) -> bool {
+        true
+    }
+}
+
+/// Direct packet access to the linear part of the skb, with the IP header at `start`.
+struct Direct {
+    start: usize,
+    end: usize,
+    /// For L3 devices, the skb length the IP header must account for exactly (no L2
+    /// header, no padding); 0: not checked.
+    skb_len: u32,
+}
+
+impl Packet for Direct {
+    const DIRECT: bool = true;
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: u32) -> Option<T> {
+        let ptr = self.start + offset as usize;
+        if ptr + size_of::<T>() > self.end {
+            return None;
+        }
+        Some(unsafe { core::ptr::read_unaligned(ptr as *const T) })
+    }
+
+    #[inline(always)]
+    fn l3_len_ok(&self, l3_len: u32) -> bool {
+        self.skb_len == 0 || self.skb_len == l3_len
+    }
+}
+
+/// A failed read: with direct access the header may just lie outside the linear area, so
+/// the packet is parsed again by the helper; otherwise the packet is too short and
+/// `short` says what that means.
 #[inline(always)]
-fn load_net<T: Copy>(ctx: &TcContext, offset: u32) -> Option<T> {
-    let mut value = core::mem::MaybeUninit::<T>::uninit();
-    let ret = unsafe {
-        bpf_skb_load_bytes_relative(
-            ctx.as_ptr(),
-            offset,
-            value.as_mut_ptr().cast::<c_void>(),
-            size_of::<T>() as u32,
-            BPF_HDR_START_NET,
-        )
-    };
-    if ret == 0 {
-        Some(unsafe { value.assume_init() })
-    } else {
-        None
+fn missing<P: Packet>(short: impl FnOnce() -> Parsed) -> Parsed {
+    if P::DIRECT { Parsed::Retry } else { short() }
+}
+
+#[inline(always)]
+fn parse<P: Packet>(protocol: u16, pkt: &P, ports: &PortSet) -> Parsed {
+    match protocol {
+        ETH_P_IP => parse_v4(pkt, ports),
+        ETH_P_IPV6 => parse_v6(pkt, ports),
+        _ => Parsed::NotOurs,
     }
 }
 
 #[inline(always)]
-fn steer(ctx: &TcContext) -> Verdict {
-    let protocol = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    let parsed = match protocol {
-        ETH_P_IP => parse_v4(ctx),
-        ETH_P_IPV6 => parse_v6(ctx),
-        _ => Parsed::NotOurs,
+fn steer(ctx: &TcContext, l2_len: Option<usize>) -> Verdict {
+    // Network byte order, as on the wire.
+    let protocol_wire = unsafe { (*ctx.skb.skb).protocol } as u16;
+    let protocol = u16::from_be(protocol_wire);
+    // Looked up before any header is read: the lookup is a call to LLVM, and the parser
+    // would otherwise keep the header fields it read across it. No ports: nothing to do.
+    let Some(ports) = PORTS.get(0) else {
+        return Verdict::Pass;
     };
+    let mut parsed = Parsed::Retry;
+    if let Some(l2_len) = l2_len {
+        let data = ctx.data();
+        let end = ctx.data_end();
+        // Behind an Ethernet header its EtherType must be the skb's protocol; at offset 0
+        // the IP length must be the skb's. Anything else goes to the helper.
+        let in_place = if l2_len == ETH_HLEN {
+            data + ETH_HLEN <= end
+                && unsafe { core::ptr::read_unaligned((data + 12) as *const u16) } == protocol_wire
+        } else {
+            true
+        };
+        if in_place {
+            let pkt = Direct {
+                start: data + l2_len,
+                end,
+                skb_len: if l2_len == 0 { ctx.len() } else { 0 },
+            };
+            parsed = parse(protocol, &pkt, ports);
+        }
+    }
+    if let Parsed::Retry = parsed {
+        parsed = parse(protocol, &Relative(ctx), ports);
+    }
     match parsed {
         Parsed::Flow(flow, Source::Enrolled | Source::Established) => steer_flow(ctx, flow),
         Parsed::Flow(_, Source::Unenrolled) => {
@@ -223,22 +341,21 @@ fn steer(ctx: &TcContext) -> Verdict {
             }
         }
         Parsed::Evasive => Verdict::Drop(Counter::DroppedEvasive),
-        Parsed::NotOurs => Verdict::Pass,
+        // Only the direct reader retries, and the helper's result replaced it above.
+        Parsed::NotOurs | Parsed::Retry => Verdict::Pass,
     }
 }
 
 #[inline(always)]
-fn port_intercepted(dport_be: u16) -> bool {
-    unsafe { PORTS.get(u16::from_be(dport_be)) }.is_some()
-}
-
-#[inline(always)]
-fn parse_v4(ctx: &TcContext) -> Parsed {
-    let Some(ip) = load_net::<Ipv4Hdr>(ctx, 0) else {
-        return Parsed::NotOurs;
+fn parse_v4<P: Packet>(pkt: &P, ports: &PortSet) -> Parsed {
+    let Some(ip) = pkt.load::<Ipv4Hdr>(0) else {
+        return missing::<P>(|| Parsed::NotOurs);
     };
     let ihl = u32::from(ip.ver_ihl & 0x0f) * 4;
-    if ip.ver_ihl >> 4 != 4 || ihl < 20 || ip.protocol != IPPROTO_TCP {
+    if ip.ver_ihl >> 4 != 4 || !pkt.l3_len_ok(u32::from(u16::from_be(ip.tot_len))) {
+        return missing::<P>(|| Parsed::NotOurs);
+    }
+    if ihl < 20 || ip.protocol != IPPROTO_TCP {
         return Parsed::NotOurs;
     }
     let frag = u16::from_be(ip.frag_off);
@@ -247,15 +364,18 @@ fn parse_v4(ctx: &TcContext) -> Parsed {
         return Parsed::NotOurs;
     }
     let fragmented = frag & 0x2000 != 0;
-    let Some(tcp) = load_net::<TcpHead>(ctx, ihl) else {
+    let Some(tcp) = pkt.load::<TcpHead>(ihl) else {
         // Too short to hold the TCP header: only a (tiny) first fragment can do that.
-        return if fragmented && AUDITED_V4.get(Key::new(32, ip.daddr)).is_some() {
-            Parsed::Evasive
-        } else {
-            Parsed::NotOurs
-        };
+        return missing::<P>(|| {
+            if fragmented && AUDITED_V4.get(Key::new(32, ip.daddr)).is_some() {
+                Parsed::Evasive
+            } else {
+                Parsed::NotOurs
+            }
+        });
     };
-    if !port_intercepted(tcp.dport) {
+    // `dport` as read from the packet: a bit test, no helper call.
+    if !ports.contains_wire(tcp.dport) {
         return Parsed::NotOurs;
     }
     let source = match judge(
@@ -297,12 +417,14 @@ fn parse_v4(ctx: &TcContext) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext) -> Parsed {
-    let Some(ip) = load_net::<Ipv6Hdr>(ctx, 0) else {
-        return Parsed::NotOurs;
+fn parse_v6<P: Packet>(pkt: &P, ports: &PortSet) -> Parsed {
+    let Some(ip) = pkt.load::<Ipv6Hdr>(0) else {
+        return missing::<P>(|| Parsed::NotOurs);
     };
-    if u32::from_be(ip.ver_tc_flow) >> 28 != 6 {
-        return Parsed::NotOurs;
+    if u32::from_be(ip.ver_tc_flow) >> 28 != 6
+        || !pkt.l3_len_ok(40 + u32::from(u16::from_be(ip.payload_len)))
+    {
+        return missing::<P>(|| Parsed::NotOurs);
     }
     let audited = || AUDITED_V6.get(Key::new(128, ip.daddr)).is_some();
     let mut nexthdr = ip.nexthdr;
@@ -310,12 +432,14 @@ fn parse_v6(ctx: &TcContext) -> Parsed {
     let mut fragmented = false;
     let mut walked = false;
     for _ in 0..IPV6_MAX_EXT {
-        let Some(ext) = load_net::<[u8; 4]>(ctx, offset) else {
-            return if audited() {
-                Parsed::Evasive
-            } else {
-                Parsed::NotOurs
-            };
+        let Some(ext) = pkt.load::<[u8; 4]>(offset) else {
+            return missing::<P>(|| {
+                if audited() {
+                    Parsed::Evasive
+                } else {
+                    Parsed::NotOurs
+                }
+            });
         };
         match nexthdr {
             IPPROTO_TCP => {
@@ -355,14 +479,17 @@ fn parse_v6(ctx: &TcContext) -> Parsed {
             };
         }
     }
-    let Some(tcp) = load_net::<TcpHead>(ctx, offset) else {
-        return if fragmented && audited() {
-            Parsed::Evasive
-        } else {
-            Parsed::NotOurs
-        };
+    let Some(tcp) = pkt.load::<TcpHead>(offset) else {
+        return missing::<P>(|| {
+            if fragmented && audited() {
+                Parsed::Evasive
+            } else {
+                Parsed::NotOurs
+            }
+        });
     };
-    if !port_intercepted(tcp.dport) {
+    // `dport` as read from the packet: a bit test, no helper call.
+    if !ports.contains_wire(tcp.dport) {
         return Parsed::NotOurs;
     }
     let source = match judge(tcp.flags, fragmented, audited, || {

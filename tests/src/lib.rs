@@ -44,6 +44,7 @@ pub mod recording;
 pub mod ssh;
 pub mod sshd;
 pub mod topology;
+pub mod tun;
 pub mod wait;
 
 pub use capture::{Capture, Packet, syn_ack_filter, syn_filter};

@@ -403,3 +403,63 @@ fn kept_datapath_fails_closed_until_removed(lab: &Lab, fam: Family) -> Result<()
     stop_leaves_nothing(lab, fam, OnStop::Keep)
 }
 family_tests!(kept_datapath_fails_closed_until_removed => kept_datapath_fails_closed_until_removed_v4, kept_datapath_fails_closed_until_removed_v6);
+
+/// 6. On an L3 device (tun: no link-layer header, like WireGuard) the daemon attaches the
+///    program variant that reads headers at offset 0, and it intercepts and bypasses as on
+///    Ethernet.
+fn l3_device_is_intercepted(lab: &Lab, fam: Family) -> Result<()> {
+    let _sshd = lab.start_sshd_for_gateway()?;
+    let _tunnel = sshgw_tests::tun::TunPair::between_dev_and_router(lab, fam)?;
+    let mut devices = sshgw_tests::gateway::default_devices();
+    devices["devices"][0]["interface"] = "t0".into();
+    let mut gw = lab.gateway_with(
+        GatewayConfig::default()
+            .interfaces(&["r0", "t0"])
+            .devices(devices),
+    )?;
+    let running = gw.start()?;
+
+    // Which program runs where.
+    for (iface, program) in [("t0", "sshgw_ingress_l3"), ("r0", "sshgw_ingress_eth")] {
+        let id = running
+            .interfaces
+            .iter()
+            .find(|i| i.name == iface)
+            .and_then(|i| i.program_id)
+            .with_context(|| format!("no program on {iface}: {}", running.raw))?;
+        let out = std::process::Command::new(bpftool()?)
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .context("running bpftool")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            text.contains(&format!("name {program} ")),
+            "{iface} should run {program}: {text}"
+        );
+    }
+
+    let conn = expect_intercepted(lab, fam, "enrolled -> audited over tun")?;
+    ensure!(
+        conn.server == fam.audited(),
+        "the upstream connection should go to {}: {conn:?}",
+        fam.audited()
+    );
+    gw.wait_for_intercept(fam.audited(), SSH_PORT, LOG_TIMEOUT)?;
+    expect_client(
+        lab,
+        fam.enrolled(),
+        fam.not_audited(),
+        SSH_PORT,
+        fam.enrolled(),
+        "enrolled -> not audited over tun",
+    )?;
+    let status = gw.status()?;
+    ensure!(
+        status.counters.intercepted_syns >= 1 && status.counters.passed_preexisting_packets >= 1,
+        "over tun: intercepted_syns and passed_preexisting_packets should be >= 1: {}",
+        status.raw
+    );
+    expect_not_logged(&gw.log(), fam.not_audited(), SSH_PORT)?;
+    Ok(())
+}
+family_tests!(l3_device_is_intercepted => l3_device_intercepted_v4, l3_device_intercepted_v6);

@@ -13,7 +13,7 @@ pub mod maps {
     pub const AUDITED_V4: &str = "AUDITED_V4";
     /// Audited destinations (IPv6 LPM trie).
     pub const AUDITED_V6: &str = "AUDITED_V6";
-    /// Intercepted TCP destination ports, key: port in host byte order.
+    /// Intercepted TCP destination ports: an array with one [`super::PortSet`] at index 0.
     pub const PORTS: &str = "PORTS";
     /// The transparent listeners, indexed by [`super::LISTENER_V4`]/[`super::LISTENER_V6`].
     pub const LISTENER: &str = "LISTENER";
@@ -49,8 +49,63 @@ unsafe impl aya::Pod for FlowKey {}
 
 pub const MAX_FLOWS: u32 = 65_536;
 
-/// Name of the TC classifier function in the object.
-pub const PROGRAM_NAME: &str = "sshgw_ingress";
+/// The TC classifier functions in the object. All three steer alike and differ only in how
+/// they find the IP header; the daemon picks one per interface from its link type.
+pub mod programs {
+    /// Any device: reads headers with `bpf_skb_load_bytes_relative` from the network header.
+    pub const GENERIC: &str = "sshgw_ingress";
+    /// Ethernet devices (`ARPHRD_ETHER`, e.g. veth): reads headers in place behind a 14-byte
+    /// Ethernet header.
+    pub const ETHERNET: &str = "sshgw_ingress_eth";
+    /// L3 devices without a link-layer header (`ARPHRD_NONE`: WireGuard, tun): reads
+    /// headers in place at offset 0.
+    pub const L3: &str = "sshgw_ingress_l3";
+    pub const ALL: [&str; 3] = [GENERIC, ETHERNET, L3];
+}
+
+/// The set of intercepted TCP ports as a bitmap, the single value of the PORTS array (the
+/// program tests a bit inline, without a hash lookup). A port's bit is indexed by its two
+/// bytes as they are on the wire, read as a native `u16`, so the program need not swap
+/// them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSet {
+    pub words: [u64; 1024],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PortSet {}
+
+impl PortSet {
+    pub const EMPTY: PortSet = PortSet { words: [0; 1024] };
+
+    /// Word index and bit of a port given as read from the packet (network byte order).
+    #[inline(always)]
+    pub const fn slot(wire: u16) -> (usize, u64) {
+        ((wire >> 6) as usize, 1 << (wire & 63))
+    }
+
+    /// The wire form of a port in host byte order.
+    pub const fn wire(port: u16) -> u16 {
+        u16::from_ne_bytes(port.to_be_bytes())
+    }
+
+    pub fn insert(&mut self, port: u16) {
+        let (word, bit) = Self::slot(Self::wire(port));
+        self.words[word] |= bit;
+    }
+
+    /// Whether the port, as read from the packet, is in the set.
+    #[inline(always)]
+    pub fn contains_wire(&self, wire: u16) -> bool {
+        let (word, bit) = Self::slot(wire);
+        self.words[word] & bit != 0
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.contains_wire(Self::wire(port))
+    }
+}
 
 /// Load-time global holding the skb mark bit that routes intercepted packets locally.
 pub const INTERCEPT_MARK_GLOBAL: &str = "INTERCEPT_MARK";

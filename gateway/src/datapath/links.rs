@@ -133,6 +133,45 @@ impl AttachedLink {
     }
 }
 
+/// The program variant for `interface`, from its link type (`ARPHRD_*`): headers are read
+/// in place behind an Ethernet header, at offset 0 on devices without a link-layer header
+/// (WireGuard, tun), and by a helper on anything else.
+pub fn program_for(interface: &str) -> &'static str {
+    use gateway_common::programs;
+    match link_type(interface) {
+        Some(libc::ARPHRD_ETHER) => programs::ETHERNET,
+        Some(libc::ARPHRD_NONE) => programs::L3,
+        _ => programs::GENERIC,
+    }
+}
+
+/// The link type of `interface` (`SIOCGIFHWADDR`), in this network namespace.
+fn link_type(interface: &str) -> Option<u16> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let name = interface.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: plain socket(2); the fd is owned (and closed) by `sock`.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and fills ifr_hwaddr of the ifreq we own.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if ret < 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled the ifr_hwaddr member.
+    Some(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+}
+
 /// The current index of `interface`, if it exists.
 pub fn ifindex(interface: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(interface).ok()

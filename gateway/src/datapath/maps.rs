@@ -16,7 +16,9 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, SockMap, lpm_trie::Key},
 };
-use gateway_common::{Counter, FlowKey, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, maps};
+use gateway_common::{
+    Counter, FlowKey, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, PortSet, maps,
+};
 use ipnet::IpNet;
 
 /// What the TC program matches on: enrolled sources, audited destinations, ports.
@@ -122,7 +124,15 @@ pub fn sync(ebpf: &mut Ebpf, sets: &MatchSets) -> Result<()> {
         };
     }
     // Order matters only for a shrinking set; every step keeps the program consistent.
-    sync_hash(ebpf, maps::PORTS, &sets.ports)?;
+    let mut ports = PortSet::EMPTY;
+    for port in &sets.ports {
+        ports.insert(*port);
+    }
+    let mut port_map: Array<_, PortSet> = Array::try_from(map_mut(ebpf, maps::PORTS)?)?;
+    // One value, replaced whole: each port's bit flips on its own.
+    port_map
+        .set(0, ports, 0)
+        .context("cannot update map PORTS")?;
     sync_lpm(ebpf, maps::AUDITED_V4, &audited_v4)?;
     sync_lpm(ebpf, maps::AUDITED_V6, &audited_v6)?;
     sync_hash(ebpf, maps::ENROLLED_V4, &enrolled_v4)?;

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
-use gateway_common::{INTERCEPT_MARK_GLOBAL, PROGRAM_NAME};
+use gateway_common::{INTERCEPT_MARK_GLOBAL, programs};
 use serde::Serialize;
 
 use crate::config::DatapathConfig;
@@ -77,6 +77,14 @@ fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
+/// One of the object's TC programs ([`programs`]).
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("eBPF object has no TC program {name}"))?
+        .try_into()?)
+}
+
 fn routing_of(cfg: &DatapathConfig) -> Routing {
     Routing {
         mark: cfg.intercept_mark,
@@ -119,23 +127,24 @@ impl Datapath {
         let handle = routing::connect().await?;
         routing.install(&handle).await?;
 
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROGRAM_NAME)
-            .context("eBPF object has no TC program")?
-            .try_into()?;
-        prog.load()
-            .context("the kernel verifier rejected the TC program")?;
+        for name in programs::ALL {
+            program(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("the kernel verifier rejected the TC program {name}"))?;
+        }
         let mut attached = Vec::new();
         for name in &cfg.interfaces {
             if links::ifindex(name).is_none() {
                 tracing::warn!(interface = %name, "datapath interface does not exist yet; it is attached when it appears");
                 continue;
             }
-            let link = links::attach(prog, &links_dir(&cfg.pin_dir), name)?;
+            let variant = links::program_for(name);
+            let link = links::attach(program(&mut ebpf, variant)?, &links_dir(&cfg.pin_dir), name)?;
             tracing::info!(
                 interface = %name,
                 link_id = link.link_id,
                 program_id = link.program_id,
+                program = variant,
                 "datapath attached"
             );
             attached.push(link);
@@ -181,13 +190,9 @@ impl Datapath {
                 old.detach()?;
             }
             if index.is_some() {
-                let prog: &mut SchedClassifier = self
-                    .ebpf
-                    .program_mut(PROGRAM_NAME)
-                    .context("eBPF object has no TC program")?
-                    .try_into()?;
-                let link = links::attach(prog, &links_dir, name)?;
-                tracing::info!(interface = %name, link_id = link.link_id, "datapath attached to the interface");
+                let variant = links::program_for(name);
+                let link = links::attach(program(&mut self.ebpf, variant)?, &links_dir, name)?;
+                tracing::info!(interface = %name, link_id = link.link_id, program = variant, "datapath attached to the interface");
                 self.links.push(link);
             }
         }
