@@ -454,7 +454,7 @@ impl Report {
             }
         }
         if !failures.is_empty() {
-            md.push_str("\n**Failed connections** (first 5):\n\n");
+            md.push_str("\n**Failed or slow connections** (first 5):\n\n");
             for f in failures.iter().take(5) {
                 let _ = writeln!(md, "- {}", f.replace('\n', " "));
             }
