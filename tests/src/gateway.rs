@@ -146,6 +146,11 @@ pub fn bpf_link_exists(id: u32) -> Result<bool> {
 }
 
 /// The lab standard devices.json: device `laptop-jdoe` with the enrolled addresses on `r0`.
+/// The string field `key` of a JSON object (a session record, a file operation, …).
+pub fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
+    v.get(key).and_then(Value::as_str)
+}
+
 pub fn default_devices() -> Value {
     json!({"devices": [{
         "id": "laptop-jdoe",
@@ -683,21 +688,50 @@ impl<'a> Gateway<'a> {
     /// Waits (bounded) for a log line of the current run containing both
     /// `intercepted connection` and `orig_dst=<addr>:<port>`, and returns it.
     pub fn wait_for_intercept(&self, addr: IpAddr, port: u16, timeout: Duration) -> Result<String> {
-        let proc = self.running_proc()?;
         let needle = format!("orig_dst={}", host_port(addr, port));
-        let find = || {
-            proc.log_text()
-                .lines()
-                .find(|l| l.contains(INTERCEPT_LOG) && l.contains(&needle))
-                .map(str::to_owned)
-        };
+        self.wait_for_log_line(&[INTERCEPT_LOG, &needle], timeout)
+    }
+
+    /// Waits (bounded) for a log line of the current run containing every one of
+    /// `needles`, and returns it.
+    pub fn wait_for_log_line(&self, needles: &[&str], timeout: Duration) -> Result<String> {
+        let proc = self.running_proc()?;
         poll_until(
-            &format!("an '{INTERCEPT_LOG}' log line with {needle}"),
+            &format!("a daemon log line with {needles:?}"),
             timeout,
             READY_POLL_INTERVAL,
-            || Ok(find()),
+            || {
+                Ok(proc
+                    .log_text()
+                    .lines()
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                    .map(str::to_owned))
+            },
         )
         .with_context(|| format!("--- sshgw log ---\n{}", proc.log_text().trim_end()))
+    }
+
+    /// Waits (bounded) until the current run has logged `needle` more than `before` times,
+    /// and returns the newest such line.
+    pub fn wait_for_nth_log(
+        &self,
+        needle: &str,
+        before: usize,
+        timeout: Duration,
+    ) -> Result<String> {
+        poll_until(
+            &format!("the daemon to log {needle:?} (seen {before} times before)"),
+            timeout,
+            READY_POLL_INTERVAL,
+            || {
+                let log = self.log();
+                Ok((log.matches(needle).count() > before)
+                    .then(|| log.lines().rev().find(|l| l.contains(needle)))
+                    .flatten()
+                    .map(str::to_owned))
+            },
+        )
+        .with_context(|| format!("--- sshgw log ---\n{}", self.log()))
     }
 
     /// Describes routing state the datapath leaves in `rtr` when it should be gone: `ip rule`

@@ -18,14 +18,14 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
+use sshgw_tests::files;
 use sshgw_tests::gateway::default_policies;
+use sshgw_tests::gateway::str_field;
 use sshgw_tests::recording::{self as rec, RecordingKey};
-use sshgw_tests::wait::poll_until;
 use sshgw_tests::{
     Family, Gateway, GatewayConfig, Lab, Ssh, SshOutput, Sshd, SshdConfig, lab_test,
 };
@@ -102,55 +102,9 @@ fn path_str(p: &Path) -> Result<&str> {
 
 /// Writes `len` random bytes to `path` (`head -c LEN /dev/urandom`), mode 0644.
 fn random_file(lab: &Lab, path: &Path, len: u64) -> Result<()> {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("head -c \"$1\" /dev/urandom > \"$2\"")
-        .arg("random-file")
-        .arg(len.to_string())
-        .arg(path);
-    lab.procs()
-        .run_quiet("random file", &mut cmd, TRANSFER_TIMEOUT)?
-        .check("writing a random file")?;
+    files::random_file(lab, path, len, TRANSFER_TIMEOUT)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o644))
-        .with_context(|| format!("chmod 0644 {}", path.display()))?;
-    let got = fs::metadata(path)?.len();
-    ensure!(
-        got == len,
-        "{} has {got} bytes, wanted {len}",
-        path.display()
-    );
-    Ok(())
-}
-
-/// `sha256sum FILE` (the hex digest).
-fn sha256(lab: &Lab, path: &Path) -> Result<String> {
-    let mut cmd = Command::new("sha256sum");
-    cmd.arg(path);
-    let out = lab
-        .procs()
-        .run_quiet("sha256sum", &mut cmd, TRANSFER_TIMEOUT)?
-        .check("sha256sum")?;
-    let d = out.stdout.split_whitespace().next().unwrap_or_default();
-    ensure!(
-        d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()),
-        "not sha256sum output: {:?}",
-        out.stdout
-    );
-    Ok(d.to_owned())
-}
-
-/// Both files exist and are byte-identical (sha256).
-fn same_file(lab: &Lab, a: &Path, b: &Path, what: &str) -> Result<()> {
-    ensure!(a.is_file(), "{what}: {} does not exist", a.display());
-    ensure!(b.is_file(), "{what}: {} does not exist", b.display());
-    let (da, db) = (sha256(lab, a)?, sha256(lab, b)?);
-    ensure!(
-        da == db,
-        "{what}: {} ({da}) and {} ({db}) differ",
-        a.display(),
-        b.display()
-    );
-    Ok(())
+        .with_context(|| format!("chmod 0644 {}", path.display()))
 }
 
 /// Nothing (not even a dangling symlink) is at `path`.
@@ -177,10 +131,6 @@ fn failed_with(out: &SshOutput, needle: &str, what: &str) -> Result<()> {
         out.stderr
     );
     Ok(())
-}
-
-fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
-    v.get(key).and_then(Value::as_str)
 }
 
 /// The ids of every session in the log.
@@ -212,7 +162,7 @@ fn with_session<T>(
     let id = str_field(&new, "id")
         .context("session without id")?
         .to_owned();
-    let record = wait_closed(gw, &id)?;
+    let record = gw.wait_session_closed(&id, LOG_TIMEOUT)?;
     let after = session_ids(gw)?;
     let added: Vec<&String> = after.difference(&before).collect();
     ensure!(
@@ -220,11 +170,6 @@ fn with_session<T>(
         "{what}: one connection should add one session, got {added:?}"
     );
     Ok((out, record))
-}
-
-/// Waits (bounded) until session `id` is closed in the log, and returns its record.
-fn wait_closed(gw: &Gateway<'_>, id: &str) -> Result<Value> {
-    gw.wait_session_closed(id, LOG_TIMEOUT)
 }
 
 /// The session record's `file_ops` (absent = none).
@@ -388,24 +333,6 @@ fn ops_on_channel(session: &Value, kind: &str, command_prefix: &str, what: &str)
     Ok(())
 }
 
-/// A daemon log line containing every one of `needles` (bounded wait); returns it.
-fn log_line(gw: &Gateway<'_>, needles: &[&str]) -> Result<String> {
-    let proc = gw.proc().context("the daemon was never started")?;
-    poll_until(
-        &format!("a daemon log line with {needles:?}"),
-        LOG_TIMEOUT,
-        Duration::from_millis(50),
-        || {
-            Ok(proc
-                .log_text()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_owned))
-        },
-    )
-    .with_context(|| format!("--- sshgw log ---\n{}", gw.log()))
-}
-
 /// `denied by policy <name>`: the SFTP/scp denial status.
 fn denied_by_policy() -> String {
     format!("denied by policy {POLICY_NAME}")
@@ -458,8 +385,8 @@ fn sftp_batch_operations_are_logged() {
 
         // The files on the server.
         let fin = home.join("newdir/final.bin");
-        same_file(lab, &up, &fin, "uploaded, renamed twice")?;
-        same_file(lab, &up, &down, "downloaded")?;
+        files::same_file(lab, &up, &fin, "uploaded, renamed twice", TRANSFER_TIMEOUT)?;
+        files::same_file(lab, &up, &down, "downloaded", TRANSFER_TIMEOUT)?;
         let mode = fs::metadata(&fin)?.permissions().mode() & 0o7777;
         ensure!(mode == 0o600, "chmod 600: final.bin has mode {mode:o}");
         let link = fs::read_link(home.join("link.bin")).context("link.bin is not a symlink")?;
@@ -643,7 +570,13 @@ fn scp_both_modes_are_logged() {
             ssh.scp(&[path_str(&local)?, &target])
         })?;
         ok(&out, "scp upload (SFTP)")?;
-        same_file(lab, &local, &home.join("scp-up.bin"), "scp upload (SFTP)")?;
+        files::same_file(
+            lab,
+            &local,
+            &home.join("scp-up.bin"),
+            "scp upload (SFTP)",
+            TRANSFER_TIMEOUT,
+        )?;
         // scp sends the remote path as the user wrote it (relative to the login's home), and
         // writes in place: opens without truncating and sets the final size with fsetstat.
         let remote = "scp-up.bin";
@@ -673,7 +606,7 @@ fn scp_both_modes_are_logged() {
             ssh.scp(&[&target, path_str(&back)?])
         })?;
         ok(&out, "scp download (SFTP)")?;
-        same_file(lab, &local, &back, "scp download (SFTP)")?;
+        files::same_file(lab, &local, &back, "scp download (SFTP)", TRANSFER_TIMEOUT)?;
         expect_op(
             &s,
             Want {
@@ -702,7 +635,13 @@ fn scp_both_modes_are_logged() {
             ssh.scp(&["-O", path_str(&local)?, &ssh.remote("legacy-up.bin")])
         })?;
         ok(&out, "scp -O upload")?;
-        same_file(lab, &local, &home.join("legacy-up.bin"), "scp -O upload")?;
+        files::same_file(
+            lab,
+            &local,
+            &home.join("legacy-up.bin"),
+            "scp -O upload",
+            TRANSFER_TIMEOUT,
+        )?;
         let flags = format!("size={len},mode=0644");
         expect_op(
             &s,
@@ -726,7 +665,7 @@ fn scp_both_modes_are_logged() {
             ssh.scp(&["-O", &ssh.remote("legacy-down.bin"), path_str(&back)?])
         })?;
         ok(&out, "scp -O download")?;
-        same_file(lab, &served, &back, "scp -O download")?;
+        files::same_file(lab, &served, &back, "scp -O download", TRANSFER_TIMEOUT)?;
         let flags = format!("size={len},mode=0644");
         expect_op(
             &s,
@@ -761,7 +700,13 @@ fn rsync_is_relayed_unparsed() {
             ssh.rsync(&["-a", path_str(&local)?, &ssh.remote("rsync.bin")])
         })?;
         ok(&out, "rsync upload")?;
-        same_file(lab, &local, &home.join("rsync.bin"), "rsync upload")?;
+        files::same_file(
+            lab,
+            &local,
+            &home.join("rsync.bin"),
+            "rsync upload",
+            TRANSFER_TIMEOUT,
+        )?;
         let chans = channels(&s);
         ensure!(
             chans.iter().any(|c| str_field(c, "kind") == Some("exec")
@@ -817,7 +762,13 @@ fn read_only_refuses_writes_and_allows_reads() {
         let batch = format!("get ro-served.bin {}\n", path_str(&down)?);
         let (out, s) = with_session(&gw, "sftp get (read_only)", || ssh.sftp_batch(&batch))?;
         ok(&out, "sftp get under read_only")?;
-        same_file(lab, &served, &down, "sftp get under read_only")?;
+        files::same_file(
+            lab,
+            &served,
+            &down,
+            "sftp get under read_only",
+            TRANSFER_TIMEOUT,
+        )?;
         expect_op(
             &s,
             Want {
@@ -842,7 +793,13 @@ fn read_only_refuses_writes_and_allows_reads() {
             "each change should fail with Permission denied: {:?}",
             out.stderr
         );
-        same_file(lab, &down, &served, "the served file after refused changes")?;
+        files::same_file(
+            lab,
+            &down,
+            &served,
+            "the served file after refused changes",
+            TRANSFER_TIMEOUT,
+        )?;
         let mode = fs::metadata(&served)?.permissions().mode() & 0o7777;
         ensure!(
             mode == 0o644,
@@ -920,9 +877,9 @@ fn read_only_refuses_writes_and_allows_reads() {
         )?;
         absent(&home.join("ro-up.bin"), "scp -O upload under read_only")?;
         let id = str_field(&s, "id").context("no id")?;
-        log_line(
-            &gw,
+        gw.wait_for_log_line(
             &[TRANSFER_REFUSED, id, &refused_message("uploading with scp")],
+            LOG_TIMEOUT,
         )?;
         // The refusal is on record: the scp -t channel ended with exit status 1 and a
         // denied `refused` file operation names the command and the policy.
@@ -950,7 +907,13 @@ fn read_only_refuses_writes_and_allows_reads() {
             ssh.scp(&["-O", &ssh.remote("ro-served.bin"), path_str(&back)?])
         })?;
         ok(&out, "scp -O download under read_only")?;
-        same_file(lab, &served, &back, "scp -O download under read_only")?;
+        files::same_file(
+            lab,
+            &served,
+            &back,
+            "scp -O download under read_only",
+            TRANSFER_TIMEOUT,
+        )?;
         expect_op(
             &s,
             Want {
@@ -982,7 +945,10 @@ fn deny_refuses_sftp_and_scp() {
         failed_with(&out, &refused_message("sftp"), "sftp under deny")?;
         absent(&home.join("deny-up.bin"), "sftp under deny")?;
         let id = str_field(&s, "id").context("no id")?;
-        log_line(&gw, &[TRANSFER_REFUSED, id, &refused_message("sftp")])?;
+        gw.wait_for_log_line(
+            &[TRANSFER_REFUSED, id, &refused_message("sftp")],
+            LOG_TIMEOUT,
+        )?;
         ensure!(
             !channels(&s)
                 .iter()
@@ -1007,7 +973,10 @@ fn deny_refuses_sftp_and_scp() {
         failed_with(&out, &refused_message("scp"), "scp -O upload under deny")?;
         absent(&home.join("deny-up.bin"), "scp -O upload under deny")?;
         let id = str_field(&s, "id").context("no id")?;
-        log_line(&gw, &[TRANSFER_REFUSED, id, &refused_message("scp")])?;
+        gw.wait_for_log_line(
+            &[TRANSFER_REFUSED, id, &refused_message("scp")],
+            LOG_TIMEOUT,
+        )?;
 
         let back = lab.dir().join("deny-back.bin");
         let (out, _) = with_session(&gw, "scp -O download (deny)", || {
@@ -1059,10 +1028,18 @@ fn upload_limit_is_enforced() {
             out.stdout.contains("second.bin"),
             "the batch should have reached the second put: {out:?}"
         );
-        same_file(lab, &first, &home.join("first.bin"), "the first put")?;
+        files::same_file(
+            lab,
+            &first,
+            &home.join("first.bin"),
+            "the first put",
+            TRANSFER_TIMEOUT,
+        )?;
         let second_remote = home.join("second.bin");
         ensure!(
-            !second_remote.exists() || sha256(lab, &second_remote)? != sha256(lab, &second)?,
+            !second_remote.exists()
+                || files::sha256(lab, &second_remote, TRANSFER_TIMEOUT)?
+                    != files::sha256(lab, &second, TRANSFER_TIMEOUT)?,
             "the second put should not arrive complete"
         );
         expect_op(

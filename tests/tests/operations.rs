@@ -13,10 +13,10 @@ use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::Signal;
 use prometheus_parse::{LineInfo, Sample, Scrape, Value as Prom};
 use serde_json::{Value, json};
+use sshgw_tests::gateway::str_field;
 use sshgw_tests::recording::{replace_config_line, set_top_level};
-use sshgw_tests::wait::poll_until;
 use sshgw_tests::{
-    Family, Gateway, GatewayConfig, Lab, OTHER_TCP_PORT, SSH_PORT, Ssh, SshConnection, SshSession,
+    Family, GatewayConfig, Lab, OTHER_TCP_PORT, SSH_PORT, Ssh, SshConnection, SshSession,
     SshdConfig, lab_test,
 };
 
@@ -46,10 +46,6 @@ fn policy(id: &str, name: &str, precedence: i64, action: &str, dst: &str, ports:
     })
 }
 
-fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
-    v.get(key).and_then(Value::as_str)
-}
-
 /// A relayed `echo $SSH_CONNECTION; exec cat` session, checked to go through the gateway.
 fn open_relayed(lab: &Lab, what: &str) -> Result<SshSession> {
     let mut s = from_device(lab, V4.audited()).session("echo $SSH_CONNECTION; exec cat")?;
@@ -61,24 +57,6 @@ fn open_relayed(lab: &Lab, what: &str) -> Result<SshSession> {
     );
     s.roundtrip(&format!("{what}: hello"), SESSION_TIMEOUT)?;
     Ok(s)
-}
-
-/// Waits (bounded) until the daemon has logged `needle` more than `before` times; returns the
-/// newest such line.
-fn wait_for_nth_log(gw: &Gateway<'_>, needle: &str, before: usize) -> Result<String> {
-    poll_until(
-        &format!("the daemon to log {needle:?} (seen {before} times before)"),
-        LOG_TIMEOUT,
-        Duration::from_millis(50),
-        || {
-            let log = gw.log();
-            Ok((log.matches(needle).count() > before)
-                .then(|| log.lines().rev().find(|l| l.contains(needle)))
-                .flatten()
-                .map(str::to_owned))
-        },
-    )
-    .with_context(|| format!("--- sshgw log ---\n{}", gw.log()))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -371,8 +349,8 @@ fn sighup_reload_keeps_sessions() {
         let reloaded = gw.log_count(RELOADED);
         let warned = gw.log_count(RESTART_ONLY);
         gw.sighup()?;
-        wait_for_nth_log(&gw, RELOADED, reloaded)?;
-        let warning = wait_for_nth_log(&gw, RESTART_ONLY, warned)?;
+        gw.wait_for_nth_log(RELOADED, reloaded, LOG_TIMEOUT)?;
+        let warning = gw.wait_for_nth_log(RESTART_ONLY, warned, LOG_TIMEOUT)?;
         eprintln!("reload warning: {warning}");
         ensure!(
             warning.contains("setting=\"ssh\"") || warning.contains("setting=ssh"),

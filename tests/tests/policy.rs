@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use sshgw_tests::family_tests;
+use sshgw_tests::gateway::str_field;
 use sshgw_tests::gateway::{default_devices, default_policies};
 use sshgw_tests::wait::poll_until;
 use sshgw_tests::{
@@ -170,10 +171,6 @@ fn expect_refused_run(ssh: &Ssh<'_>, cmd: &str, needles: &[&str], what: &str) ->
     Ok(out)
 }
 
-fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
-    v.get(key).and_then(Value::as_str)
-}
-
 /// The ids of `policy show --json`, in the order shown.
 fn shown_policy_ids(gw: &Gateway<'_>) -> Result<Vec<String>> {
     let v = gw.cli_json(&["policy", "show", "--json"])?;
@@ -183,24 +180,6 @@ fn shown_policy_ids(gw: &Gateway<'_>) -> Result<Vec<String>> {
         .iter()
         .filter_map(|p| str_field(p, "id").map(str::to_owned))
         .collect())
-}
-
-/// Waits (bounded) until the daemon has logged `needle` more than `before` times; returns
-/// the newest such line.
-fn wait_for_nth_log(gw: &Gateway<'_>, needle: &str, before: usize) -> Result<String> {
-    poll_until(
-        &format!("the daemon to log {needle:?} (seen {before} times before)"),
-        LOG_TIMEOUT,
-        Duration::from_millis(50),
-        || {
-            let log = gw.log();
-            Ok((log.matches(needle).count() > before)
-                .then(|| log.lines().rev().find(|l| l.contains(needle)))
-                .flatten()
-                .map(str::to_owned))
-        },
-    )
-    .with_context(|| format!("--- sshgw log ---\n{}", gw.log()))
 }
 
 /// A session of the log to the audited server from the enrolled device, found (bounded
@@ -218,11 +197,6 @@ fn find_session(
             && str_field(s, "source").is_some_and(|x| x.starts_with(&src))
             && pred(s)
     })
-}
-
-/// Waits (bounded) until session `id` is closed in the log, and returns its record.
-fn wait_closed(gw: &Gateway<'_>, id: &str) -> Result<Value> {
-    gw.wait_session_closed(id, LOG_TIMEOUT)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -403,7 +377,7 @@ fn block_policy_refuses_with_its_name() {
             "session record of the blocked connection: {s:#}"
         );
         let id = str_field(&s, "id").context("session without id")?;
-        let closed = wait_closed(&gw, id)?;
+        let closed = gw.wait_session_closed(id, LOG_TIMEOUT)?;
         ensure!(
             str_field(&closed, "close_reason").is_some_and(|r| r.contains("blocked by policy")),
             "the close reason of a blocked session should be the refusal: {closed:#}"
@@ -687,7 +661,7 @@ fn spoofed_source_is_refused(lab: &Lab, fam: Family) -> Result<()> {
         )],
         "device pinned to r2 arriving on r0",
     )?;
-    let line = wait_for_nth_log(&gw, "spoofed source", 0)?;
+    let line = gw.wait_for_nth_log("spoofed source", 0, LOG_TIMEOUT)?;
     ensure!(
         line.contains("laptop-jdoe"),
         "the spoof log line should name the device: {line}"
@@ -736,7 +710,7 @@ fn max_duration_ends_the_session() {
             str_field(s, "policy_id") == Some("short")
         })?;
         let id = str_field(&s, "id").context("session without id")?;
-        let s = wait_closed(&gw, id)?;
+        let s = gw.wait_session_closed(id, LOG_TIMEOUT)?;
         ensure!(
             str_field(&s, "close_reason") == Some("max duration"),
             "close_reason: {s:#}"
@@ -857,7 +831,7 @@ fn pushed_state_survives_restart_and_sighup_reloads() {
         let applied = gw.log_count(APPLIED);
         gw.write_policies(&default_policies())?;
         gw.sighup()?;
-        wait_for_nth_log(&gw, APPLIED, applied)?;
+        gw.wait_for_nth_log(APPLIED, applied, LOG_TIMEOUT)?;
         ensure!(
             shown_policy_ids(&gw)? == ["audit-lab"],
             "policy show after SIGHUP"
@@ -872,7 +846,7 @@ fn pushed_state_survives_restart_and_sighup_reloads() {
         bad["policies"][0]["destinations"] = json!(["10.0.0.300/8"]);
         gw.write_policies(&bad)?;
         gw.sighup()?;
-        let line = wait_for_nth_log(&gw, RELOAD_FAILED, failed)?;
+        let line = gw.wait_for_nth_log(RELOAD_FAILED, failed, LOG_TIMEOUT)?;
         ensure!(
             line.contains("policies[0].destinations[0]") && line.contains("10.0.0.300/8"),
             "the reload error should name the field: {line}"
@@ -945,7 +919,7 @@ fn sessions_kill_ends_both_legs() {
             "ssh took {took:?} to exit after the kill"
         );
 
-        let s = wait_closed(&gw, &id)?;
+        let s = gw.wait_session_closed(&id, LOG_TIMEOUT)?;
         eprintln!("killed session record: {s:#}");
         ensure!(
             str_field(&s, "close_reason") == Some("admin kill"),
@@ -1119,7 +1093,7 @@ fn scale_thousand_policies_ten_thousand_devices() {
              `sshgw policy push` of 1000 policies took {policies_took:?} (debug build, not asserted)",
             SYNTHETIC_DEVICES + 1
         );
-        let line = wait_for_nth_log(&gw, APPLIED, 1)?;
+        let line = gw.wait_for_nth_log(APPLIED, 1, LOG_TIMEOUT)?;
         ensure!(
             line.contains("enrolled=10002") && line.contains("audited=1001"),
             "the applied line should count 10,002 enrolled addresses and 1,001 audited destinations: {line}"

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+use sshgw_tests::gateway::str_field;
 use sshgw_tests::recording::{
     RecordingKey, Tmpfs, closed_recorded_channel, decrypt, expect_exit, export_asciicast,
     header_len, read_header, recorded_policies, recording_cli, recording_toml, verify,
@@ -56,10 +57,6 @@ fn start_recorded(lab: &Lab, toml: String) -> Result<(Sshd, Gateway<'_>)> {
     Ok((sshd, gw))
 }
 
-fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
-    v.get(key).and_then(Value::as_str)
-}
-
 /// Waits (bounded) for a session of the log (`sessions ARGS`) to the audited server matching
 /// `pred` that is not in `seen`, and returns its id.
 fn new_session_id(
@@ -77,11 +74,6 @@ fn new_session_id(
     Ok(str_field(&s, "id")
         .context("session without id")?
         .to_owned())
-}
-
-/// Waits (bounded) until session `id` is closed in the log, and returns its record.
-fn wait_closed(gw: &Gateway<'_>, id: &str) -> Result<Value> {
-    gw.wait_session_closed(id, LOG_TIMEOUT)
 }
 
 /// Waits (bounded) until the live session `id` lists a channel with a recording, and returns
@@ -479,7 +471,7 @@ fn killed_session_recording_is_complete() {
             stderr.contains(ADMIN_KILL) && status.code() == Some(255),
             "ssh should exit 255 with the kill message: {status:?} {stderr:?}"
         );
-        let s = wait_closed(&gw, &id)?;
+        let s = gw.wait_session_closed(&id, LOG_TIMEOUT)?;
         ensure!(
             str_field(&s, "close_reason") == Some("admin kill"),
             "close_reason: {s:#}"
@@ -559,7 +551,7 @@ fn full_disk_refuses_or_ends_recorded_sessions() {
             "a new session with a full recording disk",
         )?;
         let refused = new_session_id(&gw, &[], std::slice::from_ref(&first), |_| true)?;
-        let s = wait_closed(&gw, &refused)?;
+        let s = gw.wait_session_closed(&refused, LOG_TIMEOUT)?;
         ensure!(
             str_field(&s, "close_reason").is_some_and(|r| r.contains(REFUSED)),
             "the refused session's close reason: {s:#}"
@@ -599,7 +591,7 @@ fn full_disk_refuses_or_ends_recorded_sessions() {
             status.code() == Some(255) && stderr.contains(RECORDING_FAILED),
             "ssh should be ended with {RECORDING_FAILED:?}: {status:?} {stderr:?}"
         );
-        let s = wait_closed(&gw, &live)?;
+        let s = gw.wait_session_closed(&live, LOG_TIMEOUT)?;
         ensure!(
             str_field(&s, "close_reason").is_some_and(|r| r.contains(RECORDING_FAILED)),
             "close reason of the session whose recording failed: {s:#}"
@@ -708,7 +700,7 @@ fn set_key_at_runtime() {
             "a recorded session without a key",
         )?;
         let refused = new_session_id(&gw, &[], &[], |_| true)?;
-        let s = wait_closed(&gw, &refused)?;
+        let s = gw.wait_session_closed(&refused, LOG_TIMEOUT)?;
         ensure!(
             str_field(&s, "close_reason").is_some_and(|r| r.contains(REFUSED))
                 && s["channels"].as_array().is_none_or(Vec::is_empty),

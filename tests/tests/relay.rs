@@ -14,10 +14,10 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use sshgw_tests::files;
 use sshgw_tests::ssh::PTY_EXPECT_TIMEOUT;
 use sshgw_tests::{
     Family, Gateway, GatewayConfig, KeyPair, Lab, OTHER_TCP_PORT, PtySession, Ssh, SshConnection,
@@ -93,24 +93,6 @@ fn login_line(gw: &Gateway<'_>, login: &str) -> Result<String> {
         .with_context(|| format!("no '{LOGGED_IN}' line with {needle}:\n{}", gw.log()))
 }
 
-/// Waits (bounded) for a daemon log line containing every one of `needles` and returns it.
-fn log_line(gw: &Gateway<'_>, needles: &[&str]) -> Result<String> {
-    let proc = gw.proc().context("the daemon was never started")?;
-    sshgw_tests::wait::poll_until(
-        &format!("a daemon log line with {needles:?}"),
-        LOG_TIMEOUT,
-        Duration::from_millis(50),
-        || {
-            Ok(proc
-                .log_text()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_owned))
-        },
-    )
-    .with_context(|| format!("--- sshgw log ---\n{}", gw.log()))
-}
-
 /// ssh's stderr without the `Warning: Permanently added '<host>' ...` line (it names the
 /// host, so it differs between the relayed and the direct address).
 fn stderr_sans_known_hosts_warning(stderr: &str) -> String {
@@ -119,60 +101,6 @@ fn stderr_sans_known_hosts_warning(stderr: &str) -> String {
         .filter(|l| !l.starts_with("Warning: Permanently added "))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// `sha256sum FILE` (the hex digest).
-fn sha256(lab: &Lab, path: &Path) -> Result<String> {
-    let mut cmd = Command::new("sha256sum");
-    cmd.arg(path);
-    let out = lab
-        .procs()
-        .run_quiet("sha256sum", &mut cmd, BULK_TIMEOUT)?
-        .check("sha256sum")?;
-    digest(&out.stdout)
-}
-
-/// The first word of `sha256sum` output.
-fn digest(output: &str) -> Result<String> {
-    let d = output.split_whitespace().next().unwrap_or_default();
-    ensure!(
-        d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()),
-        "not sha256sum output: {output:?}"
-    );
-    Ok(d.to_owned())
-}
-
-/// Writes `len` random bytes to `path` (`head -c LEN /dev/urandom`).
-fn random_file(lab: &Lab, path: &Path, len: u64) -> Result<()> {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("head -c \"$1\" /dev/urandom > \"$2\"")
-        .arg("random-file")
-        .arg(len.to_string())
-        .arg(path);
-    lab.procs()
-        .run_quiet("random file", &mut cmd, BULK_TIMEOUT)?
-        .check("writing a random file")?;
-    let got = fs::metadata(path)?.len();
-    ensure!(
-        got == len,
-        "{} has {got} bytes, wanted {len}",
-        path.display()
-    );
-    Ok(())
-}
-
-/// Both files exist and are byte-identical (sha256).
-fn same_file(lab: &Lab, a: &Path, b: &Path, what: &str) -> Result<()> {
-    ensure!(b.is_file(), "{what}: {} does not exist", b.display());
-    let (da, db) = (sha256(lab, a)?, sha256(lab, b)?);
-    ensure!(
-        da == db,
-        "{what}: {} ({da}) and {} ({db}) differ",
-        a.display(),
-        b.display()
-    );
-    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -208,7 +136,7 @@ fn ca_only_login_as_email_prefix() {
             line.contains("principal=jdoe") && line.contains("cert_serial="),
             "login log line: {line}"
         );
-        log_line(&gw, &["exec", "command=", "id -un"])?;
+        gw.wait_for_log_line(&["exec", "command=", "id -un"], LOG_TIMEOUT)?;
         sshd.wait_for_log(
             &format!("Accepted publickey for jdoe from {}", V4.router_wan()),
             LOG_TIMEOUT,
@@ -378,9 +306,9 @@ fn pty_shell_window_change() {
             "ssh should exit 0 after `exit`: {status:?}; transcript: {:?}",
             term.transcript()
         );
-        log_line(&gw, &["shell", "channel="])?;
+        gw.wait_for_log_line(&["shell", "channel="], LOG_TIMEOUT)?;
         // The close record ("connection closed" / "session closed", with its reason).
-        log_line(&gw, &["closed", "close_reason="])?;
+        gw.wait_for_log_line(&["closed", "close_reason="], LOG_TIMEOUT)?;
         Ok(())
     });
 }
@@ -447,8 +375,8 @@ fn bulk_256mib_each_way() {
         let ssh = relayed(lab).user("jdoe").timeout(BULK_TIMEOUT);
 
         let local = lab.dir().join("upload.bin");
-        random_file(lab, &local, LEN)?;
-        let want = sha256(lab, &local)?;
+        files::random_file(lab, &local, LEN, BULK_TIMEOUT)?;
+        let want = files::sha256(lab, &local, BULK_TIMEOUT)?;
         let started = Instant::now();
         let out = ssh
             .clone()
@@ -457,12 +385,12 @@ fn bulk_256mib_each_way() {
         let up = started.elapsed();
         out.check()?;
         ensure!(
-            digest(&out.stdout)? == want,
+            files::digest(&out.stdout)? == want,
             "upload: the server hashed {:?}, the local file is {want}",
             out.stdout
         );
         ensure!(
-            sha256(lab, &home.join("up.bin"))? == want,
+            files::sha256(lab, &home.join("up.bin"), BULK_TIMEOUT)? == want,
             "upload: the file the server wrote differs"
         );
         fs::remove_file(home.join("up.bin"))?;
@@ -480,7 +408,7 @@ fn bulk_256mib_each_way() {
             "download: got {} bytes",
             fs::metadata(&down)?.len()
         );
-        same_file(lab, &home.join("down.bin"), &down, "download")?;
+        files::same_file(lab, &home.join("down.bin"), &down, "download", BULK_TIMEOUT)?;
         eprintln!(
             "256 MiB upload {up:?} ({:.1} MiB/s), download {down_time:?} ({:.1} MiB/s)",
             256.0 / up.as_secs_f64(),
@@ -498,7 +426,7 @@ fn scp_sftp_rsync() {
         let home = lab.user_home("jdoe");
         let ssh = relayed(lab).user("jdoe").timeout(TRANSFER_TIMEOUT);
         let local = lab.dir().join("payload.bin");
-        random_file(lab, &local, 5 * 1024 * 1024 + 12345)?;
+        files::random_file(lab, &local, 5 * 1024 * 1024 + 12345, BULK_TIMEOUT)?;
         let local_s = local.to_str().context("path")?;
 
         for (mode, flags) in [("scp-sftp", &[][..]), ("scp-legacy", &["-O"][..])] {
@@ -509,7 +437,13 @@ fn scp_sftp_rsync() {
             ssh.scp(&args)?
                 .check()
                 .with_context(|| format!("{mode} upload"))?;
-            same_file(lab, &local, &home.join(&remote), &format!("{mode} upload"))?;
+            files::same_file(
+                lab,
+                &local,
+                &home.join(&remote),
+                &format!("{mode} upload"),
+                BULK_TIMEOUT,
+            )?;
 
             let back = lab.dir().join(format!("{mode}.down"));
             let mut args: Vec<&str> = flags.to_vec();
@@ -517,7 +451,13 @@ fn scp_sftp_rsync() {
             ssh.scp(&args)?
                 .check()
                 .with_context(|| format!("{mode} download"))?;
-            same_file(lab, &local, &back, &format!("{mode} download"))?;
+            files::same_file(
+                lab,
+                &local,
+                &back,
+                &format!("{mode} download"),
+                BULK_TIMEOUT,
+            )?;
         }
 
         let back = lab.dir().join("sftp.down");
@@ -526,7 +466,7 @@ fn scp_sftp_rsync() {
             back.display()
         ))?;
         out.check().context("sftp -b")?;
-        same_file(lab, &local, &back, "sftp get")?;
+        files::same_file(lab, &local, &back, "sftp get", BULK_TIMEOUT)?;
         ensure!(
             out.stdout.contains("sftp-renamed.bin"),
             "sftp ls after rename should list sftp-renamed.bin: {}",
@@ -541,16 +481,22 @@ fn scp_sftp_rsync() {
         ssh.rsync(&["-a", local_s, &target])?
             .check()
             .context("rsync upload")?;
-        same_file(lab, &local, &home.join("rsync.bin"), "rsync upload")?;
+        files::same_file(
+            lab,
+            &local,
+            &home.join("rsync.bin"),
+            "rsync upload",
+            BULK_TIMEOUT,
+        )?;
         let back = lab.dir().join("rsync.down");
         ssh.rsync(&["-a", &target, back.to_str().context("path")?])?
             .check()
             .context("rsync download")?;
-        same_file(lab, &local, &back, "rsync download")?;
+        files::same_file(lab, &local, &back, "rsync download", BULK_TIMEOUT)?;
 
-        log_line(&gw, &["subsystem", "sftp"])?;
-        log_line(&gw, &["exec", "command=", "scp -t"])?;
-        log_line(&gw, &["exec", "command=", "rsync --server"])?;
+        gw.wait_for_log_line(&["subsystem", "sftp"], LOG_TIMEOUT)?;
+        gw.wait_for_log_line(&["exec", "command=", "scp -t"], LOG_TIMEOUT)?;
+        gw.wait_for_log_line(&["exec", "command=", "rsync --server"], LOG_TIMEOUT)?;
         Ok(())
     });
 }
