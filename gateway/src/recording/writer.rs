@@ -184,8 +184,8 @@ pub(crate) struct FileWriter {
     last_elapsed: u64,
     stats: Summary,
     error: Option<String>,
-    /// Shared with the [`Recorder`] handle, which adds to it without a queue.
-    trailer: Arc<Mutex<Trailer>>,
+    /// File operations for the trailer (the [`Recorder`] hands its own over at finish).
+    trailer: Trailer,
 }
 
 impl FileWriter {
@@ -256,7 +256,7 @@ impl FileWriter {
             last_elapsed: 0,
             stats: Summary::default(),
             error: None,
-            trailer: Arc::default(),
+            trailer: Trailer::default(),
         })
     }
 
@@ -304,7 +304,7 @@ impl FileWriter {
     /// Keeps a file operation (one JSON object) for the trailer.
     #[cfg(test)]
     pub fn file_op(&mut self, elapsed_us: u64, json: Vec<u8>) {
-        lock(&self.trailer).push(elapsed_us, json);
+        self.trailer.push(elapsed_us, json);
     }
 
     pub fn pending_len(&self) -> usize {
@@ -327,10 +327,15 @@ impl FileWriter {
     /// Seals everything buffered into one chunk and writes it (nothing when empty).
     pub fn flush(&mut self) -> Result<()> {
         self.check()?;
-        let plaintext_len = self.pending_len();
-        if plaintext_len == 0 {
+        if self.pending_len() == 0 {
             return Ok(());
         }
+        self.seal_pending()
+    }
+
+    /// Seals the buffer as one chunk, even an empty one, and writes it.
+    fn seal_pending(&mut self) -> Result<()> {
+        let plaintext_len = self.pending_len();
         let body = &mut self.pending[CHUNK_PREFIX.len()..];
         let tag = match self.ctx.seal_inout_detached(InOutBuf::from(body), b"") {
             Ok(tag) => tag,
@@ -351,36 +356,19 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Seals `plaintext` as one chunk and writes it (the trailer's empty chunk, tests).
-    fn write_chunk(&mut self, plaintext: &[u8]) -> Result<()> {
-        let ciphertext = match self.ctx.seal(plaintext, b"") {
-            Ok(ct) => ct,
-            Err(e) => return Err(self.fail("cannot encrypt", e)),
-        };
-        let mut frame = Vec::with_capacity(4 + ciphertext.len());
-        frame.extend_from_slice(&(ciphertext.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&ciphertext);
-        if let Err(e) = self.file.write_all(&frame) {
-            return Err(self.fail("write failed", e));
-        }
-        self.stats.chunks += 1;
-        self.stats.bytes += plaintext.len() as u64;
-        Ok(())
-    }
-
     /// Writes the trailer (if there are file operations) and the end-of-recording record,
     /// rewrites the header with `exit_data` and `data_size`, and syncs the file to disk.
     pub fn finish(&mut self, exit: &Exit, end_elapsed_us: u64) -> Result<Summary> {
         self.check()?;
-        let trailer = std::mem::take(&mut *lock(&self.trailer));
+        let trailer = std::mem::take(&mut self.trailer);
         if !trailer.is_empty() {
             // The boundary: the channel's stream ends in its own chunk, then one empty
             // chunk, which ssh-log-cli reads as the end of the file.
             self.flush()?;
-            self.write_chunk(b"")?;
+            self.seal_pending()?;
             for (elapsed_us, json) in &trailer.ops {
                 self.push(SOURCE_CLIENT, CODE_FILE_OP, *elapsed_us, json);
-                if self.pending.len() >= WRITER_FLUSH_BYTES {
+                if self.pending_len() >= WRITER_FLUSH_BYTES {
                     self.flush()?;
                 }
             }
@@ -433,7 +421,8 @@ impl FileWriter {
         let mut start = 0;
         for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
             let cut = cut.clamp(start, stream.len());
-            self.write_chunk(&stream[start..cut])?;
+            self.pending.extend_from_slice(&stream[start..cut]);
+            self.seal_pending()?;
             start = cut;
         }
         Ok(())
@@ -527,6 +516,7 @@ enum Command {
     Finish {
         exit: Exit,
         elapsed_us: u64,
+        trailer: Trailer,
         reply: oneshot::Sender<Result<Summary>>,
     },
 }
@@ -538,7 +528,8 @@ pub struct Recorder {
     tx: mpsc::Sender<Command>,
     failed: Arc<Mutex<Option<String>>>,
     start: Instant,
-    trailer: Arc<Mutex<Trailer>>,
+    /// File operations, kept here (not queued) until finish hands them to the writer.
+    trailer: Mutex<Trailer>,
 }
 
 impl Recorder {
@@ -559,13 +550,12 @@ impl Recorder {
     fn start(writer: FileWriter, start: Instant) -> Recorder {
         let (tx, rx) = mpsc::channel(QUEUE_EVENTS);
         let failed = Arc::new(Mutex::new(None));
-        let trailer = writer.trailer.clone();
         tokio::spawn(run_writer(writer, rx, failed.clone()));
         Recorder {
             tx,
             failed,
             start,
-            trailer,
+            trailer: Mutex::default(),
         }
     }
 
@@ -619,12 +609,14 @@ impl Recorder {
     /// rewrites the header with the exit data and syncs the file.
     pub async fn finish(&self, exit: Exit) -> Result<Summary> {
         let elapsed_us = self.elapsed_us();
+        let trailer = std::mem::take(&mut *lock(&self.trailer));
         let (reply, answer) = oneshot::channel();
         let sent = self
             .tx
             .send(Command::Finish {
                 exit,
                 elapsed_us,
+                trailer,
                 reply,
             })
             .await;
@@ -721,10 +713,15 @@ async fn run_writer(
             Command::Finish {
                 exit,
                 elapsed_us,
+                trailer,
                 reply,
             } => {
                 let w = writer.take().expect("writer present");
-                let result = match blocking(w, move |w| w.finish(&exit, elapsed_us)).await {
+                let finish = move |w: &mut FileWriter| {
+                    w.trailer = trailer;
+                    w.finish(&exit, elapsed_us)
+                };
+                let result = match blocking(w, finish).await {
                     Some((_, result)) => result,
                     None => Err(anyhow!("recording writer panicked")),
                 };
