@@ -127,6 +127,11 @@ pub async fn route(method: &Method, route: &str, query: Option<&str>, shared: &S
                         .await
                         .unwrap_or_else(|e| Err(anyhow::anyhow!(e)));
                     match (stored, shared.live.get(id)) {
+                        // The live record keeps only the first file operations.
+                        (Ok(Some(s)), Some(mut live)) if s.file_ops.len() > live.file_ops.len() => {
+                            live.file_ops = s.file_ops;
+                            json(StatusCode::OK, &live)
+                        }
                         (_, Some(live)) => json(StatusCode::OK, &live),
                         (Ok(Some(s)), None) => json(StatusCode::OK, &s),
                         (Ok(None), None) => {

@@ -50,6 +50,9 @@ pub struct LiveSessions {
 }
 
 /// What an administrator's kill tells the user.
+/// File operations a live record keeps (the session log has every one).
+pub const LIVE_FILE_OPS: usize = 1000;
+
 pub const ADMIN_KILL: &str = "sshgw: session terminated by an administrator";
 
 impl LiveSessions {
@@ -236,8 +239,15 @@ impl Tracker {
         });
     }
 
+    /// Logs a file operation. The live record keeps only the first [`LIVE_FILE_OPS`] (a
+    /// long SFTP session would otherwise grow it, and every snapshot clones it); the store
+    /// has them all.
     pub fn file_op(&self, record: super::FileOpRecord) {
-        self.update(|r| r.file_ops.push(record.clone()));
+        self.update(|r| {
+            if r.file_ops.len() < LIVE_FILE_OPS {
+                r.file_ops.push(record.clone());
+            }
+        });
         self.store.write(Write::FileOp {
             session_id: self.id.clone(),
             record,
