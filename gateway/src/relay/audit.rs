@@ -222,7 +222,7 @@ impl ProgramTap {
                         channel: self.channel,
                         at: now_micros(),
                         protocol: "scp".into(),
-                        op: format!("{} {}", if upload { "upload" } else { "download" }, file.op),
+                        op: format!("{} {}", file.direction.as_str(), file.op),
                         path: file.path,
                         target: None,
                         flags: Some(format!("size={},mode={:04o}", file.size, file.mode)),
