@@ -62,6 +62,23 @@ macro_rules! push_packet {
 mod channels;
 pub use channels::{Channel, ChannelMsg, ChannelReadHalf, ChannelStream, ChannelWriteHalf};
 
+/// When the receive window of a channel is opened again, that is, when the peer is
+/// allowed to send more data (RFC 4254, section 5.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WindowRefill {
+    /// As soon as the session receives data. Data the application has not read yet is then
+    /// bounded only by the channel buffer (`channel_buffer_size` messages), and a full
+    /// channel buffer blocks the whole session until the application reads from it.
+    #[default]
+    OnReceipt,
+    /// Only for what the application hands back with
+    /// [`ChannelWriteHalf::release_window`] once it has consumed it. Data held for a
+    /// channel is then bounded by the window, so the application can read every channel
+    /// promptly (which keeps the session loop free) and still stop a peer that sends
+    /// faster than the data can be passed on.
+    OnRelease,
+}
+
 mod parsing;
 mod session;
 

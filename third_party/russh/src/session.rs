@@ -307,6 +307,7 @@ impl Encrypted {
         channel: ChannelId,
         data: &[u8],
         target: u32,
+        refill: crate::WindowRefill,
     ) -> Result<bool, crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
             trace!(
@@ -317,6 +318,10 @@ impl Encrypted {
             // https://tools.ietf.org/html/rfc4254#section-5.2
             if data.len() as u32 <= channel.sender_window_size {
                 channel.sender_window_size -= data.len() as u32;
+            }
+            if refill == crate::WindowRefill::OnRelease {
+                // Reopened by `release_window` once the application consumed it.
+                return Ok(false);
             }
             if channel.sender_window_size < target / 2 {
                 debug!(
@@ -333,6 +338,33 @@ impl Encrypted {
             }
         }
         Ok(false)
+    }
+
+    /// Gives the peer `bytes` more window on `channel` (never beyond `target`), for data
+    /// the application consumed ([`crate::WindowRefill::OnRelease`]).
+    pub fn release_window(
+        &mut self,
+        channel: ChannelId,
+        bytes: u32,
+        target: u32,
+    ) -> Result<(), crate::Error> {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            let grant = bytes.min(target.saturating_sub(channel.sender_window_size));
+            if grant == 0 {
+                return Ok(());
+            }
+            trace!(
+                "release_window, channel = {}, grant = {}",
+                channel.sender_channel, grant
+            );
+            push_packet!(self.write, {
+                self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+                channel.recipient_channel.encode(&mut self.write)?;
+                grant.encode(&mut self.write)?;
+            });
+            channel.sender_window_size += grant;
+        }
+        Ok(())
     }
 
     fn flush_channel(

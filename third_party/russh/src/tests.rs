@@ -684,6 +684,176 @@ mod channels {
         .await;
     }
 
+    /// With `WindowRefill::OnRelease` the server grants window only for what the
+    /// application released: a channel whose data is not released stops its sender at
+    /// exactly one window, while the session keeps serving another channel, and the
+    /// stopped one resumes once its data is released.
+    #[tokio::test]
+    async fn test_window_refill_on_release() {
+        use std::sync::Arc;
+
+        const WINDOW: u32 = 64 * 1024;
+        const TOTAL: usize = 4 * WINDOW as usize;
+
+        /// Records which channels the server granted more window to.
+        struct Client {
+            adjusted: Arc<std::sync::Mutex<Vec<ChannelId>>>,
+        }
+
+        impl client::Handler for Client {
+            type Error = crate::Error;
+
+            async fn check_server_key(
+                &mut self,
+                _server_public_key: &PublicKeyOrCertificate,
+            ) -> Result<bool, Self::Error> {
+                Ok(true)
+            }
+
+            async fn window_adjusted(
+                &mut self,
+                channel: ChannelId,
+                _new_size: u32,
+                _session: &mut client::Session,
+            ) -> Result<(), Self::Error> {
+                self.adjusted.lock().unwrap().push(channel);
+                Ok(())
+            }
+        }
+
+        struct Server {
+            channels: tokio::sync::mpsc::UnboundedSender<Channel<server::Msg>>,
+        }
+
+        impl server::Handler for Server {
+            type Error = crate::Error;
+
+            async fn auth_publickey(
+                &mut self,
+                _: &str,
+                _: server::VerifiedPublicKey<'_>,
+            ) -> Result<server::Auth, Self::Error> {
+                Ok(server::Auth::Accept)
+            }
+
+            async fn channel_open_session(
+                &mut self,
+                channel: Channel<server::Msg>,
+                reply: server::ChannelOpenHandle,
+                _session: &mut server::Session,
+            ) -> Result<(), Self::Error> {
+                let _ = self.channels.send(channel);
+                reply.accept().await;
+                Ok(())
+            }
+        }
+
+        /// Reads data messages until `bytes` have arrived.
+        async fn read_exactly(channel: &mut Channel<server::Msg>, mut bytes: usize) {
+            while bytes > 0 {
+                match channel.wait().await {
+                    Some(ChannelMsg::Data { data }) => bytes -= data.len(),
+                    Some(_) => {}
+                    None => panic!("channel closed with {bytes} bytes missing"),
+                }
+            }
+        }
+
+        let _ = env_logger::try_init();
+        let mut config = server::Config::default();
+        config.inactivity_timeout = None;
+        config.window_size = WINDOW;
+        config.window_refill = WindowRefill::OnRelease;
+        config
+            .keys
+            .push(PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap());
+        let config = Arc::new(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (channels_tx, mut channels) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let handler = Server {
+                channels: channels_tx,
+            };
+            server::run_stream(config, socket, handler).await.unwrap()
+        });
+
+        let client_key = PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap();
+        let adjusted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let client = Client {
+            adjusted: adjusted.clone(),
+        };
+        let mut session = client::connect(Arc::new(client::Config::default()), addr, client)
+            .await
+            .unwrap();
+        assert!(
+            session
+                .authenticate_publickey(
+                    "user",
+                    PrivateKeyWithHashAlg::new(Arc::new(client_key), None),
+                )
+                .await
+                .unwrap()
+                .success()
+        );
+
+        let bulk = session.channel_open_session().await.unwrap();
+        let bulk_id = bulk.id();
+        let mut bulk_server = channels.recv().await.unwrap();
+        let (_bulk_read, bulk_write) = bulk.split();
+        let bulk_write = Arc::new(bulk_write);
+        let writer = {
+            let bulk_write = bulk_write.clone();
+            tokio::spawn(async move { bulk_write.data_bytes(vec![7u8; TOTAL]).await })
+        };
+
+        // Exactly one window arrives, and nothing releases it.
+        read_exactly(&mut bulk_server, WINDOW as usize).await;
+
+        // The session itself still works: a second channel carries data both ways.
+        let other = session.channel_open_session().await.unwrap();
+        let mut other_server = channels.recv().await.unwrap();
+        other.data_bytes(&b"ping"[..]).await.unwrap();
+        read_exactly(&mut other_server, 4).await;
+        other_server.release_window(4).await.unwrap();
+        other_server.data_bytes(&b"pong"[..]).await.unwrap();
+        let (mut other_read, _other_write) = other.split();
+        loop {
+            match other_read.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    assert_eq!(&data[..], b"pong");
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("second channel closed"),
+            }
+        }
+        // A window adjustment sent on receipt would have reached the client before
+        // "pong": none was granted to the unreleased channel.
+        assert!(!adjusted.lock().unwrap().contains(&bulk_id));
+
+        // Releasing what was consumed lets the rest through.
+        let mut received = WINDOW as usize;
+        bulk_server.release_window(WINDOW).await.unwrap();
+        while received < TOTAL {
+            match bulk_server.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    received += data.len();
+                    bulk_server.release_window(data.len() as u32).await.unwrap();
+                }
+                Some(_) => {}
+                None => panic!("bulk channel closed"),
+            }
+        }
+        writer.await.unwrap().unwrap();
+        session
+            .disconnect(Disconnect::ByApplication, "", "")
+            .await
+            .unwrap();
+        drop(server);
+    }
+
     /// What a client sends in a pty-req is what the application on the server
     /// side must see: exactly those modes, with no padding behind them.
     #[tokio::test]

@@ -111,6 +111,12 @@ pub enum ChannelMsg {
     /// (server only)
     Failure,
     OpenFailure(ChannelOpenFailure),
+    /// From the application to the session: `bytes` of received data were consumed and
+    /// may be sent again ([`crate::WindowRefill::OnRelease`]; see
+    /// [`ChannelWriteHalf::release_window`]).
+    ReleaseWindow {
+        bytes: u32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -408,6 +414,18 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> ChannelWriteHalf<
         self.send_msg(ChannelMsg::Eof).await
     }
 
+    /// With [`crate::WindowRefill::OnRelease`], hands `bytes` of received data (data and
+    /// extended data) back to the peer's window once the application has consumed them.
+    /// Releasing more than was received never grows the window past its configured
+    /// size. Without that setting the window is refilled on receipt and this does nothing
+    /// more than send an unneeded window adjustment.
+    pub async fn release_window(&self, bytes: u32) -> Result<(), Error> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.send_msg(ChannelMsg::ReleaseWindow { bytes }).await
+    }
+
     pub async fn exit_status(&self, exit_status: u32) -> Result<(), Error> {
         self.send_msg(ChannelMsg::ExitStatus { exit_status }).await
     }
@@ -642,6 +660,11 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
 
     pub async fn eof(&self) -> Result<(), Error> {
         self.write_half.eof().await
+    }
+
+    /// See [`ChannelWriteHalf::release_window`].
+    pub async fn release_window(&self, bytes: u32) -> Result<(), Error> {
+        self.write_half.release_window(bytes).await
     }
 
     pub async fn exit_status(&self, exit_status: u32) -> Result<(), Error> {

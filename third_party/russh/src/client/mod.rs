@@ -1779,6 +1779,12 @@ impl Session {
                 self.agent_forward(id, want_reply)?
             }
             Msg::Channel(id, ChannelMsg::Close) => self.close(id)?,
+            Msg::Channel(id, ChannelMsg::ReleaseWindow { bytes }) => {
+                let target = self.common.config.window_size;
+                if let Some(enc) = self.common.encrypted.as_mut() {
+                    enc.release_window(id, bytes, target)?;
+                }
+            }
             Msg::Rekey => self.initiate_rekey()?,
             Msg::AwaitExtensionInfo {
                 extension_name,
@@ -2728,6 +2734,8 @@ pub struct Config {
     pub limits: Limits,
     /// The initial size of a channel (used for flow control).
     pub window_size: u32,
+    /// When a channel's receive window is opened again (see [`crate::WindowRefill`]).
+    pub window_refill: crate::WindowRefill,
     /// The maximal size of a single packet.
     pub maximum_packet_size: u32,
     /// Buffer size for each channel (a number of unprocessed messages to store before propagating backpressure to the TCP stream)
@@ -2759,6 +2767,7 @@ impl Default for Config {
             ))),
             limits: Limits::default(),
             window_size: 2097152,
+            window_refill: crate::WindowRefill::OnReceipt,
             maximum_packet_size: 32768,
             channel_buffer_size: 100,
             preferred: Default::default(),

@@ -81,6 +81,8 @@ pub struct Config {
     pub limits: Limits,
     /// The initial size of a channel (used for flow control).
     pub window_size: u32,
+    /// When a channel's receive window is opened again (see [`crate::WindowRefill`]).
+    pub window_refill: crate::WindowRefill,
     /// The maximal size of a single packet.
     pub maximum_packet_size: u32,
     /// Buffer size for each channel (a number of unprocessed messages to store before propagating backpressure to the TCP stream)
@@ -116,6 +118,7 @@ impl Default for Config {
             keys: Vec::new(),
             certificates: Vec::new(),
             window_size: 2097152,
+            window_refill: crate::WindowRefill::OnReceipt,
             maximum_packet_size: 32768,
             channel_buffer_size: 100,
             event_buffer_size: 10,
@@ -144,6 +147,7 @@ impl Debug for Config {
             .field("keys", &"***")
             .field("certificates", &"***")
             .field("window_size", &self.window_size)
+            .field("window_refill", &self.window_refill)
             .field("maximum_packet_size", &self.maximum_packet_size)
             .field("channel_buffer_size", &self.channel_buffer_size)
             .field("event_buffer_size", &self.event_buffer_size)
