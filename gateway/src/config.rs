@@ -106,6 +106,9 @@ pub struct SshConfig {
     pub host_names: std::collections::BTreeMap<std::net::IpAddr, Vec<String>>,
     /// Seconds between keepalives to an idle device (replaces an idle timeout).
     pub keepalive_secs: u64,
+    /// Seconds a relayed channel may hold data for a peer whose window is open without
+    /// passing any of it on, before the stall watchdog logs it (docs/relay.md).
+    pub stall_warning_secs: u64,
     /// Ciphers offered to devices. The client's order picks among them (RFC 4253), so
     /// this list decides only which ones are allowed: see docs/configuration.md.
     pub device_ciphers: Vec<String>,
@@ -168,6 +171,7 @@ impl Default for SshConfig {
             certificate_lifetime_secs: 120,
             host_names: Default::default(),
             keepalive_secs: 30,
+            stall_warning_secs: 60,
             device_ciphers: SUPPORTED_CIPHERS.iter().map(|s| (*s).to_owned()).collect(),
             upstream_ciphers: SUPPORTED_CIPHERS.iter().map(|s| (*s).to_owned()).collect(),
         }
@@ -302,6 +306,9 @@ impl Config {
         }
         if ssh.keepalive_secs == 0 {
             bail!("ssh.keepalive_secs: must be at least 1");
+        }
+        if ssh.stall_warning_secs == 0 {
+            bail!("ssh.stall_warning_secs: must be at least 1");
         }
         cipher_names("device_ciphers", &ssh.device_ciphers)?;
         cipher_names("upstream_ciphers", &ssh.upstream_ciphers)?;

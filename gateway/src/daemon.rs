@@ -136,6 +136,10 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     service.spawn(control::server::serve(control, shared.clone()));
     service.spawn(retention_loop(config.clone(), store.clone()));
     service.spawn(interface_watch(shared.clone()));
+    let watchdog = relay::stall::spawn(Duration::from_secs(config.ssh.stall_warning_secs));
+    service.spawn(async move {
+        let _ = watchdog.await;
+    });
     if let Some(addr) = config.metrics.listen {
         let listener = TcpListener::bind(addr)
             .await

@@ -69,6 +69,12 @@ pub struct Metrics {
     /// (policy id or "none", decision) → count.
     decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
     pub recording_failures: AtomicU64,
+    /// Relayed channels closed because a peer sent beyond its window.
+    pub window_violations: AtomicU64,
+    /// Relayed channels found stalled by the watchdog.
+    pub relay_stalls: AtomicU64,
+    /// Channel data held by the relay between its two legs (a gauge).
+    pub relay_queued_bytes: AtomicU64,
     pub certificate_mint: Histogram,
     pub upstream_connect: Histogram,
 }
@@ -80,6 +86,9 @@ pub static METRICS: Metrics = Metrics {
     closed_bytes_from_server: AtomicU64::new(0),
     decisions: Mutex::new(BTreeMap::new()),
     recording_failures: AtomicU64::new(0),
+    window_violations: AtomicU64::new(0),
+    relay_stalls: AtomicU64::new(0),
+    relay_queued_bytes: AtomicU64::new(0),
     certificate_mint: Histogram::new(),
     upstream_connect: Histogram::new(),
 };
@@ -198,6 +207,23 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
         "sshgw_recording_failures_total",
         "Recordings that could not be opened or written.",
         &[("", m.recording_failures.load(Ordering::Relaxed))],
+    );
+    counter(
+        &mut out,
+        "sshgw_relay_stalls_total",
+        "Relayed channels that held data for a peer with an open window and passed none of it on for [ssh] stall_warning_secs.",
+        &[("", m.relay_stalls.load(Ordering::Relaxed))],
+    );
+    counter(
+        &mut out,
+        "sshgw_relay_window_violations_total",
+        "Relayed channels closed because a peer sent more than its window allowed.",
+        &[("", m.window_violations.load(Ordering::Relaxed))],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sshgw_relay_queued_bytes Channel data held by the relay between its two legs.\n# TYPE sshgw_relay_queued_bytes gauge\nsshgw_relay_queued_bytes {}",
+        m.relay_queued_bytes.load(Ordering::Relaxed)
     );
     if let Some(counters) = datapath {
         let labels: Vec<(String, u64)> = counters

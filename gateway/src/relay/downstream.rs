@@ -393,6 +393,7 @@ impl DeviceSide {
                 reply.accept().await;
                 let link = pump::start(
                     kind,
+                    &self.info.id,
                     channel,
                     up,
                     session.handle(),

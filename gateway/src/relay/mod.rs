@@ -3,7 +3,9 @@
 
 mod audit;
 mod downstream;
+mod flow;
 mod pump;
+pub mod stall;
 mod upstream;
 
 use std::{
@@ -42,7 +44,8 @@ use downstream::DeviceSide;
 use upstream::Bridge;
 
 /// Receive window per channel, both legs: large enough that bulk transfers are not
-/// window-limited on a LAN.
+/// window-limited on a LAN. It is also what sshgw holds at most per channel and direction:
+/// windows reopen only for data passed on (see `flow`).
 const WINDOW_SIZE: u32 = 4 * 1024 * 1024;
 /// The device must finish key exchange and authentication within this time.
 const LOGIN_GRACE: Duration = Duration::from_secs(60);
@@ -179,6 +182,7 @@ impl RelayContext {
             keepalive_max: 3,
             nodelay: true,
             window_size: WINDOW_SIZE,
+            window_refill: russh::WindowRefill::OnRelease,
             preferred: russh::Preferred {
                 cipher: self.ciphers.device.clone().into(),
                 ..Default::default()
@@ -247,6 +251,7 @@ pub async fn serve(
         agent_requested: AtomicBool::new(false),
         traffic: tracker.bytes(),
         server_closed: Default::default(),
+        session: info.id.clone(),
     });
     // The server leg's TCP and SSH handshakes run while the device does its own.
     let pending = info.permissions.as_ref().map(|_| {
