@@ -44,6 +44,7 @@ pub mod process;
 pub mod recording;
 pub mod ssh;
 pub mod sshd;
+pub mod stress;
 pub mod topology;
 pub mod tun;
 pub mod wait;
