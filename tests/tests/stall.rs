@@ -177,8 +177,7 @@ impl Drop for Master {
 #[test]
 fn four_channels_on_one_connection() {
     lab_test(|lab| {
-        let (cfg, _key) = recorded(lab)?;
-        let (_sshd, gw) = start(lab, SshdConfig::gateway(), cfg)?;
+        let (_sshd, gw) = start(lab, SshdConfig::gateway(), GatewayConfig::default())?;
         let (input, digest) = bulk_input(lab)?;
         let _busy = BusyCore::start(lab)?;
         let master = Master::start(lab, &[])?;
@@ -405,9 +404,14 @@ fn sftp_put_and_get_at_once() {
 #[test]
 fn rekeying_mid_transfer() {
     lab_test(|lab| {
+        // sshd takes the first value of a keyword: DEBUG1 replaces the base's LogLevel.
+        let base = sshgw_tests::sshd::BASE_LINES
+            .iter()
+            .map(|l| l.replace("LogLevel VERBOSE", "LogLevel DEBUG1"))
+            .collect();
         let sshd = SshdConfig::gateway()
-            .line("RekeyLimit 16M")
-            .line("LogLevel DEBUG1");
+            .replace_base(base)
+            .line("RekeyLimit 16M");
         let (sshd, gw) = start(lab, sshd, GatewayConfig::default())?;
         let (input, digest) = bulk_input(lab)?;
         let _busy = BusyCore::start(lab)?;

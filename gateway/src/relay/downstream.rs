@@ -42,6 +42,8 @@ pub struct DeviceSide {
     channels: HashMap<ChannelId, ChannelLink>,
     /// The pty each channel asked for, for its recording.
     ptys: HashMap<ChannelId, PtyMeta>,
+    /// Channels whose program (shell, exec, subsystem) the server started.
+    programs: std::collections::HashSet<ChannelId>,
     /// The Unix login, once authorized.
     login: Option<String>,
 }
@@ -64,6 +66,7 @@ impl DeviceSide {
             failure: refusal,
             channels: HashMap::new(),
             ptys: HashMap::new(),
+            programs: Default::default(),
             login: None,
         }
     }
@@ -161,13 +164,22 @@ impl DeviceSide {
         let ok = match self.channels.get(&channel) {
             Some(link) => {
                 let reply = link.expect_reply();
-                if send(link.upstream.clone()).await.is_ok() {
-                    matches!(
-                        tokio::time::timeout(REPLY_TIMEOUT, reply).await,
-                        Ok(Ok(true))
-                    )
-                } else {
+                if send(link.upstream.clone()).await.is_err() {
+                    link.forget_reply();
                     false
+                } else {
+                    match tokio::time::timeout(REPLY_TIMEOUT, reply).await {
+                        Ok(answer) => matches!(answer, Ok(true)),
+                        Err(_) => {
+                            // A late answer could be taken for the next request's: this
+                            // channel's requests and replies are out of step for good.
+                            tracing::warn!(session = %self.info.id, channel = %channel, "the server did not answer a channel request in time; closing the channel");
+                            link.forget_reply();
+                            let _ = link.upstream.close().await;
+                            let _ = session.close(channel);
+                            false
+                        }
+                    }
                 }
             }
             None => false,
@@ -200,7 +212,6 @@ impl DeviceSide {
         let number = u32::from(channel);
         let refuse = self.ctx.recording.on_failure == RecordingFailure::Refuse;
         let mut recorder = None;
-        let mut file = None;
         if permissions.policy.ssh.command_logging {
             let meta = ChannelMeta {
                 session_id: self.info.id.clone(),
@@ -212,10 +223,7 @@ impl DeviceSide {
                 destination: self.info.original_dst.to_string(),
             };
             match self.ctx.recording.open(&self.info.id, number, meta).await {
-                Ok((opened, path)) => {
-                    recorder = Some(opened);
-                    file = Some(path.display().to_string());
-                }
+                Ok(opened) => recorder = Some(opened),
                 Err(e) => {
                     let error = format!("{e:#}");
                     tracing::error!(session = %self.info.id, channel = number, error = %error, "cannot open the recording");
@@ -231,6 +239,9 @@ impl DeviceSide {
                 }
             }
         }
+        let file = recorder
+            .as_ref()
+            .map(|(_, path)| path.display().to_string());
         link.attach(Arc::new(ProgramTap::new(
             self.info.clone(),
             number,
@@ -339,6 +350,12 @@ impl DeviceSide {
         F: FnOnce(Arc<ChannelWriteHalf<client::Msg>>) -> Fut,
         Fut: Future<Output = Result<(), russh::Error>>,
     {
+        if self.programs.contains(&channel) {
+            // sshd would refuse it too; it must never run under the first one's tap.
+            tracing::warn!(session = %self.info.id, channel = %channel, "refused a second program request on a channel");
+            let _ = session.channel_failure(channel);
+            return;
+        }
         let transfer = match self.transfer_for(&kind) {
             Ok(transfer) => transfer,
             Err(message) => {
@@ -358,7 +375,17 @@ impl DeviceSide {
                 return;
             }
         };
-        if self.relay_request(channel, session, send).await {
+        if !self.relay_request(channel, session, send).await {
+            // The server refused it: nothing more is recorded or audited on the channel,
+            // and the recording opened for it goes (no row would reference it).
+            tracing::info!(session = %self.info.id, channel = %channel, "the server refused the program request");
+            if let Some(tap) = self.channels.get(&channel).and_then(|l| l.detach()) {
+                tap.discard().await;
+            }
+            return;
+        }
+        self.programs.insert(channel);
+        {
             let (kind, command) = match kind {
                 ChannelKind::Shell => ("shell", None),
                 ChannelKind::Exec { command } => ("exec", Some(command)),
@@ -537,6 +564,7 @@ impl server::Handler for DeviceSide {
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         self.ptys.remove(&channel);
+        self.programs.remove(&channel);
         Ok(())
     }
 

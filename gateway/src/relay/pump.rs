@@ -9,7 +9,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, OnceLock, atomic::Ordering},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use bytes::Bytes;
@@ -28,9 +31,17 @@ pub struct ChannelExit {
     pub signal: Option<(String, bool)>,
 }
 
-/// Watches a channel once its program (shell, exec, subsystem) has started: the session
-/// log and the recorder hang off this.
-type TapSlot = Arc<OnceLock<Arc<ProgramTap>>>;
+/// Watches a channel while its program (shell, exec, subsystem) is requested or running:
+/// the session log, the recorder and the file-transfer auditor hang off this. Attached
+/// before the request goes upstream, detached again if the server refuses it.
+#[derive(Clone, Default)]
+struct TapSlot(Arc<RwLock<Option<Arc<ProgramTap>>>>);
+
+impl TapSlot {
+    fn get(&self) -> Option<Arc<ProgramTap>> {
+        self.0.read().expect("tap slot poisoned").clone()
+    }
+}
 
 type Replies = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
 
@@ -43,23 +54,33 @@ pub struct ChannelLink {
 }
 
 impl ChannelLink {
-    /// Starts watching the channel (once; later calls are ignored).
+    /// Starts watching the channel for a program about to be requested.
     pub fn attach(&self, tap: Arc<ProgramTap>) {
-        let _ = self.tap.set(tap);
+        *self.tap.0.write().expect("tap slot poisoned") = Some(tap);
     }
 
-    pub fn tap(&self) -> Option<&Arc<ProgramTap>> {
+    /// Stops watching (the program was refused): nothing more is recorded or audited.
+    pub fn detach(&self) -> Option<Arc<ProgramTap>> {
+        self.tap.0.write().expect("tap slot poisoned").take()
+    }
+
+    pub fn tap(&self) -> Option<Arc<ProgramTap>> {
         self.tap.get()
     }
 
-    /// Registers interest in the reply to the request about to be sent upstream.
+    /// Registers interest in the reply to the request about to be sent upstream. Requests
+    /// of a connection are relayed one at a time, so at most one reply is awaited.
     pub fn expect_reply(&self) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
-        self.replies
-            .lock()
-            .expect("reply queue poisoned")
-            .push_back(tx);
+        let mut replies = self.replies.lock().expect("reply queue poisoned");
+        replies.clear();
+        replies.push_back(tx);
         rx
+    }
+
+    /// Gives up on the awaited reply (the request could not be sent, or went unanswered).
+    pub fn forget_reply(&self) {
+        self.replies.lock().expect("reply queue poisoned").clear();
     }
 }
 
@@ -136,6 +157,9 @@ pub fn start(
             origin: Origin::Device,
             forward: to_server.clone(),
             back: to_device.clone(),
+            session_channel: kind == Kind::Session,
+            orphan_data_logged: AtomicBool::new(false),
+            unsolicited_logged: AtomicBool::new(false),
             credit: legs.device_credit.clone(),
             traffic: traffic.clone(),
             tap: tap.clone(),
@@ -150,6 +174,9 @@ pub fn start(
             origin: Origin::Server,
             forward: to_device,
             back: to_server,
+            session_channel: kind == Kind::Session,
+            orphan_data_logged: AtomicBool::new(false),
+            unsolicited_logged: AtomicBool::new(false),
             credit: legs.server_credit.clone(),
             traffic,
             tap: tap.clone(),
@@ -182,6 +209,12 @@ struct Reader {
     forward: Lane,
     /// Toward this leg (an auditor's replies to it).
     back: Lane,
+    /// A session channel: the device's data goes only to a program that was requested.
+    session_channel: bool,
+    /// Logged once: the device sent data with no program to take it.
+    orphan_data_logged: AtomicBool,
+    /// Logged once: the server sent a reply nobody asked for.
+    unsolicited_logged: AtomicBool,
     credit: Arc<ChannelCredit>,
     traffic: Arc<ByteCounters>,
     tap: TapSlot,
@@ -234,17 +267,38 @@ impl Reader {
             self.back.push(Event::Close);
             return Flow::Stop;
         }
-        let credit = Some(Credit::new(self.origin, data.len()));
-        if let Some(tap) = self.tap.get() {
-            tap.data(self.is_device(), ext, &data).await;
-            if ext.is_none()
-                && let Some(transfer) = &tap.transfer
-            {
-                return self.audited(transfer, tap, data).await;
+        let credit = Credit::new(self.origin, data.len());
+        let tap = self.tap.get();
+        match &tap {
+            Some(tap) => {
+                tap.data(self.is_device(), ext, &data).await;
+                if ext.is_none()
+                    && let Some(transfer) = &tap.transfer
+                {
+                    return self.audited(transfer, tap, data).await;
+                }
             }
+            None if self.session_channel && self.is_device() => {
+                // No program was requested, or the server refused it: sshd would discard
+                // this, and it must not reach a program that was never recorded.
+                self.log_orphan_data(data.len());
+                self.forward.push(Event::Release(credit));
+                return Flow::Continue;
+            }
+            None => {}
         }
-        self.forward.push(Event::Data { data, ext, credit });
+        self.forward.push(Event::Data {
+            data,
+            ext,
+            credit: Some(credit),
+        });
         Flow::Continue
+    }
+
+    fn log_orphan_data(&self, len: usize) {
+        if !self.orphan_data_logged.swap(true, Ordering::AcqRel) {
+            tracing::info!(session = %self.session, channel = self.channel, bytes = len, "discarding data the device sent on a channel with no program running");
+        }
     }
 
     /// Passes one chunk of an SFTP/scp channel through its auditor. The lock is held while
@@ -299,13 +353,21 @@ impl Reader {
         }
     }
 
+    /// A server reply goes to the one request awaiting it; a reply nobody awaits is a
+    /// protocol violation by the server, ignored (it must never answer a later request).
     fn reply(&self, success: bool) {
         let waiter = self
             .replies
             .as_ref()
             .and_then(|r| r.lock().expect("reply queue poisoned").pop_front());
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(success);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(success);
+            }
+            None if !self.unsolicited_logged.swap(true, Ordering::AcqRel) => {
+                tracing::warn!(session = %self.session, channel = self.channel, success, "the server sent a channel reply nobody asked for (ignored)");
+            }
+            None => {}
         }
     }
 }
