@@ -226,9 +226,9 @@ impl WgHost {
         &self.dir
     }
 
-    /// PID of the process holding the mount namespace (`nsenter -t PID -m -n` enters it).
-    pub fn holder_pid(&self) -> u32 {
-        self.holder.pid()
+    /// The process holding the mount namespace (`nsenter -t PID -m -n` enters it).
+    pub fn holder(&self) -> &Proc {
+        &self.holder
     }
 
     /// `<dir>/<ifname>.conf`.
