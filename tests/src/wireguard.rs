@@ -51,8 +51,8 @@ pub const BORINGTUN_ENV: &str = "SSHGW_BORINGTUN";
 /// Deadline of one `wg` or `wg-quick` run.
 pub const WG_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long boringtun may take to exit after `wg-quick down` deleted its interface (it
-/// notices within about two seconds).
+/// How long boringtun may take to exit after `wg-quick down` deleted its interface (about
+/// two seconds).
 pub const BORINGTUN_EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long the holder may take to set up its mount namespace.
@@ -343,8 +343,8 @@ impl WgHost {
         Ok(())
     }
 
-    /// `wg-quick down <dir>/<ifname>.conf`, then waits (bounded) until the boringtun behind
-    /// the interface has exited, so a following `up` cannot race with it.
+    /// `wg-quick down <dir>/<ifname>.conf` (it deletes the interface), then waits (bounded)
+    /// until the boringtun behind it has exited: until then it still holds the UDP port.
     pub fn down(&self, ifname: &str) -> Result<()> {
         let pids = self.boringtun_pids(ifname);
         let conf = self.config_path(ifname);
