@@ -520,3 +520,48 @@ fn recreated_tunnel_is_reattached_and_nothing_passes_unaudited() {
         Ok(())
     });
 }
+
+/// 5. The boot order of step 6 gone wrong: sshgw starts while `wg0` does not exist yet. The
+///    daemon says so, starts anyway, and attaches to `wg0` when `wg-quick up` creates it;
+///    the device's SSH is then intercepted.
+#[test]
+fn tunnel_that_appears_after_the_daemon_is_attached() {
+    lab_test(|lab| {
+        let wg = WireGuardLab::up(lab, "")?;
+        wg.router.down(WG_IF)?;
+        let (sshd, gw, status) = start(lab, SshdConfig::gateway(), wireguard_gateway_config()?)?;
+        ensure!(
+            attachment(&status, WG_IF).is_none(),
+            "wg0 does not exist, so nothing can be attached: {}",
+            status.raw
+        );
+        gw.wait_for_log("datapath interface does not exist yet", LOG_TIMEOUT)?;
+
+        wg.router.up(WG_IF)?;
+        let status = poll_until(
+            "the daemon to attach to wg0",
+            LOG_TIMEOUT,
+            Duration::from_millis(100),
+            || {
+                let s = gw.status()?;
+                Ok(attachment(&s, WG_IF).is_some().then_some(s))
+            },
+        )?;
+        expect_l3_program(&status, WG_IF)?;
+        let conn = lab
+            .ssh(V4.audited())
+            .bind(jdoe(V4))
+            .ssh_connection()
+            .with_context(|| wg.diag())?;
+        ensure!(
+            conn.client == V4.router_wan(),
+            "ssh through the late wg0 should be intercepted: {conn:?}"
+        );
+        ensure!(
+            !sshd.log().contains(&sshd_saw(jdoe(V4))),
+            "the server saw the device's own address:\n{}",
+            sshd.log()
+        );
+        Ok(())
+    });
+}
