@@ -924,8 +924,7 @@ fn instructions(d: &Demo, state_dir: &Path) -> String {
   # A shell in a namespace: {dev} (device), {rtr} (router), {srv} (server)
   ip netns exec {dev} bash
 
-{wireguard}
-  # Tear everything down (safe to run twice); everything lives in {state}
+{wireguard}  # Tear everything down (safe to run twice); everything lives in {state}
   cd {workspace} && cargo xtask lab --down
 ",
         dev = d.dev_ns,
@@ -948,12 +947,12 @@ fn instructions(d: &Demo, state_dir: &Path) -> String {
 /// mount namespace (a private `/run/wireguard`), entered with nsenter.
 fn wireguard_instructions(rtr: &str, dev: &str, rtr_holder: u32, dev_holder: u32) -> String {
     format!(
-        "
-  # WireGuard: the device's ssh goes through wg0 (100.100.0.7 -> 100.100.0.1). Each side
+        "  # WireGuard: the device's ssh goes through wg0 (100.100.0.7 -> 100.100.0.1). Each side
   # keeps its boringtun control socket in a private /run/wireguard: enter it with nsenter.
   nsenter --mount=/proc/{rtr_holder}/ns/mnt --net=/run/netns/{rtr} wg show wg0
   nsenter --mount=/proc/{dev_holder}/ns/mnt --net=/run/netns/{dev} wg show wg0
   ip netns exec {rtr} nft list table inet sshgw   # the forward drop counters stay at 0
+
 "
     )
 }
