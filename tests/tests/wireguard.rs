@@ -96,6 +96,37 @@ fn rx_of(wg: &WireGuardLab, ifname: &str, public: &str) -> Result<u64> {
         .rx)
 }
 
+/// Waits (bounded) until `sshgw status` shows `wg0` attached with a link other than
+/// `old_link` and running the L3 program; returns the new link id.
+fn wait_attached(gw: &Gateway<'_>, old_link: Option<u32>) -> Result<u32> {
+    let status = poll_until(
+        "the daemon to attach to the (new) wg0",
+        LOG_TIMEOUT,
+        Duration::from_millis(100),
+        || {
+            let s = gw.status()?;
+            Ok(attachment(&s, WG_IF)
+                .is_some_and(|(link, _)| Some(link) != old_link)
+                .then_some(s))
+        },
+    )?;
+    expect_l3_program(&status, WG_IF)
+}
+
+/// laptop-jdoe's ssh through its tunnel is relayed: the server sees the router.
+fn expect_jdoe_intercepted(lab: &Lab, wg: &WireGuardLab, what: &str) -> Result<()> {
+    let conn = lab
+        .ssh(V4.audited())
+        .bind(jdoe(V4))
+        .ssh_connection()
+        .with_context(|| wg.diag())?;
+    ensure!(
+        conn.client == V4.router_wan(),
+        "{what}: the server should see the router: {conn:?}"
+    );
+    Ok(())
+}
+
 /// 1. Steps 1-8 of the example: an audited SSH session from laptop-jdoe through the tunnel
 ///    is intercepted (the server sees the router), logged with the device, its user and its
 ///    tunnel address, and recorded; the recording verifies. The keys and configs are 0600.
@@ -413,16 +444,7 @@ fn overlapping_peer_on_another_tunnel_is_refused_by_the_interface_pin() {
         );
 
         wg.router.down("wg1")?;
-        let conn = lab
-            .ssh(V4.audited())
-            .bind(jdoe(V4))
-            .ssh_connection()
-            .with_context(|| wg.diag())?;
-        ensure!(
-            conn.client == V4.router_wan(),
-            "jdoe from the real device should be relayed: {conn:?}"
-        );
-        Ok(())
+        expect_jdoe_intercepted(lab, &wg, "jdoe from the real device, wg1 gone")
     });
 }
 
@@ -471,18 +493,7 @@ fn recreated_tunnel_is_reattached_and_nothing_passes_unaudited() {
         let during = prober.tally();
         daemon.signal(Signal::SIGCONT)?;
 
-        let status = poll_until(
-            "the daemon to attach to the new wg0",
-            LOG_TIMEOUT,
-            Duration::from_millis(100),
-            || {
-                let s = gw.status()?;
-                Ok(attachment(&s, WG_IF)
-                    .is_some_and(|(link, _)| link != old_link)
-                    .then_some(s))
-            },
-        )?;
-        expect_l3_program(&status, WG_IF)?;
+        wait_attached(&gw, Some(old_link))?;
         gw.wait_for_nth_log(attached, attaches, LOG_TIMEOUT)?;
         gw.wait_for_log(
             "datapath interface went away or was re-created",
@@ -511,11 +522,7 @@ fn recreated_tunnel_is_reattached_and_nothing_passes_unaudited() {
             forward_drops(lab)? > drops_before,
             "the forward rule should have dropped the SYNs of the gap"
         );
-        let conn = lab.ssh(V4.audited()).bind(jdoe(V4)).ssh_connection()?;
-        ensure!(
-            conn.client == V4.router_wan(),
-            "after the re-attach ssh should be intercepted: {conn:?}"
-        );
+        expect_jdoe_intercepted(lab, &wg, "after the re-attach")?;
         gw.stop()?;
         Ok(())
     });
@@ -538,25 +545,8 @@ fn tunnel_that_appears_after_the_daemon_is_attached() {
         gw.wait_for_log("datapath interface does not exist yet", LOG_TIMEOUT)?;
 
         wg.router.up(WG_IF)?;
-        let status = poll_until(
-            "the daemon to attach to wg0",
-            LOG_TIMEOUT,
-            Duration::from_millis(100),
-            || {
-                let s = gw.status()?;
-                Ok(attachment(&s, WG_IF).is_some().then_some(s))
-            },
-        )?;
-        expect_l3_program(&status, WG_IF)?;
-        let conn = lab
-            .ssh(V4.audited())
-            .bind(jdoe(V4))
-            .ssh_connection()
-            .with_context(|| wg.diag())?;
-        ensure!(
-            conn.client == V4.router_wan(),
-            "ssh through the late wg0 should be intercepted: {conn:?}"
-        );
+        wait_attached(&gw, None)?;
+        expect_jdoe_intercepted(lab, &wg, "through the late wg0")?;
         ensure!(
             !sshd.log().contains(&sshd_saw(jdoe(V4))),
             "the server saw the device's own address:\n{}",
