@@ -18,7 +18,7 @@ use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use sshgw_tests::gateway::{Status, bpftool, str_field};
-use sshgw_tests::prober::Prober;
+use sshgw_tests::prober::{Prober, Tally};
 use sshgw_tests::recording::{
     RecordingKey, closed_recorded_channel, file_mode, recorded_policies, recording_toml, verify,
 };
@@ -266,6 +266,51 @@ fn observe_jdoe_on_wg0(lab: &Lab) -> Result<()> {
     .map(drop)
 }
 
+/// laptop-bob (a namespace of its own) as a second peer of the router's `wg0`, allowed
+/// 100.100.0.9 only; his tunnel has 100.100.0.9 (the default source) and also laptop-jdoe's
+/// 100.100.0.7.
+fn bob_on_wg0(lab: &Lab) -> Result<(OtherDevice, WireGuardLab)> {
+    let other = OtherDevice::new(lab)?;
+    let bob_peer = peer_section(
+        "laptop-bob (bob@example.com)",
+        &other.key.public,
+        &format!("{}/32", bob(V4)),
+    );
+    let wg = WireGuardLab::up(lab, &bob_peer)?;
+    other.up(&peer_config(
+        &format!("{}/32, {}/32", bob(V4), jdoe(V4)),
+        &wg.router_key.public,
+        WG_PORT,
+        "100.100.0.1/32",
+    ))?;
+    Ok((other, wg))
+}
+
+/// bob's ssh from his own address is relayed and logged as his.
+fn expect_bob_relayed(
+    lab: &Lab,
+    other: &OtherDevice,
+    wg: &WireGuardLab,
+    gw: &Gateway<'_>,
+) -> Result<()> {
+    let conn = lab
+        .ssh(V4.audited())
+        .from_ns(&other.ns)
+        .bind(bob(V4))
+        .ssh_connection()
+        .with_context(|| wg.diag())?;
+    ensure!(
+        conn.client == V4.router_wan(),
+        "bob from his own address should be intercepted: {conn:?}"
+    );
+    let bob_src = source_prefix(bob(V4));
+    gw.wait_for_session(&[], SESSION_TIMEOUT, "bob's session", |s| {
+        str_field(s, "source").is_some_and(|x| x.starts_with(&bob_src))
+            && str_field(s, "email") == Some("bob@example.com")
+    })?;
+    Ok(())
+}
+
 /// 2. Spoofing, first layer (step 10.1): laptop-bob, a second peer of `wg0`, sends with
 ///    laptop-jdoe's tunnel address. The router's WireGuard decrypts the packets (bob's
 ///    received bytes grow) and drops them because the source is outside bob's AllowedIPs:
@@ -274,40 +319,12 @@ fn observe_jdoe_on_wg0(lab: &Lab) -> Result<()> {
 #[test]
 fn another_peer_sending_a_device_address_is_dropped_by_wireguard() {
     lab_test(|lab| {
-        let other = OtherDevice::new(lab)?;
-        let bob_peer = peer_section(
-            "laptop-bob (bob@example.com)",
-            &other.key.public,
-            &format!("{}/32", bob(V4)),
-        );
-        let wg = WireGuardLab::up(lab, &bob_peer)?;
-        // bob's own address first (the default source), jdoe's as a second one.
-        other.up(&peer_config(
-            &format!("{}/32, {}/32", bob(V4), jdoe(V4)),
-            &wg.router_key.public,
-            WG_PORT,
-            "100.100.0.1/32",
-        ))?;
+        let (other, wg) = bob_on_wg0(lab)?;
         observe_jdoe_on_wg0(lab)?;
         let cfg = wireguard_gateway_config()?.devices(devices_with_bob()?);
         let sshd_cfg = SshdConfig::gateway().principals("root", &["bob"]);
         let (sshd, gw, _) = start(lab, sshd_cfg, cfg)?;
-
-        let conn = lab
-            .ssh(V4.audited())
-            .from_ns(&other.ns)
-            .bind(bob(V4))
-            .ssh_connection()
-            .with_context(|| wg.diag())?;
-        ensure!(
-            conn.client == V4.router_wan(),
-            "bob from his own address should be intercepted: {conn:?}"
-        );
-        let bob_src = source_prefix(bob(V4));
-        gw.wait_for_session(&[], SESSION_TIMEOUT, "bob's session", |s| {
-            str_field(s, "source").is_some_and(|x| x.starts_with(&bob_src))
-                && str_field(s, "email") == Some("bob@example.com")
-        })?;
+        expect_bob_relayed(lab, &other, &wg, &gw)?;
 
         let syns_before = gw.status()?.counters.intercepted_syns;
         let rx_before = rx_of(&wg, WG_IF, &other.key.public)?;
@@ -355,6 +372,58 @@ fn another_peer_sending_a_device_address_is_dropped_by_wireguard() {
     });
 }
 
+/// A second tunnel `wg1` on the router whose only peer (the other device) was given
+/// laptop-jdoe's address too; the operator put `wg1` into the firewall like `wg0`. Checks
+/// that `wg-quick` routes 100.100.0.7 to `wg1` and that `rp_filter` is strict.
+fn overlapping_wg1(lab: &Lab, wg: &WireGuardLab, other: &OtherDevice) -> Result<()> {
+    let wg1_key = wg.router.genkey("wg1")?;
+    let wg1_port = WG_PORT + 1;
+    let wg1 = format!(
+        "[Interface]\nAddress = 100.101.0.1/24\nListenPort = {wg1_port}\n\
+         PostUp = wg set %i private-key {}\n{}",
+        wg1_key.private.display(),
+        peer_section(
+            "contractors' gateway, given laptop-jdoe's address by mistake",
+            &other.key.public,
+            &format!("100.101.0.9/32, {}/32", jdoe(V4)),
+        )
+    );
+    wg.router.write_config("wg1", &wg1)?;
+    wg.router.up("wg1")?;
+    // The operator put wg1 into the firewall and into sshgw like wg0.
+    let port = wg1_port.to_string();
+    nft(
+        lab,
+        &[
+            "add", "rule", "inet", "sshgw", "input", "udp", "dport", &port, "accept",
+        ],
+    )?;
+    nft(
+        lab,
+        &[
+            "add", "rule", "inet", "sshgw", "input", "iifname", "wg1", "meta", "mark", "&",
+            "0x100", "==", "0x100", "tcp", "dport", "22", "accept",
+        ],
+    )?;
+    other.up(&peer_config(
+        &format!("{}/32", jdoe(V4)),
+        &wg1_key.public,
+        wg1_port,
+        "100.101.0.1/32",
+    ))?;
+    let route = lab.rtr.ip(&["route", "get", &jdoe(V4).to_string()])?;
+    ensure!(
+        route.contains("dev wg1"),
+        "wg-quick should route {} to wg1: {route}",
+        jdoe(V4)
+    );
+    ensure!(
+        lab.rtr.sysctl_get("net.ipv4.conf.all.rp_filter")? == "1",
+        "the example sets strict rp_filter"
+    );
+    Ok(())
+}
+
 /// 3. Spoofing, second layer (step 10.2): a second tunnel `wg1` whose peer was given
 ///    laptop-jdoe's address. WireGuard accepts the peer's packets, `wg-quick` routes
 ///    100.100.0.7 to `wg1` so strict `rp_filter` accepts them too, and sshgw (attached to
@@ -365,51 +434,7 @@ fn overlapping_peer_on_another_tunnel_is_refused_by_the_interface_pin() {
     lab_test(|lab| {
         let other = OtherDevice::new(lab)?;
         let wg = WireGuardLab::up(lab, "")?;
-        let wg1_key = wg.router.genkey("wg1")?;
-        let wg1_port = WG_PORT + 1;
-        let wg1 = format!(
-            "[Interface]\nAddress = 100.101.0.1/24\nListenPort = {wg1_port}\n\
-             PostUp = wg set %i private-key {}\n{}",
-            wg1_key.private.display(),
-            peer_section(
-                "contractors' gateway, given laptop-jdoe's address by mistake",
-                &other.key.public,
-                &format!("100.101.0.9/32, {}/32", jdoe(V4)),
-            )
-        );
-        wg.router.write_config("wg1", &wg1)?;
-        wg.router.up("wg1")?;
-        // The operator put wg1 into the firewall and into sshgw like wg0.
-        let port = wg1_port.to_string();
-        nft(
-            lab,
-            &[
-                "add", "rule", "inet", "sshgw", "input", "udp", "dport", &port, "accept",
-            ],
-        )?;
-        nft(
-            lab,
-            &[
-                "add", "rule", "inet", "sshgw", "input", "iifname", "wg1", "meta", "mark", "&",
-                "0x100", "==", "0x100", "tcp", "dport", "22", "accept",
-            ],
-        )?;
-        other.up(&peer_config(
-            &format!("{}/32", jdoe(V4)),
-            &wg1_key.public,
-            wg1_port,
-            "100.101.0.1/32",
-        ))?;
-        let route = lab.rtr.ip(&["route", "get", &jdoe(V4).to_string()])?;
-        ensure!(
-            route.contains("dev wg1"),
-            "wg-quick should route {} to wg1: {route}",
-            jdoe(V4)
-        );
-        ensure!(
-            lab.rtr.sysctl_get("net.ipv4.conf.all.rp_filter")? == "1",
-            "the example sets strict rp_filter"
-        );
+        overlapping_wg1(lab, &wg, &other)?;
         let cfg = wireguard_gateway_config()?.interfaces(&[WG_IF, "wg1"]);
         let (sshd, gw, status) = start(lab, SshdConfig::gateway(), cfg)?;
         expect_l3_program(&status, "wg1")?;
@@ -448,6 +473,38 @@ fn overlapping_peer_on_another_tunnel_is_refused_by_the_interface_pin() {
     });
 }
 
+/// Freezes the daemon (SIGSTOP), re-creates the router's `wg0` with `wg-quick down`/`up`,
+/// waits (bounded) until the device's SYNs come through the new interface, which has no
+/// program (the forward rule's counter rises, or sshd sees the device), and thaws the
+/// daemon. Returns the forward drops before and the prober's tally at the thaw.
+fn recreate_while_frozen(
+    lab: &Lab,
+    wg: &WireGuardLab,
+    gw: &Gateway<'_>,
+    sshd: &Sshd,
+    prober: &Prober,
+) -> Result<(u64, Tally)> {
+    let daemon = gw.proc().context("no daemon process")?;
+    daemon.signal(Signal::SIGSTOP)?;
+    let drops_before = forward_drops(lab)?;
+    wg.router.down(WG_IF)?;
+    wg.router.up(WG_IF)?;
+    let device_seen = sshd_saw(jdoe(V4));
+    poll_until(
+        "the device's SYNs through the new wg0 to be dropped by the forward rule",
+        REHANDSHAKE_TIMEOUT,
+        Duration::from_millis(200),
+        || {
+            let dropped = forward_drops(lab)? > drops_before;
+            Ok((dropped || sshd.log().contains(&device_seen)).then_some(()))
+        },
+    )
+    .with_context(|| format!("{:?}\n{}", prober.tally(), wg.diag()))?;
+    let during = prober.tally();
+    daemon.signal(Signal::SIGCONT)?;
+    Ok((drops_before, during))
+}
+
 /// 4. Step 9: the router's `wg0` is re-created with `wg-quick down`/`up` while the device
 ///    keeps opening SSH connections. To make the gap before the re-attach certain, the
 ///    daemon is frozen (SIGSTOP) across the re-creation: the device's SYNs then reach the
@@ -472,27 +529,7 @@ fn recreated_tunnel_is_reattached_and_nothing_passes_unaudited() {
             })
             .with_context(|| wg.diag())?;
 
-        let daemon = gw.proc().context("no daemon process")?.clone();
-        daemon.signal(Signal::SIGSTOP)?;
-        let drops_before = forward_drops(lab)?;
-        wg.router.down(WG_IF)?;
-        wg.router.up(WG_IF)?;
-        let device_seen = sshd_saw(jdoe(V4));
-        poll_until(
-            "the device's SYNs through the new wg0 to be dropped by the forward rule",
-            REHANDSHAKE_TIMEOUT,
-            Duration::from_millis(200),
-            || {
-                Ok(
-                    (forward_drops(lab)? > drops_before || sshd.log().contains(&device_seen))
-                        .then_some(()),
-                )
-            },
-        )
-        .with_context(|| format!("{:?}\n{}", prober.tally(), wg.diag()))?;
-        let during = prober.tally();
-        daemon.signal(Signal::SIGCONT)?;
-
+        let (drops_before, during) = recreate_while_frozen(lab, &wg, &gw, &sshd, &prober)?;
         wait_attached(&gw, Some(old_link))?;
         gw.wait_for_nth_log(attached, attaches, LOG_TIMEOUT)?;
         gw.wait_for_log(
@@ -514,7 +551,7 @@ fn recreated_tunnel_is_reattached_and_nothing_passes_unaudited() {
             tally.direct_banners
         );
         ensure!(
-            !sshd.log().contains(&device_seen),
+            !sshd.log().contains(&sshd_saw(jdoe(V4))),
             "the server saw the device's own address:\n{}",
             sshd.log()
         );
