@@ -23,6 +23,12 @@ pub const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 
+/// Debian packages of the WireGuard lab (tests/src/wireguard.rs): `wg`, `wg-quick`, `nft`.
+pub const WIREGUARD_APT_PACKAGES: &[&str] = &["wireguard-tools", "nftables"];
+/// Cloudflare's userspace WireGuard, for kernels without the WireGuard module (as in CI).
+const BORINGTUN_CRATE: &str = "boringtun-cli";
+const BORINGTUN_VERSION: &str = "0.7.1";
+
 /// LLVM major that bpf-linker is built against; nightly rustc must use the same one.
 pub const LLVM_MAJOR: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -45,7 +51,7 @@ pub fn ensure() -> Result<Prereqs> {
     check_nightly_llvm()?;
 
     let mut missing_apt = Vec::new();
-    for &pkg in APT_PACKAGES {
+    for &pkg in APT_PACKAGES.iter().chain(WIREGUARD_APT_PACKAGES) {
         if deb_installed(pkg)? {
             log(&format!("ok: {pkg}"));
         } else {
@@ -102,6 +108,7 @@ pub fn ensure() -> Result<Prereqs> {
         Some(path) => path,
         None => install_bpf_linker()?,
     };
+    ensure_boringtun()?;
 
     log("all prerequisites present");
     Ok(Prereqs { bpf_linker })
@@ -214,6 +221,36 @@ fn install_bpf_linker() -> Result<PathBuf> {
     )?;
     log(&format!("ok: bpf-linker ({})", path.display()));
     Ok(path)
+}
+
+/// boringtun-cli on `PATH`, or in cargo's bin directory (where `cargo install` puts it).
+pub fn find_boringtun() -> Option<PathBuf> {
+    let extra: Vec<PathBuf> = util::cargo_bin_dir().into_iter().collect();
+    util::find_executable(BORINGTUN_CRATE, &extra)
+}
+
+fn ensure_boringtun() -> Result<()> {
+    if let Some(path) = find_boringtun() {
+        log(&format!("ok: {BORINGTUN_CRATE} ({})", path.display()));
+        return Ok(());
+    }
+    log(&format!(
+        "missing: {BORINGTUN_CRATE}; installing {BORINGTUN_VERSION} (cargo install, ~2 min)…"
+    ));
+    util::run(util::host_cargo().args([
+        "install",
+        BORINGTUN_CRATE,
+        "--locked",
+        "--version",
+        BORINGTUN_VERSION,
+    ]))?;
+    let path = find_boringtun().with_context(|| {
+        format!(
+            "`cargo install {BORINGTUN_CRATE}` succeeded but it is not on PATH or in ~/.cargo/bin"
+        )
+    })?;
+    log(&format!("ok: {BORINGTUN_CRATE} ({})", path.display()));
+    Ok(())
 }
 
 #[cfg(test)]
