@@ -335,8 +335,18 @@ fn nspawn_command(root: &Path, name: &str, netns: &Netns, binds: &[(PathBuf, &st
     let mut cmd = Command::new("systemd-nspawn");
     cmd.arg("-D")
         .arg(root)
-        .args(["-M", name, "-b", "--register=no", "--keep-unit", "--settings=no"])
-        .arg(format!("--network-namespace-path={}", netns.path().display()))
+        .args([
+            "-M",
+            name,
+            "-b",
+            "--register=no",
+            "--keep-unit",
+            "--settings=no",
+        ])
+        .arg(format!(
+            "--network-namespace-path={}",
+            netns.path().display()
+        ))
         .arg(format!("--capability={CAPABILITIES}"))
         .args(["--system-call-filter=bpf", "--console=pipe"]);
     for (host, inside) in binds {
@@ -512,7 +522,10 @@ pub fn sweep_stale() {
             let stale = name.ends_with("-nspawn")
                 && owner_pid(&name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
             if stale {
-                eprintln!("note: removing stale container cgroup {}", entry.path().display());
+                eprintln!(
+                    "note: removing stale container cgroup {}",
+                    entry.path().display()
+                );
                 kill_cgroup(&[entry.path()]);
                 remove_cgroups(&[entry.path()]);
             }

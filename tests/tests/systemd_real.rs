@@ -132,12 +132,8 @@ fn shipped_unit_runs_under_a_real_systemd() {
         ];
         let c = Container::boot(lab, &lab.rtr, &binds)?;
         let router = Router { lab, c };
-        field_path(&router).with_context(|| {
-            format!(
-                "--- journal of {UNIT} ---\n{}",
-                router.journal().trim_end()
-            )
-        })
+        field_path(&router)
+            .with_context(|| format!("--- journal of {UNIT} ---\n{}", router.journal().trim_end()))
     });
 }
 
@@ -191,8 +187,13 @@ fn install(r: &Router<'_>) -> Result<()> {
         r#"s/^interfaces = \["wg0"\]$/interfaces = ["r0"]/"#,
         "/etc/sshgw/sshgw.toml",
     ])?;
-    r.sh(&["grep", "-qx", r#"interfaces = \["r0"\]"#, "/etc/sshgw/sshgw.toml"])
-        .context("the shipped config no longer has the interfaces = [\"wg0\"] line")?;
+    r.sh(&[
+        "grep",
+        "-qx",
+        r#"interfaces = \["r0"\]"#,
+        "/etc/sshgw/sshgw.toml",
+    ])
+    .context("the shipped config no longer has the interfaces = [\"wg0\"] line")?;
     Ok(())
 }
 
@@ -211,7 +212,10 @@ fn start(r: &Router<'_>) -> Result<()> {
     ensure!(r.prop("SubState")? == "running", "not running");
     ensure!(r.prop("StatusText")? == "intercepting", "status text");
     let status = r.sh(&["systemctl", "status", "--no-pager", UNIT])?;
-    ensure!(status.contains("active (running)"), "systemctl status: {status}");
+    ensure!(
+        status.contains("active (running)"),
+        "systemctl status: {status}"
+    );
     let human = r.sh(&["sshgw", "status"])?;
     ensure!(human.contains("running"), "sshgw status: {human}");
     Ok(())
@@ -281,7 +285,10 @@ fn check_process(r: &Router<'_>) -> Result<()> {
         );
     }
     ensure!(field("NoNewPrivs")? == "1", "NoNewPrivs");
-    ensure!(field("Seccomp")? == "2", "the system call filter is not active");
+    ensure!(
+        field("Seccomp")? == "2",
+        "the system call filter is not active"
+    );
     let uid = field("Uid")?;
     ensure!(
         !uid.split_whitespace().any(|u| u == "0"),
@@ -349,7 +356,10 @@ fn closed_session(r: &Router<'_>) -> Result<Value> {
             let list = r.sshgw_json(&["sessions", "--json"])?;
             let Some(id) = list["sessions"]
                 .as_array()
-                .and_then(|s| s.iter().find(|s| str_field(s, "decision") == Some("audit_ssh")))
+                .and_then(|s| {
+                    s.iter()
+                        .find(|s| str_field(s, "decision") == Some("audit_ssh"))
+                })
                 .and_then(|s| str_field(s, "id").map(str::to_owned))
             else {
                 return Ok(None);
@@ -368,7 +378,10 @@ fn reload(r: &Router<'_>) -> Result<()> {
     r.wait_journal("\"message\":\"reloaded\"", before, SESSION_TIMEOUT)?;
     ensure!(r.prop("MainPID")? == pid, "reload replaced the process");
     ensure!(r.prop("NRestarts")? == "0", "reload restarted the daemon");
-    ensure!(r.prop("ActiveState")? == "active", "not active after reload");
+    ensure!(
+        r.prop("ActiveState")? == "active",
+        "not active after reload"
+    );
     Ok(())
 }
 
@@ -380,7 +393,10 @@ fn stop_with_session(r: &Router<'_>) -> Result<()> {
     r.c.run(&["systemctl", "stop", UNIT], STOP_TIMEOUT)?
         .check("systemctl stop with a live session")?;
     ensure!(r.prop("Result")? == "success", "stop result");
-    ensure!(r.prop("ActiveState")? == "inactive", "still active after stop");
+    ensure!(
+        r.prop("ActiveState")? == "inactive",
+        "still active after stop"
+    );
     let proc = session.proc().clone();
     proc.wait_exit(SESSION_TIMEOUT)
         .context("the ssh session should end when sshgw stops")?;
@@ -390,7 +406,8 @@ fn stop_with_session(r: &Router<'_>) -> Result<()> {
         "the client should see the shutdown message: {stderr:?}"
     );
     ensure!(
-        r.journal().contains("drain timeout: ending the remaining sessions"),
+        r.journal()
+            .contains("drain timeout: ending the remaining sessions"),
         "the journal should show the drain ending the session"
     );
     Ok(())
@@ -431,9 +448,15 @@ fn crash_and_takeover(r: &Router<'_>, link: u64) -> Result<()> {
         },
     )?;
     r.wait_journal(takeover, seen + 1, SESSION_TIMEOUT)?;
-    ensure!(r.link_id()? == link, "the restarted daemon should keep the link");
+    ensure!(
+        r.link_id()? == link,
+        "the restarted daemon should keep the link"
+    );
     let conn = strict_ssh(r).ssh_connection()?;
-    ensure!(conn.client == Family::V4.router_wan(), "not intercepted: {conn:?}");
+    ensure!(
+        conn.client == Family::V4.router_wan(),
+        "not intercepted: {conn:?}"
+    );
     Ok(())
 }
 
@@ -444,6 +467,10 @@ fn check_journal(r: &Router<'_>) -> Result<()> {
         .lines()
         .filter(|l| DENIALS.iter().any(|d| l.contains(d)))
         .collect();
-    ensure!(denied.is_empty(), "denials in the journal:\n{}", denied.join("\n"));
+    ensure!(
+        denied.is_empty(),
+        "denials in the journal:\n{}",
+        denied.join("\n")
+    );
     Ok(())
 }
