@@ -116,7 +116,11 @@ impl Container {
         sweep_stale();
         let tar = rootfs::ensure_cached(lab.procs())?;
         let name = format!("{}-router", lab.name());
-        let root = lab.new_subdir("container")?.join("rootfs");
+        // Under the target dir, not the lab's temp dir: a long-lived rootfs in /tmp is
+        // exposed to whatever cleans /tmp while the container runs.
+        let dir = containers_dir().join(lab.name());
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let root = dir.join("rootfs");
         rootfs::unpack(lab.procs(), &tar, &root)?;
         prepare_root(&root, &name)?;
         let cgroups = make_cgroups(&format!("{}-nspawn", lab.name()))?;
@@ -441,17 +445,45 @@ fn rmdir_tree(dir: &Path) -> bool {
     fs::remove_dir(dir).is_ok() || !dir.exists()
 }
 
-/// nspawn's `/run/systemd/nspawn/propagate/<machine>`, and its shared directories when
-/// empty (rmdir never removes another container's files).
+/// nspawn's `/run/systemd/nspawn/propagate/<machine>`, and, when no `systemd-nspawn` runs
+/// any more, its image lock files and its (then empty) shared directories. A killed nspawn
+/// leaves both behind.
 fn remove_nspawn_bookkeeping(name: &str) {
-    let base = Path::new("/run/systemd/nspawn");
+    let base = Path::new(NSPAWN_RUN_DIR);
     let _ = fs::remove_dir(base.join("propagate").join(name));
+    let nspawn_runs = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+                .and_then(comm)
+                .is_some_and(|c| c == "systemd-nspawn")
+        });
+    if nspawn_runs {
+        return;
+    }
+    if let Ok(locks) = fs::read_dir(base.join("locks")) {
+        for lock in locks.flatten() {
+            let _ = fs::remove_file(lock.path());
+        }
+    }
     for dir in ["propagate", "locks", "incoming", ""] {
         let _ = fs::remove_dir(base.join(dir));
     }
 }
 
-/// Removes the unpacked rootfs unless something is still mounted below it.
+const NSPAWN_RUN_DIR: &str = "/run/systemd/nspawn";
+
+/// Where the containers' root directories are unpacked: `<cache>/containers/<lab name>/`.
+fn containers_dir() -> PathBuf {
+    rootfs::cache_dir().join("containers")
+}
+
+/// Removes the unpacked rootfs (and its per-lab directory) unless something is still
+/// mounted below it.
 fn remove_root(root: &Path) {
     let prefix = root.to_string_lossy().into_owned();
     let mounted = fs::read_to_string("/proc/self/mountinfo")
@@ -465,8 +497,10 @@ fn remove_root(root: &Path) {
         );
         return;
     }
-    if let Err(e) = fs::remove_dir_all(root) {
-        eprintln!("warning: removing {}: {e}", root.display());
+    if let Some(dir) = root.parent()
+        && let Err(e) = fs::remove_dir_all(dir)
+    {
+        eprintln!("warning: removing {}: {e}", dir.display());
     }
 }
 
@@ -510,8 +544,13 @@ fn comm(pid: u32) -> Option<String> {
     )
 }
 
-/// Removes the nspawn cgroups (`sgw-<pid>-<n>-nspawn`) of earlier runs whose process is gone,
-/// killing what is left in them first (containers of a killed test run).
+fn pid_gone(name: &str) -> bool {
+    owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes what containers of earlier, killed runs left: their nspawn cgroups
+/// (`sgw-<pid>-<n>-nspawn`, killing what is left in them first) and their root directories,
+/// for runs whose process is gone.
 pub fn sweep_stale() {
     for root in cgroup_roots() {
         let Ok(entries) = fs::read_dir(&root) else {
@@ -519,8 +558,7 @@ pub fn sweep_stale() {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = name.ends_with("-nspawn")
-                && owner_pid(&name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            let stale = name.ends_with("-nspawn") && pid_gone(&name);
             if stale {
                 eprintln!(
                     "note: removing stale container cgroup {}",
@@ -528,6 +566,26 @@ pub fn sweep_stale() {
                 );
                 kill_cgroup(&[entry.path()]);
                 remove_cgroups(&[entry.path()]);
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(Path::new(NSPAWN_RUN_DIR).join("propagate")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if pid_gone(&name) {
+                remove_nspawn_bookkeeping(&name);
+            }
+        }
+    }
+    // The containers are dead now: their root directories can go.
+    if let Ok(entries) = fs::read_dir(containers_dir()) {
+        for entry in entries.flatten() {
+            if pid_gone(&entry.file_name().to_string_lossy()) {
+                eprintln!(
+                    "note: removing stale container dir {}",
+                    entry.path().display()
+                );
+                remove_root(&entry.path().join("rootfs"));
             }
         }
     }

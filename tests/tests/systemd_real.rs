@@ -142,6 +142,7 @@ fn field_path(r: &Router<'_>) -> Result<()> {
     start(r)?;
     let link = r.link_id()?;
     check_process(r)?;
+    doctor(r)?;
     intercept_and_record(r)?;
     reload(r)?;
     stop_with_session(r)?;
@@ -294,6 +295,43 @@ fn check_process(r: &Router<'_>) -> Result<()> {
         !uid.split_whitespace().any(|u| u == "0"),
         "the daemon runs as root: Uid {uid}"
     );
+    Ok(())
+}
+
+/// The verdict of check `name` in a doctor report.
+fn verdict<'v>(report: &'v Value, name: &str) -> Result<&'v str> {
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .and_then(|c| c["verdict"].as_str())
+        .with_context(|| format!("no check {name:?} in {report:#}"))
+}
+
+/// `sshgw doctor` on the real router passes; a drop-in that turns ProtectKernelTunables
+/// back on is reported (exit 5) before anyone restarts into it.
+fn doctor(r: &Router<'_>) -> Result<()> {
+    let report = r.sshgw_json(&["doctor", "--json"])?;
+    eprintln!("doctor on the router: {report:#}");
+    for name in [
+        "daemon",
+        "bpffs",
+        "capabilities",
+        "open files",
+        "unit drop-ins",
+    ] {
+        ensure!(verdict(&report, name)? == "ok", "{name}: {report:#}");
+    }
+    let dropin = "/etc/systemd/system/sshgw.service.d/50-tunables.conf";
+    r.c.write_file(dropin, "[Service]\nProtectKernelTunables=yes\n")?;
+    r.sh(&["systemctl", "daemon-reload"])?;
+    let out = r.c.run(&["sshgw", "doctor", "--json"], EXEC_TIMEOUT)?;
+    let report: Value = serde_json::from_str(&out.stdout)?;
+    ensure!(
+        out.status.code() == Some(5) && verdict(&report, "unit drop-ins")? == "fail",
+        "doctor should fail on the drop-in: {report:#}"
+    );
+    r.sh(&["rm", dropin])?;
+    r.sh(&["systemctl", "daemon-reload"])?;
     Ok(())
 }
 

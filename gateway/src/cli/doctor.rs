@@ -105,10 +105,10 @@ struct Report {
 pub struct ChecksFailed(pub usize);
 
 pub fn run(args: &DoctorArgs) -> Result<()> {
-    let config = args.target.config()?.context(
-        "sshgw doctor needs the router's config: pass --config FILE (default /etc/sshgw/sshgw.toml)",
-    )?;
     let report = if args.server.is_empty() {
+        let config = args.target.config()?.context(
+            "sshgw doctor needs the router's config: pass --config FILE (default /etc/sshgw/sshgw.toml)",
+        )?;
         router_report(&config, args.target.socket(Some(&config)))
     } else {
         server_report(&args.server)?
