@@ -36,6 +36,7 @@
 pub mod bench;
 pub mod capture;
 pub mod control;
+pub mod doctor;
 pub mod files;
 pub mod gateway;
 pub mod netns;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
+use sshgw_tests::doctor::verdict;
 use sshgw_tests::gateway::sshgw_bin;
 use sshgw_tests::{Family, Finished, Gateway, Lab, Netns, lab_test};
 
@@ -37,14 +38,6 @@ fn doctor(lab: &Lab, args: &[&str]) -> Result<(i32, Value)> {
     let json = serde_json::from_str(&out.stdout)
         .with_context(|| format!("doctor printed no JSON: {out:?}"))?;
     Ok((out.status.code().unwrap_or(-1), json))
-}
-
-fn verdict<'v>(report: &'v Value, name: &str) -> Result<&'v str> {
-    report["checks"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["name"] == name))
-        .and_then(|c| c["verdict"].as_str())
-        .with_context(|| format!("no check {name:?} in {report:#}"))
 }
 
 fn router_doctor(gw: &Gateway<'_>, lab: &Lab) -> Result<(i32, Value)> {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+use sshgw_tests::doctor::verdict;
 use sshgw_tests::gateway::{default_devices, sshgw_bin, str_field};
 use sshgw_tests::nspawn::{Container, EXEC_TIMEOUT};
 use sshgw_tests::recording::{RecordingKey, recorded_policies, verify};
@@ -296,15 +297,6 @@ fn check_process(r: &Router<'_>) -> Result<()> {
         "the daemon runs as root: Uid {uid}"
     );
     Ok(())
-}
-
-/// The verdict of check `name` in a doctor report.
-fn verdict<'v>(report: &'v Value, name: &str) -> Result<&'v str> {
-    report["checks"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["name"] == name))
-        .and_then(|c| c["verdict"].as_str())
-        .with_context(|| format!("no check {name:?} in {report:#}"))
 }
 
 /// `sshgw doctor` on the real router passes; a drop-in that turns ProtectKernelTunables
