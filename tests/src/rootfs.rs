@@ -3,10 +3,11 @@
 //!
 //! `debootstrap --variant=minbase` builds it once from the mirror the host's own apt uses, and
 //! the result is cached as a tar file under the target directory
-//! (`target/sshgw-test-cache/`), named after a hash of its [`RECIPE`]: changing the recipe
-//! builds a new one. Reruns only unpack the tar (a few seconds). Concurrent test processes
-//! serialise the build with a lock file. The first build downloads about 60 MB of packages
-//! and takes a few minutes (`debootstrap` prints its own progress to the build log).
+//! (`target/sshgw-test-cache/`), named after a hash of its [`recipe`]: changing the recipe
+//! builds a new one (and removes the old tar). Reruns only unpack the tar (a few seconds).
+//! Concurrent test processes serialise the build with a lock file. The first build
+//! downloads the packages and takes about two minutes on a two-core machine; the tar is
+//! about 160 MB.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -21,14 +22,21 @@ use crate::process::Processes;
 /// The Debian release the router runs.
 pub const SUITE: &str = "bookworm";
 
-/// Everything that decides the rootfs's content; its hash names the cache file.
-pub const RECIPE: &str = "debootstrap --variant=minbase \
-     --include=systemd,systemd-sysv,dbus,iproute2,procps,nftables bookworm; \
-     then apt caches emptied; v1";
-
 /// The `debootstrap` packages beyond minbase: systemd as PID 1, D-Bus for systemctl, `ip`,
 /// `ps`/`pgrep`, and `nft` for the router's firewall.
 const INCLUDE: &str = "systemd,systemd-sysv,dbus,iproute2,procps,nftables";
+
+/// Bump when [`build`] changes what ends up in the tar (the suite and packages are hashed
+/// in already).
+const BUILD_STEPS_VERSION: u32 = 1;
+
+/// Everything that decides the rootfs's content; its hash names the cache file.
+pub fn recipe() -> String {
+    format!(
+        "debootstrap --variant=minbase --include={INCLUDE} {SUITE}; apt caches emptied; \
+         steps v{BUILD_STEPS_VERSION}"
+    )
+}
 
 /// Deadline of the first build (debootstrap on a shared two-core machine).
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -37,9 +45,10 @@ pub const UNPACK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// The target directory (`$CARGO_TARGET_DIR`, else `<workspace>/target`).
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// `target/sshgw-test-cache`.
@@ -54,9 +63,12 @@ fn fnv1a(text: &str) -> u64 {
     })
 }
 
-/// The cache file for the current [`RECIPE`].
+/// The cache file for the current [`recipe`].
 pub fn cached_tar() -> PathBuf {
-    cache_dir().join(format!("debian-{SUITE}-systemd-{:016x}.tar", fnv1a(RECIPE)))
+    cache_dir().join(format!(
+        "debian-{SUITE}-systemd-{:016x}.tar",
+        fnv1a(&recipe())
+    ))
 }
 
 /// The mirror the host's apt fetches `bookworm` from (deb822 `.sources` files and
@@ -176,11 +188,26 @@ fn build(procs: &Processes, tar: &Path) -> Result<()> {
         .run_quiet("tar -c rootfs", &mut cmd, UNPACK_TIMEOUT)?
         .check("packing the rootfs")?;
     fs::rename(&partial, tar).with_context(|| format!("renaming to {}", tar.display()))?;
+    remove_other_tars(tar);
     eprintln!(
         "note: Debian {SUITE} rootfs built in {} s",
         started.elapsed().as_secs()
     );
     Ok(())
+}
+
+/// Removes the cached tars of earlier recipes.
+fn remove_other_tars(keep: &Path) {
+    let Ok(entries) = fs::read_dir(cache_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("debian-") && name.ends_with(".tar") && entry.path() != keep {
+            eprintln!("note: removing the rootfs of an earlier recipe: {name}");
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Removes the regular files directly in `dir` (apt's downloaded packages and lists).
