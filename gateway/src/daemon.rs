@@ -71,6 +71,7 @@ struct Admit {
 }
 
 pub async fn run(config: Config, config_path: &Path) -> Result<()> {
+    crate::rlimit::raise_nofile_logged();
     // Everything the daemon writes (keys, state, session log, recordings) is private; the
     // control socket's 0660 is set explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

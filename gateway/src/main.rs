@@ -21,6 +21,7 @@ mod policies;
 mod policy_eval;
 mod recording;
 mod relay;
+mod rlimit;
 mod sessions;
 mod state;
 mod status;

@@ -40,13 +40,16 @@
 pub mod bench;
 pub mod capture;
 pub mod control;
+pub mod doctor;
 pub mod files;
 pub mod gateway;
 pub mod netns;
+pub mod nspawn;
 pub mod persist;
 pub mod prober;
 pub mod process;
 pub mod recording;
+pub mod rootfs;
 pub mod ssh;
 pub mod sshd;
 pub mod stress;

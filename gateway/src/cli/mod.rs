@@ -1,11 +1,12 @@
 //! Command-line interface.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error, 3 input refused (invalid file or
-//! request), 4 daemon unreachable.
+//! request), 4 daemon unreachable, 5 `doctor` found a problem.
 
 mod ca;
 mod datapath;
 mod devices;
+mod doctor;
 mod policy;
 mod recording;
 mod sessions;
@@ -83,6 +84,8 @@ enum Command {
         #[command(subcommand)]
         what: recording::RecordingCommand,
     },
+    /// Check this router's setup (or, with --server, an audited server) and say how to fix it.
+    Doctor(doctor::DoctorArgs),
     /// The session log: list, show, kill.
     #[command(args_conflicts_with_subcommands = true)]
     Sessions {
@@ -147,6 +150,7 @@ pub fn main() -> ExitCode {
         Command::Datapath { what, config } => datapath::run(what, &config),
         Command::Devices { what } => devices::run(what),
         Command::Recording { what } => recording::run(what),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Sessions {
             what: Some(what), ..
         } => sessions::run(what),
@@ -164,6 +168,8 @@ pub fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Refused>().is_some() {
         3
+    } else if e.downcast_ref::<doctor::ChecksFailed>().is_some() {
+        5
     } else if matches!(
         e.downcast_ref::<ClientError>(),
         Some(ClientError::Unreachable { .. })
