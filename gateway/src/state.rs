@@ -11,10 +11,10 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
-    config::{Config, Unenrolled},
+    config::{Config, PrincipalMode, Unenrolled},
     datapath::{Datapath, MatchSets},
     devices::{Device, DeviceTable},
     identity::IdentityIndex,
@@ -32,9 +32,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn new(devices: DeviceTable, policies: PolicySet) -> Self {
+    fn new(devices: DeviceTable, policies: PolicySet, principal: PrincipalMode) -> Self {
         Snapshot {
-            identities: IdentityIndex::new(&devices),
+            identities: IdentityIndex::new(&devices, principal),
             engine: PolicyEngine::new(&policies),
             devices,
             policies,
@@ -62,12 +62,15 @@ pub struct LiveState {
     datapath: Arc<Mutex<Option<Datapath>>>,
 }
 
-/// Reads devices.json and policies.json from the state dir.
+/// Reads devices.json and policies.json from the state dir, and checks the device table
+/// against the `[ssh]` principal settings.
 pub fn load(config: &Config) -> Result<(DeviceTable, PolicySet)> {
-    Ok((
-        DeviceTable::load(&config.devices_path())?,
-        PolicySet::load(&config.policies_path())?,
-    ))
+    let path = config.devices_path();
+    let devices = DeviceTable::load(&path)?;
+    devices
+        .check_principals(&config.ssh)
+        .with_context(|| format!("invalid {}", path.display()))?;
+    Ok((devices, PolicySet::load(&config.policies_path())?))
 }
 
 pub fn match_sets(config: &Config, devices: &DeviceTable, policies: &PolicySet) -> MatchSets {
@@ -92,9 +95,10 @@ impl LiveState {
         policies: PolicySet,
         datapath: Arc<Mutex<Option<Datapath>>>,
     ) -> Self {
+        let snapshot = Snapshot::new(devices, policies, config.ssh.principal);
         LiveState {
             config: RwLock::new(config),
-            current: RwLock::new(Arc::new(Snapshot::new(devices, policies))),
+            current: RwLock::new(Arc::new(snapshot)),
             writer: tokio::sync::Mutex::new(()),
             datapath,
         }
@@ -165,6 +169,8 @@ impl LiveState {
         let internal = ApplyError::Internal;
         let (devices, policies, staged) = match change {
             Change::Devices(d) => {
+                d.check_principals(&config.ssh)
+                    .map_err(|e| ApplyError::Invalid(e.to_string()))?;
                 let staged = stage(&config.devices_path(), &d)?;
                 (d, current.policies.clone(), vec![staged])
             }
@@ -199,7 +205,7 @@ impl LiveState {
                 return Err(internal(e));
             }
         }
-        let next = Arc::new(Snapshot::new(devices, policies));
+        let next = Arc::new(Snapshot::new(devices, policies, config.ssh.principal));
         tracing::info!(
             devices = next.devices.devices.len(),
             policies = next.policies.policies.len(),
