@@ -151,11 +151,14 @@ impl LiveState {
         self.apply_locked(Change::Devices(next))
     }
 
-    /// Re-reads both files (SIGHUP). An invalid file leaves everything as it was.
+    /// Re-reads both files (SIGHUP). They are read under the writer lock, so a push that
+    /// commits meanwhile is either read or waited for, never undone. An invalid file
+    /// leaves everything as it was.
     pub async fn reload(&self) -> Result<(), ApplyError> {
+        let _writer = self.writer.lock().await;
         let (devices, policies) =
             load(&self.config()).map_err(|e| ApplyError::Invalid(format!("{e:#}")))?;
-        self.apply(Change::Both(devices, policies)).await
+        self.apply_locked(Change::Both(devices, policies))
     }
 
     async fn apply(&self, change: Change) -> Result<(), ApplyError> {
