@@ -202,18 +202,27 @@ async fn reload(config_path: &Path, shared: &Shared) {
             ),
             _ => None,
         };
+        let pushed_key = effective.recording_key_path();
         shared.state.set_config(effective);
         if let Err(e) = shared.state.reload().await {
             shared.state.set_config(old);
             anyhow::bail!("{e}");
         }
         if let Some(key) = key {
-            *shared
-                .relay
-                .recording
-                .key
-                .write()
-                .expect("recording key lock poisoned") = Some(Arc::new(key));
+            // Under the writer lock, as `set-key` is: a key set meanwhile is never undone.
+            shared
+                .state
+                .with_writer_lock(|| {
+                    if !pushed_key.exists() {
+                        *shared
+                            .relay
+                            .recording
+                            .key
+                            .write()
+                            .expect("recording key lock poisoned") = Some(Arc::new(key));
+                    }
+                })
+                .await;
         }
         anyhow::Ok(())
     }

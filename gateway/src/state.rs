@@ -5,6 +5,11 @@
 //! are restored and the previous state stays in force, on disk and in memory.
 //! Established sessions keep the snapshot they were admitted with; only new connections
 //! see a change.
+//!
+//! Every writer (pushes, single-device changes, SIGHUP reloads, and the recording key
+//! through [`LiveState::with_writer_lock`]) holds one lock from the moment it reads the
+//! state it builds on until the new state is current, so no writer ever applies a state
+//! that another has replaced in between.
 
 use std::{
     path::Path,
@@ -29,6 +34,10 @@ pub struct Snapshot {
     pub policies: PolicySet,
     pub identities: IdentityIndex,
     pub engine: PolicyEngine,
+    /// SHA-256 (hex) of the device table as stored and served: its ETag.
+    pub devices_etag: String,
+    /// SHA-256 (hex) of the policy set as stored and served: its ETag.
+    pub policies_etag: String,
 }
 
 impl Snapshot {
@@ -36,10 +45,17 @@ impl Snapshot {
         Snapshot {
             identities: IdentityIndex::new(&devices, principal),
             engine: PolicyEngine::new(&policies),
+            devices_etag: etag(&devices),
+            policies_etag: etag(&policies),
             devices,
             policies,
         }
     }
+}
+
+fn etag<T: serde::Serialize>(value: &T) -> String {
+    let bytes = json_file::to_bytes(value).expect("a state document always serializes");
+    json_file::sha256_hex(&bytes)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +65,40 @@ pub enum ApplyError {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// The state is no longer the one the writer expected (`If-Match`); nothing changed.
+    #[error("{0}")]
+    Stale(String),
     /// Applying failed; the previous state is still in force.
     #[error("{0:#}")]
     Internal(anyhow::Error),
+}
+
+/// A writer's precondition (`If-Match`): which states it means to replace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is in force.
+    #[default]
+    Anything,
+    /// Only a state with one of these ETags.
+    OneOf(Vec<String>),
+}
+
+impl Expect {
+    fn check(&self, current: &str, what: &str) -> Result<(), ApplyError> {
+        match self {
+            Expect::OneOf(tags) if !tags.iter().any(|t| t == current) => {
+                Err(ApplyError::Stale(format!(
+                    "the {what} changed since it was read (If-Match {}); it is now {current:?}: \
+                     read it again and redo the change",
+                    tags.iter()
+                        .map(|t| format!("{t:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 pub struct LiveState {
@@ -118,33 +165,61 @@ impl LiveState {
         self.current.read().expect("state lock poisoned").clone()
     }
 
-    pub async fn replace_devices(&self, table: DeviceTable) -> Result<(), ApplyError> {
+    /// Runs `f` as a writer: no push, reload or other writer runs meanwhile.
+    pub async fn with_writer_lock<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _writer = self.writer.lock().await;
+        f()
+    }
+
+    pub async fn replace_devices(
+        &self,
+        table: DeviceTable,
+        expect: &Expect,
+    ) -> Result<Arc<Snapshot>, ApplyError> {
         table
             .validate()
             .map_err(|e| ApplyError::Invalid(e.to_string()))?;
-        self.apply(Change::Devices(table)).await
+        let _writer = self.writer.lock().await;
+        expect.check(&self.snapshot().devices_etag, "device table")?;
+        self.apply_locked(Change::Devices(table))
     }
 
-    pub async fn replace_policies(&self, set: PolicySet) -> Result<(), ApplyError> {
+    pub async fn replace_policies(
+        &self,
+        set: PolicySet,
+        expect: &Expect,
+    ) -> Result<Arc<Snapshot>, ApplyError> {
         set.validate()
             .map_err(|e| ApplyError::Invalid(e.to_string()))?;
-        self.apply(Change::Policies(set)).await
+        let _writer = self.writer.lock().await;
+        expect.check(&self.snapshot().policies_etag, "policy set")?;
+        self.apply_locked(Change::Policies(set))
     }
 
-    pub async fn upsert_device(&self, device: Device) -> Result<(), ApplyError> {
+    pub async fn upsert_device(
+        &self,
+        device: Device,
+        expect: &Expect,
+    ) -> Result<Arc<Snapshot>, ApplyError> {
         let _writer = self.writer.lock().await;
-        let next = self
-            .snapshot()
+        let current = self.snapshot();
+        expect.check(&current.devices_etag, "device table")?;
+        let next = current
             .devices
             .upsert(device)
             .map_err(|e| ApplyError::Invalid(e.to_string()))?;
         self.apply_locked(Change::Devices(next))
     }
 
-    pub async fn delete_device(&self, id: &str) -> Result<(), ApplyError> {
+    pub async fn delete_device(
+        &self,
+        id: &str,
+        expect: &Expect,
+    ) -> Result<Arc<Snapshot>, ApplyError> {
         let _writer = self.writer.lock().await;
-        let next = self
-            .snapshot()
+        let current = self.snapshot();
+        expect.check(&current.devices_etag, "device table")?;
+        let next = current
             .devices
             .without(id)
             .ok_or_else(|| ApplyError::NotFound(format!("no device with id {id:?}")))?;
@@ -154,19 +229,14 @@ impl LiveState {
     /// Re-reads both files (SIGHUP). They are read under the writer lock, so a push that
     /// commits meanwhile is either read or waited for, never undone. An invalid file
     /// leaves everything as it was.
-    pub async fn reload(&self) -> Result<(), ApplyError> {
+    pub async fn reload(&self) -> Result<Arc<Snapshot>, ApplyError> {
         let _writer = self.writer.lock().await;
         let (devices, policies) =
             load(&self.config()).map_err(|e| ApplyError::Invalid(format!("{e:#}")))?;
         self.apply_locked(Change::Both(devices, policies))
     }
 
-    async fn apply(&self, change: Change) -> Result<(), ApplyError> {
-        let _writer = self.writer.lock().await;
-        self.apply_locked(change)
-    }
-
-    fn apply_locked(&self, change: Change) -> Result<(), ApplyError> {
+    fn apply_locked(&self, change: Change) -> Result<Arc<Snapshot>, ApplyError> {
         let config = self.config();
         let current = self.snapshot();
         let internal = ApplyError::Internal;
@@ -214,10 +284,12 @@ impl LiveState {
             policies = next.policies.policies.len(),
             enrolled = sets.enrolled.len(),
             audited = sets.audited.len(),
+            devices_etag = %next.devices_etag,
+            policies_etag = %next.policies_etag,
             "applied new device table and policies"
         );
-        *self.current.write().expect("state lock poisoned") = next;
-        Ok(())
+        *self.current.write().expect("state lock poisoned") = next.clone();
+        Ok(next)
     }
 }
 
