@@ -77,13 +77,16 @@ impl DeviceTable {
                 bail!("devices[{i}].addresses: list at least one tunnel address");
             }
             for (j, a) in d.addresses.iter().enumerate() {
-                check_address(*a).map_err(|e| anyhow::anyhow!("devices[{i}].addresses[{j}]: {e}"))?;
+                check_address(*a)
+                    .map_err(|e| anyhow::anyhow!("devices[{i}].addresses[{j}]: {e}"))?;
                 match owners.insert(*a, d.id.as_str()) {
                     Some(other) if other == d.id => {
                         bail!("devices[{i}].addresses[{j}]: {a} is listed twice")
                     }
                     Some(other) => {
-                        bail!("devices[{i}].addresses[{j}]: {a} already belongs to device {other:?}")
+                        bail!(
+                            "devices[{i}].addresses[{j}]: {a} already belongs to device {other:?}"
+                        )
                     }
                     None => {}
                 }
@@ -246,14 +249,30 @@ mod tests {
     #[test]
     fn addresses_are_canonical_and_usable() {
         let t = DeviceTable::parse(&table(&[("a", "::ffff:100.96.0.7", "a@b")])).unwrap();
-        assert_eq!(t.devices[0].addresses, ["100.96.0.7".parse::<IpAddr>().unwrap()]);
-        assert!(serde_json::to_string(&t).unwrap().contains("\"100.96.0.7\""));
+        assert_eq!(
+            t.devices[0].addresses,
+            ["100.96.0.7".parse::<IpAddr>().unwrap()]
+        );
+        assert!(
+            serde_json::to_string(&t)
+                .unwrap()
+                .contains("\"100.96.0.7\"")
+        );
         let e = refused(
             r#"{"devices": [{"id": "a", "addresses": ["100.96.0.7", "::ffff:100.96.0.7"], "user": {"email": "a@b"}}]}"#,
         );
-        assert!(e.starts_with("devices[0].addresses[1]: 100.96.0.7 is listed twice"), "{e}");
-        let e = refused(&table(&[("a", "100.96.0.7", "a@b"), ("b", "::ffff:100.96.0.7", "b@b")]));
-        assert!(e.starts_with("devices[1].addresses[0]: 100.96.0.7 already belongs to device \"a\""), "{e}");
+        assert!(
+            e.starts_with("devices[0].addresses[1]: 100.96.0.7 is listed twice"),
+            "{e}"
+        );
+        let e = refused(&table(&[
+            ("a", "100.96.0.7", "a@b"),
+            ("b", "::ffff:100.96.0.7", "b@b"),
+        ]));
+        assert!(
+            e.starts_with("devices[1].addresses[0]: 100.96.0.7 already belongs to device \"a\""),
+            "{e}"
+        );
         for (addr, what) in [
             ("0.0.0.0", "unspecified"),
             ("::", "unspecified"),
@@ -265,7 +284,10 @@ mod tests {
             ("255.255.255.255", "broadcast"),
         ] {
             let e = refused(&table(&[("a", addr, "a@b")]));
-            assert!(e.starts_with("devices[0].addresses[0]: ") && e.contains(what), "{addr}: {e}");
+            assert!(
+                e.starts_with("devices[0].addresses[0]: ") && e.contains(what),
+                "{addr}: {e}"
+            );
         }
     }
 
@@ -279,7 +301,13 @@ mod tests {
         let long = "a".repeat(MAX_ID_LEN + 1);
         assert!(refused(&table(&[(&long, "100.96.0.7", "a@b")])).contains("longer than"));
         DeviceTable::parse(&table(&[("laptop-jdoe.2@corp+x_1", "100.96.0.7", "a@b")])).unwrap();
-        for email in ["a@b@c", "jdoe@", "jdoe", "j doe@example.com", "j,doe@example.com"] {
+        for email in [
+            "a@b@c",
+            "jdoe@",
+            "jdoe",
+            "j doe@example.com",
+            "j,doe@example.com",
+        ] {
             let e = refused(&table(&[("a", "100.96.0.7", email)]));
             assert!(e.starts_with("devices[0].user.email: "), "{email:?}: {e}");
         }
@@ -300,7 +328,10 @@ mod tests {
             ("b", "100.96.0.8", "JDoe@contractor.test"),
         ]))
         .unwrap();
-        let e = two_domains.check_principals(&ssh(LocalPart)).unwrap_err().to_string();
+        let e = two_domains
+            .check_principals(&ssh(LocalPart))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("devices[1].user.email: \"JDoe@contractor.test\" would get the certificate principal \"JDoe\", like \"jdoe@example.com\" of devices[0]"),
             "{e}"
@@ -317,13 +348,22 @@ mod tests {
         for email in ["root@contractor.test", "Admin@example.com", "ec2-user@x"] {
             let t = DeviceTable::parse(&table(&[("a", "100.96.0.7", email)])).unwrap();
             let e = t.check_principals(&ssh(LocalPart)).unwrap_err().to_string();
-            assert!(e.starts_with("devices[0].user.email: ") && e.contains("reserved"), "{e}");
+            assert!(
+                e.starts_with("devices[0].user.email: ") && e.contains("reserved"),
+                "{e}"
+            );
             t.check_principals(&ssh(Email)).unwrap();
         }
         let custom = SshConfig {
             reserved_principals: vec!["jdoe@example.com".into()],
             ..ssh(Email)
         };
-        assert!(two_domains.check_principals(&custom).unwrap_err().to_string().contains("reserved"));
+        assert!(
+            two_domains
+                .check_principals(&custom)
+                .unwrap_err()
+                .to_string()
+                .contains("reserved")
+        );
     }
 }

@@ -62,7 +62,11 @@ mod tests {
             Ok(Expect::OneOf(vec!["ab".into(), "cd".into()]))
         );
         assert_eq!(parse_if_match(Some("W/\"ab\"")), Ok(Expect::OneOf(vec![])));
-        assert!(parse_if_match(Some("ab")).unwrap_err().starts_with("If-Match:"));
+        assert!(
+            parse_if_match(Some("ab"))
+                .unwrap_err()
+                .starts_with("If-Match:")
+        );
         assert!(parse_if_match(Some(" , ")).is_err());
     }
 }

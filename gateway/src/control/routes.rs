@@ -107,7 +107,10 @@ fn applied(
     let reply = match result {
         Ok(next) => {
             let etag = doc.etag(&next);
-            return (with_etag(json(StatusCode::OK, &what), etag), Evidence::digest(etag));
+            return (
+                with_etag(json(StatusCode::OK, &what), etag),
+                Evidence::digest(etag),
+            );
         }
         Err(ApplyError::Invalid(m)) => error(StatusCode::BAD_REQUEST, m),
         Err(ApplyError::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
@@ -134,7 +137,13 @@ fn validated_devices(table: DeviceTable) -> anyhow::Result<DeviceTable> {
 pub async fn route(call: Call<'_>, shared: &Shared) -> Reply {
     let (reply, evidence) = dispatch(&call, shared).await;
     if admin_log::is_mutating(call.method, call.path) {
-        admin_log::record(&call.peer, call.method, call.path, reply.status(), &evidence);
+        admin_log::record(
+            &call.peer,
+            call.method,
+            call.path,
+            reply.status(),
+            &evidence,
+        );
     }
     reply
 }

@@ -150,7 +150,11 @@ async fn handle(
     } else {
         Bytes::new()
     };
-    let if_match = match parts.headers.get(hyper::header::IF_MATCH).map(|v| v.to_str()) {
+    let if_match = match parts
+        .headers
+        .get(hyper::header::IF_MATCH)
+        .map(|v| v.to_str())
+    {
         None => None,
         Some(Ok(value)) => Some(value),
         Some(Err(_)) => {
