@@ -185,8 +185,7 @@ async fn reload(config_path: &Path, shared: &Shared) {
             tracing::warn!(setting, "changed setting takes effect only after a restart");
         }
         // Take over only what a running daemon can change; the rest stays as started.
-        let old = shared.state.config();
-        let mut effective = old.clone();
+        let mut effective = shared.state.config();
         effective.datapath.ports = next.datapath.ports.clone();
         effective.datapath.unenrolled = next.datapath.unenrolled;
         effective.datapath.on_stop = next.datapath.on_stop;
@@ -203,9 +202,8 @@ async fn reload(config_path: &Path, shared: &Shared) {
             _ => None,
         };
         let pushed_key = effective.recording_key_path();
-        shared.state.set_config(effective);
-        if let Err(e) = shared.state.reload().await {
-            shared.state.set_config(old);
+        // The new settings take effect with the state files, under the writer lock.
+        if let Err(e) = shared.state.reload(effective).await {
             anyhow::bail!("{e}");
         }
         if let Some(key) = key {

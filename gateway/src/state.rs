@@ -151,11 +151,6 @@ impl LiveState {
         }
     }
 
-    /// Takes a re-read config: its datapath ports and switches apply with the next change.
-    pub fn set_config(&self, config: Config) {
-        *self.config.write().expect("config lock poisoned") = config;
-    }
-
     /// The config in force (the startup one plus what reloads changed).
     pub fn config(&self) -> Config {
         self.config.read().expect("config lock poisoned").clone()
@@ -181,7 +176,7 @@ impl LiveState {
             .map_err(|e| ApplyError::Invalid(e.to_string()))?;
         let _writer = self.writer.lock().await;
         expect.check(&self.snapshot().devices_etag, "device table")?;
-        self.apply_locked(Change::Devices(table))
+        self.apply_locked(&self.config(), Change::Devices(table))
     }
 
     pub async fn replace_policies(
@@ -193,7 +188,7 @@ impl LiveState {
             .map_err(|e| ApplyError::Invalid(e.to_string()))?;
         let _writer = self.writer.lock().await;
         expect.check(&self.snapshot().policies_etag, "policy set")?;
-        self.apply_locked(Change::Policies(set))
+        self.apply_locked(&self.config(), Change::Policies(set))
     }
 
     pub async fn upsert_device(
@@ -208,7 +203,7 @@ impl LiveState {
             .devices
             .upsert(device)
             .map_err(|e| ApplyError::Invalid(e.to_string()))?;
-        self.apply_locked(Change::Devices(next))
+        self.apply_locked(&self.config(), Change::Devices(next))
     }
 
     pub async fn delete_device(
@@ -223,21 +218,23 @@ impl LiveState {
             .devices
             .without(id)
             .ok_or_else(|| ApplyError::NotFound(format!("no device with id {id:?}")))?;
-        self.apply_locked(Change::Devices(next))
+        self.apply_locked(&self.config(), Change::Devices(next))
     }
 
-    /// Re-reads both files (SIGHUP). They are read under the writer lock, so a push that
-    /// commits meanwhile is either read or waited for, never undone. An invalid file
-    /// leaves everything as it was.
-    pub async fn reload(&self) -> Result<Arc<Snapshot>, ApplyError> {
+    /// Re-reads both files (SIGHUP) and takes `config`, the re-read configuration (its
+    /// datapath ports and switches), with them. The files are read under the writer lock,
+    /// so a push that commits meanwhile is either read or waited for, never undone. An
+    /// invalid file leaves everything as it was, the configuration included.
+    pub async fn reload(&self, config: Config) -> Result<Arc<Snapshot>, ApplyError> {
         let _writer = self.writer.lock().await;
         let (devices, policies) =
-            load(&self.config()).map_err(|e| ApplyError::Invalid(format!("{e:#}")))?;
-        self.apply_locked(Change::Both(devices, policies))
+            load(&config).map_err(|e| ApplyError::Invalid(format!("{e:#}")))?;
+        let next = self.apply_locked(&config, Change::Both(devices, policies))?;
+        *self.config.write().expect("config lock poisoned") = config;
+        Ok(next)
     }
 
-    fn apply_locked(&self, change: Change) -> Result<Arc<Snapshot>, ApplyError> {
-        let config = self.config();
+    fn apply_locked(&self, config: &Config, change: Change) -> Result<Arc<Snapshot>, ApplyError> {
         let current = self.snapshot();
         let internal = ApplyError::Internal;
         let (devices, policies, staged) = match change {
@@ -254,7 +251,7 @@ impl LiveState {
             // Reloaded from disk: the files already hold this state.
             Change::Both(d, p) => (d, p, vec![]),
         };
-        let sets = match_sets(&config, &devices, &policies);
+        let sets = match_sets(config, &devices, &policies);
         sets.check_capacity()
             .map_err(|e| ApplyError::Invalid(e.to_string()))?;
         {
@@ -266,7 +263,7 @@ impl LiveState {
         for file in staged {
             if let Err(e) = file.commit() {
                 // Put the maps back so they match what is still on disk and in memory.
-                let old = match_sets(&config, &current.devices, &current.policies);
+                let old = match_sets(config, &current.devices, &current.policies);
                 if let Some(dp) = self
                     .datapath
                     .lock()
