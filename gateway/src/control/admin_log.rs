@@ -39,35 +39,23 @@ pub fn is_mutating(method: &Method, path: &str) -> bool {
         && !(*method == Method::POST && path == "/v1/policies/validate")
 }
 
-/// Logs one administrative request with its outcome (a warning when it was not applied).
+/// Logs one administrative request with its outcome (`status`; the state fields only when
+/// it was applied).
 pub fn record(peer: &Peer, method: &Method, path: &str, status: StatusCode, evidence: &Evidence) {
     let (key, fingerprint) = match &evidence.recording_key {
         Some((key, fingerprint)) => (Some(key.as_str()), Some(fingerprint.as_str())),
         None => (None, None),
     };
-    let status = status.as_u16();
-    if (200..300).contains(&status) {
-        tracing::info!(
-            uid = peer.uid,
-            gid = peer.gid,
-            pid = peer.pid,
-            method = %method,
-            route = %path,
-            status,
-            digest = evidence.digest.as_deref(),
-            recording_key = key,
-            recording_key_fingerprint = fingerprint,
-            "admin action"
-        );
-    } else {
-        tracing::warn!(
-            uid = peer.uid,
-            gid = peer.gid,
-            pid = peer.pid,
-            method = %method,
-            route = %path,
-            status,
-            "admin action"
-        );
-    }
+    tracing::info!(
+        uid = peer.uid,
+        gid = peer.gid,
+        pid = peer.pid,
+        method = %method,
+        route = %path,
+        status = status.as_u16(),
+        digest = evidence.digest.as_deref(),
+        recording_key = key,
+        recording_key_fingerprint = fingerprint,
+        "admin action"
+    );
 }
