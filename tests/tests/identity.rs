@@ -108,6 +108,18 @@ fn shared_and_reserved_principals_are_refused() {
                 && push.stderr.contains("jdoe@example.com"),
             "a second user with principal jdoe should be refused naming the field: {push:?}"
         );
+        let config = gw.config_path().to_string_lossy().into_owned();
+        let check = gw.sshgw(&[
+            "devices",
+            "check",
+            &file.to_string_lossy(),
+            "--config",
+            &config,
+        ])?;
+        ensure!(
+            check.status.code() == Some(3) && check.stderr.contains("devices[1].user.email"),
+            "devices check (offline) should refuse the same file: {check:?}"
+        );
         expect_put_refused(
             &gw,
             &contractor("jdoe@contractor.test", "100.96.0.8"),
@@ -210,6 +222,16 @@ fn email_principals_tell_domains_apart() {
         let mut gw = lab.gateway_with(cfg)?;
         gw.start()
             .context("the daemon should accept the table under principal = email")?;
+        let file = gw.write_input("devices", &shown_devices(&gw)?)?;
+        let config = gw.config_path().to_string_lossy().into_owned();
+        gw.sshgw(&[
+            "devices",
+            "check",
+            &file.to_string_lossy(),
+            "--config",
+            &config,
+        ])?
+        .check("devices check under principal = email")?;
         let shown = shown_devices(&gw)?;
         ensure!(
             shown["devices"][1]["addresses"] == json!(["100.96.0.8"]),
