@@ -72,13 +72,10 @@ fn push(file: &Path, if_match: Option<&str>, target: &Target) -> Result<()> {
 
 /// `devices show`: the table and its ETag, or the JSON document (ETag on stderr).
 fn show(json: bool, target: &Target) -> Result<()> {
-    let answer = super::call_with(target, "GET", "/devices", None, None)?;
-    let etag = answer.etag.as_deref().unwrap_or("-");
-    if json {
-        eprintln!("etag {}", escape(etag));
-        return super::print_json(&answer.body);
-    }
-    let table: DeviceTable = serde_json::from_value(answer.body)?;
+    let Some((body, etag)) = super::show_document(target, "/devices", json)? else {
+        return Ok(());
+    };
+    let table: DeviceTable = serde_json::from_value(body)?;
     let rows: Vec<Vec<String>> = table
         .devices
         .iter()
@@ -97,7 +94,7 @@ fn show(json: bool, target: &Target) -> Result<()> {
         &["ID", "EMAIL", "ADDRESSES", "INTERFACE", "GROUPS", "POSTURE"],
         &rows,
     );
-    println!("etag {}", escape(etag));
+    println!("etag {}", escape(&etag));
     Ok(())
 }
 

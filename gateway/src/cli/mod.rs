@@ -248,6 +248,23 @@ fn call_with(
     })
 }
 
+/// `GET` of a state document for `show`. With `json`, prints it exactly (its ETag on
+/// standard error) and returns `None`; otherwise returns it and its ETag for a table.
+fn show_document(
+    target: &Target,
+    route: &str,
+    json: bool,
+) -> Result<Option<(serde_json::Value, String)>> {
+    let answer = call_with(target, "GET", route, None, None)?;
+    let etag = answer.etag.unwrap_or_else(|| "-".into());
+    if json {
+        eprintln!("etag {}", escape::escape(&etag));
+        print_json(&answer.body)?;
+        return Ok(None);
+    }
+    Ok(Some((answer.body, etag)))
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

@@ -66,13 +66,10 @@ pub fn run(command: PolicyCommand) -> Result<()> {
 
 /// `policy show`: the table by precedence and the ETag, or the JSON document.
 fn show(json: bool, target: &Target) -> Result<()> {
-    let answer = super::call_with(target, "GET", "/policies", None, None)?;
-    let etag = answer.etag.as_deref().unwrap_or("-");
-    if json {
-        eprintln!("etag {}", escape(etag));
-        return super::print_json(&answer.body);
-    }
-    let mut set: PolicySet = serde_json::from_value(answer.body)?;
+    let Some((body, etag)) = super::show_document(target, "/policies", json)? else {
+        return Ok(());
+    };
+    let mut set: PolicySet = serde_json::from_value(body)?;
     set.policies.sort_by_key(|p| p.precedence);
     let rows: Vec<Vec<String>> = set
         .policies
@@ -127,6 +124,6 @@ fn show(json: bool, target: &Target) -> Result<()> {
         ],
         &rows,
     );
-    println!("etag {}", escape(etag));
+    println!("etag {}", escape(&etag));
     Ok(())
 }
