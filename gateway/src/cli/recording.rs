@@ -138,7 +138,7 @@ fn set_key(file: &Path, target: &super::Target) -> Result<()> {
     )?;
     println!(
         "recording key replaced; new sessions are encrypted to {}",
-        file.display()
+        escape(&file.display().to_string())
     );
     Ok(())
 }
