@@ -115,7 +115,40 @@ pub struct SshConfig {
     /// Ciphers asked of the real servers, most preferred first (sshgw is the client on
     /// that leg, so its order wins).
     pub upstream_ciphers: Vec<String>,
+    /// What the user certificate's principal is made of: the email's local part (as
+    /// Cloudflare does) or the whole address.
+    pub principal: PrincipalMode,
+    /// Principals no device may get: a device table that would give one of them to a user
+    /// is refused. Compared without regard to ASCII case.
+    pub reserved_principals: Vec<String>,
 }
+
+/// How a device's email becomes the principal of its user certificates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalMode {
+    /// `jdoe@example.com` → `jdoe`: matches the servers' Unix logins (Cloudflare's choice).
+    /// Two users of different domains with the same local part cannot both be enrolled.
+    #[default]
+    LocalPart,
+    /// `jdoe@example.com` → `jdoe@example.com`: unique across domains; the servers map it to
+    /// logins with `AuthorizedPrincipalsFile` or `AuthorizedPrincipalsCommand`.
+    Email,
+}
+
+/// The default of `[ssh] reserved_principals`: administrative and service accounts that a
+/// mailbox with the same local part must never log in as.
+pub const DEFAULT_RESERVED_PRINCIPALS: &[&str] = &[
+    "root",
+    "admin",
+    "administrator",
+    "ubuntu",
+    "debian",
+    "ec2-user",
+    "centos",
+    "git",
+    "postgres",
+];
 
 /// Ciphers sshgw accepts in `device_ciphers` / `upstream_ciphers`, and the default of
 /// both, in order of preference: AES-GCM first, since with AES-NI it costs a fraction of
@@ -174,6 +207,11 @@ impl Default for SshConfig {
             stall_warning_secs: 60,
             device_ciphers: SUPPORTED_CIPHERS.iter().map(|s| (*s).to_owned()).collect(),
             upstream_ciphers: SUPPORTED_CIPHERS.iter().map(|s| (*s).to_owned()).collect(),
+            principal: PrincipalMode::LocalPart,
+            reserved_principals: DEFAULT_RESERVED_PRINCIPALS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -312,6 +350,13 @@ impl Config {
         }
         cipher_names("device_ciphers", &ssh.device_ciphers)?;
         cipher_names("upstream_ciphers", &ssh.upstream_ciphers)?;
+        for (i, name) in ssh.reserved_principals.iter().enumerate() {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!(
+                    "ssh.reserved_principals[{i}]: {name:?} is not a principal (empty, or with whitespace or control characters)"
+                );
+            }
+        }
         if !dp.pin_dir.is_absolute() {
             bail!(
                 "datapath.pin_dir: {:?} must be an absolute path",
@@ -422,5 +467,29 @@ mod tests {
             "{e}"
         );
         assert!(err("device_ciphers = [\"none\"]").contains("not a supported cipher"));
+    }
+
+    #[test]
+    fn principal_settings() {
+        let base = "state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\n[ssh]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.ssh.principal, PrincipalMode::LocalPart);
+        assert_eq!(c.ssh.reserved_principals, DEFAULT_RESERVED_PRINCIPALS);
+        let c = Config::parse(&format!(
+            "{base}principal = \"email\"\nreserved_principals = []\n"
+        ))
+        .unwrap();
+        assert_eq!(c.ssh.principal, PrincipalMode::Email);
+        assert!(c.ssh.reserved_principals.is_empty());
+        let err = |line: &str| {
+            format!(
+                "{:#}",
+                Config::parse(&format!("{base}{line}\n")).unwrap_err()
+            )
+        };
+        let e = err("principal = \"full\"");
+        assert!(e.contains("local_part") && e.contains("email"), "{e}");
+        let e = err("reserved_principals = [\"root\", \"ro ot\"]");
+        assert!(e.contains("ssh.reserved_principals[1]"), "{e}");
     }
 }

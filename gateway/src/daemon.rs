@@ -190,8 +190,7 @@ async fn reload(config_path: &Path, shared: &Shared) {
             tracing::warn!(setting, "changed setting takes effect only after a restart");
         }
         // Take over only what a running daemon can change; the rest stays as started.
-        let old = shared.state.config();
-        let mut effective = old.clone();
+        let mut effective = shared.state.config();
         effective.datapath.ports = next.datapath.ports.clone();
         effective.datapath.unenrolled = next.datapath.unenrolled;
         effective.datapath.on_stop = next.datapath.on_stop;
@@ -207,18 +206,26 @@ async fn reload(config_path: &Path, shared: &Shared) {
             ),
             _ => None,
         };
-        shared.state.set_config(effective);
-        if let Err(e) = shared.state.reload().await {
-            shared.state.set_config(old);
+        let pushed_key = effective.recording_key_path();
+        // The new settings take effect with the state files, under the writer lock.
+        if let Err(e) = shared.state.reload(effective).await {
             anyhow::bail!("{e}");
         }
         if let Some(key) = key {
-            *shared
-                .relay
-                .recording
-                .key
-                .write()
-                .expect("recording key lock poisoned") = Some(Arc::new(key));
+            // Under the writer lock, as `set-key` is: a key set meanwhile is never undone.
+            shared
+                .state
+                .with_writer_lock(|| {
+                    if !pushed_key.exists() {
+                        *shared
+                            .relay
+                            .recording
+                            .key
+                            .write()
+                            .expect("recording key lock poisoned") = Some(Arc::new(key));
+                    }
+                })
+                .await;
         }
         anyhow::Ok(())
     }

@@ -19,6 +19,7 @@ mod network;
 mod notify;
 mod policies;
 mod policy_eval;
+mod principal;
 mod recording;
 mod relay;
 mod rlimit;

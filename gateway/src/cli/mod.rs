@@ -7,6 +7,7 @@ mod ca;
 mod datapath;
 mod devices;
 mod doctor;
+mod escape;
 mod policy;
 mod recording;
 mod sessions;
@@ -159,7 +160,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sshgw: {e:#}");
+            // Errors quote input and daemon answers: escaped like any other output.
+            eprintln!("sshgw: {}", escape::escape(&format!("{e:#}")));
             ExitCode::from(exit_code(&e))
         }
     }
@@ -215,25 +217,58 @@ fn call(
     route: &str,
     body: Option<String>,
 ) -> Result<serde_json::Value> {
+    Ok(call_with(target, method, route, None, body)?.body)
+}
+
+/// [`call`] with an optional `If-Match` ETag; returns the whole answer (with its ETag).
+fn call_with(
+    target: &Target,
+    method: &str,
+    route: &str,
+    if_match: Option<&str>,
+    body: Option<String>,
+) -> Result<client::Answer> {
     let config = target.config()?;
     let socket = target.socket(config.as_ref());
     runtime()?.block_on(async {
-        let (status, value) =
-            client::request(&socket, method, route, body.map(String::into_bytes)).await?;
-        if status.is_success() {
-            Ok(value)
+        let answer = client::send(
+            &socket,
+            method,
+            route,
+            if_match,
+            body.map(String::into_bytes),
+        )
+        .await?;
+        if answer.status.is_success() {
+            return Ok(answer);
+        }
+        let message = answer.body["error"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_string();
+        if answer.status.is_client_error() {
+            Err(Refused(message).into())
         } else {
-            let message = value["error"]
-                .as_str()
-                .unwrap_or("request failed")
-                .to_string();
-            if status.is_client_error() {
-                Err(Refused(message).into())
-            } else {
-                Err(anyhow::anyhow!("{message} ({status})"))
-            }
+            Err(anyhow::anyhow!("{message} ({})", answer.status))
         }
     })
+}
+
+/// `GET` of a state document for `show`. With `json`, prints it exactly (its ETag on
+/// standard error) and returns `None`; otherwise returns it and its ETag for a table.
+fn show_document(
+    target: &Target,
+    route: &str,
+    json: bool,
+) -> Result<Option<(serde_json::Value, String)>> {
+    let answer = call_with(target, "GET", route, None, None)?;
+    let etag = answer.etag.unwrap_or_else(|| "-".into());
+    if json {
+        eprintln!("etag {}", escape::escape(&etag));
+        print_json(&answer.body)?;
+        return Ok(None);
+    }
+    Ok(Some((answer.body, etag)))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
