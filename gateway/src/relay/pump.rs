@@ -158,6 +158,7 @@ pub fn start(
             forward: to_server.clone(),
             back: to_device.clone(),
             session_channel: kind == Kind::Session,
+            program_requested: false,
             orphan_data_logged: AtomicBool::new(false),
             unsolicited_logged: AtomicBool::new(false),
             credit: legs.device_credit.clone(),
@@ -175,6 +176,7 @@ pub fn start(
             forward: to_device,
             back: to_server,
             session_channel: kind == Kind::Session,
+            program_requested: false,
             orphan_data_logged: AtomicBool::new(false),
             unsolicited_logged: AtomicBool::new(false),
             credit: legs.server_credit.clone(),
@@ -211,6 +213,9 @@ struct Reader {
     back: Lane,
     /// A session channel: the device's data goes only to a program that was requested.
     session_channel: bool,
+    /// The device asked for a program on this channel (in message order: the request
+    /// reaches this reader before any data sent after it).
+    program_requested: bool,
     /// Logged once: the device sent data with no program to take it.
     orphan_data_logged: AtomicBool,
     /// Logged once: the server sent a reply nobody asked for.
@@ -268,7 +273,10 @@ impl Reader {
             return Flow::Stop;
         }
         let credit = Credit::new(self.origin, data.len());
-        let tap = self.tap.get();
+        let tap = self
+            .tap
+            .get()
+            .filter(|_| self.program_requested || !self.session_channel);
         match &tap {
             Some(tap) => {
                 tap.data(self.is_device(), ext, &data).await;
@@ -279,8 +287,9 @@ impl Reader {
                 }
             }
             None if self.session_channel && self.is_device() => {
-                // No program was requested, or the server refused it: sshd would discard
-                // this, and it must not reach a program that was never recorded.
+                // No program was requested yet, or it was refused: sshd would buffer this
+                // for the next program, which must never get bytes that were not recorded
+                // and audited as its own.
                 self.log_orphan_data(data.len());
                 self.forward.push(Event::Release(credit));
                 return Flow::Continue;
@@ -375,7 +384,7 @@ impl Reader {
 /// Drains one leg's channel into the lane toward the other leg, at once: the russh session
 /// loop of this leg never waits for the other leg. Replies to requests (only the server
 /// sends them) go straight to the waiting callback.
-async fn read_side(mut read: ChannelReadHalf, reader: Reader) {
+async fn read_side(mut read: ChannelReadHalf, mut reader: Reader) {
     while let Some(msg) = read.wait().await {
         let event = match msg {
             ChannelMsg::Data { data } => match reader.data(None, data).await {
@@ -402,6 +411,12 @@ async fn read_side(mut read: ChannelReadHalf, reader: Reader) {
             },
             reply @ (ChannelMsg::Success | ChannelMsg::Failure) => {
                 reader.reply(matches!(reply, ChannelMsg::Success));
+                continue;
+            }
+            ChannelMsg::RequestShell { .. }
+            | ChannelMsg::Exec { .. }
+            | ChannelMsg::RequestSubsystem { .. } => {
+                reader.program_requested = true;
                 continue;
             }
             // Device-side requests are relayed by the handler callbacks, which must answer them.

@@ -44,14 +44,18 @@ async fn next(ch: &mut russh::Channel<client::Msg>) -> Result<Option<ChannelMsg>
         .context("no answer from the gateway in time")
 }
 
-/// Waits for the reply to the request just sent: true for success.
+/// Waits for the reply to the request just sent: true for success. Anything else that
+/// arrives first is printed (`early: ...`), never silently dropped.
 async fn reply(ch: &mut russh::Channel<client::Msg>) -> Result<Option<bool>> {
     loop {
         match next(ch).await? {
             Some(ChannelMsg::Success) => return Ok(Some(true)),
             Some(ChannelMsg::Failure) => return Ok(Some(false)),
             Some(ChannelMsg::Close) | None => return Ok(None),
-            Some(_) => {}
+            Some(ChannelMsg::Data { data }) => {
+                println!("early: {:?}", String::from_utf8_lossy(&data))
+            }
+            Some(other) => println!("early: {other:?}"),
         }
     }
 }
