@@ -33,6 +33,72 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// What one device, and all of them together, may hold at once (docs/configuration.md).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Intercepted connections open at once, all devices together.
+    pub max_connections: usize,
+    /// Intercepted connections open at once from one device.
+    pub max_connections_per_device: usize,
+    /// Connections that have not logged in yet, all devices together.
+    pub max_preauth: usize,
+    /// Connections that have not logged in yet, from one device.
+    pub max_preauth_per_device: usize,
+    /// Seconds a connection has for its banner, key exchange and login.
+    pub preauth_grace_secs: u64,
+    /// Channels (sessions, forwards) open at once on one connection.
+    pub max_channels_per_connection: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 8192,
+            max_connections_per_device: 64,
+            max_preauth: 256,
+            max_preauth_per_device: 16,
+            preauth_grace_secs: 20,
+            max_channels_per_connection: 64,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<()> {
+        let fields = [
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_device",
+                self.max_connections_per_device,
+            ),
+            ("max_preauth", self.max_preauth),
+            ("max_preauth_per_device", self.max_preauth_per_device),
+            (
+                "max_channels_per_connection",
+                self.max_channels_per_connection,
+            ),
+        ];
+        for (name, value) in fields {
+            if value == 0 {
+                bail!("limits.{name}: must be at least 1");
+            }
+        }
+        if self.max_connections_per_device > self.max_connections {
+            bail!("limits.max_connections_per_device: must not exceed limits.max_connections");
+        }
+        if self.max_preauth_per_device > self.max_preauth {
+            bail!("limits.max_preauth_per_device: must not exceed limits.max_preauth");
+        }
+        if !(1..=600).contains(&self.preauth_grace_secs) {
+            bail!("limits.preauth_grace_secs: must be between 1 and 600");
+        }
+        Ok(())
+    }
 }
 
 /// Prometheus metrics. They are always at `/metrics` on the control socket.
@@ -348,6 +414,7 @@ impl Config {
         if ssh.stall_warning_secs == 0 {
             bail!("ssh.stall_warning_secs: must be at least 1");
         }
+        self.limits.validate()?;
         cipher_names("device_ciphers", &ssh.device_ciphers)?;
         cipher_names("upstream_ciphers", &ssh.upstream_ciphers)?;
         for (i, name) in ssh.reserved_principals.iter().enumerate() {

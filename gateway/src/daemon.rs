@@ -99,6 +99,7 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
         host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
         upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
         authorities,
+        limits: relay::limits::Limits::new(config.limits.clone()),
     });
     let control = control::server::bind(&config).await?;
     let listeners = Listeners::bind(config.datapath.listen_port)?;
@@ -264,6 +265,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("datapath.rule_priority", o.rule_priority != n.rule_priority),
         ("datapath.listen_port", o.listen_port != n.listen_port),
         ("ssh", differs(&old.ssh, &new.ssh)),
+        ("limits", differs(&old.limits, &new.limits)),
         (
             "recording.dir",
             differs(&old.recording.dir, &new.recording.dir),

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub relay_stalls: AtomicU64,
     /// Channel data held by the relay between its two legs (a gauge).
     pub relay_queued_bytes: AtomicU64,
+    /// Connections over a `[limits]` limit, by limit.
+    over_limit: Mutex<BTreeMap<&'static str, u64>>,
     pub certificate_mint: Histogram,
     pub upstream_connect: Histogram,
 }
@@ -89,6 +91,7 @@ pub static METRICS: Metrics = Metrics {
     window_violations: AtomicU64::new(0),
     relay_stalls: AtomicU64::new(0),
     relay_queued_bytes: AtomicU64::new(0),
+    over_limit: Mutex::new(BTreeMap::new()),
     certificate_mint: Histogram::new(),
     upstream_connect: Histogram::new(),
 };
@@ -107,6 +110,16 @@ impl Metrics {
             .lock()
             .expect("metrics lock poisoned")
             .entry((policy_id.unwrap_or("none").to_string(), decision))
+            .or_default() += 1;
+    }
+
+    /// A connection broke `limit` (a `[limits]` setting) and was refused or dropped.
+    pub fn limit_refused(&self, limit: &'static str) {
+        *self
+            .over_limit
+            .lock()
+            .expect("metrics lock poisoned")
+            .entry(limit)
             .or_default() += 1;
     }
 
@@ -208,6 +221,20 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
         "Recordings that could not be opened or written.",
         &[("", m.recording_failures.load(Ordering::Relaxed))],
     );
+    {
+        let over = m.over_limit.lock().expect("metrics lock poisoned");
+        let labels: Vec<(String, u64)> = over
+            .iter()
+            .map(|(limit, n)| (format!("limit=\"{limit}\""), *n))
+            .collect();
+        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(
+            &mut out,
+            "sshgw_connections_over_limit_total",
+            "Connections refused or closed because a [limits] setting was reached, by setting.",
+            &series,
+        );
+    }
     counter(
         &mut out,
         "sshgw_relay_stalls_total",

@@ -8,13 +8,12 @@ use russh::{
     ChannelId, ChannelOpenFailure, ChannelWriteHalf, Disconnect, Pty, Sig, client,
     server::{self, Auth, Msg, Session},
 };
-use tokio::task::JoinHandle;
 
 use super::{
     ConnectionInfo, RelayContext, ServerSlot,
     audit::{ProgramTap, Transfer, transfer_rules},
     pump::{self, ChannelLink},
-    upstream::{self, Bridge, Connected, UpstreamError},
+    upstream::{self, Bridge},
 };
 use crate::{
     config::RecordingFailure,
@@ -34,8 +33,8 @@ pub struct DeviceSide {
     pub(super) ctx: Arc<RelayContext>,
     pub(super) info: Arc<ConnectionInfo>,
     pub(super) bridge: Arc<Bridge>,
-    /// The server connection being set up since the TCP accept.
-    pub(super) pending: Option<JoinHandle<Result<Connected, UpstreamError>>>,
+    /// This connection's place in the `[limits]` counts.
+    slot: Arc<super::limits::Slot>,
     server: ServerSlot,
     /// Why the connection cannot be relayed; told to the user right after auth.
     failure: Option<String>,
@@ -53,7 +52,7 @@ impl DeviceSide {
         ctx: Arc<RelayContext>,
         info: Arc<ConnectionInfo>,
         bridge: Arc<Bridge>,
-        pending: Option<JoinHandle<Result<Connected, UpstreamError>>>,
+        slot: Arc<super::limits::Slot>,
         refusal: Option<String>,
         server: ServerSlot,
     ) -> Self {
@@ -61,7 +60,7 @@ impl DeviceSide {
             ctx,
             info,
             bridge,
-            pending,
+            slot,
             server,
             failure: refusal,
             channels: HashMap::new(),
@@ -93,18 +92,20 @@ impl DeviceSide {
             ));
             return Auth::Accept;
         }
-        let Some(pending) = self.pending.take() else {
-            self.fail("sshgw: internal error: no server connection".into());
-            return Auth::Accept;
-        };
-        let mut conn = match pending.await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                self.fail(e.to_string());
-                return Auth::Accept;
-            }
+        // Only now, with a login the policy allows, does the server see a connection: a
+        // device cannot make the gateway hold server connections (and the servers'
+        // MaxStartups and penalties) by opening TCP connections. Ends with this callback, so
+        // a device that goes away cancels it.
+        let mut conn = match upstream::connect(
+            self.ctx.clone(),
+            self.info.original_dst,
+            self.bridge.clone(),
+        )
+        .await
+        {
+            Ok(conn) => conn,
             Err(e) => {
-                self.fail(format!("sshgw: internal error: {e}"));
+                self.fail(e.to_string());
                 return Auth::Accept;
             }
         };
@@ -432,6 +433,17 @@ impl DeviceSide {
         }
     }
 
+    /// Whether one more channel would break `[limits] max_channels_per_connection`.
+    fn too_many_channels(&self, what: &str) -> bool {
+        let max = self.ctx.limits.config().max_channels_per_connection;
+        if self.channels.len() < max {
+            return false;
+        }
+        crate::metrics::METRICS.limit_refused("max_channels_per_connection");
+        tracing::warn!(session = %self.info.id, max, what, "refused a channel: max_channels_per_connection reached");
+        true
+    }
+
     fn link(&self, channel: ChannelId) -> Option<Arc<ChannelWriteHalf<client::Msg>>> {
         self.channels.get(&channel).map(|l| l.upstream.clone())
     }
@@ -466,6 +478,7 @@ impl server::Handler for DeviceSide {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.slot.logged_in();
         let _ = self.bridge.device.set(session.handle());
         self.info
             .authenticated
@@ -488,6 +501,10 @@ impl server::Handler for DeviceSide {
                 .await;
             return Ok(());
         };
+        if self.too_many_channels("session") {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let opened = server.channel_open_session().await;
         if let Err(e) = &opened {
             tracing::warn!(session = %self.info.id, error = %e, "server refused a session channel");
@@ -517,6 +534,10 @@ impl server::Handler for DeviceSide {
                 return Ok(());
             }
         };
+        if self.too_many_channels("direct-tcpip") {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let opened = server
             .channel_open_direct_tcpip(
                 host_to_connect,

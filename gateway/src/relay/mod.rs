@@ -4,6 +4,7 @@
 mod audit;
 mod downstream;
 mod flow;
+pub mod limits;
 mod pump;
 pub mod stall;
 mod upstream;
@@ -47,8 +48,6 @@ use upstream::Bridge;
 /// window-limited on a LAN. It is also what sshgw holds at most per channel and direction:
 /// windows reopen only for data passed on (see `flow`).
 const WINDOW_SIZE: u32 = 4 * 1024 * 1024;
-/// The device must finish key exchange and authentication within this time.
-const LOGIN_GRACE: Duration = Duration::from_secs(60);
 
 /// Everything a connection needs that outlives it.
 pub struct RelayContext {
@@ -60,6 +59,7 @@ pub struct RelayContext {
     pub store: SessionStore,
     pub live: Arc<LiveSessions>,
     pub recording: RecordingSettings,
+    pub limits: Arc<limits::Limits>,
 }
 
 /// The cipher lists of `[ssh]`, resolved once at start.
@@ -199,12 +199,25 @@ pub async fn serve(
     session_id: String,
     admission: Admission,
 ) {
-    let (permissions, refusal, policy_id) = match admission.outcome {
-        Outcome::Relay { policy } => {
+    let owner = match &admission.identity {
+        Some(identity) => limits::Owner::Device(identity.device_id.clone()),
+        None => limits::Owner::Address(conn.peer.ip()),
+    };
+    let (slot, over_limit) = match ctx.limits.admit(owner) {
+        limits::Ticket::Admitted(slot) => (slot, None),
+        limits::Ticket::Refused(slot, message) => (slot, Some(message)),
+        limits::Ticket::Dropped(limit) => {
+            dropped_over_limit(&session_id, conn.peer, limit);
+            return;
+        }
+    };
+    let (permissions, refusal, policy_id) = match (admission.outcome, over_limit) {
+        (_, Some(message)) => (None, Some(message), None),
+        (Outcome::Relay { policy }, None) => {
             let id = policy.id.clone();
             (Some(Permissions::new(policy, &ctx.config)), None, Some(id))
         }
-        Outcome::Refuse { message, policy_id } => (None, Some(message), policy_id),
+        (Outcome::Refuse { message, policy_id }, None) => (None, Some(message), policy_id),
     };
     let identity = admission.identity;
     let tracker = Arc::new(Tracker::open(
@@ -253,14 +266,7 @@ pub async fn serve(
         server_closed: Default::default(),
         session: info.id.clone(),
     });
-    // The server leg's TCP and SSH handshakes run while the device does its own.
-    let pending = info.permissions.as_ref().map(|_| {
-        tokio::spawn(upstream::connect(
-            ctx.clone(),
-            conn.original_dst,
-            bridge.clone(),
-        ))
-    });
+    let grace = Duration::from_secs(ctx.limits.config().preauth_grace_secs);
     let config = match ctx.server_config(conn.original_dst.ip()) {
         Ok(c) => c,
         Err(e) => {
@@ -273,41 +279,43 @@ pub async fn serve(
         ctx.clone(),
         info.clone(),
         bridge.clone(),
-        pending,
+        Arc::new(slot),
         refusal,
         server.clone(),
     );
-    let running = match tokio::time::timeout(
-        LOGIN_GRACE,
-        server::run_stream(config, conn.stream, handler),
-    )
-    .await
-    {
-        Ok(Ok(running)) => running,
-        Ok(Err(e)) => {
-            finish(&info, &format!("error: device handshake failed: {e}"));
-            return;
-        }
-        Err(_) => {
-            finish(&info, "error: device sent no SSH banner in time");
+    let started = tokio::time::Instant::now();
+    // russh runs the session in a task of its own; a duplicate of the socket lets the relay
+    // close it even when the session cannot be told anything (still in key exchange).
+    let socket = match std::os::fd::AsFd::as_fd(&conn.stream).try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            finish(&info, &format!("error: cannot duplicate the socket: {e}"));
             return;
         }
     };
-    let device = running.handle();
-    let grace = {
-        let (device, info) = (device.clone(), info.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(LOGIN_GRACE).await;
-            if !info.authenticated.load(Ordering::Acquire) {
-                let _ = device
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "sshgw: login took too long".into(),
-                        "en".into(),
-                    )
-                    .await;
+    let running =
+        match tokio::time::timeout(grace, server::run_stream(config, conn.stream, handler)).await {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) => {
+                finish(&info, &format!("error: device handshake failed: {e}"));
+                return;
             }
-        })
+            Err(_) => {
+                finish(&info, "error: device sent no SSH banner in time");
+                return;
+            }
+        };
+    let device = running.handle();
+    // Banner, key exchange and login must all fit in the grace: a client stuck in key
+    // exchange cannot be told anything, so its connection is simply closed.
+    let login_deadline = {
+        let info = info.clone();
+        async move {
+            tokio::time::sleep_until(started + grace).await;
+            if info.authenticated.load(Ordering::Acquire) {
+                std::future::pending::<()>().await;
+            }
+        }
     };
     let deadline = info.permissions.as_ref().and_then(|p| {
         p.policy.ssh.max_duration.map(|d| {
@@ -332,6 +340,7 @@ pub async fn serve(
     let kill = tracker.kill_switch();
     tokio::pin!(running);
     tokio::pin!(expiry);
+    tokio::pin!(login_deadline);
     // Ends the device leg with `message` and waits for it to close.
     let end_with = async |message: String| {
         *info.ended_by_gateway.lock().expect("end reason poisoned") = Some(message.clone());
@@ -344,6 +353,24 @@ pub async fn serve(
             Ok(()) => "client".to_string(),
             Err(e) => format!("error: {e}"),
         },
+        () = &mut login_deadline => {
+            tracing::info!(session = %info.id, peer = %info.peer, grace_secs = grace.as_secs(), "no login within the pre-auth grace; closing");
+            let _ = tokio::time::timeout(
+                Duration::from_millis(200),
+                device.disconnect(
+                    russh::Disconnect::ByApplication,
+                    "sshgw: login took too long".into(),
+                    "en".into(),
+                ),
+            )
+            .await;
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                nix::sys::socket::Shutdown::Both,
+            );
+            let _ = running.as_mut().await;
+            "error: no login within the pre-auth grace".to_string()
+        }
         _ = bridge.server_closed.notified() => {
             end_with("sshgw: the server closed the connection".into()).await;
             let _ = running.as_mut().await;
@@ -374,7 +401,6 @@ pub async fn serve(
             reason
         }
     };
-    grace.abort();
     // Close the server leg too, whoever ended the session.
     if let Some(server) = server.get() {
         let _ = server
@@ -382,6 +408,16 @@ pub async fn serve(
             .await;
     }
     finish(&info, &reason);
+}
+
+/// A connection over a limit and over the refusal budget: closed at once, with no session
+/// record (a flood must not fill the log). Logged at most once a second.
+fn dropped_over_limit(session: &str, peer: SocketAddr, limit: &'static str) {
+    static LAST_LOG_SECS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = now_micros() / 1_000_000;
+    if LAST_LOG_SECS.swap(now, Ordering::AcqRel) != now {
+        tracing::warn!(session, %peer, limit, "connection closed: over a [limits] limit (logged at most once a second)");
+    }
 }
 
 /// Closes the session record (a refusal's reason wins over how the socket ended) and

@@ -14,6 +14,9 @@
 //!   Prints each reply, or `channel closed`.
 //! * `data-first COMMAND`: send data on a session channel before any program request, then
 //!   exec COMMAND; prints its output and exit status.
+//! * `stuck-in-kex SECS`: over plain TCP, send an SSH banner and then nothing, as a client
+//!   stuck in key exchange would; prints `closed by the gateway` when the connection ends
+//!   within SECS, else `still open`. (USER is ignored.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,10 +273,34 @@ async fn data_first(ch: &mut russh::Channel<client::Msg>, command: &str) -> Resu
     }
 }
 
+/// Holds a connection that never gets past the banner exchange.
+async fn stuck_in_kex(host: &str, secs: u64) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect((host, 22)).await?;
+    stream.write_all(b"SSH-2.0-stuck_client\r\n").await?;
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(secs), read_all).await {
+        Ok(()) => println!("closed by the gateway"),
+        Err(_) => println!("still open"),
+    }
+    Ok(())
+}
+
 async fn run(args: &[String]) -> Result<()> {
     let [host, user, scenario, rest @ ..] = args else {
         bail!("usage: sshgw-rawssh HOST USER SCENARIO [ARGS...]");
     };
+    if let ("stuck-in-kex", [secs]) = (scenario.as_str(), rest) {
+        return stuck_in_kex(host, secs.parse()?).await;
+    }
     let config = Arc::new(client::Config::default());
     let mut session = tokio::time::timeout(
         STEP_TIMEOUT,
