@@ -86,21 +86,6 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     std::fs::create_dir_all(&recordings)
         .with_context(|| format!("cannot create recording dir {}", recordings.display()))?;
     let recording_key = load_recording_key(&config)?;
-    let relay = Arc::new(RelayContext {
-        recording: RecordingSettings {
-            dir: recordings,
-            key: std::sync::RwLock::new(recording_key),
-            on_failure: config.recording.on_recording_failure,
-        },
-        store: store.clone(),
-        live: live.clone(),
-        config: config.ssh.clone(),
-        ciphers: Ciphers::new(&config.ssh)?,
-        host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
-        upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
-        authorities,
-        limits: relay::limits::Limits::new(config.limits.clone()),
-    });
     let control = control::server::bind(&config).await?;
     let listeners = Listeners::bind(config.datapath.listen_port)?;
     let mut dp = Datapath::start(
@@ -118,6 +103,22 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
         policies,
         datapath.clone(),
     ));
+    let relay = Arc::new(RelayContext {
+        recording: RecordingSettings {
+            dir: recordings,
+            key: std::sync::RwLock::new(recording_key),
+            on_failure: config.recording.on_recording_failure,
+        },
+        store: store.clone(),
+        live: live.clone(),
+        config: config.ssh.clone(),
+        ciphers: Ciphers::new(&config.ssh)?,
+        host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
+        upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
+        authorities,
+        limits: relay::limits::Limits::new(config.limits.clone()),
+        snapshots: live_state.subscribe(),
+    });
 
     let shared = Arc::new(Shared {
         listeners: listeners.addresses(),
@@ -374,6 +375,7 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             conn,
             session_id,
             decision,
+            ingress,
         ));
     }
 }

@@ -3,8 +3,9 @@
 //! A change is validated whole, staged on disk, applied to the datapath maps, and only then
 //! made current (file renamed into place, snapshot swapped). If any step fails, the maps
 //! are restored and the previous state stays in force, on disk and in memory.
-//! Established sessions keep the snapshot they were admitted with; only new connections
-//! see a change.
+//! Every new snapshot is also published to the live sessions (`subscribe`), which re-judge
+//! themselves against it: a revoked device or a blocking decision ends them, and their new
+//! channels follow the current policy.
 //!
 //! Every writer (pushes, single-device changes, SIGHUP reloads, and the recording key
 //! through [`LiveState::with_writer_lock`]) holds one lock from the moment it reads the
@@ -107,6 +108,8 @@ pub struct LiveState {
     /// Serialises writers; readers never wait for it.
     writer: tokio::sync::Mutex<()>,
     datapath: Arc<Mutex<Option<Datapath>>>,
+    /// Every snapshot made current, for the live sessions.
+    changes: tokio::sync::watch::Sender<Arc<Snapshot>>,
 }
 
 /// Reads devices.json and policies.json from the state dir, and checks the device table
@@ -142,13 +145,20 @@ impl LiveState {
         policies: PolicySet,
         datapath: Arc<Mutex<Option<Datapath>>>,
     ) -> Self {
-        let snapshot = Snapshot::new(devices, policies, config.ssh.principal);
+        let snapshot = Arc::new(Snapshot::new(devices, policies, config.ssh.principal));
+        let (changes, _) = tokio::sync::watch::channel(snapshot.clone());
         LiveState {
             config: RwLock::new(config),
-            current: RwLock::new(Arc::new(snapshot)),
+            current: RwLock::new(snapshot),
             writer: tokio::sync::Mutex::new(()),
             datapath,
+            changes,
         }
+    }
+
+    /// Receives every snapshot made current from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Snapshot>> {
+        self.changes.subscribe()
     }
 
     /// The config in force (the startup one plus what reloads changed).
@@ -286,6 +296,7 @@ impl LiveState {
             "applied new device table and policies"
         );
         *self.current.write().expect("state lock poisoned") = next.clone();
+        self.changes.send_replace(next.clone());
         Ok(next)
     }
 }

@@ -78,7 +78,7 @@ impl DeviceSide {
         }
         self.info.tracker.login_attempted(login);
         let (Some(identity), Some(permissions)) =
-            (self.info.identity.clone(), self.info.permissions.clone())
+            (self.info.identity.clone(), self.info.permissions.get())
         else {
             self.fail("sshgw: internal error: connection was not admitted".into());
             return Auth::Accept;
@@ -207,7 +207,8 @@ impl DeviceSide {
         let Some(link) = self.channels.get(&channel).cloned() else {
             return Ok(None);
         };
-        let Some(permissions) = self.info.permissions.clone() else {
+        // The policy in force now: a change since the connection began applies here.
+        let Some(permissions) = self.info.permissions.get() else {
             return Err("sshgw: internal error: connection was not admitted".into());
         };
         let number = u32::from(channel);
@@ -256,7 +257,7 @@ impl DeviceSide {
     /// Runs a program request: prepares it, relays it, and logs it once the server agreed.
     /// The auditor an SFTP or legacy scp program gets, or why the policy refuses it.
     fn transfer_for(&self, kind: &ChannelKind) -> Result<Option<Transfer>, String> {
-        let Some(permissions) = &self.info.permissions else {
+        let Some(permissions) = self.info.permissions.get() else {
             return Ok(None);
         };
         let policy = &permissions.policy;
@@ -525,7 +526,7 @@ impl server::Handler for DeviceSide {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let server = match self.server.get() {
-            Some(s) if self.bridge.port_forwarding => s,
+            Some(s) if self.bridge.permissions.port_forwarding() => s,
             _ => {
                 tracing::info!(session = %self.info.id, target = %format!("{host_to_connect}:{port_to_connect}"), "refused port forwarding (-L): disabled");
                 reply
@@ -738,7 +739,7 @@ impl server::Handler for DeviceSide {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        if !self.bridge.agent_forwarding {
+        if !self.bridge.permissions.agent_forwarding() {
             tracing::info!(session = %self.info.id, "refused agent forwarding: disabled");
             return Ok(false);
         }
@@ -765,7 +766,7 @@ impl server::Handler for DeviceSide {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         let server = match self.server.get() {
-            Some(s) if self.bridge.port_forwarding => s,
+            Some(s) if self.bridge.permissions.port_forwarding() => s,
             _ => {
                 tracing::info!(session = %self.info.id, listen = %format!("{address}:{port}"), "refused remote forwarding (-R): disabled");
                 return Ok(false);
@@ -789,7 +790,7 @@ impl server::Handler for DeviceSide {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         match self.server.get() {
-            Some(s) if self.bridge.port_forwarding => {
+            Some(s) if self.bridge.permissions.port_forwarding() => {
                 Ok(s.cancel_tcpip_forward(address, port).await.is_ok())
             }
             _ => Ok(false),

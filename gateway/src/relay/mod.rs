@@ -60,6 +60,8 @@ pub struct RelayContext {
     pub live: Arc<LiveSessions>,
     pub recording: RecordingSettings,
     pub limits: Arc<limits::Limits>,
+    /// Every new device table and policy set, to judge live sessions again.
+    pub snapshots: tokio::sync::watch::Receiver<Arc<crate::state::Snapshot>>,
 }
 
 /// The cipher lists of `[ssh]`, resolved once at start.
@@ -116,9 +118,11 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     pub original_dst: SocketAddr,
     pub identity: Option<Arc<Identity>>,
+    /// The interface the connection came in on, as the datapath saw it.
+    pub ingress: Option<String>,
     pub authenticated: AtomicBool,
-    /// What the admitting policy allows; `None` when the connection is refused.
-    pub permissions: Option<Permissions>,
+    /// What the policy in force allows; `None` when the connection is refused.
+    pub permissions: SharedPermissions,
     pub tracker: Arc<Tracker>,
     /// Why the relay refused, once it did (the session log's close reason).
     pub failure: std::sync::Mutex<Option<String>>,
@@ -134,6 +138,33 @@ impl ConnectionInfo {
     pub fn abort(&self, message: String) {
         *self.failure.lock().expect("failure lock poisoned") = Some(message);
         self.aborted.notify_one();
+    }
+}
+
+/// The permissions of the policy in force for a session. Replaced when a new device table
+/// or policy set puts the session under another policy: new channels use the current one.
+#[derive(Clone, Default)]
+pub struct SharedPermissions(Arc<std::sync::RwLock<Option<Permissions>>>);
+
+impl SharedPermissions {
+    fn new(permissions: Option<Permissions>) -> Self {
+        SharedPermissions(Arc::new(std::sync::RwLock::new(permissions)))
+    }
+
+    pub fn get(&self) -> Option<Permissions> {
+        self.0.read().expect("permissions lock poisoned").clone()
+    }
+
+    fn set(&self, permissions: Permissions) {
+        *self.0.write().expect("permissions lock poisoned") = Some(permissions);
+    }
+
+    pub fn port_forwarding(&self) -> bool {
+        self.get().is_some_and(|p| p.port_forwarding)
+    }
+
+    pub fn agent_forwarding(&self) -> bool {
+        self.get().is_some_and(|p| p.agent_forwarding)
     }
 }
 
@@ -198,6 +229,7 @@ pub async fn serve(
     conn: Intercepted,
     session_id: String,
     admission: Admission,
+    ingress: Option<String>,
 ) {
     let owner = match &admission.identity {
         Some(identity) => limits::Owner::Device(identity.device_id.clone()),
@@ -246,21 +278,17 @@ pub async fn serve(
         peer: conn.peer,
         original_dst: conn.original_dst,
         identity,
+        ingress,
         authenticated: AtomicBool::new(false),
-        permissions,
+        permissions: SharedPermissions::new(permissions),
         tracker: tracker.clone(),
         failure: std::sync::Mutex::new(refusal.clone()),
         aborted: Default::default(),
         ended_by_gateway: Default::default(),
     });
-    let (port_forwarding, agent_forwarding) = info
-        .permissions
-        .as_ref()
-        .map_or((false, false), |p| (p.port_forwarding, p.agent_forwarding));
     let bridge = Arc::new(Bridge {
         device: Default::default(),
-        port_forwarding,
-        agent_forwarding,
+        permissions: info.permissions.clone(),
         agent_requested: AtomicBool::new(false),
         traffic: tracker.bytes(),
         server_closed: Default::default(),
@@ -317,7 +345,7 @@ pub async fn serve(
             }
         }
     };
-    let deadline = info.permissions.as_ref().and_then(|p| {
+    let deadline = info.permissions.get().and_then(|p| {
         p.policy.ssh.max_duration.map(|d| {
             (
                 d,
@@ -338,6 +366,8 @@ pub async fn serve(
         }
     };
     let kill = tracker.kill_switch();
+    let revoked = revocation(ctx.clone(), info.clone());
+    tokio::pin!(revoked);
     tokio::pin!(running);
     tokio::pin!(expiry);
     tokio::pin!(login_deadline);
@@ -388,6 +418,12 @@ pub async fn serve(
             let _ = running.as_mut().await;
             "error".to_string()
         }
+        message = &mut revoked => {
+            tracing::info!(session = %info.id, reason = %message, "session revoked by a device or policy change");
+            end_with(message).await;
+            let _ = running.as_mut().await;
+            "revoked".to_string()
+        }
         () = kill.notified() => {
             let message = tracker.kill_reason();
             tracing::info!(session = %info.id, reason = %message, "session killed");
@@ -408,6 +444,41 @@ pub async fn serve(
             .await;
     }
     finish(&info, &reason);
+}
+
+/// Judges a relayed session again whenever the device table or policies change. Returns
+/// the message to end it with once they no longer allow it (its device is gone, or the
+/// decision became a block); until then, keeps the session's permissions current, so each
+/// new channel follows the policy in force.
+async fn revocation(ctx: Arc<RelayContext>, info: Arc<ConnectionInfo>) -> String {
+    let (Some(identity), Some(_)) = (info.identity.clone(), info.permissions.get()) else {
+        // Refused connections end on their own.
+        return std::future::pending().await;
+    };
+    let mut changes = ctx.snapshots.clone();
+    loop {
+        let snapshot = changes.borrow_and_update().clone();
+        let verdict = crate::admission::readmit(
+            &snapshot,
+            &identity,
+            info.peer,
+            info.original_dst,
+            info.ingress.as_deref(),
+        );
+        match verdict {
+            crate::admission::Readmission::End(message) => return message,
+            crate::admission::Readmission::Keep(policy) => {
+                let current = info.permissions.get().map(|p| p.policy);
+                if !current.is_some_and(|c| Arc::ptr_eq(&c, &policy)) {
+                    tracing::info!(session = %info.id, policy = %policy.id, "session now follows the current policy");
+                    info.permissions.set(Permissions::new(policy, &ctx.config));
+                }
+            }
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// A connection over a limit and over the refusal budget: closed at once, with no session

@@ -62,8 +62,8 @@ pub enum UpstreamError {
 /// channels the server opens are relayed to the device.
 pub struct Bridge {
     pub device: OnceLock<russh::server::Handle>,
-    pub port_forwarding: bool,
-    pub agent_forwarding: bool,
+    /// What the policy in force allows (forwarding is decided per channel).
+    pub permissions: super::SharedPermissions,
     /// Set once the device asked for agent forwarding on some channel.
     pub agent_requested: AtomicBool,
     pub traffic: Arc<crate::sessions::live::ByteCounters>,
@@ -299,7 +299,7 @@ impl client::Handler for ServerSide {
             .bridge
             .device
             .get()
-            .filter(|_| self.bridge.port_forwarding)
+            .filter(|_| self.bridge.permissions.port_forwarding())
             .cloned()
         else {
             reply
@@ -334,7 +334,7 @@ impl client::Handler for ServerSide {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let allowed = self.bridge.agent_forwarding
+        let allowed = self.bridge.permissions.agent_forwarding()
             && self
                 .bridge
                 .agent_requested
