@@ -172,6 +172,9 @@ pub struct SshConfig {
     pub host_names: std::collections::BTreeMap<std::net::IpAddr, Vec<String>>,
     /// Seconds between keepalives to an idle device (replaces an idle timeout).
     pub keepalive_secs: u64,
+    /// Environment variables a device may not set (`env` requests): exact names, or a
+    /// prefix ending in `*`. Whatever is allowed is relayed and logged with the program.
+    pub deny_env: Vec<String>,
     /// Seconds a relayed channel may hold data for a peer whose window is open without
     /// passing any of it on, before the stall watchdog logs it (docs/relay.md).
     pub stall_warning_secs: u64,
@@ -215,6 +218,16 @@ pub const DEFAULT_RESERVED_PRINCIPALS: &[&str] = &[
     "git",
     "postgres",
 ];
+
+impl SshConfig {
+    /// Whether `[ssh] deny_env` refuses the variable `name`.
+    pub fn env_denied(&self, name: &str) -> bool {
+        self.deny_env.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == p,
+        })
+    }
+}
 
 /// Ciphers sshgw accepts in `device_ciphers` / `upstream_ciphers`, and the default of
 /// both, in order of preference: AES-GCM first, since with AES-NI it costs a fraction of
@@ -271,6 +284,7 @@ impl Default for SshConfig {
             host_names: Default::default(),
             keepalive_secs: 30,
             stall_warning_secs: 60,
+            deny_env: ["LD_*", "BASH_ENV", "ENV"].map(String::from).to_vec(),
             device_ciphers: SUPPORTED_CIPHERS.iter().map(|s| (*s).to_owned()).collect(),
             upstream_ciphers: SUPPORTED_CIPHERS.iter().map(|s| (*s).to_owned()).collect(),
             principal: PrincipalMode::LocalPart,
@@ -410,6 +424,14 @@ impl Config {
         }
         if ssh.keepalive_secs == 0 {
             bail!("ssh.keepalive_secs: must be at least 1");
+        }
+        for (i, pattern) in ssh.deny_env.iter().enumerate() {
+            let name = pattern.strip_suffix('*').unwrap_or(pattern);
+            if name.is_empty() || name.contains(['*', '=']) || name.chars().any(char::is_control) {
+                bail!(
+                    "ssh.deny_env[{i}]: {pattern:?} is not a variable name or a prefix ending in *"
+                );
+            }
         }
         if ssh.stall_warning_secs == 0 {
             bail!("ssh.stall_warning_secs: must be at least 1");

@@ -517,6 +517,7 @@ mod tests {
             device_id: None,
             login: "root".into(),
             destination: "10.0.0.5:22".into(),
+            env: Vec::new(),
         };
         let rec = dir.join("rec");
         let mut writer = FileWriter::create(&rec, &public, &meta, SystemTime::now()).unwrap();

@@ -26,6 +26,10 @@ use crate::{
     sessions::{ChannelRecord, FileOpRecord, now_micros},
 };
 
+/// Environment variables kept per channel for its records (a server that accepts any
+/// number of them cannot make the records grow without end).
+const MAX_ENV_PER_CHANNEL: usize = 64;
+
 /// Longest wait for the server's answer to a channel request before failing it.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -43,6 +47,8 @@ pub struct DeviceSide {
     ptys: HashMap<ChannelId, PtyMeta>,
     /// Channels whose program (shell, exec, subsystem) the server started.
     programs: std::collections::HashSet<ChannelId>,
+    /// Environment variables the server accepted per channel, for the program's records.
+    envs: HashMap<ChannelId, Vec<(String, String)>>,
     /// The Unix login, once authorized.
     login: Option<String>,
 }
@@ -66,6 +72,7 @@ impl DeviceSide {
             channels: HashMap::new(),
             ptys: HashMap::new(),
             programs: Default::default(),
+            envs: HashMap::new(),
             login: None,
         }
     }
@@ -223,6 +230,7 @@ impl DeviceSide {
                 device_id: self.info.identity.as_ref().map(|i| i.device_id.clone()),
                 login: self.login.clone().unwrap_or_default(),
                 destination: self.info.original_dst.to_string(),
+                env: self.envs.get(&channel).cloned().unwrap_or_default(),
             };
             match self.ctx.recording.open(&self.info.id, number, meta).await {
                 Ok(opened) => recorder = Some(opened),
@@ -587,6 +595,7 @@ impl server::Handler for DeviceSide {
         self.channels.remove(&channel);
         self.ptys.remove(&channel);
         self.programs.remove(&channel);
+        self.envs.remove(&channel);
         Ok(())
     }
 
@@ -641,11 +650,24 @@ impl server::Handler for DeviceSide {
         variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.ctx.config.env_denied(variable_name) {
+            tracing::warn!(session = %self.info.id, channel = %channel, variable = variable_name, "refused an env request: [ssh] deny_env");
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
         let (k, v) = (variable_name.to_string(), variable_value.to_string());
-        self.relay_request(channel, session, |up| async move {
-            up.set_env(true, k, v).await
-        })
-        .await;
+        let accepted = self
+            .relay_request(channel, session, |up| async move {
+                up.set_env(true, k, v).await
+            })
+            .await;
+        tracing::info!(session = %self.info.id, channel = %channel, variable = variable_name, accepted, "env");
+        if accepted {
+            let env = self.envs.entry(channel).or_default();
+            if env.len() < MAX_ENV_PER_CHANNEL {
+                env.push((variable_name.to_string(), variable_value.to_string()));
+            }
+        }
         Ok(())
     }
 
