@@ -131,21 +131,27 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
         relay,
         ingress,
     });
-    // Control and housekeeping run until the very end; the accept loops stop first.
-    let mut service = tokio::task::JoinSet::new();
-    service.spawn(control::server::serve(control, shared.clone()));
-    service.spawn(retention_loop(config.clone(), store.clone()));
-    service.spawn(interface_watch(shared.clone()));
+    // Control and housekeeping run until the very end; the accept loops stop first. None
+    // of these tasks ever ends by itself: if one does, the daemon exits (see `supervise`).
+    let mut tasks = Tasks::default();
+    tasks.service(
+        "control socket",
+        control::server::serve(control, shared.clone()),
+    );
+    tasks.service("retention", retention_loop(config.clone(), store.clone()));
+    tasks.service("interface watch", interface_watch(shared.clone()));
     if let Some(addr) = config.metrics.listen {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-        service.spawn(control::server::serve_metrics(listener, shared.clone()));
+        tasks.service(
+            "metrics listener",
+            control::server::serve_metrics(listener, shared.clone()),
+        );
     }
-    let mut accepting = tokio::task::JoinSet::new();
-    accepting.spawn(accept_loop(listeners.v4, admit.clone()));
+    tasks.accept("IPv4 accept loop", accept_loop(listeners.v4, admit.clone()));
     if let Some(v6) = listeners.v6 {
-        accepting.spawn(accept_loop(v6, admit.clone()));
+        tasks.accept("IPv6 accept loop", accept_loop(v6, admit.clone()));
     }
     tracing::info!(
         interfaces = ?config.datapath.interfaces,
@@ -160,18 +166,86 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    loop {
+    let failure = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
             _ = hup.recv() => reload(config_path, &shared).await,
+            what = tasks.supervise() => break Some(what),
         }
+    };
+    if let Some(what) = failure {
+        return fail(tasks, &shared, &what).await;
     }
     notify::notify("STOPPING=1\nSTATUS=draining sessions");
-    stop(accepting, &shared).await?;
-    service.abort_all();
+    stop(tasks.accepting, &shared).await?;
+    tasks.service.abort_all();
     let _ = std::fs::remove_file(&config.control_socket);
     Ok(())
+}
+
+/// The daemon's long-running tasks, by name.
+#[derive(Default)]
+struct Tasks {
+    accepting: tokio::task::JoinSet<()>,
+    service: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn accept(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.accepting.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    fn service(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.service.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// Resolves when any task ends (none should): what ended and how.
+    async fn supervise(&mut self) -> String {
+        let ended = tokio::select! {
+            Some(ended) = self.accepting.join_next_with_id() => ended,
+            Some(ended) = self.service.join_next_with_id() => ended,
+            else => return std::future::pending().await,
+        };
+        let name = |id| self.names.get(&id).copied().unwrap_or("unnamed");
+        match ended {
+            Ok((id, ())) => format!("the {} task ended", name(id)),
+            Err(e) if e.is_panic() => format!("the {} task panicked", name(e.id())),
+            Err(e) => format!("the {} task was cancelled", name(e.id())),
+        }
+    }
+}
+
+/// A task the daemon cannot run without has ended: end the sessions, leave the datapath
+/// attached (it fails closed, as after a crash) and exit non-zero, so that the service
+/// manager restarts sshgw.
+async fn fail(mut tasks: Tasks, shared: &Shared, what: &str) -> Result<()> {
+    tracing::error!(
+        reason = what,
+        "sshgw cannot go on; exiting so that it is restarted"
+    );
+    notify::notify(&format!("STOPPING=1\nSTATUS=failed: {what}"));
+    tasks.accepting.abort_all();
+    let ended = shared
+        .live
+        .kill_all("sshgw: the gateway hit an internal error and is restarting");
+    if ended > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.live.drained()).await;
+    }
+    shared.store.sync();
+    tasks.service.abort_all();
+    drop(
+        shared
+            .datapath
+            .lock()
+            .expect("datapath lock poisoned")
+            .take(),
+    );
+    let _ = std::fs::remove_file(&shared.config.control_socket);
+    anyhow::bail!("{what}")
 }
 
 /// SIGHUP: re-reads the config file and the state files. Devices, policies, the
@@ -419,4 +493,22 @@ fn load_recording_key(config: &Config) -> Result<Option<Arc<RecordingKey>>> {
         .with_context(|| format!("cannot load the recording key {}", path.display()))?;
     tracing::info!(path = %path.display(), "recording key loaded");
     Ok(Some(Arc::new(key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn supervise_names_the_task_that_ended() {
+        let mut tasks = Tasks::default();
+        tasks.service("control socket", std::future::pending());
+        tasks.accept("IPv4 accept loop", async { panic!("poisoned lock") });
+        assert_eq!(
+            tasks.supervise().await,
+            "the IPv4 accept loop task panicked"
+        );
+        tasks.service("retention", async {});
+        assert_eq!(tasks.supervise().await, "the retention task ended");
+    }
 }
