@@ -46,7 +46,7 @@ impl Shared {
             .expect("datapath lock poisoned")
             .as_ref()
             .and_then(|dp| dp.counters().ok());
-        crate::metrics::render(&self.live, counters.as_ref())
+        crate::metrics::render(&self.live, counters.as_ref(), &self.store.health())
     }
 
     pub fn status(&self) -> Result<Report> {
@@ -59,6 +59,7 @@ impl Shared {
             interfaces: dp.interfaces().into_iter().map(Into::into).collect(),
             listeners: self.listeners.clone(),
             counters: status::counters_owned(dp.counters()?),
+            session_log: Some(self.store.health()),
         })
     }
 }
@@ -79,8 +80,12 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     let (devices, policies) = state::load(&config)?;
     let sets = state::match_sets(&config, &devices, &policies);
     let authorities = Arc::new(Authorities::load_or_create(&config.state_dir)?);
-    let store = SessionStore::open(&config.session_log_path())?;
     let live = Arc::new(LiveSessions::default());
+    let store = SessionStore::open_with(
+        &config.session_log_path(),
+        config.sessions.on_log_failure,
+        live.unwritable_hook(),
+    )?;
     let recordings = config.recordings_dir();
     std::fs::create_dir_all(&recordings)
         .with_context(|| format!("cannot create recording dir {}", recordings.display()))?;
@@ -172,6 +177,7 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
             _ = int.recv() => break None,
             _ = hup.recv() => reload(config_path, &shared).await,
             what = tasks.supervise() => break Some(what),
+            () = store.writer_stopped() => break Some("the session log writer stopped".to_string()),
         }
     };
     if let Some(what) = failure {
@@ -235,7 +241,9 @@ async fn fail(mut tasks: Tasks, shared: &Shared, what: &str) -> Result<()> {
     if ended > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.live.drained()).await;
     }
-    shared.store.sync();
+    if !shared.store.sync() {
+        tracing::error!("session log: records still waiting could not be written");
+    }
     tasks.service.abort_all();
     drop(
         shared
@@ -265,6 +273,7 @@ async fn reload(config_path: &Path, shared: &Shared) {
         effective.datapath.unenrolled = next.datapath.unenrolled;
         effective.datapath.on_stop = next.datapath.on_stop;
         effective.drain_timeout_secs = next.drain_timeout_secs;
+        effective.sessions = next.sessions.clone();
         effective.recording.public_key_file = next.recording.public_key_file.clone();
         let key = match (
             &effective.recording.public_key_file,
@@ -276,11 +285,13 @@ async fn reload(config_path: &Path, shared: &Shared) {
             ),
             _ => None,
         };
+        let on_log_failure = effective.sessions.on_log_failure;
         shared.state.set_config(effective);
         if let Err(e) = shared.state.reload().await {
             shared.state.set_config(old);
             anyhow::bail!("{e}");
         }
+        shared.store.set_on_failure(on_log_failure);
         if let Some(key) = key {
             *shared
                 .relay
@@ -370,7 +381,12 @@ async fn stop(mut accepting: tokio::task::JoinSet<()>, shared: &Shared) -> Resul
         );
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.live.drained()).await;
     }
-    shared.store.sync();
+    if !shared.store.sync() {
+        tracing::error!(
+            queued = shared.store.health().queued,
+            "session log: records still waiting could not be written before the stop"
+        );
+    }
     let datapath = shared
         .datapath
         .lock()
@@ -416,13 +432,14 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             ingress = ingress.as_deref().unwrap_or("-"),
             "intercepted connection"
         );
-        let decision = admission::admit(
+        let mut decision = admission::admit(
             &admit.state.snapshot(),
             &session_id,
             conn.peer,
             conn.original_dst,
             ingress.as_deref(),
         );
+        refuse_if_unlogged(&mut decision, &admit.relay.store, &session_id);
         match &decision.outcome {
             admission::Outcome::Relay { policy } => METRICS.decision(Some(&policy.id), true),
             admission::Outcome::Refuse { policy_id, .. } => {
@@ -436,6 +453,20 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             decision,
         ));
     }
+}
+
+/// Under `[sessions] on_log_failure = "refuse"`, a connection is refused while the session
+/// log cannot be written: it would leave no record.
+fn refuse_if_unlogged(decision: &mut admission::Admission, store: &SessionStore, session: &str) {
+    let Some(message) = store.refusal() else {
+        return;
+    };
+    let policy_id = match &decision.outcome {
+        admission::Outcome::Relay { policy } => Some(policy.id.clone()),
+        admission::Outcome::Refuse { policy_id, .. } => policy_id.clone(),
+    };
+    tracing::warn!(session, reason = %message, "connection refused: the session log cannot be written");
+    decision.outcome = admission::Outcome::Refuse { message, policy_id };
 }
 
 /// Re-attaches the datapath to interfaces that were re-created or appeared late. Until

@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use crate::{datapath::Counters, sessions::live::LiveSessions};
+use crate::{
+    datapath::Counters,
+    sessions::{health::HealthReport, live::LiveSessions},
+};
 
 /// Bucket upper bounds in seconds, for handshake-scale latencies.
 const BUCKETS: [f64; 14] = [
@@ -129,8 +132,49 @@ fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
     }
 }
 
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// The session log's health.
+fn render_session_log(out: &mut String, log: &HealthReport) {
+    gauge(
+        out,
+        "sshgw_session_log_healthy",
+        "1 while the session log can be written, 0 while it is failing.",
+        u64::from(log.is_ok()),
+    );
+    counter(
+        out,
+        "sshgw_session_log_write_failures_total",
+        "Session log commits that failed (retries included).",
+        &[("", log.write_failures)],
+    );
+    counter(
+        out,
+        "sshgw_session_log_lost_total",
+        "Session log records never written (rejected, or dropped while failing).",
+        &[("", log.lost)],
+    );
+    gauge(
+        out,
+        "sshgw_session_log_queued",
+        "Session log records waiting to be written.",
+        log.queued,
+    );
+    counter(
+        out,
+        "sshgw_session_log_queue_waits_total",
+        "Writes that waited for room in the full session log queue.",
+        &[("", log.queue_waits)],
+    );
+}
+
 /// The whole exposition, read at scrape time.
-pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
+pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthReport) -> String {
     let m = &METRICS;
     let mut out = String::with_capacity(4096);
     let sessions = live.list();
@@ -139,10 +183,11 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
         live_client += s.bytes_from_client;
         live_server += s.bytes_from_server;
     }
-    let _ = writeln!(
-        out,
-        "# HELP sshgw_sessions_active Sessions in progress.\n# TYPE sshgw_sessions_active gauge\nsshgw_sessions_active {}",
-        sessions.len()
+    gauge(
+        &mut out,
+        "sshgw_sessions_active",
+        "Sessions in progress.",
+        sessions.len() as u64,
     );
     counter(
         &mut out,
@@ -199,6 +244,7 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
         "Recordings that could not be opened or written.",
         &[("", m.recording_failures.load(Ordering::Relaxed))],
     );
+    render_session_log(&mut out, log);
     if let Some(counters) = datapath {
         let labels: Vec<(String, u64)> = counters
             .iter()

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use super::{
     ChannelRecord, SessionRecord, now_micros,
-    store::{SessionStore, Write},
+    store::{SessionStore, UnwritableHook, Write},
 };
 
 /// Bytes relayed on a connection, updated by the channel pumps.
@@ -108,6 +108,21 @@ impl LiveSessions {
         ids.iter().filter(|id| self.kill(id, reason)).count()
     }
 
+    /// The session log's hook: ends a live session whose records cannot be written while
+    /// the log refuses (`[sessions] on_log_failure = "refuse"`), telling the user why.
+    pub fn unwritable_hook(self: &Arc<Self>) -> UnwritableHook {
+        let live = Arc::downgrade(self);
+        Box::new(move |session, message| {
+            let Some(live) = live.upgrade() else { return };
+            if live.kill(session, message) {
+                tracing::warn!(
+                    session,
+                    "ending the session: its records cannot be written to the session log"
+                );
+            }
+        })
+    }
+
     pub fn count(&self) -> usize {
         self.entries
             .lock()
@@ -147,11 +162,12 @@ impl Tracker {
             kill_reason: Default::default(),
         });
         let id = record.id.clone();
-        store.write(Write::Open(Box::new(record)));
+        // Live first: a record that cannot be written must find the session to end it.
         live.entries
             .lock()
             .expect("live sessions lock poisoned")
             .insert(id.clone(), entry.clone());
+        store.write(Write::Open(Box::new(record)));
         Tracker {
             id,
             started: Instant::now(),
@@ -288,5 +304,31 @@ impl Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         self.close("error: relay ended unexpectedly");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unwritable_hook_ends_the_live_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(&dir.path().join("s.db")).unwrap();
+        let live = Arc::new(LiveSessions::default());
+        let record = SessionRecord::new("s1".into(), "src".into(), "dst".into(), "audit_ssh", 1);
+        let tracker = Tracker::open(record, store, live.clone());
+        let hook = live.unwritable_hook();
+        hook(
+            "s1",
+            "sshgw: session ended: the gateway cannot write its session log (x)",
+        );
+        assert!(
+            tracker
+                .kill_reason()
+                .contains("cannot write its session log")
+        );
+        hook("gone", "message");
+        assert_eq!(live.count(), 1);
     }
 }
