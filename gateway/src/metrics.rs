@@ -177,17 +177,12 @@ fn render_session_log(out: &mut String, log: &HealthReport) {
 pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthReport) -> String {
     let m = &METRICS;
     let mut out = String::with_capacity(4096);
-    let sessions = live.list();
-    let (mut live_client, mut live_server) = (0, 0);
-    for s in &sessions {
-        live_client += s.bytes_from_client;
-        live_server += s.bytes_from_server;
-    }
+    let (active, live_client, live_server) = live.totals();
     gauge(
         &mut out,
         "sshgw_sessions_active",
         "Sessions in progress.",
-        sessions.len() as u64,
+        active as u64,
     );
     counter(
         &mut out,
