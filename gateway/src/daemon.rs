@@ -86,6 +86,7 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
         config.sessions.on_log_failure,
         live.unwritable_hook(),
     )?;
+    let started = std::time::SystemTime::now();
     let recordings = config.recordings_dir();
     std::fs::create_dir_all(&recordings)
         .with_context(|| format!("cannot create recording dir {}", recordings.display()))?;
@@ -143,7 +144,10 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
         "control socket",
         control::server::serve(control, shared.clone()),
     );
-    tasks.service("retention", retention_loop(config.clone(), store.clone()));
+    tasks.service(
+        "retention",
+        retention_loop(config.clone(), store.clone(), live.clone(), started),
+    );
     tasks.service("interface watch", interface_watch(shared.clone()));
     if let Some(addr) = config.metrics.listen {
         let listener = TcpListener::bind(addr)
@@ -487,7 +491,12 @@ async fn interface_watch(shared: Arc<Shared>) {
 }
 
 /// Applies retention at start and then hourly, off the async threads.
-async fn retention_loop(config: Config, store: SessionStore) {
+async fn retention_loop(
+    config: Config,
+    store: SessionStore,
+    live: Arc<LiveSessions>,
+    started: std::time::SystemTime,
+) {
     let limits = retention::Limits {
         max_age_days: config.retention.max_age_days,
         max_total_mb: config.retention.max_total_mb,
@@ -496,9 +505,11 @@ async fn retention_loop(config: Config, store: SessionStore) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        let (store, recordings) = (store.clone(), recordings.clone());
-        match tokio::task::spawn_blocking(move || retention::enforce(&store, &recordings, limits))
-            .await
+        let (store, recordings, live) = (store.clone(), recordings.clone(), live.clone());
+        match tokio::task::spawn_blocking(move || {
+            retention::enforce(&store, &recordings, limits, &live, started)
+        })
+        .await
         {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "retention failed"),

@@ -16,7 +16,11 @@ use std::{
 
 use crate::{
     datapath::Counters,
-    sessions::{health::HealthReport, live::LiveSessions},
+    sessions::{
+        health::HealthReport,
+        live::LiveSessions,
+        retention::{self, Reason},
+    },
 };
 
 /// Bucket upper bounds in seconds, for handshake-scale latencies.
@@ -139,7 +143,7 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     );
 }
 
-/// The session log's health.
+/// The session log's health and retention's deletions.
 fn render_session_log(out: &mut String, log: &HealthReport) {
     gauge(
         out,
@@ -171,6 +175,38 @@ fn render_session_log(out: &mut String, log: &HealthReport) {
         "Writes that waited for room in the full session log queue.",
         &[("", log.queue_waits)],
     );
+    let by_reason = |f: fn(&retention::Tally) -> u64| -> Vec<(String, u64)> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("reason=\"{}\"", r.as_str()),
+                    f(&retention::DELETED.get(*r)),
+                )
+            })
+            .collect()
+    };
+    for (name, help, f) in [
+        (
+            "sshgw_retention_deleted_sessions_total",
+            "Session records deleted by retention, by reason.",
+            (|t: &retention::Tally| t.sessions) as fn(&retention::Tally) -> u64,
+        ),
+        (
+            "sshgw_retention_deleted_files_total",
+            "Recording files deleted by retention, by reason.",
+            |t| t.files,
+        ),
+        (
+            "sshgw_retention_deleted_bytes_total",
+            "Bytes of recording files deleted by retention, by reason.",
+            |t| t.bytes,
+        ),
+    ] {
+        let labels = by_reason(f);
+        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(out, name, help, &series);
+    }
 }
 
 /// The whole exposition, read at scrape time.

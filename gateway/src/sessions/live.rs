@@ -114,6 +114,16 @@ impl LiveSessions {
         self.entry(id).map(|e| e.snapshot())
     }
 
+    /// The ids of the live sessions.
+    pub fn ids(&self) -> std::collections::HashSet<String> {
+        self.entries
+            .lock()
+            .expect("live sessions lock poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Live sessions and the bytes they relayed so far, without copying any record.
     pub fn totals(&self) -> (usize, u64, u64) {
         let entries = self.entries();

@@ -87,6 +87,15 @@ pub struct SessionStore {
     health: Arc<Health>,
 }
 
+/// One recording a channel row names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRef {
+    pub session_id: String,
+    pub path: String,
+    /// Whether its session has ended (or was interrupted).
+    pub ended: bool,
+}
+
 fn open(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open session log {}", path.display()))?;
@@ -310,6 +319,30 @@ impl SessionStore {
                     .map(|f| f.lines().map(str::to_string).collect())
                     .unwrap_or_default(),
             ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many sessions the log holds.
+    pub fn session_count(&self) -> Result<u64> {
+        let conn = open(&self.path)?;
+        Ok(conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Every recording a channel row names, with whether its session has ended.
+    pub fn recording_refs(&self) -> Result<Vec<RecordingRef>> {
+        let conn = open(&self.path)?;
+        let mut stmt = conn.prepare(
+            "SELECT c.session_id, c.recording, s.ended_at IS NOT NULL OR s.close_reason IS NOT NULL
+             FROM channels c JOIN sessions s ON s.id = c.session_id
+             WHERE c.recording IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RecordingRef {
+                session_id: r.get(0)?,
+                path: r.get(1)?,
+                ended: r.get(2)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
