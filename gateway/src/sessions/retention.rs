@@ -314,26 +314,21 @@ fn report(pass: &Pass, counted_before: u64, counted_after: u64, limits: Limits) 
             Reason::Size => "log and recordings above max_total_mb",
             Reason::Unreferenced => "recording files no session record names",
         };
-        // Unreferenced files are not routine: a crash, or a relay that left them.
-        if reason == Reason::Unreferenced {
-            tracing::warn!(
-                reason = reason.as_str(),
-                why,
-                sessions = t.sessions,
-                files = t.files,
-                bytes = t.bytes,
-                "retention deleted"
-            );
-        } else {
-            tracing::info!(
-                reason = reason.as_str(),
-                why,
-                sessions = t.sessions,
-                files = t.files,
-                bytes = t.bytes,
-                "retention deleted"
-            );
-        }
+        tracing::info!(
+            reason = reason.as_str(),
+            why,
+            sessions = t.sessions,
+            files = t.files,
+            bytes = t.bytes,
+            "retention deleted"
+        );
+    }
+    // Not routine: a crash, or a relay that left files behind.
+    if pass.unreferenced.files > 0 {
+        tracing::warn!(
+            files = pass.unreferenced.files,
+            "retention found recording files no session record names"
+        );
     }
     tracing::info!(
         counted_bytes_before = counted_before,
