@@ -30,6 +30,8 @@ pub struct Config {
     #[serde(default)]
     pub recording: RecordingConfig,
     #[serde(default)]
+    pub sessions: SessionsConfig,
+    #[serde(default)]
     pub retention: RetentionConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -99,6 +101,25 @@ impl LimitsConfig {
         }
         Ok(())
     }
+}
+
+/// The session log (`<state_dir>/sessions.db`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// What happens to new connections while the session log cannot be written.
+    pub on_log_failure: LogFailure,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFailure {
+    /// Refuse new connections with a message, and end a session whose record cannot be
+    /// written, until the log can be written again.
+    #[default]
+    Refuse,
+    /// Carry on; the records wait in memory (bounded) until the log recovers.
+    Allow,
 }
 
 /// Prometheus metrics. They are always at `/metrics` on the control socket.
@@ -503,6 +524,25 @@ mod tests {
             c.devices_path(),
             PathBuf::from("/var/lib/sshgw/devices.json")
         );
+    }
+
+    #[test]
+    fn sessions_table() {
+        let base = "state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.sessions.on_log_failure, LogFailure::Refuse);
+        let c = Config::parse(&format!("{base}[sessions]\non_log_failure = \"allow\"\n")).unwrap();
+        assert_eq!(c.sessions.on_log_failure, LogFailure::Allow);
+        let e = format!(
+            "{:#}",
+            Config::parse(&format!("{base}[sessions]\non_log_failure = \"drop\"\n")).unwrap_err()
+        );
+        assert!(e.contains("on_log_failure") && e.contains("refuse"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::parse(&format!("{base}[sessions]\nbogus = 1\n")).unwrap_err()
+        );
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]

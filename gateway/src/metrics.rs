@@ -14,7 +14,14 @@ use std::{
     time::Duration,
 };
 
-use crate::{datapath::Counters, sessions::live::LiveSessions};
+use crate::{
+    datapath::Counters,
+    sessions::{
+        health::HealthReport,
+        live::LiveSessions,
+        retention::{self, Reason},
+    },
+};
 
 /// Bucket upper bounds in seconds, for handshake-scale latencies.
 const BUCKETS: [f64; 14] = [
@@ -151,20 +158,89 @@ fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
     }
 }
 
-/// The whole exposition, read at scrape time.
-pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
-    let m = &METRICS;
-    let mut out = String::with_capacity(4096);
-    let sessions = live.list();
-    let (mut live_client, mut live_server) = (0, 0);
-    for s in &sessions {
-        live_client += s.bytes_from_client;
-        live_server += s.bytes_from_server;
-    }
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
-        "# HELP sshgw_sessions_active Sessions in progress.\n# TYPE sshgw_sessions_active gauge\nsshgw_sessions_active {}",
-        sessions.len()
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// The session log's health and retention's deletions.
+fn render_session_log(out: &mut String, log: &HealthReport) {
+    gauge(
+        out,
+        "sshgw_session_log_healthy",
+        "1 while the session log can be written, 0 while it is failing.",
+        u64::from(log.is_ok()),
+    );
+    counter(
+        out,
+        "sshgw_session_log_write_failures_total",
+        "Session log commits that failed (retries included).",
+        &[("", log.write_failures)],
+    );
+    counter(
+        out,
+        "sshgw_session_log_lost_total",
+        "Session log records never written (rejected, or dropped while failing).",
+        &[("", log.lost)],
+    );
+    gauge(
+        out,
+        "sshgw_session_log_queued",
+        "Session log records waiting to be written.",
+        log.queued,
+    );
+    counter(
+        out,
+        "sshgw_session_log_queue_waits_total",
+        "Writes that waited for room in the full session log queue.",
+        &[("", log.queue_waits)],
+    );
+    let by_reason = |f: fn(&retention::Tally) -> u64| -> Vec<(String, u64)> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("reason=\"{}\"", r.as_str()),
+                    f(&retention::DELETED.get(*r)),
+                )
+            })
+            .collect()
+    };
+    for (name, help, f) in [
+        (
+            "sshgw_retention_deleted_sessions_total",
+            "Session records deleted by retention, by reason.",
+            (|t: &retention::Tally| t.sessions) as fn(&retention::Tally) -> u64,
+        ),
+        (
+            "sshgw_retention_deleted_files_total",
+            "Recording files deleted by retention, by reason.",
+            |t| t.files,
+        ),
+        (
+            "sshgw_retention_deleted_bytes_total",
+            "Bytes of recording files deleted by retention, by reason.",
+            |t| t.bytes,
+        ),
+    ] {
+        let labels = by_reason(f);
+        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(out, name, help, &series);
+    }
+}
+
+/// The whole exposition, read at scrape time.
+pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthReport) -> String {
+    let m = &METRICS;
+    let mut out = String::with_capacity(4096);
+    let (active, live_client, live_server) = live.totals();
+    gauge(
+        &mut out,
+        "sshgw_sessions_active",
+        "Sessions in progress.",
+        active as u64,
     );
     counter(
         &mut out,
@@ -252,6 +328,7 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
         "# HELP sshgw_relay_queued_bytes Channel data held by the relay between its two legs.\n# TYPE sshgw_relay_queued_bytes gauge\nsshgw_relay_queued_bytes {}",
         m.relay_queued_bytes.load(Ordering::Relaxed)
     );
+    render_session_log(&mut out, log);
     if let Some(counters) = datapath {
         let labels: Vec<(String, u64)> = counters
             .iter()

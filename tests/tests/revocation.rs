@@ -100,20 +100,8 @@ fn new_channels_follow_the_current_policy() {
         cfg.extra_toml = recording_toml(Some(&key.public), None, &[]);
         let mut gw = lab.gateway_with(cfg)?;
         gw.start()?;
-        let control = lab.dir().join("cm.sock");
-        let path = format!("ControlPath={}", control.display());
-        let _master = relayed(lab)
-            .option("ControlMaster=yes")
-            .option(&path)
-            .arg("-N")
-            .spawn("")?;
-        sshgw_tests::wait::poll_until(
-            "the ControlMaster socket",
-            END_TIMEOUT,
-            sshgw_tests::wait::POLL_INTERVAL,
-            || Ok(control.exists().then_some(())),
-        )?;
-        relayed(lab).option(&path).run("echo before")?.check()?;
+        let (_master, join) = relayed(lab).control_master(&lab.dir().join("cm.sock"))?;
+        join().run("echo before")?.check()?;
 
         let tighter = policy(
             "audit_ssh",
@@ -122,8 +110,8 @@ fn new_channels_follow_the_current_policy() {
         let (code, reply) = gw.api("PUT", "/v1/policies", Some(&tighter))?;
         ensure!(code == 200, "PUT: {code} {reply}");
 
-        relayed(lab).option(&path).run("echo after")?.check()?;
-        let sftp = relayed(lab).option(&path).sftp_batch("ls\n")?;
+        join().run("echo after")?.check()?;
+        let sftp = join().sftp_batch("ls\n")?;
         ensure!(
             !sftp.success() && sftp.stderr.contains("sftp is denied"),
             "sftp after the change: {sftp:?}"

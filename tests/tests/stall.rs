@@ -134,43 +134,17 @@ fn cat_both_ways_busy_core_recorded() {
     });
 }
 
-/// A ControlMaster connection from the device (`-N`), and the option that joins it.
-struct Master {
-    proc: sshgw_tests::Proc,
-    path: PathBuf,
-}
-
-impl Master {
-    fn start(lab: &Lab, extra: &[&str]) -> Result<Self> {
-        let path = lab.dir().join("cm.sock");
-        let mut ssh = relayed(lab)
-            .option("ControlMaster=yes")
-            .option(&format!("ControlPath={}", path.display()))
-            .arg("-N");
-        for opt in extra {
-            ssh = ssh.option(opt);
-        }
-        let proc = ssh.spawn("")?;
-        let master = Master { proc, path };
-        sshgw_tests::wait::poll_until(
-            "the ControlMaster socket",
-            Duration::from_secs(30),
-            sshgw_tests::wait::POLL_INTERVAL,
-            || Ok(master.path.exists().then_some(())),
-        )?;
-        Ok(master)
+/// A ControlMaster connection from the device, with `options`; returns the master and a
+/// maker of `ssh` commands that run as its channels.
+fn master<'a>(
+    lab: &'a Lab,
+    options: &[&str],
+) -> Result<(sshgw_tests::Proc, impl Fn() -> Ssh<'a> + use<'a>)> {
+    let mut ssh = relayed(lab);
+    for opt in options {
+        ssh = ssh.option(opt);
     }
-
-    /// An `ssh` that runs as a channel of the master connection.
-    fn join<'a>(&self, lab: &'a Lab) -> Ssh<'a> {
-        relayed(lab).option(&format!("ControlPath={}", self.path.display()))
-    }
-}
-
-impl Drop for Master {
-    fn drop(&mut self) {
-        let _ = self.proc.terminate(Duration::from_secs(5));
-    }
+    ssh.control_master(&lab.dir().join("cm.sock"))
 }
 
 /// Four channels of one connection, each echoing 256 MiB both ways at once.
@@ -180,19 +154,13 @@ fn four_channels_on_one_connection() {
         let (_sshd, gw) = start(lab, SshdConfig::gateway(), GatewayConfig::default())?;
         let (input, digest) = bulk_input(lab)?;
         let _busy = BusyCore::start(lab)?;
-        let master = Master::start(lab, &[])?;
+        let (_master, join) = master(lab, &[])?;
         let outputs: Vec<PathBuf> = (0..4)
             .map(|i| lab.dir().join(format!("channel-{i}.out")))
             .collect();
         let procs = outputs
             .iter()
-            .map(|out| {
-                master
-                    .join(lab)
-                    .stdin_file(&input)
-                    .stdout_file(out)
-                    .spawn("cat")
-            })
+            .map(|out| join().stdin_file(&input).stdout_file(out).spawn("cat"))
             .collect::<Result<Vec<_>>>()?;
         let watched: Vec<&Path> = outputs.iter().map(PathBuf::as_path).collect();
         let running: Vec<&sshgw_tests::Proc> = procs.iter().collect();
@@ -234,13 +202,11 @@ fn slow_reader_does_not_stall_its_connection() {
         let cfg = GatewayConfig::default().ssh("keepalive_secs = 1");
         let (_sshd, gw) = start(lab, sshd, cfg)?;
         let _busy = BusyCore::start(lab)?;
-        let master = Master::start(lab, &["ServerAliveInterval=1", "ServerAliveCountMax=3"])?;
+        let (master, join) = master(lab, &["ServerAliveInterval=1", "ServerAliveCountMax=3"])?;
 
         // Channel A: the server streams, and nobody reads for now.
         let home = lab.user_home("jdoe");
-        let mut a = master
-            .join(lab)
-            .command("head -c 268435456 /dev/urandom | tee slow.bin");
+        let mut a = join().command("head -c 268435456 /dev/urandom | tee slow.bin");
         let (a_proc, _a_in, mut a_out) = lab.procs().spawn_piped("slow reader", &mut a)?;
         let mut first = vec![0u8; 1024 * 1024];
         std::io::Read::read_exact(&mut a_out, &mut first)?;
@@ -250,7 +216,7 @@ fn slow_reader_does_not_stall_its_connection() {
         let b_input = lab.dir().join("b.bin");
         files::random_file(lab, &b_input, 64 * 1024 * 1024, FILE_TIMEOUT)?;
         let b_digest = files::sha256(lab, &b_input, FILE_TIMEOUT)?;
-        cat_both_ways(lab, &gw, master.join(lab), &b_input, &b_digest, "channel B")?;
+        cat_both_ways(lab, &gw, join(), &b_input, &b_digest, "channel B")?;
         let held = sshgw_tests::stress::metric(&gw, "sshgw_relay_queued_bytes")?;
         ensure!(
             held <= window_bound(4),
@@ -292,9 +258,9 @@ fn slow_reader_does_not_stall_its_connection() {
             FILE_TIMEOUT,
         )?;
         ensure!(
-            master.proc.is_running(),
+            master.is_running(),
             "the master connection died: {}",
-            master.proc.log_text()
+            master.log_text()
         );
         Ok(())
     });
@@ -363,12 +329,12 @@ fn sftp_put_and_get_at_once() {
             None,
         )?;
         let _busy = BusyCore::start(lab)?;
-        let master = Master::start(lab, &[])?;
+        let (_master, join) = master(lab, &[])?;
         let fetched = lab.dir().join("fetched.bin");
         let sftp = |batch: String, name: &str| -> Result<sshgw_tests::Proc> {
             let file = lab.dir().join(name);
             std::fs::write(&file, batch)?;
-            let ssh = master.join(lab);
+            let ssh = join();
             let mut cmd = ssh.tool_command("sftp", "-P");
             cmd.arg("-b").arg(&file).arg(ssh.destination());
             lab.procs().spawn(name, &mut cmd)

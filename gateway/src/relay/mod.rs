@@ -427,10 +427,13 @@ pub async fn serve(
         () = kill.notified() => {
             let message = tracker.kill_reason();
             tracing::info!(session = %info.id, reason = %message, "session killed");
-            let reason = if message == crate::sessions::live::ADMIN_KILL {
-                "admin kill".to_string()
-            } else {
-                "gateway shutdown".to_string()
+            let reason = match message.as_str() {
+                crate::sessions::live::ADMIN_KILL => "admin kill".to_string(),
+                m if m.contains("shutting down") || m.contains("restarting") => {
+                    "gateway shutdown".to_string()
+                }
+                // Ended by the gateway for a reason of its own (its log cannot be written).
+                m => format!("error: {}", m.strip_prefix("sshgw: ").unwrap_or(m)),
             };
             end_with(message).await;
             let _ = running.as_mut().await;

@@ -163,17 +163,15 @@ pub async fn sweep(stall_after: Duration) -> usize {
     found
 }
 
-/// Runs the watchdog for the life of the daemon.
-pub fn spawn(stall_after: Duration) -> tokio::task::JoinHandle<()> {
+/// Runs the watchdog for the life of the daemon (it never returns).
+pub async fn watch(stall_after: Duration) {
     let period = (stall_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            sweep(stall_after).await;
-        }
-    })
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sweep(stall_after).await;
+    }
 }
 
 #[cfg(test)]
