@@ -70,8 +70,19 @@
 //! under `read_only` / `max_upload_bytes` it fails closed (`close` is set, nothing more is
 //! forwarded). Memory per channel is bounded: [`sftp::MAX_BUFFERED`] bytes of packet prefix,
 //! [`sftp::MAX_HANDLES`] handles, [`sftp::MAX_PENDING`] unanswered requests and
-//! [`sftp::MAX_TRACKED_BYTES`] of their paths; past a table cap, reporting stops (flagged as
-//! well) while the rules keep being enforced, as they depend on the framing only.
+//! [`sftp::MAX_TRACKED_BYTES`] of their paths.
+//!
+//! # Integrity of the SFTP log
+//!
+//! Every request forwarded is followed until its reply, so the log can never attribute one
+//! operation to another: a request reusing the id of one still awaiting its reply, a handle
+//! the server returns while it is still open, a reply to no request (or a HANDLE or DATA
+//! reply to the wrong kind of request) is a protocol violation. It is reported at once, as
+//! an event with op `protocol violation` (path and target: the two requests or files
+//! concerned; the status says what happened). Past a table cap, an event with op
+//! `tracking stopped` names the cap. Either way, under `read_only` / `max_upload_bytes` the
+//! channel is closed (`close`; nothing more is forwarded); under plain `allow` the stream
+//! keeps flowing and nothing more is reported for the channel (never a wrong attribution).
 
 mod forward;
 pub mod scp;
@@ -161,9 +172,16 @@ pub struct ScpFile {
     /// `file`, `dir`, `error` (a message sent instead of a file or acknowledgement, in
     /// `status_text`) or `refused` (the whole transfer was refused by the rules).
     pub op: &'static str,
-    /// The name the protocol carries, under the directories (`D` records) it is in; relative
-    /// to the command's path (see [`scp::ScpCommand::paths`]).
+    /// Downloads: the name the protocol carries, under the directories (`D` records) it is
+    /// in, relative to the command's path (see [`scp::ScpCommand::paths`]). Uploads: what
+    /// the server writes, as far as the gateway can tell: `TARGET/name` when the target
+    /// (`scp -t TARGET`) is surely a directory (`-d`, `.`, a trailing `/`), otherwise
+    /// `TARGET` as given (the server writes there, or to `TARGET/name` when it is an
+    /// existing directory: only the server knows).
     pub path: String,
+    /// Uploads: the name the client's record carries (the source's name), under the
+    /// directories it is in. `None` for downloads.
+    pub name: Option<String>,
     /// The size the record announced.
     pub size: u64,
     /// The permission bits the record announced.

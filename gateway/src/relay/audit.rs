@@ -241,7 +241,7 @@ impl ProgramTap {
                         protocol: "scp".into(),
                         op: format!("{} {}", file.direction.as_str(), file.op),
                         path: file.path,
-                        target: None,
+                        target: file.name,
                         flags: Some(format!("size={},mode={:04o}", file.size, file.mode)),
                         bytes_read: if upload { 0 } else { file.bytes },
                         bytes_written: if upload { file.bytes } else { 0 },
