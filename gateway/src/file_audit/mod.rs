@@ -1,5 +1,6 @@
-//! File-transfer audit and transfer rules for relayed `sftp` subsystem channels and legacy
-//! scp (`exec scp -t …` / `scp -f …`) channels.
+//! File-transfer audit and transfer rules for relayed SFTP channels (the `sftp` subsystem,
+//! or an exec of an sftp-server binary) and legacy scp (`exec scp -t …` / `scp -f …`)
+//! channels, and what an exec runs as far as the audit is concerned ([`exec`]).
 //!
 //! Pure logic: no I/O, no async, no clock, and nothing from the rest of the crate (the fuzz
 //! crate in `gateway/fuzz` compiles this directory on its own through `#[path]`, so keep it
@@ -7,8 +8,9 @@
 //!
 //! # Use
 //!
-//! One auditor per channel: [`SftpAudit`] for an `sftp` subsystem, [`ScpAudit`] for an exec
-//! whose command [`scp::parse_command`] recognises. Every chunk of channel data goes through
+//! One auditor per channel: [`SftpAudit`] for an `sftp` subsystem or an exec that
+//! [`exec::classify`] finds to be an sftp-server, [`ScpAudit`] for an exec whose command
+//! [`scp::parse_command`] recognises. Every chunk of channel data goes through
 //! it before it is forwarded, and each call returns a [`Filtered`]:
 //!
 //! - `from_client(data)` (client → server): send `forward` (in order) to the server, write
@@ -84,6 +86,7 @@
 //! channel is closed (`close`; nothing more is forwarded); under plain `allow` the stream
 //! keeps flowing and nothing more is reported for the channel (never a wrong attribution).
 
+pub mod exec;
 mod forward;
 pub mod scp;
 pub mod sftp;

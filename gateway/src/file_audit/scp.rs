@@ -127,7 +127,7 @@ pub fn parse_command(command: &str) -> Option<ScpCommand> {
 
 /// Splits a command line into words like a POSIX shell; `None` for anything beyond plain
 /// words (operators, expansions, comments) and for unterminated quotes.
-fn shell_words(s: &str) -> Option<Vec<String>> {
+pub(super) fn shell_words(s: &str) -> Option<Vec<String>> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
