@@ -411,3 +411,118 @@ fn an_sftp_tracking_cap_is_logged_at_once_or_closes_the_channel() {
         Ok(())
     });
 }
+
+/// Kills, when dropped, the mosh-server processes left in the lab's server namespace: the
+/// ones this test's own sessions started (a detached mosh-server outlives its SSH channel).
+struct MoshServers<'a>(&'a Lab);
+
+impl MoshServers<'_> {
+    fn pids(&self) -> Result<Vec<i32>> {
+        Ok(self
+            .0
+            .srv
+            .pids()?
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "mosh-server")
+            })
+            .collect())
+    }
+
+    fn kill(&self) {
+        for pid in self.pids().unwrap_or_default() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+}
+
+impl Drop for MoshServers<'_> {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `'arg' 'arg' …` for a command line that is split like a shell would.
+fn shell_quoted(args: &[String]) -> String {
+    args.iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Clients B1: mosh's SSH exec only starts mosh-server; the terminal session then runs over
+/// UDP, which sshgw never sees. Refused by default, with a message naming the policy, and no
+/// mosh-server runs (the real mosh client's bootstrap); allowed explicitly, it runs and the
+/// session log says that it handed the session over.
+#[test]
+fn mosh_is_refused_unless_the_policy_allows_it() {
+    lab_test(|lab| {
+        let _sshd = lab.start_sshd_with(SshdConfig::gateway())?;
+        let mut gw = lab.gateway_with(GatewayConfig::default().policies(policy_with(json!({}))))?;
+        gw.start()?;
+        let servers = MoshServers(lab);
+
+        let ssh = relayed(lab);
+        let mut cmd = lab.dev.exec_command("mosh");
+        cmd.env("LANG", "C.UTF-8")
+            .arg("--experimental-remote-ip=local")
+            .arg(format!("--ssh=ssh {}", shell_quoted(&ssh.common_args())))
+            .arg(format!("jdoe@{}", V4.audited()));
+        let before = session_ids(&gw)?;
+        let out = lab.procs().run("mosh", &mut cmd, Duration::from_secs(90))?;
+        let refusal = "sshgw: mosh-server is refused by policy \"File audit\" (audit-files): \
+                       sshgw cannot record the mosh session it starts (it runs outside SSH); \
+                       ssh.unrecordable_programs = \"deny\"";
+        // mosh runs ssh with a tty (-tt): the message arrives through it, on stdout.
+        ensure!(
+            !out.success() && format!("{}{}", out.stdout, out.stderr).contains(refusal),
+            "mosh should fail with the refusal: {out:?}"
+        );
+        let running = servers.pids()?;
+        ensure!(running.is_empty(), "mosh-server runs: {running:?}");
+        let s = new_closed_session(&gw, &before)?;
+        ensure!(
+            s["channels"].as_array().into_iter().flatten().any(|c| {
+                str_field(c, "command").is_some_and(|x| x.starts_with("mosh-server"))
+                    && c["exit_status"] == json!(1)
+            }),
+            "the refused exec is a channel with exit status 1: {s:#}"
+        );
+        ensure!(
+            file_ops(&s).iter().any(|o| o["op"] == json!("refused")
+                && o["protocol"] == json!("ssh")
+                && o["denied"] == json!(true)
+                && str_field(o, "status") == Some(refusal)),
+            "{}",
+            ops_text(&s)
+        );
+
+        // Allowed explicitly: it runs, and the log says the session went elsewhere.
+        gw.push_policies(&policy_with(json!({"unrecordable_programs": "allow"})))?;
+        let before = session_ids(&gw)?;
+        let out = relayed(lab).run("mosh-server new -s -l LANG=C.UTF-8")?;
+        ensure!(
+            out.success() && out.stdout.contains("MOSH CONNECT"),
+            "mosh-server should start: {out:?}"
+        );
+        let s = new_closed_session(&gw, &before)?;
+        ensure!(
+            file_ops(&s)
+                .iter()
+                .any(|o| o["op"] == json!("unaudited handoff")
+                    && o["protocol"] == json!("ssh")
+                    && o["path"] == json!("mosh-server new -s -l LANG=C.UTF-8")
+                    && str_field(o, "status")
+                        .is_some_and(|t| t.contains("ssh.unrecordable_programs = \"allow\""))),
+            "{}",
+            ops_text(&s)
+        );
+        ensure!(!servers.pids()?.is_empty(), "the allowed mosh-server runs");
+        servers.kill();
+        Ok(())
+    });
+}
