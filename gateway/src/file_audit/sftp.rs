@@ -718,18 +718,7 @@ impl SftpAudit {
             (FXP_HANDLE, Pending::Open { info, dir }) => {
                 // A handle longer than the prefix read is not followed.
                 let handle = c.string().ok().map(<[u8]>::to_vec);
-                let h = Handle {
-                    path: info.path.clone(),
-                    flags: info.flags.clone(),
-                    dir,
-                    seq: 0,
-                    bytes_read: 0,
-                    bytes_written: 0,
-                };
-                events.push(op_event(info, Some(FX_OK), "ok".into(), false));
-                if let Some(handle) = handle {
-                    self.insert_handle(handle, h);
-                }
+                self.opened(info, dir, handle, events);
             }
             (FXP_DATA, Pending::Read { handle }) => {
                 let len = c.u32().map_err(|_| "truncated DATA".to_string())? as usize;
@@ -752,6 +741,28 @@ impl SftpAudit {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A HANDLE reply to an OPEN or OPENDIR.
+    fn opened(
+        &mut self,
+        info: OpInfo,
+        dir: bool,
+        handle: Option<Vec<u8>>,
+        events: &mut Vec<FileEvent>,
+    ) {
+        let h = Handle {
+            path: info.path.clone(),
+            flags: info.flags.clone(),
+            dir,
+            seq: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+        };
+        events.push(op_event(info, Some(FX_OK), "ok".into(), false));
+        if let Some(handle) = handle {
+            self.insert_handle(handle, h);
+        }
     }
 
     /// A STATUS reply: the end of the operation it answers.

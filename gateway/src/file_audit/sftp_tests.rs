@@ -990,7 +990,9 @@ fn server_violations_stop_the_log_or_close_the_channel() {
         c(close(4, H1)),
         s(status(4, 0, "")),
     ];
-    let cases: [(&[(bool, Vec<u8>)], &str, &str); 3] = [
+    /// A conversation, the violation it must bring, the event just before it (if any).
+    type Case<'a> = (&'a [(bool, Vec<u8>)], &'a str, &'a str);
+    let cases: [Case; 3] = [
         (
             &open_two,
             "protocol violation /secret -> /innocent = none server: handle 00000001 returned \

@@ -379,12 +379,11 @@ impl DeviceSide {
         }
         self.programs.insert(channel);
         {
-            let (kind, command) = match kind {
+            let (kind, command) = match &kind {
                 ChannelKind::Shell => ("shell", None),
-                ChannelKind::Exec { command } => ("exec", Some(command)),
-                ChannelKind::Subsystem { name } => ("subsystem", Some(name)),
+                ChannelKind::Exec { command } => ("exec", Some(command.clone())),
+                ChannelKind::Subsystem { name } => ("subsystem", Some(name.clone())),
             };
-            let noted = admitted.unrecorded.map(|note| (note, command.clone()));
             self.info.tracker.channel_opened(ChannelRecord {
                 channel: u32::from(channel),
                 kind: kind.to_string(),
@@ -396,10 +395,18 @@ impl DeviceSide {
                 recording,
                 env: self.envs.get(&channel).cloned().unwrap_or_default(),
             });
-            let tap = self.channels.get(&channel).and_then(ChannelLink::tap);
-            if let (Some((note, command)), Some(tap)) = (noted, tap) {
-                tap.unrecorded_handoff(&command.unwrap_or_default(), &note);
-            }
+        }
+        if let Some(note) = admitted.unrecorded {
+            self.note_unrecorded(channel, &kind, &note);
+        }
+    }
+
+    /// The program hands the session over to a channel sshgw cannot record (the policy
+    /// allows it): the session log and the recording say so.
+    fn note_unrecorded(&self, channel: ChannelId, kind: &ChannelKind, note: &str) {
+        let tap = self.channels.get(&channel).and_then(ChannelLink::tap);
+        if let (ChannelKind::Exec { command }, Some(tap)) = (kind, tap) {
+            tap.unrecorded_handoff(command, note);
         }
     }
 
