@@ -14,7 +14,6 @@
 //! sftp and rsync:
 //! `SSHGW_BIN=$PWD/target/debug/sshgw cargo test -p sshgw-tests --test file_audit -- --test-threads=2`.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -133,15 +132,6 @@ fn failed_with(out: &SshOutput, needle: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The ids of every session in the log.
-fn session_ids(gw: &Gateway<'_>) -> Result<BTreeSet<String>> {
-    Ok(gw
-        .sessions(&[])?
-        .iter()
-        .filter_map(|s| str_field(s, "id").map(str::to_owned))
-        .collect())
-}
-
 /// Runs `client` (one SSH connection from the enrolled device to the audited server) and
 /// returns its output and its session record (`sessions show ID --json`) once the log has
 /// closed it. Exactly one new session must appear.
@@ -150,7 +140,7 @@ fn with_session<T>(
     what: &str,
     client: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Value)> {
-    let before = session_ids(gw)?;
+    let before = gw.session_ids()?;
     let out = client().with_context(|| what.to_owned())?;
     let dst = format!("{}:22", V4.audited());
     let src = format!("{}:", V4.enrolled());
@@ -163,7 +153,7 @@ fn with_session<T>(
         .context("session without id")?
         .to_owned();
     let record = gw.wait_session_closed(&id, LOG_TIMEOUT)?;
-    let after = session_ids(gw)?;
+    let after = gw.session_ids()?;
     let added: Vec<&String> = after.difference(&before).collect();
     ensure!(
         added.len() == 1,

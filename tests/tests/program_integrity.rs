@@ -222,14 +222,6 @@ fn new_closed_session(gw: &Gateway<'_>, before: &BTreeSet<String>) -> Result<Val
     gw.session(str_field(&session, "id").context("id")?)
 }
 
-fn session_ids(gw: &Gateway<'_>) -> Result<BTreeSet<String>> {
-    Ok(gw
-        .sessions(&[])?
-        .iter()
-        .filter_map(|s| str_field(s, "id").map(str::to_owned))
-        .collect())
-}
-
 fn file_ops(session: &Value) -> Vec<Value> {
     session["file_ops"].as_array().cloned().unwrap_or_default()
 }
@@ -261,7 +253,7 @@ fn a_reused_sftp_request_id_cannot_forge_the_log() {
         let (first, second) = (home.join("dup-secret"), home.join("dup-innocent"));
         let (first_p, second_p) = (first.to_string_lossy(), second.to_string_lossy());
 
-        let before = session_ids(&gw)?;
+        let before = gw.session_ids()?;
         let out = rawssh(lab, &["sftp-dup-id", &first_p, &second_p])?;
         eprintln!("sshgw-rawssh (allow):\n{out}");
         let s = new_closed_session(&gw, &before)?;
@@ -294,7 +286,7 @@ fn a_reused_sftp_request_id_cannot_forge_the_log() {
         // Under rules (an upload limit the write stays under), the channel closes.
         gw.push_policies(&policy_with(json!({"max_upload_bytes": 1000})))?;
         let (first, second) = (home.join("dup-secret-2"), home.join("dup-innocent-2"));
-        let before = session_ids(&gw)?;
+        let before = gw.session_ids()?;
         let out = rawssh(
             lab,
             &[
@@ -344,7 +336,7 @@ fn an_sftp_tracking_cap_is_logged_at_once_or_closes_the_channel() {
             ]
         };
 
-        let before = session_ids(&gw)?;
+        let before = gw.session_ids()?;
         let mut cmd = lab.dev.exec_command(env!("CARGO_BIN_EXE_sshgw-rawssh"));
         cmd.arg(V4.audited().to_string())
             .arg("jdoe")
@@ -472,7 +464,7 @@ fn mosh_is_refused_unless_the_policy_allows_it() {
             .arg("--experimental-remote-ip=local")
             .arg(format!("--ssh=ssh {}", shell_quoted(&ssh.common_args())))
             .arg(format!("jdoe@{}", V4.audited()));
-        let before = session_ids(&gw)?;
+        let before = gw.session_ids()?;
         let out = lab.procs().run("mosh", &mut cmd, Duration::from_secs(90))?;
         let refusal = "sshgw: mosh-server is refused by policy \"File audit\" (audit-files): \
                        sshgw cannot record the mosh session it starts (it runs outside SSH); \
@@ -503,7 +495,7 @@ fn mosh_is_refused_unless_the_policy_allows_it() {
 
         // Allowed explicitly: it runs, and the log says the session went elsewhere.
         gw.push_policies(&policy_with(json!({"unrecordable_programs": "allow"})))?;
-        let before = session_ids(&gw)?;
+        let before = gw.session_ids()?;
         let out = relayed(lab).run("mosh-server new -s -l LANG=C.UTF-8")?;
         ensure!(
             out.success() && out.stdout.contains("MOSH CONNECT"),

@@ -21,7 +21,7 @@
 //!   times, pipelined, each time spelled as a different path of about 4,000 bytes
 //!   (`DIR/././…/NAME`), and keeps every handle open. Prints `opened N` (the handles
 //!   received), or `channel closed`. Then prints `waiting`, reads one line from stdin, and
-//!   uploads 5 bytes to UPLOAD: `upload: open handle|status N`, `write: …`, `close: …`.
+//!   uploads 5 bytes to UPLOAD as `second-program` does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,6 +182,21 @@ async fn sftp_init(ch: &mut russh::Channel<client::Msg>, reader: &mut SftpReader
     Ok(reader.next(ch).await?.is_some())
 }
 
+/// Starts the `sftp` subsystem and SFTP on the channel; `None` (after printing `channel
+/// closed`) if the gateway closed it.
+async fn start_sftp(ch: &mut russh::Channel<client::Msg>) -> Result<Option<SftpReader>> {
+    ch.request_subsystem(true, "sftp").await?;
+    if reply(ch).await? != Some(true) {
+        bail!("the sftp subsystem was refused");
+    }
+    let mut reader = SftpReader { buf: Vec::new() };
+    if !sftp_init(ch, &mut reader).await? {
+        println!("channel closed");
+        return Ok(None);
+    }
+    Ok(Some(reader))
+}
+
 async fn second_program(
     ch: &mut russh::Channel<client::Msg>,
     first: &str,
@@ -200,30 +215,7 @@ async fn second_program(
         println!("channel closed");
         return Ok(());
     }
-    ch.data_bytes(sftp::open(1, path)).await?;
-    let Some((kind, _, rest)) = reader.next(ch).await? else {
-        println!("channel closed");
-        return Ok(());
-    };
-    println!("open: {}", describe(kind, &rest));
-    if kind != sftp::HANDLE {
-        return Ok(());
-    }
-    let handle = handle_of(&rest);
-    for (label, packet) in [
-        ("write", sftp::write(2, &handle, b"owned")),
-        ("close", sftp::close(3, &handle)),
-    ] {
-        ch.data_bytes(packet).await?;
-        match reader.next(ch).await? {
-            Some((kind, _, rest)) => println!("{label}: {}", describe(kind, &rest)),
-            None => {
-                println!("channel closed");
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
+    upload(ch, &mut reader, path, 1).await
 }
 
 async fn sftp_dup_id(
@@ -231,15 +223,9 @@ async fn sftp_dup_id(
     first: &str,
     second: &str,
 ) -> Result<()> {
-    ch.request_subsystem(true, "sftp").await?;
-    if reply(ch).await? != Some(true) {
-        bail!("the sftp subsystem was refused");
-    }
-    let mut reader = SftpReader { buf: Vec::new() };
-    if !sftp_init(ch, &mut reader).await? {
-        println!("channel closed");
+    let Some(mut reader) = start_sftp(ch).await? else {
         return Ok(());
-    }
+    };
     let mut both = sftp::open(7, first);
     both.extend_from_slice(&sftp::open(7, second));
     ch.data_bytes(both).await?;
@@ -276,25 +262,27 @@ fn long_spelling(path: &str, n: usize) -> Result<String> {
     Ok(format!("{dir}/{}{name}", "./".repeat(n)))
 }
 
-/// Writes 5 bytes to `path` over SFTP, printing each reply.
+/// Writes 5 bytes to `path` over SFTP with request ids from `id` on, printing each reply
+/// (`open: handle|status N`, `write: …`, `close: …`), or `channel closed`.
 async fn upload(
     ch: &mut russh::Channel<client::Msg>,
     reader: &mut SftpReader,
     path: &str,
+    id: u32,
 ) -> Result<()> {
-    ch.data_bytes(sftp::open(1_000_000, path)).await?;
+    ch.data_bytes(sftp::open(id, path)).await?;
     let Some((kind, _, rest)) = reader.next(ch).await? else {
         println!("channel closed");
         return Ok(());
     };
-    println!("upload: open {}", describe(kind, &rest));
+    println!("open: {}", describe(kind, &rest));
     if kind != sftp::HANDLE {
         return Ok(());
     }
     let handle = handle_of(&rest);
     for (label, packet) in [
-        ("write", sftp::write(1_000_001, &handle, b"after")),
-        ("close", sftp::close(1_000_002, &handle)),
+        ("write", sftp::write(id + 1, &handle, b"owned")),
+        ("close", sftp::close(id + 2, &handle)),
     ] {
         ch.data_bytes(packet).await?;
         match reader.next(ch).await? {
@@ -314,15 +302,9 @@ async fn sftp_many_handles(
     count: usize,
     upload_path: &str,
 ) -> Result<()> {
-    ch.request_subsystem(true, "sftp").await?;
-    if reply(ch).await? != Some(true) {
-        bail!("the sftp subsystem was refused");
-    }
-    let mut reader = SftpReader { buf: Vec::new() };
-    if !sftp_init(ch, &mut reader).await? {
-        println!("channel closed");
+    let Some(mut reader) = start_sftp(ch).await? else {
         return Ok(());
-    }
+    };
     let mut opens = Vec::new();
     for i in 0..count {
         let path = long_spelling(file, 1900 + i % 50)?;
@@ -344,7 +326,7 @@ async fn sftp_many_handles(
     println!("waiting");
     let mut line = String::new();
     tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
-    upload(ch, &mut reader, upload_path).await
+    upload(ch, &mut reader, upload_path, count as u32).await
 }
 
 async fn data_first(ch: &mut russh::Channel<client::Msg>, command: &str) -> Result<()> {
