@@ -298,7 +298,8 @@ impl DeviceSide {
         self.info.tracker.channel_opened(ChannelRecord {
             channel: number,
             kind: kind_name.to_string(),
-            command: Some(command.clone()),
+            // A shell has no command line (as when it runs).
+            command: (kind_name != "shell").then(|| command.clone()),
             started_at: now,
             ended_at: None,
             exit_status: None,
