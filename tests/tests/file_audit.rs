@@ -1432,6 +1432,14 @@ fn scp_uploads_log_the_file_written() {
             },
             "a libssh2 scp upload",
         )?;
+        // The server's scp never got the final status byte: it exits 1, relayed as is.
+        ensure!(
+            channels(&s).iter().any(|c| {
+                str_field(c, "command").is_some_and(|x| x.starts_with("scp -t"))
+                    && c["exit_status"].as_u64() == Some(1)
+            }),
+            "the scp -t channel of curl's upload: {s:#}"
+        );
         Ok(())
     });
 }
