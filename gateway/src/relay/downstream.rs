@@ -437,25 +437,69 @@ impl DeviceSide {
     }
 }
 
+/// The methods offered to devices, in the order clients should try them: `publickey`
+/// (any key the client can sign with; OpenSSH and PuTTY try their keys and agents
+/// first), then `keyboard-interactive` (accepted at once, no prompt).
+pub(super) fn device_auth_methods() -> russh::MethodSet {
+    russh::MethodSet::from(
+        &[
+            russh::MethodKind::PublicKey,
+            russh::MethodKind::KeyboardInteractive,
+        ][..],
+    )
+}
+
 impl server::Handler for DeviceSide {
     type Error = russh::Error;
 
-    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
-        Ok(self.authorize(user).await)
+    /// `none` is refused: clients such as PuTTY take a `none` success for a "trivial"
+    /// login (a spoofing risk they warn about or refuse) and libssh 0.10 clients ignore it.
+    /// The refusal is immediate (`auth_rejection_time_initial`) and lists the methods
+    /// below, which every client completes without asking its user for anything.
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(device_auth_methods()),
+            partial_success: false,
+        })
     }
 
+    /// Not offered (it would make clients prompt), but a client that sends one anyway
+    /// (paramiko with a dummy password) is let in; the password is discarded unread.
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
         Ok(self.authorize(user).await)
     }
 
+    /// Any key is welcome to be proven: the key is not an identity (that comes from the
+    /// tunnel address), but a signature makes the login non-trivial for the client.
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _offer: server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(Auth::Accept)
+    }
+
+    /// Called once russh verified the client's signature with the offered key.
     async fn auth_publickey(
         &mut self,
         user: &str,
-        _key: server::VerifiedPublicKey<'_>,
+        key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        tracing::debug!(session = %self.info.id, key = %key.public_key.fingerprint(russh::keys::HashAlg::Sha256), "device proved a key (not used as identity)");
+        Ok(self.authorize(user).await)
+    }
+
+    /// A user certificate the client proved it holds the key of; like a plain key, it
+    /// only shows that the client signed (its CA and principals are not checked).
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        _certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
         Ok(self.authorize(user).await)
     }
 
+    /// Clients without a key end here: accepted at once, with no prompt and no text.
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
         user: &str,

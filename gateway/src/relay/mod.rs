@@ -174,7 +174,9 @@ impl RelayContext {
             ),
             keys: vec![self.authorities.host_key().clone()],
             certificates: vec![certificate],
-            // OpenSSH probes with "none" first; it is accepted, so nothing waits.
+            // No `none` (see `auth_none`): a key the client proves, else keyboard-interactive
+            // without prompts. The `none` probe's refusal is immediate.
+            methods: downstream::device_auth_methods(),
             auth_rejection_time: Duration::from_secs(1),
             auth_rejection_time_initial: Some(Duration::ZERO),
             inactivity_timeout: None,
