@@ -167,13 +167,14 @@ impl Permissions {
 
 impl RelayContext {
     fn server_config(&self, dst: IpAddr) -> Result<Arc<server::Config>> {
-        let certificate = self.host_certs.get(dst)?;
+        // The destination's own host key, and the host certificate for it.
+        let identity = self.host_certs.get(dst)?;
         Ok(Arc::new(server::Config {
             server_id: SshId::Standard(
                 format!("SSH-2.0-sshgw_{}", env!("CARGO_PKG_VERSION")).into(),
             ),
-            keys: vec![self.authorities.host_key().clone()],
-            certificates: vec![certificate],
+            keys: vec![identity.key],
+            certificates: vec![identity.certificate],
             // No `none` (see `auth_none`): a key the client proves, else keyboard-interactive
             // without prompts. The `none` probe's refusal is immediate.
             methods: downstream::device_auth_methods(),
