@@ -27,6 +27,11 @@ use crate::{
     sessions::{ChannelRecord, FileOpRecord, now_micros},
 };
 
+/// What the user sees (on stderr) the first time a connection asks for agent forwarding
+/// that the policy does not allow.
+const AGENT_REFUSED: &str =
+    "sshgw: agent forwarding (-A) is not allowed to this server; no agent is forwarded\r\n";
+
 /// Longest wait for the server's answer to a channel request before failing it.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,6 +51,8 @@ pub struct DeviceSide {
     programs: std::collections::HashSet<ChannelId>,
     /// The Unix login, once authorized.
     login: Option<String>,
+    /// Whether the user was told that agent forwarding is refused (once per connection).
+    agent_refusal_told: bool,
 }
 
 impl DeviceSide {
@@ -68,6 +75,7 @@ impl DeviceSide {
             ptys: HashMap::new(),
             programs: Default::default(),
             login: None,
+            agent_refusal_told: false,
         }
     }
 
@@ -652,6 +660,7 @@ impl server::Handler for DeviceSide {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        tracing::info!(session = %self.info.id, channel = %channel, "refused X11 forwarding (-X): always refused");
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -759,10 +768,16 @@ impl server::Handler for DeviceSide {
     async fn agent_request(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
         if !self.bridge.agent_forwarding {
             tracing::info!(session = %self.info.id, "refused agent forwarding: disabled");
+            // OpenSSH asks without wanting a reply and prints nothing on a refusal: one
+            // line on the channel's stderr tells the user why `ssh-add -l` finds no agent.
+            if !self.agent_refusal_told {
+                self.agent_refusal_told = true;
+                let _ = session.extended_data(channel, 1, AGENT_REFUSED.as_bytes().to_vec());
+            }
             return Ok(false);
         }
         let Some(link) = self.channels.get(&channel) else {
