@@ -387,10 +387,21 @@ pub async fn serve(
     finish(&info, &reason);
 }
 
+/// How the session loop reports a device that closed TCP without a disconnect message.
+const EARLY_EOF: &str = "error: early eof";
+
 /// Closes the session record (a refusal's reason wins over how the socket ended) and
 /// emits it as the structured `session closed` event.
 fn finish(info: &ConnectionInfo, reason: &str) {
     let failure = info.failure.lock().expect("failure lock poisoned").clone();
+    // PuTTY, Dropbear, paramiko and libssh end a session by closing the TCP connection
+    // after their channels closed, without SSH_MSG_DISCONNECT: that is the client's normal
+    // exit. Only an EOF while a program still runs is an error.
+    let reason = if reason == EARLY_EOF && !info.tracker.has_open_channel() {
+        "client"
+    } else {
+        reason
+    };
     let record = info.tracker.close(failure.as_deref().unwrap_or(reason));
     crate::metrics::METRICS.session_closed(record.bytes_from_client, record.bytes_from_server);
     tracing::info!(

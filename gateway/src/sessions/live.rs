@@ -239,6 +239,17 @@ impl Tracker {
         });
     }
 
+    /// Whether a channel's program (shell, exec, subsystem) is still running.
+    pub fn has_open_channel(&self) -> bool {
+        self.entry
+            .record
+            .lock()
+            .expect("session lock poisoned")
+            .channels
+            .iter()
+            .any(|c| c.ended_at.is_none())
+    }
+
     /// Logs a file operation. The live record keeps only the first [`LIVE_FILE_OPS`] (a
     /// long SFTP session would otherwise grow it, and every snapshot clones it); the store
     /// has them all.
