@@ -53,6 +53,8 @@ pub struct DeviceSide {
     login: Option<String>,
     /// Whether the user was told that agent forwarding is refused (once per connection).
     agent_refusal_told: bool,
+    /// Whether this client gets `publickey`/`keyboard-interactive` instead of `none`.
+    refuse_none: bool,
 }
 
 impl DeviceSide {
@@ -76,6 +78,7 @@ impl DeviceSide {
             programs: Default::default(),
             login: None,
             agent_refusal_told: false,
+            refuse_none: false,
         }
     }
 
@@ -445,9 +448,38 @@ impl DeviceSide {
     }
 }
 
-/// The methods offered to devices, in the order clients should try them: `publickey`
-/// (any key the client can sign with; OpenSSH and PuTTY try their keys and agents
-/// first), then `keyboard-interactive` (accepted at once, no prompt).
+/// Whether a client (by its identification string) must not be logged in with `none`:
+/// PuTTY and the programs built on it (WinSCP, FileZilla) call such a login "trivial" (a
+/// spoofing risk: `-no-trivial-auth` refuses it, and interactive plink pauses with "Access
+/// granted. Press Return to begin session."); Dropbear's `DisableTrivialAuth` refuses it;
+/// libssh before 0.11 is used by programs that ignore a `none` success (yafc).
+pub(super) fn refuses_none(id: &[u8]) -> bool {
+    let id = String::from_utf8_lossy(id);
+    let software = id
+        .strip_prefix("SSH-2.0-")
+        .or_else(|| id.strip_prefix("SSH-1.99-"))
+        .unwrap_or_default()
+        .split(' ')
+        .next()
+        .unwrap_or_default();
+    let trivial_checkers = ["PuTTY", "WinSCP", "FileZilla", "dropbear"];
+    if trivial_checkers.iter().any(|p| software.starts_with(p)) {
+        return true;
+    }
+    // "libssh_0.10.6", "libssh-0.6.3": minor versions before 11.
+    let Some(version) = software
+        .strip_prefix("libssh_")
+        .or_else(|| software.strip_prefix("libssh-"))
+    else {
+        return false;
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(0)), Some(Some(minor))) if minor < 11)
+}
+
+/// The methods offered to devices whose `none` is refused, in the order clients try them:
+/// `publickey` (any key the client can sign with, from an agent or a key file), then
+/// `keyboard-interactive` (accepted at once, no prompt).
 pub(super) fn device_auth_methods() -> russh::MethodSet {
     russh::MethodSet::from(
         &[
@@ -460,15 +492,24 @@ pub(super) fn device_auth_methods() -> russh::MethodSet {
 impl server::Handler for DeviceSide {
     type Error = russh::Error;
 
-    /// `none` is refused: clients such as PuTTY take a `none` success for a "trivial"
-    /// login (a spoofing risk they warn about or refuse) and libssh 0.10 clients ignore it.
-    /// The refusal is immediate (`auth_rejection_time_initial`) and lists the methods
-    /// below, which every client completes without asking its user for anything.
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::Reject {
-            proceed_with_methods: Some(device_auth_methods()),
-            partial_success: false,
-        })
+    fn client_identified(&mut self, id: &[u8]) {
+        self.refuse_none = refuses_none(id);
+        tracing::debug!(session = %self.info.id, client = %String::from_utf8_lossy(id), refuse_none = self.refuse_none, "device client identified");
+    }
+
+    /// `none` logs in clients that handle it (OpenSSH, whose BatchMode turns off every
+    /// other method a keyless user has; asyncssh, paramiko, libssh2, libssh ≥ 0.11). It is
+    /// refused for clients that take a `none` success for a "trivial" login or mishandle
+    /// it (see [`refuses_none`]): immediately (`auth_rejection_time_initial`), listing the
+    /// methods below, which they complete without asking their user for anything.
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        if self.refuse_none {
+            return Ok(Auth::Reject {
+                proceed_with_methods: Some(device_auth_methods()),
+                partial_success: false,
+            });
+        }
+        Ok(self.authorize(user).await)
     }
 
     /// Not offered (it would make clients prompt), but a client that sends one anyway
@@ -831,6 +872,38 @@ impl server::Handler for DeviceSide {
                 Ok(s.cancel_tcpip_forward(address, port).await.is_ok())
             }
             _ => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuses_none;
+
+    #[test]
+    fn none_is_refused_only_for_trivial_auth_checkers_and_old_libssh() {
+        for id in [
+            "SSH-2.0-PuTTY_Release_0.78",
+            "SSH-2.0-PuTTY_Local:_Dec_4_2026",
+            "SSH-2.0-WinSCP_release_6.3.5",
+            "SSH-2.0-FileZilla_3.67.0",
+            "SSH-2.0-dropbear_2022.83",
+            "SSH-2.0-libssh_0.10.6",
+            "SSH-2.0-libssh-0.6.3",
+        ] {
+            assert!(refuses_none(id.as_bytes()), "{id}");
+        }
+        for id in [
+            "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u10",
+            "SSH-2.0-AsyncSSH_2.24.1",
+            "SSH-2.0-paramiko_5.0.0",
+            "SSH-2.0-libssh2_1.10.0",
+            "SSH-2.0-libssh_0.12.0",
+            "SSH-2.0-Go",
+            "SSH-2.0-",
+            "garbage",
+        ] {
+            assert!(!refuses_none(id.as_bytes()), "{id}");
         }
     }
 }

@@ -175,8 +175,8 @@ impl RelayContext {
             ),
             keys: vec![identity.key],
             certificates: vec![identity.certificate],
-            // No `none` (see `auth_none`): a key the client proves, else keyboard-interactive
-            // without prompts. The `none` probe's refusal is immediate.
+            // Listed when `none` is refused (see `auth_none`): a key the client proves, else
+            // keyboard-interactive without prompts. That refusal is immediate.
             methods: downstream::device_auth_methods(),
             auth_rejection_time: Duration::from_secs(1),
             auth_rejection_time_initial: Some(Duration::ZERO),
