@@ -438,6 +438,7 @@ impl DeviceSide {
                     self.bridge.traffic.clone(),
                 );
                 self.channels.insert(id, link);
+                self.info.tracker.device_channel_opened(u32::from(id));
             }
             Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
         }
@@ -655,7 +656,9 @@ impl server::Handler for DeviceSide {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.remove(&channel);
+        if self.channels.remove(&channel).is_some() {
+            self.info.tracker.device_channel_closed(u32::from(channel));
+        }
         self.ptys.remove(&channel);
         self.programs.remove(&channel);
         Ok(())

@@ -387,17 +387,21 @@ pub async fn serve(
     finish(&info, &reason);
 }
 
-/// How the session loop reports a device that closed TCP without a disconnect message.
-const EARLY_EOF: &str = "error: early eof";
+/// How the session loop reports a device that closed TCP without a disconnect message:
+/// an orderly close, and a close with unread data in the socket (a reset).
+const SOCKET_CLOSED: &[&str] = &[
+    "error: early eof",
+    "error: Connection reset by peer (os error 104)",
+];
 
 /// Closes the session record (a refusal's reason wins over how the socket ended) and
 /// emits it as the structured `session closed` event.
 fn finish(info: &ConnectionInfo, reason: &str) {
     let failure = info.failure.lock().expect("failure lock poisoned").clone();
-    // PuTTY, Dropbear, paramiko and libssh end a session by closing the TCP connection
-    // after their channels closed, without SSH_MSG_DISCONNECT: that is the client's normal
-    // exit. Only an EOF while a program still runs is an error.
-    let reason = if reason == EARLY_EOF && !info.tracker.has_open_channel() {
+    // PuTTY, Dropbear, paramiko and libssh end a session by closing (or resetting) the
+    // TCP connection after their channels closed, without SSH_MSG_DISCONNECT: that is the
+    // client's normal exit. Only the same while the device has a channel open is an error.
+    let reason = if SOCKET_CLOSED.contains(&reason) && !info.tracker.has_open_device_channel() {
         "client"
     } else {
         reason
