@@ -56,7 +56,9 @@ struct KnownClientRequests;
 
 impl<S: Subscriber> Layer<S> for KnownClientRequests {
     fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
-        let meta = event.metadata();
+        // russh logs through `log`: such a record's real target is in its fields.
+        let normalized = tracing_log::NormalizeEvent::normalized_metadata(event);
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         if *meta.level() != Level::WARN || !meta.target().starts_with("russh::server") {
             return true;
         }
@@ -110,6 +112,15 @@ mod tests {
             .with(KnownClientRequests);
         tracing::subscriber::with_default(subscriber, || {
             let putty = "simple@putty.projects.tartarus.org";
+            // As russh emits it: a `log` record, converted by tracing-log.
+            tracing_log::format_trace(
+                &log::Record::builder()
+                    .level(log::Level::Warn)
+                    .target("russh::server::encrypted")
+                    .args(format_args!("unknown channel request {putty}"))
+                    .build(),
+            )
+            .unwrap();
             tracing::warn!(target: "russh::server::encrypted", "unknown channel request {putty}");
             let other = "evil@example.com";
             tracing::warn!(target: "russh::server::encrypted", "unknown channel request {other}");
