@@ -584,3 +584,58 @@ fn curl_libssh2_sftp_and_scp() {
         Ok(())
     });
 }
+
+/// yafc 1.3.7 (libssh 0.10.6) ignores a `none` success and then failed with
+/// "Authentication failed: "; with `none` refused for libssh ≤ 0.10 it logs in with
+/// keyboard-interactive (no key, no prompt), checks the plain pin and uploads over SFTP.
+#[test]
+fn yafc_libssh_0_10_over_sftp() {
+    lab_test(|lab| {
+        let (_sshd, gw) = start(lab)?;
+        let pins = clients::plain_pins(lab, &[V4.audited()])?;
+        let home = clients::pinned_home(lab, "yafc", &pins)?;
+        let (dir, file) = payload(lab)?;
+        let before = session_ids(&gw)?;
+        let commands = dir.join("yafc-commands");
+        fs::write(
+            &commands,
+            format!("put -o yafc-up.bin {}\nquit\n", file.display()),
+        )?;
+        // libssh 0.10 finds known_hosts through the passwd entry, not $HOME: the client's
+        // home is bind-mounted over /root in a mount namespace of its own.
+        let mut term = clients::dev_command(lab, &home, "unshare");
+        term.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$HOME\" /root && exec script -qec \"$1\" /dev/null",
+            "yafc",
+            &format!("yafc -n -q sftp://jdoe@{}/", V4.audited()),
+        ]);
+        let out = lab.procs().run_io(
+            "yafc on a terminal",
+            &mut term,
+            clients::CLIENT_TIMEOUT,
+            &sshgw_tests::Io {
+                stdin: Some(commands),
+                stdout: None,
+            },
+        )?;
+        ensure!(
+            !out.stdout.contains("Authentication failed"),
+            "yafc: {out:?}"
+        );
+        files::same_file(
+            lab,
+            &file,
+            &lab.user_home("jdoe").join("yafc-up.bin"),
+            "yafc",
+            FILE_TIMEOUT,
+        )?;
+        let sessions = closed_since(&gw, &before)?;
+        all_client_closes(&sessions, "yafc")?;
+        Ok(())
+    });
+}

@@ -33,6 +33,8 @@ pub const APT_PACKAGES: &[&str] = &[
 pub const CLIENT_APT_PACKAGES: &[(&str, &str)] = &[
     ("putty-tools", "0.78-2+deb12u2"),
     ("dropbear-bin", "2022.83-1+deb12u3"),
+    // libssh 0.10 through an SFTP client (libssh-4 0.10.6-0+deb12u3 comes with it).
+    ("yafc", "1.3.7-4+b1"),
 ];
 /// Debian packages the client tests need at any version: the venv below, git over ssh.
 pub const CLIENT_APT_TOOLS: &[&str] = &["python3-venv", "git"];
