@@ -166,6 +166,10 @@ const SAFE_KEX_ORDER: &[kex::Name] = &[
     kex::MLKEM768X25519_SHA256,
     kex::CURVE25519,
     kex::CURVE25519_PRE_RFC_8731,
+    // After curve25519 (sshgw patch): a server answers a client that prefers it (OpenSSH
+    // 9.0–9.8, PuTTY 0.78); as a client, russh keeps the cheaper curve25519 first.
+    kex::SNTRUP761X25519_SHA512,
+    kex::SNTRUP761X25519_SHA512_OPENSSH,
     kex::DH_GEX_SHA256,
     kex::DH_G18_SHA512,
     kex::DH_G17_SHA512,
