@@ -375,15 +375,8 @@ fn putty_plink_pscp_psftp() {
         ] {
             let mut term = clients::dev_command(lab, &home, "script");
             term.args(["-qec", &command, "/dev/null"]);
-            let out = lab.procs().run_io(
-                &format!("plink on a terminal, {what}"),
-                &mut term,
-                clients::CLIENT_TIMEOUT,
-                &sshgw_tests::Io {
-                    stdin: Some(typed.clone()),
-                    stdout: None,
-                },
-            )?;
+            let out =
+                clients::on_terminal(lab, term, &typed, &format!("plink on a terminal, {what}"))?;
             ensure!(
                 out.stdout.contains("Access granted. Press Return")
                     && out.stdout.contains("first-line-42"),
@@ -611,15 +604,7 @@ fn yafc_libssh_0_10_over_sftp() {
             "yafc",
             &format!("yafc -n -q sftp://jdoe@{}/", V4.audited()),
         ]);
-        let out = lab.procs().run_io(
-            "yafc on a terminal",
-            &mut term,
-            clients::CLIENT_TIMEOUT,
-            &sshgw_tests::Io {
-                stdin: Some(commands),
-                stdout: None,
-            },
-        )?;
+        let out = clients::on_terminal(lab, term, &commands, "yafc on a terminal")?;
         ensure!(
             !out.stdout.contains("Authentication failed"),
             "yafc: {out:?}"

@@ -662,12 +662,7 @@ mod tests {
             "0.000020 12\n"
         );
         let cast = dir.path().join("out.cast");
-        export(
-            &input(&rec, &key),
-            ExportFormat::Asciicast,
-            Some(cast.clone()),
-        )
-        .unwrap();
+        cast_to(&rec, &key, &cast);
         assert!(
             std::fs::read_to_string(&cast)
                 .unwrap()
@@ -694,10 +689,27 @@ mod tests {
         );
     }
 
+    /// `recording export --format asciicast -o out` of the sample; must succeed.
+    fn cast_to(rec: &Path, key: &Path, out: &Path) {
+        export(
+            &input(rec, key),
+            ExportFormat::Asciicast,
+            Some(out.to_owned()),
+        )
+        .unwrap();
+    }
+
+    fn is_link(path: &Path) -> bool {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    }
+
     /// The asciicast export of the sample recording, as written to a regular file.
     fn cast_text(dir: &Path, rec: &Path, key: &Path) -> String {
         let out = dir.join("reference.cast");
-        export(&input(rec, key), ExportFormat::Asciicast, Some(out.clone())).unwrap();
+        cast_to(&rec, &key, &out);
         std::fs::read_to_string(out).unwrap()
     }
 
@@ -709,18 +721,8 @@ mod tests {
         // `-o /dev/null` through a link of our own: the link stays, /dev/null too.
         let null_link = dir.path().join("null");
         std::os::unix::fs::symlink("/dev/null", &null_link).unwrap();
-        export(
-            &input(&rec, &key),
-            ExportFormat::Asciicast,
-            Some(null_link.clone()),
-        )
-        .unwrap();
-        assert!(
-            std::fs::symlink_metadata(&null_link)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
+        cast_to(&rec, &key, &null_link);
+        assert!(is_link(&null_link));
         assert!(
             std::fs::metadata("/dev/null")
                 .unwrap()
@@ -733,18 +735,8 @@ mod tests {
         std::fs::write(&file, "old").unwrap();
         let link = dir.path().join("link.cast");
         std::os::unix::fs::symlink(&file, &link).unwrap();
-        export(
-            &input(&rec, &key),
-            ExportFormat::Asciicast,
-            Some(link.clone()),
-        )
-        .unwrap();
-        assert!(
-            std::fs::symlink_metadata(&link)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
+        cast_to(&rec, &key, &link);
+        assert!(is_link(&link));
         assert_eq!(
             std::fs::read_to_string(&file).unwrap(),
             cast_text(dir.path(), &rec, &key)
@@ -759,12 +751,7 @@ mod tests {
             Some(dangling.clone()),
         ));
         assert!(message.contains("a symbolic link to nothing"), "{message}");
-        assert!(
-            std::fs::symlink_metadata(&dangling)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
+        assert!(is_link(&dangling));
         let message = refused(export(
             &input(&rec, &key),
             ExportFormat::Asciicast,
@@ -789,12 +776,7 @@ mod tests {
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .unwrap();
-        export(
-            &input(&rec, &key),
-            ExportFormat::Asciicast,
-            Some(fifo.clone()),
-        )
-        .unwrap();
+        cast_to(&rec, &key, &fifo);
         assert!(
             std::fs::symlink_metadata(&fifo)
                 .unwrap()
@@ -836,18 +818,8 @@ mod tests {
         let link = dir.path().join("stdout");
         std::os::unix::fs::symlink(&slave, &link).unwrap();
         let expected = cast_text(dir.path(), &rec, &key);
-        export(
-            &input(&rec, &key),
-            ExportFormat::Asciicast,
-            Some(link.clone()),
-        )
-        .unwrap();
-        assert!(
-            std::fs::symlink_metadata(&link)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
+        cast_to(&rec, &key, &link);
+        assert!(is_link(&link));
         assert!(
             std::fs::metadata(&slave)
                 .unwrap()

@@ -77,6 +77,20 @@ pub fn expect_code(out: &Finished, code: i32, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs the shell command line `command` on a terminal of its own (`script`), as a user at
+/// a keyboard would, typing the contents of `typed`; returns what the terminal showed.
+pub fn on_terminal(lab: &Lab, mut cmd: Command, typed: &Path, label: &str) -> Result<Finished> {
+    lab.procs().run_io(
+        label,
+        &mut cmd,
+        CLIENT_TIMEOUT,
+        &crate::process::Io {
+            stdin: Some(typed.to_owned()),
+            stdout: None,
+        },
+    )
+}
+
 /// `sshgw ca known-hosts --plain DEST…` on the lab's state dir: one pin line per destination.
 pub fn plain_pins(lab: &Lab, dsts: &[IpAddr]) -> Result<String> {
     lab.sshgw_ca()?;
