@@ -704,14 +704,15 @@ mod tests {
     }
 
     /// Regression test for #733: a client that optimistically guesses a kex
-    /// algorithm russh does not implement (`sntrup761x25519-sha512`) — while
+    /// algorithm russh does not implement (`mlkem1024nistp384-sha384`; upstream
+    /// used `sntrup761x25519-sha512`, which the sshgw patch implements) — while
     /// listing russh's own first choice (`mlkem768x25519-sha256`) second —
     /// must have its guessed packet ignored, not consumed as the negotiated key.
     #[test]
     fn wrong_guess_for_unknown_kex_is_ignored() {
         let buf = build_kexinit(
             &[
-                "sntrup761x25519-sha512",
+                "mlkem1024nistp384-sha384",
                 "mlkem768x25519-sha256",
                 "curve25519-sha256",
             ],
