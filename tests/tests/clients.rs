@@ -461,6 +461,23 @@ fn dropbear_dbclient_with_the_plain_pin() {
 
         let sessions = closed_since(&gw, &before)?;
         all_client_closes(&sessions, "dbclient")?;
+
+        // The pin of another destination (the IPv6 server's key, filed under this one's
+        // address) is refused: every destination answers with its own key.
+        let other = clients::plain_pins(lab, &[Family::V6.audited()])?;
+        let (_, key_part) = other.split_once(' ').context("a pin line")?;
+        let wrong = clients::pinned_home(
+            lab,
+            "dropbear-wrong",
+            &format!("{} {key_part}", V4.audited()),
+        )?;
+        let mut db = clients::dev_command(lab, &wrong, "dbclient");
+        db.arg("-i").arg(&key).args([&target, "exit 0"]);
+        let out = clients::run(lab, "dbclient, wrong pin", &mut db)?;
+        ensure!(
+            out.status.code() != Some(0) && out.stderr.contains("host key mismatch"),
+            "dbclient with another destination's pin: {out:?}"
+        );
         Ok(())
     });
 }
@@ -618,6 +635,33 @@ fn yafc_libssh_0_10_over_sftp() {
         )?;
         let sessions = closed_since(&gw, &before)?;
         all_client_closes(&sessions, "yafc")?;
+        Ok(())
+    });
+}
+
+/// A client that dies while its program runs (no channel close, no disconnect) is still an
+/// error in the session log, unlike a client that closes after its channels ended.
+#[test]
+fn abrupt_close_mid_session_is_an_error() {
+    lab_test(|lab| {
+        let (_sshd, gw) = start(lab)?;
+        let before = session_ids(&gw)?;
+        let ssh = lab.ssh(V4.audited()).bind(V4.enrolled()).user("jdoe");
+        let client = ssh.spawn("echo started; sleep 600")?;
+        gw.wait_for_session(&["--active"], SESSION_TIMEOUT, "a live exec channel", |s| {
+            s["channels"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["kind"] == "exec"))
+        })?;
+        client.kill()?;
+        let sessions = closed_since(&gw, &before)?;
+        ensure!(
+            sessions.len() == 1
+                && sessions[0]["close_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("error: ")),
+            "a client killed mid-session: {sessions:#?}"
+        );
         Ok(())
     });
 }
