@@ -709,7 +709,7 @@ mod tests {
     /// The asciicast export of the sample recording, as written to a regular file.
     fn cast_text(dir: &Path, rec: &Path, key: &Path) -> String {
         let out = dir.join("reference.cast");
-        cast_to(&rec, &key, &out);
+        cast_to(rec, key, &out);
         std::fs::read_to_string(out).unwrap()
     }
 
