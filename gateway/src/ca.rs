@@ -5,9 +5,15 @@
 //!
 //! - `user_ca`: signs the short-lived user certificates sshgw presents to the real servers
 //!   (their sshd trusts it through `TrustedUserCAKeys`, see `sshgw ca user-key`);
-//! - `host_ca`: signs host certificates for `host_key`, presented to devices
-//!   (their `known_hosts` trust it through `@cert-authority`, see `sshgw ca known-hosts`);
-//! - `host_key`: the key sshgw answers devices with, whatever server they dialled.
+//! - `host_ca`: signs host certificates for the host keys presented to devices
+//!   (their `known_hosts` trust it through `@cert-authority`, see `sshgw ca known-hosts`).
+//!
+//! and a 32-byte secret, `host_key_secret` (mode 0600), from which each destination's own
+//! host key is derived: HKDF-SHA256 (salt [`HOST_KEY_SALT`], info = the destination address)
+//! gives the Ed25519 seed. Every audited server thus gets a stable key of its own, which
+//! clients without certificate support can pin (`sshgw ca known-hosts --plain DEST`), and
+//! the host certificate for that destination certifies it. A `host_key` file left by an
+//! older sshgw (one key for every destination) is no longer read.
 //!
 //! Key material never reaches a log: the `Debug` impls print fingerprints only.
 
@@ -44,12 +50,17 @@ const HOST_CERT_RENEW_SECS: u64 = 24 * 60 * 60;
 const USER_CA_COMMENT: &str = "sshgw-user-ca";
 const HOST_CA_COMMENT: &str = "sshgw-host-ca";
 const HOST_KEY_COMMENT: &str = "sshgw-host-key";
+/// HKDF salt of the per-destination host keys; a new derivation scheme gets a new salt.
+pub const HOST_KEY_SALT: &[u8] = b"sshgw host key v1";
+/// Length of `host_key_secret`.
+const HOST_KEY_SECRET_LEN: usize = 32;
 
-/// The gateway's keys: user CA, host CA and the host key shown to devices.
+/// The gateway's keys: user CA, host CA and the secret the host keys shown to devices are
+/// derived from.
 pub struct Authorities {
     user_ca: PrivateKey,
     host_ca: PrivateKey,
-    host_key: PrivateKey,
+    host_secret: zeroize::Zeroizing<[u8; HOST_KEY_SECRET_LEN]>,
 }
 
 impl fmt::Debug for Authorities {
@@ -57,8 +68,7 @@ impl fmt::Debug for Authorities {
         f.debug_struct("Authorities")
             .field("user_ca", &fingerprint(&self.user_ca))
             .field("host_ca", &fingerprint(&self.host_ca))
-            .field("host_key", &fingerprint(&self.host_key))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,24 +77,53 @@ fn fingerprint(key: &PrivateKey) -> String {
 }
 
 impl Authorities {
-    /// Loads the three keys from `state_dir/ca/`, creating whichever is missing.
+    /// Loads the two CA keys and the host-key secret from `state_dir/ca/`, creating
+    /// whichever is missing.
     ///
-    /// Existing files are never overwritten. A key file whose mode grants group or other
-    /// any access, that is not a regular file, that does not parse, is encrypted or is not
-    /// Ed25519 is refused with an error naming it.
+    /// Existing files are never overwritten. A file whose mode grants group or other any
+    /// access or that is not a regular file is refused with an error naming it, and so is a
+    /// key that does not parse, is encrypted or is not Ed25519, and a secret that is not
+    /// exactly 32 bytes.
     pub fn load_or_create(state_dir: &Path) -> Result<Self> {
         let dir = state_dir.join("ca");
         ensure_private_dir(state_dir, &dir)?;
         Ok(Authorities {
             user_ca: load_or_create_key(&dir.join("user_ca"), USER_CA_COMMENT)?,
             host_ca: load_or_create_key(&dir.join("host_ca"), HOST_CA_COMMENT)?,
-            host_key: load_or_create_key(&dir.join("host_key"), HOST_KEY_COMMENT)?,
+            host_secret: load_or_create_secret(&dir.join("host_key_secret"))?,
         })
     }
 
-    /// The key sshgw presents to devices (together with a certificate from [`HostCerts`]).
-    pub fn host_key(&self) -> &PrivateKey {
-        &self.host_key
+    /// The host key sshgw presents to devices that dialled `dst` (with the certificate
+    /// from [`HostCerts`]): derived from the host-key secret, so the same for `dst` across
+    /// restarts and different for every other destination.
+    pub fn host_key_for(&self, dst: IpAddr) -> PrivateKey {
+        let info = dst.to_canonical().to_string();
+        let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(HOST_KEY_SALT), &self.host_secret[..]);
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        hkdf.expand(info.as_bytes(), &mut seed[..])
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let keypair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
+        let mut key = PrivateKey::from(keypair);
+        key.set_comment(HOST_KEY_COMMENT);
+        key
+    }
+
+    /// The plain `known_hosts` line for `dst`'s host key, for clients that cannot check
+    /// host certificates: `PATTERNS ssh-ed25519 AAAA…` (`patterns` is `dst` and any names).
+    pub fn plain_known_hosts_line(&self, dst: IpAddr, names: &[String]) -> String {
+        let dst = dst.to_canonical();
+        let ip = dst.to_string();
+        let mut patterns = vec![ip.clone()];
+        patterns.extend(names.iter().filter(|n| **n != ip).cloned());
+        let mut key = self.host_key_for(dst).public_key().clone();
+        key.set_comment("");
+        format!(
+            "{} {}",
+            patterns.join(","),
+            key.to_openssh()
+                .expect("encoding an Ed25519 public key cannot fail")
+        )
     }
 
     /// The user CA public key, for the servers' `TrustedUserCAKeys` file:
@@ -177,13 +216,18 @@ impl Authorities {
         })
     }
 
-    fn mint_host_cert(&self, dst: IpAddr, names: &[String]) -> Result<Certificate> {
+    fn mint_host_cert(
+        &self,
+        key: &PublicKey,
+        dst: IpAddr,
+        names: &[String],
+    ) -> Result<Certificate> {
         let now = unix_now()?;
         let mut rng = rand::rng();
         let serial = nonzero_serial(&mut rng);
         let mut builder = Builder::new_with_random_nonce(
             &mut rng,
-            self.host_key.public_key(),
+            key,
             now.saturating_sub(HOST_CERT_BACKDATE_SECS),
             now + HOST_CERT_LIFETIME_SECS,
         )?;
@@ -249,11 +293,19 @@ impl fmt::Debug for MintedCert {
     }
 }
 
-/// Host certificates for the gateway's host key, one per destination address, cached.
+/// What sshgw presents to a device that dialled one destination: that destination's own
+/// host key and the host certificate for it.
+#[derive(Clone)]
+pub struct HostIdentity {
+    pub key: PrivateKey,
+    pub certificate: Certificate,
+}
+
+/// Host keys and certificates, one per destination address, cached.
 pub struct HostCerts {
     authorities: Arc<Authorities>,
     host_names: BTreeMap<IpAddr, Vec<String>>,
-    cache: Mutex<HashMap<IpAddr, Certificate>>,
+    cache: Mutex<HashMap<IpAddr, HostIdentity>>,
 }
 
 impl fmt::Debug for HostCerts {
@@ -281,26 +333,31 @@ impl HostCerts {
         }
     }
 
-    /// The host certificate for `dst` (the address the device dialled): principals are the
-    /// address and its configured names. Re-minted when less than a day of validity remains.
-    pub fn get(&self, dst: IpAddr) -> Result<Certificate> {
+    /// The host key and certificate for `dst` (the address the device dialled): the
+    /// certificate's principals are the address and its configured names. The certificate
+    /// is re-minted when less than a day of validity remains; the key never changes.
+    pub fn get(&self, dst: IpAddr) -> Result<HostIdentity> {
         let dst = dst.to_canonical();
         let now = unix_now()?;
         let mut cache = self
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(cert) = cache.get(&dst)
-            && cert.valid_before() >= now + HOST_CERT_RENEW_SECS
+        if let Some(identity) = cache.get(&dst)
+            && identity.certificate.valid_before() >= now + HOST_CERT_RENEW_SECS
         {
-            return Ok(cert.clone());
+            return Ok(identity.clone());
         }
         let names = self.host_names.get(&dst).map(Vec::as_slice).unwrap_or(&[]);
-        let cert = self.authorities.mint_host_cert(dst, names)?;
+        let key = self.authorities.host_key_for(dst);
+        let certificate = self
+            .authorities
+            .mint_host_cert(key.public_key(), dst, names)?;
         // Drop certificates that could not be served any more.
-        cache.retain(|_, c| c.valid_before() >= now + HOST_CERT_RENEW_SECS);
-        cache.insert(dst, cert.clone());
-        Ok(cert)
+        cache.retain(|_, c| c.certificate.valid_before() >= now + HOST_CERT_RENEW_SECS);
+        let identity = HostIdentity { key, certificate };
+        cache.insert(dst, identity.clone());
+        Ok(identity)
     }
 }
 
@@ -364,6 +421,81 @@ fn ensure_private_dir(state_dir: &Path, dir: &Path) -> Result<()> {
     }
 }
 
+/// Loads the 32-byte host-key secret, or creates it (random, 0600, never replacing a file
+/// that appears meanwhile: the same temporary file and hard link as [`create_key`]).
+fn load_or_create_secret(path: &Path) -> Result<zeroize::Zeroizing<[u8; HOST_KEY_SECRET_LEN]>> {
+    if let Some(secret) = load_secret(path)? {
+        return Ok(secret);
+    }
+    let mut secret = zeroize::Zeroizing::new([0u8; HOST_KEY_SECRET_LEN]);
+    rand::rng().fill_bytes(&mut secret[..]);
+    let dir = path.parent().context("secret path has no parent")?;
+    let tmp = temp_path(path);
+    write_new_file(&tmp, &secret[..])?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            sync_dir(dir);
+            tracing::info!(path = %path.display(), "created the host-key secret");
+            Ok(secret)
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            load_secret(path)?.with_context(|| format!("secret file {} vanished", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create secret file {}", path.display())),
+    }
+}
+
+/// Reads the host-key secret; `None` if the file does not exist.
+fn load_secret(path: &Path) -> Result<Option<zeroize::Zeroizing<[u8; HOST_KEY_SECRET_LEN]>>> {
+    let mut file = match open_private(path, "secret file")? {
+        Some(file) => file,
+        None => return Ok(None),
+    };
+    let mut data = zeroize::Zeroizing::new(Vec::with_capacity(HOST_KEY_SECRET_LEN + 1));
+    std::io::Read::read_to_end(&mut file, &mut data)
+        .with_context(|| format!("cannot read secret file {}", path.display()))?;
+    let secret: [u8; HOST_KEY_SECRET_LEN] = data[..].try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "secret file {} holds {} bytes, not {HOST_KEY_SECRET_LEN}; refusing to use it",
+            path.display(),
+            data.len()
+        )
+    })?;
+    Ok(Some(zeroize::Zeroizing::new(secret)))
+}
+
+/// Opens a private file (no symlinks) and checks it is a regular file that only its owner
+/// can access; `None` if it does not exist.
+fn open_private(path: &Path, what: &str) -> Result<Option<File>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot open {what} {}", path.display()));
+        }
+    };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat {what} {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{what} {} is not a regular file", path.display());
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{what} {} is accessible by group or others (mode {:o}); refusing to use it (chmod 600 it)",
+            path.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(Some(file))
+}
+
 fn load_or_create_key(path: &Path, comment: &str) -> Result<PrivateKey> {
     match load_key(path)? {
         Some(key) => Ok(key),
@@ -373,30 +505,9 @@ fn load_or_create_key(path: &Path, comment: &str) -> Result<PrivateKey> {
 
 /// Loads a private key; `None` if the file does not exist.
 fn load_key(path: &Path) -> Result<Option<PrivateKey>> {
-    let mut file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot open key file {}", path.display()));
-        }
+    let Some(mut file) = open_private(path, "key file")? else {
+        return Ok(None);
     };
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat key file {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("key file {} is not a regular file", path.display());
-    }
-    if meta.mode() & 0o077 != 0 {
-        bail!(
-            "key file {} is accessible by group or others (mode {:o}); refusing to use it (chmod 600 it)",
-            path.display(),
-            meta.mode() & 0o7777
-        );
-    }
     // `read_openssh` wipes its buffer when done.
     let key = PrivateKey::read_openssh(&mut file).map_err(|e| {
         anyhow::anyhow!(
@@ -521,12 +632,12 @@ mod tests {
         let a = Authorities::load_or_create(&state).unwrap();
         let dir = state.join("ca");
         assert_eq!(mode(&dir), 0o700);
-        for name in ["user_ca", "host_ca", "host_key"] {
+        for name in ["user_ca", "host_ca", "host_key_secret"] {
             assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
         }
         let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(entries.len(), 3, "no temporary files left behind");
-        let before: Vec<_> = ["user_ca", "host_ca", "host_key"]
+        let before: Vec<_> = ["user_ca", "host_ca", "host_key_secret"]
             .iter()
             .map(|n| std::fs::read(dir.join(n)).unwrap())
             .collect();
@@ -535,9 +646,13 @@ mod tests {
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         assert_eq!(fingerprint(&a.user_ca), fingerprint(&b.user_ca));
         assert_eq!(fingerprint(&a.host_ca), fingerprint(&b.host_ca));
-        assert_eq!(fingerprint(&a.host_key), fingerprint(&b.host_key));
+        let dst: IpAddr = "203.0.113.10".parse().unwrap();
+        assert_eq!(
+            fingerprint(&a.host_key_for(dst)),
+            fingerprint(&b.host_key_for(dst))
+        );
         assert_ne!(fingerprint(&a.user_ca), fingerprint(&a.host_ca));
-        let after: Vec<_> = ["user_ca", "host_ca", "host_key"]
+        let after: Vec<_> = ["user_ca", "host_ca", "host_key_secret"]
             .iter()
             .map(|n| std::fs::read(dir.join(n)).unwrap())
             .collect();
@@ -751,7 +866,7 @@ mod tests {
         let names = BTreeMap::from([(db, vec!["db1.example.com".to_string(), "db1".to_string()])]);
         let certs = HostCerts::new(a.clone(), names);
         let now = unix_now().unwrap();
-        let c = certs.get(db).unwrap();
+        let c = certs.get(db).unwrap().certificate;
         c.validate([&a.host_ca.fingerprint(HashAlg::Sha256)])
             .unwrap();
         assert_eq!(c.cert_type(), CertType::Host);
@@ -759,19 +874,24 @@ mod tests {
             c.valid_principals(),
             ["203.0.113.10", "db1.example.com", "db1"]
         );
-        assert_eq!(c.public_key(), a.host_key().public_key().key_data());
+        assert_eq!(c.public_key(), a.host_key_for(db).public_key().key_data());
+        assert_eq!(
+            certs.get(db).unwrap().key.public_key().key_data(),
+            c.public_key()
+        );
         assert!((now - 301..=now - 299).contains(&c.valid_after()));
         assert!(
             (now + HOST_CERT_LIFETIME_SECS - 1..=now + HOST_CERT_LIFETIME_SECS + 1)
                 .contains(&c.valid_before())
         );
         // Cached: the same certificate comes back.
-        assert_eq!(certs.get(db).unwrap(), c);
-        let o = certs.get(other).unwrap();
+        assert_eq!(certs.get(db).unwrap().certificate, c);
+        let o = certs.get(other).unwrap().certificate;
         assert_eq!(o.valid_principals(), ["198.51.100.1"]);
+        assert_ne!(o.public_key(), c.public_key(), "a key per destination");
         // An IPv4-mapped address is the same destination.
         let mapped: IpAddr = "::ffff:203.0.113.10".parse().unwrap();
-        assert_eq!(certs.get(mapped).unwrap(), c);
+        assert_eq!(certs.get(mapped).unwrap().certificate, c);
 
         // ssh-keygen agrees it is a host certificate.
         let path = tmp.path().join("host-cert.pub");
@@ -795,9 +915,10 @@ mod tests {
         let dst: IpAddr = "192.0.2.1".parse().unwrap();
         // Plant a certificate with only an hour left.
         let now = unix_now().unwrap();
+        let key = a.host_key_for(dst);
         let mut b = Builder::new_with_random_nonce(
             &mut rand::rng(),
-            a.host_key().public_key(),
+            key.public_key(),
             now - 10,
             now + 3600,
         )
@@ -807,9 +928,67 @@ mod tests {
             .valid_principal("192.0.2.1")
             .unwrap();
         let old = b.sign(&a.host_ca).unwrap();
-        certs.cache.lock().unwrap().insert(dst, old.clone());
-        let new = certs.get(dst).unwrap();
+        certs.cache.lock().unwrap().insert(
+            dst,
+            HostIdentity {
+                key,
+                certificate: old.clone(),
+            },
+        );
+        let new = certs.get(dst).unwrap().certificate;
         assert_ne!(new, old);
         assert!(new.valid_before() > now + 6 * 24 * 3600);
+    }
+
+    #[test]
+    fn host_keys_are_derived_per_destination_and_stable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = Authorities::load_or_create(tmp.path()).unwrap();
+        let v4: IpAddr = "203.0.113.10".parse().unwrap();
+        let v6: IpAddr = "2001:db8:1::10".parse().unwrap();
+        let k4 = a.host_key_for(v4);
+        assert_eq!(k4.algorithm(), Algorithm::Ed25519);
+        assert_ne!(fingerprint(&k4), fingerprint(&a.host_key_for(v6)));
+        let mapped: IpAddr = "::ffff:203.0.113.10".parse().unwrap();
+        assert_eq!(fingerprint(&k4), fingerprint(&a.host_key_for(mapped)));
+
+        // Another gateway (another secret) derives other keys.
+        let other = tempfile::tempdir().unwrap();
+        let b = Authorities::load_or_create(other.path()).unwrap();
+        assert_ne!(fingerprint(&k4), fingerprint(&b.host_key_for(v4)));
+
+        // The plain pin is what ssh-keygen reads as that key.
+        let names = ["db1.example.com".to_string(), "203.0.113.10".to_string()];
+        let line = a.plain_known_hosts_line(v4, &names);
+        assert!(
+            line.starts_with("203.0.113.10,db1.example.com ssh-ed25519 AAAA"),
+            "{line}"
+        );
+        let kh = tmp.path().join("known_hosts");
+        std::fs::write(&kh, format!("{line}\n")).unwrap();
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f"])
+            .arg(&kh)
+            .output()
+            .expect("run ssh-keygen");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&fingerprint(&k4)), "{text}");
+    }
+
+    #[test]
+    fn refuses_a_bad_host_key_secret() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let path = dir.join("host_key_secret");
+        write_new_file(&path, &[1u8; 31]).unwrap();
+        let err = format!("{:#}", Authorities::load_or_create(tmp.path()).unwrap_err());
+        assert!(err.contains("holds 31 bytes, not 32"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), [1u8; 31], "left alone");
+        std::fs::remove_file(&path).unwrap();
+        write_new_file(&path, &[1u8; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = format!("{:#}", Authorities::load_or_create(tmp.path()).unwrap_err());
+        assert!(err.contains("group or others"), "{err}");
     }
 }

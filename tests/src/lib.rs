@@ -39,6 +39,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod clients;
 pub mod control;
 pub mod doctor;
 pub mod files;

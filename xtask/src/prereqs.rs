@@ -29,6 +29,36 @@ pub const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 
+/// The SSH clients of the client-compatibility tests (tests/tests/clients.rs), at the
+/// versions docs/clients.md reports. If Debian no longer offers a version (a point release
+/// replaced it), the current one is installed and named in the output.
+pub const CLIENT_APT_PACKAGES: &[(&str, &str)] = &[
+    ("putty-tools", "0.78-2+deb12u2"),
+    ("dropbear-bin", "2022.83-1+deb12u3"),
+    // libssh 0.10 through an SFTP client (libssh-4 0.10.6-0+deb12u3 comes with it).
+    ("yafc", "1.3.7-4+b1"),
+];
+/// Debian packages the client tests need at any version: the venv below, git over ssh.
+pub const CLIENT_APT_TOOLS: &[&str] = &["python3-venv", "git"];
+/// The Python SSH libraries of the client tests and everything they pull in, at exact
+/// versions (`pip install --no-deps`), in a venv under the target directory.
+pub const CLIENT_PYPI: &[&str] = &[
+    "paramiko==5.0.0",
+    "asyncssh==2.24.1",
+    "ansible-pylibssh==1.4.0",
+    "cryptography==50.0.2",
+    "bcrypt==5.0.0",
+    "PyNaCl==1.6.2",
+    "cffi==2.1.1",
+    "pycparser==3.12",
+    "invoke==3.0.3",
+    "typing_extensions==4.16.0",
+];
+/// Where the client tests find the venv (tests/src/clients/mod.rs reads it).
+pub const CLIENTS_VENV_ENV: &str = "SSHGW_CLIENTS_VENV";
+/// Debian's interpreter (not whatever `python3` a PATH finds first).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
 /// Debian packages of the WireGuard lab (tests/src/wireguard.rs): `wg`, `wg-quick`, `nft`.
 pub const WIREGUARD_APT_PACKAGES: &[&str] = &["wireguard-tools", "nftables"];
 /// Cloudflare's userspace WireGuard, for kernels without the WireGuard module (as in CI).
@@ -60,7 +90,11 @@ pub fn ensure() -> Result<Prereqs> {
     check_nightly_llvm()?;
 
     let mut missing_apt = Vec::new();
-    for &pkg in APT_PACKAGES.iter().chain(WIREGUARD_APT_PACKAGES) {
+    for &pkg in APT_PACKAGES
+        .iter()
+        .chain(WIREGUARD_APT_PACKAGES)
+        .chain(CLIENT_APT_TOOLS)
+    {
         if deb_installed(pkg)? {
             log(&format!("ok: {pkg}"));
         } else {
@@ -102,6 +136,8 @@ pub fn ensure() -> Result<Prereqs> {
         install_apt(&missing_apt)?;
     }
     ensure_nspawn()?;
+    ensure_client_packages()?;
+    ensure_clients_venv()?;
 
     if !has_rust_src {
         log("installing rust-src for the nightly toolchain…");
@@ -257,6 +293,113 @@ fn ensure_nspawn() -> Result<()> {
     Ok(())
 }
 
+/// The client packages at their pinned versions (see [`CLIENT_APT_PACKAGES`]).
+fn ensure_client_packages() -> Result<()> {
+    let mut wanted = Vec::new();
+    for &(pkg, version) in CLIENT_APT_PACKAGES {
+        match deb_version(pkg)? {
+            Some(v) if v == version => log(&format!("ok: {pkg} ({v})")),
+            Some(v) => log(&format!(
+                "ok: {pkg} ({v}; docs/clients.md reports {version})"
+            )),
+            None => wanted.push((pkg, version)),
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root()? {
+        let list: Vec<String> = wanted.iter().map(|(p, v)| format!("{p}={v}")).collect();
+        bail!(
+            "missing prerequisites: {}; run `apt-get install -y --no-install-recommends {}` as root",
+            list.join(", "),
+            list.join(" ")
+        );
+    }
+    util::run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let specs: Vec<String> = wanted
+        .iter()
+        .map(|&(pkg, version)| {
+            let offered =
+                util::output(Command::new("apt-cache").args(["madison", pkg])).unwrap_or_default();
+            if madison_has(&offered, version) {
+                format!("{pkg}={version}")
+            } else {
+                log(&format!(
+                    "apt no longer offers {pkg} {version}: installing its current version"
+                ));
+                pkg.to_owned()
+            }
+        })
+        .collect();
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&specs)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    for &(pkg, _) in &wanted {
+        if deb_version(pkg)?.is_none() {
+            bail!("`apt-get install` succeeded but {pkg} is still not installed");
+        }
+    }
+    Ok(())
+}
+
+/// `<target>/clients-venv`: the venv of the Python client tests.
+pub fn clients_venv() -> Result<PathBuf> {
+    Ok(util::target_dir(&util::workspace_root()?).join("clients-venv"))
+}
+
+/// The venv with exactly [`CLIENT_PYPI`]; rebuilt when `pip freeze` differs.
+fn ensure_clients_venv() -> Result<()> {
+    let venv = clients_venv()?;
+    let pip = venv.join("bin/pip");
+    let wanted = pypi_set(CLIENT_PYPI.iter().copied());
+    if pip.is_file() {
+        let frozen = util::output(Command::new(&pip).args(["freeze", "--all"])).unwrap_or_default();
+        if pypi_set(frozen.lines()).is_superset(&wanted) {
+            log(&format!("ok: Python SSH clients ({})", venv.display()));
+            return Ok(());
+        }
+    }
+    log(&format!(
+        "creating the Python SSH clients' venv {} (pip, exact versions)…",
+        venv.display()
+    ));
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .with_context(|| format!("removing the stale venv {}", venv.display()))?;
+    }
+    util::run(Command::new(SYSTEM_PYTHON).args(["-m", "venv"]).arg(&venv))?;
+    util::run(
+        Command::new(&pip)
+            .args(["install", "--quiet", "--no-deps", "--only-binary", ":all:"])
+            .args(CLIENT_PYPI),
+    )?;
+    util::run(Command::new(&pip).arg("check"))
+        .context("the Python SSH clients' dependencies do not fit together (pip check)")?;
+    Ok(())
+}
+
+/// `name==version` lines, names lower-cased with `_` as `-` (pip's normalisation).
+fn pypi_set<'a>(lines: impl Iterator<Item = &'a str>) -> std::collections::BTreeSet<String> {
+    lines
+        .filter_map(|l| l.trim().split_once("=="))
+        .map(|(name, version)| {
+            format!(
+                "{}=={}",
+                name.to_ascii_lowercase().replace('_', "-"),
+                version.trim()
+            )
+        })
+        .collect()
+}
+
 /// Whether `apt-cache madison` output lists `version`.
 fn madison_has(madison: &str, version: &str) -> bool {
     madison
@@ -352,6 +495,18 @@ mod tests {
         assert!(madison_has(m, "252.38-1~deb12u1"));
         assert!(madison_has(m, "252.39-1~deb12u2"));
         assert!(!madison_has(m, "252.38"));
+    }
+
+    #[test]
+    fn pypi_pins_are_compared_normalised() {
+        let frozen = "PyNaCl==1.6.2\ntyping_extensions==4.16.0\npip==23.0.1\n";
+        let wanted = pypi_set(["pynacl==1.6.2", "typing-extensions==4.16.0"].into_iter());
+        assert!(pypi_set(frozen.lines()).is_superset(&wanted));
+        assert!(!pypi_set("PyNaCl==1.6.1\n".lines()).is_superset(&wanted));
+        assert_eq!(
+            pypi_set(CLIENT_PYPI.iter().copied()).len(),
+            CLIENT_PYPI.len()
+        );
     }
 
     #[test]

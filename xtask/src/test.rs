@@ -214,6 +214,7 @@ fn execute(step: Step, ctx: &mut RunState<'_>) -> Result<()> {
                     .arg(NETNS_TEST_THREADS)
                     .args(ctx.extra)
                     .env("SSHGW_BIN", &bin)
+                    .env(prereqs::CLIENTS_VENV_ENV, prereqs::clients_venv()?)
                     .current_dir(&ctx.root),
             )?;
         }

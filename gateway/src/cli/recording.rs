@@ -204,8 +204,52 @@ impl Input {
     }
 }
 
-/// Writes `path` through a temporary file in the same directory, renamed on success.
+/// Writes the output `path`. A regular file (or a new one) is written through a temporary
+/// file in its directory and renamed over it on success, so a failed export never leaves
+/// half a file; through a symlink, the file it points to is replaced and the link stays.
+/// A character device, FIFO or socket (`-o /dev/stdout`, a pty, a pipe) is written
+/// directly: renaming over it would replace the device node or link with a regular file.
+/// Anything else (a directory, a dangling symlink) is refused.
 fn write_atomically<T>(path: &Path, f: impl FnOnce(&mut File) -> Result<T>) -> Result<T> {
+    use std::os::unix::fs::FileTypeExt;
+    let target = match std::fs::metadata(path) {
+        Ok(meta) => {
+            let kind = meta.file_type();
+            if kind.is_char_device() || kind.is_fifo() || kind.is_socket() {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                return f(&mut file);
+            }
+            if !kind.is_file() {
+                return Err(Refused(format!(
+                    "{}: not a regular file, character device or pipe",
+                    path.display()
+                ))
+                .into());
+            }
+            // Through a symlink, replace the file it points to, never the link.
+            path.canonicalize()
+                .with_context(|| format!("cannot resolve {}", path.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(Refused(format!(
+                    "{}: a symbolic link to nothing; refusing to replace it",
+                    path.display()
+                ))
+                .into());
+            }
+            path.to_owned()
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    };
+    replace_file(&target, f)
+}
+
+/// Writes the regular file `path` through a temporary file renamed over it on success.
+fn replace_file<T>(path: &Path, f: impl FnOnce(&mut File) -> Result<T>) -> Result<T> {
     let name = path
         .file_name()
         .with_context(|| format!("{}: not a file name", path.display()))?;
@@ -619,12 +663,7 @@ mod tests {
             "0.000020 12\n"
         );
         let cast = dir.path().join("out.cast");
-        export(
-            &input(&rec, &key),
-            ExportFormat::Asciicast,
-            Some(cast.clone()),
-        )
-        .unwrap();
+        cast_to(&rec, &key, &cast);
         assert!(
             std::fs::read_to_string(&cast)
                 .unwrap()
@@ -648,6 +687,157 @@ mod tests {
                 "rec",
                 "rec-decrypted.zip"
             ]
+        );
+    }
+
+    /// `recording export --format asciicast -o out` of the sample; must succeed.
+    fn cast_to(rec: &Path, key: &Path, out: &Path) {
+        export(
+            &input(rec, key),
+            ExportFormat::Asciicast,
+            Some(out.to_owned()),
+        )
+        .unwrap();
+    }
+
+    fn is_link(path: &Path) -> bool {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    }
+
+    /// The asciicast export of the sample recording, as written to a regular file.
+    fn cast_text(dir: &Path, rec: &Path, key: &Path) -> String {
+        let out = dir.join("reference.cast");
+        cast_to(rec, key, &out);
+        std::fs::read_to_string(out).unwrap()
+    }
+
+    #[test]
+    fn export_through_a_symlink_keeps_the_link() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (rec, key) = sample(dir.path());
+        // `-o /dev/null` through a link of our own: the link stays, /dev/null too.
+        let null_link = dir.path().join("null");
+        std::os::unix::fs::symlink("/dev/null", &null_link).unwrap();
+        cast_to(&rec, &key, &null_link);
+        assert!(is_link(&null_link));
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+
+        // A link to a regular file: the file gets the export, the link stays a link.
+        let file = dir.path().join("real.cast");
+        std::fs::write(&file, "old").unwrap();
+        let link = dir.path().join("link.cast");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        cast_to(&rec, &key, &link);
+        assert!(is_link(&link));
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            cast_text(dir.path(), &rec, &key)
+        );
+
+        // A dangling link or a directory is refused and left alone.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("missing"), &dangling).unwrap();
+        let message = refused(export(
+            &input(&rec, &key),
+            ExportFormat::Asciicast,
+            Some(dangling.clone()),
+        ));
+        assert!(message.contains("a symbolic link to nothing"), "{message}");
+        assert!(is_link(&dangling));
+        let message = refused(export(
+            &input(&rec, &key),
+            ExportFormat::Asciicast,
+            Some(dir.path().to_owned()),
+        ));
+        assert!(message.contains("not a regular file"), "{message}");
+    }
+
+    #[test]
+    fn export_to_a_fifo_writes_into_it() {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (rec, key) = sample(dir.path());
+        let fifo = dir.path().join("fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        // The read end, open first (non-blocking) so the export's writer never waits and
+        // the test never hangs; the sample's export fits in the pipe buffer.
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        cast_to(&rec, &key, &fifo);
+        assert!(
+            std::fs::symlink_metadata(&fifo)
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut got).unwrap();
+        assert_eq!(got, cast_text(dir.path(), &rec, &key));
+    }
+
+    #[test]
+    fn export_to_a_pty_writes_to_the_terminal() {
+        use std::io::Read;
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (rec, key) = sample(dir.path());
+        let (mut master_fd, mut slave_fd) = (-1, -1);
+        // SAFETY: openpty writes two fds into the out-pointers; the rest may be NULL.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master_fd,
+                &mut slave_fd,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty");
+        // SAFETY: openpty succeeded: both fds are open and owned by nobody else.
+        let (mut master, slave_end) = unsafe {
+            (
+                <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(master_fd),
+                <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(slave_fd),
+            )
+        };
+        let slave = std::fs::read_link(format!("/proc/self/fd/{slave_fd}")).unwrap();
+        // Like /dev/stdout: a link to the terminal.
+        let link = dir.path().join("stdout");
+        std::os::unix::fs::symlink(&slave, &link).unwrap();
+        let expected = cast_text(dir.path(), &rec, &key);
+        cast_to(&rec, &key, &link);
+        assert!(is_link(&link));
+        assert!(
+            std::fs::metadata(&slave)
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        drop(slave_end);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // The terminal turns "\n" into "\r\n"; read until the whole export arrived.
+        while String::from_utf8_lossy(&got).replace("\r\n", "\n").len() < expected.len() {
+            let n = master.read(&mut chunk).unwrap();
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got).replace("\r\n", "\n"),
+            expected
         );
     }
 }

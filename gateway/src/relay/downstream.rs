@@ -28,6 +28,11 @@ use crate::{
 /// number of them cannot make the records grow without end).
 const MAX_ENV_PER_CHANNEL: usize = 64;
 
+/// What the user sees (on stderr) the first time a connection asks for agent forwarding
+/// that the policy does not allow.
+const AGENT_REFUSED: &str =
+    "sshgw: agent forwarding (-A) is not allowed to this server; no agent is forwarded\r\n";
+
 /// Longest wait for the server's answer to a channel request before failing it.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -49,6 +54,10 @@ pub struct DeviceSide {
     envs: HashMap<ChannelId, Vec<(String, String)>>,
     /// The Unix login, once authorized.
     login: Option<String>,
+    /// Whether the user was told that agent forwarding is refused (once per connection).
+    agent_refusal_told: bool,
+    /// Whether this client gets `publickey`/`keyboard-interactive` instead of `none`.
+    refuse_none: bool,
 }
 
 impl DeviceSide {
@@ -72,6 +81,8 @@ impl DeviceSide {
             programs: Default::default(),
             envs: HashMap::new(),
             login: None,
+            agent_refusal_told: false,
+            refuse_none: false,
         }
     }
 
@@ -434,6 +445,7 @@ impl DeviceSide {
                     self.bridge.traffic.clone(),
                 );
                 self.channels.insert(id, link);
+                self.info.tracker.device_channel_opened(u32::from(id));
             }
             Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
         }
@@ -454,7 +466,9 @@ impl DeviceSide {
     }
 
     fn forget(&mut self, channel: ChannelId) {
-        self.channels.remove(&channel);
+        if self.channels.remove(&channel).is_some() {
+            self.info.tracker.device_channel_closed(u32::from(channel));
+        }
         self.ptys.remove(&channel);
         self.programs.remove(&channel);
         self.envs.remove(&channel);
@@ -477,25 +491,107 @@ impl DeviceSide {
     }
 }
 
+/// Whether a client (by its identification string) must not be logged in with `none`:
+/// PuTTY and the programs built on it (WinSCP, FileZilla) call such a login "trivial" (a
+/// spoofing risk: `-no-trivial-auth` refuses it, and interactive plink pauses with "Access
+/// granted. Press Return to begin session."); Dropbear's `DisableTrivialAuth` refuses it;
+/// libssh before 0.11 is used by programs that ignore a `none` success (yafc).
+pub(super) fn refuses_none(id: &[u8]) -> bool {
+    let id = String::from_utf8_lossy(id);
+    let software = id
+        .strip_prefix("SSH-2.0-")
+        .or_else(|| id.strip_prefix("SSH-1.99-"))
+        .unwrap_or_default()
+        .split(' ')
+        .next()
+        .unwrap_or_default();
+    let trivial_checkers = ["PuTTY", "WinSCP", "FileZilla", "dropbear"];
+    if trivial_checkers.iter().any(|p| software.starts_with(p)) {
+        return true;
+    }
+    // "libssh_0.10.6", "libssh-0.6.3": minor versions before 11.
+    let Some(version) = software
+        .strip_prefix("libssh_")
+        .or_else(|| software.strip_prefix("libssh-"))
+    else {
+        return false;
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(0)), Some(Some(minor))) if minor < 11)
+}
+
+/// The methods offered to devices whose `none` is refused, in the order clients try them:
+/// `publickey` (any key the client can sign with, from an agent or a key file), then
+/// `keyboard-interactive` (accepted at once, no prompt).
+pub(super) fn device_auth_methods() -> russh::MethodSet {
+    russh::MethodSet::from(
+        &[
+            russh::MethodKind::PublicKey,
+            russh::MethodKind::KeyboardInteractive,
+        ][..],
+    )
+}
+
 impl server::Handler for DeviceSide {
     type Error = russh::Error;
 
+    fn client_identified(&mut self, id: &[u8]) {
+        self.refuse_none = refuses_none(id);
+        tracing::debug!(session = %self.info.id, client = %String::from_utf8_lossy(id), refuse_none = self.refuse_none, "device client identified");
+    }
+
+    /// `none` logs in clients that handle it (OpenSSH, whose BatchMode turns off every
+    /// other method a keyless user has; asyncssh, paramiko, libssh2, libssh ≥ 0.11). It is
+    /// refused for clients that take a `none` success for a "trivial" login or mishandle
+    /// it (see [`refuses_none`]): immediately (`auth_rejection_time_initial`), listing the
+    /// methods below, which they complete without asking their user for anything.
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        if self.refuse_none {
+            return Ok(Auth::Reject {
+                proceed_with_methods: Some(device_auth_methods()),
+                partial_success: false,
+            });
+        }
         Ok(self.authorize(user).await)
     }
 
+    /// Not offered (it would make clients prompt), but a client that sends one anyway
+    /// (paramiko with a dummy password) is let in; the password is discarded unread.
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
         Ok(self.authorize(user).await)
     }
 
+    /// Any key is welcome to be proven: the key is not an identity (that comes from the
+    /// tunnel address), but a signature makes the login non-trivial for the client.
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        _offer: server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(Auth::Accept)
+    }
+
+    /// Called once russh verified the client's signature with the offered key.
     async fn auth_publickey(
         &mut self,
         user: &str,
-        _key: server::VerifiedPublicKey<'_>,
+        key: server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        tracing::debug!(session = %self.info.id, key = %key.public_key.fingerprint(russh::keys::HashAlg::Sha256), "device proved a key (not used as identity)");
+        Ok(self.authorize(user).await)
+    }
+
+    /// A user certificate the client proved it holds the key of; like a plain key, it
+    /// only shows that the client signed (its CA and principals are not checked).
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        _certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
         Ok(self.authorize(user).await)
     }
 
+    /// Clients without a key end here: accepted at once, with no prompt and no text.
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
         user: &str,
@@ -655,6 +751,7 @@ impl server::Handler for DeviceSide {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        tracing::info!(session = %self.info.id, channel = %channel, "refused X11 forwarding (-X): always refused");
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -775,10 +872,16 @@ impl server::Handler for DeviceSide {
     async fn agent_request(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
         if !self.bridge.permissions.agent_forwarding() {
             tracing::info!(session = %self.info.id, "refused agent forwarding: disabled");
+            // OpenSSH asks without wanting a reply and prints nothing on a refusal: one
+            // line on the channel's stderr tells the user why `ssh-add -l` finds no agent.
+            if !self.agent_refusal_told {
+                self.agent_refusal_told = true;
+                let _ = session.extended_data(channel, 1, AGENT_REFUSED.as_bytes().to_vec());
+            }
             return Ok(false);
         }
         let Some(link) = self.channels.get(&channel) else {
@@ -832,6 +935,38 @@ impl server::Handler for DeviceSide {
                 Ok(s.cancel_tcpip_forward(address, port).await.is_ok())
             }
             _ => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuses_none;
+
+    #[test]
+    fn none_is_refused_only_for_trivial_auth_checkers_and_old_libssh() {
+        for id in [
+            "SSH-2.0-PuTTY_Release_0.78",
+            "SSH-2.0-PuTTY_Local:_Dec_4_2026",
+            "SSH-2.0-WinSCP_release_6.3.5",
+            "SSH-2.0-FileZilla_3.67.0",
+            "SSH-2.0-dropbear_2022.83",
+            "SSH-2.0-libssh_0.10.6",
+            "SSH-2.0-libssh-0.6.3",
+        ] {
+            assert!(refuses_none(id.as_bytes()), "{id}");
+        }
+        for id in [
+            "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u10",
+            "SSH-2.0-AsyncSSH_2.24.1",
+            "SSH-2.0-paramiko_5.0.0",
+            "SSH-2.0-libssh2_1.10.0",
+            "SSH-2.0-libssh_0.12.0",
+            "SSH-2.0-Go",
+            "SSH-2.0-",
+            "garbage",
+        ] {
+            assert!(!refuses_none(id.as_bytes()), "{id}");
         }
     }
 }

@@ -198,14 +198,17 @@ impl Permissions {
 
 impl RelayContext {
     fn server_config(&self, dst: IpAddr) -> Result<Arc<server::Config>> {
-        let certificate = self.host_certs.get(dst)?;
+        // The destination's own host key, and the host certificate for it.
+        let identity = self.host_certs.get(dst)?;
         Ok(Arc::new(server::Config {
             server_id: SshId::Standard(
                 format!("SSH-2.0-sshgw_{}", env!("CARGO_PKG_VERSION")).into(),
             ),
-            keys: vec![self.authorities.host_key().clone()],
-            certificates: vec![certificate],
-            // OpenSSH probes with "none" first; it is accepted, so nothing waits.
+            keys: vec![identity.key],
+            certificates: vec![identity.certificate],
+            // Listed when `none` is refused (see `auth_none`): a key the client proves, else
+            // keyboard-interactive without prompts. That refusal is immediate.
+            methods: downstream::device_auth_methods(),
             auth_rejection_time: Duration::from_secs(1),
             auth_rejection_time_initial: Some(Duration::ZERO),
             inactivity_timeout: None,
@@ -495,10 +498,25 @@ fn dropped_over_limit(session: &str, peer: SocketAddr, limit: &'static str) {
     }
 }
 
+/// How the session loop reports a device that closed TCP without a disconnect message:
+/// an orderly close, and a close with unread data in the socket (a reset).
+const SOCKET_CLOSED: &[&str] = &[
+    "error: early eof",
+    "error: Connection reset by peer (os error 104)",
+];
+
 /// Closes the session record (a refusal's reason wins over how the socket ended) and
 /// emits it as the structured `session closed` event.
 fn finish(info: &ConnectionInfo, reason: &str) {
     let failure = info.failure.lock().expect("failure lock poisoned").clone();
+    // PuTTY, Dropbear, paramiko and libssh end a session by closing (or resetting) the
+    // TCP connection after their channels closed, without SSH_MSG_DISCONNECT: that is the
+    // client's normal exit. Only the same while the device has a channel open is an error.
+    let reason = if SOCKET_CLOSED.contains(&reason) && !info.tracker.has_open_device_channel() {
+        "client"
+    } else {
+        reason
+    };
     let record = info.tracker.close(failure.as_deref().unwrap_or(reason));
     crate::metrics::METRICS.session_closed(record.bytes_from_client, record.bytes_from_server);
     tracing::info!(

@@ -206,6 +206,9 @@ pub struct Tracker {
     live: Arc<LiveSessions>,
     store: SessionStore,
     closed: AtomicBool,
+    /// Channels the device opened and has not closed (see
+    /// [`Tracker::has_open_device_channel`]).
+    device_channels: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 impl Tracker {
@@ -231,6 +234,7 @@ impl Tracker {
             live,
             store,
             closed: AtomicBool::new(false),
+            device_channels: Default::default(),
         }
     }
 
@@ -312,6 +316,40 @@ impl Tracker {
             exit_status,
             exit_signal,
         });
+    }
+
+    /// The device opened channel `channel` (and the server its side).
+    pub fn device_channel_opened(&self, channel: u32) {
+        self.device_channels
+            .lock()
+            .expect("device channels poisoned")
+            .insert(channel);
+    }
+
+    /// The device closed channel `channel` itself (sent CHANNEL_CLOSE first).
+    pub fn device_channel_closed(&self, channel: u32) {
+        self.device_channels
+            .lock()
+            .expect("device channels poisoned")
+            .remove(&channel);
+    }
+
+    /// Whether the device still has a channel open: one it has not closed whose program,
+    /// if it had one, has not ended either (a channel the server ended first is closed by
+    /// the relay; the device's answering CHANNEL_CLOSE is not reported).
+    pub fn has_open_device_channel(&self) -> bool {
+        let open = self
+            .device_channels
+            .lock()
+            .expect("device channels poisoned")
+            .clone();
+        let record = self.entry.record.lock().expect("session lock poisoned");
+        open.iter().any(|number| {
+            !record
+                .channels
+                .iter()
+                .any(|c| c.channel == *number && c.ended_at.is_some())
+        })
     }
 
     /// Logs a file operation. The live record keeps only the first [`LIVE_FILE_OPS`] (a

@@ -166,6 +166,10 @@ const SAFE_KEX_ORDER: &[kex::Name] = &[
     kex::MLKEM768X25519_SHA256,
     kex::CURVE25519,
     kex::CURVE25519_PRE_RFC_8731,
+    // After curve25519 (sshgw patch): a server answers a client that prefers it (OpenSSH
+    // 9.0–9.8, PuTTY 0.78); as a client, russh keeps the cheaper curve25519 first.
+    kex::SNTRUP761X25519_SHA512,
+    kex::SNTRUP761X25519_SHA512_OPENSSH,
     kex::DH_GEX_SHA256,
     kex::DH_G18_SHA512,
     kex::DH_G17_SHA512,
@@ -700,14 +704,15 @@ mod tests {
     }
 
     /// Regression test for #733: a client that optimistically guesses a kex
-    /// algorithm russh does not implement (`sntrup761x25519-sha512`) — while
+    /// algorithm russh does not implement (`mlkem1024nistp384-sha384`; upstream
+    /// used `sntrup761x25519-sha512`, which the sshgw patch implements) — while
     /// listing russh's own first choice (`mlkem768x25519-sha256`) second —
     /// must have its guessed packet ignored, not consumed as the negotiated key.
     #[test]
     fn wrong_guess_for_unknown_kex_is_ignored() {
         let buf = build_kexinit(
             &[
-                "sntrup761x25519-sha512",
+                "mlkem1024nistp384-sha384",
                 "mlkem768x25519-sha256",
                 "curve25519-sha256",
             ],

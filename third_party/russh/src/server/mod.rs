@@ -359,6 +359,12 @@ pub trait Handler: Sized {
         async { Ok(Auth::reject()) }
     }
 
+    /// Called once with the client's identification string (`SSH-2.0-softwareversion
+    /// comments`, without the line end), as soon as it is read and before key exchange,
+    /// for a server whose authentication depends on the client software.
+    #[allow(unused_variables)]
+    fn client_identified(&mut self, id: &[u8]) {}
+
     /// Called when authentication succeeds for a session.
     #[allow(unused_variables)]
     fn auth_succeeded(
@@ -1097,7 +1103,7 @@ impl<H: Handler> Future for RunningSession<H> {
 pub async fn run_stream<H, R>(
     config: Arc<Config>,
     mut stream: R,
-    handler: H,
+    mut handler: H,
 ) -> Result<RunningSession<H>, H::Error>
 where
     H: Handler + Send + 'static,
@@ -1119,6 +1125,7 @@ where
     };
 
     let common = read_ssh_id(config, &mut stream).await?;
+    handler.client_identified(&common.remote_sshid);
     let mut session = Session {
         target_window_size: common.config.window_size,
         common,
