@@ -204,6 +204,10 @@ pub struct DatapathConfig {
     /// What a stopping daemon does with the datapath.
     #[serde(default)]
     pub on_stop: OnStop,
+    /// Start even when `pin_dir` is on a BPF filesystem that is not the host's (a private
+    /// mount namespace): its pins then die with the daemon, and with them fail-closed.
+    #[serde(default)]
+    pub allow_private_bpffs: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -8,8 +8,11 @@ mod object;
 pub mod routing;
 
 use std::{
+    collections::HashMap,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -18,8 +21,16 @@ use gateway_common::{INTERCEPT_MARK_GLOBAL, programs};
 use serde::Serialize;
 
 use crate::config::DatapathConfig;
+use links::Presence;
 pub use maps::{Counters, FlowIngress, MatchSets};
 use routing::Routing;
+
+/// Interface checks that failed without a definite answer (the program stayed attached);
+/// exported as `sshgw_datapath_interface_check_errors_total`.
+pub static INTERFACE_CHECK_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// How often a failing interface check is logged, per interface.
+const CHECK_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running datapath owned by this daemon.
 pub struct Datapath {
@@ -28,6 +39,8 @@ pub struct Datapath {
     links: Vec<links::AttachedLink>,
     routing: Routing,
     pin_dir: PathBuf,
+    /// Per interface: when a failed check was last logged, and how many failed since.
+    check_log: HashMap<String, (Option<Instant>, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +117,7 @@ impl Datapath {
         listener_v6: Option<&impl AsRawFd>,
     ) -> Result<Self> {
         bpffs::ensure(&cfg.pin_dir)?;
+        bpffs::check_host_shared(&cfg.pin_dir, cfg.allow_private_bpffs)?;
         let maps_pins = maps_dir(&cfg.pin_dir)?;
         for dir in [
             cfg.pin_dir.clone(),
@@ -134,12 +148,23 @@ impl Datapath {
         }
         let mut attached = Vec::new();
         for name in &cfg.interfaces {
-            if links::ifindex(name).is_none() {
-                tracing::warn!(interface = %name, "datapath interface does not exist yet; it is attached when it appears");
-                continue;
-            }
+            let index = match links::presence(name) {
+                Presence::Index(index) => index,
+                Presence::Gone => {
+                    tracing::warn!(interface = %name, "datapath interface does not exist yet; it is attached when it appears");
+                    continue;
+                }
+                Presence::Unknown(errno) => {
+                    anyhow::bail!("cannot look up datapath interface {name}: {errno}")
+                }
+            };
             let variant = links::program_for(name);
-            let link = links::attach(program(&mut ebpf, variant)?, &links_dir(&cfg.pin_dir), name)?;
+            let link = links::attach(
+                program(&mut ebpf, variant)?,
+                &links_dir(&cfg.pin_dir),
+                name,
+                index,
+            )?;
             tracing::info!(
                 interface = %name,
                 link_id = link.link_id,
@@ -168,17 +193,30 @@ impl Datapath {
             links: attached,
             routing,
             pin_dir: cfg.pin_dir.clone(),
+            check_log: HashMap::new(),
         })
     }
 
     /// Keeps every configured interface attached: an interface that was deleted and
     /// re-created (`wg-quick down/up`) has a new index and a defunct link, and one that
     /// did not exist at start may have appeared. Called every second by the daemon.
+    ///
+    /// A link is detached only when the kernel says the name is unknown (`ENODEV`) or now
+    /// belongs to another device. A lookup that fails otherwise (`EMFILE` while a device
+    /// floods the daemon with connections) keeps the program attached: it is logged at
+    /// most once a minute per interface and counted in [`INTERFACE_CHECK_ERRORS`].
     pub fn reconcile(&mut self, interfaces: &[String]) -> Result<()> {
         let links_dir = links_dir(&self.pin_dir);
         for name in interfaces {
-            let index = links::ifindex(name);
             let slot = self.links.iter().position(|l| &l.interface == name);
+            let index = match links::presence(name) {
+                Presence::Index(index) => Some(index),
+                Presence::Gone => None,
+                Presence::Unknown(errno) => {
+                    self.check_failed(name, errno, slot.is_some());
+                    continue;
+                }
+            };
             if let (Some(index), Some(pos)) = (index, slot)
                 && self.links[pos].ifindex == index
             {
@@ -186,17 +224,43 @@ impl Datapath {
             }
             if let Some(pos) = slot {
                 let old = self.links.remove(pos);
-                tracing::warn!(interface = %name, "datapath interface went away or was re-created");
+                let why = match index {
+                    None => "the datapath interface is gone (no such device); detaching its link",
+                    Some(_) => "the datapath interface was re-created (new index); attaching anew",
+                };
+                tracing::warn!(interface = %name, "{why}");
                 old.detach()?;
             }
-            if index.is_some() {
+            if let Some(index) = index {
                 let variant = links::program_for(name);
-                let link = links::attach(program(&mut self.ebpf, variant)?, &links_dir, name)?;
+                let prog = program(&mut self.ebpf, variant)?;
+                let link = links::attach(prog, &links_dir, name, index)?;
                 tracing::info!(interface = %name, link_id = link.link_id, program = variant, "datapath attached to the interface");
                 self.links.push(link);
             }
         }
         Ok(())
+    }
+
+    /// Counts a failed interface check and logs it, at most once per
+    /// [`CHECK_LOG_INTERVAL`] and interface.
+    fn check_failed(&mut self, name: &str, errno: nix::errno::Errno, attached: bool) {
+        INTERFACE_CHECK_ERRORS.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let (last, failed) = self.check_log.entry(name.to_owned()).or_default();
+        *failed += 1;
+        if last.is_some_and(|at| now.duration_since(at) < CHECK_LOG_INTERVAL) {
+            return;
+        }
+        tracing::warn!(
+            interface = %name,
+            error = %errno,
+            failed_checks = *failed,
+            attached,
+            "cannot look up the datapath interface; keeping its program attached"
+        );
+        *last = Some(now);
+        *failed = 0;
     }
 
     /// Replaces the match sets (enrolled sources, audited destinations, ports). On failure
@@ -242,6 +306,7 @@ impl Datapath {
             links,
             routing,
             pin_dir,
+            check_log: _,
         } = self;
         for link in links {
             link.detach()?;
