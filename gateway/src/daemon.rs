@@ -175,8 +175,9 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
 }
 
 /// SIGHUP: re-reads the config file and the state files. Devices, policies, the
-/// datapath's ports and `unenrolled` switch, and the recording key file apply at once;
-/// other changed settings are reported as needing a restart. Sessions are not touched.
+/// datapath's ports and switches (`DatapathConfig::take_live`) and the recording key file
+/// apply at once; other changed settings are reported as needing a restart. Sessions are
+/// not touched.
 async fn reload(config_path: &Path, shared: &Shared) {
     notify::notify("RELOADING=1");
     let result = async {
@@ -187,9 +188,7 @@ async fn reload(config_path: &Path, shared: &Shared) {
         // Take over only what a running daemon can change; the rest stays as started.
         let old = shared.state.config();
         let mut effective = old.clone();
-        effective.datapath.ports = next.datapath.ports.clone();
-        effective.datapath.unenrolled = next.datapath.unenrolled;
-        effective.datapath.on_stop = next.datapath.on_stop;
+        effective.datapath.take_live(&next.datapath);
         effective.drain_timeout_secs = next.drain_timeout_secs;
         effective.recording.public_key_file = next.recording.public_key_file.clone();
         let key = match (

@@ -14,8 +14,8 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    config::{Config, Unenrolled},
-    datapath::{Datapath, MatchSets},
+    config::Config,
+    datapath::{Datapath, MatchSets, Switches},
     devices::{Device, DeviceTable},
     identity::IdentityIndex,
     json_file,
@@ -75,7 +75,7 @@ pub fn match_sets(config: &Config, devices: &DeviceTable, policies: &PolicySet) 
         enrolled: devices.addresses().collect(),
         audited: policies.audited_networks().map(|n| n.0).collect(),
         ports: config.datapath.ports.iter().copied().collect(),
-        unenrolled_drop: config.datapath.unenrolled == Unenrolled::Drop,
+        switches: Switches::of(&config.datapath),
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::config::DatapathConfig;
 use links::Presence;
-pub use maps::{Counters, FlowIngress, MatchSets};
+pub use maps::{Counters, FlowIngress, MatchSets, Switches};
 use routing::Routing;
 
 /// Interface checks that failed without a definite answer (the program stayed attached);
