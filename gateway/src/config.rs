@@ -306,10 +306,11 @@ pub enum OnStop {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unenrolled {
-    /// Leave it alone: non-device traffic is none of sshgw's business.
-    #[default]
+    /// Leave it alone: audited servers stay reachable directly from addresses that are not
+    /// in the device table (a device's unlisted IPv6 address, a revoked device).
     Pass,
-    /// Drop it: audited servers are reachable only through sshgw.
+    /// Drop it: audited servers are reachable from device interfaces only through sshgw.
+    #[default]
     Drop,
 }
 
@@ -423,6 +424,7 @@ mod tests {
         assert_eq!(c.datapath.ports, vec![22]);
         assert_eq!(c.datapath.intercept_mark, 0x100);
         assert_eq!(c.datapath.route_table, 100);
+        assert_eq!(c.datapath.unenrolled, Unenrolled::Drop);
         assert!(c.datapath.drop_tunnels && !c.datapath.allow_private_bpffs);
         assert_eq!(c.datapath.tunnel_udp_ports, [4789, 8472, 6081, 4500, 1701]);
         assert_eq!(
