@@ -2,6 +2,8 @@
 //! and links, and the policy routing that delivers intercepted packets locally.
 
 mod bpffs;
+#[cfg(test)]
+mod classifier_tests;
 mod links;
 pub mod maps;
 mod object;
