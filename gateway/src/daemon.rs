@@ -14,7 +14,7 @@ use crate::{
     ca::{Authorities, HostCerts},
     config::{Config, OnStop},
     control,
-    datapath::{self, Datapath, FlowIngress},
+    datapath::{Datapath, FlowIngress},
     listener::{self, Listeners},
     metrics::METRICS,
     notify,
@@ -330,10 +330,7 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             }
         };
         let session_id = admission::new_session_id();
-        let ingress = admit
-            .ingress
-            .take_flow(conn.peer, conn.original_dst)
-            .and_then(datapath::interface_name);
+        let ingress = admit.ingress.take_interface(conn.peer, conn.original_dst);
         tracing::info!(
             session = %session_id,
             peer = %conn.peer,

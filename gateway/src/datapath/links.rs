@@ -9,7 +9,11 @@
 //! (`ENOLINK`). Any other failure (say `EMFILE` while a device floods the daemon with
 //! connections) leaves the program attached.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{
@@ -219,4 +223,49 @@ pub fn presence(interface: &str) -> Presence {
         Err(Errno::ENODEV) => Presence::Gone,
         Err(e) => Presence::Unknown(e),
     }
+}
+
+/// The names of the attached interfaces by index, kept by the datapath as it attaches and
+/// detaches them. Intercepted flows only ever arrive on those, so naming their ingress needs no
+/// syscall (and no file descriptor, which a flood may have used up).
+#[derive(Debug, Clone, Default)]
+pub struct AttachedNames(Arc<RwLock<HashMap<u32, String>>>);
+
+impl AttachedNames {
+    pub fn of(links: &[AttachedLink]) -> Self {
+        let names = AttachedNames::default();
+        names.set(links);
+        names
+    }
+
+    pub fn set(&self, links: &[AttachedLink]) {
+        let map = links
+            .iter()
+            .map(|l| (l.ifindex, l.interface.clone()))
+            .collect();
+        *self.0.write().expect("interface names lock poisoned") = map;
+    }
+
+    /// The name of interface `ifindex`: an attached one, else asked of the kernel.
+    pub fn name(&self, ifindex: u32) -> Option<String> {
+        let known = self
+            .0
+            .read()
+            .expect("interface names lock poisoned")
+            .get(&ifindex)
+            .cloned();
+        known.or_else(|| interface_name(ifindex))
+    }
+}
+
+/// The name of interface `ifindex` in this network namespace.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
+    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if ptr.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }

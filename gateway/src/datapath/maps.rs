@@ -22,6 +22,7 @@ use gateway_common::{
 };
 use ipnet::IpNet;
 
+use super::links::AttachedNames;
 use crate::config::{DatapathConfig, Unenrolled};
 
 /// What the TC program matches on: enrolled sources, audited destinations, ports.
@@ -208,16 +209,24 @@ pub fn sync(ebpf: &mut Ebpf, sets: &MatchSets) -> Result<()> {
 /// Where intercepted SYNs came in, recorded by the program per flow.
 pub struct FlowIngress {
     map: std::sync::Mutex<HashMap<MapData, FlowKey, u32>>,
+    names: AttachedNames,
 }
 
 impl FlowIngress {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    pub fn take(ebpf: &mut Ebpf, names: AttachedNames) -> Result<Self> {
         let map = ebpf
             .take_map(maps::FLOW_INGRESS)
             .context("eBPF object has no FLOW_INGRESS map")?;
         Ok(FlowIngress {
             map: std::sync::Mutex::new(HashMap::try_from(map)?),
+            names,
         })
+    }
+
+    /// The name of the interface the flow `peer` → `dst` came in on, consumed on read.
+    pub fn take_interface(&self, peer: SocketAddr, dst: SocketAddr) -> Option<String> {
+        self.take_flow(peer, dst)
+            .and_then(|ifindex| self.names.name(ifindex))
     }
 
     /// The ingress ifindex of the flow `peer` → `dst`, consumed on read.

@@ -23,7 +23,7 @@ use gateway_common::{INTERCEPT_MARK_GLOBAL, programs};
 use serde::Serialize;
 
 use crate::config::DatapathConfig;
-use links::Presence;
+use links::{AttachedNames, Presence};
 pub use maps::{Counters, FlowIngress, MatchSets, Switches};
 use routing::Routing;
 
@@ -43,6 +43,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Per interface: when a failed check was last logged, and how many failed since.
     check_log: HashMap<String, (Option<Instant>, u64)>,
+    /// Names of the attached interfaces by index, shared with [`FlowIngress`].
+    names: AttachedNames,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -189,6 +191,7 @@ impl Datapath {
             std::fs::remove_file(&stale)
                 .with_context(|| format!("cannot remove {}", stale.display()))?;
         }
+        let names = AttachedNames::of(&attached);
         Ok(Datapath {
             ebpf,
             sets: sets.clone(),
@@ -196,6 +199,7 @@ impl Datapath {
             routing,
             pin_dir: cfg.pin_dir.clone(),
             check_log: HashMap::new(),
+            names,
         })
     }
 
@@ -240,6 +244,7 @@ impl Datapath {
                 tracing::info!(interface = %name, link_id = link.link_id, program = variant, "datapath attached to the interface");
                 self.links.push(link);
             }
+            self.names.set(&self.links);
         }
         Ok(())
     }
@@ -281,7 +286,7 @@ impl Datapath {
 
     /// The per-flow ingress interface records (taken once, shared with the listeners).
     pub fn flow_ingress(&mut self) -> Result<FlowIngress> {
-        FlowIngress::take(&mut self.ebpf)
+        FlowIngress::take(&mut self.ebpf, self.names.clone())
     }
 
     pub fn counters(&self) -> Result<Counters> {
@@ -309,6 +314,7 @@ impl Datapath {
             routing,
             pin_dir,
             check_log: _,
+            names: _,
         } = self;
         for link in links {
             link.detach()?;
@@ -379,16 +385,4 @@ pub fn pinned_state(pin_dir: &Path) -> Result<Option<PinnedState>> {
         interfaces,
         counters,
     }))
-}
-
-/// The name of interface `ifindex` in this network namespace.
-pub fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
-    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if ptr.is_null() {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
