@@ -30,7 +30,7 @@
 //! let out = gw.cli(&["sessions", "kill", id])?; // a Finished: inspect the exit code
 //! let live = gw.sessions(&["--active"])?;
 //! gw.write_policies(&policies)?; gw.sighup()?; // edit on disk + reload
-//! // Config knobs: GatewayConfig::default().datapath("unenrolled = \"drop\"")
+//! // Config knobs: GatewayConfig::default().datapath("unenrolled = \"pass\"").nofile(1024)
 //! //     .control_group("nogroup").interfaces(&["r0", "r2"]).policies(p).devices(d)
 //! ```
 
