@@ -320,16 +320,8 @@ fn missing<P: Packet>(short: impl FnOnce() -> Parsed) -> Parsed {
     if P::DIRECT { Parsed::Retry } else { short() }
 }
 
-/// The port sets the parser tests in place.
-struct Ports<'a> {
-    /// Intercepted TCP destination ports.
-    tcp: &'a PortSet,
-    /// Encapsulation UDP destination ports.
-    udp_tunnel: &'a PortSet,
-}
-
 #[inline(always)]
-fn parse<P: Packet>(protocol: u16, pkt: &P, ports: &Ports) -> Parsed {
+fn parse<P: Packet>(protocol: u16, pkt: &P, ports: &PortSet) -> Parsed {
     match protocol {
         ETH_P_IP => parse_v4(pkt, ports),
         ETH_P_IPV6 => parse_v6(pkt, ports),
@@ -367,7 +359,6 @@ fn parse_udp<P: Packet>(
     pkt: &P,
     offset: u32,
     fragmented: bool,
-    ports: &Ports,
     audited: impl Fn() -> bool,
 ) -> Parsed {
     let Some(udp) = pkt.load::<[u16; 2]>(offset) else {
@@ -380,7 +371,10 @@ fn parse_udp<P: Packet>(
         });
     };
     // The destination port as read from the packet: a bit test, no helper call.
-    if ports.udp_tunnel.contains_wire(udp[1]) && audited() {
+    let tunnel_port = PORTS
+        .get(PORTS_TUNNEL_UDP)
+        .is_some_and(|ports| ports.contains_wire(udp[1]));
+    if tunnel_port && audited() {
         Parsed::Tunnel(Counter::DroppedTunnelUdp)
     } else {
         Parsed::NotOurs
@@ -394,12 +388,9 @@ fn steer(ctx: &TcContext, l2_len: Option<usize>) -> Verdict {
     let protocol = u16::from_be(protocol_wire);
     // Looked up before any header is read: the lookup is a call to LLVM, and the parser
     // would otherwise keep the header fields it read across it. No ports: nothing to do.
-    let (Some(tcp), Some(udp_tunnel)) = (PORTS.get(PORTS_INTERCEPT), PORTS.get(PORTS_TUNNEL_UDP))
-    else {
+    let Some(ports) = PORTS.get(PORTS_INTERCEPT) else {
         return PASS;
     };
-    let ports = Ports { tcp, udp_tunnel };
-    let ports = &ports;
     let mut parsed = Parsed::Retry;
     if let Some(l2_len) = l2_len {
         let data = ctx.data();
@@ -447,7 +438,7 @@ fn steer(ctx: &TcContext, l2_len: Option<usize>) -> Verdict {
 }
 
 #[inline(always)]
-fn parse_v4<P: Packet>(pkt: &P, ports: &Ports) -> Parsed {
+fn parse_v4<P: Packet>(pkt: &P, ports: &PortSet) -> Parsed {
     let Some(ip) = pkt.load::<Ipv4Hdr>(0) else {
         return missing::<P>(|| Parsed::NotOurs);
     };
@@ -467,7 +458,7 @@ fn parse_v4<P: Packet>(pkt: &P, ports: &Ports) -> Parsed {
     let audited = || AUDITED_V4.get(Key::new(32, ip.daddr)).is_some();
     match ip.protocol {
         IPPROTO_TCP => {}
-        IPPROTO_UDP => return parse_udp(pkt, ihl, fragmented, ports, audited),
+        IPPROTO_UDP => return parse_udp(pkt, ihl, fragmented, audited),
         protocol => return parse_other(protocol, audited),
     }
     let Some(tcp) = pkt.load::<TcpHead>(ihl) else {
@@ -481,7 +472,7 @@ fn parse_v4<P: Packet>(pkt: &P, ports: &Ports) -> Parsed {
         });
     };
     // `dport` as read from the packet: a bit test, no helper call.
-    if !ports.tcp.contains_wire(tcp.dport) {
+    if !ports.contains_wire(tcp.dport) {
         return Parsed::NotOurs;
     }
     let source = match judge(tcp.flags, fragmented, audited, || {
@@ -529,7 +520,7 @@ fn is_extension(nexthdr: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_v6<P: Packet>(pkt: &P, ports: &Ports) -> Parsed {
+fn parse_v6<P: Packet>(pkt: &P, ports: &PortSet) -> Parsed {
     let Some(ip) = pkt.load::<Ipv6Hdr>(0) else {
         return missing::<P>(|| Parsed::NotOurs);
     };
@@ -587,7 +578,7 @@ fn parse_v6<P: Packet>(pkt: &P, ports: &Ports) -> Parsed {
     }
     match nexthdr {
         IPPROTO_TCP => {}
-        IPPROTO_UDP => return parse_udp(pkt, offset, fragmented, ports, audited),
+        IPPROTO_UDP => return parse_udp(pkt, offset, fragmented, audited),
         protocol => return parse_other(protocol, audited),
     }
     let Some(tcp) = pkt.load::<TcpHead>(offset) else {
@@ -600,7 +591,7 @@ fn parse_v6<P: Packet>(pkt: &P, ports: &Ports) -> Parsed {
         });
     };
     // `dport` as read from the packet: a bit test, no helper call.
-    if !ports.tcp.contains_wire(tcp.dport) {
+    if !ports.contains_wire(tcp.dport) {
         return Parsed::NotOurs;
     }
     let source = match judge(tcp.flags, fragmented, audited, || {
