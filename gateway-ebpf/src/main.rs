@@ -119,21 +119,11 @@ struct Ipv6Hdr {
     daddr: Ipv6Bytes,
 }
 
-/// The first 14 bytes of the TCP header: ports, sequence numbers, offset and flags.
+/// The fixed 20 bytes of the TCP header (options follow). `bpf_tcp_check_syncookie` takes
+/// a copy of it.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct TcpHead {
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    ack_seq: u32,
-    doff: u8,
-    flags: u8,
-}
-
-/// A whole (option-less) TCP header, rebuilt on the stack for `bpf_tcp_check_syncookie`.
-#[repr(C)]
-struct TcpHdr {
     sport: u16,
     dport: u16,
     seq: u32,
@@ -817,20 +807,9 @@ fn cookie_ack(ctx: &TcContext, flow: &Flow) -> Option<Verdict> {
         return None;
     }
     let listener = listener(flow.v6)?;
-    let t = &flow.tcp;
-    let mut th = TcpHdr {
-        sport: t.sport,
-        dport: t.dport,
-        seq: t.seq,
-        ack_seq: t.ack_seq,
-        doff: t.doff,
-        flags: t.flags,
-        window: 0,
-        check: 0,
-        urg_ptr: 0,
-    };
+    let mut th = flow.tcp;
     let th_ptr = core::ptr::from_mut(&mut th).cast();
-    let th_len = size_of::<TcpHdr>() as u32;
+    let th_len = size_of::<TcpHead>() as u32;
     // The cookie check reads only the version and the addresses of the IP header.
     let ret = if flow.v6 {
         let mut ip = Ipv6Hdr {

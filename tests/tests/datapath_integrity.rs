@@ -60,6 +60,15 @@ fn client_seen(lab: &Lab, src: IpAddr, dst: IpAddr, timeout: u32) -> Result<IpAd
         .client)
 }
 
+/// Retries SSH from the enrolled address to the audited server (bounded) until sshd sees
+/// `client`.
+fn wait_client_seen(lab: &Lab, fam: Family, client: IpAddr, what: &str) -> Result<()> {
+    poll_until(what, Duration::from_secs(90), POLL, || {
+        let seen = client_seen(lab, fam.enrolled(), fam.audited(), 5);
+        Ok(seen.ok().filter(|c| *c == client).map(|_| ()))
+    })
+}
+
 /// SSH from the enrolled address reaches the audited server through the gateway.
 fn expect_intercepted(lab: &Lab, fam: Family, what: &str) -> Result<()> {
     let client = client_seen(lab, fam.enrolled(), fam.audited(), 10)?;
@@ -169,14 +178,11 @@ fn fd_exhaustion_never_detaches_the_datapath() {
         );
         // sshd drops new connections while the flood's upstream legs are still pre-auth
         // (MaxStartups); once they are gone, SSH from the device is intercepted again.
-        poll_until(
+        wait_client_seen(
+            lab,
+            fam,
+            fam.router_wan(),
             "SSH from the device to be intercepted after the flood",
-            Duration::from_secs(90),
-            POLL,
-            || {
-                let client = client_seen(lab, fam.enrolled(), fam.audited(), 10);
-                Ok(client.ok().filter(|c| *c == fam.router_wan()))
-            },
         )?;
         let direct = direct.stop();
         ensure!(
@@ -249,14 +255,11 @@ fn private_bpffs_allowed_by_setting_dies_with_the_daemon() {
         expect_intercepted(lab, fam, "private bpffs")?;
         gw.kill()?;
         // The mount namespace, its bpffs and the pinned link go away with the process.
-        poll_until(
+        wait_client_seen(
+            lab,
+            fam,
+            fam.enrolled(),
             "the private pins to die with the daemon",
-            Duration::from_secs(60),
-            POLL,
-            || {
-                let client = client_seen(lab, fam.enrolled(), fam.audited(), 3);
-                Ok(client.ok().filter(|c| *c == fam.enrolled()))
-            },
         )?;
         Ok(())
     });
