@@ -333,6 +333,17 @@ fn tunnel_reason(protocol: u8) -> Option<Counter> {
     }
 }
 
+/// `Evasive` when the packet is `suspect` and goes to an audited destination, else
+/// `NotOurs`.
+#[inline(always)]
+fn evasive_if(suspect: bool, audited: impl Fn() -> bool) -> Parsed {
+    if suspect && audited() {
+        Parsed::Evasive
+    } else {
+        Parsed::NotOurs
+    }
+}
+
 /// A protocol other than TCP and UDP: a tunnel if it is one and goes to an audited server.
 #[inline(always)]
 fn parse_other(protocol: u8, audited: impl Fn() -> bool) -> Parsed {
@@ -352,13 +363,7 @@ fn parse_udp<P: Packet>(
     audited: impl Fn() -> bool,
 ) -> Parsed {
     let Some(udp) = pkt.load::<[u16; 2]>(offset) else {
-        return missing::<P>(|| {
-            if fragmented && audited() {
-                Parsed::Evasive
-            } else {
-                Parsed::NotOurs
-            }
-        });
+        return missing::<P>(|| evasive_if(fragmented, &audited));
     };
     // The destination port as read from the packet: a bit test, no helper call.
     let tunnel_port = PORTS
@@ -453,13 +458,7 @@ fn parse_v4<P: Packet>(pkt: &P, ports: &PortSet) -> Parsed {
     }
     let Some(tcp) = pkt.load::<TcpHead>(ihl) else {
         // Too short to hold the TCP header: only a (tiny) first fragment can do that.
-        return missing::<P>(|| {
-            if fragmented && audited() {
-                Parsed::Evasive
-            } else {
-                Parsed::NotOurs
-            }
-        });
+        return missing::<P>(|| evasive_if(fragmented, &audited));
     };
     // `dport` as read from the packet: a bit test, no helper call.
     if !ports.contains_wire(tcp.dport) {
@@ -509,29 +508,20 @@ fn is_extension(nexthdr: u8) -> bool {
     )
 }
 
+/// Walks the IPv6 extension headers after the fixed header: the upper-layer protocol, its
+/// offset and whether the packet is a first fragment (`Err`: the verdict is already clear).
 #[inline(always)]
-fn parse_v6<P: Packet>(pkt: &P, ports: &PortSet) -> Parsed {
-    let Some(ip) = pkt.load::<Ipv6Hdr>(0) else {
-        return missing::<P>(|| Parsed::NotOurs);
-    };
-    if u32::from_be(ip.ver_tc_flow) >> 28 != 6
-        || !pkt.l3_len_ok(40 + u32::from(u16::from_be(ip.payload_len)))
-    {
-        return missing::<P>(|| Parsed::NotOurs);
-    }
-    let audited = || AUDITED_V6.get(Key::new(128, ip.daddr)).is_some();
-    let mut nexthdr = ip.nexthdr;
+fn walk_extensions<P: Packet>(
+    pkt: &P,
+    first: u8,
+    audited: &impl Fn() -> bool,
+) -> Result<(u8, u32, bool), Parsed> {
+    let mut nexthdr = first;
     let mut offset: u32 = 40;
     let mut fragmented = false;
     for _ in 0..IPV6_MAX_EXT {
         let Some(ext) = pkt.load::<[u8; 4]>(offset) else {
-            return missing::<P>(|| {
-                if audited() {
-                    Parsed::Evasive
-                } else {
-                    Parsed::NotOurs
-                }
-            });
+            return Err(missing::<P>(|| evasive_if(true, audited)));
         };
         match nexthdr {
             IPV6_HOP | IPV6_ROUTING | IPV6_DSTOPTS => {
@@ -546,7 +536,7 @@ fn parse_v6<P: Packet>(pkt: &P, ports: &PortSet) -> Parsed {
                 let frag = u16::from_be_bytes([ext[2], ext[3]]);
                 // Later fragments carry no L4 header.
                 if frag & 0xfff8 != 0 {
-                    return Parsed::NotOurs;
+                    return Err(Parsed::NotOurs);
                 }
                 // The M flag; an "atomic fragment" (M clear, offset 0) is whole.
                 fragmented |= frag & 1 != 0;
@@ -560,25 +550,33 @@ fn parse_v6<P: Packet>(pkt: &P, ports: &PortSet) -> Parsed {
     // A chain longer than we walk could hide TCP or a tunnel: fail closed for audited
     // servers.
     if is_extension(nexthdr) {
-        return if audited() {
-            Parsed::Evasive
-        } else {
-            Parsed::NotOurs
-        };
+        return Err(evasive_if(true, audited));
     }
+    Ok((nexthdr, offset, fragmented))
+}
+
+#[inline(always)]
+fn parse_v6<P: Packet>(pkt: &P, ports: &PortSet) -> Parsed {
+    let Some(ip) = pkt.load::<Ipv6Hdr>(0) else {
+        return missing::<P>(|| Parsed::NotOurs);
+    };
+    if u32::from_be(ip.ver_tc_flow) >> 28 != 6
+        || !pkt.l3_len_ok(40 + u32::from(u16::from_be(ip.payload_len)))
+    {
+        return missing::<P>(|| Parsed::NotOurs);
+    }
+    let audited = || AUDITED_V6.get(Key::new(128, ip.daddr)).is_some();
+    let (nexthdr, offset, fragmented) = match walk_extensions(pkt, ip.nexthdr, &audited) {
+        Ok(upper) => upper,
+        Err(parsed) => return parsed,
+    };
     match nexthdr {
         IPPROTO_TCP => {}
         IPPROTO_UDP => return parse_udp(pkt, offset, fragmented, audited),
         protocol => return parse_other(protocol, audited),
     }
     let Some(tcp) = pkt.load::<TcpHead>(offset) else {
-        return missing::<P>(|| {
-            if fragmented && audited() {
-                Parsed::Evasive
-            } else {
-                Parsed::NotOurs
-            }
-        });
+        return missing::<P>(|| evasive_if(fragmented, &audited));
     };
     // `dport` as read from the packet: a bit test, no helper call.
     if !ports.contains_wire(tcp.dport) {
@@ -636,11 +634,7 @@ fn judge(
     if fragmented {
         // A later, overlapping fragment could turn this into a SYN the server sees and
         // we never did. SSH never needs fragments (TCP sets DF).
-        return Err(if audited() {
-            Parsed::Evasive
-        } else {
-            Parsed::NotOurs
-        });
+        return Err(evasive_if(true, audited));
     }
     if !is_pure_syn(flags) {
         Ok(Source::Established)

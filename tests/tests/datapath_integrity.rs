@@ -23,7 +23,9 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
 use sshgw_tests::gateway::{GatewayConfig, default_devices, set_nofile};
 use sshgw_tests::wait::poll_until;
-use sshgw_tests::{Family, Lab, SSH_PORT, family_tests, iface, lab_test};
+use sshgw_tests::{
+    Capture, Family, Gateway, Lab, Packet, Proc, SSH_PORT, family_tests, iface, lab_test,
+};
 
 /// The attack helper built with these tests.
 const ATTACK: &str = env!("CARGO_BIN_EXE_sshgw-attack");
@@ -87,7 +89,7 @@ fn direct_ssh_filter(src: IpAddr) -> String {
 }
 
 /// The daemon's `sshgw_datapath_interface_check_errors_total`.
-fn interface_check_errors(gw: &sshgw_tests::Gateway<'_>) -> Result<u64> {
+fn interface_check_errors(gw: &Gateway<'_>) -> Result<u64> {
     let reply = gw.api_bytes("GET", "/metrics", None)?;
     let text = reply.body;
     text.lines()
@@ -112,6 +114,50 @@ const DETACH_LOGS: [&str; 3] = ["went away", "interface is gone", "was re-create
 /// The log line of a failed interface lookup that kept the program attached.
 const KEPT_LOG: &str = "keeping its program attached";
 
+/// Starts the connection flood from the enrolled address and waits until the daemon has
+/// failed an interface check for want of descriptors. Fails at once if the daemon gives up
+/// the link or a packet from the device reaches the server's port 22. Returns the running
+/// flood and the daemon's log line.
+fn flood_until_exhausted(
+    lab: &Lab,
+    fam: Family,
+    gw: &Gateway<'_>,
+    direct: &Capture,
+) -> Result<(Proc, String)> {
+    let (src, dst) = (fam.enrolled().to_string(), fam.audited().to_string());
+    let mut cmd = attack(lab, &["connections", &src, &dst, "22", FLOOD_CONNECTIONS]);
+    set_nofile(&mut cmd, 8192);
+    let flood = lab.procs().spawn("connection flood", &mut cmd)?;
+    let exhausted = poll_until(
+        "the daemon to run out of file descriptors during the flood",
+        EXHAUSTION_TIMEOUT,
+        POLL,
+        || {
+            let log = gw.log();
+            if let Some(line) = log
+                .lines()
+                .find(|l| DETACH_LOGS.iter().any(|d| l.contains(d)))
+            {
+                bail!("the daemon gave up the interface's link during the flood: {line}");
+            }
+            if let Some(pkt) = direct.packets().first() {
+                bail!(
+                    "audited SSH reached the server directly during the flood: {}",
+                    pkt.text
+                );
+            }
+            if let Some(status) = flood.try_status()? {
+                bail!("the flood ended early ({status:?})");
+            }
+            Ok(log
+                .lines()
+                .find(|l| l.contains(KEPT_LOG))
+                .map(str::to_owned))
+        },
+    )?;
+    Ok((flood, exhausted))
+}
+
 /// 1. An enrolled device floods the daemon with TCP connections to an audited address
 ///    until it runs out of file descriptors. The interface check then fails (EMFILE), and
 ///    the program must stay attached: no packet from the device's own address reaches the
@@ -126,37 +172,7 @@ fn fd_exhaustion_never_detaches_the_datapath() {
         let links = gw.start()?.link_ids();
         expect_intercepted(lab, fam, "before the flood")?;
 
-        let (src, dst) = (fam.enrolled().to_string(), fam.audited().to_string());
-        let mut cmd = attack(lab, &["connections", &src, &dst, "22", FLOOD_CONNECTIONS]);
-        set_nofile(&mut cmd, 8192);
-        let flood = lab.procs().spawn("connection flood", &mut cmd)?;
-        let exhausted = poll_until(
-            "the daemon to run out of file descriptors during the flood",
-            EXHAUSTION_TIMEOUT,
-            POLL,
-            || {
-                let log = gw.log();
-                if let Some(line) = log
-                    .lines()
-                    .find(|l| DETACH_LOGS.iter().any(|d| l.contains(d)))
-                {
-                    bail!("the daemon gave up the interface's link during the flood: {line}");
-                }
-                if let Some(pkt) = direct.packets().first() {
-                    bail!(
-                        "audited SSH reached the server directly during the flood: {}",
-                        pkt.text
-                    );
-                }
-                if let Some(status) = flood.try_status()? {
-                    bail!("the flood ended early ({status:?})");
-                }
-                Ok(log
-                    .lines()
-                    .find(|l| l.contains(KEPT_LOG))
-                    .map(str::to_owned))
-            },
-        )?;
+        let (flood, exhausted) = flood_until_exhausted(lab, fam, &gw, &direct)?;
         eprintln!("daemon: {exhausted}");
         flood.kill()?;
 
@@ -359,7 +375,7 @@ fn tunnel_packets_through(
     fam: Family,
     count: usize,
     send: impl FnOnce() -> Result<()>,
-) -> Result<Vec<sshgw_tests::Packet>> {
+) -> Result<Vec<Packet>> {
     let filter = format!(
         "src host {} and not tcp and not udp and not icmp and not icmp6",
         fam.enrolled()
@@ -520,7 +536,7 @@ fn wait_established(lab: &Lab, src: IpAddr) -> Result<()> {
 }
 
 /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the daemon, and waits until it is so.
-fn freeze(gw: &sshgw_tests::Gateway<'_>, stop: bool) -> Result<()> {
+fn freeze(gw: &Gateway<'_>, stop: bool) -> Result<()> {
     use nix::sys::signal::Signal;
     let proc = gw.proc().context("no daemon")?;
     proc.signal(if stop {
