@@ -37,8 +37,51 @@ pub struct Admission {
     pub policy_name: Option<String>,
 }
 
+/// A live session judged again against a new snapshot.
+pub enum Readmission {
+    /// Still allowed; new channels follow this policy.
+    Keep(Arc<Policy>),
+    /// No longer allowed: end it, telling the user why.
+    End(String),
+}
+
+/// Judges an established session of `identity` again, with the current device table and
+/// policies: the device must still own the address, and the decision must still relay.
+pub fn readmit(
+    snapshot: &Snapshot,
+    identity: &Identity,
+    peer: SocketAddr,
+    original_dst: SocketAddr,
+    ingress: Option<&str>,
+) -> Readmission {
+    let (now, _) = judge(snapshot, peer, original_dst, ingress);
+    let same_device = now
+        .identity
+        .as_ref()
+        .is_some_and(|i| i.device_id == identity.device_id && i.email == identity.email);
+    match now.outcome {
+        Outcome::Relay { policy } if same_device => Readmission::Keep(policy),
+        Outcome::Relay { .. } => Readmission::End(format!(
+            "sshgw: session ended: {} no longer belongs to device {}",
+            peer.ip(),
+            identity.device_id
+        )),
+        Outcome::Refuse { message, .. } => Readmission::End(format!(
+            "sshgw: session ended: {}",
+            message.strip_prefix("sshgw: ").unwrap_or(&message)
+        )),
+    }
+}
+
+/// Why a connection was judged the way it was, for the decision log.
+enum Grounds {
+    NotEnrolled,
+    Spoofed { expected: String, seen: String },
+    Policy,
+}
+
 /// Judges a connection from `peer` to `original_dst` that came in on `ingress`
-/// (the interface name, when the datapath recorded it).
+/// (the interface name, when the datapath recorded it), and logs the decision.
 pub fn admit(
     snapshot: &Snapshot,
     session_id: &str,
@@ -46,43 +89,73 @@ pub fn admit(
     original_dst: SocketAddr,
     ingress: Option<&str>,
 ) -> Admission {
-    let Some(identity) = snapshot.identities.resolve(peer.ip()) else {
-        tracing::warn!(session = session_id, %peer, orig_dst = %original_dst, decision = "block", reason = "not enrolled", "policy decision");
-        return Admission {
+    let (admission, grounds) = judge(snapshot, peer, original_dst, ingress);
+    let (decision, policy) = match &admission.outcome {
+        Outcome::Relay { policy } => ("audit_ssh", Some(policy.id.as_str())),
+        Outcome::Refuse { policy_id, .. } => ("block", policy_id.as_deref()),
+    };
+    match grounds {
+        Grounds::NotEnrolled => {
+            tracing::warn!(session = session_id, %peer, orig_dst = %original_dst, decision, reason = "not enrolled", "policy decision")
+        }
+        Grounds::Spoofed { expected, seen } => tracing::warn!(
+            session = session_id,
+            %peer,
+            orig_dst = %original_dst,
+            expected_interface = %expected,
+            ingress = %seen,
+            decision,
+            reason = "spoofed source",
+            "policy decision"
+        ),
+        Grounds::Policy => {
+            let identity = admission.identity.as_deref();
+            tracing::info!(
+                session = session_id,
+                %peer,
+                orig_dst = %original_dst,
+                email = identity.map_or("-", |i| i.email.as_str()),
+                device = identity.map_or("-", |i| i.device_id.as_str()),
+                policy = policy.unwrap_or("-"),
+                decision,
+                "policy decision"
+            )
+        }
+    }
+    admission
+}
+
+fn judge(
+    snapshot: &Snapshot,
+    peer: SocketAddr,
+    original_dst: SocketAddr,
+    ingress: Option<&str>,
+) -> (Admission, Grounds) {
+    let refused = |message: String, grounds: Grounds| {
+        let admission = Admission {
             identity: None,
             outcome: Outcome::Refuse {
-                message: format!("sshgw: {} is not an enrolled device", peer.ip()),
+                message,
                 policy_id: None,
             },
             policy_name: None,
         };
+        (admission, grounds)
+    };
+    let Some(identity) = snapshot.identities.resolve(peer.ip()) else {
+        let message = format!("sshgw: {} is not an enrolled device", peer.ip());
+        return refused(message, Grounds::NotEnrolled);
     };
     if let Some(expected) = &identity.interface
         && ingress != Some(expected.as_str())
     {
-        let seen = ingress.unwrap_or("an unknown interface");
-        tracing::warn!(
-            session = session_id,
-            %peer,
-            orig_dst = %original_dst,
-            device = %identity.device_id,
-            expected_interface = %expected,
-            ingress = seen,
-            decision = "block",
-            reason = "spoofed source",
-            "policy decision"
+        let seen = ingress.unwrap_or("an unknown interface").to_string();
+        let message = format!(
+            "sshgw: {} arrived on {seen}, not on its device's tunnel {expected}; refused as spoofed",
+            peer.ip()
         );
-        return Admission {
-            identity: None,
-            outcome: Outcome::Refuse {
-                message: format!(
-                    "sshgw: {} arrived on {seen}, not on its device's tunnel {expected}; refused as spoofed",
-                    peer.ip()
-                ),
-                policy_id: None,
-            },
-            policy_name: None,
-        };
+        let expected = expected.clone();
+        return refused(message, Grounds::Spoofed { expected, seen });
     }
     let decision = snapshot.engine.evaluate(
         original_dst,
@@ -100,21 +173,6 @@ pub fn admit(
         } => Some(policy.name.clone()),
         Decision::Block { policy: None } => None,
     };
-    let verdict = if matches!(decision, Decision::Audit { .. }) {
-        "audit_ssh"
-    } else {
-        "block"
-    };
-    tracing::info!(
-        session = session_id,
-        %peer,
-        orig_dst = %original_dst,
-        email = %identity.email,
-        device = %identity.device_id,
-        policy = policy_id.as_deref().unwrap_or("-"),
-        decision = verdict,
-        "policy decision"
-    );
     let outcome = match decision {
         Decision::Audit { policy } => Outcome::Relay { policy },
         block => Outcome::Refuse {
@@ -122,9 +180,10 @@ pub fn admit(
             policy_id,
         },
     };
-    Admission {
+    let admission = Admission {
         identity: Some(identity),
         outcome,
         policy_name,
-    }
+    };
+    (admission, Grounds::Policy)
 }

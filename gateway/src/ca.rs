@@ -249,18 +249,6 @@ impl fmt::Debug for MintedCert {
     }
 }
 
-/// The local part of an email address: `jdoe@example.com` → `jdoe`.
-pub fn email_local_part(email: &str) -> Result<&str> {
-    match email.split_once('@') {
-        Some((local, domain))
-            if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
-        {
-            Ok(local)
-        }
-        _ => bail!("{email:?} is not an email address (local@domain)"),
-    }
-}
-
 /// Host certificates for the gateway's host key, one per destination address, cached.
 pub struct HostCerts {
     authorities: Arc<Authorities>,
@@ -752,16 +740,6 @@ mod tests {
         assert!(!text.contains("permit-X11-forwarding"), "{text}");
         assert!(!text.contains("permit-user-rc"), "{text}");
         assert!(text.contains("user certificate"), "{text}");
-    }
-
-    #[test]
-    fn email_local_parts() {
-        assert_eq!(email_local_part("jdoe@example.com").unwrap(), "jdoe");
-        assert!(email_local_part("jdoe").is_err());
-        assert!(email_local_part("").is_err());
-        assert!(email_local_part("@example.com").is_err());
-        assert!(email_local_part("jdoe@").is_err());
-        assert!(email_local_part("a@b@example.com").is_err());
     }
 
     #[test]

@@ -30,9 +30,96 @@ pub struct Config {
     #[serde(default)]
     pub recording: RecordingConfig,
     #[serde(default)]
+    pub sessions: SessionsConfig,
+    #[serde(default)]
     pub retention: RetentionConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// What one device, and all of them together, may hold at once (docs/configuration.md).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Intercepted connections open at once, all devices together.
+    pub max_connections: usize,
+    /// Intercepted connections open at once from one device.
+    pub max_connections_per_device: usize,
+    /// Connections that have not logged in yet, all devices together.
+    pub max_preauth: usize,
+    /// Connections that have not logged in yet, from one device.
+    pub max_preauth_per_device: usize,
+    /// Seconds a connection has for its banner, key exchange and login.
+    pub preauth_grace_secs: u64,
+    /// Channels (sessions, forwards) open at once on one connection.
+    pub max_channels_per_connection: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 8192,
+            max_connections_per_device: 64,
+            max_preauth: 256,
+            max_preauth_per_device: 16,
+            preauth_grace_secs: 20,
+            max_channels_per_connection: 64,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<()> {
+        let fields = [
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_device",
+                self.max_connections_per_device,
+            ),
+            ("max_preauth", self.max_preauth),
+            ("max_preauth_per_device", self.max_preauth_per_device),
+            (
+                "max_channels_per_connection",
+                self.max_channels_per_connection,
+            ),
+        ];
+        for (name, value) in fields {
+            if value == 0 {
+                bail!("limits.{name}: must be at least 1");
+            }
+        }
+        if self.max_connections_per_device > self.max_connections {
+            bail!("limits.max_connections_per_device: must not exceed limits.max_connections");
+        }
+        if self.max_preauth_per_device > self.max_preauth {
+            bail!("limits.max_preauth_per_device: must not exceed limits.max_preauth");
+        }
+        if !(1..=600).contains(&self.preauth_grace_secs) {
+            bail!("limits.preauth_grace_secs: must be between 1 and 600");
+        }
+        Ok(())
+    }
+}
+
+/// The session log (`<state_dir>/sessions.db`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// What happens to new connections while the session log cannot be written.
+    pub on_log_failure: LogFailure,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFailure {
+    /// Refuse new connections with a message, and end a session whose record cannot be
+    /// written, until the log can be written again.
+    #[default]
+    Refuse,
+    /// Carry on; the records wait in memory (bounded) until the log recovers.
+    Allow,
 }
 
 /// Prometheus metrics. They are always at `/metrics` on the control socket.
@@ -106,12 +193,61 @@ pub struct SshConfig {
     pub host_names: std::collections::BTreeMap<std::net::IpAddr, Vec<String>>,
     /// Seconds between keepalives to an idle device (replaces an idle timeout).
     pub keepalive_secs: u64,
+    /// Environment variables a device may not set (`env` requests): exact names, or a
+    /// prefix ending in `*`. Whatever is allowed is relayed and logged with the program.
+    pub deny_env: Vec<String>,
+    /// Seconds a relayed channel may hold data for a peer whose window is open without
+    /// passing any of it on, before the stall watchdog logs it (docs/relay.md).
+    pub stall_warning_secs: u64,
     /// Ciphers offered to devices. The client's order picks among them (RFC 4253), so
     /// this list decides only which ones are allowed: see docs/configuration.md.
     pub device_ciphers: Vec<String>,
     /// Ciphers asked of the real servers, most preferred first (sshgw is the client on
     /// that leg, so its order wins).
     pub upstream_ciphers: Vec<String>,
+    /// What the user certificate's principal is made of: the email's local part (as
+    /// Cloudflare does) or the whole address.
+    pub principal: PrincipalMode,
+    /// Principals no device may get: a device table that would give one of them to a user
+    /// is refused. Compared without regard to ASCII case.
+    pub reserved_principals: Vec<String>,
+}
+
+/// How a device's email becomes the principal of its user certificates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalMode {
+    /// `jdoe@example.com` → `jdoe`: matches the servers' Unix logins (Cloudflare's choice).
+    /// Two users of different domains with the same local part cannot both be enrolled.
+    #[default]
+    LocalPart,
+    /// `jdoe@example.com` → `jdoe@example.com`: unique across domains; the servers map it to
+    /// logins with `AuthorizedPrincipalsFile` or `AuthorizedPrincipalsCommand`.
+    Email,
+}
+
+/// The default of `[ssh] reserved_principals`: administrative and service accounts that a
+/// mailbox with the same local part must never log in as.
+pub const DEFAULT_RESERVED_PRINCIPALS: &[&str] = &[
+    "root",
+    "admin",
+    "administrator",
+    "ubuntu",
+    "debian",
+    "ec2-user",
+    "centos",
+    "git",
+    "postgres",
+];
+
+impl SshConfig {
+    /// Whether `[ssh] deny_env` refuses the variable `name`.
+    pub fn env_denied(&self, name: &str) -> bool {
+        self.deny_env.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == p,
+        })
+    }
 }
 
 /// Ciphers sshgw accepts in `device_ciphers` / `upstream_ciphers`, and the default of
@@ -168,8 +304,15 @@ impl Default for SshConfig {
             certificate_lifetime_secs: 120,
             host_names: Default::default(),
             keepalive_secs: 30,
+            stall_warning_secs: 60,
+            deny_env: ["LD_*", "BASH_ENV", "ENV"].map(String::from).to_vec(),
             device_ciphers: SUPPORTED_CIPHERS.iter().map(|s| (*s).to_owned()).collect(),
             upstream_ciphers: SUPPORTED_CIPHERS.iter().map(|s| (*s).to_owned()).collect(),
+            principal: PrincipalMode::LocalPart,
+            reserved_principals: DEFAULT_RESERVED_PRINCIPALS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -375,8 +518,27 @@ impl Config {
         if ssh.keepalive_secs == 0 {
             bail!("ssh.keepalive_secs: must be at least 1");
         }
+        for (i, pattern) in ssh.deny_env.iter().enumerate() {
+            let name = pattern.strip_suffix('*').unwrap_or(pattern);
+            if name.is_empty() || name.contains(['*', '=']) || name.chars().any(char::is_control) {
+                bail!(
+                    "ssh.deny_env[{i}]: {pattern:?} is not a variable name or a prefix ending in *"
+                );
+            }
+        }
+        if ssh.stall_warning_secs == 0 {
+            bail!("ssh.stall_warning_secs: must be at least 1");
+        }
+        self.limits.validate()?;
         cipher_names("device_ciphers", &ssh.device_ciphers)?;
         cipher_names("upstream_ciphers", &ssh.upstream_ciphers)?;
+        for (i, name) in ssh.reserved_principals.iter().enumerate() {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!(
+                    "ssh.reserved_principals[{i}]: {name:?} is not a principal (empty, or with whitespace or control characters)"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -438,6 +600,25 @@ mod tests {
             c.devices_path(),
             PathBuf::from("/var/lib/sshgw/devices.json")
         );
+    }
+
+    #[test]
+    fn sessions_table() {
+        let base = "state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.sessions.on_log_failure, LogFailure::Refuse);
+        let c = Config::parse(&format!("{base}[sessions]\non_log_failure = \"allow\"\n")).unwrap();
+        assert_eq!(c.sessions.on_log_failure, LogFailure::Allow);
+        let e = format!(
+            "{:#}",
+            Config::parse(&format!("{base}[sessions]\non_log_failure = \"drop\"\n")).unwrap_err()
+        );
+        assert!(e.contains("on_log_failure") && e.contains("refuse"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::parse(&format!("{base}[sessions]\nbogus = 1\n")).unwrap_err()
+        );
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]
@@ -504,5 +685,29 @@ mod tests {
             "{e}"
         );
         assert!(err("device_ciphers = [\"none\"]").contains("not a supported cipher"));
+    }
+
+    #[test]
+    fn principal_settings() {
+        let base = "state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\n[ssh]\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.ssh.principal, PrincipalMode::LocalPart);
+        assert_eq!(c.ssh.reserved_principals, DEFAULT_RESERVED_PRINCIPALS);
+        let c = Config::parse(&format!(
+            "{base}principal = \"email\"\nreserved_principals = []\n"
+        ))
+        .unwrap();
+        assert_eq!(c.ssh.principal, PrincipalMode::Email);
+        assert!(c.ssh.reserved_principals.is_empty());
+        let err = |line: &str| {
+            format!(
+                "{:#}",
+                Config::parse(&format!("{base}{line}\n")).unwrap_err()
+            )
+        };
+        let e = err("principal = \"full\"");
+        assert!(e.contains("local_part") && e.contains("email"), "{e}");
+        let e = err("reserved_principals = [\"root\", \"ro ot\"]");
+        assert!(e.contains("ssh.reserved_principals[1]"), "{e}");
     }
 }

@@ -46,7 +46,7 @@ impl Shared {
             .expect("datapath lock poisoned")
             .as_ref()
             .and_then(|dp| dp.counters().ok());
-        crate::metrics::render(&self.live, counters.as_ref())
+        crate::metrics::render(&self.live, counters.as_ref(), &self.store.health())
     }
 
     pub fn status(&self) -> Result<Report> {
@@ -59,6 +59,7 @@ impl Shared {
             interfaces: dp.interfaces().into_iter().map(Into::into).collect(),
             listeners: self.listeners.clone(),
             counters: status::counters_owned(dp.counters()?),
+            session_log: Some(self.store.health()),
         })
     }
 }
@@ -71,6 +72,7 @@ struct Admit {
 }
 
 pub async fn run(config: Config, config_path: &Path) -> Result<()> {
+    crate::rlimit::raise_nofile_logged();
     // Everything the daemon writes (keys, state, session log, recordings) is private; the
     // control socket's 0660 is set explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -79,26 +81,17 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     let (devices, policies) = state::load(&config)?;
     let sets = state::match_sets(&config, &devices, &policies);
     let authorities = Arc::new(Authorities::load_or_create(&config.state_dir)?);
-    let store = SessionStore::open(&config.session_log_path())?;
     let live = Arc::new(LiveSessions::default());
+    let store = SessionStore::open_with(
+        &config.session_log_path(),
+        config.sessions.on_log_failure,
+        live.unwritable_hook(),
+    )?;
+    let started = std::time::SystemTime::now();
     let recordings = config.recordings_dir();
     std::fs::create_dir_all(&recordings)
         .with_context(|| format!("cannot create recording dir {}", recordings.display()))?;
     let recording_key = load_recording_key(&config)?;
-    let relay = Arc::new(RelayContext {
-        recording: RecordingSettings {
-            dir: recordings,
-            key: std::sync::RwLock::new(recording_key),
-            on_failure: config.recording.on_recording_failure,
-        },
-        store: store.clone(),
-        live: live.clone(),
-        config: config.ssh.clone(),
-        ciphers: Ciphers::new(&config.ssh)?,
-        host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
-        upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
-        authorities,
-    });
     let control = control::server::bind(&config).await?;
     let listeners = Listeners::bind(config.datapath.listen_port)?;
     let mut dp = Datapath::start(
@@ -116,6 +109,22 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
         policies,
         datapath.clone(),
     ));
+    let relay = Arc::new(RelayContext {
+        recording: RecordingSettings {
+            dir: recordings,
+            key: std::sync::RwLock::new(recording_key),
+            on_failure: config.recording.on_recording_failure,
+        },
+        store: store.clone(),
+        live: live.clone(),
+        config: config.ssh.clone(),
+        ciphers: Ciphers::new(&config.ssh)?,
+        host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
+        upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
+        authorities,
+        limits: relay::limits::Limits::new(config.limits.clone()),
+        snapshots: live_state.subscribe(),
+    });
 
     let shared = Arc::new(Shared {
         listeners: listeners.addresses(),
@@ -131,21 +140,34 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
         relay,
         ingress,
     });
-    // Control and housekeeping run until the very end; the accept loops stop first.
-    let mut service = tokio::task::JoinSet::new();
-    service.spawn(control::server::serve(control, shared.clone()));
-    service.spawn(retention_loop(config.clone(), store.clone()));
-    service.spawn(interface_watch(shared.clone()));
+    // Control and housekeeping run until the very end; the accept loops stop first. None
+    // of these tasks ever ends by itself: if one does, the daemon exits (see `supervise`).
+    let mut tasks = Tasks::default();
+    tasks.service(
+        "control socket",
+        control::server::serve(control, shared.clone()),
+    );
+    tasks.service(
+        "retention",
+        retention_loop(config.clone(), store.clone(), live.clone(), started),
+    );
+    tasks.service("interface watch", interface_watch(shared.clone()));
+    tasks.service(
+        "stall watchdog",
+        relay::stall::watch(Duration::from_secs(config.ssh.stall_warning_secs)),
+    );
     if let Some(addr) = config.metrics.listen {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-        service.spawn(control::server::serve_metrics(listener, shared.clone()));
+        tasks.service(
+            "metrics listener",
+            control::server::serve_metrics(listener, shared.clone()),
+        );
     }
-    let mut accepting = tokio::task::JoinSet::new();
-    accepting.spawn(accept_loop(listeners.v4, admit.clone()));
+    tasks.accept("IPv4 accept loop", accept_loop(listeners.v4, admit.clone()));
     if let Some(v6) = listeners.v6 {
-        accepting.spawn(accept_loop(v6, admit.clone()));
+        tasks.accept("IPv6 accept loop", accept_loop(v6, admit.clone()));
     }
     tracing::info!(
         interfaces = ?config.datapath.interfaces,
@@ -160,18 +182,89 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    loop {
+    let failure = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
             _ = hup.recv() => reload(config_path, &shared).await,
+            what = tasks.supervise() => break Some(what),
+            () = store.writer_stopped() => break Some("the session log writer stopped".to_string()),
         }
+    };
+    if let Some(what) = failure {
+        return fail(tasks, &shared, &what).await;
     }
     notify::notify("STOPPING=1\nSTATUS=draining sessions");
-    stop(accepting, &shared).await?;
-    service.abort_all();
+    stop(tasks.accepting, &shared).await?;
+    tasks.service.abort_all();
     let _ = std::fs::remove_file(&config.control_socket);
     Ok(())
+}
+
+/// The daemon's long-running tasks, by name.
+#[derive(Default)]
+struct Tasks {
+    accepting: tokio::task::JoinSet<()>,
+    service: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn accept(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.accepting.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    fn service(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.service.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// Resolves when any task ends (none should): what ended and how.
+    async fn supervise(&mut self) -> String {
+        let ended = tokio::select! {
+            Some(ended) = self.accepting.join_next_with_id() => ended,
+            Some(ended) = self.service.join_next_with_id() => ended,
+            else => return std::future::pending().await,
+        };
+        let name = |id| self.names.get(&id).copied().unwrap_or("unnamed");
+        match ended {
+            Ok((id, ())) => format!("the {} task ended", name(id)),
+            Err(e) if e.is_panic() => format!("the {} task panicked", name(e.id())),
+            Err(e) => format!("the {} task was cancelled", name(e.id())),
+        }
+    }
+}
+
+/// A task the daemon cannot run without has ended: end the sessions, leave the datapath
+/// attached (it fails closed, as after a crash) and exit non-zero, so that the service
+/// manager restarts sshgw.
+async fn fail(mut tasks: Tasks, shared: &Shared, what: &str) -> Result<()> {
+    tracing::error!(
+        reason = what,
+        "sshgw cannot go on; exiting so that it is restarted"
+    );
+    notify::notify(&format!("STOPPING=1\nSTATUS=failed: {what}"));
+    tasks.accepting.abort_all();
+    let ended = shared
+        .live
+        .kill_all("sshgw: the gateway hit an internal error and is restarting");
+    if ended > 0 {
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.live.drained()).await;
+    }
+    if !shared.store.sync() {
+        tracing::error!("session log: records still waiting could not be written");
+    }
+    tasks.service.abort_all();
+    drop(
+        shared
+            .datapath
+            .lock()
+            .expect("datapath lock poisoned")
+            .take(),
+    );
+    let _ = std::fs::remove_file(&shared.config.control_socket);
+    anyhow::bail!("{what}")
 }
 
 /// SIGHUP: re-reads the config file and the state files. Devices, policies, the
@@ -186,10 +279,10 @@ async fn reload(config_path: &Path, shared: &Shared) {
             tracing::warn!(setting, "changed setting takes effect only after a restart");
         }
         // Take over only what a running daemon can change; the rest stays as started.
-        let old = shared.state.config();
-        let mut effective = old.clone();
+        let mut effective = shared.state.config();
         effective.datapath.take_live(&next.datapath);
         effective.drain_timeout_secs = next.drain_timeout_secs;
+        effective.sessions = next.sessions.clone();
         effective.recording.public_key_file = next.recording.public_key_file.clone();
         let key = match (
             &effective.recording.public_key_file,
@@ -201,18 +294,28 @@ async fn reload(config_path: &Path, shared: &Shared) {
             ),
             _ => None,
         };
-        shared.state.set_config(effective);
-        if let Err(e) = shared.state.reload().await {
-            shared.state.set_config(old);
+        let pushed_key = effective.recording_key_path();
+        let on_log_failure = effective.sessions.on_log_failure;
+        // The new settings take effect with the state files, under the writer lock.
+        if let Err(e) = shared.state.reload(effective).await {
             anyhow::bail!("{e}");
         }
+        shared.store.set_on_failure(on_log_failure);
         if let Some(key) = key {
-            *shared
-                .relay
-                .recording
-                .key
-                .write()
-                .expect("recording key lock poisoned") = Some(Arc::new(key));
+            // Under the writer lock, as `set-key` is: a key set meanwhile is never undone.
+            shared
+                .state
+                .with_writer_lock(|| {
+                    if !pushed_key.exists() {
+                        *shared
+                            .relay
+                            .recording
+                            .key
+                            .write()
+                            .expect("recording key lock poisoned") = Some(Arc::new(key));
+                    }
+                })
+                .await;
         }
         anyhow::Ok(())
     }
@@ -251,6 +354,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("datapath.rule_priority", o.rule_priority != n.rule_priority),
         ("datapath.listen_port", o.listen_port != n.listen_port),
         ("ssh", differs(&old.ssh, &new.ssh)),
+        ("limits", differs(&old.limits, &new.limits)),
         (
             "recording.dir",
             differs(&old.recording.dir, &new.recording.dir),
@@ -295,7 +399,12 @@ async fn stop(mut accepting: tokio::task::JoinSet<()>, shared: &Shared) -> Resul
         );
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.live.drained()).await;
     }
-    shared.store.sync();
+    if !shared.store.sync() {
+        tracing::error!(
+            queued = shared.store.health().queued,
+            "session log: records still waiting could not be written before the stop"
+        );
+    }
     let datapath = shared
         .datapath
         .lock()
@@ -338,13 +447,14 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             ingress = ingress.as_deref().unwrap_or("-"),
             "intercepted connection"
         );
-        let decision = admission::admit(
+        let mut decision = admission::admit(
             &admit.state.snapshot(),
             &session_id,
             conn.peer,
             conn.original_dst,
             ingress.as_deref(),
         );
+        refuse_if_unlogged(&mut decision, &admit.relay.store, &session_id);
         match &decision.outcome {
             admission::Outcome::Relay { policy } => METRICS.decision(Some(&policy.id), true),
             admission::Outcome::Refuse { policy_id, .. } => {
@@ -356,8 +466,23 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             conn,
             session_id,
             decision,
+            ingress,
         ));
     }
+}
+
+/// Under `[sessions] on_log_failure = "refuse"`, a connection is refused while the session
+/// log cannot be written: it would leave no record.
+fn refuse_if_unlogged(decision: &mut admission::Admission, store: &SessionStore, session: &str) {
+    let Some(message) = store.refusal() else {
+        return;
+    };
+    let policy_id = match &decision.outcome {
+        admission::Outcome::Relay { policy } => Some(policy.id.clone()),
+        admission::Outcome::Refuse { policy_id, .. } => policy_id.clone(),
+    };
+    tracing::warn!(session, reason = %message, "connection refused: the session log cannot be written");
+    decision.outcome = admission::Outcome::Refuse { message, policy_id };
 }
 
 /// Re-attaches the datapath to interfaces that were re-created or appeared late. Until
@@ -378,7 +503,12 @@ async fn interface_watch(shared: Arc<Shared>) {
 }
 
 /// Applies retention at start and then hourly, off the async threads.
-async fn retention_loop(config: Config, store: SessionStore) {
+async fn retention_loop(
+    config: Config,
+    store: SessionStore,
+    live: Arc<LiveSessions>,
+    started: std::time::SystemTime,
+) {
     let limits = retention::Limits {
         max_age_days: config.retention.max_age_days,
         max_total_mb: config.retention.max_total_mb,
@@ -387,9 +517,11 @@ async fn retention_loop(config: Config, store: SessionStore) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        let (store, recordings) = (store.clone(), recordings.clone());
-        match tokio::task::spawn_blocking(move || retention::enforce(&store, &recordings, limits))
-            .await
+        let (store, recordings, live) = (store.clone(), recordings.clone(), live.clone());
+        match tokio::task::spawn_blocking(move || {
+            retention::enforce(&store, &recordings, limits, &live, started)
+        })
+        .await
         {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "retention failed"),
@@ -415,4 +547,22 @@ fn load_recording_key(config: &Config) -> Result<Option<Arc<RecordingKey>>> {
         .with_context(|| format!("cannot load the recording key {}", path.display()))?;
     tracing::info!(path = %path.display(), "recording key loaded");
     Ok(Some(Arc::new(key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn supervise_names_the_task_that_ended() {
+        let mut tasks = Tasks::default();
+        tasks.service("control socket", std::future::pending());
+        tasks.accept("IPv4 accept loop", async { panic!("poisoned lock") });
+        assert_eq!(
+            tasks.supervise().await,
+            "the IPv4 accept loop task panicked"
+        );
+        tasks.service("retention", async {});
+        assert_eq!(tasks.supervise().await, "the retention task ended");
+    }
 }

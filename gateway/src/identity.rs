@@ -2,14 +2,19 @@
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
-use crate::devices::{Device, DeviceTable};
+use crate::{
+    config::PrincipalMode,
+    devices::{Device, DeviceTable},
+    principal,
+};
 
 /// The identity of an intercepted connection, taken from the device table.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub device_id: String,
     pub email: String,
-    /// The email's local part: the certificate principal (`jdoe@example.com` → `jdoe`).
+    /// The certificate principal, per `[ssh] principal`: the email's local part
+    /// (`jdoe@example.com` → `jdoe`) or the whole email.
     pub principal: String,
     pub groups: Vec<String>,
     /// Posture checks the device currently passes.
@@ -25,10 +30,10 @@ pub struct IdentityIndex {
 }
 
 impl IdentityIndex {
-    pub fn new(table: &DeviceTable) -> Self {
+    pub fn new(table: &DeviceTable, mode: PrincipalMode) -> Self {
         let mut by_address = HashMap::new();
         for device in &table.devices {
-            let identity = Arc::new(identity_of(device));
+            let identity = Arc::new(identity_of(device, mode));
             for addr in &device.addresses {
                 by_address.insert(*addr, identity.clone());
             }
@@ -41,12 +46,10 @@ impl IdentityIndex {
     }
 }
 
-fn identity_of(device: &Device) -> Identity {
+fn identity_of(device: &Device, mode: PrincipalMode) -> Identity {
     let email = device.user.email.clone();
-    // The device table only holds emails with a non-empty local part.
-    let principal = crate::ca::email_local_part(&email)
-        .unwrap_or_default()
-        .to_string();
+    // The device table only holds valid emails; an empty principal is refused at mint time.
+    let principal = principal::derive(&email, mode).unwrap_or_default();
     Identity {
         device_id: device.id.clone(),
         email,
@@ -68,12 +71,15 @@ mod tests {
                 "user": {"email": "jdoe@example.com", "groups": ["developers"]}}]}"#,
         )
         .unwrap();
-        let index = IdentityIndex::new(&table);
+        let index = IdentityIndex::new(&table, PrincipalMode::LocalPart);
         for addr in ["100.96.0.7", "fd00:96::7"] {
             let id = index.resolve(addr.parse().unwrap()).unwrap();
             assert_eq!(id.device_id, "laptop-jdoe");
             assert_eq!(id.principal, "jdoe");
         }
         assert!(index.resolve("100.96.0.8".parse().unwrap()).is_none());
+        let index = IdentityIndex::new(&table, PrincipalMode::Email);
+        let id = index.resolve("fd00:96::7".parse().unwrap()).unwrap();
+        assert_eq!(id.principal, "jdoe@example.com");
     }
 }

@@ -1,9 +1,14 @@
-//! JSON state files in the state dir: parsing with field-path errors.
+//! State files in the state dir: JSON parsing with field-path errors, the canonical bytes
+//! of a state document and their digest (the control API's ETag), and atomic replacement.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 /// Parses `text`, naming the failing field path (`policies[3].destinations[0]: …`).
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T> {
@@ -31,37 +36,60 @@ pub fn load_with<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T>) -> Resul
         .with_context(|| format!("invalid {}", path.display()))
 }
 
+/// The bytes a state document is stored and served as: pretty JSON and a newline.
+pub fn to_bytes<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// A new version of a state file, written and synced next to it but not yet in place.
 /// Dropping it without `commit` removes it, leaving the old file untouched.
 pub struct Staged {
-    tmp: std::path::PathBuf,
-    path: std::path::PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
     committed: bool,
 }
 
-/// Writes `value` as pretty JSON to a temporary file beside `path` (mode 0600, fsynced).
+/// Writes `value` as [`to_bytes`] to a temporary file beside `path` (mode 0600, fsynced).
 pub fn stage<T: serde::Serialize>(path: &Path, value: &T) -> Result<Staged> {
+    stage_bytes(path, &to_bytes(value)?)
+}
+
+/// Writes `bytes` to a new temporary file beside `path`: a name no other writer uses,
+/// created with `O_CREAT|O_EXCL|O_NOFOLLOW` and mode 0600 (so a file or symlink planted
+/// under that name is never followed or reused), then fsynced.
+pub fn stage_bytes(path: &Path, bytes: &[u8]) -> Result<Staged> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .with_context(|| format!("{} has no file name", path.display()))?
         .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut bytes = serde_json::to_vec_pretty(value)?;
-    bytes.push(b'\n');
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp-{}-{}-{:016x}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        rand::Rng::next_u64(&mut rand::rng())
+    ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
     let staged = Staged {
         tmp,
         path: path.to_path_buf(),
         committed: false,
     };
-    file.write_all(&bytes)
+    file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", staged.tmp.display()))?;
     Ok(staged)
@@ -87,5 +115,34 @@ impl Drop for Staged {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_never_reuses_or_follows_a_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.json");
+        std::fs::write(&path, "old\n").unwrap();
+        let a = stage_bytes(&path, b"a\n").unwrap();
+        let b = stage_bytes(&path, b"b\n").unwrap();
+        assert_ne!(a.tmp, b.tmp);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&a.tmp).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        drop(a);
+        b.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temporary files left: {names:?}");
+        assert_eq!(
+            sha256_hex(&to_bytes(&serde_json::json!({"a": 1})).unwrap()),
+            sha256_hex(b"{\n  \"a\": 1\n}\n")
+        );
     }
 }

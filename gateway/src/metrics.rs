@@ -14,7 +14,14 @@ use std::{
     time::Duration,
 };
 
-use crate::{datapath::Counters, sessions::live::LiveSessions};
+use crate::{
+    datapath::Counters,
+    sessions::{
+        health::HealthReport,
+        live::LiveSessions,
+        retention::{self, Reason},
+    },
+};
 
 /// Bucket upper bounds in seconds, for handshake-scale latencies.
 const BUCKETS: [f64; 14] = [
@@ -69,6 +76,14 @@ pub struct Metrics {
     /// (policy id or "none", decision) → count.
     decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
     pub recording_failures: AtomicU64,
+    /// Relayed channels closed because a peer sent beyond its window.
+    pub window_violations: AtomicU64,
+    /// Relayed channels found stalled by the watchdog.
+    pub relay_stalls: AtomicU64,
+    /// Channel data held by the relay between its two legs (a gauge).
+    pub relay_queued_bytes: AtomicU64,
+    /// Connections over a `[limits]` limit, by limit.
+    over_limit: Mutex<BTreeMap<&'static str, u64>>,
     pub certificate_mint: Histogram,
     pub upstream_connect: Histogram,
 }
@@ -80,6 +95,10 @@ pub static METRICS: Metrics = Metrics {
     closed_bytes_from_server: AtomicU64::new(0),
     decisions: Mutex::new(BTreeMap::new()),
     recording_failures: AtomicU64::new(0),
+    window_violations: AtomicU64::new(0),
+    relay_stalls: AtomicU64::new(0),
+    relay_queued_bytes: AtomicU64::new(0),
+    over_limit: Mutex::new(BTreeMap::new()),
     certificate_mint: Histogram::new(),
     upstream_connect: Histogram::new(),
 };
@@ -98,6 +117,16 @@ impl Metrics {
             .lock()
             .expect("metrics lock poisoned")
             .entry((policy_id.unwrap_or("none").to_string(), decision))
+            .or_default() += 1;
+    }
+
+    /// A connection broke `limit` (a `[limits]` setting) and was refused or dropped.
+    pub fn limit_refused(&self, limit: &'static str) {
+        *self
+            .over_limit
+            .lock()
+            .expect("metrics lock poisoned")
+            .entry(limit)
             .or_default() += 1;
     }
 
@@ -129,20 +158,89 @@ fn counter(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
     }
 }
 
-/// The whole exposition, read at scrape time.
-pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
-    let m = &METRICS;
-    let mut out = String::with_capacity(4096);
-    let sessions = live.list();
-    let (mut live_client, mut live_server) = (0, 0);
-    for s in &sessions {
-        live_client += s.bytes_from_client;
-        live_server += s.bytes_from_server;
-    }
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
-        "# HELP sshgw_sessions_active Sessions in progress.\n# TYPE sshgw_sessions_active gauge\nsshgw_sessions_active {}",
-        sessions.len()
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// The session log's health and retention's deletions.
+fn render_session_log(out: &mut String, log: &HealthReport) {
+    gauge(
+        out,
+        "sshgw_session_log_healthy",
+        "1 while the session log can be written, 0 while it is failing.",
+        u64::from(log.is_ok()),
+    );
+    counter(
+        out,
+        "sshgw_session_log_write_failures_total",
+        "Session log commits that failed (retries included).",
+        &[("", log.write_failures)],
+    );
+    counter(
+        out,
+        "sshgw_session_log_lost_total",
+        "Session log records never written (rejected, or dropped while failing).",
+        &[("", log.lost)],
+    );
+    gauge(
+        out,
+        "sshgw_session_log_queued",
+        "Session log records waiting to be written.",
+        log.queued,
+    );
+    counter(
+        out,
+        "sshgw_session_log_queue_waits_total",
+        "Writes that waited for room in the full session log queue.",
+        &[("", log.queue_waits)],
+    );
+    let by_reason = |f: fn(&retention::Tally) -> u64| -> Vec<(String, u64)> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("reason=\"{}\"", r.as_str()),
+                    f(&retention::DELETED.get(*r)),
+                )
+            })
+            .collect()
+    };
+    for (name, help, f) in [
+        (
+            "sshgw_retention_deleted_sessions_total",
+            "Session records deleted by retention, by reason.",
+            (|t: &retention::Tally| t.sessions) as fn(&retention::Tally) -> u64,
+        ),
+        (
+            "sshgw_retention_deleted_files_total",
+            "Recording files deleted by retention, by reason.",
+            |t| t.files,
+        ),
+        (
+            "sshgw_retention_deleted_bytes_total",
+            "Bytes of recording files deleted by retention, by reason.",
+            |t| t.bytes,
+        ),
+    ] {
+        let labels = by_reason(f);
+        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(out, name, help, &series);
+    }
+}
+
+/// The whole exposition, read at scrape time.
+pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthReport) -> String {
+    let m = &METRICS;
+    let mut out = String::with_capacity(4096);
+    let (active, live_client, live_server) = live.totals();
+    gauge(
+        &mut out,
+        "sshgw_sessions_active",
+        "Sessions in progress.",
+        active as u64,
     );
     counter(
         &mut out,
@@ -199,6 +297,38 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>) -> String {
         "Recordings that could not be opened or written.",
         &[("", m.recording_failures.load(Ordering::Relaxed))],
     );
+    {
+        let over = m.over_limit.lock().expect("metrics lock poisoned");
+        let labels: Vec<(String, u64)> = over
+            .iter()
+            .map(|(limit, n)| (format!("limit=\"{limit}\""), *n))
+            .collect();
+        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(
+            &mut out,
+            "sshgw_connections_over_limit_total",
+            "Connections refused or closed because a [limits] setting was reached, by setting.",
+            &series,
+        );
+    }
+    counter(
+        &mut out,
+        "sshgw_relay_stalls_total",
+        "Relayed channels that held data for a peer with an open window and passed none of it on for [ssh] stall_warning_secs.",
+        &[("", m.relay_stalls.load(Ordering::Relaxed))],
+    );
+    counter(
+        &mut out,
+        "sshgw_relay_window_violations_total",
+        "Relayed channels closed because a peer sent more than its window allowed.",
+        &[("", m.window_violations.load(Ordering::Relaxed))],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sshgw_relay_queued_bytes Channel data held by the relay between its two legs.\n# TYPE sshgw_relay_queued_bytes gauge\nsshgw_relay_queued_bytes {}",
+        m.relay_queued_bytes.load(Ordering::Relaxed)
+    );
+    render_session_log(&mut out, log);
     if let Some(counters) = datapath {
         let labels: Vec<(String, u64)> = counters
             .iter()

@@ -6,7 +6,10 @@ use std::{io::Write, net::SocketAddr, path::PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::{self, Counters, InterfaceStatus};
+use crate::{
+    datapath::{self, Counters, InterfaceStatus},
+    sessions::health::HealthReport,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -18,6 +21,44 @@ pub struct Report {
     pub interfaces: Vec<Interface>,
     pub listeners: Vec<SocketAddr>,
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// Whether the session log can be written (running daemon only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_log: Option<HealthReport>,
+}
+
+fn print_session_log(log: &HealthReport, out: &mut impl Write) -> std::io::Result<()> {
+    if log.is_ok() {
+        write!(out, "session log: ok")?;
+    } else {
+        let since = log
+            .since
+            .map(crate::sessions::format_time)
+            .unwrap_or_default();
+        let effect = match log.on_failure {
+            crate::config::LogFailure::Refuse => "new sessions are refused",
+            crate::config::LogFailure::Allow => "sessions are allowed (on_log_failure = allow)",
+        };
+        write!(
+            out,
+            "session log: FAILING since {since}: {} ({effect})",
+            log.error.as_deref().unwrap_or("unknown error")
+        )?;
+    }
+    let mut notes = Vec::new();
+    if log.queued > 0 {
+        notes.push(format!("{} records waiting", log.queued));
+    }
+    if log.lost > 0 {
+        notes.push(format!("{} records lost", log.lost));
+    }
+    if log.write_failures > 0 {
+        notes.push(format!("{} failed writes", log.write_failures));
+    }
+    if notes.is_empty() {
+        writeln!(out)
+    } else {
+        writeln!(out, "; {}", notes.join(", "))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +93,7 @@ pub fn from_pins(pin_dir: PathBuf) -> Result<Report> {
             interfaces: state.interfaces.into_iter().map(Into::into).collect(),
             listeners: vec![],
             counters: counters_owned(state.counters),
+            session_log: None,
         },
         None => Report {
             daemon: "stopped".into(),
@@ -60,6 +102,7 @@ pub fn from_pins(pin_dir: PathBuf) -> Result<Report> {
             interfaces: vec![],
             listeners: vec![],
             counters: Default::default(),
+            session_log: None,
         },
     })
 }
@@ -99,6 +142,9 @@ pub fn print_human(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
             listeners.join(", ")
         }
     )?;
+    if let Some(log) = &r.session_log {
+        print_session_log(log, out)?;
+    }
     if !r.counters.is_empty() {
         writeln!(out, "counters:")?;
         for (name, value) in &r.counters {

@@ -63,6 +63,20 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<ApiReply> {
+    request_with(socket, method, path, &[], body, timeout, &mut || ())
+}
+
+/// [`request`] with extra header lines (e.g. `("If-Match", "\"…\"")`); `sent` runs once the
+/// request header is on the wire (e.g. to signal the daemon while it handles the request).
+pub fn request_with(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+    sent: &mut dyn FnMut(),
+) -> Result<ApiReply> {
     let what = format!("{method} {path} on {}", socket.display());
     let mut stream = UnixStream::connect(socket).with_context(|| format!("{what}: connecting"))?;
     stream.set_read_timeout(Some(timeout))?;
@@ -71,6 +85,9 @@ pub fn request(
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: sshgw\r\nConnection: close\r\nAccept: application/json\r\n"
     );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     if !body.is_empty() || matches!(method, "PUT" | "POST") {
         head.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -81,6 +98,7 @@ pub fn request(
     stream
         .write_all(head.as_bytes())
         .with_context(|| format!("{what}: writing the request header"))?;
+    sent();
 
     let reply = thread::scope(|scope| -> Result<ApiReply> {
         let writer = if body.is_empty() {

@@ -25,6 +25,7 @@
 //! // The control API (std-only HTTP/1.1 over the socket) and the CLI (`--socket` added):
 //! let (code, json) = gw.api("PUT", "/v1/policies", Some(&policies))?;
 //! let reply = gw.api_bytes("PUT", "/v1/policies", Some(b"{not json"))?; // reply.error()
+//! let reply = gw.api_headers("PUT", "/v1/devices", &[("If-Match", "\"…\"")], Some(b))?;
 //! gw.push_policies(&policies)?;         // `sshgw policy push FILE`, must succeed
 //! let shown = gw.cli_json(&["policy", "show", "--json"])?;
 //! let out = gw.cli(&["sessions", "kill", id])?; // a Finished: inspect the exit code
@@ -837,6 +838,25 @@ impl Gateway<'_> {
     /// One HTTP request on the control socket with a raw body (see [`crate::control`]).
     pub fn api_bytes(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<ApiReply> {
         crate::control::request(&self.control_socket, method, path, body, API_TIMEOUT)
+    }
+
+    /// [`Gateway::api_bytes`] with extra header lines (e.g. `If-Match`).
+    pub fn api_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<ApiReply> {
+        crate::control::request_with(
+            &self.control_socket,
+            method,
+            path,
+            headers,
+            body,
+            API_TIMEOUT,
+            &mut || (),
+        )
     }
 
     /// One HTTP request on the control socket with a JSON body; returns the status and the

@@ -13,7 +13,11 @@
 //!   `status`);
 //! * [`capture`]: tcpdump in any namespace, parsed packets (TTL / hop limit checks);
 //! * [`control`]: a std-only HTTP/1.1 client for the daemon's control socket (see
-//!   [`Gateway::api`] and [`Gateway::cli`] for the API and the CLI).
+//!   [`Gateway::api`] and [`Gateway::cli`] for the API and the CLI);
+//! * [`wireguard_lab`]: the WireGuard mode, in which the device reaches the router through a
+//!   real WireGuard tunnel (boringtun and `wg-quick`, see [`wireguard`]) set up as the worked
+//!   example in docs/deployment.md says; [`prober`] keeps connecting to a server and tells
+//!   intercepted answers from direct ones.
 //!
 //! Requirements: root, `ip` (iproute2), `/usr/sbin/sshd`, `ssh`, `ssh-keygen`, `tcpdump`,
 //! `sysctl`; `bpftool` for BPF link checks. All waits are bounded and poll concrete
@@ -36,17 +40,24 @@
 pub mod bench;
 pub mod capture;
 pub mod control;
+pub mod doctor;
 pub mod files;
 pub mod gateway;
 pub mod netns;
+pub mod nspawn;
 pub mod persist;
+pub mod prober;
 pub mod process;
 pub mod recording;
+pub mod rootfs;
 pub mod ssh;
 pub mod sshd;
+pub mod stress;
 pub mod topology;
 pub mod tun;
 pub mod wait;
+pub mod wireguard;
+pub mod wireguard_lab;
 
 pub use capture::{Capture, Packet, syn_ack_filter, syn_filter};
 pub use control::ApiReply;

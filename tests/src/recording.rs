@@ -14,6 +14,7 @@
 //! let v = recording_cli(lab, &["verify", "-i", f, "-k", k])?; // a Finished: check the code
 //! let header = read_header(&file)?;                          // plaintext JSON header
 //! let fs = Tmpfs::mount(&lab.new_subdir("recordings")?, "64k")?; // umount -l on drop
+//! let fs = Tmpfs::mount_keeping(&lab.sshgw_state_dir()?, "1m")?; // starts with a copy
 //! fs.fill()?;                                                // ENOSPC from now on
 //! ```
 
@@ -344,6 +345,21 @@ impl Tmpfs {
         })
     }
 
+    /// [`Tmpfs::mount`] over a directory that keeps its contents: the tmpfs starts with a
+    /// copy of them (modes kept), and the originals are back once it is unmounted. For a
+    /// state dir that already holds the CA keys.
+    pub fn mount_keeping(dir: &Path, size: &str) -> Result<Self> {
+        let stash = dir.with_extension(format!(
+            "stash-{}",
+            OUT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        copy_tree(dir, &stash)?;
+        let fs = Self::mount(dir, size)?;
+        copy_tree(&stash, dir)?;
+        fs::remove_dir_all(&stash).with_context(|| format!("removing {}", stash.display()))?;
+        Ok(fs)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -384,6 +400,25 @@ impl Tmpfs {
         }
         bail!("{} never reported ENOSPC", self.path.display())
     }
+}
+
+/// Copies the files and directories under `from` into `to` (created), with their modes.
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let mode = fs::metadata(from)?.permissions();
+    fs::set_permissions(to, mode).with_context(|| format!("chmod {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target).with_context(|| {
+                format!("copying {} to {}", entry.path().display(), target.display())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Tmpfs {

@@ -41,6 +41,9 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u32 = 5;
 /// harness kills it (authentication and the command itself).
 pub const RUN_GRACE: Duration = Duration::from_secs(20);
 
+/// How long a control master may take to accept clients.
+pub const CONTROL_MASTER_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// An SSH key pair on disk generated with `ssh-keygen`.
 #[derive(Debug, Clone)]
 pub struct KeyPair {
@@ -432,6 +435,39 @@ impl<'a> Ssh<'a> {
             &mut self.command(remote_command),
             &self.io,
         )
+    }
+
+    /// Starts an OpenSSH control master (`-v -N`) on the socket `control` and waits (bounded)
+    /// until it accepts clients; returns it and a builder for clients of it (each a new
+    /// channel on the master's one connection).
+    pub fn control_master(&self, control: &Path) -> Result<(Proc, impl Fn() -> Ssh<'a> + use<'a>)> {
+        let path = format!("ControlPath={}", control.display());
+        let master = self
+            .clone()
+            .option("ControlMaster=yes")
+            .option(&path)
+            .arg("-v")
+            .arg("-N")
+            .spawn("")?;
+        let base = self.clone();
+        let client = move || base.clone().option("ControlMaster=no").option(&path);
+        crate::wait::poll_until(
+            "the ssh control master to accept clients",
+            CONTROL_MASTER_TIMEOUT,
+            Duration::from_millis(50),
+            || {
+                if !master.is_running() {
+                    bail!("the control master exited: {}", master.log_text());
+                }
+                Ok(client()
+                    .arg("-O")
+                    .arg("check")
+                    .run("")?
+                    .success()
+                    .then_some(()))
+            },
+        )?;
+        Ok((master, client))
     }
 
     /// Runs `ssh -tt` on a new pseudo-terminal of `size` (rows, columns) that becomes ssh's

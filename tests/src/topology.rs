@@ -15,6 +15,10 @@
 //! directly inside their namespaces, so labs can run in parallel. On drop the lab kills its
 //! processes (by PID), prints all logs if the thread is panicking, removes registered BPF pin
 //! directories and deletes its namespaces.
+//!
+//! In the WireGuard mode ([`crate::wireguard_lab::WireGuardLab`]) the device also reaches the
+//! router through a real WireGuard tunnel over `d0`/`r0`: `wg0` 100.100.0.7 on the device,
+//! `wg0` 100.100.0.1/24 on the router, where sshgw attaches.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;

@@ -6,8 +6,10 @@
 //! (util-linux) for the unprivileged-peer test:
 //! `SSHGW_BIN=$PWD/target/debug/sshgw cargo test -p sshgw-tests --test control_api -- --test-threads=2`.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -15,13 +17,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use base64::Engine;
 use serde_json::{Value, json};
-use sshgw_tests::gateway::{default_devices, default_policies};
-use sshgw_tests::{Gateway, GatewayConfig, Lab, lab_test};
+use sshgw_tests::gateway::{bpftool, default_devices, default_policies};
+use sshgw_tests::recording::{closed_recorded_channel, read_header, recorded_policies};
+use sshgw_tests::wait::poll_until;
+use sshgw_tests::{ApiReply, Family, Gateway, GatewayConfig, Lab, SshdConfig, lab_test};
+use sshgw_tests::{control, files};
 
 /// `nobody` / `nogroup` on Debian.
 const NOBODY: u32 = 65534;
 const CURL_TIMEOUT: Duration = Duration::from_secs(20);
+const LOG_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `curl --unix-socket SOCK http://sshgw/PATH`, as root or (with `as_nobody`) as uid/gid
 /// 65534 without supplementary groups. Returns curl's exit code, the HTTP code (0 when there
@@ -600,6 +607,470 @@ fn control_socket_cuts_off_slow_clients() {
             "an incomplete body should be answered 408 with an error: {reply:?}"
         );
         unchanged(&gw, &before, "after the slow clients")?;
+        Ok(())
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// F9: no injection into the operator's terminal
+// ------------------------------------------------------------------------------------------
+
+/// Characters a human-readable CLI output must never carry raw: C0 controls other than the
+/// line break, DEL, C1 controls and the bidi/format characters the CLI escapes.
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
+}
+
+/// The human-readable output of `sshgw ARGS`: must succeed and hold no raw control or bidi
+/// character.
+fn clean_output(gw: &Gateway<'_>, args: &[&str]) -> Result<String> {
+    let out = gw.cli(args)?.check(&format!("sshgw {}", args.join(" ")))?;
+    let raw = raw_controls(&out.stdout);
+    ensure!(
+        raw.is_empty(),
+        "sshgw {} printed raw control characters {raw:?}:\n{}",
+        args.join(" "),
+        out.stdout
+    );
+    Ok(out.stdout)
+}
+
+/// F9. A user's exec command line and SFTP upload path full of terminal escapes (cursor
+/// moves, line erase, an OSC 52 clipboard write, CR, a bidi override) reach the session log
+/// exactly (`--json`), and every human-readable view shows them escaped.
+#[test]
+fn cli_escapes_what_audited_users_chose() {
+    lab_test(|lab| {
+        let _sshd = lab.start_sshd_with(SshdConfig::gateway())?;
+        let mut gw = lab.gateway()?;
+        gw.start()?;
+        let ssh = lab
+            .ssh(Family::V4.audited())
+            .bind(Family::V4.enrolled())
+            .user("jdoe");
+        let command =
+            "true\r\x1b[2K0  exec  ls -la\x1b]52;c;ZXZpbA==\x07 \u{202e}gpj.exe #\x1b[1A\x1b[2K";
+        ssh.run(command)?;
+        let local = lab.dir().join("payload.txt");
+        fs::write(&local, "payload\n")?;
+        let remote = "x\x1b[1A\x1b[2K\rinnocent\u{202e}txt.exe";
+        let up = ssh.sftp_batch(&format!("put {} \"{remote}\"\n", local.display()))?;
+        ensure!(up.success(), "the SFTP upload failed: {up:?}");
+
+        let ids: Vec<String> = poll_until(
+            "both sessions in the log",
+            LOG_TIMEOUT,
+            Duration::from_millis(100),
+            || {
+                let list = gw.sessions(&[])?;
+                Ok((list.len() >= 2).then(|| {
+                    list.iter()
+                        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+                        .collect()
+                }))
+            },
+        )?;
+        let (mut saw_command, mut saw_path, mut all) = (false, false, String::new());
+        for id in &ids {
+            let s = gw.wait_session_closed(id, LOG_TIMEOUT)?;
+            saw_command |= s["channels"][0]["command"] == command;
+            saw_path |= s["file_ops"].as_array().is_some_and(|ops| {
+                ops.iter()
+                    .any(|op| op["path"].as_str().is_some_and(|p| p.ends_with(remote)))
+            });
+            all += &clean_output(&gw, &["sessions", "show", id])?;
+        }
+        eprintln!("sessions show:\n{all}");
+        ensure!(
+            saw_command && saw_path,
+            "--json should hold the exact command ({saw_command}) and upload path ({saw_path})"
+        );
+        for escaped in [
+            "true\\r\\e[2K0",
+            "\\e]52;c;ZXZpbA==\\x07",
+            "\\u{202e}gpj.exe",
+            "x\\e[1A\\e[2K\\rinnocent\\u{202e}txt.exe",
+        ] {
+            ensure!(
+                all.contains(escaped),
+                "the views should show {escaped:?}:\n{all}"
+            );
+        }
+        clean_output(&gw, &["sessions"])?;
+        Ok(())
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// F18: administrative actions are evidence; no lost updates
+// ------------------------------------------------------------------------------------------
+
+/// The `ETag` of a reply, without quotes (empty when there is none).
+fn etag(reply: &ApiReply) -> String {
+    reply
+        .header("etag")
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// SHA-256 (hex) of `bytes`, with `sha256sum` on a scratch file.
+fn sha256_of(lab: &Lab, label: &str, bytes: &[u8]) -> Result<String> {
+    let path = lab.dir().join(format!("sha256-{label}"));
+    fs::write(&path, bytes)?;
+    files::sha256(lab, &path, CURL_TIMEOUT)
+}
+
+/// The newest `admin action` log line for `route` (bounded wait for `count` of them).
+fn admin_line(gw: &Gateway<'_>, route: &str, count: usize) -> Result<String> {
+    let needle = format!("route={route} ");
+    poll_until(
+        &format!("{count} admin action lines for {route}"),
+        LOG_TIMEOUT,
+        Duration::from_millis(50),
+        || {
+            let log = gw.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("admin action") && l.contains(&needle))
+                .collect();
+            Ok((lines.len() >= count).then(|| lines[lines.len() - 1].to_owned()))
+        },
+    )
+    .with_context(|| format!("--- sshgw log ---\n{}", gw.log()))
+}
+
+/// F18. A push from an editor that read the device table before someone else changed it is
+/// refused with 412 and changes nothing (API and `devices push --if-match`); ETags are the
+/// SHA-256 of what GET serves and the daemon stores; every change, applied or refused, is
+/// logged as an `admin action` with the caller's uid and pid and the new state's digest.
+#[test]
+fn stale_pushes_are_refused_and_admin_actions_logged() {
+    lab_test(|lab| {
+        let mut gw = lab.gateway()?;
+        gw.start()?;
+        let read = gw.api_bytes("GET", "/v1/devices", None)?;
+        let e1 = etag(&read);
+        let e1_quoted = format!("\"{e1}\"");
+
+        // Someone else adds a device meanwhile.
+        let mut tablet = default_devices()["devices"][0].clone();
+        tablet["id"] = json!("tablet-jdoe");
+        tablet["addresses"] = json!(["100.96.0.9"]);
+        let added = gw.api_bytes(
+            "PUT",
+            "/v1/devices/tablet-jdoe",
+            Some(&serde_json::to_vec(&tablet)?),
+        )?;
+        ensure!(added.status == 200, "PUT tablet-jdoe: {added:?}");
+        let before = snapshot(&gw)?;
+
+        // The first editor pushes its edit of the old table: a lost update.
+        let mut edited: Value = serde_json::from_str(&read.body)?;
+        edited["devices"][0]["posture"] = json!([]);
+        let stale = gw.api_headers(
+            "PUT",
+            "/v1/devices",
+            &[("If-Match", &e1_quoted)],
+            Some(&serde_json::to_vec(&edited)?),
+        )?;
+        ensure!(
+            stale.status == 412 && stale.error().is_some_and(|e| e.contains("changed")),
+            "a push with a stale If-Match should answer 412: {stale:?}"
+        );
+        unchanged(&gw, &before, "after the stale push")?;
+        let e2 = etag(&added);
+        ensure!(
+            !e1.is_empty() && etag(&stale) == e2 && e2 != e1,
+            "the 412 should carry the current ETag {e2:?} (read {e1:?}): {stale:?}"
+        );
+        let stale = gw.api_headers(
+            "DELETE",
+            "/v1/devices/tablet-jdoe",
+            &[("If-Match", &e1_quoted)],
+            None,
+        )?;
+        ensure!(
+            stale.status == 412,
+            "a stale DELETE should answer 412: {stale:?}"
+        );
+        unchanged(&gw, &before, "after the stale delete")?;
+        let policies = gw.api_bytes("GET", "/v1/policies", None)?;
+        let stale = gw.api_headers(
+            "PUT",
+            "/v1/policies",
+            &[("If-Match", "\"0000\"")],
+            Some(policies.body.as_bytes()),
+        )?;
+        ensure!(
+            stale.status == 412,
+            "a stale policy push should answer 412: {stale:?}"
+        );
+
+        // ETag = SHA-256 of the GET body and of the file the daemon wrote.
+        let now = gw.api_bytes("GET", "/v1/devices", None)?;
+        ensure!(
+            etag(&now) == e2 && sha256_of(lab, "get", now.body.as_bytes())? == e2,
+            "the ETag should be the SHA-256 of the GET body: {now:?}"
+        );
+        ensure!(
+            files::sha256(lab, &gw.devices_path(), CURL_TIMEOUT)? == e2,
+            "the ETag should be the SHA-256 of devices.json"
+        );
+
+        // The CLI: refused with exit 3 on the stale tag, applied on the current one.
+        let file = gw.write_input("edited", &edited)?;
+        let file = file.to_string_lossy();
+        let out = gw.cli(&["devices", "push", &file, "--if-match", &e1])?;
+        ensure!(
+            out.status.code() == Some(3),
+            "devices push --if-match STALE: {out:?}"
+        );
+        unchanged(&gw, &before, "after the stale CLI push")?;
+        let out = gw
+            .cli(&["devices", "push", &file, "--if-match", &e2])?
+            .check("devices push --if-match")?;
+        let e3 = etag(&gw.api_bytes("GET", "/v1/devices", None)?);
+        ensure!(
+            out.stdout.contains(&format!("etag {e3}")) && e3 != e2,
+            "devices push should print the new ETag {e3}: {out:?}"
+        );
+
+        // Every change is in the log with who made it and what is now in force.
+        let line = admin_line(&gw, "/v1/devices/tablet-jdoe", 2)?;
+        ensure!(
+            line.contains("status=412")
+                && line.contains("uid=0")
+                && line.contains(&format!("pid={}", std::process::id())),
+            "the stale DELETE should be logged with our uid and pid: {line}"
+        );
+        let line = admin_line(&gw, "/v1/devices", 3)?;
+        ensure!(
+            line.contains("status=200") && line.contains("uid=0") && line.contains(&e3),
+            "the CLI push should be logged with uid 0 and digest {e3}: {line}"
+        );
+        let first = gw
+            .log()
+            .lines()
+            .find(|l| l.contains("admin action") && l.contains("route=/v1/devices/tablet-jdoe "))
+            .map(str::to_owned)
+            .unwrap_or_default();
+        ensure!(
+            first.contains(&e2) && first.contains(&format!("pid={}", std::process::id())),
+            "the upsert should be logged with our pid and digest {e2}: {first}"
+        );
+        Ok(())
+    });
+}
+
+/// F18. 50 concurrent `PUT /v1/recording/key` with distinct keys, three times over: every
+/// one is applied, the key on disk is the one in memory (the next recording's header names
+/// it), each is logged with its fingerprint, and no temporary file is left behind.
+#[test]
+fn concurrent_set_key_keeps_disk_and_memory_equal() {
+    const ROUNDS: usize = 3;
+    const CALLS: usize = 50;
+    lab_test(|lab| {
+        let _sshd = lab.start_sshd_with(SshdConfig::gateway())?;
+        let mut gw = lab.gateway_with(GatewayConfig::default().policies(recorded_policies()))?;
+        gw.start()?;
+        let mut urandom = fs::File::open("/dev/urandom")?;
+        let mut seen: Vec<String> = Vec::new();
+        for round in 0..ROUNDS {
+            let keys: Vec<String> = (0..CALLS)
+                .map(|_| {
+                    let mut raw = [0u8; 32];
+                    urandom
+                        .read_exact(&mut raw)
+                        .map(|()| base64::engine::general_purpose::STANDARD.encode(raw))
+                })
+                .collect::<std::io::Result<_>>()?;
+            let statuses: Vec<u16> = std::thread::scope(|scope| {
+                let calls: Vec<_> = keys
+                    .iter()
+                    .map(|key| {
+                        scope.spawn(|| {
+                            gw.api_bytes("PUT", "/v1/recording/key", Some(key.as_bytes()))
+                        })
+                    })
+                    .collect();
+                calls
+                    .into_iter()
+                    .map(|c| c.join().expect("set-key thread").map(|r| r.status))
+                    .collect::<Result<_>>()
+            })?;
+            ensure!(
+                statuses.iter().all(|&s| s == 200),
+                "round {round}: every set-key should be applied: {statuses:?}"
+            );
+            let on_disk = fs::read_to_string(gw.state_dir().join("recording.pub"))?;
+            ensure!(
+                keys.contains(&on_disk),
+                "round {round}: recording.pub holds {on_disk:?}, none of the keys sent"
+            );
+            let marker = format!("after-round-{round}");
+            let out = lab
+                .ssh(Family::V4.audited())
+                .bind(Family::V4.enrolled())
+                .run(&format!("echo {marker}"))?;
+            ensure!(out.success(), "round {round}: recorded ssh: {out:?}");
+            let id = poll_until(
+                "the recorded session",
+                LOG_TIMEOUT,
+                Duration::from_millis(100),
+                || {
+                    Ok(gw
+                        .sessions(&[])?
+                        .iter()
+                        .filter_map(|s| s["id"].as_str())
+                        .find(|id| !seen.iter().any(|x| x == id))
+                        .map(str::to_owned))
+                },
+            )?;
+            seen.push(id.clone());
+            let (_, _, path) = closed_recorded_channel(&gw, &id, LOG_TIMEOUT)?;
+            let header = read_header(&path)?;
+            ensure!(
+                header["sshgw"]["recipient"] == on_disk.as_str(),
+                "round {round}: the recording is encrypted to {} but recording.pub holds {on_disk}",
+                header["sshgw"]["recipient"]
+            );
+        }
+        let log = gw.log();
+        let logged = log
+            .lines()
+            .filter(|l| {
+                l.contains("admin action")
+                    && l.contains("route=/v1/recording/key ")
+                    && l.contains("recording_key_fingerprint=\"SHA256:")
+            })
+            .count();
+        ensure!(
+            logged == ROUNDS * CALLS,
+            "{logged} set-key admin actions logged, expected {}",
+            ROUNDS * CALLS
+        );
+        let leftovers: Vec<String> = fs::read_dir(gw.state_dir())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        ensure!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+        Ok(())
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// F11: SIGHUP never undoes a concurrent change
+// ------------------------------------------------------------------------------------------
+
+/// The daemon's log line after each SIGHUP that was applied.
+const RELOADED: &str = "reloaded config=";
+
+/// The IPv4 addresses in the pinned ENROLLED_V4 map (`bpftool map dump`).
+fn enrolled_v4_map(gw: &Gateway<'_>) -> Result<BTreeSet<Ipv4Addr>> {
+    let maps = fs::read_dir(gw.pin_dir())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("maps-"))
+        })
+        .with_context(|| format!("no maps-* directory in {}", gw.pin_dir().display()))?;
+    let out = Command::new(bpftool()?)
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(maps.join("ENROLLED_V4"))
+        .output()
+        .context("running bpftool")?;
+    ensure!(out.status.success(), "bpftool map dump: {out:?}");
+    let entries: Value = serde_json::from_slice(&out.stdout)?;
+    let byte = |v: &Value| -> Option<u8> {
+        v.as_u64()
+            .map(|n| n as u8)
+            .or_else(|| u8::from_str_radix(v.as_str()?.trim_start_matches("0x"), 16).ok())
+    };
+    entries
+        .as_array()
+        .context("bpftool output is not a list")?
+        .iter()
+        .map(|e| {
+            let key = e["formatted"]["key"].as_array().or(e["key"].as_array());
+            let octets: Vec<u8> = key.into_iter().flatten().filter_map(byte).collect();
+            let octets: [u8; 4] = octets
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("unexpected ENROLLED_V4 entry {e}"))?;
+            Ok(Ipv4Addr::from(octets))
+        })
+        .collect()
+}
+
+/// The IPv4 addresses of a device table document.
+fn table_v4(table: &Value) -> BTreeSet<Ipv4Addr> {
+    table["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| d["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect()
+}
+
+/// F11. SIGHUP lands while a DELETE or PUT of a device is being applied, 40 times
+/// alternating: afterwards the device table in memory, on disk and in the datapath's
+/// ENROLLED map always agree, and hold what the change made.
+#[test]
+fn sighup_during_device_changes_never_undoes_them() {
+    const ROUNDS: usize = 40;
+    lab_test(|lab| {
+        let mut gw = lab.gateway()?;
+        gw.start()?;
+        let pid = nix::unistd::Pid::from_raw(gw.proc().context("daemon")?.pid() as i32);
+        let mut tablet = default_devices()["devices"][0].clone();
+        tablet["id"] = json!("tablet-jdoe");
+        tablet["addresses"] = json!(["100.96.0.9"]);
+        let tablet = serde_json::to_vec(&tablet)?;
+        for round in 0..ROUNDS {
+            let add = round % 2 == 0;
+            let (method, body) = if add {
+                ("PUT", Some(tablet.as_slice()))
+            } else {
+                ("DELETE", None)
+            };
+            let reloads = gw.log_count(RELOADED);
+            let mut hup = || {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP);
+            };
+            let reply = control::request_with(
+                gw.control_socket(),
+                method,
+                "/v1/devices/tablet-jdoe",
+                &[],
+                body,
+                Duration::from_secs(60),
+                &mut hup,
+            )?;
+            ensure!(reply.status == 200, "round {round}: {method}: {reply:?}");
+            gw.wait_for_nth_log(RELOADED, reloads, LOG_TIMEOUT)?;
+
+            let (_, memory) = gw.api("GET", "/v1/devices", None)?;
+            let disk: Value = serde_json::from_slice(&fs::read(gw.devices_path())?)?;
+            let map = enrolled_v4_map(&gw)?;
+            let mut want = BTreeSet::from([Ipv4Addr::new(100, 96, 0, 7)]);
+            if add {
+                want.insert(Ipv4Addr::new(100, 96, 0, 9));
+            }
+            let (memory, disk) = (table_v4(&memory), table_v4(&disk));
+            ensure!(
+                memory == want && disk == want && map == want,
+                "round {round} ({method}): a SIGHUP undid the change: memory {memory:?}, disk \
+                 {disk:?}, ENROLLED_V4 {map:?}, expected {want:?}"
+            );
+        }
         Ok(())
     });
 }

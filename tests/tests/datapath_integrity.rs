@@ -109,6 +109,12 @@ const FLOOD_CONNECTIONS: &str = "1500";
 /// How long the flood may take to exhaust the daemon's descriptors.
 const EXHAUSTION_TIMEOUT: Duration = Duration::from_secs(150);
 
+/// `[limits]` that let one device hold as many connections as it likes. The default caps
+/// (16 pre-auth connections per device, 256 in all) stop one device long before the
+/// daemon runs out of descriptors; raised, the one lab device stands in for the many
+/// devices (or the leak) that can still get it there.
+const FLOOD_LIMITS: &str = "[limits]\nmax_preauth = 8192\nmax_preauth_per_device = 8192\nmax_connections_per_device = 8192\n";
+
 /// Log lines of a daemon giving up an interface's link (this and earlier versions).
 const DETACH_LOGS: [&str; 3] = ["went away", "interface is gone", "was re-created"];
 /// The log line of a failed interface lookup that kept the program attached.
@@ -168,7 +174,9 @@ fn fd_exhaustion_never_detaches_the_datapath() {
         let fam = Family::V4;
         let sshd = lab.start_sshd_for_gateway()?;
         let direct = lab.capture(&lab.srv, iface::SRV, &direct_ssh_filter(fam.enrolled()), 1)?;
-        let mut gw = lab.gateway_with(GatewayConfig::default().nofile(DAEMON_NOFILE))?;
+        let mut cfg = GatewayConfig::default().nofile(DAEMON_NOFILE);
+        cfg.extra_toml = FLOOD_LIMITS.to_owned();
+        let mut gw = lab.gateway_with(cfg)?;
         let links = gw.start()?.link_ids();
         expect_intercepted(lab, fam, "before the flood")?;
 

@@ -26,13 +26,15 @@ fn field<'a>(output: &'a str, label: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-#[test]
-fn lab_ci_runs_end_to_end_and_leaves_nothing() {
+/// Runs `sshgw-lab up --ci EXTRA...`, checks that it passed and that nothing of the lab is
+/// left; returns its output.
+fn run_lab_ci(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     let log_path = dir.path().join("sshgw-lab.log");
     let log = File::create(&log_path).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sshgw-lab"))
         .args(["up", "--ci"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
         .stderr(log)
@@ -53,11 +55,13 @@ fn lab_ci_runs_end_to_end_and_leaves_nothing() {
     };
     let output = fs::read_to_string(&log_path).unwrap_or_default();
     let status = status.unwrap_or_else(|| {
-        panic!("sshgw-lab up --ci did not finish within {LAB_TIMEOUT:?}; output:\n{output}")
+        panic!(
+            "sshgw-lab up --ci {extra:?} did not finish within {LAB_TIMEOUT:?}; output:\n{output}"
+        )
     });
     assert!(
         status.success(),
-        "sshgw-lab up --ci failed ({status}); output:\n{output}"
+        "sshgw-lab up --ci {extra:?} failed ({status}); output:\n{output}"
     );
 
     for needle in [
@@ -100,4 +104,26 @@ fn lab_ci_runs_end_to_end_and_leaves_nothing() {
         left.is_empty(),
         "left behind after the CI run: {left:?}; output:\n{output}"
     );
+    output
+}
+
+#[test]
+fn lab_ci_runs_end_to_end_and_leaves_nothing() {
+    run_lab_ci(&[]);
+}
+
+/// `cargo xtask lab --ci --wireguard`: the same through a real WireGuard tunnel; the session
+/// comes from the device's tunnel address.
+#[test]
+fn lab_ci_with_wireguard_runs_end_to_end_and_leaves_nothing() {
+    let output = run_lab_ci(&["--wireguard"]);
+    for needle in [
+        "wg0 100.100.0.1/24 <== WireGuard",
+        "boringtun-cli): SIGKILLed",
+    ] {
+        assert!(
+            output.contains(needle),
+            "the output should contain {needle:?}:\n{output}"
+        );
+    }
 }

@@ -738,40 +738,6 @@ fn ipv6_relayed_exec() {
     });
 }
 
-/// Starts an OpenSSH control master (`-v -N`) to `ssh`'s host on `control` and waits (bounded)
-/// until it accepts clients; returns a builder for clients of it.
-fn control_master<'a>(
-    ssh: Ssh<'a>,
-    control: &Path,
-) -> Result<(sshgw_tests::Proc, impl Fn() -> Ssh<'a>)> {
-    let path = format!("ControlPath={}", control.display());
-    let master = ssh
-        .clone()
-        .option("ControlMaster=yes")
-        .option(&path)
-        .arg("-v")
-        .arg("-N")
-        .spawn("")?;
-    let client = move || ssh.clone().option("ControlMaster=no").option(&path);
-    sshgw_tests::wait::poll_until(
-        "the ssh control master to accept clients",
-        SESSION_TIMEOUT,
-        Duration::from_millis(50),
-        || {
-            if !master.is_running() {
-                bail!("the control master exited: {}", master.log_text());
-            }
-            Ok(client()
-                .arg("-O")
-                .arg("check")
-                .run("")?
-                .success()
-                .then_some(()))
-        },
-    )?;
-    Ok((master, client))
-}
-
 /// 14. Several channels on one connection (OpenSSH multiplexing): two sessions open at the
 ///     same time over one relayed connection.
 #[test]
@@ -779,7 +745,7 @@ fn multiplexed_channels() {
     lab_test(|lab| {
         let (_sshd, gw) = start(lab, SshdConfig::gateway(), GatewayConfig::default())?;
         let control = lab.dir().join("cm.sock");
-        let (master, mux) = control_master(relayed(lab), &control)?;
+        let (master, mux) = relayed(lab).control_master(&control)?;
 
         // A holds its channel open (waiting on stdin) while B runs to completion.
         let mut a = mux().session("echo A-start; read x; echo A-got-$x")?;
@@ -824,7 +790,7 @@ fn exit_status_after_client_close() {
         let mut results = Vec::new();
         for (what, ssh) in [("direct", direct(lab)), ("relayed", relayed(lab))] {
             let control = lab.dir().join(format!("cm-{what}.sock"));
-            let (master, client) = control_master(ssh, &control)?;
+            let (master, client) = ssh.control_master(&control)?;
             let out = client().run(cmd)?;
             eprintln!("{what}: {out:?}");
             results.push((what, out));

@@ -14,6 +14,9 @@
 //!   names), then builds a fresh one: the command always ends with a lab in a known state.
 //! * `--down` removes everything the lab created: its processes (by recorded PID), BPF pins,
 //!   namespaces (with their routes and rules) and directories. Safe to run twice.
+//! * `--wireguard`: the device reaches the router through a real WireGuard tunnel
+//!   (boringtun and `wg-quick`), set up as the worked example in docs/deployment.md says;
+//!   sshgw attaches to `wg0` and the device table holds the device's tunnel address.
 //! * `--ci` (or `CI=true`): unique names and a temporary state dir, so it can run beside an
 //!   interactive lab or the netns tests; checks that the replay shows the typed output and
 //!   the session log has the session, tears the lab down and exits non-zero on any failure.
@@ -41,6 +44,11 @@ pub struct LabArgs {
     /// /var/tmp/sshgw-lab). Safe to run twice.
     #[arg(long, conflicts_with = "ci")]
     pub down: bool,
+
+    /// The device reaches the router through a real WireGuard tunnel (boringtun, wg-quick),
+    /// set up as the worked example in docs/deployment.md says.
+    #[arg(long, conflicts_with = "down")]
+    pub wireguard: bool,
 }
 
 /// The interactive lab's name: namespaces `sgwlab-dev|rtr|srv`, pins `/sys/fs/bpf/sgwlab`.
@@ -142,7 +150,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
             }
             Step::BuildGateway => build_gateway(&root, &target_dir),
             Step::BuildLab => build_lab(&root, &target_dir),
-            Step::Lab => run_lab(&target_dir, ci, t0_ms),
+            Step::Lab => run_lab(&target_dir, ci, args.wireguard, t0_ms),
         };
         let elapsed = step_start.elapsed();
         if let Err(err) = result {
@@ -212,7 +220,7 @@ fn build_lab(root: &Path, target_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_lab(target_dir: &Path, ci: bool, t0_ms: u128) -> Result<()> {
+fn run_lab(target_dir: &Path, ci: bool, wireguard: bool, t0_ms: u128) -> Result<()> {
     let sshgw = sshgw_bin(target_dir);
     let sshgw = sshgw
         .canonicalize()
@@ -223,6 +231,9 @@ fn run_lab(target_dir: &Path, ci: bool, t0_ms: u128) -> Result<()> {
         cmd.arg("--ci");
     } else {
         cmd.args(["--name", LAB_NAME, "--state-dir", STATE_DIR]);
+    }
+    if wireguard {
+        cmd.arg("--wireguard");
     }
     cmd.env("SSHGW_BIN", &sshgw).env(T0_ENV, t0_ms.to_string());
     util::run(&mut cmd)

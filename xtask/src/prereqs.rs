@@ -18,10 +18,23 @@ pub const APT_PACKAGES: &[&str] = &[
     "curl",
     "asciinema",
     "systemd",
+    // The real-systemd test: builds a Debian rootfs and boots it (systemd-container, below).
+    "debootstrap",
+    // `sshgw doctor` reads the firewall; its tests set rules with nft.
+    "nftables",
     "llvm-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
 ];
+
+/// Debian packages of the WireGuard lab (tests/src/wireguard.rs): `wg`, `wg-quick`, `nft`.
+pub const WIREGUARD_APT_PACKAGES: &[&str] = &["wireguard-tools", "nftables"];
+/// Cloudflare's userspace WireGuard, for kernels without the WireGuard module (as in CI).
+const BORINGTUN_CRATE: &str = "boringtun-cli";
+const BORINGTUN_VERSION: &str = "0.7.1";
+/// Provides systemd-nspawn; must be the same version as the host's systemd package (it
+/// depends on that exact libsystemd-shared), so it is installed pinned to it.
+const NSPAWN_PACKAGE: &str = "systemd-container";
 
 /// LLVM major that bpf-linker is built against; nightly rustc must use the same one.
 pub const LLVM_MAJOR: u32 = 22;
@@ -45,7 +58,7 @@ pub fn ensure() -> Result<Prereqs> {
     check_nightly_llvm()?;
 
     let mut missing_apt = Vec::new();
-    for &pkg in APT_PACKAGES {
+    for &pkg in APT_PACKAGES.iter().chain(WIREGUARD_APT_PACKAGES) {
         if deb_installed(pkg)? {
             log(&format!("ok: {pkg}"));
         } else {
@@ -86,6 +99,7 @@ pub fn ensure() -> Result<Prereqs> {
         }
         install_apt(&missing_apt)?;
     }
+    ensure_nspawn()?;
 
     if !has_rust_src {
         log("installing rust-src for the nightly toolchain…");
@@ -102,6 +116,7 @@ pub fn ensure() -> Result<Prereqs> {
         Some(path) => path,
         None => install_bpf_linker()?,
     };
+    ensure_boringtun()?;
 
     log("all prerequisites present");
     Ok(Prereqs { bpf_linker })
@@ -177,6 +192,76 @@ fn install_apt(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The installed version of `pkg`, if it is installed.
+fn deb_version(pkg: &str) -> Result<Option<String>> {
+    if !deb_installed(pkg)? {
+        return Ok(None);
+    }
+    let v = util::output(Command::new("dpkg-query").args(["-W", "-f=${Version}", pkg]))?;
+    Ok(Some(v.trim().to_owned()))
+}
+
+/// systemd-container at the host systemd's version. If apt no longer offers that version,
+/// systemd and systemd-container are upgraded together to the same candidate.
+fn ensure_nspawn() -> Result<()> {
+    let systemd = deb_version("systemd")?.context("the systemd package is not installed")?;
+    if deb_version(NSPAWN_PACKAGE)?.as_deref() == Some(systemd.as_str()) {
+        log(&format!(
+            "ok: {NSPAWN_PACKAGE} ({systemd}, same as systemd)"
+        ));
+        return Ok(());
+    }
+    if !util::is_root()? {
+        bail!(
+            "missing prerequisite: {NSPAWN_PACKAGE}={systemd}; run `apt-get install -y \
+             --no-install-recommends {NSPAWN_PACKAGE}={systemd}` as root"
+        );
+    }
+    let madison = || {
+        util::output(Command::new("apt-cache").args(["madison", NSPAWN_PACKAGE]))
+            .unwrap_or_default()
+    };
+    let mut offered = madison();
+    if !madison_has(&offered, &systemd) {
+        // apt's lists may be old or absent on a fresh machine.
+        util::run(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        offered = madison();
+    }
+    let pinned = format!("{NSPAWN_PACKAGE}={systemd}");
+    let packages: Vec<&str> = if madison_has(&offered, &systemd) {
+        log(&format!("installing {pinned} (the host systemd's version)"));
+        vec![&pinned]
+    } else {
+        log(&format!(
+            "apt no longer offers {NSPAWN_PACKAGE} {systemd}: upgrading systemd and \
+             {NSPAWN_PACKAGE} together"
+        ));
+        vec!["systemd", NSPAWN_PACKAGE]
+    };
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let (systemd, nspawn) = (deb_version("systemd")?, deb_version(NSPAWN_PACKAGE)?);
+    if nspawn.is_none() || nspawn != systemd {
+        bail!("{NSPAWN_PACKAGE} {nspawn:?} does not match systemd {systemd:?} after apt-get");
+    }
+    Ok(())
+}
+
+/// Whether `apt-cache madison` output lists `version`.
+fn madison_has(madison: &str, version: &str) -> bool {
+    madison
+        .lines()
+        .any(|l| l.split('|').nth(1).is_some_and(|v| v.trim() == version))
+}
+
 fn rust_src_installed() -> Result<bool> {
     let list = util::output(Command::new("rustup").args([
         "component",
@@ -216,6 +301,36 @@ fn install_bpf_linker() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// boringtun-cli on `PATH`, or in cargo's bin directory (where `cargo install` puts it).
+pub fn find_boringtun() -> Option<PathBuf> {
+    let extra: Vec<PathBuf> = util::cargo_bin_dir().into_iter().collect();
+    util::find_executable(BORINGTUN_CRATE, &extra)
+}
+
+fn ensure_boringtun() -> Result<()> {
+    if let Some(path) = find_boringtun() {
+        log(&format!("ok: {BORINGTUN_CRATE} ({})", path.display()));
+        return Ok(());
+    }
+    log(&format!(
+        "missing: {BORINGTUN_CRATE}; installing {BORINGTUN_VERSION} (cargo install, ~2 min)…"
+    ));
+    util::run(util::host_cargo().args([
+        "install",
+        BORINGTUN_CRATE,
+        "--locked",
+        "--version",
+        BORINGTUN_VERSION,
+    ]))?;
+    let path = find_boringtun().with_context(|| {
+        format!(
+            "`cargo install {BORINGTUN_CRATE}` succeeded but it is not on PATH or in ~/.cargo/bin"
+        )
+    })?;
+    log(&format!("ok: {BORINGTUN_CRATE} ({})", path.display()));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +341,15 @@ mod tests {
                   host: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
         assert_eq!(parse_llvm_version(vv), Some((22, "22.1.4".to_owned())));
         assert_eq!(parse_llvm_version("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn madison_versions() {
+        let m = " systemd-container | 252.39-1~deb12u2 | http://mirror.invalid/debian bookworm/main amd64 Packages\n\
+                 systemd-container | 252.38-1~deb12u1 | http://mirror.invalid/debian-security bookworm-security/main amd64 Packages\n";
+        assert!(madison_has(m, "252.38-1~deb12u1"));
+        assert!(madison_has(m, "252.39-1~deb12u2"));
+        assert!(!madison_has(m, "252.38"));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Command-line interface.
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error, 3 input refused (invalid file or
-//! request), 4 daemon unreachable.
+//! request), 4 daemon unreachable, 5 `doctor` found a problem.
 
 mod ca;
 mod datapath;
 mod devices;
+mod doctor;
+mod escape;
 mod policy;
 mod recording;
 mod sessions;
@@ -83,6 +85,8 @@ enum Command {
         #[command(subcommand)]
         what: recording::RecordingCommand,
     },
+    /// Check this router's setup (or, with --server, an audited server) and say how to fix it.
+    Doctor(doctor::DoctorArgs),
     /// The session log: list, show, kill.
     #[command(args_conflicts_with_subcommands = true)]
     Sessions {
@@ -147,6 +151,7 @@ pub fn main() -> ExitCode {
         Command::Datapath { what, config } => datapath::run(what, &config),
         Command::Devices { what } => devices::run(what),
         Command::Recording { what } => recording::run(what),
+        Command::Doctor(args) => doctor::run(&args),
         Command::Sessions {
             what: Some(what), ..
         } => sessions::run(what),
@@ -155,7 +160,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sshgw: {e:#}");
+            // Errors quote input and daemon answers: escaped like any other output.
+            eprintln!("sshgw: {}", escape::escape(&format!("{e:#}")));
             ExitCode::from(exit_code(&e))
         }
     }
@@ -164,6 +170,8 @@ pub fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Refused>().is_some() {
         3
+    } else if e.downcast_ref::<doctor::ChecksFailed>().is_some() {
+        5
     } else if matches!(
         e.downcast_ref::<ClientError>(),
         Some(ClientError::Unreachable { .. })
@@ -209,25 +217,58 @@ fn call(
     route: &str,
     body: Option<String>,
 ) -> Result<serde_json::Value> {
+    Ok(call_with(target, method, route, None, body)?.body)
+}
+
+/// [`call`] with an optional `If-Match` ETag; returns the whole answer (with its ETag).
+fn call_with(
+    target: &Target,
+    method: &str,
+    route: &str,
+    if_match: Option<&str>,
+    body: Option<String>,
+) -> Result<client::Answer> {
     let config = target.config()?;
     let socket = target.socket(config.as_ref());
     runtime()?.block_on(async {
-        let (status, value) =
-            client::request(&socket, method, route, body.map(String::into_bytes)).await?;
-        if status.is_success() {
-            Ok(value)
+        let answer = client::send(
+            &socket,
+            method,
+            route,
+            if_match,
+            body.map(String::into_bytes),
+        )
+        .await?;
+        if answer.status.is_success() {
+            return Ok(answer);
+        }
+        let message = answer.body["error"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_string();
+        if answer.status.is_client_error() {
+            Err(Refused(message).into())
         } else {
-            let message = value["error"]
-                .as_str()
-                .unwrap_or("request failed")
-                .to_string();
-            if status.is_client_error() {
-                Err(Refused(message).into())
-            } else {
-                Err(anyhow::anyhow!("{message} ({status})"))
-            }
+            Err(anyhow::anyhow!("{message} ({})", answer.status))
         }
     })
+}
+
+/// `GET` of a state document for `show`. With `json`, prints it exactly (its ETag on
+/// standard error) and returns `None`; otherwise returns it and its ETag for a table.
+fn show_document(
+    target: &Target,
+    route: &str,
+    json: bool,
+) -> Result<Option<(serde_json::Value, String)>> {
+    let answer = call_with(target, "GET", route, None, None)?;
+    let etag = answer.etag.unwrap_or_else(|| "-".into());
+    if json {
+        eprintln!("etag {}", escape::escape(&etag));
+        print_json(&answer.body)?;
+        return Ok(None);
+    }
+    Ok(Some((answer.body, etag)))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::{Refused, Target, table};
+use super::{Refused, Target, escape::escape, table};
 use crate::policies::{Action, PolicySet};
 
 #[derive(Subcommand)]
@@ -13,10 +13,14 @@ pub enum PolicyCommand {
     /// Replace all policies with FILE (or - for standard input).
     Push {
         file: PathBuf,
+        /// Apply only if the policies in force still have this ETag (from `policy show`);
+        /// otherwise nothing changes and the exit code is 3.
+        #[arg(long, value_name = "ETAG")]
+        if_match: Option<String>,
         #[command(flatten)]
         target: Target,
     },
-    /// Show the policies in force.
+    /// Show the policies in force (and their ETag: on standard error with --json).
     Show {
         #[arg(long)]
         json: bool,
@@ -29,13 +33,19 @@ pub enum PolicyCommand {
 
 pub fn run(command: PolicyCommand) -> Result<()> {
     match command {
-        PolicyCommand::Push { file, target } => {
+        PolicyCommand::Push {
+            file,
+            if_match,
+            target,
+        } => {
             let text = super::read_input(&file)?;
             PolicySet::parse(&text).map_err(|e| Refused(format!("{}: {e:#}", file.display())))?;
-            let reply = super::call(&target, "PUT", "/policies", Some(text))?;
+            let answer =
+                super::call_with(&target, "PUT", "/policies", if_match.as_deref(), Some(text))?;
             println!(
-                "applied {} policies",
-                reply["policies"].as_u64().unwrap_or(0)
+                "applied {} policies; etag {}",
+                answer.body["policies"].as_u64().unwrap_or(0),
+                escape(answer.etag.as_deref().unwrap_or("-"))
             );
             Ok(())
         }
@@ -43,70 +53,77 @@ pub fn run(command: PolicyCommand) -> Result<()> {
             let text = super::read_input(&file)?;
             let set = PolicySet::parse(&text)
                 .map_err(|e| Refused(format!("{}: {e:#}", file.display())))?;
-            println!("{}: {} policies, valid", file.display(), set.policies.len());
-            Ok(())
-        }
-        PolicyCommand::Show { json, target } => {
-            let value = super::call(&target, "GET", "/policies", None)?;
-            if json {
-                return super::print_json(&value);
-            }
-            let mut set: PolicySet = serde_json::from_value(value)?;
-            set.policies.sort_by_key(|p| p.precedence);
-            let rows: Vec<Vec<String>> = set
-                .policies
-                .iter()
-                .map(|p| {
-                    let identity = [
-                        &p.identity.emails,
-                        &p.identity.email_domains,
-                        &p.identity.groups,
-                    ]
-                    .iter()
-                    .flat_map(|l| l.iter().cloned())
-                    .collect::<Vec<_>>();
-                    vec![
-                        p.precedence.to_string(),
-                        p.id.clone(),
-                        if p.enabled { "yes" } else { "no" }.into(),
-                        match p.action {
-                            Action::AuditSsh => "audit_ssh",
-                            Action::Block => "block",
-                        }
-                        .into(),
-                        table::list(&p.destinations),
-                        table::list(&p.ports),
-                        if identity.is_empty() {
-                            "anyone".into()
-                        } else {
-                            identity.join(",")
-                        },
-                        table::list(&p.posture),
-                        if p.ssh.usernames.is_empty() {
-                            "any".into()
-                        } else {
-                            p.ssh.usernames.join(",")
-                        },
-                        p.name.clone(),
-                    ]
-                })
-                .collect();
-            table::print(
-                &[
-                    "PREC",
-                    "ID",
-                    "ENABLED",
-                    "ACTION",
-                    "DESTINATIONS",
-                    "PORTS",
-                    "IDENTITY",
-                    "POSTURE",
-                    "LOGINS",
-                    "NAME",
-                ],
-                &rows,
+            println!(
+                "{}: {} policies, valid",
+                escape(&file.display().to_string()),
+                set.policies.len()
             );
             Ok(())
         }
+        PolicyCommand::Show { json, target } => show(json, &target),
     }
+}
+
+/// `policy show`: the table by precedence and the ETag, or the JSON document.
+fn show(json: bool, target: &Target) -> Result<()> {
+    let Some((body, etag)) = super::show_document(target, "/policies", json)? else {
+        return Ok(());
+    };
+    let mut set: PolicySet = serde_json::from_value(body)?;
+    set.policies.sort_by_key(|p| p.precedence);
+    let rows: Vec<Vec<String>> = set
+        .policies
+        .iter()
+        .map(|p| {
+            let identity = [
+                &p.identity.emails,
+                &p.identity.email_domains,
+                &p.identity.groups,
+            ]
+            .iter()
+            .flat_map(|l| l.iter().cloned())
+            .collect::<Vec<_>>();
+            vec![
+                p.precedence.to_string(),
+                p.id.clone(),
+                if p.enabled { "yes" } else { "no" }.into(),
+                match p.action {
+                    Action::AuditSsh => "audit_ssh",
+                    Action::Block => "block",
+                }
+                .into(),
+                table::list(&p.destinations),
+                table::list(&p.ports),
+                if identity.is_empty() {
+                    "anyone".into()
+                } else {
+                    identity.join(",")
+                },
+                table::list(&p.posture),
+                if p.ssh.usernames.is_empty() {
+                    "any".into()
+                } else {
+                    p.ssh.usernames.join(",")
+                },
+                p.name.clone(),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "PREC",
+            "ID",
+            "ENABLED",
+            "ACTION",
+            "DESTINATIONS",
+            "PORTS",
+            "IDENTITY",
+            "POSTURE",
+            "LOGINS",
+            "NAME",
+        ],
+        &rows,
+    );
+    println!("etag {}", escape(&etag));
+    Ok(())
 }

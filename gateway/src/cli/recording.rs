@@ -10,7 +10,10 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 
-use super::Refused;
+use super::{
+    Refused,
+    escape::{escape, or_dash},
+};
 use crate::recording::{self, End, Kind, Reader, RecordingError, RecordingPrivateKey};
 
 #[derive(Subcommand)]
@@ -135,7 +138,7 @@ fn set_key(file: &Path, target: &super::Target) -> Result<()> {
     )?;
     println!(
         "recording key replaced; new sessions are encrypted to {}",
-        file.display()
+        escape(&file.display().to_string())
     );
     Ok(())
 }
@@ -331,10 +334,10 @@ fn replay(input: &Input, speed: f64, idle_limit: Option<f64>) -> Result<()> {
     if let Some(pty) = &reader.meta().pty {
         eprintln!(
             "replaying {} (recorded on a {}x{} {} terminal)",
-            input.input.display(),
+            escape(&input.input.display().to_string()),
             pty.width,
             pty.height,
-            pty.term.as_deref().unwrap_or("unknown")
+            escape(pty.term.as_deref().unwrap_or("unknown"))
         );
     }
     let stdout = std::io::stdout();
@@ -378,27 +381,28 @@ fn verify(input: &Input) -> Result<()> {
     }
     let end = reader.end().expect("stream ended");
     let meta = reader.meta();
-    let mut report = format!("{}:\n", input.input.display());
+    // Header fields come from the audited user (command, login, terminal): escaped.
+    let mut report = format!("{}:\n", escape(&input.input.display().to_string()));
     if let Some(s) = &meta.sshgw {
         let what = match (s.command.as_deref(), s.subsystem.as_deref()) {
-            (Some(command), _) => format!("exec {command:?}"),
-            (None, Some(name)) => format!("subsystem {name}"),
-            (None, None) => s.channel.clone(),
+            (Some(command), _) => format!("exec \"{}\"", escape(command)),
+            (None, Some(name)) => format!("subsystem {}", escape(name)),
+            (None, None) => escape(&s.channel).into_owned(),
         };
         report += &format!("  channel:  {what}\n");
         report += &format!(
             "  session:  {} by {} (device {}) as {}@{}\n",
-            s.session_id,
-            s.user_email.as_deref().unwrap_or("-"),
-            s.device_id.as_deref().unwrap_or("-"),
-            s.login.as_deref().unwrap_or("-"),
-            s.destination.as_deref().unwrap_or("-"),
+            escape(&s.session_id),
+            or_dash(s.user_email.as_deref()),
+            or_dash(s.device_id.as_deref()),
+            or_dash(s.login.as_deref()),
+            or_dash(s.destination.as_deref()),
         );
     }
     if let Some(pty) = &meta.pty {
         report += &format!(
             "  pty:      {} {}x{}\n",
-            pty.term.as_deref().unwrap_or("unknown"),
+            escape(pty.term.as_deref().unwrap_or("unknown")),
             pty.width,
             pty.height
         );
@@ -468,10 +472,11 @@ fn describe_exit(meta: &recording::Metadata) -> String {
     };
     let at = recording::format_utc(exit.timestamp);
     if let Some(message) = &exit.error_msg {
-        format!("error {message:?} at {at} UTC")
+        format!("error \"{}\" at {at} UTC", escape(message))
     } else if let Some(signal) = &exit.signal {
         format!(
-            "signal {signal}{} at {at} UTC",
+            "signal {}{} at {at} UTC",
+            escape(signal),
             if exit.core_dumped {
                 " (core dumped)"
             } else {
@@ -512,6 +517,7 @@ mod tests {
             device_id: None,
             login: "root".into(),
             destination: "10.0.0.5:22".into(),
+            env: Vec::new(),
         };
         let rec = dir.join("rec");
         let mut writer = FileWriter::create(&rec, &public, &meta, SystemTime::now()).unwrap();

@@ -4,7 +4,11 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use super::{Target, table};
+use super::{
+    Target,
+    escape::{escape, or_dash},
+    table,
+};
 use crate::sessions::{SessionRecord, format_time};
 
 #[derive(Args)]
@@ -124,92 +128,9 @@ pub fn run(command: SessionsCommand) -> Result<()> {
                 return super::print_json(&value);
             }
             let s: SessionRecord = serde_json::from_value(value)?;
-            let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-            println!("session:       {}", s.id);
-            println!("user:          {}", opt(&s.email));
-            println!("device:        {}", opt(&s.device_id));
-            println!("source:        {}", s.source);
-            println!("destination:   {}", s.destination);
-            println!("login:         {}", opt(&s.login));
-            println!("decision:      {} ({})", s.decision, opt(&s.policy_id));
-            println!("started:       {}", format_time(s.started_at));
-            println!(
-                "ended:         {}",
-                match (s.ended_at, &s.close_reason) {
-                    (Some(t), _) => format_time(t),
-                    (None, Some(_)) => "unknown (interrupted)".into(),
-                    (None, None) => "live".into(),
-                }
-            );
-            println!(
-                "bytes:         {} from client, {} from server",
-                s.bytes_from_client, s.bytes_from_server
-            );
-            println!("closed:        {}", opt(&s.close_reason));
-            println!("certificate:   serial {}", opt(&s.cert_serial));
-            println!("server key:    {}", opt(&s.upstream_host_key));
-            if !s.channels.is_empty() {
-                println!();
-                let rows: Vec<Vec<String>> = s
-                    .channels
-                    .iter()
-                    .map(|c| {
-                        vec![
-                            c.channel.to_string(),
-                            c.kind.clone(),
-                            c.command.clone().unwrap_or_else(|| "-".into()),
-                            format_time(c.started_at),
-                            match (&c.exit_status, &c.exit_signal) {
-                                (_, Some(sig)) => format!("signal {sig}"),
-                                (Some(code), None) => code.to_string(),
-                                (None, None) if c.ended_at.is_none() => "running".into(),
-                                (None, None) => "-".into(),
-                            },
-                            c.recording.clone().unwrap_or_else(|| "-".into()),
-                        ]
-                    })
-                    .collect();
-                table::print(
-                    &["CHANNEL", "KIND", "COMMAND", "STARTED", "EXIT", "RECORDING"],
-                    &rows,
-                );
-            }
-            if !s.file_ops.is_empty() {
-                println!();
-                let rows: Vec<Vec<String>> = s
-                    .file_ops
-                    .iter()
-                    .map(|f| {
-                        vec![
-                            f.channel.to_string(),
-                            format!("{} {}", f.protocol, f.op),
-                            f.path.clone(),
-                            f.target.clone().unwrap_or_else(|| "-".into()),
-                            f.flags.clone().unwrap_or_else(|| "-".into()),
-                            f.bytes_read.to_string(),
-                            f.bytes_written.to_string(),
-                            if f.denied {
-                                format!("DENIED: {}", f.status)
-                            } else {
-                                f.status.clone()
-                            },
-                        ]
-                    })
-                    .collect();
-                table::print(
-                    &[
-                        "CHANNEL",
-                        "OPERATION",
-                        "PATH",
-                        "TARGET",
-                        "FLAGS",
-                        "READ",
-                        "WRITTEN",
-                        "STATUS",
-                    ],
-                    &rows,
-                );
-            }
+            print_session(&s);
+            print_channels(&s);
+            print_file_ops(&s);
             Ok(())
         }
         SessionsCommand::Kill { id, target } => {
@@ -219,8 +140,110 @@ pub fn run(command: SessionsCommand) -> Result<()> {
                 &format!("/sessions/{}/kill", encode(&id)),
                 None,
             )?;
-            println!("killed session {id}");
+            println!("killed session {}", escape(&id));
             Ok(())
         }
     }
+}
+
+/// The session's own fields, one per line, every value escaped.
+fn print_session(s: &SessionRecord) {
+    let opt = |v: &Option<String>| or_dash(v.as_deref()).into_owned();
+    println!("session:       {}", escape(&s.id));
+    println!("user:          {}", opt(&s.email));
+    println!("device:        {}", opt(&s.device_id));
+    println!("source:        {}", escape(&s.source));
+    println!("destination:   {}", escape(&s.destination));
+    println!("login:         {}", opt(&s.login));
+    println!(
+        "decision:      {} ({})",
+        escape(&s.decision),
+        opt(&s.policy_id)
+    );
+    println!("started:       {}", format_time(s.started_at));
+    println!(
+        "ended:         {}",
+        match (s.ended_at, &s.close_reason) {
+            (Some(t), _) => format_time(t),
+            (None, Some(_)) => "unknown (interrupted)".into(),
+            (None, None) => "live".into(),
+        }
+    );
+    println!(
+        "bytes:         {} from client, {} from server",
+        s.bytes_from_client, s.bytes_from_server
+    );
+    println!("closed:        {}", opt(&s.close_reason));
+    println!("certificate:   serial {}", opt(&s.cert_serial));
+    println!("server key:    {}", opt(&s.upstream_host_key));
+}
+
+fn print_channels(s: &SessionRecord) {
+    if s.channels.is_empty() {
+        return;
+    }
+    println!();
+    let rows: Vec<Vec<String>> = s
+        .channels
+        .iter()
+        .map(|c| {
+            vec![
+                c.channel.to_string(),
+                c.kind.clone(),
+                c.command.clone().unwrap_or_else(|| "-".into()),
+                format_time(c.started_at),
+                match (&c.exit_status, &c.exit_signal) {
+                    (_, Some(sig)) => format!("signal {sig}"),
+                    (Some(code), None) => code.to_string(),
+                    (None, None) if c.ended_at.is_none() => "running".into(),
+                    (None, None) => "-".into(),
+                },
+                c.recording.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table::print(
+        &["CHANNEL", "KIND", "COMMAND", "STARTED", "EXIT", "RECORDING"],
+        &rows,
+    );
+}
+
+fn print_file_ops(s: &SessionRecord) {
+    if s.file_ops.is_empty() {
+        return;
+    }
+    println!();
+    let rows: Vec<Vec<String>> = s
+        .file_ops
+        .iter()
+        .map(|f| {
+            vec![
+                f.channel.to_string(),
+                format!("{} {}", f.protocol, f.op),
+                f.path.clone(),
+                f.target.clone().unwrap_or_else(|| "-".into()),
+                f.flags.clone().unwrap_or_else(|| "-".into()),
+                f.bytes_read.to_string(),
+                f.bytes_written.to_string(),
+                if f.denied {
+                    format!("DENIED: {}", f.status)
+                } else {
+                    f.status.clone()
+                },
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "CHANNEL",
+            "OPERATION",
+            "PATH",
+            "TARGET",
+            "FLAGS",
+            "READ",
+            "WRITTEN",
+            "STATUS",
+        ],
+        &rows,
+    );
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::Target;
+use super::{Target, escape::escape_lines};
 use crate::{
     config,
     control::client::{self, ClientError},
@@ -28,8 +28,10 @@ pub fn run(target: &Target, json: bool) -> Result<()> {
         }
     })?;
     if json {
-        super::print_json(&report)
-    } else {
-        Ok(status::print_human(&report, &mut std::io::stdout().lock())?)
+        return super::print_json(&report);
     }
+    let mut text = Vec::new();
+    status::print_human(&report, &mut text)?;
+    print!("{}", escape_lines(&String::from_utf8_lossy(&text)));
+    Ok(())
 }

@@ -1,9 +1,16 @@
-//! Plain text tables for humans.
+//! Plain text tables for humans. Every cell is escaped ([`super::escape`]): cells hold
+//! text the audited users chose.
+
+use super::escape::escape;
 
 /// Prints rows under a header, each column as wide as its widest cell.
 pub fn print(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape(cell).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -17,7 +24,7 @@ pub fn print(header: &[&str], rows: &[Vec<String>]) {
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
-    for row in rows {
+    for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
 }

@@ -21,6 +21,15 @@ pub enum ClientError {
     Other(#[from] anyhow::Error),
 }
 
+/// One answer of the daemon.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// The state's `ETag` (without quotes), on state documents and changes to them.
+    pub etag: Option<String>,
+    pub body: serde_json::Value,
+}
+
 /// Sends one request and returns the status and JSON body.
 pub async fn request(
     socket: &Path,
@@ -28,6 +37,18 @@ pub async fn request(
     route: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(StatusCode, serde_json::Value), ClientError> {
+    let answer = send(socket, method, route, None, body).await?;
+    Ok((answer.status, answer.body))
+}
+
+/// Sends one request, with `If-Match: "if_match"` when given.
+pub async fn send(
+    socket: &Path,
+    method: &str,
+    route: &str,
+    if_match: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Result<Answer, ClientError> {
     let stream = match UnixStream::connect(socket).await {
         Ok(stream) => stream,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -47,11 +68,15 @@ pub async fn request(
         .await
         .context("control socket handshake failed")?;
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(format!("{}{route}", super::API_PREFIX))
         .header("host", "sshgw")
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if let Some(tag) = if_match {
+        req = req.header("if-match", format!("\"{}\"", tag.trim_matches('"')));
+    }
+    let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .context("invalid request")?;
     let resp = sender
@@ -59,12 +84,17 @@ pub async fn request(
         .await
         .context("control request failed")?;
     let status = resp.status();
+    let etag = resp
+        .headers()
+        .get(hyper::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_matches('"').to_owned());
     let bytes = resp
         .into_body()
         .collect()
         .await
         .context("cannot read control response")?
         .to_bytes();
-    let value = serde_json::from_slice(&bytes).context("control response is not JSON")?;
-    Ok((status, value))
+    let body = serde_json::from_slice(&bytes).context("control response is not JSON")?;
+    Ok(Answer { status, etag, body })
 }

@@ -1,6 +1,8 @@
 //! The local control API: HTTP/1.1 + JSON over a Unix socket.
 
+mod admin_log;
 pub mod client;
+mod etag;
 pub mod routes;
 pub mod server;
 mod sessions;

@@ -13,7 +13,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::unistd::{Gid, Group, Uid, User};
 use tokio::net::UnixListener;
 
-use super::routes;
+use super::{
+    admin_log::Peer,
+    routes::{self, Call},
+};
 use crate::{config::Config, daemon::Shared};
 
 /// Slow clients are cut off after this long without a complete request header…
@@ -94,19 +97,24 @@ pub async fn serve(control: ControlListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let allowed = match stream.peer_cred() {
-            Ok(cred) => {
-                let ok = authorized(cred.uid(), cred.gid(), control.group);
-                if !ok {
-                    tracing::warn!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "control socket peer refused");
-                }
-                ok
-            }
+        let peer = match stream.peer_cred() {
+            Ok(cred) => Some(Peer {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid(),
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read control socket peer credentials");
-                false
+                None
             }
         };
+        let allowed = peer.filter(|p| {
+            let ok = authorized(p.uid, p.gid, control.group);
+            if !ok {
+                tracing::warn!(uid = p.uid, gid = p.gid, pid = ?p.pid, "control socket peer refused");
+            }
+            ok
+        });
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, shared.clone(), allowed));
@@ -121,58 +129,74 @@ pub async fn serve(control: ControlListener, shared: Arc<Shared>) {
     }
 }
 
+/// Answers one request of a connection whose peer is `allowed` (`None`: refused).
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
-    allowed: bool,
+    allowed: Option<Peer>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if !allowed {
+    let Some(peer) = allowed else {
         return Ok(routes::error(
             StatusCode::FORBIDDEN,
             "only root and members of the control group may use this socket",
         ));
-    }
+    };
     let (parts, body) = req.into_parts();
     let body = if matches!(parts.method, Method::PUT | Method::POST) {
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Ok(routes::error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body exceeds {} MiB", MAX_BODY / (1024 * 1024)),
-                ));
-            }
-            Ok(Err(e)) => {
-                return Ok(routes::error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read body: {e}"),
-                ));
-            }
-            Err(_) => {
-                return Ok(routes::error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "request body not received within {}s",
-                        BODY_TIMEOUT.as_secs()
-                    ),
-                ));
-            }
+        match read_body(body).await {
+            Ok(bytes) => bytes,
+            Err(reply) => return Ok(reply),
         }
     } else {
         Bytes::new()
     };
-    Ok(routes::route(
-        &parts.method,
-        parts.uri.path(),
-        parts.uri.query(),
+    let if_match = match parts
+        .headers
+        .get(hyper::header::IF_MATCH)
+        .map(|v| v.to_str())
+    {
+        None => None,
+        Some(Ok(value)) => Some(value),
+        Some(Err(_)) => {
+            return Ok(routes::error(
+                StatusCode::BAD_REQUEST,
+                "If-Match: not a visible ASCII header value",
+            ));
+        }
+    };
+    let call = Call {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        if_match,
         body,
-        &shared,
-    )
-    .await)
+        peer,
+    };
+    Ok(routes::route(call, &shared).await)
 }
 
-/// `[metrics] listen`: serves only `GET /metrics` on a TCP address (no credentials are
-/// available on TCP, so nothing else is exposed there).
+/// The request body, within [`MAX_BODY`] and [`BODY_TIMEOUT`], or the error reply.
+async fn read_body(body: Incoming) -> Result<Bytes, Response<Full<Bytes>>> {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(routes::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {} MiB", MAX_BODY / (1024 * 1024)),
+        )),
+        Ok(Err(e)) => Err(routes::error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read body: {e}"),
+        )),
+        Err(_) => Err(routes::error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {}s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
 pub async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {

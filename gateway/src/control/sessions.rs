@@ -109,7 +109,7 @@ pub async fn route(method: &Method, route: &str, query: Option<&str>, shared: &S
                 Ok(sessions) => {
                     let sessions: Vec<_> = sessions
                         .into_iter()
-                        .map(|s| shared.live.get(&s.id).unwrap_or(s))
+                        .map(|s| shared.live.summary(&s.id).unwrap_or(s))
                         .collect();
                     json(StatusCode::OK, &serde_json::json!({ "sessions": sessions }))
                 }
@@ -127,12 +127,11 @@ pub async fn route(method: &Method, route: &str, query: Option<&str>, shared: &S
                         .await
                         .unwrap_or_else(|e| Err(anyhow::anyhow!(e)));
                     match (stored, shared.live.get(id)) {
-                        // The live record keeps only the first file operations.
-                        (Ok(Some(s)), Some(mut live)) if s.file_ops.len() > live.file_ops.len() => {
-                            live.file_ops = s.file_ops;
-                            json(StatusCode::OK, &live)
-                        }
-                        (_, Some(live)) => json(StatusCode::OK, &live),
+                        // The live record keeps only some channels and file operations.
+                        (stored, Some(live)) => json(
+                            StatusCode::OK,
+                            &crate::sessions::live::complete(live, stored.ok().flatten()),
+                        ),
                         (Ok(Some(s)), None) => json(StatusCode::OK, &s),
                         (Ok(None), None) => {
                             error(StatusCode::NOT_FOUND, format!("no session {id:?}"))

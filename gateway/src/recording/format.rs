@@ -148,6 +148,10 @@ pub struct SshgwInfo {
     pub login: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// Environment variables set for the program (`env` requests the server accepted):
+    /// what ran is the command in this environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
     /// The recipient public key (base64), so a reader can name a wrong key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,

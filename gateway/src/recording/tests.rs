@@ -65,6 +65,7 @@ fn channel_meta(pty: bool) -> ChannelMeta {
         device_id: Some("dev-1".into()),
         login: "jdoe".into(),
         destination: "10.0.0.5:22".into(),
+        env: vec![("LANG".into(), "C.UTF-8".into())],
     }
 }
 
@@ -474,6 +475,7 @@ fn finish_rewrites_the_header_with_exit_data() {
     assert_eq!(meta.started_at, STARTED);
     let info = meta.sshgw.clone().unwrap();
     assert_eq!(info.command.as_deref(), Some("uname -a"));
+    assert_eq!(info.env, vec![("LANG".to_string(), "C.UTF-8".to_string())]);
     assert_eq!(info.channel, "exec");
     assert_eq!(info.recipient.as_deref(), Some(&*f.public.to_base64()));
     assert_eq!(info.started_at_us, Some(STARTED * 1_000_000));

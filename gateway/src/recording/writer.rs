@@ -54,6 +54,8 @@ pub struct ChannelMeta {
     pub login: String,
     /// The server, e.g. `10.0.0.5:22`.
     pub destination: String,
+    /// Environment variables the server accepted for the program (`env` requests).
+    pub env: Vec<(String, String)>,
 }
 
 /// The channel's request.
@@ -229,6 +231,7 @@ impl FileWriter {
                 device_id: meta.device_id.clone(),
                 login: Some(meta.login.clone()),
                 destination: Some(meta.destination.clone()),
+                env: meta.env.clone(),
                 recipient: Some(key.to_base64()),
             }),
             exit_data: None,
@@ -776,6 +779,7 @@ mod tests {
             device_id: None,
             login: "root".into(),
             destination: "10.0.0.5:22".into(),
+            env: Vec::new(),
         };
         let mut writer =
             FileWriter::create(&dir.path().join("rec"), &public, &meta, SystemTime::now()).unwrap();

@@ -20,6 +20,8 @@ pub struct ProgramTap {
     pub info: Arc<ConnectionInfo>,
     pub channel: u32,
     pub recorder: Option<Recorder>,
+    /// The recording's file, while the program may still be refused.
+    pub recording_path: Option<std::path::PathBuf>,
     /// SFTP/scp auditor; both directions of the channel go through it, one at a time.
     pub transfer: Option<tokio::sync::Mutex<Transfer>>,
     /// `on_recording_failure = "refuse"`: a recording that breaks ends the session.
@@ -31,14 +33,16 @@ impl ProgramTap {
     pub fn new(
         info: Arc<ConnectionInfo>,
         channel: u32,
-        recorder: Option<Recorder>,
+        recorder: Option<(Recorder, std::path::PathBuf)>,
         transfer: Option<Transfer>,
         refuse_unrecorded: bool,
     ) -> Self {
+        let (recorder, recording_path) = recorder.unzip();
         ProgramTap {
             info,
             channel,
             recorder,
+            recording_path,
             transfer: transfer.map(tokio::sync::Mutex::new),
             refuse_unrecorded,
             failure_reported: AtomicBool::new(false),
@@ -50,6 +54,19 @@ impl ProgramTap {
         if let Some(recorder) = &self.recorder {
             recorder.data(from_client, ext, data.clone()).await;
             self.check(recorder);
+        }
+    }
+
+    /// The program was refused: its recording never happened, so it leaves no file behind
+    /// (nothing would reference it; see docs/recording-format.md).
+    pub async fn discard(&self) {
+        if let Some(recorder) = &self.recorder {
+            let _ = recorder.finish(Exit::None).await;
+        }
+        if let Some(path) = &self.recording_path
+            && let Err(e) = tokio::fs::remove_file(path).await
+        {
+            tracing::error!(session = %self.info.id, channel = self.channel, file = %path.display(), error = %e, "cannot remove the recording of a refused program");
         }
     }
 

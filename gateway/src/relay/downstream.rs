@@ -8,13 +8,12 @@ use russh::{
     ChannelId, ChannelOpenFailure, ChannelWriteHalf, Disconnect, Pty, Sig, client,
     server::{self, Auth, Msg, Session},
 };
-use tokio::task::JoinHandle;
 
 use super::{
     ConnectionInfo, RelayContext, ServerSlot,
     audit::{ProgramTap, Transfer, transfer_rules},
     pump::{self, ChannelLink},
-    upstream::{self, Bridge, Connected, UpstreamError},
+    upstream::{self, Bridge},
 };
 use crate::{
     config::RecordingFailure,
@@ -27,6 +26,10 @@ use crate::{
     sessions::{ChannelRecord, FileOpRecord, now_micros},
 };
 
+/// Environment variables kept per channel for its records (a server that accepts any
+/// number of them cannot make the records grow without end).
+const MAX_ENV_PER_CHANNEL: usize = 64;
+
 /// Longest wait for the server's answer to a channel request before failing it.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -34,14 +37,18 @@ pub struct DeviceSide {
     pub(super) ctx: Arc<RelayContext>,
     pub(super) info: Arc<ConnectionInfo>,
     pub(super) bridge: Arc<Bridge>,
-    /// The server connection being set up since the TCP accept.
-    pub(super) pending: Option<JoinHandle<Result<Connected, UpstreamError>>>,
+    /// This connection's place in the `[limits]` counts.
+    slot: Arc<super::limits::Slot>,
     server: ServerSlot,
     /// Why the connection cannot be relayed; told to the user right after auth.
     failure: Option<String>,
     channels: HashMap<ChannelId, ChannelLink>,
     /// The pty each channel asked for, for its recording.
     ptys: HashMap<ChannelId, PtyMeta>,
+    /// Channels whose program (shell, exec, subsystem) the server started.
+    programs: std::collections::HashSet<ChannelId>,
+    /// Environment variables the server accepted per channel, for the program's records.
+    envs: HashMap<ChannelId, Vec<(String, String)>>,
     /// The Unix login, once authorized.
     login: Option<String>,
 }
@@ -51,7 +58,7 @@ impl DeviceSide {
         ctx: Arc<RelayContext>,
         info: Arc<ConnectionInfo>,
         bridge: Arc<Bridge>,
-        pending: Option<JoinHandle<Result<Connected, UpstreamError>>>,
+        slot: Arc<super::limits::Slot>,
         refusal: Option<String>,
         server: ServerSlot,
     ) -> Self {
@@ -59,11 +66,13 @@ impl DeviceSide {
             ctx,
             info,
             bridge,
-            pending,
+            slot,
             server,
             failure: refusal,
             channels: HashMap::new(),
             ptys: HashMap::new(),
+            programs: Default::default(),
+            envs: HashMap::new(),
             login: None,
         }
     }
@@ -76,7 +85,7 @@ impl DeviceSide {
         }
         self.info.tracker.login_attempted(login);
         let (Some(identity), Some(permissions)) =
-            (self.info.identity.clone(), self.info.permissions.clone())
+            (self.info.identity.clone(), self.info.permissions.get())
         else {
             self.fail("sshgw: internal error: connection was not admitted".into());
             return Auth::Accept;
@@ -90,18 +99,20 @@ impl DeviceSide {
             ));
             return Auth::Accept;
         }
-        let Some(pending) = self.pending.take() else {
-            self.fail("sshgw: internal error: no server connection".into());
-            return Auth::Accept;
-        };
-        let mut conn = match pending.await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                self.fail(e.to_string());
-                return Auth::Accept;
-            }
+        // Only now, with a login the policy allows, does the server see a connection: a
+        // device cannot make the gateway hold server connections (and the servers'
+        // MaxStartups and penalties) by opening TCP connections. Ends with this callback, so
+        // a device that goes away cancels it.
+        let mut conn = match upstream::connect(
+            self.ctx.clone(),
+            self.info.original_dst,
+            self.bridge.clone(),
+        )
+        .await
+        {
+            Ok(conn) => conn,
             Err(e) => {
-                self.fail(format!("sshgw: internal error: {e}"));
+                self.fail(e.to_string());
                 return Auth::Accept;
             }
         };
@@ -161,13 +172,22 @@ impl DeviceSide {
         let ok = match self.channels.get(&channel) {
             Some(link) => {
                 let reply = link.expect_reply();
-                if send(link.upstream.clone()).await.is_ok() {
-                    matches!(
-                        tokio::time::timeout(REPLY_TIMEOUT, reply).await,
-                        Ok(Ok(true))
-                    )
-                } else {
+                if send(link.upstream.clone()).await.is_err() {
+                    link.forget_reply();
                     false
+                } else {
+                    match tokio::time::timeout(REPLY_TIMEOUT, reply).await {
+                        Ok(answer) => matches!(answer, Ok(true)),
+                        Err(_) => {
+                            // A late answer could be taken for the next request's: this
+                            // channel's requests and replies are out of step for good.
+                            tracing::warn!(session = %self.info.id, channel = %channel, "the server did not answer a channel request in time; closing the channel");
+                            link.forget_reply();
+                            let _ = link.upstream.close().await;
+                            let _ = session.close(channel);
+                            false
+                        }
+                    }
                 }
             }
             None => false,
@@ -194,13 +214,13 @@ impl DeviceSide {
         let Some(link) = self.channels.get(&channel).cloned() else {
             return Ok(None);
         };
-        let Some(permissions) = self.info.permissions.clone() else {
+        // The policy in force now: a change since the connection began applies here.
+        let Some(permissions) = self.info.permissions.get() else {
             return Err("sshgw: internal error: connection was not admitted".into());
         };
         let number = u32::from(channel);
         let refuse = self.ctx.recording.on_failure == RecordingFailure::Refuse;
         let mut recorder = None;
-        let mut file = None;
         if permissions.policy.ssh.command_logging {
             let meta = ChannelMeta {
                 session_id: self.info.id.clone(),
@@ -210,12 +230,10 @@ impl DeviceSide {
                 device_id: self.info.identity.as_ref().map(|i| i.device_id.clone()),
                 login: self.login.clone().unwrap_or_default(),
                 destination: self.info.original_dst.to_string(),
+                env: self.envs.get(&channel).cloned().unwrap_or_default(),
             };
             match self.ctx.recording.open(&self.info.id, number, meta).await {
-                Ok((opened, path)) => {
-                    recorder = Some(opened);
-                    file = Some(path.display().to_string());
-                }
+                Ok(opened) => recorder = Some(opened),
                 Err(e) => {
                     let error = format!("{e:#}");
                     tracing::error!(session = %self.info.id, channel = number, error = %error, "cannot open the recording");
@@ -231,6 +249,9 @@ impl DeviceSide {
                 }
             }
         }
+        let file = recorder
+            .as_ref()
+            .map(|(_, path)| path.display().to_string());
         link.attach(Arc::new(ProgramTap::new(
             self.info.clone(),
             number,
@@ -244,7 +265,7 @@ impl DeviceSide {
     /// Runs a program request: prepares it, relays it, and logs it once the server agreed.
     /// The auditor an SFTP or legacy scp program gets, or why the policy refuses it.
     fn transfer_for(&self, kind: &ChannelKind) -> Result<Option<Transfer>, String> {
-        let Some(permissions) = &self.info.permissions else {
+        let Some(permissions) = self.info.permissions.get() else {
             return Ok(None);
         };
         let policy = &permissions.policy;
@@ -339,6 +360,12 @@ impl DeviceSide {
         F: FnOnce(Arc<ChannelWriteHalf<client::Msg>>) -> Fut,
         Fut: Future<Output = Result<(), russh::Error>>,
     {
+        if self.programs.contains(&channel) {
+            // sshd would refuse it too; it must never run under the first one's tap.
+            tracing::warn!(session = %self.info.id, channel = %channel, "refused a second program request on a channel");
+            let _ = session.channel_failure(channel);
+            return;
+        }
         let transfer = match self.transfer_for(&kind) {
             Ok(transfer) => transfer,
             Err(message) => {
@@ -358,7 +385,17 @@ impl DeviceSide {
                 return;
             }
         };
-        if self.relay_request(channel, session, send).await {
+        if !self.relay_request(channel, session, send).await {
+            // The server refused it: nothing more is recorded or audited on the channel,
+            // and the recording opened for it goes (no row would reference it).
+            tracing::info!(session = %self.info.id, channel = %channel, "the server refused the program request");
+            if let Some(tap) = self.channels.get(&channel).and_then(|l| l.detach()) {
+                tap.discard().await;
+            }
+            return;
+        }
+        self.programs.insert(channel);
+        {
             let (kind, command) = match kind {
                 ChannelKind::Shell => ("shell", None),
                 ChannelKind::Exec { command } => ("exec", Some(command)),
@@ -393,6 +430,7 @@ impl DeviceSide {
                 reply.accept().await;
                 let link = pump::start(
                     kind,
+                    &self.info.id,
                     channel,
                     up,
                     session.handle(),
@@ -402,6 +440,17 @@ impl DeviceSide {
             }
             Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
         }
+    }
+
+    /// Whether one more channel would break `[limits] max_channels_per_connection`.
+    fn too_many_channels(&self, what: &str) -> bool {
+        let max = self.ctx.limits.config().max_channels_per_connection;
+        if self.channels.len() < max {
+            return false;
+        }
+        crate::metrics::METRICS.limit_refused("max_channels_per_connection");
+        tracing::warn!(session = %self.info.id, max, what, "refused a channel: max_channels_per_connection reached");
+        true
     }
 
     fn link(&self, channel: ChannelId) -> Option<Arc<ChannelWriteHalf<client::Msg>>> {
@@ -438,6 +487,7 @@ impl server::Handler for DeviceSide {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.slot.logged_in();
         let _ = self.bridge.device.set(session.handle());
         self.info
             .authenticated
@@ -460,6 +510,10 @@ impl server::Handler for DeviceSide {
                 .await;
             return Ok(());
         };
+        if self.too_many_channels("session") {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let opened = server.channel_open_session().await;
         if let Err(e) = &opened {
             tracing::warn!(session = %self.info.id, error = %e, "server refused a session channel");
@@ -480,7 +534,7 @@ impl server::Handler for DeviceSide {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let server = match self.server.get() {
-            Some(s) if self.bridge.port_forwarding => s,
+            Some(s) if self.bridge.permissions.port_forwarding() => s,
             _ => {
                 tracing::info!(session = %self.info.id, target = %format!("{host_to_connect}:{port_to_connect}"), "refused port forwarding (-L): disabled");
                 reply
@@ -489,6 +543,10 @@ impl server::Handler for DeviceSide {
                 return Ok(());
             }
         };
+        if self.too_many_channels("direct-tcpip") {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let opened = server
             .channel_open_direct_tcpip(
                 host_to_connect,
@@ -536,6 +594,8 @@ impl server::Handler for DeviceSide {
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         self.ptys.remove(&channel);
+        self.programs.remove(&channel);
+        self.envs.remove(&channel);
         Ok(())
     }
 
@@ -590,11 +650,24 @@ impl server::Handler for DeviceSide {
         variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.ctx.config.env_denied(variable_name) {
+            tracing::warn!(session = %self.info.id, channel = %channel, variable = variable_name, "refused an env request: [ssh] deny_env");
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
         let (k, v) = (variable_name.to_string(), variable_value.to_string());
-        self.relay_request(channel, session, |up| async move {
-            up.set_env(true, k, v).await
-        })
-        .await;
+        let accepted = self
+            .relay_request(channel, session, |up| async move {
+                up.set_env(true, k, v).await
+            })
+            .await;
+        tracing::info!(session = %self.info.id, channel = %channel, variable = variable_name, accepted, "env");
+        if accepted {
+            let env = self.envs.entry(channel).or_default();
+            if env.len() < MAX_ENV_PER_CHANNEL {
+                env.push((variable_name.to_string(), variable_value.to_string()));
+            }
+        }
         Ok(())
     }
 
@@ -688,7 +761,7 @@ impl server::Handler for DeviceSide {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        if !self.bridge.agent_forwarding {
+        if !self.bridge.permissions.agent_forwarding() {
             tracing::info!(session = %self.info.id, "refused agent forwarding: disabled");
             return Ok(false);
         }
@@ -715,7 +788,7 @@ impl server::Handler for DeviceSide {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         let server = match self.server.get() {
-            Some(s) if self.bridge.port_forwarding => s,
+            Some(s) if self.bridge.permissions.port_forwarding() => s,
             _ => {
                 tracing::info!(session = %self.info.id, listen = %format!("{address}:{port}"), "refused remote forwarding (-R): disabled");
                 return Ok(false);
@@ -739,7 +812,7 @@ impl server::Handler for DeviceSide {
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
         match self.server.get() {
-            Some(s) if self.bridge.port_forwarding => {
+            Some(s) if self.bridge.permissions.port_forwarding() => {
                 Ok(s.cancel_tcpip_forward(address, port).await.is_ok())
             }
             _ => Ok(false),

@@ -3,7 +3,10 @@
 
 mod audit;
 mod downstream;
+mod flow;
+pub mod limits;
 mod pump;
+pub mod stall;
 mod upstream;
 
 use std::{
@@ -42,10 +45,9 @@ use downstream::DeviceSide;
 use upstream::Bridge;
 
 /// Receive window per channel, both legs: large enough that bulk transfers are not
-/// window-limited on a LAN.
+/// window-limited on a LAN. It is also what sshgw holds at most per channel and direction:
+/// windows reopen only for data passed on (see `flow`).
 const WINDOW_SIZE: u32 = 4 * 1024 * 1024;
-/// The device must finish key exchange and authentication within this time.
-const LOGIN_GRACE: Duration = Duration::from_secs(60);
 
 /// Everything a connection needs that outlives it.
 pub struct RelayContext {
@@ -57,6 +59,9 @@ pub struct RelayContext {
     pub store: SessionStore,
     pub live: Arc<LiveSessions>,
     pub recording: RecordingSettings,
+    pub limits: Arc<limits::Limits>,
+    /// Every new device table and policy set, to judge live sessions again.
+    pub snapshots: tokio::sync::watch::Receiver<Arc<crate::state::Snapshot>>,
 }
 
 /// The cipher lists of `[ssh]`, resolved once at start.
@@ -113,9 +118,11 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     pub original_dst: SocketAddr,
     pub identity: Option<Arc<Identity>>,
+    /// The interface the connection came in on, as the datapath saw it.
+    pub ingress: Option<String>,
     pub authenticated: AtomicBool,
-    /// What the admitting policy allows; `None` when the connection is refused.
-    pub permissions: Option<Permissions>,
+    /// What the policy in force allows; `None` when the connection is refused.
+    pub permissions: SharedPermissions,
     pub tracker: Arc<Tracker>,
     /// Why the relay refused, once it did (the session log's close reason).
     pub failure: std::sync::Mutex<Option<String>>,
@@ -131,6 +138,33 @@ impl ConnectionInfo {
     pub fn abort(&self, message: String) {
         *self.failure.lock().expect("failure lock poisoned") = Some(message);
         self.aborted.notify_one();
+    }
+}
+
+/// The permissions of the policy in force for a session. Replaced when a new device table
+/// or policy set puts the session under another policy: new channels use the current one.
+#[derive(Clone, Default)]
+pub struct SharedPermissions(Arc<std::sync::RwLock<Option<Permissions>>>);
+
+impl SharedPermissions {
+    fn new(permissions: Option<Permissions>) -> Self {
+        SharedPermissions(Arc::new(std::sync::RwLock::new(permissions)))
+    }
+
+    pub fn get(&self) -> Option<Permissions> {
+        self.0.read().expect("permissions lock poisoned").clone()
+    }
+
+    fn set(&self, permissions: Permissions) {
+        *self.0.write().expect("permissions lock poisoned") = Some(permissions);
+    }
+
+    pub fn port_forwarding(&self) -> bool {
+        self.get().is_some_and(|p| p.port_forwarding)
+    }
+
+    pub fn agent_forwarding(&self) -> bool {
+        self.get().is_some_and(|p| p.agent_forwarding)
     }
 }
 
@@ -179,6 +213,7 @@ impl RelayContext {
             keepalive_max: 3,
             nodelay: true,
             window_size: WINDOW_SIZE,
+            window_refill: russh::WindowRefill::OnRelease,
             preferred: russh::Preferred {
                 cipher: self.ciphers.device.clone().into(),
                 ..Default::default()
@@ -194,13 +229,27 @@ pub async fn serve(
     conn: Intercepted,
     session_id: String,
     admission: Admission,
+    ingress: Option<String>,
 ) {
-    let (permissions, refusal, policy_id) = match admission.outcome {
-        Outcome::Relay { policy } => {
+    let owner = match &admission.identity {
+        Some(identity) => limits::Owner::Device(identity.device_id.clone()),
+        None => limits::Owner::Address(conn.peer.ip()),
+    };
+    let (slot, over_limit) = match ctx.limits.admit(owner) {
+        limits::Ticket::Admitted(slot) => (slot, None),
+        limits::Ticket::Refused(slot, message) => (slot, Some(message)),
+        limits::Ticket::Dropped(limit) => {
+            dropped_over_limit(&session_id, conn.peer, limit);
+            return;
+        }
+    };
+    let (permissions, refusal, policy_id) = match (admission.outcome, over_limit) {
+        (_, Some(message)) => (None, Some(message), None),
+        (Outcome::Relay { policy }, None) => {
             let id = policy.id.clone();
             (Some(Permissions::new(policy, &ctx.config)), None, Some(id))
         }
-        Outcome::Refuse { message, policy_id } => (None, Some(message), policy_id),
+        (Outcome::Refuse { message, policy_id }, None) => (None, Some(message), policy_id),
     };
     let identity = admission.identity;
     let tracker = Arc::new(Tracker::open(
@@ -229,33 +278,23 @@ pub async fn serve(
         peer: conn.peer,
         original_dst: conn.original_dst,
         identity,
+        ingress,
         authenticated: AtomicBool::new(false),
-        permissions,
+        permissions: SharedPermissions::new(permissions),
         tracker: tracker.clone(),
         failure: std::sync::Mutex::new(refusal.clone()),
         aborted: Default::default(),
         ended_by_gateway: Default::default(),
     });
-    let (port_forwarding, agent_forwarding) = info
-        .permissions
-        .as_ref()
-        .map_or((false, false), |p| (p.port_forwarding, p.agent_forwarding));
     let bridge = Arc::new(Bridge {
         device: Default::default(),
-        port_forwarding,
-        agent_forwarding,
+        permissions: info.permissions.clone(),
         agent_requested: AtomicBool::new(false),
         traffic: tracker.bytes(),
         server_closed: Default::default(),
+        session: info.id.clone(),
     });
-    // The server leg's TCP and SSH handshakes run while the device does its own.
-    let pending = info.permissions.as_ref().map(|_| {
-        tokio::spawn(upstream::connect(
-            ctx.clone(),
-            conn.original_dst,
-            bridge.clone(),
-        ))
-    });
+    let grace = Duration::from_secs(ctx.limits.config().preauth_grace_secs);
     let config = match ctx.server_config(conn.original_dst.ip()) {
         Ok(c) => c,
         Err(e) => {
@@ -268,43 +307,45 @@ pub async fn serve(
         ctx.clone(),
         info.clone(),
         bridge.clone(),
-        pending,
+        Arc::new(slot),
         refusal,
         server.clone(),
     );
-    let running = match tokio::time::timeout(
-        LOGIN_GRACE,
-        server::run_stream(config, conn.stream, handler),
-    )
-    .await
-    {
-        Ok(Ok(running)) => running,
-        Ok(Err(e)) => {
-            finish(&info, &format!("error: device handshake failed: {e}"));
-            return;
-        }
-        Err(_) => {
-            finish(&info, "error: device sent no SSH banner in time");
+    let started = tokio::time::Instant::now();
+    // russh runs the session in a task of its own; a duplicate of the socket lets the relay
+    // close it even when the session cannot be told anything (still in key exchange).
+    let socket = match std::os::fd::AsFd::as_fd(&conn.stream).try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            finish(&info, &format!("error: cannot duplicate the socket: {e}"));
             return;
         }
     };
-    let device = running.handle();
-    let grace = {
-        let (device, info) = (device.clone(), info.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(LOGIN_GRACE).await;
-            if !info.authenticated.load(Ordering::Acquire) {
-                let _ = device
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "sshgw: login took too long".into(),
-                        "en".into(),
-                    )
-                    .await;
+    let running =
+        match tokio::time::timeout(grace, server::run_stream(config, conn.stream, handler)).await {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) => {
+                finish(&info, &format!("error: device handshake failed: {e}"));
+                return;
             }
-        })
+            Err(_) => {
+                finish(&info, "error: device sent no SSH banner in time");
+                return;
+            }
+        };
+    let device = running.handle();
+    // Banner, key exchange and login must all fit in the grace: a client stuck in key
+    // exchange cannot be told anything, so its connection is simply closed.
+    let login_deadline = {
+        let info = info.clone();
+        async move {
+            tokio::time::sleep_until(started + grace).await;
+            if info.authenticated.load(Ordering::Acquire) {
+                std::future::pending::<()>().await;
+            }
+        }
     };
-    let deadline = info.permissions.as_ref().and_then(|p| {
+    let deadline = info.permissions.get().and_then(|p| {
         p.policy.ssh.max_duration.map(|d| {
             (
                 d,
@@ -325,8 +366,11 @@ pub async fn serve(
         }
     };
     let kill = tracker.kill_switch();
+    let revoked = revocation(ctx.clone(), info.clone());
+    tokio::pin!(revoked);
     tokio::pin!(running);
     tokio::pin!(expiry);
+    tokio::pin!(login_deadline);
     // Ends the device leg with `message` and waits for it to close.
     let end_with = async |message: String| {
         *info.ended_by_gateway.lock().expect("end reason poisoned") = Some(message.clone());
@@ -339,6 +383,24 @@ pub async fn serve(
             Ok(()) => "client".to_string(),
             Err(e) => format!("error: {e}"),
         },
+        () = &mut login_deadline => {
+            tracing::info!(session = %info.id, peer = %info.peer, grace_secs = grace.as_secs(), "no login within the pre-auth grace; closing");
+            let _ = tokio::time::timeout(
+                Duration::from_millis(200),
+                device.disconnect(
+                    russh::Disconnect::ByApplication,
+                    "sshgw: login took too long".into(),
+                    "en".into(),
+                ),
+            )
+            .await;
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                nix::sys::socket::Shutdown::Both,
+            );
+            let _ = running.as_mut().await;
+            "error: no login within the pre-auth grace".to_string()
+        }
         _ = bridge.server_closed.notified() => {
             end_with("sshgw: the server closed the connection".into()).await;
             let _ = running.as_mut().await;
@@ -356,20 +418,28 @@ pub async fn serve(
             let _ = running.as_mut().await;
             "error".to_string()
         }
+        message = &mut revoked => {
+            tracing::info!(session = %info.id, reason = %message, "session revoked by a device or policy change");
+            end_with(message).await;
+            let _ = running.as_mut().await;
+            "revoked".to_string()
+        }
         () = kill.notified() => {
             let message = tracker.kill_reason();
             tracing::info!(session = %info.id, reason = %message, "session killed");
-            let reason = if message == crate::sessions::live::ADMIN_KILL {
-                "admin kill".to_string()
-            } else {
-                "gateway shutdown".to_string()
+            let reason = match message.as_str() {
+                crate::sessions::live::ADMIN_KILL => "admin kill".to_string(),
+                m if m.contains("shutting down") || m.contains("restarting") => {
+                    "gateway shutdown".to_string()
+                }
+                // Ended by the gateway for a reason of its own (its log cannot be written).
+                m => format!("error: {}", m.strip_prefix("sshgw: ").unwrap_or(m)),
             };
             end_with(message).await;
             let _ = running.as_mut().await;
             reason
         }
     };
-    grace.abort();
     // Close the server leg too, whoever ended the session.
     if let Some(server) = server.get() {
         let _ = server
@@ -377,6 +447,51 @@ pub async fn serve(
             .await;
     }
     finish(&info, &reason);
+}
+
+/// Judges a relayed session again whenever the device table or policies change. Returns
+/// the message to end it with once they no longer allow it (its device is gone, or the
+/// decision became a block); until then, keeps the session's permissions current, so each
+/// new channel follows the policy in force.
+async fn revocation(ctx: Arc<RelayContext>, info: Arc<ConnectionInfo>) -> String {
+    let (Some(identity), Some(_)) = (info.identity.clone(), info.permissions.get()) else {
+        // Refused connections end on their own.
+        return std::future::pending().await;
+    };
+    let mut changes = ctx.snapshots.clone();
+    loop {
+        let snapshot = changes.borrow_and_update().clone();
+        let verdict = crate::admission::readmit(
+            &snapshot,
+            &identity,
+            info.peer,
+            info.original_dst,
+            info.ingress.as_deref(),
+        );
+        match verdict {
+            crate::admission::Readmission::End(message) => return message,
+            crate::admission::Readmission::Keep(policy) => {
+                let current = info.permissions.get().map(|p| p.policy);
+                if !current.is_some_and(|c| Arc::ptr_eq(&c, &policy)) {
+                    tracing::info!(session = %info.id, policy = %policy.id, "session now follows the current policy");
+                    info.permissions.set(Permissions::new(policy, &ctx.config));
+                }
+            }
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// A connection over a limit and over the refusal budget: closed at once, with no session
+/// record (a flood must not fill the log). Logged at most once a second.
+fn dropped_over_limit(session: &str, peer: SocketAddr, limit: &'static str) {
+    static LAST_LOG_SECS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = now_micros() / 1_000_000;
+    if LAST_LOG_SECS.swap(now, Ordering::AcqRel) != now {
+        tracing::warn!(session, %peer, limit, "connection closed: over a [limits] limit (logged at most once a second)");
+    }
 }
 
 /// Closes the session record (a refusal's reason wins over how the socket ended) and

@@ -1,26 +1,28 @@
 //! Moves one channel's traffic between the device-side and server-side SSH channels.
 //!
-//! Each direction is a reader task that always drains its russh channel (an undrained
-//! channel freezes the whole connection) into a bounded queue, and a writer task that
-//! forwards with the peer's window as backpressure. Replies to channel requests that the
-//! server sends back are handed to the waiting request callback in order.
+//! Each direction is a reader task that drains its russh channel at once into a [`Lane`],
+//! and a writer task that forwards with the destination's window as backpressure and then
+//! reopens the source's window for what it passed on (see [`super::flow`]). No reader ever
+//! waits for the other leg, so neither session loop can be blocked by the other, while the
+//! data in flight per direction stays bounded by the window sshgw advertises. Replies to
+//! channel requests that the server sends back go straight to the waiting request callback.
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, OnceLock, atomic::Ordering},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use bytes::Bytes;
-use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig, client, server};
-use tokio::sync::{mpsc, oneshot};
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client, server};
+use tokio::sync::oneshot;
 
 use super::audit::ProgramTap;
+use super::flow::{self, Apply, ChannelCredit, Credit, Event, Lane, Origin, Releaser, Step};
+use super::stall::LaneWatch;
 use crate::{recording::writer::signal_name, sessions::live::ByteCounters};
-
-/// Messages buffered per direction beyond russh's own channel buffer (each at most one
-/// SSH packet, 32 KiB): a receiver that stops reading stalls its connection only after
-/// this much has piled up.
-const QUEUE_MESSAGES: usize = 256;
 
 /// How a channel's program ended, as the server reported it.
 #[derive(Debug, Clone, Default)]
@@ -29,9 +31,19 @@ pub struct ChannelExit {
     pub signal: Option<(String, bool)>,
 }
 
-/// Watches a channel once its program (shell, exec, subsystem) has started: the session
-/// log and the recorder hang off this.
-type TapSlot = Arc<OnceLock<Arc<ProgramTap>>>;
+/// Watches a channel while its program (shell, exec, subsystem) is requested or running:
+/// the session log, the recorder and the file-transfer auditor hang off this. Attached
+/// before the request goes upstream, detached again if the server refuses it.
+#[derive(Clone, Default)]
+struct TapSlot(Arc<RwLock<Option<Arc<ProgramTap>>>>);
+
+impl TapSlot {
+    fn get(&self) -> Option<Arc<ProgramTap>> {
+        self.0.read().expect("tap slot poisoned").clone()
+    }
+}
+
+type Replies = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
 
 /// The server-side half of a relayed channel, used by request callbacks.
 #[derive(Clone)]
@@ -42,38 +54,34 @@ pub struct ChannelLink {
 }
 
 impl ChannelLink {
-    /// Starts watching the channel (once; later calls are ignored).
+    /// Starts watching the channel for a program about to be requested.
     pub fn attach(&self, tap: Arc<ProgramTap>) {
-        let _ = self.tap.set(tap);
+        *self.tap.0.write().expect("tap slot poisoned") = Some(tap);
     }
 
-    pub fn tap(&self) -> Option<&Arc<ProgramTap>> {
+    /// Stops watching (the program was refused): nothing more is recorded or audited.
+    pub fn detach(&self) -> Option<Arc<ProgramTap>> {
+        self.tap.0.write().expect("tap slot poisoned").take()
+    }
+
+    pub fn tap(&self) -> Option<Arc<ProgramTap>> {
         self.tap.get()
     }
 
-    /// Registers interest in the reply to the request about to be sent upstream.
+    /// Registers interest in the reply to the request about to be sent upstream. Requests
+    /// of a connection are relayed one at a time, so at most one reply is awaited.
     pub fn expect_reply(&self) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
-        self.replies
-            .lock()
-            .expect("reply queue poisoned")
-            .push_back(tx);
+        let mut replies = self.replies.lock().expect("reply queue poisoned");
+        replies.clear();
+        replies.push_back(tx);
         rx
     }
-}
 
-enum Event {
-    Data(Bytes),
-    Extended(u32, Bytes),
-    Eof,
-    ExitStatus(u32),
-    ExitSignal {
-        signal: Sig,
-        core_dumped: bool,
-        message: String,
-        lang: String,
-    },
-    Close,
+    /// Gives up on the awaited reply (the request could not be sent, or went unanswered).
+    pub fn forget_reply(&self) {
+        self.replies.lock().expect("reply queue poisoned").clear();
+    }
 }
 
 /// What kind of channel is relayed, which decides how its end is delivered.
@@ -85,45 +93,107 @@ pub enum Kind {
     Stream,
 }
 
-/// Starts relaying between a device-side channel and a server-side channel.
+/// The two legs of a channel as the tasks share them.
+struct Legs {
+    device: Arc<ChannelWriteHalf<server::Msg>>,
+    server: Arc<ChannelWriteHalf<client::Msg>>,
+    device_credit: Arc<ChannelCredit>,
+    server_credit: Arc<ChannelCredit>,
+}
+
+impl Legs {
+    fn releaser(&self) -> Releaser {
+        Releaser::new(
+            self.device.clone(),
+            self.server.clone(),
+            self.device_credit.clone(),
+            self.server_credit.clone(),
+        )
+    }
+}
+
+/// Starts relaying between a device-side channel and a server-side channel of session
+/// `session`.
 pub fn start(
     kind: Kind,
+    session: &str,
     down: russh::Channel<server::Msg>,
     up: russh::Channel<client::Msg>,
     down_handle: server::Handle,
     traffic: Arc<ByteCounters>,
 ) -> ChannelLink {
+    let number = u32::from(down.id());
     let (down_read, down_write) = down.split();
     let (up_read, up_write) = up.split();
-    let upstream = Arc::new(up_write);
+    let legs = Legs {
+        device: Arc::new(down_write),
+        server: Arc::new(up_write),
+        device_credit: Default::default(),
+        server_credit: Default::default(),
+    };
     let replies: Replies = Default::default();
     let tap: TapSlot = Default::default();
 
-    let (to_server, from_device) = mpsc::channel(QUEUE_MESSAGES);
-    let (to_device, from_server) = mpsc::channel(QUEUE_MESSAGES);
+    let to_server_watch = LaneWatch::register(
+        session.to_string(),
+        number,
+        "to_server",
+        legs.server.clone(),
+        legs.device_credit.clone(),
+    );
+    let to_device_watch = LaneWatch::register(
+        session.to_string(),
+        number,
+        "to_device",
+        legs.device.clone(),
+        legs.server_credit.clone(),
+    );
+    let (to_server, from_device) = Lane::new(to_server_watch.clone());
+    let (to_device, from_server) = Lane::new(to_device_watch.clone());
+
     tokio::spawn(read_side(
         down_read,
-        to_server,
-        Some(to_device.clone()),
-        traffic.clone(),
-        tap.clone(),
-        true,
-        None,
+        Reader {
+            origin: Origin::Device,
+            forward: to_server.clone(),
+            back: to_device.clone(),
+            session_channel: kind == Kind::Session,
+            program_requested: false,
+            orphan_data_logged: AtomicBool::new(false),
+            unsolicited_logged: AtomicBool::new(false),
+            credit: legs.device_credit.clone(),
+            traffic: traffic.clone(),
+            tap: tap.clone(),
+            replies: None,
+            session: session.to_string(),
+            channel: number,
+        },
     ));
-    tokio::spawn(write_server(from_device, upstream.clone()));
     tokio::spawn(read_side(
         up_read,
-        to_device,
-        None,
-        traffic,
-        tap.clone(),
-        false,
-        Some(replies.clone()),
+        Reader {
+            origin: Origin::Server,
+            forward: to_device,
+            back: to_server,
+            session_channel: kind == Kind::Session,
+            program_requested: false,
+            orphan_data_logged: AtomicBool::new(false),
+            unsolicited_logged: AtomicBool::new(false),
+            credit: legs.server_credit.clone(),
+            traffic,
+            tap: tap.clone(),
+            replies: Some(replies.clone()),
+            session: session.to_string(),
+            channel: number,
+        },
     ));
+    let upstream = legs.server.clone();
+    tokio::spawn(write_server(from_device, to_server_watch, legs.releaser()));
     tokio::spawn(write_device(
         kind,
         from_server,
-        down_write,
+        to_device_watch,
+        legs,
         down_handle,
         tap.clone(),
     ));
@@ -134,95 +204,197 @@ pub fn start(
     }
 }
 
-type Replies = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
+/// One leg's reader: where its channel's events go.
+struct Reader {
+    origin: Origin,
+    /// Toward the other leg.
+    forward: Lane,
+    /// Toward this leg (an auditor's replies to it).
+    back: Lane,
+    /// A session channel: the device's data goes only to a program that was requested.
+    session_channel: bool,
+    /// The device asked for a program on this channel (in message order: the request
+    /// reaches this reader before any data sent after it).
+    program_requested: bool,
+    /// Logged once: the device sent data with no program to take it.
+    orphan_data_logged: AtomicBool,
+    /// Logged once: the server sent a reply nobody asked for.
+    unsolicited_logged: AtomicBool,
+    credit: Arc<ChannelCredit>,
+    traffic: Arc<ByteCounters>,
+    tap: TapSlot,
+    replies: Option<Replies>,
+    session: String,
+    channel: u32,
+}
 
 enum Flow {
     Continue,
     Stop,
 }
 
-/// Passes one chunk of an SFTP/scp channel through its auditor. The lock is held while
-/// the results are queued, so what goes to the client (server data, injected denials)
-/// keeps the order the auditor decided.
-async fn audited(
-    transfer: &tokio::sync::Mutex<super::audit::Transfer>,
-    tap: &ProgramTap,
-    from_client: bool,
-    data: bytes::Bytes,
-    queue: &mpsc::Sender<Event>,
-    back: Option<&mpsc::Sender<Event>>,
-) -> Flow {
-    let mut auditor = transfer.lock().await;
-    let result = if from_client {
-        auditor.client_data(data)
-    } else {
-        auditor.server_data(data)
-    };
-    for chunk in result.forward {
-        if queue.send(Event::Data(chunk)).await.is_err() {
+impl Reader {
+    fn is_device(&self) -> bool {
+        self.origin == Origin::Device
+    }
+
+    /// Counts received channel data; a peer that sends beyond its window is cut off
+    /// (its data is never buffered beyond what sshgw advertised).
+    fn within_window(&self, len: usize) -> bool {
+        let counter = if self.is_device() {
+            &self.traffic.from_client
+        } else {
+            &self.traffic.from_server
+        };
+        counter.fetch_add(len as u64, Ordering::Relaxed);
+        if self.credit.receive(len) {
+            return true;
+        }
+        if self.credit.first_violation() {
+            tracing::warn!(
+                session = %self.session,
+                channel = self.channel,
+                peer = if self.is_device() { "device" } else { "server" },
+                outstanding = self.credit.outstanding(),
+                window = super::WINDOW_SIZE,
+                "peer sent more than its channel window allows (protocol violation); closing the channel"
+            );
+            crate::metrics::METRICS
+                .window_violations
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }
+
+    async fn data(&self, ext: Option<u32>, data: Bytes) -> Flow {
+        if !self.within_window(data.len()) {
+            self.forward.push(Event::Close);
+            self.back.push(Event::Close);
             return Flow::Stop;
         }
-    }
-    if let Some(back) = back
-        && !result.reply.is_empty()
-    {
-        let _ = back.send(Event::Data(result.reply.into())).await;
-    }
-    drop(auditor);
-    tap.file_events(result.events);
-    match result.close {
-        None => Flow::Continue,
-        Some(reason) => {
-            tracing::warn!(session = %tap.info.id, channel = tap.channel, reason = %reason, "closing the file-transfer channel");
-            let _ = queue.send(Event::Close).await;
-            if let Some(back) = back {
-                let _ = back.send(Event::Close).await;
+        let credit = Credit::new(self.origin, data.len());
+        let tap = self
+            .tap
+            .get()
+            .filter(|_| self.program_requested || !self.session_channel);
+        match &tap {
+            Some(tap) => {
+                tap.data(self.is_device(), ext, &data).await;
+                if ext.is_none()
+                    && let Some(transfer) = &tap.transfer
+                {
+                    return self.audited(transfer, tap, data).await;
+                }
             }
-            Flow::Stop
+            None if self.session_channel && self.is_device() => {
+                // No program was requested yet, or it was refused: sshd would buffer this
+                // for the next program, which must never get bytes that were not recorded
+                // and audited as its own.
+                self.log_orphan_data(data.len());
+                self.forward.push(Event::Release(credit));
+                return Flow::Continue;
+            }
+            None => {}
+        }
+        self.forward.push(Event::Data {
+            data,
+            ext,
+            credit: Some(credit),
+        });
+        Flow::Continue
+    }
+
+    fn log_orphan_data(&self, len: usize) {
+        if !self.orphan_data_logged.swap(true, Ordering::AcqRel) {
+            tracing::info!(session = %self.session, channel = self.channel, bytes = len, "discarding data the device sent on a channel with no program running");
+        }
+    }
+
+    /// Passes one chunk of an SFTP/scp channel through its auditor. The lock is held while
+    /// the results are queued, so what goes to the client (server data, injected denials)
+    /// keeps the order the auditor decided. The chunk's window credit goes with the last
+    /// thing written because of it, so a client whose requests are refused cannot pile up
+    /// replies faster than it reads them.
+    async fn audited(
+        &self,
+        transfer: &tokio::sync::Mutex<super::audit::Transfer>,
+        tap: &ProgramTap,
+        data: Bytes,
+    ) -> Flow {
+        let mut credit = Some(Credit::new(self.origin, data.len()));
+        let mut auditor = transfer.lock().await;
+        let result = if self.is_device() {
+            auditor.client_data(data)
+        } else {
+            auditor.server_data(data)
+        };
+        let replies = !result.reply.is_empty();
+        let count = result.forward.len();
+        for (i, chunk) in result.forward.into_iter().enumerate() {
+            let last = i + 1 == count && !replies;
+            let credit = if last { credit.take() } else { None };
+            self.forward.push(Event::Data {
+                data: chunk,
+                ext: None,
+                credit,
+            });
+        }
+        if replies {
+            self.back.push(Event::Data {
+                data: result.reply.into(),
+                ext: None,
+                credit: credit.take(),
+            });
+        }
+        if let Some(credit) = credit {
+            self.forward.push(Event::Release(credit));
+        }
+        drop(auditor);
+        tap.file_events(result.events);
+        match result.close {
+            None => Flow::Continue,
+            Some(reason) => {
+                tracing::warn!(session = %tap.info.id, channel = tap.channel, reason = %reason, "closing the file-transfer channel");
+                self.forward.push(Event::Close);
+                self.back.push(Event::Close);
+                Flow::Stop
+            }
+        }
+    }
+
+    /// A server reply goes to the one request awaiting it; a reply nobody awaits is a
+    /// protocol violation by the server, ignored (it must never answer a later request).
+    fn reply(&self, success: bool) {
+        let waiter = self
+            .replies
+            .as_ref()
+            .and_then(|r| r.lock().expect("reply queue poisoned").pop_front());
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(success);
+            }
+            None if !self.unsolicited_logged.swap(true, Ordering::AcqRel) => {
+                tracing::warn!(session = %self.session, channel = self.channel, success, "the server sent a channel reply nobody asked for (ignored)");
+            }
+            None => {}
         }
     }
 }
 
-/// Drains one side's channel into the queue towards the other side. Replies to requests
-/// (only the server sends them) go straight to the waiting callback.
-async fn read_side(
-    mut read: ChannelReadHalf,
-    queue: mpsc::Sender<Event>,
-    // Toward the side this task reads from: where an auditor's replies go.
-    back: Option<mpsc::Sender<Event>>,
-    traffic: Arc<ByteCounters>,
-    tap: TapSlot,
-    from_client: bool,
-    replies: Option<Replies>,
-) {
-    let counter = if from_client {
-        &traffic.from_client
-    } else {
-        &traffic.from_server
-    };
+/// Drains one leg's channel into the lane toward the other leg, at once: the russh session
+/// loop of this leg never waits for the other leg. Replies to requests (only the server
+/// sends them) go straight to the waiting callback.
+async fn read_side(mut read: ChannelReadHalf, mut reader: Reader) {
     while let Some(msg) = read.wait().await {
         let event = match msg {
-            ChannelMsg::Data { data } => {
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                if let Some(tap) = tap.get() {
-                    tap.data(from_client, None, &data).await;
-                    if let Some(transfer) = &tap.transfer {
-                        match audited(transfer, tap, from_client, data, &queue, back.as_ref()).await
-                        {
-                            Flow::Continue => continue,
-                            Flow::Stop => break,
-                        }
-                    }
-                }
-                Event::Data(data)
-            }
-            ChannelMsg::ExtendedData { data, ext } => {
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                if let Some(tap) = tap.get() {
-                    tap.data(from_client, Some(ext), &data).await;
-                }
-                Event::Extended(ext, data)
-            }
+            ChannelMsg::Data { data } => match reader.data(None, data).await {
+                Flow::Continue => continue,
+                Flow::Stop => break,
+            },
+            ChannelMsg::ExtendedData { data, ext } => match reader.data(Some(ext), data).await {
+                Flow::Continue => continue,
+                Flow::Stop => break,
+            },
             ChannelMsg::Eof => Event::Eof,
             ChannelMsg::Close => Event::Close,
             ChannelMsg::ExitStatus { exit_status } => Event::ExitStatus(exit_status),
@@ -238,44 +410,68 @@ async fn read_side(
                 lang: lang_tag,
             },
             reply @ (ChannelMsg::Success | ChannelMsg::Failure) => {
-                let waiter = replies
-                    .as_ref()
-                    .and_then(|r| r.lock().expect("reply queue poisoned").pop_front());
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(matches!(reply, ChannelMsg::Success));
-                }
+                reader.reply(matches!(reply, ChannelMsg::Success));
+                continue;
+            }
+            ChannelMsg::RequestShell { .. }
+            | ChannelMsg::Exec { .. }
+            | ChannelMsg::RequestSubsystem { .. } => {
+                reader.program_requested = true;
                 continue;
             }
             // Device-side requests are relayed by the handler callbacks, which must answer them.
             _ => continue,
         };
         let close = matches!(event, Event::Close);
-        if queue.send(event).await.is_err() || close {
+        if !reader.forward.push(event) || close {
             break;
         }
     }
-    if let Some(replies) = replies {
+    if let Some(replies) = &reader.replies {
         // Wake any request callback still waiting: the channel is gone.
         replies.lock().expect("reply queue poisoned").clear();
     }
-    let _ = queue.send(Event::Close).await;
+    reader.forward.push(Event::Close);
 }
 
-async fn write_server(mut queue: mpsc::Receiver<Event>, up: Arc<ChannelWriteHalf<client::Msg>>) {
-    while let Some(event) = queue.recv().await {
+/// Writes the device's side of a channel to the server.
+async fn write_server(
+    queue: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    watch: Arc<LaneWatch>,
+    releaser: Releaser,
+) {
+    let mut writer = ServerWriter {
+        up: releaser.server.clone(),
+    };
+    flow::drain(queue, watch, releaser, &mut writer).await;
+}
+
+struct ServerWriter {
+    up: Arc<ChannelWriteHalf<client::Msg>>,
+}
+
+impl Apply for ServerWriter {
+    async fn apply(&mut self, event: Event) -> Step {
         let result = match event {
-            Event::Data(data) => up.data_bytes(data).await,
-            Event::Extended(ext, data) => up.extended_data_bytes(ext, data).await,
-            Event::Eof => up.eof().await,
+            Event::Data {
+                data, ext: None, ..
+            } => self.up.data_bytes(data).await,
+            Event::Data {
+                data,
+                ext: Some(ext),
+                ..
+            } => self.up.extended_data_bytes(ext, data).await,
+            Event::Eof => self.up.eof().await,
             Event::Close => {
-                let _ = up.close().await;
-                return;
+                let _ = self.up.close().await;
+                return Step::Stop;
             }
             // Only servers send exit status; a client sending one is ignored.
-            Event::ExitStatus(_) | Event::ExitSignal { .. } => Ok(()),
+            Event::ExitStatus(_) | Event::ExitSignal { .. } | Event::Release(_) => Ok(()),
         };
-        if result.is_err() {
-            return;
+        match result {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Stop,
         }
     }
 }
@@ -289,28 +485,57 @@ async fn write_server(mut queue: mpsc::Receiver<Event>, up: Arc<ChannelWriteHalf
 /// into 255. RFC 4254 allows exit-status before EOF.
 async fn write_device(
     kind: Kind,
-    mut queue: mpsc::Receiver<Event>,
-    down: ChannelWriteHalf<server::Msg>,
+    queue: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    watch: Arc<LaneWatch>,
+    legs: Legs,
     handle: server::Handle,
     tap: TapSlot,
 ) {
-    let mut exit = ChannelExit::default();
-    let mut eof_held = false;
-    while let Some(event) = queue.recv().await {
+    let exit = Arc::new(Mutex::new(ChannelExit::default()));
+    let releaser = legs.releaser();
+    let mut writer = DeviceWriter {
+        kind,
+        down: legs.device,
+        handle,
+        exit: exit.clone(),
+        eof_held: false,
+    };
+    flow::drain(queue, watch, releaser, &mut writer).await;
+    if let Some(tap) = tap.get() {
+        let exit = exit.lock().expect("exit lock poisoned").clone();
+        tap.closed(exit).await;
+    }
+}
+
+struct DeviceWriter {
+    kind: Kind,
+    down: Arc<ChannelWriteHalf<server::Msg>>,
+    handle: server::Handle,
+    exit: Arc<Mutex<ChannelExit>>,
+    eof_held: bool,
+}
+
+impl Apply for DeviceWriter {
+    async fn apply(&mut self, event: Event) -> Step {
         let result = match event {
-            Event::Data(data) => down.data_bytes(data).await,
-            Event::Extended(ext, data) => down.extended_data_bytes(ext, data).await,
-            Event::Eof if kind == Kind::Session => {
-                eof_held = true;
+            Event::Data {
+                data, ext: None, ..
+            } => self.down.data_bytes(data).await,
+            Event::Data {
+                data,
+                ext: Some(ext),
+                ..
+            } => self.down.extended_data_bytes(ext, data).await,
+            Event::Release(_) => Ok(()),
+            Event::Eof if self.kind == Kind::Session => {
+                self.eof_held = true;
                 Ok(())
             }
-            Event::Eof => down.eof().await,
+            Event::Eof => self.down.eof().await,
             Event::ExitStatus(code) => {
-                exit.status = Some(code);
-                let sent = down.exit_status(code).await;
-                if std::mem::take(&mut eof_held) {
-                    let _ = down.eof().await;
-                }
+                self.exit.lock().expect("exit lock poisoned").status = Some(code);
+                let sent = self.down.exit_status(code).await;
+                self.release_eof().await;
                 sent
             }
             Event::ExitSignal {
@@ -319,29 +544,34 @@ async fn write_device(
                 message,
                 lang,
             } => {
-                exit.signal = Some((signal_name(&signal), core_dumped));
-                let sent = handle
-                    .exit_signal_request(down.id(), signal, core_dumped, message, lang)
+                self.exit.lock().expect("exit lock poisoned").signal =
+                    Some((signal_name(&signal), core_dumped));
+                let sent = self
+                    .handle
+                    .exit_signal_request(self.down.id(), signal, core_dumped, message, lang)
                     .await
                     .map_err(|_| russh::Error::SendError);
-                if std::mem::take(&mut eof_held) {
-                    let _ = down.eof().await;
-                }
+                self.release_eof().await;
                 sent
             }
             Event::Close => {
-                if eof_held {
-                    let _ = down.eof().await;
-                }
-                let _ = down.close().await;
-                break;
+                self.release_eof().await;
+                let _ = self.down.close().await;
+                return Step::Stop;
             }
         };
-        if result.is_err() {
-            break;
+        match result {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Stop,
         }
     }
-    if let Some(tap) = tap.get() {
-        tap.closed(exit).await;
+}
+
+impl DeviceWriter {
+    /// Sends the EOF held back for an exit status, if any.
+    async fn release_eof(&mut self) {
+        if std::mem::take(&mut self.eof_held) {
+            let _ = self.down.eof().await;
+        }
     }
 }

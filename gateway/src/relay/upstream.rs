@@ -62,13 +62,15 @@ pub enum UpstreamError {
 /// channels the server opens are relayed to the device.
 pub struct Bridge {
     pub device: OnceLock<russh::server::Handle>,
-    pub port_forwarding: bool,
-    pub agent_forwarding: bool,
+    /// What the policy in force allows (forwarding is decided per channel).
+    pub permissions: super::SharedPermissions,
     /// Set once the device asked for agent forwarding on some channel.
     pub agent_requested: AtomicBool,
     pub traffic: Arc<crate::sessions::live::ByteCounters>,
     /// Notified when the server side of the connection ends.
     pub server_closed: Notify,
+    /// The session id, for the relay's logs.
+    pub session: String,
 }
 
 /// A connected (not yet authenticated) server connection.
@@ -97,6 +99,7 @@ fn client_config(ctx: &RelayContext, dst: SocketAddr) -> Arc<client::Config> {
     }
     Arc::new(client::Config {
         window_size: super::WINDOW_SIZE,
+        window_refill: russh::WindowRefill::OnRelease,
         nodelay: true,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(ctx.config.keepalive_secs)),
@@ -296,7 +299,7 @@ impl client::Handler for ServerSide {
             .bridge
             .device
             .get()
-            .filter(|_| self.bridge.port_forwarding)
+            .filter(|_| self.bridge.permissions.port_forwarding())
             .cloned()
         else {
             reply
@@ -308,7 +311,7 @@ impl client::Handler for ServerSide {
             connected_address.to_string(),
             originator_address.to_string(),
         );
-        let traffic = self.bridge.traffic.clone();
+        let (traffic, session) = (self.bridge.traffic.clone(), self.bridge.session.clone());
         // Opening the device-side channel takes a round trip; never block this loop on it.
         tokio::spawn(async move {
             match device
@@ -317,7 +320,7 @@ impl client::Handler for ServerSide {
             {
                 Ok(down) => {
                     reply.accept().await;
-                    pump::start(pump::Kind::Stream, down, channel, device, traffic);
+                    pump::start(pump::Kind::Stream, &session, down, channel, device, traffic);
                 }
                 Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
             }
@@ -331,7 +334,7 @@ impl client::Handler for ServerSide {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let allowed = self.bridge.agent_forwarding
+        let allowed = self.bridge.permissions.agent_forwarding()
             && self
                 .bridge
                 .agent_requested
@@ -342,12 +345,12 @@ impl client::Handler for ServerSide {
                 .await;
             return Ok(());
         };
-        let traffic = self.bridge.traffic.clone();
+        let (traffic, session) = (self.bridge.traffic.clone(), self.bridge.session.clone());
         tokio::spawn(async move {
             match device.channel_open_agent().await {
                 Ok(down) => {
                     reply.accept().await;
-                    pump::start(pump::Kind::Stream, down, channel, device, traffic);
+                    pump::start(pump::Kind::Stream, &session, down, channel, device, traffic);
                 }
                 Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
             }

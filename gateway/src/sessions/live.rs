@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use super::{
     ChannelRecord, SessionRecord, now_micros,
-    store::{SessionStore, Write},
+    store::{SessionStore, UnwritableHook, Write},
 };
 
 /// Bytes relayed on a connection, updated by the channel pumps.
@@ -36,9 +36,27 @@ struct Entry {
 impl Entry {
     fn snapshot(&self) -> SessionRecord {
         let mut record = self.record.lock().expect("session lock poisoned").clone();
+        self.add_bytes(&mut record);
+        record
+    }
+
+    /// The record without its file operations (what a listing shows).
+    fn summary(&self) -> SessionRecord {
+        let mut record = {
+            let mut r = self.record.lock().expect("session lock poisoned");
+            // Set aside, not cloned: up to LIVE_FILE_OPS of them.
+            let file_ops = std::mem::take(&mut r.file_ops);
+            let copy = r.clone();
+            r.file_ops = file_ops;
+            copy
+        };
+        self.add_bytes(&mut record);
+        record
+    }
+
+    fn add_bytes(&self, record: &mut SessionRecord) {
         record.bytes_from_client = self.bytes.from_client.load(Ordering::Relaxed);
         record.bytes_from_server = self.bytes.from_server.load(Ordering::Relaxed);
-        record
     }
 }
 
@@ -49,34 +67,87 @@ pub struct LiveSessions {
     ended: Notify,
 }
 
-/// What an administrator's kill tells the user.
 /// File operations a live record keeps (the session log has every one).
 pub const LIVE_FILE_OPS: usize = 1000;
+/// Channels a live record keeps: every open one up to this many, then the newest ended
+/// ones (the session log has every one).
+pub const LIVE_CHANNELS: usize = 64;
+/// Bytes of an exec command line a live record keeps (the session log has all of it).
+pub const LIVE_COMMAND_BYTES: usize = 1024;
 
+/// What an administrator's kill tells the user.
 pub const ADMIN_KILL: &str = "sshgw: session terminated by an administrator";
 
 impl LiveSessions {
-    pub fn list(&self) -> Vec<SessionRecord> {
-        let entries: Vec<Arc<Entry>> = self
-            .entries
+    fn entries(&self) -> Vec<Arc<Entry>> {
+        self.entries
             .lock()
             .expect("live sessions lock poisoned")
             .values()
             .cloned()
-            .collect();
-        let mut out: Vec<SessionRecord> = entries.iter().map(|e| e.snapshot()).collect();
+            .collect()
+    }
+
+    fn entry(&self, id: &str) -> Option<Arc<Entry>> {
+        self.entries
+            .lock()
+            .expect("live sessions lock poisoned")
+            .get(id)
+            .cloned()
+    }
+
+    /// Every live session, newest first, as listed: without file operations, with at
+    /// most [`LIVE_CHANNELS`] channels each.
+    pub fn list(&self) -> Vec<SessionRecord> {
+        let mut out: Vec<SessionRecord> = self.entries().iter().map(|e| e.summary()).collect();
         out.sort_by_key(|s| std::cmp::Reverse(s.started_at));
         out
     }
 
+    /// One live session as listed (see [`LiveSessions::list`]).
+    pub fn summary(&self, id: &str) -> Option<SessionRecord> {
+        self.entry(id).map(|e| e.summary())
+    }
+
+    /// One live session with what its live record keeps (see [`complete`] for all of it).
     pub fn get(&self, id: &str) -> Option<SessionRecord> {
-        let entry = self
-            .entries
+        self.entry(id).map(|e| e.snapshot())
+    }
+
+    /// The ids of the live sessions.
+    pub fn ids(&self) -> std::collections::HashSet<String> {
+        self.entries
             .lock()
             .expect("live sessions lock poisoned")
-            .get(id)
-            .cloned();
-        entry.map(|e| e.snapshot())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Live sessions and the bytes they relayed so far, without copying any record.
+    pub fn totals(&self) -> (usize, u64, u64) {
+        let entries = self.entries();
+        let (mut from_client, mut from_server) = (0, 0);
+        for e in &entries {
+            from_client += e.bytes.from_client.load(Ordering::Relaxed);
+            from_server += e.bytes.from_server.load(Ordering::Relaxed);
+        }
+        (entries.len(), from_client, from_server)
+    }
+
+    /// The session log's hook: ends a live session whose records cannot be written while
+    /// the log refuses (`[sessions] on_log_failure = "refuse"`), telling the user why.
+    pub fn unwritable_hook(self: &Arc<Self>) -> UnwritableHook {
+        let live = Arc::downgrade(self);
+        Box::new(move |session, message| {
+            let Some(live) = live.upgrade() else { return };
+            if live.kill(session, message) {
+                tracing::warn!(
+                    session,
+                    "ending the session: its records cannot be written to the session log"
+                );
+            }
+        })
     }
 
     /// Asks session `id` to end, telling the user `reason`; false when it is not live.
@@ -147,11 +218,12 @@ impl Tracker {
             kill_reason: Default::default(),
         });
         let id = record.id.clone();
-        store.write(Write::Open(Box::new(record)));
+        // Live first: a record that cannot be written must find the session to end it.
         live.entries
             .lock()
             .expect("live sessions lock poisoned")
             .insert(id.clone(), entry.clone());
+        store.write(Write::Open(Box::new(record)));
         Tracker {
             id,
             started: Instant::now(),
@@ -203,8 +275,11 @@ impl Tracker {
         self.update(|r| r.login = Some(login.to_string()));
     }
 
+    /// Logs a program. The live record keeps at most [`LIVE_CHANNELS`] channels, with
+    /// command lines cut at [`LIVE_COMMAND_BYTES`] (every snapshot clones them); the store
+    /// has them all, in full.
     pub fn channel_opened(&self, record: ChannelRecord) {
-        self.update(|r| r.channels.push(record.clone()));
+        self.update(|r| keep_channel(&mut r.channels, live_copy(&record)));
         self.store.write(Write::ChannelOpen {
             session_id: self.id.clone(),
             record,
@@ -288,5 +363,191 @@ impl Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         self.close("error: relay ended unexpectedly");
+    }
+}
+
+/// A channel record as the live record keeps it: the command line cut at
+/// [`LIVE_COMMAND_BYTES`] (on a character boundary), marked with `…`.
+fn live_copy(record: &ChannelRecord) -> ChannelRecord {
+    let mut copy = record.clone();
+    if let Some(command) = &mut copy.command
+        && command.len() > LIVE_COMMAND_BYTES
+    {
+        let mut end = LIVE_COMMAND_BYTES;
+        while !command.is_char_boundary(end) {
+            end -= 1;
+        }
+        command.truncate(end);
+        command.push('…');
+    }
+    copy
+}
+
+/// Adds a channel to a live list at its cap: the oldest ended channel makes room; when
+/// every kept channel is still open, the new one is left to the store.
+fn keep_channel(channels: &mut Vec<ChannelRecord>, record: ChannelRecord) {
+    if channels.len() >= LIVE_CHANNELS {
+        match channels.iter().position(|c| c.ended_at.is_some()) {
+            Some(i) => {
+                channels.remove(i);
+            }
+            None => return,
+        }
+    }
+    channels.push(record);
+}
+
+/// A live session for `GET /v1/sessions/{id}`: the live record completed from the stored
+/// one. Channels come from the log, with the live state (end, exit) of those the live
+/// record has, plus live ones the log has not got yet; file operations come from the log
+/// when it has more.
+pub fn complete(mut live: SessionRecord, stored: Option<SessionRecord>) -> SessionRecord {
+    let Some(stored) = stored else { return live };
+    if stored.file_ops.len() > live.file_ops.len() {
+        live.file_ops = stored.file_ops;
+    }
+    let mut channels = stored.channels;
+    for c in std::mem::take(&mut live.channels) {
+        match channels
+            .iter_mut()
+            .find(|s| s.channel == c.channel && s.started_at == c.started_at)
+        {
+            Some(s) => {
+                s.ended_at = s.ended_at.or(c.ended_at);
+                s.exit_status = s.exit_status.or(c.exit_status);
+                s.exit_signal = s.exit_signal.take().or(c.exit_signal);
+            }
+            None => channels.push(c),
+        }
+    }
+    channels.sort_by_key(|c| (c.started_at, c.channel));
+    live.channels = channels;
+    live
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::FileOpRecord;
+
+    fn setup() -> (tempfile::TempDir, SessionStore, Arc<LiveSessions>, Tracker) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(&dir.path().join("s.db")).unwrap();
+        let live = Arc::new(LiveSessions::default());
+        let record = SessionRecord::new("s1".into(), "src".into(), "dst".into(), "audit_ssh", 1);
+        let tracker = Tracker::open(record, store.clone(), live.clone());
+        (dir, store, live, tracker)
+    }
+
+    fn channel(n: u32, command: &str) -> ChannelRecord {
+        ChannelRecord {
+            channel: n,
+            kind: "exec".into(),
+            command: Some(command.into()),
+            started_at: 10 + i64::from(n),
+            ended_at: None,
+            exit_status: None,
+            exit_signal: None,
+            recording: None,
+        }
+    }
+
+    #[test]
+    fn the_live_channel_list_is_capped_and_the_log_completes_it() {
+        let (_dir, store, live, tracker) = setup();
+        let total = LIVE_CHANNELS as u32 + 20;
+        // One channel stays open all along; the others end one after the other.
+        tracker.channel_opened(channel(0, "sleep 600"));
+        for n in 1..total {
+            tracker.channel_opened(channel(n, &format!("echo {n}")));
+            tracker.channel_closed(n, Some(0), None);
+        }
+        tracker.channel_opened(channel(total, "the newest"));
+        let kept = live.get("s1").unwrap().channels;
+        assert_eq!(kept.len(), LIVE_CHANNELS);
+        // Open ones stay, ended ones make room for newer ones.
+        assert_eq!(kept[0].command.as_deref(), Some("sleep 600"));
+        assert_eq!(kept.last().unwrap().command.as_deref(), Some("the newest"));
+        assert_eq!(live.list()[0].channels.len(), LIVE_CHANNELS);
+
+        assert!(store.sync());
+        let shown = complete(live.get("s1").unwrap(), store.get("s1").unwrap());
+        assert_eq!(shown.channels.len(), total as usize + 1);
+        assert!(
+            shown
+                .channels
+                .windows(2)
+                .all(|w| w[0].started_at < w[1].started_at)
+        );
+        assert!(
+            shown.channels[1..total as usize]
+                .iter()
+                .all(|c| c.exit_status == Some(0))
+        );
+        // Live state the log has not got yet wins over the stored record.
+        tracker.channel_closed(0, None, Some("TERM".into()));
+        let stored = store.get("s1").unwrap();
+        let shown = complete(live.get("s1").unwrap(), stored);
+        assert_eq!(shown.channels[0].exit_signal.as_deref(), Some("TERM"));
+
+        // When every kept channel is open, a new one is left to the log.
+        let (_dir, _store, live, tracker) = setup();
+        for n in 0..=LIVE_CHANNELS as u32 {
+            tracker.channel_opened(channel(n, "cat"));
+        }
+        let kept = live.get("s1").unwrap().channels;
+        assert_eq!(kept.len(), LIVE_CHANNELS);
+        assert_eq!(kept.last().unwrap().channel, LIVE_CHANNELS as u32 - 1);
+    }
+
+    #[test]
+    fn live_command_lines_are_cut_and_listings_skip_file_ops() {
+        let (_dir, store, live, tracker) = setup();
+        let long = format!("scp -t {}", "é".repeat(100_000));
+        tracker.channel_opened(channel(0, &long));
+        for i in 0..LIVE_FILE_OPS + 5 {
+            tracker.file_op(FileOpRecord {
+                channel: 0,
+                at: i as i64,
+                protocol: "sftp".into(),
+                op: "open".into(),
+                path: format!("/f{i}"),
+                target: None,
+                flags: None,
+                bytes_read: 0,
+                bytes_written: 0,
+                status: "ok".into(),
+                denied: false,
+            });
+        }
+        let record = live.get("s1").unwrap();
+        let command = record.channels[0].command.as_deref().unwrap();
+        assert!(command.len() <= LIVE_COMMAND_BYTES + '…'.len_utf8() && command.ends_with('…'));
+        assert_eq!(record.file_ops.len(), LIVE_FILE_OPS);
+        let listed = live.summary("s1").unwrap();
+        assert!(listed.file_ops.is_empty() && listed.channels.len() == 1);
+        assert_eq!(live.get("s1").unwrap().file_ops.len(), LIVE_FILE_OPS);
+
+        assert!(store.sync());
+        let shown = complete(record, store.get("s1").unwrap());
+        assert_eq!(shown.channels[0].command.as_deref(), Some(long.as_str()));
+        assert_eq!(shown.file_ops.len(), LIVE_FILE_OPS + 5);
+    }
+
+    #[test]
+    fn the_unwritable_hook_ends_the_live_session() {
+        let (_dir, _store, live, tracker) = setup();
+        let hook = live.unwritable_hook();
+        hook(
+            "s1",
+            "sshgw: session ended: the gateway cannot write its session log (x)",
+        );
+        assert!(
+            tracker
+                .kill_reason()
+                .contains("cannot write its session log")
+        );
+        hook("gone", "message");
+        assert_eq!(live.totals().0, 1);
     }
 }

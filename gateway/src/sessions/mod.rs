@@ -1,9 +1,11 @@
 //! The session log: one record per intercepted connection (allowed or blocked) and one per
 //! channel, kept in SQLite, plus the registry of live sessions that can be listed and killed.
 
+pub mod health;
 pub mod live;
 pub mod retention;
 pub mod store;
+mod writer;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,17 +1,23 @@
 //! SQLite storage of the session log (WAL mode). All writes go through one thread that
-//! owns the write connection and batches whatever is queued into one transaction; reads
-//! open their own connection, which WAL lets run alongside the writer.
+//! owns the write connection ([`super::writer`]); reads open their own connection, which
+//! WAL lets run alongside the writer.
 
 use std::{
     path::{Path, PathBuf},
-    sync::mpsc,
-    thread,
+    sync::{Arc, mpsc},
 };
 
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 
-use super::{ChannelRecord, SessionRecord};
+use super::{
+    ChannelRecord, SessionRecord,
+    health::{Health, HealthReport},
+    writer,
+};
+use crate::config::LogFailure;
+
+pub use super::writer::{UnwritableHook, Write};
 
 const SCHEMA_VERSION: i64 = 2;
 
@@ -66,45 +72,6 @@ CREATE TABLE IF NOT EXISTS file_ops (
 CREATE INDEX IF NOT EXISTS file_ops_session ON file_ops(session_id);
 ";
 
-/// A change to the log, applied in order by the writer thread.
-#[derive(Debug)]
-pub enum Write {
-    Open(Box<SessionRecord>),
-    LoggedIn {
-        id: String,
-        login: String,
-        cert_serial: String,
-        upstream_host_key: String,
-    },
-    Close {
-        id: String,
-        ended_at: i64,
-        duration_ms: u64,
-        bytes_from_client: u64,
-        bytes_from_server: u64,
-        close_reason: String,
-    },
-    ChannelOpen {
-        session_id: String,
-        record: ChannelRecord,
-    },
-    ChannelClose {
-        session_id: String,
-        channel: u32,
-        ended_at: i64,
-        exit_status: Option<u32>,
-        exit_signal: Option<String>,
-    },
-    FileOp {
-        session_id: String,
-        record: super::FileOpRecord,
-    },
-    /// Deletes sessions (and their channels) by id.
-    Delete(Vec<String>),
-    /// Answers once everything queued before it is committed.
-    Sync(std::sync::mpsc::Sender<()>),
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub since: Option<i64>,
@@ -116,7 +83,17 @@ pub struct Filter {
 #[derive(Clone)]
 pub struct SessionStore {
     path: PathBuf,
-    tx: mpsc::Sender<Write>,
+    tx: mpsc::SyncSender<Write>,
+    health: Arc<Health>,
+}
+
+/// One recording a channel row names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRef {
+    pub session_id: String,
+    pub path: String,
+    /// Whether its session has ended (or was interrupted).
+    pub ended: bool,
 }
 
 fn open(path: &Path) -> Result<Connection> {
@@ -128,9 +105,20 @@ fn open(path: &Path) -> Result<Connection> {
 }
 
 impl SessionStore {
-    /// Opens (creating) the database, marks sessions left open by a previous daemon as
-    /// interrupted, and starts the writer thread.
+    /// [`SessionStore::open_with`] refusing on failure, with no hook (tests).
+    #[cfg(test)]
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, LogFailure::Refuse, Box::new(|_, _| {}))
+    }
+
+    /// Opens (creating) the database, marks sessions left open by a previous daemon as
+    /// interrupted, and starts the writer thread. `unwritable` is told about live sessions
+    /// whose records cannot be written while the log refuses (see [`super::writer`]).
+    pub fn open_with(
+        path: &Path,
+        on_failure: LogFailure,
+        unwritable: UnwritableHook,
+    ) -> Result<Self> {
         let conn = open(path)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -162,28 +150,76 @@ impl SessionStore {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
 
-        let (tx, rx) = mpsc::channel();
-        thread::Builder::new()
-            .name("session-log".into())
-            .spawn(move || writer(conn, rx))?;
+        let health = Arc::new(Health::new(on_failure));
+        let tx = writer::spawn(conn, health.clone(), unwritable)?;
         Ok(SessionStore {
             path: path.to_path_buf(),
             tx,
+            health,
         })
     }
 
-    /// Queues a change. Never blocks.
+    /// Queues a change. When the queue is full, waits for room (back-pressure; the writer
+    /// always drains it, also while the log is failing): a record is never dropped here.
     pub fn write(&self, change: Write) {
-        if self.tx.send(change).is_err() {
-            tracing::error!("session log writer is gone; record lost");
+        self.health.queued();
+        let change = match self.tx.try_send(change) {
+            Ok(()) => return,
+            Err(mpsc::TrySendError::Full(change)) => change,
+            Err(mpsc::TrySendError::Disconnected(change)) => {
+                let (kind, session) = change.describe();
+                return self.writer_gone(&format!("{kind} of session {session}"));
+            }
+        };
+        self.health.waited();
+        let (kind, session) = change.describe();
+        let what = format!("{kind} of session {session}");
+        let send = || self.tx.send(change).is_ok();
+        // Blocking a runtime worker would stall other tasks: hand its work over first.
+        let sent = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(send)
+            }
+            _ => send(),
+        };
+        if !sent {
+            self.writer_gone(&what);
         }
     }
 
-    /// Waits until every change queued so far is committed.
-    pub fn sync(&self) {
+    fn writer_gone(&self, what: &str) {
+        self.health.done();
+        self.health.lost(1);
+        tracing::error!(change = what, "session log writer is gone; record lost");
+    }
+
+    /// Waits until every change queued so far is committed; false when the log is failing
+    /// (the changes are held and written once it recovers).
+    pub fn sync(&self) -> bool {
         let (tx, rx) = mpsc::channel();
         self.write(Write::Sync(tx));
-        let _ = rx.recv();
+        rx.recv().unwrap_or(false)
+    }
+
+    /// Whether the log can be written, and what the writer has counted.
+    pub fn health(&self) -> HealthReport {
+        self.health.report()
+    }
+
+    /// The message to refuse a new connection with, while the log is failing under
+    /// `on_log_failure = "refuse"`.
+    pub fn refusal(&self) -> Option<String> {
+        self.health.refusal()
+    }
+
+    /// Applies a reloaded `on_log_failure`.
+    pub fn set_on_failure(&self, mode: LogFailure) {
+        self.health.set_on_failure(mode);
+    }
+
+    /// Resolves if the writer thread dies (the log can then never be written again).
+    pub async fn writer_stopped(&self) {
+        self.health.writer_stopped.notified().await
     }
 
     pub fn list(&self, filter: &Filter) -> Result<Vec<SessionRecord>> {
@@ -287,6 +323,30 @@ impl SessionStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many sessions the log holds.
+    pub fn session_count(&self) -> Result<u64> {
+        let conn = open(&self.path)?;
+        Ok(conn.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Every recording a channel row names, with whether its session has ended.
+    pub fn recording_refs(&self) -> Result<Vec<RecordingRef>> {
+        let conn = open(&self.path)?;
+        let mut stmt = conn.prepare(
+            "SELECT c.session_id, c.recording, s.ended_at IS NOT NULL OR s.close_reason IS NOT NULL
+             FROM channels c JOIN sessions s ON s.id = c.session_id
+             WHERE c.recording IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RecordingRef {
+                session_id: r.get(0)?,
+                path: r.get(1)?,
+                ended: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Bytes the log's records occupy: pages in use, not the file size. SQLite reuses
     /// freed pages but never shrinks its file, so the file size would keep retention
     /// deleting sessions that are no longer there.
@@ -321,146 +381,6 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         channels: vec![],
         file_ops: vec![],
     })
-}
-
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        let mut syncs = Vec::new();
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            for change in batch {
-                match change {
-                    Write::Sync(done) => syncs.push(done),
-                    change => apply(&tx, change)?,
-                }
-            }
-            tx.commit()
-        })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "session log write failed");
-        }
-        for done in syncs {
-            let _ = done.send(());
-        }
-    }
-}
-
-fn apply(tx: &rusqlite::Transaction<'_>, change: Write) -> rusqlite::Result<()> {
-    match change {
-        Write::Open(s) => {
-            let s = *s;
-            tx.execute(
-                "INSERT INTO sessions (id, email, device_id, source, destination, login, policy_id,
-                    policy_name, decision, started_at, ended_at, duration_ms, bytes_from_client,
-                    bytes_from_server, close_reason, cert_serial, upstream_host_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                params![
-                    s.id, s.email, s.device_id, s.source, s.destination, s.login, s.policy_id,
-                    s.policy_name, s.decision, s.started_at, s.ended_at,
-                    s.duration_ms.map(|v| v as i64), s.bytes_from_client as i64,
-                    s.bytes_from_server as i64, s.close_reason, s.cert_serial,
-                    s.upstream_host_key
-                ],
-            )?;
-        }
-        Write::LoggedIn {
-            id,
-            login,
-            cert_serial,
-            upstream_host_key,
-        } => {
-            tx.execute(
-                "UPDATE sessions SET login = ?2, cert_serial = ?3, upstream_host_key = ?4 WHERE id = ?1",
-                params![id, login, cert_serial, upstream_host_key],
-            )?;
-        }
-        Write::Close {
-            id,
-            ended_at,
-            duration_ms,
-            bytes_from_client,
-            bytes_from_server,
-            close_reason,
-        } => {
-            tx.execute(
-                "UPDATE sessions SET ended_at = ?2, duration_ms = ?3, bytes_from_client = ?4,
-                    bytes_from_server = ?5, close_reason = ?6 WHERE id = ?1",
-                params![
-                    id,
-                    ended_at,
-                    duration_ms as i64,
-                    bytes_from_client as i64,
-                    bytes_from_server as i64,
-                    close_reason
-                ],
-            )?;
-        }
-        Write::ChannelOpen {
-            session_id,
-            record: c,
-        } => {
-            tx.execute(
-                "INSERT INTO channels (session_id, channel, kind, command, started_at, recording)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    session_id,
-                    c.channel,
-                    c.kind,
-                    c.command,
-                    c.started_at,
-                    c.recording
-                ],
-            )?;
-        }
-        Write::ChannelClose {
-            session_id,
-            channel,
-            ended_at,
-            exit_status,
-            exit_signal,
-        } => {
-            tx.execute(
-                "UPDATE channels SET ended_at = ?3, exit_status = ?4, exit_signal = ?5
-                 WHERE session_id = ?1 AND channel = ?2 AND ended_at IS NULL",
-                params![session_id, channel, ended_at, exit_status, exit_signal],
-            )?;
-        }
-        Write::FileOp {
-            session_id,
-            record: f,
-        } => {
-            tx.execute(
-                "INSERT INTO file_ops (session_id, channel, at, protocol, op, path, target, flags,
-                    bytes_read, bytes_written, status, denied)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    session_id,
-                    f.channel,
-                    f.at,
-                    f.protocol,
-                    f.op,
-                    f.path,
-                    f.target,
-                    f.flags,
-                    f.bytes_read as i64,
-                    f.bytes_written as i64,
-                    f.status,
-                    f.denied
-                ],
-            )?;
-        }
-        Write::Delete(ids) => {
-            for id in ids {
-                tx.execute("DELETE FROM file_ops WHERE session_id = ?", [&id])?;
-                tx.execute("DELETE FROM channels WHERE session_id = ?", [&id])?;
-                tx.execute("DELETE FROM sessions WHERE id = ?", [&id])?;
-            }
-        }
-        Write::Sync(_) => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -582,5 +502,34 @@ mod tests {
         );
         let back: SessionRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, s1);
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_makes_the_producer_wait_not_drop() {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let store = SessionStore {
+            path: PathBuf::from("/nonexistent"),
+            tx,
+            health: Arc::new(Health::new(LogFailure::Refuse)),
+        };
+        store.write(Write::Delete(vec![]));
+        let producer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.write(Write::Delete(vec!["second".into()])))
+        };
+        // Readiness: the producer has found the queue full and is waiting.
+        while store.health().queue_waits == 0 {
+            std::thread::yield_now();
+        }
+        assert!(!producer.is_finished());
+        assert!(matches!(rx.recv(), Ok(Write::Delete(ids)) if ids.is_empty()));
+        producer.join().unwrap();
+        assert!(matches!(rx.recv(), Ok(Write::Delete(ids)) if ids == ["second"]));
+        assert_eq!(store.health().queued, 2);
     }
 }

@@ -1,8 +1,10 @@
-//! (a) Bulk throughput and (f) CPU per GiB: `head -c N /dev/zero | ssh host 'cat > /dev/null'`
-//! and `ssh host 'head -c N /dev/zero'` over each route, interleaved.
+//! (a) Bulk throughput and (f) CPU per GiB: `head -c N /dev/zero | ssh host 'cat > /dev/null'`,
+//! `ssh host 'head -c N /dev/zero'`, and both ways at once (`ssh host cat`, N bytes echoed
+//! back while they are sent) over each route, interleaved.
 //!
 //! Timing excludes connection setup: an upload is timed on the server around `cat`
-//! (`date +%s%N`, same kernel clock), a download on the client from the first byte to EOF.
+//! (`date +%s%N`, same kernel clock), a download and an echo on the client from the first
+//! byte received to EOF. Both-ways figures are per byte each way.
 //!
 //! CPU accounting (clock-tick resolution, `/proc/PID/stat` and `getrusage`):
 //! * ssh: `getrusage(RUSAGE_CHILDREN)` of the harness before and after the run; ssh is the
@@ -36,15 +38,18 @@ pub const MIB: f64 = 1024.0 * 1024.0;
 pub enum Direction {
     Upload,
     Download,
+    /// Both at once: the server echoes what the client sends (`ssh host cat`).
+    Both,
 }
 
 impl Direction {
-    pub const ALL: [Direction; 2] = [Direction::Upload, Direction::Download];
+    pub const ALL: [Direction; 3] = [Direction::Upload, Direction::Download, Direction::Both];
 
     pub fn label(self) -> &'static str {
         match self {
             Direction::Upload => "upload",
             Direction::Download => "download",
+            Direction::Both => "both ways",
         }
     }
 }
@@ -86,6 +91,7 @@ impl Transfer {
                  echo \"{ELAPSED_TAG} $((t1 - t0))\" >&2; times >&2"
             ),
             Direction::Download => format!("head -c {} /dev/zero; times >&2", self.bytes),
+            Direction::Both => "cat; times >&2".to_owned(),
         }
     }
 
@@ -115,7 +121,7 @@ impl Transfer {
             &label,
             &mut env.ssh_command(self.route, false, &self.remote_command()),
         )?;
-        let upload = self.direction == Direction::Upload;
+        let upload = self.direction != Direction::Download;
         let bytes = self.bytes;
         let writer = thread::Builder::new()
             .name("bench-upload".into())
@@ -173,7 +179,7 @@ impl Transfer {
                     .with_context(|| format!("{label}: no elapsed time in {stderr:?}"))?;
                 ns / 1e9
             }
-            Direction::Download => {
+            Direction::Download | Direction::Both => {
                 if received != bytes {
                     bail!("{label}: received {received} of {bytes} bytes");
                 }

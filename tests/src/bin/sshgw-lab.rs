@@ -1,7 +1,7 @@
 //! `sshgw-lab`: the lab behind `cargo xtask lab` (run as root; xtask builds and runs it).
 //!
 //! ```text
-//! sshgw-lab up [--ci] [--name NAME] [--state-dir DIR]
+//! sshgw-lab up [--ci] [--wireguard] [--name NAME] [--state-dir DIR]
 //! sshgw-lab down [--name NAME] [--state-dir DIR]
 //! ```
 //!
@@ -19,6 +19,10 @@
 //!   torn down first. sshd and sshgw are spawned detached (no parent-death signal, own
 //!   session: see `sshgw_tests::persist`), the lab is recorded in
 //!   `/var/tmp/sshgw-lab/lab-state.json` and stays up; `down` removes it.
+//! * `--wireguard`: the device reaches the router through a real WireGuard tunnel (boringtun
+//!   and `wg-quick`, set up as the worked example in docs/deployment.md says, see
+//!   `sshgw_tests::wireguard_lab`): the device table holds its tunnel address 100.100.0.7
+//!   pinned to `wg0`, and sshgw attaches to `wg0`.
 //! * `--ci`: unique names (`sgw-<pid>-<n>`, swept like any harness lab if the run is killed),
 //!   a fresh state dir under the temp dir, processes that die with this one; after the checks
 //!   the lab is torn down through the same state file `down` uses, and nothing may be left.
@@ -41,9 +45,10 @@ use sshgw_tests::gateway::{Gateway, GatewayConfig, default_devices, sshgw_bin};
 use sshgw_tests::persist::{self, LabState};
 use sshgw_tests::topology::require_root;
 use sshgw_tests::wait::poll_until;
+use sshgw_tests::wireguard_lab::{WireGuardLab, wireguard_gateway_config};
 use sshgw_tests::{Family, Lab, PtySession, Sshd};
 
-const USAGE: &str = "usage: sshgw-lab up [--ci] [--name NAME] [--state-dir DIR]
+const USAGE: &str = "usage: sshgw-lab up [--ci] [--wireguard] [--name NAME] [--state-dir DIR]
        sshgw-lab down [--name NAME] [--state-dir DIR]";
 
 /// The interactive lab's fixed name (namespaces `sgwlab-dev|rtr|srv`, pins `/sys/fs/bpf/sgwlab`).
@@ -103,6 +108,7 @@ enum Action {
 struct Opts {
     action: Action,
     ci: bool,
+    wireguard: bool,
     name: Option<String>,
     state_dir: Option<PathBuf>,
 }
@@ -118,6 +124,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Opts> {
     let mut opts = Opts {
         action,
         ci: false,
+        wireguard: false,
         name: None,
         state_dir: None,
     };
@@ -125,6 +132,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Opts> {
         let mut value = |what: &str| args.next().ok_or_else(|| anyhow!("{what} needs a value"));
         match arg.as_str() {
             "--ci" if action == Action::Up => opts.ci = true,
+            "--wireguard" if action == Action::Up => opts.wireguard = true,
             "--name" => opts.name = Some(value("--name")?),
             "--state-dir" => opts.state_dir = Some(PathBuf::from(value("--state-dir")?)),
             other => bail!("unknown argument {other:?}"),
@@ -268,6 +276,8 @@ struct Demo {
     daemon_log: PathBuf,
     session_id: String,
     recording: PathBuf,
+    /// PIDs of the WireGuard mount-namespace holders of the router and the device.
+    wireguard: Option<(u32, u32)>,
 }
 
 fn up(opts: &Opts) -> Result<()> {
@@ -276,7 +286,7 @@ fn up(opts: &Opts) -> Result<()> {
     let head_start = head_start();
     let ci = opts.ci;
     let name = opts.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
-    let mut steps = Steps::new(if ci { 7 } else { 6 });
+    let mut steps = Steps::new(if ci { 7 } else { 6 } + usize::from(opts.wireguard));
 
     // 1. The state dir (and, interactively, away with a lab that is still up).
     let mut state = steps.run(
@@ -321,7 +331,7 @@ fn up(opts: &Opts) -> Result<()> {
     )?;
     let state_dir = state.state_dir.clone();
 
-    let result = build_and_demo(&mut steps, &mut state, ci, &name, started, head_start);
+    let result = build_and_demo(&mut steps, &mut state, opts, &name, started, head_start);
 
     if ci {
         // 7. Tear down exactly as `down` does, then check that nothing is left.
@@ -375,11 +385,12 @@ fn up(opts: &Opts) -> Result<()> {
 fn build_and_demo(
     steps: &mut Steps,
     state: &mut LabState,
-    ci: bool,
+    opts: &Opts,
     name: &str,
     started: Instant,
     head_start: Duration,
 ) -> Result<Demo> {
+    let ci = opts.ci;
     let state_dir = state.state_dir.clone();
     let (lab, sshd) = steps.run(
         "create the lab: device, router and server namespaces; sshd trusting the sshgw user CA",
@@ -419,9 +430,30 @@ fn build_and_demo(
         },
     )?;
 
-    match demo(steps, state, &lab, &sshd, ci, started, head_start) {
+    let mut wg = None;
+    if opts.wireguard {
+        wg = Some(steps.run(
+            "WireGuard between device and router: docs/deployment.md's worked example",
+            || wireguard(state, &lab, ci),
+        )?);
+    }
+
+    match demo(
+        steps,
+        state,
+        &lab,
+        &sshd,
+        ci,
+        wg.as_ref(),
+        started,
+        head_start,
+    ) {
         Ok(demo) => {
-            // Everything is recorded in the state file: from here on only `down` removes it.
+            // Everything is recorded in the state file: from here on only `down` removes it
+            // (it stops every process in the lab's namespaces, boringtun included).
+            if let Some(wg) = &mut wg {
+                wg.keep();
+            }
             persist::detach(lab);
             Ok(demo)
         }
@@ -440,6 +472,29 @@ fn long_lived<T>(lab: &Lab, ci: bool, f: impl FnOnce() -> Result<T>) -> Result<T
     } else {
         persist::with_detached(lab.procs(), f)
     }
+}
+
+/// Brings up the example's tunnels (and nftables ruleset) and records the WireGuard
+/// mount-namespace holders.
+fn wireguard(state: &mut LabState, lab: &Lab, ci: bool) -> Result<WireGuardLab> {
+    let wg = long_lived(lab, ci, || WireGuardLab::up(lab, ""))?;
+    for host in [&wg.router, &wg.device] {
+        state.record_process("wireguard-holder", host.holder())?;
+    }
+    println!(
+        "    {} wg0 100.100.0.1/24 <== WireGuard (boringtun, wg-quick) ==> {} wg0 100.100.0.7",
+        lab.rtr.name(),
+        lab.dev.name()
+    );
+    println!(
+        "    configs and keys (0600): {} and {}",
+        wg.router.dir().display(),
+        wg.device.dir().display()
+    );
+    println!(
+        "    nftables: table inet sshgw (input: WireGuard, intercepted SSH; forward: drop audited SSH sshgw did not take)"
+    );
+    Ok(wg)
 }
 
 /// The demo policy: audit SSH to the lab server (both families) with command logging.
@@ -483,6 +538,7 @@ fn demo(
     lab: &Lab,
     sshd: &Sshd,
     ci: bool,
+    wg: Option<&WireGuardLab>,
     started: Instant,
     head_start: Duration,
 ) -> Result<Demo> {
@@ -522,8 +578,11 @@ fn demo(
                 known_hosts.display()
             );
 
-            let mut cfg = GatewayConfig::default()
-                .devices(default_devices())
+            let base = match wg {
+                Some(_) => wireguard_gateway_config()?,
+                None => GatewayConfig::default().devices(default_devices()),
+            };
+            let mut cfg = base
                 .policies(demo_policies())
                 // `down` stops the daemon with SIGTERM: take the datapath out with it.
                 .datapath("on_stop = \"remove\"");
@@ -596,7 +655,7 @@ fn demo(
         show(&gw, &["sessions", "--config", &config])?;
         show(&gw, &["sessions", "show", &id, "--config", &config])?;
         let record = gw.session(&id)?;
-        let recording = check_record(&record)?;
+        let recording = check_record(&record, device_address(wg.is_some()))?;
         println!("    ok: the log has session {id} by {EMAIL} on {DEVICE_ID} as {LOGIN}@{AUDITED_DESTINATION}, recorded");
         Ok((id, recording))
     })?;
@@ -662,11 +721,21 @@ fn demo(
         daemon_log: log_link,
         session_id,
         recording,
+        wireguard: wg.map(|wg| (wg.router.holder().pid(), wg.device.holder().pid())),
     })
 }
 
+/// The demo device's address: its tunnel address in the WireGuard lab.
+fn device_address(wireguard: bool) -> &'static str {
+    if wireguard {
+        "100.100.0.7"
+    } else {
+        "100.96.0.7"
+    }
+}
+
 /// Checks the demo session's record (`sessions show ID --json`); returns its recording.
-fn check_record(s: &Value) -> Result<PathBuf> {
+fn check_record(s: &Value, device: &str) -> Result<PathBuf> {
     for (key, want) in [
         ("email", EMAIL),
         ("device_id", DEVICE_ID),
@@ -681,8 +750,8 @@ fn check_record(s: &Value) -> Result<PathBuf> {
         );
     }
     ensure!(
-        str_field(s, "source").is_some_and(|src| src.starts_with("100.96.0.7:")),
-        "the session should come from the device (100.96.0.7): {s:#}"
+        str_field(s, "source").is_some_and(|src| src.starts_with(&format!("{device}:"))),
+        "the session should come from the device ({device}): {s:#}"
     );
     let channels = s["channels"].as_array().context("no channels list")?;
     let shell = channels
@@ -855,7 +924,7 @@ fn instructions(d: &Demo, state_dir: &Path) -> String {
   # A shell in a namespace: {dev} (device), {rtr} (router), {srv} (server)
   ip netns exec {dev} bash
 
-  # Tear everything down (safe to run twice); everything lives in {state}
+{wireguard}  # Tear everything down (safe to run twice); everything lives in {state}
   cd {workspace} && cargo xtask lab --down
 ",
         dev = d.dev_ns,
@@ -866,6 +935,25 @@ fn instructions(d: &Demo, state_dir: &Path) -> String {
         log = d.daemon_log.display(),
         state = state_dir.display(),
         workspace = workspace.display(),
+        wireguard = d
+            .wireguard
+            .map_or_else(String::new, |(rtr_holder, dev_holder)| {
+                wireguard_instructions(&d.rtr_ns, &d.dev_ns, rtr_holder, dev_holder)
+            }),
+    )
+}
+
+/// The WireGuard part of the instructions: `wg` and `wg-quick` run in each side's own
+/// mount namespace (a private `/run/wireguard`), entered with nsenter.
+fn wireguard_instructions(rtr: &str, dev: &str, rtr_holder: u32, dev_holder: u32) -> String {
+    format!(
+        "  # WireGuard: the device's ssh goes through wg0 (100.100.0.7 -> 100.100.0.1). Each side
+  # keeps its boringtun control socket in a private /run/wireguard: enter it with nsenter.
+  nsenter --mount=/proc/{rtr_holder}/ns/mnt --net=/run/netns/{rtr} wg show wg0
+  nsenter --mount=/proc/{dev_holder}/ns/mnt --net=/run/netns/{dev} wg show wg0
+  ip netns exec {rtr} nft list table inet sshgw   # the forward drop counters stay at 0
+
+"
     )
 }
 
