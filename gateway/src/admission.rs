@@ -41,12 +41,16 @@ pub struct Admission {
 pub enum Readmission {
     /// Still allowed; new channels follow this policy.
     Keep(Arc<Policy>),
+    /// The destination is no longer audited at all: carry on as before.
+    Unchanged,
     /// No longer allowed: end it, telling the user why.
     End(String),
 }
 
 /// Judges an established session of `identity` again, with the current device table and
-/// policies: the device must still own the address, and the decision must still relay.
+/// policies: the device must still own the address, and the decision must still relay. A
+/// destination that no policy covers any more (it is no longer audited at all) keeps its
+/// sessions under the policy they have: nothing revoked them.
 pub fn readmit(
     snapshot: &Snapshot,
     identity: &Identity,
@@ -59,8 +63,10 @@ pub fn readmit(
         .identity
         .as_ref()
         .is_some_and(|i| i.device_id == identity.device_id && i.email == identity.email);
+    let unaudited = now.identity.is_some() && !snapshot.engine.covers(original_dst);
     match now.outcome {
         Outcome::Relay { policy } if same_device => Readmission::Keep(policy),
+        Outcome::Refuse { .. } if same_device && unaudited => Readmission::Unchanged,
         Outcome::Relay { .. } => Readmission::End(format!(
             "sshgw: session ended: {} no longer belongs to device {}",
             peer.ip(),
@@ -76,7 +82,11 @@ pub fn readmit(
 /// Why a connection was judged the way it was, for the decision log.
 enum Grounds {
     NotEnrolled,
-    Spoofed { expected: String, seen: String },
+    Spoofed {
+        device: String,
+        expected: String,
+        seen: String,
+    },
     Policy,
 }
 
@@ -98,10 +108,15 @@ pub fn admit(
         Grounds::NotEnrolled => {
             tracing::warn!(session = session_id, %peer, orig_dst = %original_dst, decision, reason = "not enrolled", "policy decision")
         }
-        Grounds::Spoofed { expected, seen } => tracing::warn!(
+        Grounds::Spoofed {
+            device,
+            expected,
+            seen,
+        } => tracing::warn!(
             session = session_id,
             %peer,
             orig_dst = %original_dst,
+            device = %device,
             expected_interface = %expected,
             ingress = %seen,
             decision,
@@ -154,8 +169,12 @@ fn judge(
             "sshgw: {} arrived on {seen}, not on its device's tunnel {expected}; refused as spoofed",
             peer.ip()
         );
-        let expected = expected.clone();
-        return refused(message, Grounds::Spoofed { expected, seen });
+        let grounds = Grounds::Spoofed {
+            device: identity.device_id.clone(),
+            expected: expected.clone(),
+            seen,
+        };
+        return refused(message, grounds);
     }
     let decision = snapshot.engine.evaluate(
         original_dst,

@@ -186,6 +186,15 @@ impl PolicyEngine {
         }
     }
 
+    /// Whether any enabled policy (audit or block) covers `dst` at all: a destination no
+    /// policy covers is not intercepted.
+    pub fn covers(&self, dst: SocketAddr) -> bool {
+        self.destinations
+            .candidates(dst.ip())
+            .into_iter()
+            .any(|rank| self.rules[rank].ports.contains(&dst.port()))
+    }
+
     /// The login check that happens once the user name is known (ssh.usernames; empty = any).
     pub fn login_allowed(policy: &Policy, login: &str) -> bool {
         policy.ssh.usernames.is_empty() || policy.ssh.usernames.iter().any(|u| u == login)

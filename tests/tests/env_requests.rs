@@ -35,7 +35,11 @@ fn env_requests_are_filtered_and_recorded() {
         );
         let sessions = gw.sessions(&[])?;
         let id = sessions[0]["id"].as_str().context("id")?;
-        let (_, _, file) = closed_recorded_channel(&gw, id, Duration::from_secs(30))?;
+        let (_, channel, file) = closed_recorded_channel(&gw, id, Duration::from_secs(30))?;
+        ensure!(
+            channel["env"] == json!([["SSHGW_OK", "2"]]),
+            "the channel record names the environment: {channel:#}"
+        );
         let header = read_header(&file)?;
         ensure!(
             header["sshgw"]["env"] == json!([["SSHGW_OK", "2"]]),

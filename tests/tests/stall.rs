@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use sshgw_tests::files;
 use sshgw_tests::recording::{
     RecordingKey, closed_recorded_channel, recorded_policies, recording_toml,
@@ -391,6 +391,38 @@ fn rekeying_mid_transfer() {
                 "the {leg} leg should have rekeyed every 16 MiB: {kexinits} KEXINITs sent"
             );
         }
+        Ok(())
+    });
+}
+
+/// A client that stops reading and then dies: the relay lets go of everything it held for
+/// it (a writer waiting for the window of a channel that no longer exists would hold its
+/// lane, and the data in it, forever).
+#[test]
+fn dead_reader_releases_its_buffers() {
+    lab_test(|lab| {
+        let (_sshd, gw) = start(lab, SshdConfig::gateway(), GatewayConfig::default())?;
+        let (proc, _stdin, _stdout) = lab.procs().spawn_piped(
+            "reader that stops",
+            &mut relayed(lab).command("head -c 268435456 /dev/zero"),
+        )?;
+        // Nobody reads ssh's stdout: once the pipe and ssh's buffers are full, ssh stops
+        // reading its socket, and the relay holds what the server sent meanwhile.
+        let queued = || sshgw_tests::stress::metric(&gw, "sshgw_relay_queued_bytes");
+        sshgw_tests::wait::poll_until(
+            "the relay to hold data for the stalled reader",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || Ok((queued()? > 0.0).then_some(())),
+        )?;
+        proc.kill()?;
+        sshgw_tests::wait::poll_until(
+            "the relay to release what it held for the dead reader",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || Ok((queued()? == 0.0).then_some(())),
+        )
+        .with_context(|| sshgw_tests::stress::stall_report(lab, Some(&gw)))?;
         Ok(())
     });
 }

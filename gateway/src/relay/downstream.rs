@@ -325,6 +325,7 @@ impl DeviceSide {
             exit_status: None,
             exit_signal: None,
             recording: None,
+            env: Vec::new(),
         });
         self.info.tracker.file_op(FileOpRecord {
             channel: number,
@@ -410,6 +411,7 @@ impl DeviceSide {
                 exit_status: None,
                 exit_signal: None,
                 recording,
+                env: self.envs.get(&channel).cloned().unwrap_or_default(),
             });
         }
     }
@@ -442,8 +444,30 @@ impl DeviceSide {
         }
     }
 
+    /// Forgets channels that are over. russh reports a close only when the device closes
+    /// first, so links are also pruned once their pump has finished.
+    fn prune_closed(&mut self) {
+        let closed: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(_, link)| link.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closed {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&mut self, channel: ChannelId) {
+        self.channels.remove(&channel);
+        self.ptys.remove(&channel);
+        self.programs.remove(&channel);
+        self.envs.remove(&channel);
+    }
+
     /// Whether one more channel would break `[limits] max_channels_per_connection`.
-    fn too_many_channels(&self, what: &str) -> bool {
+    fn too_many_channels(&mut self, what: &str) -> bool {
+        self.prune_closed();
         let max = self.ctx.limits.config().max_channels_per_connection;
         if self.channels.len() < max {
             return false;
@@ -504,7 +528,7 @@ impl server::Handler for DeviceSide {
         reply: server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(server) = self.server.get() else {
+        let Some(server) = self.server.get().cloned() else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -533,7 +557,7 @@ impl server::Handler for DeviceSide {
         reply: server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let server = match self.server.get() {
+        let server = match self.server.get().cloned() {
             Some(s) if self.bridge.permissions.port_forwarding() => s,
             _ => {
                 tracing::info!(session = %self.info.id, target = %format!("{host_to_connect}:{port_to_connect}"), "refused port forwarding (-L): disabled");
@@ -592,10 +616,7 @@ impl server::Handler for DeviceSide {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.remove(&channel);
-        self.ptys.remove(&channel);
-        self.programs.remove(&channel);
-        self.envs.remove(&channel);
+        self.forget(channel);
         Ok(())
     }
 

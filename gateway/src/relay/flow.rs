@@ -215,12 +215,14 @@ pub trait Apply {
 
 /// Runs a lane's writer: hands each event to `writer` (which puts it on the destination
 /// leg), then reopens the source's window for it. Credit is batched, and everything owed is
-/// handed back whenever the lane runs empty.
+/// handed back whenever the lane runs empty. Stops once `destination_gone` turns true: a
+/// write waiting for the window of a channel that no longer exists would wait forever.
 pub async fn drain(
     mut rx: mpsc::UnboundedReceiver<Event>,
     watch: Arc<LaneWatch>,
     mut releaser: Releaser,
     writer: &mut impl Apply,
+    mut destination_gone: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let event = match rx.try_recv() {
@@ -235,7 +237,10 @@ pub async fn drain(
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
         let (bytes, credit) = (event.queued_bytes(), event.credit());
-        let step = writer.apply(event).await;
+        let step = tokio::select! {
+            step = writer.apply(event) => step,
+            _ = destination_gone.wait_for(|gone| *gone) => Step::Stop,
+        };
         watch.done(bytes);
         if let Some(credit) = credit {
             releaser.add(credit);

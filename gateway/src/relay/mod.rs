@@ -470,6 +470,7 @@ async fn revocation(ctx: Arc<RelayContext>, info: Arc<ConnectionInfo>) -> String
         );
         match verdict {
             crate::admission::Readmission::End(message) => return message,
+            crate::admission::Readmission::Unchanged => {}
             crate::admission::Readmission::Keep(policy) => {
                 let current = info.permissions.get().map(|p| p.policy);
                 if !current.is_some_and(|c| Arc::ptr_eq(&c, &policy)) {

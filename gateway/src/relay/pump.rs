@@ -51,6 +51,9 @@ pub struct ChannelLink {
     pub upstream: Arc<ChannelWriteHalf<client::Msg>>,
     replies: Replies,
     tap: TapSlot,
+    /// Set once the channel's last message went to the device: the channel is over,
+    /// whichever side closed it first.
+    closed: Arc<AtomicBool>,
 }
 
 impl ChannelLink {
@@ -76,6 +79,10 @@ impl ChannelLink {
         replies.clear();
         replies.push_back(tx);
         rx
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Gives up on the awaited reply (the request could not be sent, or went unanswered).
@@ -133,6 +140,7 @@ pub fn start(
     };
     let replies: Replies = Default::default();
     let tap: TapSlot = Default::default();
+    let closed: Arc<AtomicBool> = Default::default();
 
     let to_server_watch = LaneWatch::register(
         session.to_string(),
@@ -150,6 +158,8 @@ pub fn start(
     );
     let (to_server, from_device) = Lane::new(to_server_watch.clone());
     let (to_device, from_server) = Lane::new(to_device_watch.clone());
+    let (device_gone, device_gone_rx) = tokio::sync::watch::channel(false);
+    let (server_gone, server_gone_rx) = tokio::sync::watch::channel(false);
 
     tokio::spawn(read_side(
         down_read,
@@ -167,6 +177,7 @@ pub fn start(
             replies: None,
             session: session.to_string(),
             channel: number,
+            gone: device_gone,
         },
     ));
     tokio::spawn(read_side(
@@ -185,22 +196,29 @@ pub fn start(
             replies: Some(replies.clone()),
             session: session.to_string(),
             channel: number,
+            gone: server_gone,
         },
     ));
     let upstream = legs.server.clone();
-    tokio::spawn(write_server(from_device, to_server_watch, legs.releaser()));
+    tokio::spawn(write_server(
+        from_device,
+        to_server_watch,
+        legs.releaser(),
+        server_gone_rx,
+    ));
     tokio::spawn(write_device(
         kind,
         from_server,
         to_device_watch,
         legs,
         down_handle,
-        tap.clone(),
+        (tap.clone(), closed.clone(), device_gone_rx),
     ));
     ChannelLink {
         upstream,
         replies,
         tap,
+        closed,
     }
 }
 
@@ -226,6 +244,8 @@ struct Reader {
     replies: Option<Replies>,
     session: String,
     channel: u32,
+    /// Turned true when this leg's channel is gone, for the writer toward this leg.
+    gone: tokio::sync::watch::Sender<bool>,
 }
 
 enum Flow {
@@ -273,10 +293,10 @@ impl Reader {
             return Flow::Stop;
         }
         let credit = Credit::new(self.origin, data.len());
-        let tap = self
-            .tap
-            .get()
-            .filter(|_| self.program_requested || !self.session_channel);
+        // The device's data counts only after its program request (in message order); the
+        // server's follows whatever program is attached.
+        let before_program = self.is_device() && self.session_channel && !self.program_requested;
+        let tap = self.tap.get().filter(|_| !before_program);
         match &tap {
             Some(tap) => {
                 tap.data(self.is_device(), ext, &data).await;
@@ -431,6 +451,7 @@ async fn read_side(mut read: ChannelReadHalf, mut reader: Reader) {
         // Wake any request callback still waiting: the channel is gone.
         replies.lock().expect("reply queue poisoned").clear();
     }
+    reader.gone.send_replace(true);
     reader.forward.push(Event::Close);
 }
 
@@ -439,11 +460,12 @@ async fn write_server(
     queue: tokio::sync::mpsc::UnboundedReceiver<Event>,
     watch: Arc<LaneWatch>,
     releaser: Releaser,
+    server_gone: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut writer = ServerWriter {
         up: releaser.server.clone(),
     };
-    flow::drain(queue, watch, releaser, &mut writer).await;
+    flow::drain(queue, watch, releaser, &mut writer, server_gone).await;
 }
 
 struct ServerWriter {
@@ -489,7 +511,7 @@ async fn write_device(
     watch: Arc<LaneWatch>,
     legs: Legs,
     handle: server::Handle,
-    tap: TapSlot,
+    (tap, closed, device_gone): (TapSlot, Arc<AtomicBool>, tokio::sync::watch::Receiver<bool>),
 ) {
     let exit = Arc::new(Mutex::new(ChannelExit::default()));
     let releaser = legs.releaser();
@@ -500,7 +522,8 @@ async fn write_device(
         exit: exit.clone(),
         eof_held: false,
     };
-    flow::drain(queue, watch, releaser, &mut writer).await;
+    flow::drain(queue, watch, releaser, &mut writer, device_gone).await;
+    closed.store(true, Ordering::Release);
     if let Some(tap) = tap.get() {
         let exit = exit.lock().expect("exit lock poisoned").clone();
         tap.closed(exit).await;

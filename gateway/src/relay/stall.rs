@@ -146,6 +146,15 @@ impl LaneWatch {
     }
 }
 
+impl Drop for LaneWatch {
+    /// Events still queued when a channel ends are dropped with it: take them off the gauge.
+    fn drop(&mut self) {
+        METRICS
+            .relay_queued_bytes
+            .fetch_sub(*self.queued_bytes.get_mut(), Ordering::Relaxed);
+    }
+}
+
 fn live_lanes() -> Vec<Arc<LaneWatch>> {
     let mut lanes = LANES.lock().expect("lane registry poisoned");
     lanes.retain(|w| w.strong_count() > 0);

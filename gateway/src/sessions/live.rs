@@ -449,6 +449,7 @@ mod tests {
             exit_status: None,
             exit_signal: None,
             recording: None,
+            env: Vec::new(),
         }
     }
 

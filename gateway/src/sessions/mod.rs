@@ -177,4 +177,8 @@ pub struct ChannelRecord {
     pub exit_signal: Option<String>,
     /// Path of the encrypted recording, when the policy asked for one.
     pub recording: Option<String>,
+    /// Environment variables the server accepted for the program (`env` requests), as
+    /// `[name, value]` pairs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
 }

@@ -389,6 +389,7 @@ mod tests {
                     exit_status: None,
                     exit_signal: None,
                     recording: Some(file.display().to_string()),
+                    env: Vec::new(),
                 },
             });
             assert!(self.store.sync());

@@ -19,7 +19,20 @@ use crate::config::LogFailure;
 
 pub use super::writer::{UnwritableHook, Write};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// Brings a log written by an older sshgw up to [`SCHEMA_VERSION`]; new tables come from
+/// [`SCHEMA`] itself.
+fn migrate(conn: &Connection) -> Result<()> {
+    // 3: channels.env (the program's environment).
+    let has_env = conn
+        .prepare("SELECT 1 FROM pragma_table_info('channels') WHERE name = 'env'")?
+        .exists([])?;
+    if !has_env {
+        conn.execute_batch("ALTER TABLE channels ADD COLUMN env TEXT")?;
+    }
+    Ok(())
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -53,6 +66,7 @@ CREATE TABLE IF NOT EXISTS channels (
     exit_status INTEGER,
     exit_signal TEXT,
     recording TEXT,
+    env TEXT,
     PRIMARY KEY (session_id, channel, started_at)
 );
 CREATE TABLE IF NOT EXISTS file_ops (
@@ -135,6 +149,7 @@ impl SessionStore {
             path.display()
         );
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let interrupted = conn.execute(
             "UPDATE sessions SET close_reason = 'interrupted: sshgw stopped' WHERE ended_at IS NULL AND close_reason IS NULL",
@@ -260,7 +275,7 @@ impl SessionStore {
             return Ok(None);
         };
         let mut stmt = conn.prepare(
-            "SELECT channel, kind, command, started_at, ended_at, exit_status, exit_signal, recording
+            "SELECT channel, kind, command, started_at, ended_at, exit_status, exit_signal, recording, env
              FROM channels WHERE session_id = ? ORDER BY started_at, channel",
         )?;
         record.channels = stmt
@@ -274,6 +289,7 @@ impl SessionStore {
                     exit_status: r.get(5)?,
                     exit_signal: r.get(6)?,
                     recording: r.get(7)?,
+                    env: env_column(r.get(8)?),
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -430,6 +446,7 @@ mod tests {
                 exit_status: None,
                 exit_signal: None,
                 recording: None,
+                env: Vec::new(),
             },
         });
         store.write(Write::ChannelClose {
@@ -532,4 +549,10 @@ mod queue_tests {
         assert!(matches!(rx.recv(), Ok(Write::Delete(ids)) if ids == ["second"]));
         assert_eq!(store.health().queued, 2);
     }
+}
+
+/// The `env` column: JSON `[[name, value], …]`, or NULL for none.
+pub(super) fn env_column(text: Option<String>) -> Vec<(String, String)> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }

@@ -413,15 +413,16 @@ fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
             record: c,
         } => {
             conn.execute(
-                "INSERT INTO channels (session_id, channel, kind, command, started_at, recording)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO channels (session_id, channel, kind, command, started_at, recording, env)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     session_id,
                     c.channel,
                     c.kind,
                     c.command,
                     c.started_at,
-                    c.recording
+                    c.recording,
+                    (!c.env.is_empty()).then(|| serde_json::to_string(&c.env).ok()).flatten()
                 ],
             )?;
         }
@@ -502,6 +503,7 @@ mod tests {
                 exit_status: None,
                 exit_signal: None,
                 recording: None,
+                env: Vec::new(),
             },
         }
     }
