@@ -656,6 +656,30 @@ mod tests {
     }
 
     #[test]
+    fn reload_takes_only_the_live_datapath_settings() {
+        let parse = |datapath: &str| {
+            Config::parse(&format!("state_dir = \"/s\"\n[datapath]\n{datapath}\n"))
+                .unwrap()
+                .datapath
+        };
+        let mut live = parse("interfaces = [\"a\"]");
+        let next = parse(
+            "interfaces = [\"b\"]\nunenrolled = \"pass\"\ndrop_tunnels = false\ntunnel_udp_ports = [1]\n\
+             syn_rate_per_source = 7\nsyn_burst_per_source = 9\nallow_private_bpffs = true",
+        );
+        live.take_live(&next);
+        assert_eq!(live.unenrolled, Unenrolled::Pass);
+        assert!(!live.drop_tunnels);
+        assert_eq!(live.tunnel_udp_ports, [1]);
+        assert_eq!(
+            (live.syn_rate_per_source, live.syn_burst_per_source),
+            (7, 9)
+        );
+        assert_eq!(live.interfaces, ["a"], "interfaces need a restart");
+        assert!(!live.allow_private_bpffs, "only read at start");
+    }
+
+    #[test]
     fn cipher_lists_are_checked() {
         let base = "state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\n[ssh]\n";
         let c = Config::parse(base).unwrap();
