@@ -99,6 +99,36 @@ pub struct SshSettings {
     /// Bytes a channel may upload (SFTP writes, scp files); `None`: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_upload_bytes: Option<u64>,
+    /// Interactive shells (`ssh host`).
+    #[serde(skip_serializing_if = "is_default")]
+    pub shell: ProgramRule,
+    /// Commands (`ssh host CMD`) and subsystems other than `sftp`; SFTP (the subsystem or
+    /// an sftp-server exec) and plain legacy scp follow `sftp` instead.
+    #[serde(skip_serializing_if = "is_default")]
+    pub exec: ProgramRule,
+    /// Programs that hand the session to a channel sshgw cannot record (mosh-server,
+    /// etterminal): refused unless allowed here.
+    #[serde(skip_serializing_if = "is_default")]
+    pub unrecordable_programs: UnrecordableRule,
+}
+
+/// Whether a kind of program (shell, exec) may run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgramRule {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Whether programs whose session sshgw cannot record may start; refused by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnrecordableRule {
+    #[default]
+    Deny,
+    /// They run, and the session log says that their session went unrecorded.
+    Allow,
 }
 
 /// File transfers a policy allows on SFTP and legacy scp channels.
@@ -460,6 +490,23 @@ mod tests {
         assert_eq!(audit.ssh.port_forwarding, Some(false));
         assert_eq!(audit.ssh.agent_forwarding, Some(true));
         assert_eq!(audit.ssh.max_duration, Some(Duration::from_secs(5400)));
+        // Programs: shells and commands allowed, unrecordable ones refused, by default.
+        assert_eq!(block.ssh.shell, ProgramRule::Allow);
+        assert_eq!(block.ssh.exec, ProgramRule::Allow);
+        assert_eq!(block.ssh.unrecordable_programs, UnrecordableRule::Deny);
+        let sftp_only = PolicySet::parse(&one(
+            r#"{"ssh": {"shell": "deny", "exec": "deny", "sftp": "read_only",
+                "unrecordable_programs": "allow"}}"#,
+        ))
+        .unwrap();
+        let ssh = &sftp_only.policies[0].ssh;
+        assert_eq!(
+            (ssh.shell, ssh.exec),
+            (ProgramRule::Deny, ProgramRule::Deny)
+        );
+        assert_eq!(ssh.unrecordable_programs, UnrecordableRule::Allow);
+        let text = serde_json::to_string(&sftp_only).unwrap();
+        assert_eq!(PolicySet::parse(&text).unwrap(), sftp_only);
     }
 
     #[test]
@@ -611,6 +658,24 @@ mod tests {
             (
                 one(r#"{"ssh": {"port_forwarding": 1}}"#),
                 "policies[0].ssh.port_forwarding: invalid type",
+            ),
+            (
+                one(r#"{"ssh": {"exec": "no"}}"#),
+                "policies[0].ssh.exec: unknown variant `no`, expected `allow` or `deny`",
+            ),
+            (
+                one(r#"{"ssh": {"shell": "Deny"}}"#),
+                "policies[0].ssh.shell: unknown variant `Deny`, expected `allow` or `deny`",
+            ),
+            (
+                one(r#"{"ssh": {"unrecordable_programs": "record"}}"#),
+                "policies[0].ssh.unrecordable_programs: unknown variant `record`, expected \
+                 `deny` or `allow`",
+            ),
+            (
+                one(r#"{"ssh": {"sftp": "readonly"}}"#),
+                "policies[0].ssh.sftp: unknown variant `readonly`, expected one of `allow`, \
+                 `read_only`, `deny`",
             ),
             (
                 one(r#"{"identity": {"emails": "a@b.c"}}"#),

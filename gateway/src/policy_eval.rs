@@ -21,7 +21,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::policies::{Action, Policy, PolicySet};
+use crate::policies::{Action, Policy, PolicySet, ProgramRule, SftpRule, UnrecordableRule};
 
 /// Who is connecting: from the device table entry of the connection's source address.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +71,89 @@ impl Decision {
             ),
             Decision::Block { policy: None } => "sshgw: no policy allows this connection".into(),
         }
+    }
+}
+
+/// A program request (shell, exec, subsystem) as the policy judges it; the relay tells
+/// which it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program<'a> {
+    Shell,
+    /// The `sftp` subsystem, or an exec of an sftp-server binary.
+    Sftp,
+    /// Plain legacy scp.
+    Scp {
+        upload: bool,
+    },
+    /// A program that hands the session over to a channel sshgw cannot record: its name
+    /// (`mosh-server`) and what it belongs to (`mosh`).
+    Unrecordable {
+        program: &'a str,
+        origin: &'a str,
+    },
+    /// Any other exec.
+    Exec,
+    /// A subsystem other than `sftp`.
+    Subsystem(&'a str),
+}
+
+/// A program the policy lets run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Run,
+    /// It runs, and hands the session over to a channel sshgw cannot record: the session
+    /// log must say so, in these words.
+    RunUnrecorded(String),
+}
+
+/// Decides a program request: `ssh.sftp` governs SFTP and plain legacy scp, `ssh.shell`
+/// a shell, `ssh.exec` every other exec and subsystem, and `ssh.unrecordable_programs`
+/// (before `ssh.exec`) the programs whose session sshgw cannot record. `Err` is the
+/// message the user gets.
+pub fn judge_program(policy: &Policy, program: Program) -> Result<Verdict, String> {
+    let ssh = &policy.ssh;
+    let denied = |what: &str, setting: &str| {
+        format!(
+            "sshgw: {what} is denied by policy {} ({}){setting}",
+            quoted(&policy.name),
+            one_line(&policy.id)
+        )
+    };
+    let exec_denied = ": ssh.exec = \"deny\"";
+    match program {
+        Program::Sftp if ssh.sftp == SftpRule::Deny => Err(denied("sftp", "")),
+        Program::Scp { .. } if ssh.sftp == SftpRule::Deny => Err(denied("scp", "")),
+        Program::Scp { upload: true } if ssh.sftp == SftpRule::ReadOnly => {
+            Err(denied("uploading with scp", ""))
+        }
+        Program::Shell if ssh.shell == ProgramRule::Deny => {
+            Err(denied("a shell", ": ssh.shell = \"deny\""))
+        }
+        Program::Unrecordable { program, origin } => {
+            let why =
+                format!("sshgw cannot record the {origin} session it starts (it runs outside SSH)");
+            if ssh.unrecordable_programs == UnrecordableRule::Deny {
+                return Err(format!(
+                    "sshgw: {program} is refused by policy {} ({}): {why}; \
+                     ssh.unrecordable_programs = \"deny\"",
+                    quoted(&policy.name),
+                    one_line(&policy.id)
+                ));
+            }
+            if ssh.exec == ProgramRule::Deny {
+                return Err(denied(program, exec_denied));
+            }
+            Ok(Verdict::RunUnrecorded(format!(
+                "{why}; allowed by policy {} ({}): ssh.unrecordable_programs = \"allow\"",
+                quoted(&policy.name),
+                one_line(&policy.id)
+            )))
+        }
+        Program::Exec if ssh.exec == ProgramRule::Deny => Err(denied("exec", exec_denied)),
+        Program::Subsystem(name) if ssh.exec == ProgramRule::Deny => {
+            Err(denied(&format!("subsystem {}", quoted(name)), exec_denied))
+        }
+        _ => Ok(Verdict::Run),
     }
 }
 
@@ -592,6 +675,99 @@ mod tests {
                 .evaluate("10.3.5.1:22".parse().unwrap(), &subject)
                 .policy_id(),
             Some("p3")
+        );
+    }
+
+    /// A policy with these `ssh` settings (JSON).
+    fn with_ssh(ssh: &str) -> Policy {
+        let text = format!(
+            r#"{{"policies": [{{"id": "p1", "name": "Files only", "precedence": 1,
+                "action": "audit_ssh", "destinations": ["10.0.0.0/8"], "ssh": {ssh}}}]}}"#
+        );
+        PolicySet::parse(&text).unwrap().policies.remove(0)
+    }
+
+    const MOSH: Program<'static> = Program::Unrecordable {
+        program: "mosh-server",
+        origin: "mosh",
+    };
+
+    #[test]
+    fn programs_under_the_defaults() {
+        let policy = with_ssh("{}");
+        for program in [
+            Program::Shell,
+            Program::Sftp,
+            Program::Scp { upload: true },
+            Program::Exec,
+            Program::Subsystem("git"),
+        ] {
+            assert_eq!(
+                judge_program(&policy, program),
+                Ok(Verdict::Run),
+                "{program:?}"
+            );
+        }
+        assert_eq!(
+            judge_program(&policy, MOSH),
+            Err(
+                "sshgw: mosh-server is refused by policy \"Files only\" (p1): sshgw cannot \
+                 record the mosh session it starts (it runs outside SSH); \
+                 ssh.unrecordable_programs = \"deny\""
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_files_only_policy() {
+        let policy = with_ssh(r#"{"shell": "deny", "exec": "deny", "sftp": "read_only"}"#);
+        let denied = |what: &str, setting: &str| {
+            Err(format!(
+                "sshgw: {what} is denied by policy \"Files only\" (p1){setting}"
+            ))
+        };
+        let exec = ": ssh.exec = \"deny\"";
+        for (program, want) in [
+            (Program::Sftp, Ok(Verdict::Run)),
+            (Program::Scp { upload: false }, Ok(Verdict::Run)),
+            (
+                Program::Scp { upload: true },
+                denied("uploading with scp", ""),
+            ),
+            (Program::Shell, denied("a shell", ": ssh.shell = \"deny\"")),
+            (Program::Exec, denied("exec", exec)),
+            (Program::Subsystem("git"), denied("subsystem \"git\"", exec)),
+        ] {
+            assert_eq!(judge_program(&policy, program), want, "{program:?}");
+        }
+        let deny = with_ssh(r#"{"sftp": "deny"}"#);
+        assert_eq!(judge_program(&deny, Program::Sftp), denied("sftp", ""));
+        assert_eq!(
+            judge_program(&deny, Program::Scp { upload: false }),
+            denied("scp", "")
+        );
+    }
+
+    #[test]
+    fn unrecordable_programs_allowed_explicitly() {
+        let policy = with_ssh(r#"{"unrecordable_programs": "allow"}"#);
+        assert_eq!(
+            judge_program(&policy, MOSH),
+            Ok(Verdict::RunUnrecorded(
+                "sshgw cannot record the mosh session it starts (it runs outside SSH); \
+                 allowed by policy \"Files only\" (p1): ssh.unrecordable_programs = \"allow\""
+                    .into()
+            ))
+        );
+        // They are still commands: ssh.exec = deny refuses them.
+        let policy = with_ssh(r#"{"unrecordable_programs": "allow", "exec": "deny"}"#);
+        assert_eq!(
+            judge_program(&policy, MOSH),
+            Err(
+                "sshgw: mosh-server is denied by policy \"Files only\" (p1): ssh.exec = \"deny\""
+                    .into()
+            )
         );
     }
 }

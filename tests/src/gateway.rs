@@ -35,7 +35,7 @@
 //! //     .control_group("nogroup").interfaces(&["r0", "r2"]).policies(p).devices(d)
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs;
 use std::net::IpAddr;
@@ -951,6 +951,15 @@ impl Gateway<'_> {
             .and_then(Value::as_array)
             .cloned()
             .ok_or_else(|| anyhow!("sshgw sessions --json has no \"sessions\" list: {v}"))
+    }
+
+    /// The ids of every session in the log.
+    pub fn session_ids(&self) -> Result<BTreeSet<String>> {
+        Ok(self
+            .sessions(&[])?
+            .iter()
+            .filter_map(|s| str_field(s, "id").map(str::to_owned))
+            .collect())
     }
 
     /// `sshgw sessions show ID --json`.

@@ -74,12 +74,18 @@ impl RecordingKey {
 /// Runs `sshgw recording ARGS` in the host namespaces, bounded by [`RECORDING_CLI_TIMEOUT`].
 /// A non-zero exit is not an error here.
 pub fn recording_cli(lab: &Lab, args: &[&str]) -> Result<Finished> {
+    recording_cli_within(lab, args, RECORDING_CLI_TIMEOUT)
+}
+
+/// [`recording_cli`] with a deadline for large recordings (a debug build decrypts a few
+/// MiB a second on a loaded machine).
+pub fn recording_cli_within(lab: &Lab, args: &[&str], timeout: Duration) -> Result<Finished> {
     let mut cmd = Command::new(sshgw_bin()?);
     cmd.arg("recording").args(args).env("RUST_BACKTRACE", "1");
     lab.procs().run_quiet(
         &format!("sshgw recording {}", args.join(" ")),
         &mut cmd,
-        RECORDING_CLI_TIMEOUT,
+        timeout,
     )
 }
 

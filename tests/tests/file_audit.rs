@@ -14,7 +14,6 @@
 //! sftp and rsync:
 //! `SSHGW_BIN=$PWD/target/debug/sshgw cargo test -p sshgw-tests --test file_audit -- --test-threads=2`.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -133,15 +132,6 @@ fn failed_with(out: &SshOutput, needle: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The ids of every session in the log.
-fn session_ids(gw: &Gateway<'_>) -> Result<BTreeSet<String>> {
-    Ok(gw
-        .sessions(&[])?
-        .iter()
-        .filter_map(|s| str_field(s, "id").map(str::to_owned))
-        .collect())
-}
-
 /// Runs `client` (one SSH connection from the enrolled device to the audited server) and
 /// returns its output and its session record (`sessions show ID --json`) once the log has
 /// closed it. Exactly one new session must appear.
@@ -150,7 +140,7 @@ fn with_session<T>(
     what: &str,
     client: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Value)> {
-    let before = session_ids(gw)?;
+    let before = gw.session_ids()?;
     let out = client().with_context(|| what.to_owned())?;
     let dst = format!("{}:22", V4.audited());
     let src = format!("{}:", V4.enrolled());
@@ -163,7 +153,7 @@ fn with_session<T>(
         .context("session without id")?
         .to_owned();
     let record = gw.wait_session_closed(&id, LOG_TIMEOUT)?;
-    let after = session_ids(gw)?;
+    let after = gw.session_ids()?;
     let added: Vec<&String> = after.difference(&before).collect();
     ensure!(
         added.len() == 1,
@@ -1210,6 +1200,246 @@ fn recorded_sftp_carries_file_ops_in_its_trailer() {
             "the zip's file_operations.jsonl should match the export"
         );
         drop(sshd);
+        Ok(())
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// 7-9: transfer rules as a boundary, scp fidelity
+// ------------------------------------------------------------------------------------------
+
+/// Debian's sftp-server, which `sftp -s PATH` runs by an exec (not a subsystem request).
+const SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
+
+/// 7. `sftp -s /usr/lib/openssh/sftp-server` is an exec of the sftp-server binary: it is
+///    audited as SFTP, under the same rules and log as the subsystem (review F3). Under
+///    `read_only` an upload is denied and a download works and is logged; under `deny` it
+///    is refused with the message.
+#[test]
+fn sftp_server_exec_is_audited_as_sftp() {
+    lab_test(|lab| {
+        let (_sshd, gw) = start(lab, policies_with(json!({"sftp": "read_only"}))?)?;
+        let home = home(lab)?;
+        let via_exec = || relayed(lab).arg("-s").arg(SFTP_SERVER);
+        let local = lab.dir().join("exec-up.bin");
+        random_file(lab, &local, 30_000)?;
+        let served = home.join("exec-served.bin");
+        random_file(lab, &served, 20_001)?;
+
+        let batch = format!("put {} exec-up.bin\n", path_str(&local)?);
+        let (out, s) = with_session(&gw, "sftp -s sftp-server put (read_only)", || {
+            via_exec().sftp_batch(&batch)
+        })?;
+        failed_with(&out, "Permission denied", "sftp -s sftp-server put")?;
+        absent(&home.join("exec-up.bin"), "sftp -s sftp-server put")?;
+        expect_op(
+            &s,
+            Want {
+                flags: Some("write,create,trunc"),
+                status: Some(&denied_by_policy()),
+                denied: true,
+                ..Want::sftp("open", &remote_abs(&home, "exec-up.bin"))
+            },
+            "the denied open over the sftp-server exec",
+        )?;
+        ops_on_channel(&s, "exec", SFTP_SERVER, "sftp -s sftp-server put")?;
+
+        let down = lab.dir().join("exec-down.bin");
+        let batch = format!("get exec-served.bin {}\n", path_str(&down)?);
+        let (out, s) = with_session(&gw, "sftp -s sftp-server get (read_only)", || {
+            via_exec().sftp_batch(&batch)
+        })?;
+        ok(&out, "sftp -s sftp-server get")?;
+        files::same_file(lab, &served, &down, "the download", TRANSFER_TIMEOUT)?;
+        expect_op(
+            &s,
+            Want {
+                bytes_read: Some(20_001),
+                status: Some("Success"),
+                ..Want::sftp("close", &remote_abs(&home, "exec-served.bin"))
+            },
+            "the download over the sftp-server exec",
+        )?;
+
+        gw.push_policies(&policies_with(json!({"sftp": "deny"}))?)?;
+        let batch = format!("put {} exec-up.bin\n", path_str(&local)?);
+        let (out, s) = with_session(&gw, "sftp -s sftp-server (deny)", || {
+            via_exec().sftp_batch(&batch)
+        })?;
+        failed_with(
+            &out,
+            &refused_message("sftp"),
+            "sftp -s sftp-server under deny",
+        )?;
+        absent(&home.join("exec-up.bin"), "sftp -s sftp-server under deny")?;
+        expect_op(
+            &s,
+            Want {
+                status_has: Some(&refused_message("sftp")),
+                denied: true,
+                ..Want::sftp("refused", SFTP_SERVER)
+            },
+            "the refused sftp-server exec",
+        )?;
+        Ok(())
+    });
+}
+
+/// 8. With `shell` and `exec` denied, `read_only` is a boundary: uploads by sftp, by
+///    `sftp -s sftp-server`, by `scp -O`, by `ssh host 'cat > f'` and by rsync all fail,
+///    a shell is refused with a message, and an sftp download works (review F3).
+#[test]
+fn files_only_policy_makes_read_only_a_boundary() {
+    lab_test(|lab| {
+        let policy = json!({"shell": "deny", "exec": "deny", "sftp": "read_only"});
+        let (_sshd, gw) = start(lab, policies_with(policy)?)?;
+        let home = home(lab)?;
+        let local = lab.dir().join("fo-up.bin");
+        random_file(lab, &local, 10_000)?;
+        let target = home.join("fo-up.bin");
+        let exec_denied = format!(
+            "sshgw: exec is denied by policy \"{POLICY_NAME}\" ({POLICY_ID}): ssh.exec = \"deny\""
+        );
+        let batch = format!("put {} fo-up.bin\n", path_str(&local)?);
+
+        let out = relayed(lab).sftp_batch(&batch)?;
+        failed_with(&out, "Permission denied", "sftp put")?;
+        let out = relayed(lab).arg("-s").arg(SFTP_SERVER).sftp_batch(&batch)?;
+        failed_with(&out, "Permission denied", "sftp -s sftp-server put")?;
+        let ssh = relayed(lab);
+        let out = ssh.scp(&["-O", path_str(&local)?, &ssh.remote("fo-up.bin")])?;
+        failed_with(
+            &out,
+            &refused_message("uploading with scp"),
+            "scp -O upload",
+        )?;
+        let (out, s) = with_session(&gw, "ssh 'cat > f'", || {
+            relayed(lab).stdin_file(&local).run("cat > fo-up.bin")
+        })?;
+        failed_with(&out, &exec_denied, "ssh host 'cat > f'")?;
+        ensure!(
+            channels(&s).iter().any(|c| {
+                str_field(c, "command") == Some("cat > fo-up.bin")
+                    && c["exit_status"].as_u64() == Some(1)
+            }),
+            "the refused exec is a channel with exit status 1: {s:#}"
+        );
+        expect_op(
+            &s,
+            Want {
+                status: Some(&exec_denied),
+                denied: true,
+                ..Want {
+                    protocol: "ssh",
+                    op: "refused",
+                    path: "cat > fo-up.bin",
+                    ..Want::default()
+                }
+            },
+            "the refused exec",
+        )?;
+        let ssh = relayed(lab);
+        let out = ssh.rsync(&[path_str(&local)?, &ssh.remote("fo-up.bin")])?;
+        failed_with(&out, &exec_denied, "rsync upload")?;
+        absent(&target, "every upload under a files-only read_only policy")?;
+
+        let out = relayed(lab).run("")?;
+        failed_with(
+            &out,
+            &format!(
+                "sshgw: a shell is denied by policy \"{POLICY_NAME}\" ({POLICY_ID}): \
+                 ssh.shell = \"deny\""
+            ),
+            "a shell",
+        )?;
+
+        let served = home.join("fo-served.bin");
+        random_file(lab, &served, 12_345)?;
+        let down = lab.dir().join("fo-down.bin");
+        let out = relayed(lab).sftp_batch(&format!("get fo-served.bin {}\n", path_str(&down)?))?;
+        ok(&out, "sftp get under a files-only policy")?;
+        files::same_file(lab, &served, &down, "the download", TRANSFER_TIMEOUT)?;
+        Ok(())
+    });
+}
+
+/// 9. A legacy scp upload to a named target logs the file the server writes, with the
+///    source's name as the target (`scp -O payload.bin host:up.bin`), and a libssh2 upload
+///    (`curl -T f scp://…`, which closes the channel right after the data) is logged
+///    complete (issue 14, clients A2).
+#[test]
+fn scp_uploads_log_the_file_written() {
+    lab_test(|lab| {
+        let (_sshd, gw) = start(lab, default_policies())?;
+        let home = home(lab)?;
+        let local = lab.dir().join("payload.bin");
+        let len = 20_000;
+        random_file(lab, &local, len)?;
+        let flags = format!("size={len},mode=0644");
+
+        let ssh = relayed(lab);
+        let (out, s) = with_session(&gw, "scp -O payload.bin host:up.bin", || {
+            ssh.scp(&["-O", path_str(&local)?, &ssh.remote("up.bin")])
+        })?;
+        ok(&out, "scp -O to a named target")?;
+        files::same_file(
+            lab,
+            &local,
+            &home.join("up.bin"),
+            "scp -O",
+            TRANSFER_TIMEOUT,
+        )?;
+        expect_op(
+            &s,
+            Want {
+                target: Some("payload.bin"),
+                flags: Some(&flags),
+                bytes_written: Some(len),
+                status: Some("ok"),
+                ..Want::scp("upload file", "up.bin")
+            },
+            "scp -O to a named target",
+        )?;
+
+        let remote = remote_abs(&home, "curl-up.bin");
+        let (out, s) = with_session(&gw, "curl -T payload.bin scp://…", || {
+            let mut cmd = lab.dev.exec_command("curl");
+            cmd.args(["-sS", "-k", "-u", &format!("{LOGIN}:"), "--interface"])
+                .arg(V4.enrolled().to_string())
+                .arg("-T")
+                .arg(&local)
+                .arg(format!("scp://{}{remote}", V4.audited()));
+            lab.procs()
+                .run("curl scp upload", &mut cmd, TRANSFER_TIMEOUT)
+        })?;
+        ensure!(out.success(), "curl scp upload: {out:?}");
+        files::same_file(
+            lab,
+            &local,
+            &home.join("curl-up.bin"),
+            "curl",
+            TRANSFER_TIMEOUT,
+        )?;
+        // libssh2 names the file in its record after the remote path, not the local one.
+        expect_op(
+            &s,
+            Want {
+                target: Some("curl-up.bin"),
+                flags: Some(&flags),
+                bytes_written: Some(len),
+                status_has: Some("complete (all data sent"),
+                ..Want::scp("upload file", &remote)
+            },
+            "a libssh2 scp upload",
+        )?;
+        // The server's scp never got the final status byte: it exits 1, relayed as is.
+        ensure!(
+            channels(&s).iter().any(|c| {
+                str_field(c, "command").is_some_and(|x| x.starts_with("scp -t"))
+                    && c["exit_status"].as_u64() == Some(1)
+            }),
+            "the scp -t channel of curl's upload: {s:#}"
+        );
         Ok(())
     });
 }

@@ -114,10 +114,15 @@ fn check_recording(
         .ok_or_else(|| anyhow::anyhow!("{label}: no session in the log"))?;
     let (_, _, file) = closed_recorded_channel(gw, id, Duration::from_secs(60))?;
     if verify {
-        let out = sshgw_tests::recording::verify(lab, &file, &key.private)?;
+        let (file, private) = (file.to_string_lossy(), key.private.to_string_lossy());
+        let out = sshgw_tests::recording::recording_cli_within(
+            lab,
+            &["verify", "-i", &file, "-k", &private],
+            FILE_TIMEOUT,
+        )?;
         ensure!(out.success(), "{label}: recording does not verify: {out:?}");
     }
-    std::fs::remove_file(&file)?;
+    std::fs::remove_file(&*file)?;
     Ok(())
 }
 

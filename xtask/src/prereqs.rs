@@ -15,7 +15,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "rsync",
+    // curl's scp:// (libssh2) and mosh: clients the file-audit tests drive.
     "curl",
+    "mosh",
     "asciinema",
     "systemd",
     // The real-systemd test: builds a Debian rootfs and boots it (systemd-container, below).

@@ -1,5 +1,6 @@
-//! File-transfer audit and transfer rules for relayed `sftp` subsystem channels and legacy
-//! scp (`exec scp -t …` / `scp -f …`) channels.
+//! File-transfer audit and transfer rules for relayed SFTP channels (the `sftp` subsystem,
+//! or an exec of an sftp-server binary) and legacy scp (`exec scp -t …` / `scp -f …`)
+//! channels, and what an exec runs as far as the audit is concerned ([`exec`]).
 //!
 //! Pure logic: no I/O, no async, no clock, and nothing from the rest of the crate (the fuzz
 //! crate in `gateway/fuzz` compiles this directory on its own through `#[path]`, so keep it
@@ -7,8 +8,9 @@
 //!
 //! # Use
 //!
-//! One auditor per channel: [`SftpAudit`] for an `sftp` subsystem, [`ScpAudit`] for an exec
-//! whose command [`scp::parse_command`] recognises. Every chunk of channel data goes through
+//! One auditor per channel: [`SftpAudit`] for an `sftp` subsystem or an exec that
+//! [`exec::classify`] finds to be an sftp-server, [`ScpAudit`] for an exec whose command
+//! [`scp::parse_command`] recognises. Every chunk of channel data goes through
 //! it before it is forwarded, and each call returns a [`Filtered`]:
 //!
 //! - `from_client(data)` (client → server): send `forward` (in order) to the server, write
@@ -70,9 +72,21 @@
 //! under `read_only` / `max_upload_bytes` it fails closed (`close` is set, nothing more is
 //! forwarded). Memory per channel is bounded: [`sftp::MAX_BUFFERED`] bytes of packet prefix,
 //! [`sftp::MAX_HANDLES`] handles, [`sftp::MAX_PENDING`] unanswered requests and
-//! [`sftp::MAX_TRACKED_BYTES`] of their paths; past a table cap, reporting stops (flagged as
-//! well) while the rules keep being enforced, as they depend on the framing only.
+//! [`sftp::MAX_TRACKED_BYTES`] of their paths.
+//!
+//! # Integrity of the SFTP log
+//!
+//! Every request forwarded is followed until its reply, so the log can never attribute one
+//! operation to another: a request reusing the id of one still awaiting its reply, a handle
+//! the server returns while it is still open, a reply to no request (or a HANDLE or DATA
+//! reply to the wrong kind of request) is a protocol violation. It is reported at once, as
+//! an event with op `protocol violation` (path and target: the two requests or files
+//! concerned; the status says what happened). Past a table cap, an event with op
+//! `tracking stopped` names the cap. Either way, under `read_only` / `max_upload_bytes` the
+//! channel is closed (`close`; nothing more is forwarded); under plain `allow` the stream
+//! keeps flowing and nothing more is reported for the channel (never a wrong attribution).
 
+pub mod exec;
 mod forward;
 pub mod scp;
 pub mod sftp;
@@ -161,9 +175,16 @@ pub struct ScpFile {
     /// `file`, `dir`, `error` (a message sent instead of a file or acknowledgement, in
     /// `status_text`) or `refused` (the whole transfer was refused by the rules).
     pub op: &'static str,
-    /// The name the protocol carries, under the directories (`D` records) it is in; relative
-    /// to the command's path (see [`scp::ScpCommand::paths`]).
+    /// Downloads: the name the protocol carries, under the directories (`D` records) it is
+    /// in, relative to the command's path (see [`scp::ScpCommand::paths`]). Uploads: what
+    /// the server writes, as far as the gateway can tell: `TARGET/name` when the target
+    /// (`scp -t TARGET`) is surely a directory (`-d`, `.`, a trailing `/`), otherwise
+    /// `TARGET` as given (the server writes there, or to `TARGET/name` when it is an
+    /// existing directory: only the server knows).
     pub path: String,
+    /// Uploads: the name the client's record carries (the source's name), under the
+    /// directories it is in. `None` for downloads.
+    pub name: Option<String>,
     /// The size the record announced.
     pub size: u64,
     /// The permission bits the record announced.

@@ -21,6 +21,11 @@ const MAX_UNANSWERED: usize = 16;
 /// Bytes of the directory names the current path is under.
 const MAX_DIR_BYTES: usize = 64 * 1024;
 
+/// The status of a file whose data all went through when the channel closed before the
+/// source's closing status byte (and so before the sink's answer).
+pub const COMPLETE_UNCONFIRMED: &str =
+    "complete (all data sent; the channel closed before the final status byte and answer)";
+
 /// Which way the files go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScpDirection {
@@ -45,6 +50,8 @@ pub struct ScpCommand {
     pub direction: ScpDirection,
     /// `-r`.
     pub recursive: bool,
+    /// `-d`: the target must be a directory (the client sends several files).
+    pub target_dir: bool,
     /// The target (upload) or the sources (download), as the remote shell would split them.
     pub paths: Vec<String>,
 }
@@ -63,6 +70,7 @@ pub fn parse_command(command: &str) -> Option<ScpCommand> {
     }
     let mut direction = None;
     let mut recursive = false;
+    let mut target_dir = false;
     let mut paths = Vec::new();
     let mut options_done = false;
     let mut args = args.iter();
@@ -84,7 +92,11 @@ pub fn parse_command(command: &str) -> Option<ScpCommand> {
                     recursive = true;
                     None
                 }
-                'd' | 'p' | 'q' | 'v' | 'T' | 'C' | 'O' | 'A' | 'B' | '3' | '4' | '6' => None,
+                'd' => {
+                    target_dir = true;
+                    None
+                }
+                'p' | 'q' | 'v' | 'T' | 'C' | 'O' | 'A' | 'B' | '3' | '4' | '6' => None,
                 // Options with an argument: the rest of the word, or the next word.
                 'c' | 'D' | 'F' | 'i' | 'J' | 'l' | 'o' | 'P' | 'S' | 'X' => {
                     if i + 1 == letters.len() {
@@ -108,13 +120,14 @@ pub fn parse_command(command: &str) -> Option<ScpCommand> {
     Some(ScpCommand {
         direction: direction?,
         recursive,
+        target_dir,
         paths,
     })
 }
 
 /// Splits a command line into words like a POSIX shell; `None` for anything beyond plain
 /// words (operators, expansions, comments) and for unterminated quotes.
-fn shell_words(s: &str) -> Option<Vec<String>> {
+pub(super) fn shell_words(s: &str) -> Option<Vec<String>> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -336,7 +349,12 @@ impl ScpAudit {
         let mut events = Vec::new();
         if let Some(f) = self.file.take() {
             let text = match self.source {
-                Source::Data { .. } | Source::Trail | Source::TrailMessage => "incomplete",
+                // Every byte of the file went through; only the source's closing status
+                // byte is missing. libssh2 (curl `scp://`) ends an upload like that: it
+                // closes the channel after the data, so the sink never answers (OpenSSH's
+                // scp then exits 1, the file written).
+                Source::Trail => COMPLETE_UNCONFIRMED,
+                Source::Data { .. } | Source::TrailMessage => "incomplete",
                 Source::Line | Source::WaitAck => "no reply",
             };
             events.push(self.file(f, false, text.into()));
@@ -377,12 +395,34 @@ impl ScpAudit {
             direction: self.command.direction,
             op,
             path,
+            name: None,
             size: 0,
             mode: 0,
             bytes: 0,
             ok: false,
             denied: false,
             status_text: String::new(),
+        }
+    }
+
+    /// An event for a file or directory at `rel` (under the `D` records it is in).
+    fn entry(&self, op: &'static str, rel: String) -> ScpFile {
+        if self.command.direction == ScpDirection::Download {
+            return self.base(op, rel);
+        }
+        let target = self.command.paths.join(" ");
+        let surely_dir =
+            self.command.target_dir || target == "." || target == ".." || target.ends_with('/');
+        let path = if !surely_dir {
+            target
+        } else if target == "." {
+            rel.clone()
+        } else {
+            format!("{}/{rel}", target.trim_end_matches('/'))
+        };
+        ScpFile {
+            name: Some(rel),
+            ..self.base(op, path)
         }
     }
 
@@ -401,7 +441,7 @@ impl ScpAudit {
             bytes: f.bytes,
             ok,
             status_text,
-            ..self.base("file", f.path)
+            ..self.entry("file", f.path)
         })
     }
 
@@ -410,7 +450,7 @@ impl ScpAudit {
             mode,
             ok,
             status_text,
-            ..self.base("dir", path)
+            ..self.entry("dir", path)
         })
     }
 
@@ -538,7 +578,7 @@ impl ScpAudit {
                             mode,
                             denied: true,
                             status_text: message.clone(),
-                            ..self.base("file", path)
+                            ..self.entry("file", path)
                         }));
                         self.close = Some(format!("scp {message}"));
                         return false;

@@ -3,7 +3,7 @@ use proptest::prelude::*;
 
 use super::{
     Filtered, ScpAudit, ScpDirection, SftpMode, TransferRules,
-    scp::{ScpCommand, parse_command},
+    scp::{COMPLETE_UNCONFIRMED, ScpCommand, parse_command},
     sftp_tests::{rules, summary, transcript},
 };
 
@@ -24,18 +24,20 @@ fn command(s: &str) -> ScpCommand {
 
 #[test]
 fn parses_scp_commands() {
-    let cmd = |d, r, p: &[&str]| {
+    let cmd_d = |d, r, target_dir, p: &[&str]| {
         Some(ScpCommand {
             direction: d,
             recursive: r,
+            target_dir,
             paths: p.iter().map(|s| s.to_string()).collect(),
         })
     };
+    let cmd = |d, r, p: &[&str]| cmd_d(d, r, false, p);
     use ScpDirection::{Download, Upload};
     // What OpenSSH 9.2's scp -O sends.
     assert_eq!(
         parse_command(UPLOAD_COMMAND),
-        cmd(Upload, true, &["/tmp/scp-seed/remote"])
+        cmd_d(Upload, true, true, &["/tmp/scp-seed/remote"])
     );
     assert_eq!(parse_command("scp -t ."), cmd(Upload, false, &["."]));
     assert_eq!(
@@ -44,7 +46,7 @@ fn parses_scp_commands() {
     );
     assert_eq!(
         parse_command("scp -d -f /tmp/a"),
-        cmd(Download, false, &["/tmp/a"])
+        cmd_d(Download, false, true, &["/tmp/a"])
     );
     assert_eq!(
         parse_command("scp -r -f /tmp/*.txt"),
@@ -154,11 +156,17 @@ fn real_recursive_upload() {
         assert_eq!(
             run.events,
             [
-                "upload file readme.txt size=10 mode=0644 bytes=10 ok=true denied=false ok",
-                "upload dir photos size=0 mode=0755 bytes=0 ok=true denied=false ok",
-                "upload file photos/cat.jpg size=1500 mode=0640 bytes=1500 ok=true denied=false ok",
-                "upload dir photos/raw size=0 mode=0755 bytes=0 ok=true denied=false ok",
-                "upload file photos/raw/dog.raw size=4 mode=0644 bytes=4 ok=true denied=false ok",
+                // `-d`: the target is a directory, so the paths written are known.
+                "upload file /tmp/scp-seed/remote/readme.txt <- readme.txt size=10 mode=0644 \
+                 bytes=10 ok=true denied=false ok",
+                "upload dir /tmp/scp-seed/remote/photos <- photos size=0 mode=0755 bytes=0 \
+                 ok=true denied=false ok",
+                "upload file /tmp/scp-seed/remote/photos/cat.jpg <- photos/cat.jpg size=1500 \
+                 mode=0640 bytes=1500 ok=true denied=false ok",
+                "upload dir /tmp/scp-seed/remote/photos/raw <- photos/raw size=0 mode=0755 \
+                 bytes=0 ok=true denied=false ok",
+                "upload file /tmp/scp-seed/remote/photos/raw/dog.raw <- photos/raw/dog.raw \
+                 size=4 mode=0644 bytes=4 ok=true denied=false ok",
             ]
         );
         assert_eq!(audit.unparseable(), None);
@@ -226,10 +234,15 @@ fn upload_limit_stops_the_upload_at_the_record_that_exceeds_it() {
     assert_eq!(
         run.events,
         [
-            "upload file readme.txt size=10 mode=0644 bytes=10 ok=true denied=false ok".to_string(),
-            "upload dir photos size=0 mode=0755 bytes=0 ok=true denied=false ok".to_string(),
+            "upload file /tmp/scp-seed/remote/readme.txt <- readme.txt size=10 mode=0644 \
+             bytes=10 ok=true denied=false ok"
+                .to_string(),
+            "upload dir /tmp/scp-seed/remote/photos <- photos size=0 mode=0755 bytes=0 ok=true \
+             denied=false ok"
+                .to_string(),
             format!(
-                "upload file photos/cat.jpg size=1500 mode=0640 bytes=0 ok=false denied=true {message}"
+                "upload file /tmp/scp-seed/remote/photos/cat.jpg <- photos/cat.jpg size=1500 \
+                 mode=0640 bytes=0 ok=false denied=true {message}"
             ),
         ]
     );
@@ -298,18 +311,19 @@ fn answers_and_errors_are_matched_to_files() {
             (false, b"\x01scp: d: exists\n"),
             (true, b"C0644 2 b\n"),
             (false, b"\0"),
-            (true, b"hi"),
+            (true, b"h"),
         ],
     );
     assert_eq!(
         run.events,
         [
-            "upload file secret size=8 mode=0600 bytes=0 ok=false denied=false scp: /dst/secret: Permission denied",
-            "upload file a size=8 mode=0644 bytes=8 ok=false denied=false scp: a: read error",
-            "upload file empty size=0 mode=0644 bytes=0 ok=false denied=false scp: empty: disk full",
-            "upload dir d size=0 mode=0755 bytes=0 ok=false denied=false scp: d: exists",
-            // The channel closed in the middle of the last one.
-            "upload file b size=2 mode=0644 bytes=2 ok=false denied=false incomplete",
+            // Without `-d`, /dst may be the file written or the directory it is written in.
+            "upload file /dst <- secret size=8 mode=0600 bytes=0 ok=false denied=false scp: /dst/secret: Permission denied",
+            "upload file /dst <- a size=8 mode=0644 bytes=8 ok=false denied=false scp: a: read error",
+            "upload file /dst <- empty size=0 mode=0644 bytes=0 ok=false denied=false scp: empty: disk full",
+            "upload dir /dst <- d size=0 mode=0755 bytes=0 ok=false denied=false scp: d: exists",
+            // The channel closed in the middle of the last one's data.
+            "upload file /dst <- b size=2 mode=0644 bytes=1 ok=false denied=false incomplete",
         ]
     );
     assert!(run.close.is_none());
@@ -432,4 +446,65 @@ proptest! {
         prop_assert!(sent <= input);
         audit.finish();
     }
+}
+
+/// One file `payload.bin` of 5 bytes sent to `scp -t TARGET`, answered in full.
+fn upload_of_payload(target: &str) -> Vec<String> {
+    let mut audit = ScpAudit::new(command(&format!("scp -t {target}")), allow());
+    let run = converse(
+        &mut audit,
+        &[
+            (false, b"\0"),
+            (true, b"C0644 5 payload.bin\n"),
+            (false, b"\0"),
+            (true, b"hello\0"),
+            (false, b"\0"),
+        ],
+    );
+    run.events
+}
+
+#[test]
+fn uploads_name_the_target_and_the_source_name() {
+    let line = |path: &str| {
+        format!(
+            "upload file {path} <- payload.bin size=5 mode=0644 bytes=5 ok=true denied=false ok"
+        )
+    };
+    // `scp -O payload.bin host:up.bin`: the server writes up.bin (unless it is a directory).
+    assert_eq!(upload_of_payload("up.bin"), [line("up.bin")]);
+    assert_eq!(upload_of_payload("/srv/in"), [line("/srv/in")]);
+    // Surely directories: the file written is known.
+    assert_eq!(upload_of_payload("."), [line("payload.bin")]);
+    assert_eq!(upload_of_payload("in/"), [line("in/payload.bin")]);
+    assert_eq!(upload_of_payload("/"), [line("/payload.bin")]);
+    assert_eq!(
+        upload_of_payload("-d /srv/in"),
+        [line("/srv/in/payload.bin")]
+    );
+}
+
+/// libssh2 (curl `-T f scp://…`) closes the channel right after the file's data: no closing
+/// status byte, so no answer from the sink. All the data went through: the file is complete.
+#[test]
+fn an_upload_ended_after_all_its_data_is_complete() {
+    let mut audit = ScpAudit::new(command("scp -t /srv/up.bin"), allow());
+    let run = converse(
+        &mut audit,
+        &[
+            (false, b"\0"),
+            (true, b"C0644 5 payload.bin\n"),
+            (false, b"\0"),
+            (true, b"hello"),
+        ],
+    );
+    assert_eq!(
+        run.events,
+        [format!(
+            "upload file /srv/up.bin <- payload.bin size=5 mode=0644 bytes=5 ok=false \
+             denied=false {COMPLETE_UNCONFIRMED}"
+        )]
+    );
+    assert!(COMPLETE_UNCONFIRMED.starts_with("complete"));
+    assert!(run.close.is_none());
 }

@@ -105,7 +105,11 @@ pub struct SftpAudit {
     server_version: Option<u32>,
     uploaded: u64,
     broken: Option<String>,
-    untracked: Option<String>,
+    /// Under rules: why the channel must close (a protocol violation, a tracking cap).
+    halted: Option<String>,
+    /// Rows about the channel itself (a protocol violation, tracking stopped), handed out
+    /// with the events of the call that found them.
+    notices: Vec<FileEvent>,
 }
 
 impl SftpAudit {
@@ -126,7 +130,8 @@ impl SftpAudit {
             server_version: None,
             uploaded: 0,
             broken: None,
-            untracked: None,
+            halted: None,
+            notices: Vec::new(),
         }
     }
 
@@ -141,6 +146,7 @@ impl SftpAudit {
             if self.broken.is_none() && self.tracking {
                 self.parse_client(&data, None, &mut out);
             }
+            out.events.append(&mut self.notices);
             return out;
         }
         if let Some(reason) = self.close_reason() {
@@ -171,6 +177,7 @@ impl SftpAudit {
             out.forward.clear();
             out.reply.clear();
         }
+        out.events.append(&mut self.notices);
         out
     }
 
@@ -230,6 +237,7 @@ impl SftpAudit {
         if out.close.is_some() {
             out.forward.clear();
         }
+        out.events.append(&mut self.notices);
         out
     }
 
@@ -248,7 +256,7 @@ impl SftpAudit {
                         events.push(close_event(h, None, "no reply".into()));
                     }
                 }
-                Pending::Read { .. } | Pending::Write { .. } => {}
+                Pending::Read { .. } | Pending::Write { .. } | Pending::Quiet { .. } => {}
             }
         }
         let mut open: Vec<Handle> = self
@@ -266,9 +274,10 @@ impl SftpAudit {
         events
     }
 
-    /// Why the stream stopped being followed (unparseable, or a table cap was reached).
+    /// Why the stream could not be parsed. (Protocol violations and tracking caps are
+    /// reported as they happen, as `protocol violation` / `tracking stopped` events.)
     pub fn unparseable(&self) -> Option<&str> {
-        self.broken.as_deref().or(self.untracked.as_deref())
+        self.broken.as_deref()
     }
 
     fn close_reason(&self) -> Option<String> {
@@ -278,6 +287,9 @@ impl SftpAudit {
         let policy = &self.rules.policy_name;
         if self.rules.sftp == SftpMode::Deny {
             return Some(format!("sftp denied by policy {policy}"));
+        }
+        if let Some(reason) = &self.halted {
+            return Some(reason.clone());
         }
         self.broken
             .as_ref()
@@ -293,12 +305,53 @@ impl SftpAudit {
         self.drop_tables();
     }
 
-    fn stop_tracking(&mut self, reason: String) {
-        if self.tracking {
-            self.tracking = false;
-            self.untracked = Some(format!("tracking stopped: {reason}"));
+    /// A table reached its cap: under rules the channel closes (what it does could no
+    /// longer be told apart); under `allow` the log says so at once and tracking stops.
+    fn cap_reached(&mut self, what: String) {
+        let status = if self.filtering {
+            format!(
+                "{what}; the channel is closed (policy {})",
+                self.rules.policy_name
+            )
+        } else {
+            format!("{what}; later operations on this channel are not logged")
+        };
+        self.notice("tracking stopped", String::new(), None, status.clone());
+        self.end_tracking(format!("SFTP tracking stopped: {status}"));
+    }
+
+    /// The stream breaks the protocol in a way that would make the log lie (a reused
+    /// request id, a reused handle, a reply to no request): logged at once; under rules
+    /// the channel closes, under `allow` tracking stops (never a wrong attribution).
+    fn violation(&mut self, side: &str, what: String, path: String, target: Option<String>) {
+        let status = if self.filtering {
+            format!(
+                "{side}: {what}; the channel is closed (policy {})",
+                self.rules.policy_name
+            )
+        } else {
+            format!("{side}: {what}; later operations on this channel are not logged")
+        };
+        self.notice("protocol violation", path, target, status.clone());
+        self.end_tracking(format!("SFTP protocol violation: {status}"));
+    }
+
+    fn end_tracking(&mut self, reason: String) {
+        self.tracking = false;
+        if self.filtering && self.halted.is_none() {
+            self.halted = Some(reason);
+            self.held = Vec::new();
+            self.outbox = Vec::new();
         }
         self.drop_tables();
+    }
+
+    fn notice(&mut self, op: &'static str, path: String, target: Option<String>, status: String) {
+        let info = OpInfo {
+            target,
+            ..OpInfo::new(op, path)
+        };
+        self.notices.push(op_event(info, None, status, false));
     }
 
     fn drop_tables(&mut self) {
@@ -377,20 +430,13 @@ impl SftpAudit {
             .decode_request(kind, &mut c, body_len)
             .map_err(|e| format!("malformed {} request: {e}", type_name(kind)))?;
 
-        let policy = &self.rules.policy_name;
-        let denial = if self.rules.sftp != SftpMode::Allow && request.modifying() {
-            Some(format!("denied by policy {policy}"))
-        } else if let (Request::Write { len, .. }, Some(limit)) =
-            (&request, self.rules.max_upload_bytes)
-            && self.uploaded.saturating_add(*len) > limit
-        {
-            Some(format!(
-                "upload limit of {limit} bytes reached (policy {policy})"
-            ))
-        } else {
-            None
-        };
-        if let Some(message) = denial {
+        if self.tracking && self.pending.contains_key(&id) {
+            self.reused_id(id, kind, &request);
+            if self.filtering {
+                return Ok(false);
+            }
+        }
+        if let Some(message) = self.denial(&request) {
             out.reply
                 .extend_from_slice(&status_packet(id, FX_PERMISSION_DENIED, &message));
             let info = match request {
@@ -413,20 +459,77 @@ impl SftpAudit {
             self.uploaded = self.uploaded.saturating_add(*len);
         }
         if self.tracking {
+            // Every forwarded request is followed, the quiet ones too: a reply to no
+            // request, or a reused id, must be noticed.
             let pending = match request {
-                Request::Quiet | Request::Unknown(_) => None,
-                Request::Open { info, .. } => Some(Pending::Open { info, dir: false }),
-                Request::OpenDir { info } => Some(Pending::Open { info, dir: true }),
-                Request::Close { handle } => Some(Pending::Close { handle }),
-                Request::Read { handle } => Some(Pending::Read { handle }),
-                Request::Write { handle, len } => Some(Pending::Write { handle, len }),
-                Request::Op(info) => Some(Pending::Op(info)),
+                Request::Quiet | Request::Unknown(_) => Pending::Quiet { kind },
+                Request::Open { info, .. } => Pending::Open { info, dir: false },
+                Request::OpenDir { info } => Pending::Open { info, dir: true },
+                Request::Close { handle } => Pending::Close { handle },
+                Request::Read { handle } => Pending::Read { handle },
+                Request::Write { handle, len } => Pending::Write { handle, len },
+                Request::Op(info) => Pending::Op(info),
             };
-            if let Some(pending) = pending {
-                self.insert_pending(id, pending);
-            }
+            self.insert_pending(id, pending);
         }
         Ok(true)
+    }
+
+    /// Why the rules refuse a request, if they do.
+    fn denial(&self, request: &Request) -> Option<String> {
+        let policy = &self.rules.policy_name;
+        if self.rules.sftp != SftpMode::Allow && request.modifying() {
+            Some(format!("denied by policy {policy}"))
+        } else if let (Request::Write { len, .. }, Some(limit)) =
+            (request, self.rules.max_upload_bytes)
+            && self.uploaded.saturating_add(*len) > limit
+        {
+            Some(format!(
+                "upload limit of {limit} bytes reached (policy {policy})"
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// A request reuses the id of one still awaiting its reply: the server would answer
+    /// both with that id, and which answer is whose could no longer be told.
+    fn reused_id(&mut self, id: u32, kind: u8, request: &Request) {
+        let (before, before_path) = match self.pending.get(&id) {
+            Some(p) => self.pending_subject(p),
+            None => (String::new(), String::new()),
+        };
+        let (now, now_path) = self.request_subject(kind, request);
+        self.violation(
+            "client",
+            format!("request id {id} reused while it awaits a reply ({before}, then {now})"),
+            before_path,
+            Some(now_path),
+        );
+    }
+
+    /// What a request is (`open /a`) and the path it is about.
+    fn request_subject(&self, kind: u8, request: &Request) -> (String, String) {
+        let path = match request {
+            Request::Open { info, .. }
+            | Request::OpenDir { info }
+            | Request::Op(info)
+            | Request::Unknown(info) => return subject(info.op, &info.path),
+            Request::Close { handle } | Request::Read { handle } => self.handle_path(handle),
+            Request::Write { handle, .. } => self.handle_path(handle),
+            Request::Quiet => String::new(),
+        };
+        subject(&type_name(kind).to_lowercase(), &path)
+    }
+
+    fn pending_subject(&self, pending: &Pending) -> (String, String) {
+        match pending {
+            Pending::Open { info, .. } | Pending::Op(info) => subject(info.op, &info.path),
+            Pending::Close { handle } => subject("close", &self.handle_path(handle)),
+            Pending::Read { handle } => subject("read", &self.handle_path(handle)),
+            Pending::Write { handle, .. } => subject("write", &self.handle_path(handle)),
+            Pending::Quiet { kind } => subject(&type_name(*kind).to_lowercase(), ""),
+        }
     }
 
     fn decode_request(&self, kind: u8, c: &mut Cursor, body_len: usize) -> Parse<Request> {
@@ -589,8 +692,20 @@ impl SftpAudit {
         if !self.tracking {
             return Ok(());
         }
-        match kind {
-            FXP_STATUS => {
+        let Some(pending) = self.take_pending(id) else {
+            self.violation(
+                "server",
+                format!(
+                    "{} reply to id {id}, which no request awaits",
+                    type_name(kind)
+                ),
+                String::new(),
+                None,
+            );
+            return Ok(());
+        };
+        match (kind, pending) {
+            (FXP_STATUS, pending) => {
                 let code = c.u32().map_err(|_| "truncated STATUS".to_string())?;
                 let message = c.lossy_prefix();
                 let text = if message.is_empty() {
@@ -598,86 +713,108 @@ impl SftpAudit {
                 } else {
                     message
                 };
-                match self.take_pending(id) {
-                    Some(Pending::Open { info, .. } | Pending::Op(info)) => {
-                        events.push(op_event(info, Some(code), text, false));
-                    }
-                    Some(Pending::Close { handle }) => {
-                        if let Some(h) = self.take_handle(&handle)
-                            && !h.dir
-                        {
-                            events.push(close_event(h, Some(code), text));
-                        }
-                    }
-                    Some(Pending::Write { handle, len }) => {
-                        if code == FX_OK
-                            && let Some(h) = self.handles.get_mut(&handle)
-                        {
-                            h.bytes_written = h.bytes_written.saturating_add(len);
-                        }
-                    }
-                    Some(Pending::Read { .. }) | None => {}
-                }
+                self.status_reply(pending, code, text, events);
             }
-            FXP_HANDLE => {
-                if let Some(Pending::Open { info, dir }) = self.take_pending(id) {
-                    // A handle longer than the prefix read is not followed.
-                    let handle = c.string().ok().map(<[u8]>::to_vec);
-                    let h = Handle {
-                        path: info.path.clone(),
-                        flags: info.flags.clone(),
-                        dir,
-                        seq: 0,
-                        bytes_read: 0,
-                        bytes_written: 0,
-                    };
-                    events.push(op_event(info, Some(FX_OK), "ok".into(), false));
-                    if let Some(handle) = handle {
-                        self.insert_handle(handle, h);
-                    }
-                }
+            (FXP_HANDLE, Pending::Open { info, dir }) => {
+                // A handle longer than the prefix read is not followed.
+                let handle = c.string().ok().map(<[u8]>::to_vec);
+                self.opened(info, dir, handle, events);
             }
-            FXP_DATA => {
+            (FXP_DATA, Pending::Read { handle }) => {
                 let len = c.u32().map_err(|_| "truncated DATA".to_string())? as usize;
                 let len = len.min(body_len - c.pos) as u64;
-                if let Some(Pending::Read { handle }) = self.take_pending(id)
-                    && let Some(h) = self.handles.get_mut(&handle)
-                {
+                if let Some(h) = self.handles.get_mut(&handle) {
                     h.bytes_read = h.bytes_read.saturating_add(len);
                 }
             }
-            _ => {
-                self.take_pending(id);
+            // Extensions may answer as they like.
+            (_, Pending::Quiet { kind: FXP_EXTENDED }) => {}
+            (FXP_HANDLE | FXP_DATA, pending) => {
+                let (what, path) = self.pending_subject(&pending);
+                self.violation(
+                    "server",
+                    format!("{} reply to id {id}, which is for: {what}", type_name(kind)),
+                    path,
+                    None,
+                );
             }
+            _ => {}
         }
         Ok(())
+    }
+
+    /// A HANDLE reply to an OPEN or OPENDIR.
+    fn opened(
+        &mut self,
+        info: OpInfo,
+        dir: bool,
+        handle: Option<Vec<u8>>,
+        events: &mut Vec<FileEvent>,
+    ) {
+        let h = Handle {
+            path: info.path.clone(),
+            flags: info.flags.clone(),
+            dir,
+            seq: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+        };
+        events.push(op_event(info, Some(FX_OK), "ok".into(), false));
+        if let Some(handle) = handle {
+            self.insert_handle(handle, h);
+        }
+    }
+
+    /// A STATUS reply: the end of the operation it answers.
+    fn status_reply(
+        &mut self,
+        pending: Pending,
+        code: u32,
+        text: String,
+        events: &mut Vec<FileEvent>,
+    ) {
+        match pending {
+            Pending::Open { info, .. } | Pending::Op(info) => {
+                events.push(op_event(info, Some(code), text, false));
+            }
+            Pending::Close { handle } => {
+                if let Some(h) = self.take_handle(&handle)
+                    && !h.dir
+                {
+                    events.push(close_event(h, Some(code), text));
+                }
+            }
+            Pending::Write { handle, len } => {
+                if code == FX_OK
+                    && let Some(h) = self.handles.get_mut(&handle)
+                {
+                    h.bytes_written = h.bytes_written.saturating_add(len);
+                }
+            }
+            Pending::Read { .. } | Pending::Quiet { .. } => {}
+        }
     }
 
     fn handle_path(&self, handle: &[u8]) -> String {
         match self.handles.get(handle) {
             Some(h) => h.path.clone(),
-            None => {
-                let hex: String = handle.iter().map(|b| format!("{b:02x}")).collect();
-                format!("handle:{hex}")
-            }
+            None => format!("handle:{}", hex(handle)),
         }
     }
 
     fn insert_pending(&mut self, id: u32, pending: Pending) {
-        if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&id) {
-            return self
-                .stop_tracking(format!("more than {MAX_PENDING} requests awaiting a reply"));
+        if self.pending.len() >= MAX_PENDING {
+            return self.cap_reached(format!(
+                "tracking cap: more than {MAX_PENDING} requests awaiting a reply"
+            ));
         }
         let cost = pending.cost();
         if self.tracked_bytes + cost > MAX_TRACKED_BYTES {
-            return self.stop_tracking(format!(
-                "more than {MAX_TRACKED_BYTES} bytes of paths awaiting a reply"
-            ));
+            return self.cap_reached(tracked_bytes_cap());
         }
         self.tracked_bytes += cost;
-        if let Some(old) = self.pending.insert(id, pending) {
-            self.tracked_bytes -= old.cost();
-        }
+        // Never replaces one: a reused id is a protocol violation, found before.
+        self.pending.insert(id, pending);
     }
 
     fn take_pending(&mut self, id: u32) -> Option<Pending> {
@@ -690,21 +827,30 @@ impl SftpAudit {
         if handle.len() > MAX_HANDLE_LEN {
             return;
         }
-        if self.handles.len() >= MAX_HANDLES && !self.handles.contains_key(&handle) {
-            return self.stop_tracking(format!("more than {MAX_HANDLES} open handles"));
+        if let Some(open) = self.handles.get(&handle) {
+            // Two files behind one handle: which one a WRITE goes to could not be told.
+            let what = format!(
+                "handle {} returned for {} while it is still open for {}",
+                hex(&handle),
+                h.path,
+                open.path
+            );
+            let path = open.path.clone();
+            return self.violation("server", what, path, Some(h.path));
+        }
+        if self.handles.len() >= MAX_HANDLES {
+            return self.cap_reached(format!(
+                "tracking cap: more than {MAX_HANDLES} open handles"
+            ));
         }
         let cost = h.cost(&handle);
         if self.tracked_bytes + cost > MAX_TRACKED_BYTES {
-            return self.stop_tracking(format!(
-                "more than {MAX_TRACKED_BYTES} bytes of paths of open handles"
-            ));
+            return self.cap_reached(tracked_bytes_cap());
         }
         h.seq = self.next_seq;
         self.next_seq += 1;
         self.tracked_bytes += cost;
-        if let Some(old) = self.handles.insert(handle.clone(), h) {
-            self.tracked_bytes -= old.cost(&handle);
-        }
+        self.handles.insert(handle, h);
     }
 
     fn take_handle(&mut self, handle: &[u8]) -> Option<Handle> {
@@ -781,11 +927,25 @@ impl Request {
 
 /// A forwarded request awaiting its reply.
 enum Pending {
-    Open { info: OpInfo, dir: bool },
-    Close { handle: Vec<u8> },
-    Read { handle: Vec<u8> },
-    Write { handle: Vec<u8>, len: u64 },
+    Open {
+        info: OpInfo,
+        dir: bool,
+    },
+    Close {
+        handle: Vec<u8>,
+    },
+    Read {
+        handle: Vec<u8>,
+    },
+    Write {
+        handle: Vec<u8>,
+        len: u64,
+    },
     Op(OpInfo),
+    /// A query or an unknown request (its packet type): only its reply is expected.
+    Quiet {
+        kind: u8,
+    },
 }
 
 impl Pending {
@@ -795,6 +955,7 @@ impl Pending {
             Pending::Close { handle }
             | Pending::Read { handle }
             | Pending::Write { handle, .. } => ENTRY_COST + handle.len(),
+            Pending::Quiet { .. } => ENTRY_COST,
         }
     }
 }
@@ -813,6 +974,24 @@ impl Handle {
     fn cost(&self, handle: &[u8]) -> usize {
         ENTRY_COST + handle.len() + self.path.len() + self.flags.as_ref().map_or(0, String::len)
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tracked_bytes_cap() -> String {
+    format!("tracking cap: more than {MAX_TRACKED_BYTES} bytes of paths and handles followed")
+}
+
+/// `open /a`, and the path alone.
+fn subject(op: &str, path: &str) -> (String, String) {
+    let what = if path.is_empty() {
+        op.to_string()
+    } else {
+        format!("{op} {path}")
+    };
+    (what, path.to_string())
 }
 
 fn op_event(info: OpInfo, status: Option<u32>, status_text: String, denied: bool) -> FileEvent {
@@ -888,7 +1067,16 @@ fn type_name(kind: u8) -> Cow<'static, str> {
         FXP_RMDIR => "RMDIR",
         FXP_RENAME => "RENAME",
         FXP_SYMLINK => "SYMLINK",
+        FXP_LSTAT => "LSTAT",
+        FXP_FSTAT => "FSTAT",
+        FXP_READDIR => "READDIR",
+        FXP_REALPATH => "REALPATH",
+        FXP_STAT => "STAT",
+        FXP_READLINK => "READLINK",
         FXP_EXTENDED => "EXTENDED",
+        FXP_STATUS => "STATUS",
+        FXP_HANDLE => "HANDLE",
+        FXP_DATA => "DATA",
         other => return Cow::Owned(format!("type {other}")),
     })
 }

@@ -111,10 +111,13 @@ pub(super) fn summary(events: &[FileEvent]) -> Vec<String> {
         .map(|e| match e {
             FileEvent::Sftp(op) => sftp_line(op),
             FileEvent::Scp(f) => format!(
-                "{} {} {} size={} mode={:04o} bytes={} ok={} denied={} {}",
+                "{} {} {}{} size={} mode={:04o} bytes={} ok={} denied={} {}",
                 f.direction.as_str(),
                 f.op,
                 f.path,
+                f.name
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" <- {n}")),
                 f.size,
                 f.mode,
                 f.bytes,
@@ -582,6 +585,7 @@ fn denial_reply_waits_for_a_server_packet_boundary() {
     run.client(&mut audit, &open(1, "/f", READ));
     run.server(&mut audit, &handle(1, H1));
     run.client(&mut audit, &read(2, H1, 0, 4000));
+    run.client(&mut audit, &path_req(17, 9, "/f"));
     let reply = data(2, &[9u8; 4000]);
     // The server is in the middle of a DATA packet when a denied request comes in.
     run.server(&mut audit, &reply[..100]);
@@ -792,39 +796,259 @@ fn deny_closes_at_once() {
     assert_eq!(out.close.as_deref(), Some("sftp denied by policy p"));
 }
 
-#[test]
-fn table_caps_stop_tracking_but_not_the_rules() {
-    // Requests never answered.
-    let mut audit = SftpAudit::new(rules(SftpMode::ReadOnly, None));
-    audit.from_client(Bytes::from(init()));
-    audit.from_server(Bytes::from(version()));
-    let reads: Vec<u8> = (0..=MAX_PENDING as u32)
+/// `MAX_PENDING + 1` READs sent before any reply.
+fn too_many_reads() -> Vec<u8> {
+    (0..=MAX_PENDING as u32)
         .flat_map(|id| read(id, H1, 0, 10))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn table_caps_under_allow_say_so_at_once() {
+    let mut audit = SftpAudit::new(rules(SftpMode::Allow, None));
+    converse(&mut audit, &[c(init()), s(version())]);
+    let reads = too_many_reads();
     let out = audit.from_client(Bytes::from(reads.clone()));
+    assert_eq!(out.forward, [Bytes::from(reads)]);
     assert_eq!(
-        out.forward.iter().map(Bytes::len).sum::<usize>(),
-        reads.len()
+        summary(&out.events),
+        [format!(
+            "tracking stopped  = none tracking cap: more than {MAX_PENDING} requests awaiting \
+             a reply; later operations on this channel are not logged"
+        )]
     );
-    assert!(audit.unparseable().unwrap().starts_with("tracking stopped"));
-    let out = audit.from_client(Bytes::from(write(1, H1, 0, b"x")));
-    assert!(out.forward.is_empty());
-    assert_eq!(out.events.len(), 1);
     assert!(out.close.is_none());
+    // Nothing more is followed (or reported twice); the stream flows on.
+    let more = [open(9000, "/after", WRITE | CREAT), close(9001, H1)].concat();
+    let out = audit.from_client(Bytes::from(more.clone()));
+    assert!(out.events.is_empty() && out.forward == [Bytes::from(more)]);
+    assert!(
+        audit
+            .from_server(Bytes::from(handle(9000, H2)))
+            .events
+            .is_empty()
+    );
+    assert_eq!(audit.unparseable(), None);
+    assert!(audit.finish().is_empty());
 
     // Handles never closed.
     let mut audit = SftpAudit::new(rules(SftpMode::Allow, None));
-    let mut events = 0;
+    let mut events = Vec::new();
     for id in 0..=MAX_HANDLES as u32 {
         audit.from_client(Bytes::from(open(id, "/f", READ)));
-        events += audit
-            .from_server(Bytes::from(handle(id, &id.to_be_bytes())))
-            .events
-            .len();
+        let out = audit.from_server(Bytes::from(handle(id, &id.to_be_bytes())));
+        events.extend(out.events);
     }
-    assert_eq!(events, MAX_HANDLES + 1);
-    assert!(audit.unparseable().unwrap().contains("open handles"));
+    assert_eq!(events.len(), MAX_HANDLES + 2);
+    assert!(summary(&events[MAX_HANDLES + 1..])[0].starts_with(&format!(
+        "tracking stopped  = none tracking cap: more than {MAX_HANDLES} open handles"
+    )));
     assert!(audit.finish().is_empty());
+}
+
+#[test]
+fn table_caps_under_rules_close_the_channel() {
+    let mut audit = SftpAudit::new(rules(SftpMode::ReadOnly, None));
+    converse(&mut audit, &[c(init()), s(version())]);
+    let out = audit.from_client(Bytes::from(too_many_reads()));
+    assert!(out.forward.is_empty());
+    let reason = out.close.expect("closed");
+    assert!(
+        reason.contains(&format!(
+            "more than {MAX_PENDING} requests awaiting a reply"
+        )),
+        "{reason}"
+    );
+    assert_eq!(
+        summary(&out.events),
+        [format!(
+            "tracking stopped  = none tracking cap: more than {MAX_PENDING} requests awaiting \
+             a reply; the channel is closed (policy p)"
+        )]
+    );
+    let out = audit.from_client(Bytes::from(read(1, H1, 0, 10)));
+    assert!(out.forward.is_empty() && out.close.is_some());
+    assert!(
+        audit
+            .from_server(Bytes::from(status(1, 0, "")))
+            .close
+            .is_some()
+    );
+
+    // 1 MiB of paths of open handles, under an upload limit.
+    let mut audit = SftpAudit::new(rules(SftpMode::Allow, Some(100)));
+    converse(&mut audit, &[c(init()), s(version())]);
+    let long = format!("/{}", "x/".repeat(2000));
+    let mut closed = None;
+    for id in 0..1000u32 {
+        let mut run = Run::default();
+        run.client(&mut audit, &open(id, &long, READ));
+        run.server(&mut audit, &handle(id, &id.to_be_bytes()));
+        if run.close.is_some() {
+            assert!(summary(&run.events).last().unwrap().starts_with(
+                "tracking stopped  = none tracking cap: more than 1048576 bytes of paths"
+            ));
+            closed = Some(id);
+            break;
+        }
+    }
+    assert!(closed.is_some_and(|id| id > 200), "{closed:?}");
+}
+
+/// OPEN id 7 twice before the replies: the reply to the first would be taken for the
+/// second, and its writes logged under the wrong path (security review F4).
+fn reused_id_session() -> Vec<(bool, Vec<u8>)> {
+    vec![
+        c(init()),
+        s(version()),
+        c([
+            open(7, "/home/u/.ssh/authorized_keys", WRITE | CREAT | TRUNC),
+            open(7, "/tmp/innocent", WRITE | CREAT | TRUNC),
+        ]
+        .concat()),
+        s(handle(7, H1)),
+        s(handle(7, H2)),
+        c(write(8, H1, 0, b"ssh-ed25519 AAAA attacker")),
+        s(status(8, 0, "")),
+        c(close(9, H1)),
+        s(status(9, 0, "")),
+    ]
+}
+
+#[test]
+fn a_reused_request_id_is_a_violation_never_a_wrong_path() {
+    let violation = "protocol violation /home/u/.ssh/authorized_keys -> /tmp/innocent = none \
+                     client: request id 7 reused while it awaits a reply \
+                     (open /home/u/.ssh/authorized_keys, then open /tmp/innocent)";
+    // allow: logged at once, then nothing more (nothing attributed to /tmp/innocent).
+    let mut audit = SftpAudit::new(rules(SftpMode::Allow, None));
+    let run = converse(&mut audit, &reused_id_session());
+    assert_eq!(
+        summary(&run.events),
+        [format!(
+            "{violation}; later operations on this channel are not logged"
+        )]
+    );
+    assert!(run.close.is_none());
+    assert!(audit.finish().is_empty());
+
+    // Under rules: the channel closes before either OPEN reaches the server.
+    let mut audit = SftpAudit::new(rules(SftpMode::Allow, Some(1000)));
+    let run = converse(&mut audit, &reused_id_session()[..3]);
+    assert_eq!(
+        summary(&run.events),
+        [format!("{violation}; the channel is closed (policy p)")]
+    );
+    assert_eq!(run.to_server, [init()].concat());
+    assert!(
+        run.close
+            .unwrap()
+            .starts_with("SFTP protocol violation: client:")
+    );
+}
+
+#[test]
+fn an_id_may_be_used_again_once_answered() {
+    let mut audit = SftpAudit::new(rules(SftpMode::ReadOnly, None));
+    let run = converse(
+        &mut audit,
+        &[
+            c(init()),
+            s(version()),
+            c(open(1, "/a", READ)),
+            s(handle(1, H1)),
+            c(open(1, "/b", READ)),
+            s(handle(1, H2)),
+            c(close(1, H1)),
+            s(status(1, 0, "")),
+        ],
+    );
+    assert_eq!(
+        summary(&run.events),
+        [
+            "open /a [read] {mode=0644} = 0 ok",
+            "open /b [read] {mode=0644} = 0 ok",
+            "close /a [read] r=0 w=0 = 0 ok",
+        ]
+    );
+    assert!(run.close.is_none());
+}
+
+/// What a malicious server can do to the log: hand out one handle twice, answer a request
+/// nobody sent, answer a READ with a HANDLE.
+#[test]
+fn server_violations_stop_the_log_or_close_the_channel() {
+    let open_two = [
+        c(init()),
+        s(version()),
+        c(open(1, "/secret", WRITE | CREAT)),
+        s(handle(1, H1)),
+        c(open(2, "/innocent", WRITE | CREAT)),
+        s(handle(2, H1)),
+        c(write(3, H1, 0, b"data")),
+        s(status(3, 0, "")),
+        c(close(4, H1)),
+        s(status(4, 0, "")),
+    ];
+    /// A conversation, the violation it must bring, the event just before it (if any).
+    type Case<'a> = (&'a [(bool, Vec<u8>)], &'a str, &'a str);
+    let cases: [Case; 3] = [
+        (
+            &open_two,
+            "protocol violation /secret -> /innocent = none server: handle 00000001 returned \
+             for /innocent while it is still open for /secret",
+            "open /innocent [write,create] {mode=0644} = 0 ok",
+        ),
+        (
+            &[c(init()), s(version()), s(status(5, 0, ""))],
+            "protocol violation  = none server: STATUS reply to id 5, which no request awaits",
+            "",
+        ),
+        (
+            &[
+                c(init()),
+                s(version()),
+                c(read(6, H1, 0, 10)),
+                s(handle(6, H2)),
+            ],
+            "protocol violation handle:00000001 = none server: HANDLE reply to id 6, which is \
+             for: read handle:00000001",
+            "",
+        ),
+    ];
+    for (session, violation, before) in cases {
+        let mut audit = SftpAudit::new(rules(SftpMode::Allow, None));
+        let run = converse(&mut audit, session);
+        let events = summary(&run.events);
+        let at = events
+            .iter()
+            .position(|e| e.starts_with("protocol violation"))
+            .unwrap_or_else(|| panic!("{events:?}"));
+        assert_eq!(
+            events[at],
+            format!("{violation}; later operations on this channel are not logged")
+        );
+        // Nothing after it: no close or write logged under a path the server chose.
+        assert_eq!(at, events.len() - 1, "{events:?}");
+        if !before.is_empty() {
+            assert_eq!(events[at - 1], before);
+        }
+        assert!(run.close.is_none() && audit.finish().is_empty());
+
+        // Under rules (an upload limit these writes stay under), the channel closes.
+        let mut audit = SftpAudit::new(rules(SftpMode::Allow, Some(100)));
+        let run = converse(&mut audit, session);
+        let events = summary(&run.events);
+        assert_eq!(
+            events.last().unwrap(),
+            &format!("{violation}; the channel is closed (policy p)")
+        );
+        assert!(
+            run.close
+                .unwrap()
+                .starts_with("SFTP protocol violation: server:")
+        );
+    }
 }
 
 /// Splits each message of a conversation at the given (cycled) sizes.
@@ -854,7 +1078,38 @@ fn packets(mut b: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// The session as it would go through a gateway with `rules`: the server's replies to the
+/// requests the rules deny (which never reach a server behind the gateway) left out.
+fn behind_gateway(messages: &[(bool, Vec<u8>)], rules: &TransferRules) -> Vec<(bool, Vec<u8>)> {
+    let mut audit = SftpAudit::new(rules.clone());
+    let mut denied = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (client, bytes) in messages {
+        if *client {
+            let run = audit.from_client(Bytes::copy_from_slice(bytes));
+            denied.extend(packets(&run.reply).iter().map(|p| id_of(p)));
+            out.push((true, bytes.clone()));
+            continue;
+        }
+        let kept: Vec<u8> = packets(bytes)
+            .into_iter()
+            .filter(|p| !denied.contains(&id_of(p)))
+            .flatten()
+            .collect();
+        audit.from_server(Bytes::from(kept.clone()));
+        if !kept.is_empty() {
+            out.push((false, kept));
+        }
+    }
+    out
+}
+
+fn id_of(packet: &[u8]) -> u32 {
+    u32::from_be_bytes(packet[5..9].try_into().unwrap())
+}
+
 fn check_rechunked(messages: &[(bool, Vec<u8>)], rules: &TransferRules, sizes: &[usize]) {
+    let messages = &behind_gateway(messages, rules);
     let mut whole = SftpAudit::new(rules.clone());
     let expected = converse(&mut whole, messages);
     let expected_finish = whole.finish();
@@ -864,6 +1119,13 @@ fn check_rechunked(messages: &[(bool, Vec<u8>)], rules: &TransferRules, sizes: &
     assert_eq!(got.to_server, expected.to_server);
     assert_eq!(got.close, expected.close);
     assert_eq!(summary(&chunked.finish()), summary(&expected_finish));
+    assert!(
+        !summary(&expected.events)
+            .iter()
+            .any(|e| e.starts_with("protocol violation") || e.starts_with("tracking stopped")),
+        "{:?}",
+        summary(&expected.events)
+    );
     // The client gets the server's packets, unchanged and in order, with the replies in
     // between them.
     let server: Vec<u8> = messages

@@ -10,9 +10,13 @@ use bytes::Bytes;
 
 use super::{ConnectionInfo, pump::ChannelExit};
 use crate::{
-    file_audit::{FileEvent, Filtered, ScpAudit, ScpDirection, SftpAudit, SftpMode, TransferRules},
+    file_audit::{
+        FileEvent, Filtered, ScpAudit, ScpDirection, SftpAudit, SftpMode, TransferRules,
+        exec::{self, ExecProgram},
+    },
     policies::{Policy, SftpRule},
-    recording::writer::{Exit, Recorder},
+    policy_eval::{self, Program, Verdict},
+    recording::writer::{ChannelKind, Exit, Recorder},
     sessions::{FileOpRecord, now_micros},
 };
 
@@ -202,6 +206,70 @@ impl Transfer {
     }
 }
 
+/// A program request the policy lets run: the auditor of its file transfers, and, for a
+/// program that hands the session over to a channel sshgw cannot record, what the session
+/// log must say about it.
+#[derive(Default)]
+pub struct Admitted {
+    pub transfer: Option<Transfer>,
+    pub unrecorded: Option<String>,
+}
+
+/// A program request the policy refuses.
+pub struct Refusal {
+    /// The `protocol` of its file-operation row: `sftp`, `scp`, or `ssh` (shells, other
+    /// execs and subsystems).
+    pub protocol: &'static str,
+    /// For the user.
+    pub message: String,
+}
+
+/// Judges a program request (shell, exec, subsystem) under `policy`: an exec of an
+/// sftp-server binary is SFTP like the subsystem, plain scp is scp, and the rest is up to
+/// `ssh.shell`, `ssh.exec` and `ssh.unrecordable_programs` (see `policy_eval`).
+pub fn admit_program(policy: &Policy, kind: &ChannelKind) -> Result<Admitted, Refusal> {
+    let mut scp = None;
+    let program = match kind {
+        ChannelKind::Shell => Program::Shell,
+        ChannelKind::Subsystem { name } if name == "sftp" => Program::Sftp,
+        ChannelKind::Subsystem { name } => Program::Subsystem(name),
+        ChannelKind::Exec { command } => match exec::classify(command) {
+            ExecProgram::SftpServer => Program::Sftp,
+            ExecProgram::Scp(cmd) => {
+                let upload = cmd.direction == ScpDirection::Upload;
+                scp = Some(cmd);
+                Program::Scp { upload }
+            }
+            ExecProgram::Unrecordable(program) => Program::Unrecordable {
+                program,
+                origin: exec::unrecordable_origin(program),
+            },
+            ExecProgram::Other => Program::Exec,
+        },
+    };
+    let protocol = match program {
+        Program::Sftp => "sftp",
+        Program::Scp { .. } => "scp",
+        _ => "ssh",
+    };
+    let verdict = policy_eval::judge_program(policy, program)
+        .map_err(|message| Refusal { protocol, message })?;
+    let rules = transfer_rules(policy);
+    let transfer = match (program, scp) {
+        (Program::Sftp, _) => Some(Transfer::Sftp(SftpAudit::new(rules))),
+        (_, Some(cmd)) => Some(Transfer::Scp(ScpAudit::new(cmd, rules))),
+        _ => None,
+    };
+    let unrecorded = match verdict {
+        Verdict::Run => None,
+        Verdict::RunUnrecorded(note) => Some(note),
+    };
+    Ok(Admitted {
+        transfer,
+        unrecorded,
+    })
+}
+
 /// The policy's transfer rules as the auditor takes them.
 pub fn transfer_rules(policy: &Policy) -> TransferRules {
     TransferRules {
@@ -241,7 +309,7 @@ impl ProgramTap {
                         protocol: "scp".into(),
                         op: format!("{} {}", file.direction.as_str(), file.op),
                         path: file.path,
-                        target: None,
+                        target: file.name,
                         flags: Some(format!("size={},mode={:04o}", file.size, file.mode)),
                         bytes_read: if upload { 0 } else { file.bytes },
                         bytes_written: if upload { file.bytes } else { 0 },
@@ -265,6 +333,25 @@ impl ProgramTap {
             );
             self.file_op(record);
         }
+    }
+
+    /// The program hands the session over to a channel sshgw cannot record (allowed by
+    /// the policy): the session log, and the recording, say so.
+    pub fn unrecorded_handoff(&self, command: &str, note: &str) {
+        tracing::warn!(session = %self.info.id, channel = self.channel, command = %command, note = %note, "unaudited handoff");
+        self.file_op(FileOpRecord {
+            channel: self.channel,
+            at: now_micros(),
+            protocol: "ssh".into(),
+            op: "unaudited handoff".into(),
+            path: command.to_string(),
+            target: None,
+            flags: None,
+            bytes_read: 0,
+            bytes_written: 0,
+            status: note.to_string(),
+            denied: false,
+        });
     }
 
     /// Into the session log and, when the channel is recorded, the recording's trailer.

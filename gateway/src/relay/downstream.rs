@@ -11,14 +11,12 @@ use russh::{
 
 use super::{
     ConnectionInfo, RelayContext, ServerSlot,
-    audit::{ProgramTap, Transfer, transfer_rules},
+    audit::{Admitted, ProgramTap, Refusal, Transfer, admit_program},
     pump::{self, ChannelLink},
     upstream::{self, Bridge},
 };
 use crate::{
     config::RecordingFailure,
-    file_audit::{ScpAudit, ScpDirection, SftpAudit, scp},
-    policies::SftpRule,
     recording::{
         format::pty_modes,
         writer::{ChannelKind, ChannelMeta, PtyMeta},
@@ -262,53 +260,34 @@ impl DeviceSide {
         Ok(file)
     }
 
-    /// Runs a program request: prepares it, relays it, and logs it once the server agreed.
-    /// The auditor an SFTP or legacy scp program gets, or why the policy refuses it.
-    fn transfer_for(&self, kind: &ChannelKind) -> Result<Option<Transfer>, String> {
-        let Some(permissions) = self.info.permissions.get() else {
-            return Ok(None);
-        };
-        let policy = &permissions.policy;
-        let rules = transfer_rules(policy);
-        let refused = |what: &str| {
-            format!(
-                "sshgw: {what} is denied by policy {:?} ({})",
-                policy.name, policy.id
-            )
-        };
-        match kind {
-            ChannelKind::Subsystem { name } if name == "sftp" => match policy.ssh.sftp {
-                SftpRule::Deny => Err(refused("sftp")),
-                _ => Ok(Some(Transfer::Sftp(SftpAudit::new(rules)))),
-            },
-            ChannelKind::Exec { command } => match scp::parse_command(command) {
-                None => Ok(None),
-                Some(_) if policy.ssh.sftp == SftpRule::Deny => Err(refused("scp")),
-                Some(cmd)
-                    if policy.ssh.sftp == SftpRule::ReadOnly
-                        && cmd.direction == ScpDirection::Upload =>
-                {
-                    Err(refused("uploading with scp"))
-                }
-                Some(cmd) => Ok(Some(Transfer::Scp(ScpAudit::new(cmd, rules)))),
-            },
-            _ => Ok(None),
+    /// What the policy lets a program request run as (its SFTP/scp auditor, an unrecorded
+    /// handoff to note), or why it refuses it.
+    fn transfer_for(&self, kind: &ChannelKind) -> Result<Admitted, Refusal> {
+        // The policy in force now: a change since the connection began applies here.
+        match self.info.permissions.get() {
+            Some(permissions) => admit_program(&permissions.policy, kind),
+            None => Ok(Admitted::default()),
         }
     }
 
-    /// A transfer the policy refuses runs as a program that only explains why: the request
+    /// A program the policy refuses runs as a program that only explains why: the request
     /// is accepted (a client whose request failed would exit before printing anything),
     /// then the reason goes to stderr, exit status 1, and the channel closes. The server
     /// never sees the request. The refusal is logged as a channel and a denied file
-    /// operation.
+    /// operation (`refused`).
     async fn refuse_transfer(
         &mut self,
         channel: ChannelId,
         kind: &ChannelKind,
-        message: &str,
+        refusal: &Refusal,
         session: &mut Session,
     ) {
-        tracing::info!(session = %self.info.id, channel = %channel, reason = %message, "file transfer refused by policy");
+        let message = &refusal.message;
+        let what = match refusal.protocol {
+            "sftp" | "scp" => "file transfer refused by policy",
+            _ => "program refused by policy",
+        };
+        tracing::info!(session = %self.info.id, channel = %channel, reason = %message, "{what}");
         let number = u32::from(channel);
         let (kind_name, command) = match kind {
             ChannelKind::Exec { command } => ("exec", command.clone()),
@@ -319,7 +298,8 @@ impl DeviceSide {
         self.info.tracker.channel_opened(ChannelRecord {
             channel: number,
             kind: kind_name.to_string(),
-            command: Some(command.clone()),
+            // A shell has no command line (as when it runs).
+            command: (kind_name != "shell").then(|| command.clone()),
             started_at: now,
             ended_at: None,
             exit_status: None,
@@ -330,7 +310,7 @@ impl DeviceSide {
         self.info.tracker.file_op(FileOpRecord {
             channel: number,
             at: now,
-            protocol: if kind_name == "exec" { "scp" } else { "sftp" }.into(),
+            protocol: refusal.protocol.into(),
             op: "refused".into(),
             path: command,
             target: None,
@@ -367,15 +347,18 @@ impl DeviceSide {
             let _ = session.channel_failure(channel);
             return;
         }
-        let transfer = match self.transfer_for(&kind) {
-            Ok(transfer) => transfer,
-            Err(message) => {
-                self.refuse_transfer(channel, &kind, &message, session)
+        let admitted = match self.transfer_for(&kind) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.refuse_transfer(channel, &kind, &refusal, session)
                     .await;
                 return;
             }
         };
-        let recording = match self.prepare_program(channel, &kind, transfer).await {
+        let recording = match self
+            .prepare_program(channel, &kind, admitted.transfer)
+            .await
+        {
             Ok(file) => file,
             Err(message) => {
                 // Disconnect first: a client that saw the request fail would exit before
@@ -397,10 +380,10 @@ impl DeviceSide {
         }
         self.programs.insert(channel);
         {
-            let (kind, command) = match kind {
+            let (kind, command) = match &kind {
                 ChannelKind::Shell => ("shell", None),
-                ChannelKind::Exec { command } => ("exec", Some(command)),
-                ChannelKind::Subsystem { name } => ("subsystem", Some(name)),
+                ChannelKind::Exec { command } => ("exec", Some(command.clone())),
+                ChannelKind::Subsystem { name } => ("subsystem", Some(name.clone())),
             };
             self.info.tracker.channel_opened(ChannelRecord {
                 channel: u32::from(channel),
@@ -413,6 +396,18 @@ impl DeviceSide {
                 recording,
                 env: self.envs.get(&channel).cloned().unwrap_or_default(),
             });
+        }
+        if let Some(note) = admitted.unrecorded {
+            self.note_unrecorded(channel, &kind, &note);
+        }
+    }
+
+    /// The program hands the session over to a channel sshgw cannot record (the policy
+    /// allows it): the session log and the recording say so.
+    fn note_unrecorded(&self, channel: ChannelId, kind: &ChannelKind, note: &str) {
+        let tap = self.channels.get(&channel).and_then(ChannelLink::tap);
+        if let (ChannelKind::Exec { command }, Some(tap)) = (kind, tap) {
+            tap.unrecorded_handoff(command, note);
         }
     }
 

@@ -239,7 +239,7 @@ pub async fn drain(
         let (bytes, credit) = (event.queued_bytes(), event.credit());
         let step = tokio::select! {
             step = writer.apply(event) => step,
-            _ = destination_gone.wait_for(|gone| *gone) => Step::Stop,
+            Ok(_) = destination_gone.wait_for(|gone| *gone) => Step::Stop,
         };
         watch.done(bytes);
         if let Some(credit) = credit {

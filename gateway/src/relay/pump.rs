@@ -405,15 +405,25 @@ impl Reader {
 /// loop of this leg never waits for the other leg. Replies to requests (only the server
 /// sends them) go straight to the waiting callback.
 async fn read_side(mut read: ChannelReadHalf, mut reader: Reader) {
+    // True when the relay stopped reading by its own decision (an auditor or a window
+    // violation closes the channel): the channel itself is not gone yet, and the writer
+    // toward this leg must still deliver the close.
+    let mut stopped = false;
     while let Some(msg) = read.wait().await {
         let event = match msg {
             ChannelMsg::Data { data } => match reader.data(None, data).await {
                 Flow::Continue => continue,
-                Flow::Stop => break,
+                Flow::Stop => {
+                    stopped = true;
+                    break;
+                }
             },
             ChannelMsg::ExtendedData { data, ext } => match reader.data(Some(ext), data).await {
                 Flow::Continue => continue,
-                Flow::Stop => break,
+                Flow::Stop => {
+                    stopped = true;
+                    break;
+                }
             },
             ChannelMsg::Eof => Event::Eof,
             ChannelMsg::Close => Event::Close,
@@ -451,7 +461,9 @@ async fn read_side(mut read: ChannelReadHalf, mut reader: Reader) {
         // Wake any request callback still waiting: the channel is gone.
         replies.lock().expect("reply queue poisoned").clear();
     }
-    reader.gone.send_replace(true);
+    if !stopped {
+        reader.gone.send_replace(true);
+    }
     reader.forward.push(Event::Close);
 }
 

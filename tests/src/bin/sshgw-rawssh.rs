@@ -17,6 +17,11 @@
 //! * `stuck-in-kex SECS`: over plain TCP, send an SSH banner and then nothing, as a client
 //!   stuck in key exchange would; prints `closed by the gateway` when the connection ends
 //!   within SECS, else `still open`. (USER is ignored.)
+//! * `sftp-many-handles FILE COUNT UPLOAD`: subsystem `sftp`; opens FILE for reading COUNT
+//!   times, pipelined, each time spelled as a different path of about 4,000 bytes
+//!   (`DIR/././…/NAME`), and keeps every handle open. Prints `opened N` (the handles
+//!   received), or `channel closed`. Then prints `waiting`, reads one line from stdin, and
+//!   uploads 5 bytes to UPLOAD as `second-program` does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +80,7 @@ fn word(ok: Option<bool>) -> &'static str {
 mod sftp {
     pub const INIT: u8 = 1;
     pub const OPEN: u8 = 3;
+    pub const READ_ONLY: u32 = 0x01;
     pub const CLOSE: u8 = 4;
     pub const WRITE: u8 = 6;
     pub const STATUS: u8 = 101;
@@ -94,9 +100,13 @@ mod sftp {
     }
 
     pub fn open(id: u32, path: &str) -> Vec<u8> {
+        open_with(id, path, WRITE_CREAT_TRUNC)
+    }
+
+    pub fn open_with(id: u32, path: &str, pflags: u32) -> Vec<u8> {
         let mut b = id.to_be_bytes().to_vec();
         string(&mut b, path.as_bytes());
-        b.extend_from_slice(&WRITE_CREAT_TRUNC.to_be_bytes());
+        b.extend_from_slice(&pflags.to_be_bytes());
         b.extend_from_slice(&0u32.to_be_bytes()); // no attributes
         packet(OPEN, &b)
     }
@@ -172,6 +182,21 @@ async fn sftp_init(ch: &mut russh::Channel<client::Msg>, reader: &mut SftpReader
     Ok(reader.next(ch).await?.is_some())
 }
 
+/// Starts the `sftp` subsystem and SFTP on the channel; `None` (after printing `channel
+/// closed`) if the gateway closed it.
+async fn start_sftp(ch: &mut russh::Channel<client::Msg>) -> Result<Option<SftpReader>> {
+    ch.request_subsystem(true, "sftp").await?;
+    if reply(ch).await? != Some(true) {
+        bail!("the sftp subsystem was refused");
+    }
+    let mut reader = SftpReader { buf: Vec::new() };
+    if !sftp_init(ch, &mut reader).await? {
+        println!("channel closed");
+        return Ok(None);
+    }
+    Ok(Some(reader))
+}
+
 async fn second_program(
     ch: &mut russh::Channel<client::Msg>,
     first: &str,
@@ -190,30 +215,7 @@ async fn second_program(
         println!("channel closed");
         return Ok(());
     }
-    ch.data_bytes(sftp::open(1, path)).await?;
-    let Some((kind, _, rest)) = reader.next(ch).await? else {
-        println!("channel closed");
-        return Ok(());
-    };
-    println!("open: {}", describe(kind, &rest));
-    if kind != sftp::HANDLE {
-        return Ok(());
-    }
-    let handle = handle_of(&rest);
-    for (label, packet) in [
-        ("write", sftp::write(2, &handle, b"owned")),
-        ("close", sftp::close(3, &handle)),
-    ] {
-        ch.data_bytes(packet).await?;
-        match reader.next(ch).await? {
-            Some((kind, _, rest)) => println!("{label}: {}", describe(kind, &rest)),
-            None => {
-                println!("channel closed");
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
+    upload(ch, &mut reader, path, 1).await
 }
 
 async fn sftp_dup_id(
@@ -221,15 +223,9 @@ async fn sftp_dup_id(
     first: &str,
     second: &str,
 ) -> Result<()> {
-    ch.request_subsystem(true, "sftp").await?;
-    if reply(ch).await? != Some(true) {
-        bail!("the sftp subsystem was refused");
-    }
-    let mut reader = SftpReader { buf: Vec::new() };
-    if !sftp_init(ch, &mut reader).await? {
-        println!("channel closed");
+    let Some(mut reader) = start_sftp(ch).await? else {
         return Ok(());
-    }
+    };
     let mut both = sftp::open(7, first);
     both.extend_from_slice(&sftp::open(7, second));
     ch.data_bytes(both).await?;
@@ -256,6 +252,81 @@ async fn sftp_dup_id(
         }
     }
     Ok(())
+}
+
+/// `DIR/./././…/NAME`, `n` dots long in all: the same file under another spelling.
+fn long_spelling(path: &str, n: usize) -> Result<String> {
+    let (dir, name) = path
+        .rsplit_once('/')
+        .context("the file must be an absolute path")?;
+    Ok(format!("{dir}/{}{name}", "./".repeat(n)))
+}
+
+/// Writes 5 bytes to `path` over SFTP with request ids from `id` on, printing each reply
+/// (`open: handle|status N`, `write: …`, `close: …`), or `channel closed`.
+async fn upload(
+    ch: &mut russh::Channel<client::Msg>,
+    reader: &mut SftpReader,
+    path: &str,
+    id: u32,
+) -> Result<()> {
+    ch.data_bytes(sftp::open(id, path)).await?;
+    let Some((kind, _, rest)) = reader.next(ch).await? else {
+        println!("channel closed");
+        return Ok(());
+    };
+    println!("open: {}", describe(kind, &rest));
+    if kind != sftp::HANDLE {
+        return Ok(());
+    }
+    let handle = handle_of(&rest);
+    for (label, packet) in [
+        ("write", sftp::write(id + 1, &handle, b"owned")),
+        ("close", sftp::close(id + 2, &handle)),
+    ] {
+        ch.data_bytes(packet).await?;
+        match reader.next(ch).await? {
+            Some((kind, _, rest)) => println!("{label}: {}", describe(kind, &rest)),
+            None => {
+                println!("channel closed");
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn sftp_many_handles(
+    ch: &mut russh::Channel<client::Msg>,
+    file: &str,
+    count: usize,
+    upload_path: &str,
+) -> Result<()> {
+    let Some(mut reader) = start_sftp(ch).await? else {
+        return Ok(());
+    };
+    let mut opens = Vec::new();
+    for i in 0..count {
+        let path = long_spelling(file, 1900 + i % 50)?;
+        opens.extend(sftp::open_with(i as u32, &path, sftp::READ_ONLY));
+    }
+    ch.data_bytes(opens).await?;
+    let mut opened = 0;
+    for _ in 0..count {
+        match reader.next(ch).await? {
+            Some((sftp::HANDLE, _, _)) => opened += 1,
+            Some(_) => {}
+            None => {
+                println!("channel closed");
+                return Ok(());
+            }
+        }
+    }
+    println!("opened {opened}");
+    println!("waiting");
+    let mut line = String::new();
+    tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
+    upload(ch, &mut reader, upload_path, count as u32).await
 }
 
 async fn data_first(ch: &mut russh::Channel<client::Msg>, command: &str) -> Result<()> {
@@ -317,6 +388,9 @@ async fn run(args: &[String]) -> Result<()> {
         ("second-program", [first, path]) => second_program(&mut ch, first, path).await?,
         ("sftp-dup-id", [a, b]) => sftp_dup_id(&mut ch, a, b).await?,
         ("data-first", [command]) => data_first(&mut ch, command).await?,
+        ("sftp-many-handles", [file, count, upload_path]) => {
+            sftp_many_handles(&mut ch, file, count.parse()?, upload_path).await?
+        }
         _ => bail!("unknown scenario or arguments: {scenario} {rest:?}"),
     }
     let _ = session
