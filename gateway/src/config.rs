@@ -347,6 +347,92 @@ pub struct DatapathConfig {
     /// What a stopping daemon does with the datapath.
     #[serde(default)]
     pub on_stop: OnStop,
+    /// Drop tunnel protocols (IPIP, IPv6-in-IPv4, GRE, ESP/AH, EtherIP, L2TP, MPLS-in-IP)
+    /// and UDP to `tunnel_udp_ports` when they go to an audited destination.
+    #[serde(default = "default_true")]
+    pub drop_tunnels: bool,
+    /// UDP destination ports that carry encapsulated traffic (VXLAN, Geneve, ...).
+    #[serde(default = "default_tunnel_udp_ports")]
+    pub tunnel_udp_ports: Vec<u16>,
+    /// New audited connections per second one enrolled source address may open (0: no
+    /// limit). SYNs beyond it are dropped; the device's TCP retries.
+    #[serde(default = "default_syn_rate")]
+    pub syn_rate_per_source: u32,
+    /// How many new audited connections a source may open at once before the rate applies.
+    #[serde(default = "default_syn_burst")]
+    pub syn_burst_per_source: u32,
+    /// Start even when `pin_dir` is on a BPF filesystem that is not the host's (a private
+    /// mount namespace): its pins then die with the daemon, and with them fail-closed.
+    #[serde(default)]
+    pub allow_private_bpffs: bool,
+}
+
+impl DatapathConfig {
+    /// Takes the settings a running daemon applies at once (SIGHUP) from `next`; the
+    /// others stay as the daemon started with them.
+    pub fn take_live(&mut self, next: &DatapathConfig) {
+        self.ports = next.ports.clone();
+        self.unenrolled = next.unenrolled;
+        self.on_stop = next.on_stop;
+        self.drop_tunnels = next.drop_tunnels;
+        self.tunnel_udp_ports = next.tunnel_udp_ports.clone();
+        self.syn_rate_per_source = next.syn_rate_per_source;
+        self.syn_burst_per_source = next.syn_burst_per_source;
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.interfaces.is_empty() {
+            bail!("datapath.interfaces: name at least one device-facing interface");
+        }
+        for (i, name) in self.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                bail!("datapath.interfaces[{i}]: {name:?} is not a valid interface name");
+            }
+        }
+        ports("ports", &self.ports)?;
+        if self.ports.is_empty() {
+            bail!("datapath.ports: list at least one port");
+        }
+        ports("tunnel_udp_ports", &self.tunnel_udp_ports)?;
+        if self.intercept_mark == 0 {
+            bail!("datapath.intercept_mark: must be a non-zero bit mask");
+        }
+        if matches!(self.route_table, 0 | 253..=255) {
+            bail!(
+                "datapath.route_table: {} is reserved (unspec/default/main/local); use a dedicated table",
+                self.route_table
+            );
+        }
+        if self.syn_rate_per_source > 1_000_000 {
+            bail!("datapath.syn_rate_per_source: at most 1000000 per second (0: no limit)");
+        }
+        if self.syn_rate_per_source > 0 && self.syn_burst_per_source == 0 {
+            bail!(
+                "datapath.syn_burst_per_source: must be at least 1 while syn_rate_per_source is set"
+            );
+        }
+        if !self.pin_dir.is_absolute() {
+            bail!(
+                "datapath.pin_dir: {:?} must be an absolute path",
+                self.pin_dir
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A `[datapath]` port list: no port 0, at most `MAX_PORTS` entries.
+fn ports(key: &str, list: &[u16]) -> Result<()> {
+    if list.len() > gateway_common::MAX_PORTS as usize {
+        bail!(
+            "datapath.{key}: at most {} ports are supported",
+            gateway_common::MAX_PORTS
+        );
+    }
+    if let Some(i) = list.iter().position(|&p| p == 0) {
+        bail!("datapath.{key}[{i}]: 0 is not a valid port");
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -363,10 +449,11 @@ pub enum OnStop {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unenrolled {
-    /// Leave it alone: non-device traffic is none of sshgw's business.
-    #[default]
+    /// Leave it alone: audited servers stay reachable directly from addresses that are not
+    /// in the device table (a device's unlisted IPv6 address, a revoked device).
     Pass,
-    /// Drop it: audited servers are reachable only through sshgw.
+    /// Drop it: audited servers are reachable from device interfaces only through sshgw.
+    #[default]
     Drop,
 }
 
@@ -391,6 +478,20 @@ fn default_route_table() -> u32 {
 fn default_rule_priority() -> u32 {
     100
 }
+fn default_true() -> bool {
+    true
+}
+/// VXLAN (IANA 4789, and 8472, the Linux kernel's and flannel's default), Geneve (6081),
+/// IPsec NAT traversal (ESP in UDP, 4500) and L2TP (1701).
+fn default_tunnel_udp_ports() -> Vec<u16> {
+    vec![4789, 8472, 6081, 4500, 1701]
+}
+fn default_syn_rate() -> u32 {
+    100
+}
+fn default_syn_burst() -> u32 {
+    200
+}
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self> {
@@ -406,36 +507,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        let dp = &self.datapath;
-        if dp.interfaces.is_empty() {
-            bail!("datapath.interfaces: name at least one device-facing interface");
-        }
-        for (i, name) in dp.interfaces.iter().enumerate() {
-            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-                bail!("datapath.interfaces[{i}]: {name:?} is not a valid interface name");
-            }
-        }
-        if dp.ports.is_empty() {
-            bail!("datapath.ports: list at least one port");
-        }
-        if dp.ports.len() > gateway_common::MAX_PORTS as usize {
-            bail!(
-                "datapath.ports: at most {} ports are supported",
-                gateway_common::MAX_PORTS
-            );
-        }
-        if let Some(i) = dp.ports.iter().position(|&p| p == 0) {
-            bail!("datapath.ports[{i}]: 0 is not a valid port");
-        }
-        if dp.intercept_mark == 0 {
-            bail!("datapath.intercept_mark: must be a non-zero bit mask");
-        }
-        if matches!(dp.route_table, 0 | 253..=255) {
-            bail!(
-                "datapath.route_table: {} is reserved (unspec/default/main/local); use a dedicated table",
-                dp.route_table
-            );
-        }
+        self.datapath.validate()?;
         let ssh = &self.ssh;
         if !(1..=120).contains(&ssh.certificate_lifetime_secs) {
             bail!("ssh.certificate_lifetime_secs: must be between 1 and 120 seconds");
@@ -466,12 +538,6 @@ impl Config {
                     "ssh.reserved_principals[{i}]: {name:?} is not a principal (empty, or with whitespace or control characters)"
                 );
             }
-        }
-        if !dp.pin_dir.is_absolute() {
-            bail!(
-                "datapath.pin_dir: {:?} must be an absolute path",
-                dp.pin_dir
-            );
         }
         Ok(())
     }
@@ -520,6 +586,16 @@ mod tests {
         assert_eq!(c.datapath.ports, vec![22]);
         assert_eq!(c.datapath.intercept_mark, 0x100);
         assert_eq!(c.datapath.route_table, 100);
+        assert_eq!(c.datapath.unenrolled, Unenrolled::Drop);
+        assert!(c.datapath.drop_tunnels && !c.datapath.allow_private_bpffs);
+        assert_eq!(c.datapath.tunnel_udp_ports, [4789, 8472, 6081, 4500, 1701]);
+        assert_eq!(
+            (
+                c.datapath.syn_rate_per_source,
+                c.datapath.syn_burst_per_source
+            ),
+            (100, 200)
+        );
         assert_eq!(
             c.devices_path(),
             PathBuf::from("/var/lib/sshgw/devices.json")
@@ -564,6 +640,43 @@ mod tests {
             err("state_dir = \"/s\"\nbogus = 1\n[datapath]\ninterfaces = [\"a\"]\n")
                 .contains("bogus")
         );
+        let dp = |line: &str| {
+            err(&format!(
+                "state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\n{line}\n"
+            ))
+        };
+        assert!(dp("tunnel_udp_ports = [4789, 0]").contains("datapath.tunnel_udp_ports[1]"));
+        assert!(dp("syn_burst_per_source = 0").contains("datapath.syn_burst_per_source"));
+        assert!(dp("syn_rate_per_source = 2000000").contains("datapath.syn_rate_per_source"));
+        assert!(
+            Config::parse("state_dir = \"/s\"\n[datapath]\ninterfaces = [\"a\"]\nsyn_rate_per_source = 0\nsyn_burst_per_source = 0\ntunnel_udp_ports = []\n")
+                .is_ok(),
+            "a zero rate turns the budget off, and no UDP port is a tunnel port"
+        );
+    }
+
+    #[test]
+    fn reload_takes_only_the_live_datapath_settings() {
+        let parse = |datapath: &str| {
+            Config::parse(&format!("state_dir = \"/s\"\n[datapath]\n{datapath}\n"))
+                .unwrap()
+                .datapath
+        };
+        let mut live = parse("interfaces = [\"a\"]");
+        let next = parse(
+            "interfaces = [\"b\"]\nunenrolled = \"pass\"\ndrop_tunnels = false\ntunnel_udp_ports = [1]\n\
+             syn_rate_per_source = 7\nsyn_burst_per_source = 9\nallow_private_bpffs = true",
+        );
+        live.take_live(&next);
+        assert_eq!(live.unenrolled, Unenrolled::Pass);
+        assert!(!live.drop_tunnels);
+        assert_eq!(live.tunnel_udp_ports, [1]);
+        assert_eq!(
+            (live.syn_rate_per_source, live.syn_burst_per_source),
+            (7, 9)
+        );
+        assert_eq!(live.interfaces, ["a"], "interfaces need a restart");
+        assert!(!live.allow_private_bpffs, "only read at start");
     }
 
     #[test]

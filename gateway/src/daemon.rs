@@ -14,7 +14,7 @@ use crate::{
     ca::{Authorities, HostCerts},
     config::{Config, OnStop},
     control,
-    datapath::{self, Datapath, FlowIngress},
+    datapath::{Datapath, FlowIngress},
     listener::{self, Listeners},
     metrics::METRICS,
     notify,
@@ -268,8 +268,9 @@ async fn fail(mut tasks: Tasks, shared: &Shared, what: &str) -> Result<()> {
 }
 
 /// SIGHUP: re-reads the config file and the state files. Devices, policies, the
-/// datapath's ports and `unenrolled` switch, and the recording key file apply at once;
-/// other changed settings are reported as needing a restart. Sessions are not touched.
+/// datapath's ports and switches (`DatapathConfig::take_live`) and the recording key file
+/// apply at once; other changed settings are reported as needing a restart. Sessions are
+/// not touched.
 async fn reload(config_path: &Path, shared: &Shared) {
     notify::notify("RELOADING=1");
     let result = async {
@@ -279,9 +280,7 @@ async fn reload(config_path: &Path, shared: &Shared) {
         }
         // Take over only what a running daemon can change; the rest stays as started.
         let mut effective = shared.state.config();
-        effective.datapath.ports = next.datapath.ports.clone();
-        effective.datapath.unenrolled = next.datapath.unenrolled;
-        effective.datapath.on_stop = next.datapath.on_stop;
+        effective.datapath.take_live(&next.datapath);
         effective.drain_timeout_secs = next.drain_timeout_secs;
         effective.sessions = next.sessions.clone();
         effective.recording.public_key_file = next.recording.public_key_file.clone();
@@ -440,10 +439,7 @@ async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             }
         };
         let session_id = admission::new_session_id();
-        let ingress = admit
-            .ingress
-            .take_flow(conn.peer, conn.original_dst)
-            .and_then(datapath::interface_name);
+        let ingress = admit.ingress.take_interface(conn.peer, conn.original_dst);
         tracing::info!(
             session = %session_id,
             peer = %conn.peer,

@@ -342,6 +342,15 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthRepo
             &series,
         );
     }
+    counter(
+        &mut out,
+        "sshgw_datapath_interface_check_errors_total",
+        "Interface lookups that failed without an answer (e.g. EMFILE); the program stayed attached.",
+        &[(
+            "",
+            crate::datapath::INTERFACE_CHECK_ERRORS.load(Ordering::Relaxed),
+        )],
+    );
     m.certificate_mint.render(
         &mut out,
         "sshgw_certificate_mint_seconds",

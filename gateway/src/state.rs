@@ -20,8 +20,8 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    config::{Config, PrincipalMode, Unenrolled},
-    datapath::{Datapath, MatchSets},
+    config::{Config, PrincipalMode},
+    datapath::{Datapath, MatchSets, Switches},
     devices::{Device, DeviceTable},
     identity::IdentityIndex,
     json_file,
@@ -128,7 +128,7 @@ pub fn match_sets(config: &Config, devices: &DeviceTable, policies: &PolicySet) 
         enrolled: devices.addresses().collect(),
         audited: policies.audited_networks().map(|n| n.0).collect(),
         ports: config.datapath.ports.iter().copied().collect(),
-        unenrolled_drop: config.datapath.unenrolled == Unenrolled::Drop,
+        switches: Switches::of(&config.datapath),
     }
 }
 

@@ -31,7 +31,7 @@
 //! let out = gw.cli(&["sessions", "kill", id])?; // a Finished: inspect the exit code
 //! let live = gw.sessions(&["--active"])?;
 //! gw.write_policies(&policies)?; gw.sighup()?; // edit on disk + reload
-//! // Config knobs: GatewayConfig::default().datapath("unenrolled = \"drop\"")
+//! // Config knobs: GatewayConfig::default().datapath("unenrolled = \"pass\"").nofile(1024)
 //! //     .control_group("nogroup").interfaces(&["r0", "r2"]).policies(p).devices(d)
 //! ```
 
@@ -201,6 +201,12 @@ pub struct GatewayConfig {
     pub log_format: String,
     /// Extra environment for the daemon (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// `RLIMIT_NOFILE` (soft and hard) of the daemon, like `prlimit --nofile=N:N`; None:
+    /// inherited.
+    pub nofile: Option<u64>,
+    /// Start the daemon with `ip netns exec` (a private mount namespace with a fresh
+    /// `/sys`) instead of entering only the network namespace.
+    pub ip_netns_exec: bool,
 }
 
 impl Default for GatewayConfig {
@@ -217,6 +223,8 @@ impl Default for GatewayConfig {
             extra_toml: String::new(),
             log_format: "text".to_owned(),
             env: Vec::new(),
+            nofile: None,
+            ip_netns_exec: false,
         }
     }
 }
@@ -255,6 +263,12 @@ impl GatewayConfig {
     /// Replaces `[datapath] interfaces`.
     pub fn interfaces(mut self, names: &[&str]) -> Self {
         self.interfaces = names.iter().map(|n| (*n).to_owned()).collect();
+        self
+    }
+
+    /// Runs the daemon with `RLIMIT_NOFILE` = `limit` (soft and hard).
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
         self
     }
 }
@@ -306,6 +320,14 @@ pub struct Counters {
     pub dropped_while_down: u64,
     pub dropped_assign_failed: u64,
     pub dropped_unenrolled: u64,
+    pub dropped_evasive: u64,
+    pub dropped_syn_budget: u64,
+    pub intercepted_syncookie_acks: u64,
+    pub dropped_tunnel_ipip: u64,
+    pub dropped_tunnel_gre: u64,
+    pub dropped_tunnel_ipsec: u64,
+    pub dropped_tunnel_other: u64,
+    pub dropped_tunnel_udp: u64,
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
 }
@@ -560,11 +582,21 @@ impl<'a> Gateway<'a> {
         if self.is_running() {
             bail!("the daemon is already running");
         }
-        let mut cmd = self.command(&["run", "--config"]);
-        cmd.arg(&self.config_path)
+        let mut cmd = if self.cfg.ip_netns_exec {
+            let mut cmd = self.lab.rtr.exec_command(&self.bin);
+            cmd.env("RUST_BACKTRACE", "1");
+            cmd
+        } else {
+            self.command(&[])
+        };
+        cmd.args(["run", "--config"])
+            .arg(&self.config_path)
             .args(["--log-format", &self.cfg.log_format]);
         for (k, v) in &self.cfg.env {
             cmd.env(k, v);
+        }
+        if let Some(limit) = self.cfg.nofile {
+            set_nofile(&mut cmd, limit);
         }
         let proc = self
             .lab
@@ -765,6 +797,24 @@ impl<'a> Gateway<'a> {
             );
         }
         Ok(found)
+    }
+}
+
+/// Sets `RLIMIT_NOFILE` (soft and hard) for `cmd` before it executes.
+pub fn set_nofile(cmd: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let rlim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setrlimit is async-signal-safe; `rlim` is copied into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

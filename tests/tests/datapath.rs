@@ -156,10 +156,11 @@ fn enrolled_to_not_audited_is_bypassed(lab: &Lab, fam: Family) -> Result<()> {
 }
 family_tests!(enrolled_to_not_audited_is_bypassed => bypass_enrolled_to_not_audited_v4, bypass_enrolled_to_not_audited_v6);
 
-/// 3. Non-enrolled source -> audited server is forwarded untouched.
+/// 3. Non-enrolled source -> audited server is forwarded untouched with
+///    `unenrolled = "pass"` (the default is `drop`, see `policy.rs` test 8).
 fn not_enrolled_to_audited_is_bypassed(lab: &Lab, fam: Family) -> Result<()> {
     let _sshd = lab.start_sshd_for_gateway()?;
-    let mut gw = lab.gateway()?;
+    let mut gw = lab.gateway_with(GatewayConfig::default().datapath("unenrolled = \"pass\""))?;
     gw.start()?;
 
     expect_client(

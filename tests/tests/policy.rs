@@ -280,7 +280,11 @@ family_tests!(live_push_switches_interception => live_push_switches_interception
 ///     socket.
 fn established_sessions_survive_push_without_early_demux(lab: &Lab, fam: Family) -> Result<()> {
     lab.rtr.sysctl("net.ipv4.ip_early_demux", "0")?;
-    let (_sshd, gw) = start(lab, GatewayConfig::default())?;
+    // The deleted device's address must then be forwarded (checked below), not dropped.
+    let (_sshd, gw) = start(
+        lab,
+        GatewayConfig::default().datapath("unenrolled = \"pass\""),
+    )?;
     let open = |what: &str| -> Result<SshSession> {
         let mut s = to_audited_fam(lab, fam).session("echo $SSH_CONNECTION; exec cat")?;
         let conn = SshConnection::parse(&s.read_line(SESSION_TIMEOUT)?)?;

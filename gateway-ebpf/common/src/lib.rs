@@ -13,23 +13,71 @@ pub mod maps {
     pub const AUDITED_V4: &str = "AUDITED_V4";
     /// Audited destinations (IPv6 LPM trie).
     pub const AUDITED_V6: &str = "AUDITED_V6";
-    /// Intercepted TCP destination ports: an array with one [`super::PortSet`] at index 0.
+    /// Port sets, an array of [`super::PortSet`]: intercepted TCP destination ports at
+    /// [`super::PORTS_INTERCEPT`], encapsulation UDP ports at [`super::PORTS_TUNNEL_UDP`].
     pub const PORTS: &str = "PORTS";
     /// The transparent listeners, indexed by [`super::LISTENER_V4`]/[`super::LISTENER_V6`].
     pub const LISTENER: &str = "LISTENER";
     /// Per-CPU counters, indexed by [`super::Counter`].
     pub const STATS: &str = "STATS";
-    /// Runtime switches, slot 0: [`super::Settings`] flags.
+    /// Runtime switches: one [`super::Settings`] at index 0.
     pub const SETTINGS: &str = "SETTINGS";
     /// Ingress interface of each intercepted SYN, keyed by [`super::FlowKey`] (LRU).
     pub const FLOW_INGRESS: &str = "FLOW_INGRESS";
+    /// Per-source SYN budget: the theoretical arrival time (ns) of the next SYN a source may
+    /// send, keyed by [`super::SourceKey`] (LRU; GCRA, see [`super::Settings`]).
+    pub const SYN_BUDGET: &str = "SYN_BUDGET";
 }
 
-/// Bits of the SETTINGS map's slot 0.
+/// Bits of [`Settings::flags`].
 pub mod settings {
     /// SSH from a source that is not enrolled to an audited destination is dropped.
     pub const UNENROLLED_DROP: u32 = 1;
+    /// Tunnel protocols and encapsulation UDP ports toward audited destinations are dropped.
+    pub const TUNNELS_DROP: u32 = 2;
 }
+
+/// The runtime switches, the single value of the SETTINGS array.
+///
+/// The SYN budget is a generic cell rate algorithm per enrolled source address: a source
+/// may send a new audited SYN when the time it is due (kept in SYN_BUDGET) is at most
+/// `syn_tolerance_ns` ahead of now; each admitted SYN moves it `syn_interval_ns` further.
+/// That allows a burst of `tolerance / interval + 1` SYNs and then one per interval.
+/// `syn_interval_ns == 0` turns the budget off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    pub flags: u32,
+    pub _reserved: u32,
+    pub syn_interval_ns: u64,
+    pub syn_tolerance_ns: u64,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Settings {}
+
+/// A source address, the key of SYN_BUDGET. IPv4 addresses use the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SourceKey {
+    /// 4 or 6.
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SourceKey {}
+
+/// SYN_BUDGET entries. An idle source that is evicted only gets a full budget again, and
+/// only enrolled sources are ever inserted.
+pub const MAX_SYN_SOURCES: u32 = 65_536;
+
+/// Index in PORTS of the intercepted TCP destination ports.
+pub const PORTS_INTERCEPT: u32 = 0;
+/// Index in PORTS of the UDP destination ports that carry encapsulated traffic (VXLAN,
+/// Geneve, ...), dropped toward audited destinations when tunnels are dropped.
+pub const PORTS_TUNNEL_UDP: u32 = 1;
+pub const PORT_SETS: u32 = 2;
 
 /// A flow as the TC program saw its SYN: the key of FLOW_INGRESS. Addresses and ports are
 /// in network byte order; IPv4 addresses use the first 4 bytes.
@@ -142,10 +190,25 @@ pub enum Counter {
     /// fragments (a SYN could be completed behind our back) and IPv6 extension-header
     /// chains too long to walk.
     DroppedEvasive = 7,
+    /// New audited SYNs from an enrolled source beyond its SYN budget.
+    DroppedSynBudget = 8,
+    /// Handshake ACKs answering a SYN cookie of the listener, handed to it (they have no
+    /// socket yet, and would otherwise be forwarded to the real server).
+    InterceptedSyncookieAck = 9,
+    /// IP-in-IP (4) and IPv6-in-IP (41) toward audited destinations.
+    DroppedTunnelIpip = 10,
+    /// GRE (47) toward audited destinations.
+    DroppedTunnelGre = 11,
+    /// ESP (50) and, for IPv4, AH (51) toward audited destinations.
+    DroppedTunnelIpsec = 12,
+    /// EtherIP (97), L2TPv3 (115) and MPLS-in-IP (137) toward audited destinations.
+    DroppedTunnelOther = 13,
+    /// UDP to an encapsulation port (`[datapath] tunnel_udp_ports`) of an audited destination.
+    DroppedTunnelUdp = 14,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::InterceptedSyn,
         Counter::InterceptedPacket,
@@ -155,6 +218,13 @@ impl Counter {
         Counter::DroppedAssignFailed,
         Counter::DroppedUnenrolled,
         Counter::DroppedEvasive,
+        Counter::DroppedSynBudget,
+        Counter::InterceptedSyncookieAck,
+        Counter::DroppedTunnelIpip,
+        Counter::DroppedTunnelGre,
+        Counter::DroppedTunnelIpsec,
+        Counter::DroppedTunnelOther,
+        Counter::DroppedTunnelUdp,
     ];
 
     /// Stable snake_case name used in `sshgw status --json` and metrics.
@@ -168,6 +238,13 @@ impl Counter {
             Counter::DroppedAssignFailed => "dropped_assign_failed",
             Counter::DroppedUnenrolled => "dropped_unenrolled",
             Counter::DroppedEvasive => "dropped_evasive",
+            Counter::DroppedSynBudget => "dropped_syn_budget",
+            Counter::InterceptedSyncookieAck => "intercepted_syncookie_acks",
+            Counter::DroppedTunnelIpip => "dropped_tunnel_ipip",
+            Counter::DroppedTunnelGre => "dropped_tunnel_gre",
+            Counter::DroppedTunnelIpsec => "dropped_tunnel_ipsec",
+            Counter::DroppedTunnelOther => "dropped_tunnel_other",
+            Counter::DroppedTunnelUdp => "dropped_tunnel_udp",
         }
     }
 }

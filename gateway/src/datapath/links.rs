@@ -3,8 +3,17 @@
 //! A pinned link keeps the program attached after a crash (the program then drops audited
 //! SYNs because the SOCKMAP is empty). A starting daemon swaps its program into the
 //! existing link atomically (`bpf_link_update`), so there is no moment without a program.
+//!
+//! A link is given up only on a definite answer from the kernel: the interface name is
+//! unknown (`ENODEV`) or resolves to another device, or the link itself is defunct
+//! (`ENOLINK`). Any other failure (say `EMFILE` while a device floods the daemon with
+//! connections) leaves the program attached.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{
@@ -12,6 +21,7 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions},
 };
+use nix::errno::Errno;
 
 /// One attached interface.
 #[derive(Debug)]
@@ -28,11 +38,13 @@ fn pin_path(links_dir: &Path, interface: &str) -> PathBuf {
     links_dir.join(interface)
 }
 
-/// Attaches (or takes over) the program on `interface` and pins the link.
+/// Attaches (or takes over) the program on `interface`, whose index is `ifindex`, and pins
+/// the link.
 pub fn attach(
     prog: &mut SchedClassifier,
     links_dir: &Path,
     interface: &str,
+    ifindex: u32,
 ) -> Result<AttachedLink> {
     let pin = pin_path(links_dir, interface);
     let link_id = match take_over(prog, &pin, interface)? {
@@ -55,14 +67,14 @@ pub fn attach(
             let pinned = fd
                 .pin(&pin)
                 .with_context(|| format!("cannot pin link at {}", pin.display()))?;
-            return describe(FdLink::from(pinned), interface, pin);
+            return describe(FdLink::from(pinned), interface, ifindex, pin);
         }
     };
     let link = prog.take_link(link_id)?;
     let fd: FdLink = link
         .try_into()
         .context("taken-over link is not a TCX link")?;
-    describe(fd, interface, pin)
+    describe(fd, interface, ifindex, pin)
 }
 
 /// Swaps our program into a link pinned by an earlier daemon. `None` when there is no
@@ -87,23 +99,43 @@ fn take_over(
             tracing::info!(interface, "took over the pinned datapath link");
             Ok(Some(id))
         }
-        Err(e) => {
-            // A link whose interface was deleted cannot be updated; start afresh.
+        // A link whose interface was deleted cannot be updated (ENOLINK); start afresh.
+        Err(e) if os_error(&e) == Some(Errno::ENOLINK as i32) => {
             tracing::warn!(interface, error = %e, "pinned link is defunct; attaching a new one");
             std::fs::remove_file(pin)
                 .with_context(|| format!("cannot remove stale pin {}", pin.display()))?;
             Ok(None)
         }
+        // Anything else says nothing about the link: it stays pinned, running the old
+        // program, which still fails closed.
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot swap the new program into the pinned link {} (it stays attached)",
+                pin.display()
+            )
+        }),
     }
 }
 
-fn describe(fd: FdLink, interface: &str, pin: PathBuf) -> Result<AttachedLink> {
+/// The OS error code somewhere in an error's chain of sources.
+fn os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn describe(fd: FdLink, interface: &str, ifindex: u32, pin: PathBuf) -> Result<AttachedLink> {
     let info = fd.info().context("cannot read link info")?;
     // The pin keeps the link alive; our fd is no longer needed.
     drop(fd);
     Ok(AttachedLink {
         interface: interface.to_string(),
-        ifindex: ifindex(interface).unwrap_or(0),
+        ifindex,
         link_id: info.id(),
         program_id: info.program_id(),
         pin,
@@ -172,7 +204,68 @@ fn link_type(interface: &str) -> Option<u16> {
     Some(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
-/// The current index of `interface`, if it exists.
-pub fn ifindex(interface: &str) -> Option<u32> {
-    nix::net::if_::if_nametoindex(interface).ok()
+/// What the kernel says about an interface name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// It exists, with this index.
+    Index(u32),
+    /// "No such device": the name is unknown in this network namespace.
+    Gone,
+    /// The lookup failed for another reason (`EMFILE`: no descriptor for the ioctl socket,
+    /// `ENOMEM`, ...), which says nothing about the interface.
+    Unknown(Errno),
+}
+
+/// Looks `interface` up (`if_nametoindex`, an ioctl on a fresh socket).
+pub fn presence(interface: &str) -> Presence {
+    match nix::net::if_::if_nametoindex(interface) {
+        Ok(index) => Presence::Index(index),
+        Err(Errno::ENODEV) => Presence::Gone,
+        Err(e) => Presence::Unknown(e),
+    }
+}
+
+/// The names of the attached interfaces by index, kept by the datapath as it attaches and
+/// detaches them. Intercepted flows only ever arrive on those, so naming their ingress needs no
+/// syscall (and no file descriptor, which a flood may have used up).
+#[derive(Debug, Clone, Default)]
+pub struct AttachedNames(Arc<RwLock<HashMap<u32, String>>>);
+
+impl AttachedNames {
+    pub fn of(links: &[AttachedLink]) -> Self {
+        let names = AttachedNames::default();
+        names.set(links);
+        names
+    }
+
+    pub fn set(&self, links: &[AttachedLink]) {
+        let map = links
+            .iter()
+            .map(|l| (l.ifindex, l.interface.clone()))
+            .collect();
+        *self.0.write().expect("interface names lock poisoned") = map;
+    }
+
+    /// The name of interface `ifindex`: an attached one, else asked of the kernel.
+    pub fn name(&self, ifindex: u32) -> Option<String> {
+        let known = self
+            .0
+            .read()
+            .expect("interface names lock poisoned")
+            .get(&ifindex)
+            .cloned();
+        known.or_else(|| interface_name(ifindex))
+    }
+}
+
+/// The name of interface `ifindex` in this network namespace.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
+    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if ptr.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }

@@ -17,9 +17,13 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, SockMap, lpm_trie::Key},
 };
 use gateway_common::{
-    Counter, FlowKey, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, PortSet, maps,
+    Counter, FlowKey, Ipv4Bytes, Ipv6Bytes, LISTENER_V4, LISTENER_V6, PORTS_INTERCEPT,
+    PORTS_TUNNEL_UDP, PortSet, Settings, maps, settings,
 };
 use ipnet::IpNet;
+
+use super::links::AttachedNames;
+use crate::config::{DatapathConfig, Unenrolled};
 
 /// What the TC program matches on: enrolled sources, audited destinations, ports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,8 +31,65 @@ pub struct MatchSets {
     pub enrolled: HashSet<IpAddr>,
     pub audited: HashSet<IpNet>,
     pub ports: HashSet<u16>,
+    pub switches: Switches,
+}
+
+/// The program's runtime switches, from `[datapath]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Switches {
     /// Drop SSH from sources that are not enrolled to audited destinations.
     pub unenrolled_drop: bool,
+    /// Drop tunnel protocols and encapsulation UDP toward audited destinations.
+    pub drop_tunnels: bool,
+    pub tunnel_udp_ports: HashSet<u16>,
+    /// New audited flows per second per source (0: no budget), and the burst allowed.
+    pub syn_rate: u32,
+    pub syn_burst: u32,
+}
+
+impl Switches {
+    pub fn of(cfg: &DatapathConfig) -> Self {
+        Switches {
+            unenrolled_drop: cfg.unenrolled == Unenrolled::Drop,
+            drop_tunnels: cfg.drop_tunnels,
+            tunnel_udp_ports: cfg.tunnel_udp_ports.iter().copied().collect(),
+            syn_rate: cfg.syn_rate_per_source,
+            syn_burst: cfg.syn_burst_per_source,
+        }
+    }
+
+    /// The SETTINGS value: flags, and the SYN budget as a cell rate (see [`Settings`]).
+    pub fn settings(&self) -> Settings {
+        let mut flags = 0;
+        if self.unenrolled_drop {
+            flags |= settings::UNENROLLED_DROP;
+        }
+        if self.drop_tunnels {
+            flags |= settings::TUNNELS_DROP;
+        }
+        let (syn_interval_ns, syn_tolerance_ns) = match self.syn_rate {
+            0 => (0, 0),
+            rate => {
+                let interval = 1_000_000_000 / u64::from(rate);
+                (interval, interval * u64::from(self.syn_burst.max(1) - 1))
+            }
+        };
+        Settings {
+            flags,
+            _reserved: 0,
+            syn_interval_ns,
+            syn_tolerance_ns,
+        }
+    }
+}
+
+/// A port list as the bitmap the program tests.
+fn port_set(ports: &HashSet<u16>) -> PortSet {
+    let mut set = PortSet::EMPTY;
+    for port in ports {
+        set.insert(*port);
+    }
+    set
 }
 
 impl MatchSets {
@@ -124,27 +185,23 @@ pub fn sync(ebpf: &mut Ebpf, sets: &MatchSets) -> Result<()> {
         };
     }
     // Order matters only for a shrinking set; every step keeps the program consistent.
-    let mut ports = PortSet::EMPTY;
-    for port in &sets.ports {
-        ports.insert(*port);
-    }
     let mut port_map: Array<_, PortSet> = Array::try_from(map_mut(ebpf, maps::PORTS)?)?;
-    // One value, replaced whole: each port's bit flips on its own.
-    port_map
-        .set(0, ports, 0)
-        .context("cannot update map PORTS")?;
+    // Each value is replaced whole: each port's bit flips on its own.
+    for (index, ports) in [
+        (PORTS_INTERCEPT, &sets.ports),
+        (PORTS_TUNNEL_UDP, &sets.switches.tunnel_udp_ports),
+    ] {
+        port_map
+            .set(index, port_set(ports), 0)
+            .context("cannot update map PORTS")?;
+    }
     sync_lpm(ebpf, maps::AUDITED_V4, &audited_v4)?;
     sync_lpm(ebpf, maps::AUDITED_V6, &audited_v6)?;
     sync_hash(ebpf, maps::ENROLLED_V4, &enrolled_v4)?;
     sync_hash(ebpf, maps::ENROLLED_V6, &enrolled_v6)?;
-    let mut settings: Array<_, u32> = Array::try_from(map_mut(ebpf, maps::SETTINGS)?)?;
-    let flags = if sets.unenrolled_drop {
-        gateway_common::settings::UNENROLLED_DROP
-    } else {
-        0
-    };
+    let mut settings: Array<_, Settings> = Array::try_from(map_mut(ebpf, maps::SETTINGS)?)?;
     settings
-        .set(0, flags, 0)
+        .set(0, sets.switches.settings(), 0)
         .context("cannot update map SETTINGS")?;
     Ok(())
 }
@@ -152,16 +209,24 @@ pub fn sync(ebpf: &mut Ebpf, sets: &MatchSets) -> Result<()> {
 /// Where intercepted SYNs came in, recorded by the program per flow.
 pub struct FlowIngress {
     map: std::sync::Mutex<HashMap<MapData, FlowKey, u32>>,
+    names: AttachedNames,
 }
 
 impl FlowIngress {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    pub fn take(ebpf: &mut Ebpf, names: AttachedNames) -> Result<Self> {
         let map = ebpf
             .take_map(maps::FLOW_INGRESS)
             .context("eBPF object has no FLOW_INGRESS map")?;
         Ok(FlowIngress {
             map: std::sync::Mutex::new(HashMap::try_from(map)?),
+            names,
         })
+    }
+
+    /// The name of the interface the flow `peer` → `dst` came in on, consumed on read.
+    pub fn take_interface(&self, peer: SocketAddr, dst: SocketAddr) -> Option<String> {
+        self.take_flow(peer, dst)
+            .and_then(|ifindex| self.names.name(ifindex))
     }
 
     /// The ingress ifindex of the flow `peer` → `dst`, consumed on read.
@@ -242,4 +307,41 @@ pub fn pinned_counters(maps_dir: &Path) -> Result<Counters> {
         .with_context(|| format!("cannot open pinned map {}", path.display()))?;
     let map = Map::from_map_data(data)?;
     sum_counters(&PerCpuArray::<_, u64>::try_from(map)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syn_budget_is_a_cell_rate() {
+        let switches = |syn_rate, syn_burst| Switches {
+            syn_rate,
+            syn_burst,
+            ..Default::default()
+        };
+        let s = switches(100, 200).settings();
+        // One SYN per 10 ms, 199 intervals of tolerance: 200 at once, then 100 per second.
+        assert_eq!(
+            (s.syn_interval_ns, s.syn_tolerance_ns),
+            (10_000_000, 1_990_000_000)
+        );
+        let s = switches(1, 1).settings();
+        assert_eq!((s.syn_interval_ns, s.syn_tolerance_ns), (1_000_000_000, 0));
+        assert_eq!(switches(0, 5).settings().syn_interval_ns, 0, "0: no budget");
+    }
+
+    #[test]
+    fn flags_follow_the_switches() {
+        let s = Switches {
+            unenrolled_drop: true,
+            drop_tunnels: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            s.settings().flags,
+            settings::UNENROLLED_DROP | settings::TUNNELS_DROP
+        );
+        assert_eq!(Switches::default().settings().flags, 0);
+    }
 }

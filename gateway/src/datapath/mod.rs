@@ -2,14 +2,19 @@
 //! and links, and the policy routing that delivers intercepted packets locally.
 
 mod bpffs;
+#[cfg(test)]
+mod classifier_tests;
 mod links;
 pub mod maps;
 mod object;
 pub mod routing;
 
 use std::{
+    collections::HashMap,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -18,8 +23,16 @@ use gateway_common::{INTERCEPT_MARK_GLOBAL, programs};
 use serde::Serialize;
 
 use crate::config::DatapathConfig;
-pub use maps::{Counters, FlowIngress, MatchSets};
+use links::{AttachedNames, Presence};
+pub use maps::{Counters, FlowIngress, MatchSets, Switches};
 use routing::Routing;
+
+/// Interface checks that failed without a definite answer (the program stayed attached);
+/// exported as `sshgw_datapath_interface_check_errors_total`.
+pub static INTERFACE_CHECK_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// How often a failing interface check is logged, per interface.
+const CHECK_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running datapath owned by this daemon.
 pub struct Datapath {
@@ -28,6 +41,10 @@ pub struct Datapath {
     links: Vec<links::AttachedLink>,
     routing: Routing,
     pin_dir: PathBuf,
+    /// Per interface: when a failed check was last logged, and how many failed since.
+    check_log: HashMap<String, (Option<Instant>, u64)>,
+    /// Names of the attached interfaces by index, shared with [`FlowIngress`].
+    names: AttachedNames,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +121,7 @@ impl Datapath {
         listener_v6: Option<&impl AsRawFd>,
     ) -> Result<Self> {
         bpffs::ensure(&cfg.pin_dir)?;
+        bpffs::check_host_shared(&cfg.pin_dir, cfg.allow_private_bpffs)?;
         let maps_pins = maps_dir(&cfg.pin_dir)?;
         for dir in [
             cfg.pin_dir.clone(),
@@ -134,12 +152,23 @@ impl Datapath {
         }
         let mut attached = Vec::new();
         for name in &cfg.interfaces {
-            if links::ifindex(name).is_none() {
-                tracing::warn!(interface = %name, "datapath interface does not exist yet; it is attached when it appears");
-                continue;
-            }
+            let index = match links::presence(name) {
+                Presence::Index(index) => index,
+                Presence::Gone => {
+                    tracing::warn!(interface = %name, "datapath interface does not exist yet; it is attached when it appears");
+                    continue;
+                }
+                Presence::Unknown(errno) => {
+                    anyhow::bail!("cannot look up datapath interface {name}: {errno}")
+                }
+            };
             let variant = links::program_for(name);
-            let link = links::attach(program(&mut ebpf, variant)?, &links_dir(&cfg.pin_dir), name)?;
+            let link = links::attach(
+                program(&mut ebpf, variant)?,
+                &links_dir(&cfg.pin_dir),
+                name,
+                index,
+            )?;
             tracing::info!(
                 interface = %name,
                 link_id = link.link_id,
@@ -162,23 +191,38 @@ impl Datapath {
             std::fs::remove_file(&stale)
                 .with_context(|| format!("cannot remove {}", stale.display()))?;
         }
+        let names = AttachedNames::of(&attached);
         Ok(Datapath {
             ebpf,
             sets: sets.clone(),
             links: attached,
             routing,
             pin_dir: cfg.pin_dir.clone(),
+            check_log: HashMap::new(),
+            names,
         })
     }
 
     /// Keeps every configured interface attached: an interface that was deleted and
     /// re-created (`wg-quick down/up`) has a new index and a defunct link, and one that
     /// did not exist at start may have appeared. Called every second by the daemon.
+    ///
+    /// A link is detached only when the kernel says the name is unknown (`ENODEV`) or now
+    /// belongs to another device. A lookup that fails otherwise (`EMFILE` while a device
+    /// floods the daemon with connections) keeps the program attached: it is logged at
+    /// most once a minute per interface and counted in [`INTERFACE_CHECK_ERRORS`].
     pub fn reconcile(&mut self, interfaces: &[String]) -> Result<()> {
         let links_dir = links_dir(&self.pin_dir);
         for name in interfaces {
-            let index = links::ifindex(name);
             let slot = self.links.iter().position(|l| &l.interface == name);
+            let index = match links::presence(name) {
+                Presence::Index(index) => Some(index),
+                Presence::Gone => None,
+                Presence::Unknown(errno) => {
+                    self.check_failed(name, errno, slot.is_some());
+                    continue;
+                }
+            };
             if let (Some(index), Some(pos)) = (index, slot)
                 && self.links[pos].ifindex == index
             {
@@ -186,17 +230,44 @@ impl Datapath {
             }
             if let Some(pos) = slot {
                 let old = self.links.remove(pos);
-                tracing::warn!(interface = %name, "datapath interface went away or was re-created");
+                let why = match index {
+                    None => "the datapath interface is gone (no such device); detaching its link",
+                    Some(_) => "the datapath interface was re-created (new index); attaching anew",
+                };
+                tracing::warn!(interface = %name, "{why}");
                 old.detach()?;
             }
-            if index.is_some() {
+            if let Some(index) = index {
                 let variant = links::program_for(name);
-                let link = links::attach(program(&mut self.ebpf, variant)?, &links_dir, name)?;
+                let prog = program(&mut self.ebpf, variant)?;
+                let link = links::attach(prog, &links_dir, name, index)?;
                 tracing::info!(interface = %name, link_id = link.link_id, program = variant, "datapath attached to the interface");
                 self.links.push(link);
             }
+            self.names.set(&self.links);
         }
         Ok(())
+    }
+
+    /// Counts a failed interface check and logs it, at most once per
+    /// [`CHECK_LOG_INTERVAL`] and interface.
+    fn check_failed(&mut self, name: &str, errno: nix::errno::Errno, attached: bool) {
+        INTERFACE_CHECK_ERRORS.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let (last, failed) = self.check_log.entry(name.to_owned()).or_default();
+        *failed += 1;
+        if last.is_some_and(|at| now.duration_since(at) < CHECK_LOG_INTERVAL) {
+            return;
+        }
+        tracing::warn!(
+            interface = %name,
+            error = %errno,
+            failed_checks = *failed,
+            attached,
+            "cannot look up the datapath interface; keeping its program attached"
+        );
+        *last = Some(now);
+        *failed = 0;
     }
 
     /// Replaces the match sets (enrolled sources, audited destinations, ports). On failure
@@ -215,7 +286,7 @@ impl Datapath {
 
     /// The per-flow ingress interface records (taken once, shared with the listeners).
     pub fn flow_ingress(&mut self) -> Result<FlowIngress> {
-        FlowIngress::take(&mut self.ebpf)
+        FlowIngress::take(&mut self.ebpf, self.names.clone())
     }
 
     pub fn counters(&self) -> Result<Counters> {
@@ -242,6 +313,8 @@ impl Datapath {
             links,
             routing,
             pin_dir,
+            check_log: _,
+            names: _,
         } = self;
         for link in links {
             link.detach()?;
@@ -312,16 +385,4 @@ pub fn pinned_state(pin_dir: &Path) -> Result<Option<PinnedState>> {
         interfaces,
         counters,
     }))
-}
-
-/// The name of interface `ifindex` in this network namespace.
-pub fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
-    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if ptr.is_null() {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }

@@ -158,6 +158,9 @@ impl<'a> BenchEnv<'a> {
         for line in &opts.gateway_ssh {
             cfg = cfg.ssh(line);
         }
+        // The concurrency benchmark opens thousands of sessions from the one lab device:
+        // measure the gateway, not the per-source SYN budget that would pace them.
+        cfg = cfg.datapath("syn_rate_per_source = 0");
         if opts.remove_on_stop {
             cfg = cfg.datapath("on_stop = \"remove\"");
         }
