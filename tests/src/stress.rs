@@ -127,3 +127,17 @@ pub fn metric(gw: &Gateway<'_>, name: &str) -> Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("no sample {name} in /metrics"))?;
     Ok(line[prefix.len()..].trim().parse()?)
 }
+
+/// The sum over every labelled sample of `name` in the daemon's `/metrics` (0 if none).
+pub fn metric_labelled(gw: &Gateway<'_>, name: &str) -> Result<f64> {
+    let reply = gw.api_bytes("GET", "/metrics", None)?;
+    anyhow::ensure!(reply.status == 200, "GET /metrics: {reply:?}");
+    let prefix = format!("{name}{{");
+    let mut sum = 0.0;
+    for line in reply.body.lines().filter(|l| l.starts_with(&prefix)) {
+        if let Some(value) = line.rsplit(' ').next() {
+            sum += value.parse::<f64>()?;
+        }
+    }
+    Ok(sum)
+}
