@@ -106,7 +106,7 @@ fn interface_check_errors(gw: &Gateway<'_>) -> Result<u64> {
 const DAEMON_NOFILE: u64 = 1024;
 /// Connections the flood holds open: more than the daemon can have descriptors for.
 const FLOOD_CONNECTIONS: &str = "1500";
-/// How long the flood may take to exhaust the daemon's descriptors.
+/// How long the flood may take to fill the daemon's descriptor table.
 const EXHAUSTION_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// `[limits]` that let one device hold as many connections as it likes, for as long as it
