@@ -106,24 +106,33 @@ fn interface_check_errors(gw: &Gateway<'_>) -> Result<u64> {
 const DAEMON_NOFILE: u64 = 1024;
 /// Connections the flood holds open: more than the daemon can have descriptors for.
 const FLOOD_CONNECTIONS: &str = "1500";
-/// How long the flood may take to exhaust the daemon's descriptors.
+/// How long the flood may take to fill the daemon's descriptor table.
 const EXHAUSTION_TIMEOUT: Duration = Duration::from_secs(150);
 
-/// `[limits]` that let one device hold as many connections as it likes. The default caps
-/// (16 pre-auth connections per device, 256 in all) stop one device long before the
-/// daemon runs out of descriptors; raised, the one lab device stands in for the many
-/// devices (or the leak) that can still get it there.
-const FLOOD_LIMITS: &str = "[limits]\nmax_preauth = 8192\nmax_preauth_per_device = 8192\nmax_connections_per_device = 8192\n";
+/// `[limits]` that let one device hold as many connections as it likes, for as long as it
+/// likes. The default caps (16 pre-auth connections per device, 256 in all, 20 s to log
+/// in) and the SYN budget stop one device long before the daemon runs out of descriptors;
+/// lifted, the one lab device stands in for the many devices (or the leak) that can still
+/// get it there.
+const FLOOD_LIMITS: &str = "[limits]\nmax_preauth = 8192\nmax_preauth_per_device = 8192\n\
+                            max_connections_per_device = 8192\npreauth_grace_secs = 600\n";
 
 /// Log lines of a daemon giving up an interface's link (this and earlier versions).
 const DETACH_LOGS: [&str; 3] = ["went away", "interface is gone", "was re-created"];
 /// The log line of a failed interface lookup that kept the program attached.
 const KEPT_LOG: &str = "keeping its program attached";
+/// The daemon's log line when its descriptor table is full.
+const ACCEPT_EMFILE: &str = "Too many open files";
 
-/// Starts the connection flood from the enrolled address and waits until the daemon has
-/// failed an interface check for want of descriptors. Fails at once if the daemon gives up
-/// the link or a packet from the device reaches the server's port 22. Returns the running
-/// flood and the daemon's log line.
+/// Starts the connection flood from the enrolled address and waits until the daemon's
+/// descriptor table is full (its accepts fail with EMFILE). The daemon then hovers at its
+/// limit: each accept takes the last free descriptor for an instant and the connection is
+/// closed again, so whether its once-a-second interface check lands in such an instant is
+/// luck. To make it certain, the soft limit of the running daemon is pinned to the size
+/// its table has now (`prlimit`, as if one more connection were open), and the test waits
+/// for the daemon's next check. Fails at once if the daemon gives up the link or a packet
+/// from the device reaches the server's port 22. Returns the running flood and the
+/// daemon's log line.
 fn flood_until_exhausted(
     lab: &Lab,
     fam: Family,
@@ -134,34 +143,83 @@ fn flood_until_exhausted(
     let mut cmd = attack(lab, &["connections", &src, &dst, "22", FLOOD_CONNECTIONS]);
     set_nofile(&mut cmd, 8192);
     let flood = lab.procs().spawn("connection flood", &mut cmd)?;
-    let exhausted = poll_until(
-        "the daemon to run out of file descriptors during the flood",
+    let bypass = || -> Result<()> {
+        if let Some(line) = gw
+            .log()
+            .lines()
+            .find(|l| DETACH_LOGS.iter().any(|d| l.contains(d)))
+        {
+            bail!("the daemon gave up the interface's link during the flood: {line}");
+        }
+        if let Some(pkt) = direct.packets().first() {
+            bail!(
+                "audited SSH reached the server directly during the flood: {}",
+                pkt.text
+            );
+        }
+        if let Some(status) = flood.try_status()? {
+            bail!("the flood ended early ({status:?})");
+        }
+        Ok(())
+    };
+    poll_until(
+        "the daemon's descriptor table to fill up",
         EXHAUSTION_TIMEOUT,
         POLL,
         || {
-            let log = gw.log();
-            if let Some(line) = log
-                .lines()
-                .find(|l| DETACH_LOGS.iter().any(|d| l.contains(d)))
-            {
-                bail!("the daemon gave up the interface's link during the flood: {line}");
-            }
-            if let Some(pkt) = direct.packets().first() {
-                bail!(
-                    "audited SSH reached the server directly during the flood: {}",
-                    pkt.text
-                );
-            }
-            if let Some(status) = flood.try_status()? {
-                bail!("the flood ended early ({status:?})");
-            }
-            Ok(log
+            bypass()?;
+            Ok(gw.log().contains(ACCEPT_EMFILE).then_some(()))
+        },
+    )?;
+    let pid = gw.proc().context("no daemon")?.pid();
+    set_soft_limit(pid, lowest_free_fd(pid)?)?;
+    let kept = poll_until(
+        "the daemon's next interface check",
+        LOG_TIMEOUT,
+        POLL,
+        || {
+            bypass()?;
+            Ok(gw
+                .log()
                 .lines()
                 .find(|l| l.contains(KEPT_LOG))
                 .map(str::to_owned))
         },
-    )?;
-    Ok((flood, exhausted))
+    );
+    set_soft_limit(pid, DAEMON_NOFILE)?;
+    Ok((flood, kept?))
+}
+
+/// The lowest descriptor number process `pid` has free.
+fn lowest_free_fd(pid: u32) -> Result<u64> {
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    Ok((0..).find(|n| !open.contains(n)).expect("a free number"))
+}
+
+/// Sets the soft `RLIMIT_NOFILE` of the running daemon `pid` (its hard limit stays
+/// [`DAEMON_NOFILE`], so the soft one can be put back without CAP_SYS_RESOURCE).
+fn set_soft_limit(pid: u32, limit: u64) -> Result<()> {
+    let rlim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: DAEMON_NOFILE,
+    };
+    // SAFETY: prlimit reads the struct we pass; no old value is requested.
+    let ret = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &rlim,
+            std::ptr::null_mut(),
+        )
+    };
+    ensure!(
+        ret == 0,
+        "prlimit {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 /// 1. An enrolled device floods the daemon with TCP connections to an audited address
@@ -174,7 +232,9 @@ fn fd_exhaustion_never_detaches_the_datapath() {
         let fam = Family::V4;
         let sshd = lab.start_sshd_for_gateway()?;
         let direct = lab.capture(&lab.srv, iface::SRV, &direct_ssh_filter(fam.enrolled()), 1)?;
-        let mut cfg = GatewayConfig::default().nofile(DAEMON_NOFILE);
+        let mut cfg = GatewayConfig::default()
+            .nofile(DAEMON_NOFILE)
+            .datapath("syn_rate_per_source = 0");
         cfg.extra_toml = FLOOD_LIMITS.to_owned();
         let mut gw = lab.gateway_with(cfg)?;
         let links = gw.start()?.link_ids();
