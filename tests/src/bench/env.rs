@@ -164,8 +164,10 @@ impl<'a> BenchEnv<'a> {
         if opts.remove_on_stop {
             cfg = cfg.datapath("on_stop = \"remove\"");
         }
+        // ... nor by the per-device connection limits, which the ramp is far beyond.
         cfg.extra_toml = format!(
-            "[recording]\npublic_key_file = {}\n",
+            "[recording]\npublic_key_file = {}\n\n[limits]\nmax_connections = 65536\n\
+             max_connections_per_device = 65536\nmax_preauth = 4096\nmax_preauth_per_device = 4096\n",
             serde_json::to_string(&public.to_string_lossy())?
         );
         let mut gw = lab.gateway_with(cfg)?;
