@@ -1,32 +1,42 @@
 //! sshgw: a transparent SSH audit gateway for Linux egress routers.
+//!
+//! The modules are listed in the order data flows through the gateway; each uses only
+//! those above it (the side modules use the flow, `util` is used by all).
 
-mod admission;
-mod ca;
-mod cli;
+// The operator's TOML settings, read by every stage.
 mod config;
-mod control;
-mod daemon;
+// Kernel: the TC program, its pinned maps and links, and the policy routing.
 mod datapath;
-mod devices;
-// Not called by the relay yet: remove the allow when it is.
-mod file_audit;
+// Intercepted connections: transparent listeners and admission.
+mod intercept;
+// Who is connecting: devices, the address index, principals.
 mod identity;
-mod json_file;
-mod listener;
-mod logging;
-mod metrics;
-mod network;
-mod notify;
-mod policies;
-mod policy_eval;
-mod principal;
-mod recording;
-mod relay;
-mod rlimit;
-mod sessions;
+// What they may do: the policy set and its evaluation.
+mod policy;
+// Devices, policies and datapath maps swapped together, with rollback.
 mod state;
-mod status;
-mod upstream_keys;
+// Keys the relay presents and accepts: the gateway's CAs and the servers' pinned keys.
+mod trust;
+// One SSH session, device to gateway to server.
+mod relay;
+// SFTP and scp parsers and transfer rules (pure; fuzzed on their own).
+mod file_audit;
+// Encrypted per-channel recordings in ssh-log-cli format.
+mod recording;
+// The SQLite session log and the live-session registry.
+mod sessions;
+// Process-wide counters and their Prometheus exposition.
+mod metrics;
+
+// Beside the flow: the local HTTP/JSON API on a Unix socket.
+mod control;
+// Beside the flow: the `sshgw` command line.
+mod cli;
+// Beside the flow: `sshgw run`, which wires the stages and handles signals.
+mod daemon;
+
+// Below everything: leaf helpers with no domain imports.
+mod util;
 
 fn main() -> std::process::ExitCode {
     cli::main()

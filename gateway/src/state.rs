@@ -22,11 +22,11 @@ use anyhow::{Context, Result};
 use crate::{
     config::{Config, PrincipalMode},
     datapath::{Datapath, MatchSets, Switches},
-    devices::{Device, DeviceTable},
     identity::IdentityIndex,
-    json_file,
-    policies::PolicySet,
-    policy_eval::PolicyEngine,
+    identity::devices::{Device, DeviceTable},
+    policy::eval::PolicyEngine,
+    policy::model::PolicySet,
+    util::json_file,
 };
 
 /// Everything connections are judged by, swapped as a unit.

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::Refused;
-use crate::{ca::Authorities, config::Config};
+use crate::{config::Config, trust::ca::Authorities};
 
 #[derive(Subcommand, Clone)]
 pub enum CaCommand {

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use super::{Refused, Target, escape::escape, table};
 use crate::{
     config::{Config, SshConfig},
-    devices::DeviceTable,
+    identity::devices::DeviceTable,
 };
 
 #[derive(Subcommand)]

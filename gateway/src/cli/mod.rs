@@ -26,7 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     config::{self, Config},
     control::client::{self, ClientError},
-    logging::{self, LogFormat},
+    daemon::logging::{self, LogFormat},
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/sshgw/sshgw.toml";

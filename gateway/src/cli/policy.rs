@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::{Refused, Target, escape::escape, table};
-use crate::policies::{Action, PolicySet};
+use crate::policy::model::{Action, PolicySet};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {

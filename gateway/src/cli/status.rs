@@ -1,14 +1,18 @@
 //! `sshgw status`: from the daemon, or from the pinned kernel state when it is down.
 
-use std::path::PathBuf;
+use std::{io::Write, path::PathBuf};
 
 use anyhow::Result;
 
 use super::{Target, escape::escape_lines};
 use crate::{
     config,
-    control::client::{self, ClientError},
-    status,
+    control::{
+        api::{Report, counters_owned},
+        client::{self, ClientError},
+    },
+    datapath,
+    sessions::health::HealthReport,
 };
 
 pub fn run(target: &Target, json: bool) -> Result<()> {
@@ -23,7 +27,7 @@ pub fn run(target: &Target, json: bool) -> Result<()> {
             Ok((code, body)) if code.is_success() => Ok(serde_json::from_value(body)?),
             Ok((code, body)) => anyhow::bail!("status failed ({code}): {}", body["error"]),
             // No daemon: report what the kernel still holds.
-            Err(ClientError::Unreachable { .. }) => status::from_pins(pin_dir),
+            Err(ClientError::Unreachable { .. }) => from_pins(pin_dir),
             Err(ClientError::Other(e)) => Err(e),
         }
     })?;
@@ -31,7 +35,114 @@ pub fn run(target: &Target, json: bool) -> Result<()> {
         return super::print_json(&report);
     }
     let mut text = Vec::new();
-    status::print_human(&report, &mut text)?;
+    print_human(&report, &mut text)?;
     print!("{}", escape_lines(&String::from_utf8_lossy(&text)));
     Ok(())
+}
+
+/// The report when no daemon answers.
+pub fn from_pins(pin_dir: PathBuf) -> Result<Report> {
+    let pinned = datapath::pinned::pinned_state(&pin_dir)?;
+    Ok(match pinned {
+        Some(state) => Report {
+            daemon: "stopped".into(),
+            pin_dir,
+            pinned: true,
+            interfaces: state.interfaces.into_iter().map(Into::into).collect(),
+            listeners: vec![],
+            counters: counters_owned(state.counters),
+            session_log: None,
+        },
+        None => Report {
+            daemon: "stopped".into(),
+            pin_dir,
+            pinned: false,
+            interfaces: vec![],
+            listeners: vec![],
+            counters: Default::default(),
+            session_log: None,
+        },
+    })
+}
+
+pub fn print_human(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "daemon:      {}", r.daemon)?;
+    let pin_note = match (r.pinned, r.daemon.as_str()) {
+        (true, "running") => "pinned",
+        (true, _) => "pinned: audited SSH is dropped until sshgw runs again",
+        (false, _) => "nothing pinned",
+    };
+    writeln!(out, "pin dir:     {} ({pin_note})", r.pin_dir.display())?;
+    if r.interfaces.is_empty() {
+        writeln!(out, "interfaces:  none")?;
+    }
+    for (i, iface) in r.interfaces.iter().enumerate() {
+        writeln!(
+            out,
+            "{}{} (link {}, program {})",
+            if i == 0 {
+                "interfaces:  "
+            } else {
+                "             "
+            },
+            iface.name,
+            iface.link_id,
+            iface.program_id
+        )?;
+    }
+    let listeners: Vec<String> = r.listeners.iter().map(|a| a.to_string()).collect();
+    writeln!(
+        out,
+        "listeners:   {}",
+        if listeners.is_empty() {
+            "none".to_string()
+        } else {
+            listeners.join(", ")
+        }
+    )?;
+    if let Some(log) = &r.session_log {
+        print_session_log(log, out)?;
+    }
+    if !r.counters.is_empty() {
+        writeln!(out, "counters:")?;
+        for (name, value) in &r.counters {
+            writeln!(out, "  {name:<28} {value}")?;
+        }
+    }
+    Ok(())
+}
+
+fn print_session_log(log: &HealthReport, out: &mut impl Write) -> std::io::Result<()> {
+    if log.is_ok() {
+        write!(out, "session log: ok")?;
+    } else {
+        let since = log
+            .since
+            .map(crate::sessions::format_time)
+            .unwrap_or_default();
+        let effect = match log.on_failure {
+            crate::config::LogFailure::Refuse => "new sessions are refused",
+            crate::config::LogFailure::Allow => "sessions are allowed (on_log_failure = allow)",
+        };
+        write!(
+            out,
+            "session log: FAILING since {since}: {} ({effect})",
+            log.error.as_deref().unwrap_or("unknown error")
+        )?;
+    }
+    let mut notes = Vec::new();
+    if log.queued > 0 {
+        notes.push(format!("{} records waiting", log.queued));
+    }
+    if log.lost > 0 {
+        notes.push(format!("{} records lost", log.lost));
+    }
+    if log.write_failures > 0 {
+        notes.push(format!("{} failed writes", log.write_failures));
+    }
+    if notes.is_empty() {
+        writeln!(out)
+    } else {
+        writeln!(out, "; {}", notes.join(", "))
+    }
 }

@@ -1,11 +1,15 @@
 //! The local control API: HTTP/1.1 + JSON over a Unix socket.
 
 mod admin_log;
+pub mod api;
 pub mod client;
+mod context;
 mod etag;
 pub mod routes;
 pub mod server;
 mod sessions;
+
+pub use context::Context;
 
 /// Route prefix of every endpoint.
 pub const API_PREFIX: &str = "/v1";

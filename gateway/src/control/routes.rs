@@ -19,16 +19,16 @@ use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
 
 use super::{
+    Context,
     admin_log::{self, Evidence, Peer},
     etag::{parse_if_match, with_etag},
 };
 use crate::{
-    daemon::Shared,
-    devices::{Device, DeviceTable},
-    json_file,
-    policies::PolicySet,
+    identity::devices::{Device, DeviceTable},
+    policy::model::PolicySet,
     recording::keys::RecordingKey,
     state::{ApplyError, Expect, Snapshot},
+    util::json_file,
 };
 
 pub type Reply = Response<Full<Bytes>>;
@@ -54,7 +54,7 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub fn metrics_reply(shared: &Shared) -> Reply {
+pub fn metrics_reply(shared: &Context) -> Reply {
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
@@ -101,7 +101,7 @@ impl Document {
 fn applied(
     result: Result<std::sync::Arc<Snapshot>, ApplyError>,
     doc: Document,
-    shared: &Shared,
+    shared: &Context,
     what: impl Serialize,
 ) -> (Reply, Evidence) {
     let reply = match result {
@@ -134,7 +134,7 @@ fn validated_devices(table: DeviceTable) -> anyhow::Result<DeviceTable> {
 }
 
 /// Answers one request; changes are logged as admin actions.
-pub async fn route(call: Call<'_>, shared: &Shared) -> Reply {
+pub async fn route(call: Call<'_>, shared: &Context) -> Reply {
     let (reply, evidence) = dispatch(&call, shared).await;
     if admin_log::is_mutating(call.method, call.path) {
         admin_log::record(
@@ -148,7 +148,7 @@ pub async fn route(call: Call<'_>, shared: &Shared) -> Reply {
     reply
 }
 
-async fn dispatch(call: &Call<'_>, shared: &Shared) -> (Reply, Evidence) {
+async fn dispatch(call: &Call<'_>, shared: &Context) -> (Reply, Evidence) {
     let (method, path) = (call.method, call.path);
     if path == "/metrics" && method == Method::GET {
         return (metrics_reply(shared), Evidence::default());
@@ -210,7 +210,7 @@ fn not_found(path: &str) -> (Reply, Evidence) {
     )
 }
 
-async fn put_policies(body: &[u8], expect: &Expect, shared: &Shared) -> (Reply, Evidence) {
+async fn put_policies(body: &[u8], expect: &Expect, shared: &Context) -> (Reply, Evidence) {
     match parse(body, validated_policies) {
         Ok(set) => {
             let count = set.policies.len();
@@ -225,7 +225,7 @@ async fn put_policies(body: &[u8], expect: &Expect, shared: &Shared) -> (Reply, 
     }
 }
 
-async fn put_devices(body: &[u8], expect: &Expect, shared: &Shared) -> (Reply, Evidence) {
+async fn put_devices(body: &[u8], expect: &Expect, shared: &Context) -> (Reply, Evidence) {
     match parse(body, validated_devices) {
         Ok(table) => {
             let count = table.devices.len();
@@ -246,7 +246,7 @@ async fn one_device(
     id: &str,
     body: &[u8],
     expect: &Expect,
-    shared: &Shared,
+    shared: &Context,
 ) -> (Reply, Evidence) {
     let state = &shared.state;
     match *method {
@@ -280,7 +280,7 @@ async fn one_device(
 /// channels use it at once; it is kept in the state dir and wins over the config file.
 /// The file and the key in memory change together under the state's writer lock, so
 /// concurrent calls (and SIGHUP) leave both holding the same key.
-async fn set_recording_key(body: &[u8], shared: &Shared) -> (Reply, Evidence) {
+async fn set_recording_key(body: &[u8], shared: &Context) -> (Reply, Evidence) {
     let text = String::from_utf8_lossy(body);
     let key = match RecordingKey::parse(text.trim()) {
         Ok(key) => key,

@@ -5,7 +5,7 @@
 
 use std::{convert::Infallible, os::unix::fs::PermissionsExt, sync::Arc, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
@@ -14,10 +14,11 @@ use nix::unistd::{Gid, Group, Uid, User};
 use tokio::net::UnixListener;
 
 use super::{
+    Context,
     admin_log::Peer,
     routes::{self, Call},
 };
-use crate::{config::Config, daemon::Shared};
+use crate::config::Config;
 
 /// Slow clients are cut off after this long without a complete request header…
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,7 +88,7 @@ fn authorized(uid: u32, gid: u32, group: Option<Gid>) -> bool {
     nix::unistd::getgrouplist(&name, Gid::from_raw(gid)).is_ok_and(|groups| groups.contains(&group))
 }
 
-pub async fn serve(control: ControlListener, shared: Arc<Shared>) {
+pub async fn serve(control: ControlListener, shared: Arc<Context>) {
     loop {
         let (stream, _) = match control.listener.accept().await {
             Ok(s) => s,
@@ -132,7 +133,7 @@ pub async fn serve(control: ControlListener, shared: Arc<Shared>) {
 /// Answers one request of a connection whose peer is `allowed` (`None`: refused).
 async fn handle(
     req: Request<Incoming>,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     allowed: Option<Peer>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let Some(peer) = allowed else {
@@ -197,7 +198,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, Response<Full<Bytes>>> {
     }
 }
 
-pub async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+pub async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<Context>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;

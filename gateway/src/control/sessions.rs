@@ -8,10 +8,12 @@
 
 use hyper::{Method, StatusCode};
 
-use super::routes::{Reply, error, json};
+use super::{
+    Context,
+    routes::{Reply, error, json},
+};
 use crate::{
-    daemon::Shared,
-    policies::parse_duration,
+    policy::model::parse_duration,
     sessions::{now_micros, store::Filter},
 };
 
@@ -74,7 +76,7 @@ fn parse_query(query: Option<&str>) -> Result<ListQuery, String> {
     Ok(q)
 }
 
-pub async fn route(method: &Method, route: &str, query: Option<&str>, shared: &Shared) -> Reply {
+pub async fn route(method: &Method, route: &str, query: Option<&str>, shared: &Context) -> Reply {
     let rest = route.trim_start_matches("/sessions");
     match (method, rest) {
         (&Method::GET, "" | "/") => {

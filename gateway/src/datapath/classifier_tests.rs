@@ -20,7 +20,7 @@ use aya::{
 };
 use gateway_common::{Counter, INTERCEPT_MARK_GLOBAL, programs};
 
-use super::{MatchSets, Switches, maps, object, program, unpin_dir};
+use super::{MatchSets, Switches, maps, object, pinned::unpin_dir, program};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_PIPE: u32 = 3;

@@ -22,6 +22,14 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcAttachOptions},
 };
 use nix::errno::Errno;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub link_id: u32,
+    pub program_id: u32,
+}
 
 /// One attached interface.
 #[derive(Debug)]

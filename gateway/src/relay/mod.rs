@@ -1,13 +1,13 @@
 //! The SSH relay: terminates the device's SSH connection and logs in to the real server
 //! with a short-lived certificate, relaying every channel.
 
-mod audit;
-mod downstream;
+mod channel;
+mod device_side;
 mod flow;
 pub mod limits;
-mod pump;
+mod server_side;
 pub mod stall;
-mod upstream;
+mod tap;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -22,13 +22,12 @@ use anyhow::{Context, Result};
 use russh::{SshId, server};
 
 use crate::{
-    admission::{Admission, Outcome},
-    ca::{Authorities, HostCerts},
     config::{RecordingFailure, SshConfig},
     identity::Identity,
-    listener::Intercepted,
-    policies::Policy,
-    policy_eval::PolicyEngine,
+    intercept::admission::{Admission, Outcome},
+    intercept::listener::Intercepted,
+    policy::eval::PolicyEngine,
+    policy::model::Policy,
     recording::{
         keys::RecordingKey,
         writer::{ChannelMeta, Recorder},
@@ -39,10 +38,11 @@ use crate::{
         now_micros,
         store::SessionStore,
     },
-    upstream_keys::UpstreamKeys,
+    trust::ca::{Authorities, HostCerts},
+    trust::upstream_keys::UpstreamKeys,
 };
-use downstream::DeviceSide;
-use upstream::Bridge;
+use device_side::DeviceSide;
+use server_side::Bridge;
 
 /// Receive window per channel, both legs: large enough that bulk transfers are not
 /// window-limited on a LAN. It is also what sshgw holds at most per channel and direction:
@@ -110,7 +110,7 @@ impl RecordingSettings {
 }
 
 /// The server connection once logged in, shared by the device side and the teardown.
-type ServerSlot = Arc<std::sync::OnceLock<Arc<russh::client::Handle<upstream::ServerSide>>>>;
+type ServerSlot = Arc<std::sync::OnceLock<Arc<russh::client::Handle<server_side::ServerSide>>>>;
 
 /// Facts about one intercepted connection.
 pub struct ConnectionInfo {
@@ -208,7 +208,7 @@ impl RelayContext {
             certificates: vec![identity.certificate],
             // Listed when `none` is refused (see `auth_none`): a key the client proves, else
             // keyboard-interactive without prompts. That refusal is immediate.
-            methods: downstream::device_auth_methods(),
+            methods: device_side::device_auth_methods(),
             auth_rejection_time: Duration::from_secs(1),
             auth_rejection_time_initial: Some(Duration::ZERO),
             inactivity_timeout: None,
@@ -356,7 +356,7 @@ pub async fn serve(
                     "sshgw: session ended: policy {:?} ({}) allows at most {}",
                     p.policy.name,
                     p.policy.id,
-                    crate::policies::format_duration(d)
+                    crate::policy::model::format_duration(d)
                 ),
             )
         })
@@ -464,7 +464,7 @@ async fn revocation(ctx: Arc<RelayContext>, info: Arc<ConnectionInfo>) -> String
     let mut changes = ctx.snapshots.clone();
     loop {
         let snapshot = changes.borrow_and_update().clone();
-        let verdict = crate::admission::readmit(
+        let verdict = crate::intercept::admission::readmit(
             &snapshot,
             &identity,
             info.peer,
@@ -472,9 +472,9 @@ async fn revocation(ctx: Arc<RelayContext>, info: Arc<ConnectionInfo>) -> String
             info.ingress.as_deref(),
         );
         match verdict {
-            crate::admission::Readmission::End(message) => return message,
-            crate::admission::Readmission::Unchanged => {}
-            crate::admission::Readmission::Keep(policy) => {
+            crate::intercept::admission::Readmission::End(message) => return message,
+            crate::intercept::admission::Readmission::Unchanged => {}
+            crate::intercept::admission::Readmission::Keep(policy) => {
                 let current = info.permissions.get().map(|p| p.policy);
                 if !current.is_some_and(|c| Arc::ptr_eq(&c, &policy)) {
                     tracing::info!(session = %info.id, policy = %policy.id, "session now follows the current policy");

@@ -19,9 +19,9 @@ use bytes::Bytes;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client, server};
 use tokio::sync::oneshot;
 
-use super::audit::ProgramTap;
 use super::flow::{self, Apply, ChannelCredit, Credit, Event, Lane, Origin, Releaser, Step};
 use super::stall::LaneWatch;
+use super::tap::ProgramTap;
 use crate::{recording::writer::signal_name, sessions::live::ByteCounters};
 
 /// How a channel's program ended, as the server reported it.
@@ -337,7 +337,7 @@ impl Reader {
     /// replies faster than it reads them.
     async fn audited(
         &self,
-        transfer: &tokio::sync::Mutex<super::audit::Transfer>,
+        transfer: &tokio::sync::Mutex<super::tap::Transfer>,
         tap: &ProgramTap,
         data: Bytes,
     ) -> Flow {

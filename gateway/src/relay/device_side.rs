@@ -11,9 +11,9 @@ use russh::{
 
 use super::{
     ConnectionInfo, RelayContext, ServerSlot,
-    audit::{Admitted, ProgramTap, Refusal, Transfer, admit_program},
-    pump::{self, ChannelLink},
-    upstream::{self, Bridge},
+    channel::{self, ChannelLink},
+    server_side::{self, Bridge},
+    tap::{Admitted, ProgramTap, Refusal, Transfer, admit_program},
 };
 use crate::{
     config::RecordingFailure,
@@ -112,7 +112,7 @@ impl DeviceSide {
         // device cannot make the gateway hold server connections (and the servers'
         // MaxStartups and penalties) by opening TCP connections. Ends with this callback, so
         // a device that goes away cancels it.
-        let mut conn = match upstream::connect(
+        let mut conn = match server_side::connect(
             self.ctx.clone(),
             self.info.original_dst,
             self.bridge.clone(),
@@ -125,7 +125,7 @@ impl DeviceSide {
                 return Auth::Accept;
             }
         };
-        match upstream::authenticate(
+        match server_side::authenticate(
             &self.ctx,
             &mut conn,
             &identity,
@@ -426,7 +426,7 @@ impl DeviceSide {
     /// can be lost), and starts relaying between the two.
     async fn bridge_channel(
         &mut self,
-        kind: pump::Kind,
+        kind: channel::Kind,
         channel: russh::Channel<Msg>,
         opened: Result<russh::Channel<client::Msg>, russh::Error>,
         reply: server::ChannelOpenHandle,
@@ -436,7 +436,7 @@ impl DeviceSide {
             Ok(up) => {
                 let id = channel.id();
                 reply.accept().await;
-                let link = pump::start(
+                let link = channel::start(
                     kind,
                     &self.info.id,
                     channel,
@@ -633,7 +633,7 @@ impl server::Handler for DeviceSide {
         if let Err(e) = &opened {
             tracing::warn!(session = %self.info.id, error = %e, "server refused a session channel");
         }
-        self.bridge_channel(pump::Kind::Session, channel, opened, reply, session)
+        self.bridge_channel(channel::Kind::Session, channel, opened, reply, session)
             .await;
         Ok(())
     }
@@ -670,7 +670,7 @@ impl server::Handler for DeviceSide {
                 originator_port,
             )
             .await;
-        self.bridge_channel(pump::Kind::Stream, channel, opened, reply, session)
+        self.bridge_channel(channel::Kind::Stream, channel, opened, reply, session)
             .await;
         Ok(())
     }

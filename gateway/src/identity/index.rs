@@ -4,8 +4,8 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use crate::{
     config::PrincipalMode,
-    devices::{Device, DeviceTable},
-    principal,
+    identity::devices::{Device, DeviceTable},
+    identity::principal,
 };
 
 /// The identity of an intercepted connection, taken from the device table.

@@ -8,14 +8,14 @@ use std::sync::{
 
 use bytes::Bytes;
 
-use super::{ConnectionInfo, pump::ChannelExit};
+use super::{ConnectionInfo, channel::ChannelExit};
 use crate::{
     file_audit::{
         FileEvent, Filtered, ScpAudit, ScpDirection, SftpAudit, SftpMode, TransferRules,
         exec::{self, ExecProgram},
     },
-    policies::{Policy, SftpRule},
-    policy_eval::{self, Program, Verdict},
+    policy::eval::{self, Program, Verdict},
+    policy::model::{Policy, SftpRule},
     recording::writer::{ChannelKind, Exit, Recorder},
     sessions::{FileOpRecord, now_micros},
 };
@@ -252,8 +252,8 @@ pub fn admit_program(policy: &Policy, kind: &ChannelKind) -> Result<Admitted, Re
         Program::Scp { .. } => "scp",
         _ => "ssh",
     };
-    let verdict = policy_eval::judge_program(policy, program)
-        .map_err(|message| Refusal { protocol, message })?;
+    let verdict =
+        eval::judge_program(policy, program).map_err(|message| Refusal { protocol, message })?;
     let rules = transfer_rules(policy);
     let transfer = match (program, scp) {
         (Program::Sftp, _) => Some(Transfer::Sftp(SftpAudit::new(rules))),

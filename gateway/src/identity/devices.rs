@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Result, bail};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{config::SshConfig, json_file, principal};
+use crate::{config::SshConfig, identity::principal, util::json_file};
 
 /// Longest device id.
 const MAX_ID_LEN: usize = 128;

@@ -1,5 +1,5 @@
 //! Audit-SSH policies, stored as `policies.json` in the state dir. This module holds the
-//! schema and its validation; `policy_eval` decides connections with it, and the datapath
+//! schema and its validation; `policy::eval` decides connections with it, and the datapath
 //! takes its AUDITED set from the enabled policies' destinations.
 //!
 //! Every error starts with the field path, e.g.
@@ -10,7 +10,7 @@ use std::{collections::HashSet, fmt, path::Path, time::Duration};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{json_file, network::Network};
+use crate::{policy::network::Network, util::json_file};
 
 /// Most policies a set may hold.
 pub const MAX_POLICIES: usize = 1_000;
@@ -744,7 +744,7 @@ mod tests {
 
     #[test]
     fn docs_examples_are_valid() {
-        let doc = include_str!("../../docs/policy.md");
+        let doc = include_str!("../../../docs/policy.md");
         let blocks: Vec<&str> = doc
             .split("```json\n")
             .skip(1)

@@ -5,8 +5,8 @@ use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
     identity::Identity,
-    policies::Policy,
-    policy_eval::{Decision, Subject},
+    policy::eval::{Decision, Subject},
+    policy::model::Policy,
     state::Snapshot,
 };
 

@@ -1,7 +1,11 @@
 //! `sshgw run`: wires the datapath, the listeners, admission, the relay and the control
 //! socket, and handles signals (SIGTERM/SIGINT: clean stop; SIGHUP: reload the state files).
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+pub mod logging;
+mod notify;
+mod rlimit;
+
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -10,59 +14,19 @@ use tokio::{
 };
 
 use crate::{
-    admission,
-    ca::{Authorities, HostCerts},
     config::{Config, OnStop},
     control,
     datapath::{Datapath, FlowIngress},
-    listener::{self, Listeners},
+    intercept::admission,
+    intercept::listener::{self, Listeners},
     metrics::METRICS,
-    notify,
     recording::keys::RecordingKey,
     relay::{self, Ciphers, RecordingSettings, RelayContext},
     sessions::{live::LiveSessions, retention, store::SessionStore},
     state::{self, LiveState},
-    status::{self, Report},
-    upstream_keys::UpstreamKeys,
+    trust::ca::{Authorities, HostCerts},
+    trust::upstream_keys::UpstreamKeys,
 };
-
-/// State shared by the accept loops and the control API.
-pub struct Shared {
-    pub config: Config,
-    pub state: Arc<LiveState>,
-    pub store: SessionStore,
-    pub live: Arc<LiveSessions>,
-    pub relay: Arc<RelayContext>,
-    datapath: Arc<std::sync::Mutex<Option<Datapath>>>,
-    listeners: Vec<SocketAddr>,
-}
-
-impl Shared {
-    /// The Prometheus exposition.
-    pub fn metrics(&self) -> String {
-        let counters = self
-            .datapath
-            .lock()
-            .expect("datapath lock poisoned")
-            .as_ref()
-            .and_then(|dp| dp.counters().ok());
-        crate::metrics::render(&self.live, counters.as_ref(), &self.store.health())
-    }
-
-    pub fn status(&self) -> Result<Report> {
-        let guard = self.datapath.lock().expect("datapath lock poisoned");
-        let dp = guard.as_ref().context("the datapath is shutting down")?;
-        Ok(Report {
-            daemon: "running".into(),
-            pin_dir: self.config.datapath.pin_dir.clone(),
-            pinned: true,
-            interfaces: dp.interfaces().into_iter().map(Into::into).collect(),
-            listeners: self.listeners.clone(),
-            counters: status::counters_owned(dp.counters()?),
-            session_log: Some(self.store.health()),
-        })
-    }
-}
 
 /// What each accepted connection needs.
 struct Admit {
@@ -72,7 +36,7 @@ struct Admit {
 }
 
 pub async fn run(config: Config, config_path: &Path) -> Result<()> {
-    crate::rlimit::raise_nofile_logged();
+    rlimit::raise_nofile_logged();
     // Everything the daemon writes (keys, state, session log, recordings) is private; the
     // control socket's 0660 is set explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -126,7 +90,7 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
         snapshots: live_state.subscribe(),
     });
 
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(control::Context {
         listeners: listeners.addresses(),
         config: config.clone(),
         state: live_state.clone(),
@@ -239,7 +203,7 @@ impl Tasks {
 /// A task the daemon cannot run without has ended: end the sessions, leave the datapath
 /// attached (it fails closed, as after a crash) and exit non-zero, so that the service
 /// manager restarts sshgw.
-async fn fail(mut tasks: Tasks, shared: &Shared, what: &str) -> Result<()> {
+async fn fail(mut tasks: Tasks, shared: &control::Context, what: &str) -> Result<()> {
     tracing::error!(
         reason = what,
         "sshgw cannot go on; exiting so that it is restarted"
@@ -271,7 +235,7 @@ async fn fail(mut tasks: Tasks, shared: &Shared, what: &str) -> Result<()> {
 /// datapath's ports and switches (`DatapathConfig::take_live`) and the recording key file
 /// apply at once; other changed settings are reported as needing a restart. Sessions are
 /// not touched.
-async fn reload(config_path: &Path, shared: &Shared) {
+async fn reload(config_path: &Path, shared: &control::Context) {
     notify::notify("RELOADING=1");
     let result = async {
         let next = Config::load(config_path)?;
@@ -377,7 +341,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 /// Graceful stop: accept nothing new (closing the listeners empties the SOCKMAP, so new
 /// audited SYNs are dropped), let sessions drain for `drain_timeout_secs`, end the rest,
 /// then keep the datapath pinned and failing closed (`on_stop = "keep"`) or remove it.
-async fn stop(mut accepting: tokio::task::JoinSet<()>, shared: &Shared) -> Result<()> {
+async fn stop(mut accepting: tokio::task::JoinSet<()>, shared: &control::Context) -> Result<()> {
     accepting.abort_all();
     while accepting.join_next().await.is_some() {}
     let config = shared.state.config();
@@ -488,7 +452,7 @@ fn refuse_if_unlogged(decision: &mut admission::Admission, store: &SessionStore,
 /// Re-attaches the datapath to interfaces that were re-created or appeared late. Until
 /// then (at most a second) their traffic is forwarded unaudited; docs/deployment.md
 /// shows a firewall rule that closes that window.
-async fn interface_watch(shared: Arc<Shared>) {
+async fn interface_watch(shared: Arc<control::Context>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

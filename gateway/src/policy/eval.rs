@@ -21,7 +21,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::policies::{Action, Policy, PolicySet, ProgramRule, SftpRule, UnrecordableRule};
+use crate::policy::model::{Action, Policy, PolicySet, ProgramRule, SftpRule, UnrecordableRule};
 
 /// Who is connecting: from the device table entry of the connection's source address.
 #[derive(Debug, Clone, Copy)]
@@ -544,7 +544,7 @@ mod tests {
     #[test]
     fn docs_contractor_example() {
         // The last example of docs/policy.md, and its table of results.
-        let doc = include_str!("../../docs/policy.md");
+        let doc = include_str!("../../../docs/policy.md");
         let block = doc.rsplit("```json\n").next().unwrap();
         let block = block.split("```").next().unwrap();
         let engine = PolicyEngine::new(&PolicySet::parse(block).unwrap());

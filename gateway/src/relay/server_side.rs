@@ -13,11 +13,11 @@ use russh::{
 };
 use tokio::{net::TcpStream, sync::Notify};
 
-use super::{RelayContext, pump};
+use super::{RelayContext, channel};
 use crate::{
-    ca::{MintedCert, UserCertRequest},
     identity::Identity,
-    upstream_keys::KeyVerdict,
+    trust::ca::{MintedCert, UserCertRequest},
+    trust::upstream_keys::KeyVerdict,
 };
 
 /// Why the relay could not reach or log in to the real server. `Display` is the one line
@@ -320,7 +320,14 @@ impl client::Handler for ServerSide {
             {
                 Ok(down) => {
                     reply.accept().await;
-                    pump::start(pump::Kind::Stream, &session, down, channel, device, traffic);
+                    channel::start(
+                        channel::Kind::Stream,
+                        &session,
+                        down,
+                        channel,
+                        device,
+                        traffic,
+                    );
                 }
                 Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
             }
@@ -350,7 +357,14 @@ impl client::Handler for ServerSide {
             match device.channel_open_agent().await {
                 Ok(down) => {
                     reply.accept().await;
-                    pump::start(pump::Kind::Stream, &session, down, channel, device, traffic);
+                    channel::start(
+                        channel::Kind::Stream,
+                        &session,
+                        down,
+                        channel,
+                        device,
+                        traffic,
+                    );
                 }
                 Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
             }

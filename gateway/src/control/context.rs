@@ -1,0 +1,53 @@
+//! The control API's view of the running daemon: exactly what its handlers touch.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context as _, Result};
+
+use super::api::{self, Report};
+use crate::{
+    config::Config,
+    datapath::Datapath,
+    relay::RelayContext,
+    sessions::{live::LiveSessions, store::SessionStore},
+    state::LiveState,
+};
+
+/// What the control API works on. The daemon builds it and shares it with its own
+/// housekeeping (interface watch, reload, stop).
+pub struct Context {
+    pub config: Config,
+    pub state: Arc<LiveState>,
+    pub store: SessionStore,
+    pub live: Arc<LiveSessions>,
+    pub relay: Arc<RelayContext>,
+    pub datapath: Arc<std::sync::Mutex<Option<Datapath>>>,
+    pub listeners: Vec<SocketAddr>,
+}
+
+impl Context {
+    /// The Prometheus exposition.
+    pub fn metrics(&self) -> String {
+        let counters = self
+            .datapath
+            .lock()
+            .expect("datapath lock poisoned")
+            .as_ref()
+            .and_then(|dp| dp.counters().ok());
+        crate::metrics::render(&self.live, counters.as_ref(), &self.store.health())
+    }
+
+    pub fn status(&self) -> Result<Report> {
+        let guard = self.datapath.lock().expect("datapath lock poisoned");
+        let dp = guard.as_ref().context("the datapath is shutting down")?;
+        Ok(Report {
+            daemon: "running".into(),
+            pin_dir: self.config.datapath.pin_dir.clone(),
+            pinned: true,
+            interfaces: dp.interfaces().into_iter().map(Into::into).collect(),
+            listeners: self.listeners.clone(),
+            counters: api::counters_owned(dp.counters()?),
+            session_log: Some(self.store.health()),
+        })
+    }
+}

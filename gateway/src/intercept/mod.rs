@@ -1,0 +1,5 @@
+//! From an intercepted SYN to a judged connection: the transparent listeners that accept
+//! what the datapath steers to them, and admission (identity, interface pin, policy).
+
+pub mod admission;
+pub mod listener;

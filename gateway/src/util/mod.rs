@@ -1,0 +1,3 @@
+//! Leaf helpers with no domain imports.
+
+pub mod json_file;
