@@ -6,7 +6,7 @@
 
 use hyper::header::{ETAG, HeaderValue};
 
-use super::routes::Reply;
+use super::reply::Reply;
 use crate::state::Expect;
 
 /// `reply` with an `ETag` header for `etag` (bare hex).

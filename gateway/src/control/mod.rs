@@ -5,6 +5,7 @@ pub mod api;
 pub mod client;
 mod context;
 mod etag;
+mod reply;
 pub mod routes;
 pub mod server;
 mod sessions;

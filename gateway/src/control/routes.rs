@@ -22,6 +22,7 @@ use super::{
     Context,
     admin_log::{self, Evidence, Peer},
     etag::{parse_if_match, with_etag},
+    reply::{Reply, error, json},
 };
 use crate::{
     identity::devices::{Device, DeviceTable},
@@ -30,8 +31,6 @@ use crate::{
     state::{ApplyError, Expect, Snapshot},
     util::json_file,
 };
-
-pub type Reply = Response<Full<Bytes>>;
 
 /// One request, as the routes see it.
 pub struct Call<'a> {
@@ -44,15 +43,6 @@ pub struct Call<'a> {
     pub peer: Peer,
 }
 
-pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
-    let bytes = json_file::to_bytes(body).unwrap_or_default();
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(bytes)))
-        .expect("static response parts are valid")
-}
-
 /// `GET /metrics`: Prometheus text format.
 pub fn metrics_reply(shared: &Context) -> Reply {
     Response::builder()
@@ -60,10 +50,6 @@ pub fn metrics_reply(shared: &Context) -> Reply {
         .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
         .body(Full::new(Bytes::from(shared.metrics())))
         .expect("static response parts are valid")
-}
-
-pub fn error(status: StatusCode, message: impl Into<String>) -> Reply {
-    json(status, &serde_json::json!({ "error": message.into() }))
 }
 
 /// Parses and validates a JSON body; the error names the failing field.

@@ -16,6 +16,7 @@ use tokio::net::UnixListener;
 use super::{
     Context,
     admin_log::Peer,
+    reply,
     routes::{self, Call},
 };
 use crate::config::Config;
@@ -137,7 +138,7 @@ async fn handle(
     allowed: Option<Peer>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let Some(peer) = allowed else {
-        return Ok(routes::error(
+        return Ok(reply::error(
             StatusCode::FORBIDDEN,
             "only root and members of the control group may use this socket",
         ));
@@ -159,7 +160,7 @@ async fn handle(
         None => None,
         Some(Ok(value)) => Some(value),
         Some(Err(_)) => {
-            return Ok(routes::error(
+            return Ok(reply::error(
                 StatusCode::BAD_REQUEST,
                 "If-Match: not a visible ASCII header value",
             ));
@@ -180,15 +181,15 @@ async fn handle(
 async fn read_body(body: Incoming) -> Result<Bytes, Response<Full<Bytes>>> {
     match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(routes::error(
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(reply::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body exceeds {} MiB", MAX_BODY / (1024 * 1024)),
         )),
-        Ok(Err(e)) => Err(routes::error(
+        Ok(Err(e)) => Err(reply::error(
             StatusCode::BAD_REQUEST,
             format!("cannot read body: {e}"),
         )),
-        Err(_) => Err(routes::error(
+        Err(_) => Err(reply::error(
             StatusCode::REQUEST_TIMEOUT,
             format!(
                 "request body not received within {}s",
@@ -213,7 +214,7 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<Contex
                         if req.method() == Method::GET && req.uri().path() == "/metrics" {
                             routes::metrics_reply(&shared)
                         } else {
-                            routes::error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
+                            reply::error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
                         },
                     )
                 }

@@ -10,7 +10,7 @@ use hyper::{Method, StatusCode};
 
 use super::{
     Context,
-    routes::{Reply, error, json},
+    reply::{Reply, error, json},
 };
 use crate::{
     policy::model::parse_duration,

@@ -19,10 +19,14 @@ use bytes::Bytes;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client, server};
 use tokio::sync::oneshot;
 
-use super::flow::{self, Apply, ChannelCredit, Credit, Event, Lane, Origin, Releaser, Step};
+use super::credit::ChannelCredit;
+use super::flow::{self, Apply, Credit, Event, Lane, Origin, Releaser, Step};
 use super::stall::LaneWatch;
-use super::tap::ProgramTap;
-use crate::{recording::writer::signal_name, sessions::live::ByteCounters};
+use crate::{
+    file_audit::{FileEvent, Filtered},
+    recording::writer::signal_name,
+    sessions::live::ByteCounters,
+};
 
 /// How a channel's program ended, as the server reported it.
 #[derive(Debug, Clone, Default)]
@@ -31,14 +35,63 @@ pub struct ChannelExit {
     pub signal: Option<(String, bool)>,
 }
 
+/// What watches a channel's program (shell, exec, subsystem): the session log, the
+/// recorder and the file-transfer auditor ([`super::tap`] implements it). The pump knows
+/// it only through this.
+pub trait Tap: Send + Sync + 'static {
+    /// The SFTP/scp auditor that a file-transfer channel's data passes through.
+    type Filter: Filter;
+
+    /// Channel data as relayed (`ext` = extended-data code, 1 for stderr).
+    fn data(
+        &self,
+        from_client: bool,
+        ext: Option<u32>,
+        data: &Bytes,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// The auditor of an SFTP/scp channel; both directions go through it, one at a time.
+    fn filter(&self) -> Option<&tokio::sync::Mutex<Self::Filter>>;
+
+    /// File operations the auditor completed.
+    fn file_events(&self, events: Vec<FileEvent>);
+
+    /// The channel closed: `exit` is how its program ended.
+    fn closed(&self, exit: ChannelExit) -> impl Future<Output = ()> + Send;
+
+    /// The session, for log lines.
+    fn session(&self) -> &str;
+
+    /// The channel number, for log lines.
+    fn channel(&self) -> u32;
+}
+
+/// A file-transfer auditor: what to forward, what to answer and whether to close, for each
+/// chunk of a channel's data.
+pub trait Filter: Send {
+    fn client_data(&mut self, data: Bytes) -> Filtered;
+    fn server_data(&mut self, data: Bytes) -> Filtered;
+}
+
 /// Watches a channel while its program (shell, exec, subsystem) is requested or running:
 /// the session log, the recorder and the file-transfer auditor hang off this. Attached
 /// before the request goes upstream, detached again if the server refuses it.
-#[derive(Clone, Default)]
-struct TapSlot(Arc<RwLock<Option<Arc<ProgramTap>>>>);
+struct TapSlot<T>(Arc<RwLock<Option<Arc<T>>>>);
 
-impl TapSlot {
-    fn get(&self) -> Option<Arc<ProgramTap>> {
+impl<T> Clone for TapSlot<T> {
+    fn clone(&self) -> Self {
+        TapSlot(self.0.clone())
+    }
+}
+
+impl<T> Default for TapSlot<T> {
+    fn default() -> Self {
+        TapSlot(Default::default())
+    }
+}
+
+impl<T> TapSlot<T> {
+    fn get(&self) -> Option<Arc<T>> {
         self.0.read().expect("tap slot poisoned").clone()
     }
 }
@@ -46,28 +99,38 @@ impl TapSlot {
 type Replies = Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>;
 
 /// The server-side half of a relayed channel, used by request callbacks.
-#[derive(Clone)]
-pub struct ChannelLink {
+pub struct ChannelLink<T> {
     pub upstream: Arc<ChannelWriteHalf<client::Msg>>,
     replies: Replies,
-    tap: TapSlot,
+    tap: TapSlot<T>,
     /// Set once the channel's last message went to the device: the channel is over,
     /// whichever side closed it first.
     closed: Arc<AtomicBool>,
 }
 
-impl ChannelLink {
+impl<T> Clone for ChannelLink<T> {
+    fn clone(&self) -> Self {
+        ChannelLink {
+            upstream: self.upstream.clone(),
+            replies: self.replies.clone(),
+            tap: self.tap.clone(),
+            closed: self.closed.clone(),
+        }
+    }
+}
+
+impl<T> ChannelLink<T> {
     /// Starts watching the channel for a program about to be requested.
-    pub fn attach(&self, tap: Arc<ProgramTap>) {
+    pub fn attach(&self, tap: Arc<T>) {
         *self.tap.0.write().expect("tap slot poisoned") = Some(tap);
     }
 
     /// Stops watching (the program was refused): nothing more is recorded or audited.
-    pub fn detach(&self) -> Option<Arc<ProgramTap>> {
+    pub fn detach(&self) -> Option<Arc<T>> {
         self.tap.0.write().expect("tap slot poisoned").take()
     }
 
-    pub fn tap(&self) -> Option<Arc<ProgramTap>> {
+    pub fn tap(&self) -> Option<Arc<T>> {
         self.tap.get()
     }
 
@@ -121,14 +184,14 @@ impl Legs {
 
 /// Starts relaying between a device-side channel and a server-side channel of session
 /// `session`.
-pub fn start(
+pub fn start<T: Tap>(
     kind: Kind,
     session: &str,
     down: russh::Channel<server::Msg>,
     up: russh::Channel<client::Msg>,
     down_handle: server::Handle,
     traffic: Arc<ByteCounters>,
-) -> ChannelLink {
+) -> ChannelLink<T> {
     let number = u32::from(down.id());
     let (down_read, down_write) = down.split();
     let (up_read, up_write) = up.split();
@@ -139,7 +202,7 @@ pub fn start(
         server_credit: Default::default(),
     };
     let replies: Replies = Default::default();
-    let tap: TapSlot = Default::default();
+    let tap: TapSlot<T> = Default::default();
     let closed: Arc<AtomicBool> = Default::default();
 
     let to_server_watch = LaneWatch::register(
@@ -223,7 +286,7 @@ pub fn start(
 }
 
 /// One leg's reader: where its channel's events go.
-struct Reader {
+struct Reader<T> {
     origin: Origin,
     /// Toward the other leg.
     forward: Lane,
@@ -240,7 +303,7 @@ struct Reader {
     unsolicited_logged: AtomicBool,
     credit: Arc<ChannelCredit>,
     traffic: Arc<ByteCounters>,
-    tap: TapSlot,
+    tap: TapSlot<T>,
     replies: Option<Replies>,
     session: String,
     channel: u32,
@@ -253,7 +316,7 @@ enum Flow {
     Stop,
 }
 
-impl Reader {
+impl<T: Tap> Reader<T> {
     fn is_device(&self) -> bool {
         self.origin == Origin::Device
     }
@@ -301,7 +364,7 @@ impl Reader {
             Some(tap) => {
                 tap.data(self.is_device(), ext, &data).await;
                 if ext.is_none()
-                    && let Some(transfer) = &tap.transfer
+                    && let Some(transfer) = tap.filter()
                 {
                     return self.audited(transfer, tap, data).await;
                 }
@@ -337,8 +400,8 @@ impl Reader {
     /// replies faster than it reads them.
     async fn audited(
         &self,
-        transfer: &tokio::sync::Mutex<super::tap::Transfer>,
-        tap: &ProgramTap,
+        transfer: &tokio::sync::Mutex<T::Filter>,
+        tap: &T,
         data: Bytes,
     ) -> Flow {
         let mut credit = Some(Credit::new(self.origin, data.len()));
@@ -374,7 +437,7 @@ impl Reader {
         match result.close {
             None => Flow::Continue,
             Some(reason) => {
-                tracing::warn!(session = %tap.info.id, channel = tap.channel, reason = %reason, "closing the file-transfer channel");
+                tracing::warn!(session = %tap.session(), channel = tap.channel(), reason = %reason, "closing the file-transfer channel");
                 self.forward.push(Event::Close);
                 self.back.push(Event::Close);
                 Flow::Stop
@@ -404,7 +467,7 @@ impl Reader {
 /// Drains one leg's channel into the lane toward the other leg, at once: the russh session
 /// loop of this leg never waits for the other leg. Replies to requests (only the server
 /// sends them) go straight to the waiting callback.
-async fn read_side(mut read: ChannelReadHalf, mut reader: Reader) {
+async fn read_side<T: Tap>(mut read: ChannelReadHalf, mut reader: Reader<T>) {
     // True when the relay stopped reading by its own decision (an auditor or a window
     // violation closes the channel): the channel itself is not gone yet, and the writer
     // toward this leg must still deliver the close.
@@ -517,13 +580,17 @@ impl Apply for ServerWriter {
 /// already at EOF (a multiplexing master always is) answers EOF with CLOSE at once; russh
 /// then forgets the channel and would drop an exit status that follows, turning exit 3
 /// into 255. RFC 4254 allows exit-status before EOF.
-async fn write_device(
+async fn write_device<T: Tap>(
     kind: Kind,
     queue: tokio::sync::mpsc::UnboundedReceiver<Event>,
     watch: Arc<LaneWatch>,
     legs: Legs,
     handle: server::Handle,
-    (tap, closed, device_gone): (TapSlot, Arc<AtomicBool>, tokio::sync::watch::Receiver<bool>),
+    (tap, closed, device_gone): (
+        TapSlot<T>,
+        Arc<AtomicBool>,
+        tokio::sync::watch::Receiver<bool>,
+    ),
 ) {
     let exit = Arc::new(Mutex::new(ChannelExit::default()));
     let releaser = legs.releaser();

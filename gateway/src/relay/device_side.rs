@@ -45,7 +45,7 @@ pub struct DeviceSide {
     server: ServerSlot,
     /// Why the connection cannot be relayed; told to the user right after auth.
     failure: Option<String>,
-    channels: HashMap<ChannelId, ChannelLink>,
+    channels: HashMap<ChannelId, ChannelLink<ProgramTap>>,
     /// The pty each channel asked for, for its recording.
     ptys: HashMap<ChannelId, PtyMeta>,
     /// Channels whose program (shell, exec, subsystem) the server started.

@@ -8,16 +8,13 @@
 //! while the data held in a lane stays bounded by the window sshgw advertised
 //! ([`super::WINDOW_SIZE`]). See docs/relay.md, "Flow control".
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use russh::{ChannelWriteHalf, Sig, client, server};
 use tokio::sync::mpsc;
 
-use super::stall::LaneWatch;
+use super::{credit::ChannelCredit, stall::LaneWatch};
 
 /// Window credit is handed back in batches of at least this many bytes, or as soon as the
 /// lane runs empty: far fewer window adjustments than one per packet, and never a peer
@@ -82,45 +79,6 @@ impl Event {
             Event::Release(credit) => Some(*credit),
             _ => None,
         }
-    }
-}
-
-/// The window accounting of one leg's channel: what its peer sent, and what the relay
-/// handed back. A compliant peer never has more than the advertised window outstanding.
-#[derive(Debug, Default)]
-pub struct ChannelCredit {
-    received: AtomicU64,
-    released: AtomicU64,
-    /// Set once the peer sent beyond its window (logged once).
-    violated: AtomicBool,
-}
-
-impl ChannelCredit {
-    /// Counts `bytes` received; false when the peer has now sent more than the window it
-    /// was given (a protocol violation: RFC 4254, section 5.2).
-    pub fn receive(&self, bytes: usize) -> bool {
-        let received = self.received.fetch_add(bytes as u64, Ordering::AcqRel) + bytes as u64;
-        received - self.released.load(Ordering::Acquire).min(received)
-            <= u64::from(super::WINDOW_SIZE)
-    }
-
-    /// Bytes received and not yet handed back.
-    pub fn outstanding(&self) -> u64 {
-        let released = self.released.load(Ordering::Acquire);
-        self.received
-            .load(Ordering::Acquire)
-            .saturating_sub(released)
-    }
-
-    /// Marks the violation; true the first time.
-    pub fn first_violation(&self) -> bool {
-        !self.violated.swap(true, Ordering::AcqRel)
-    }
-
-    /// Counted before the window adjustment goes out, so the reader never sees the peer
-    /// use credit that is not yet counted as handed back.
-    fn release(&self, bytes: u32) {
-        self.released.fetch_add(u64::from(bytes), Ordering::AcqRel);
     }
 }
 

@@ -2,6 +2,7 @@
 //! with a short-lived certificate, relaying every channel.
 
 mod channel;
+mod credit;
 mod device_side;
 mod flow;
 pub mod limits;

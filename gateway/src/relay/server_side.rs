@@ -13,7 +13,7 @@ use russh::{
 };
 use tokio::{net::TcpStream, sync::Notify};
 
-use super::{RelayContext, channel};
+use super::{RelayContext, channel, tap::ProgramTap};
 use crate::{
     identity::Identity,
     trust::ca::{MintedCert, UserCertRequest},
@@ -320,7 +320,8 @@ impl client::Handler for ServerSide {
             {
                 Ok(down) => {
                     reply.accept().await;
-                    channel::start(
+                    // A forwarded channel runs no program: no tap is ever attached.
+                    channel::start::<ProgramTap>(
                         channel::Kind::Stream,
                         &session,
                         down,
@@ -357,7 +358,7 @@ impl client::Handler for ServerSide {
             match device.channel_open_agent().await {
                 Ok(down) => {
                     reply.accept().await;
-                    channel::start(
+                    channel::start::<ProgramTap>(
                         channel::Kind::Stream,
                         &session,
                         down,

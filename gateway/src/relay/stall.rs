@@ -18,7 +18,7 @@ use std::{
 
 use russh::{ChannelId, ChannelMsg, ChannelWriteHalf};
 
-use super::flow::ChannelCredit;
+use super::credit::ChannelCredit;
 use crate::metrics::METRICS;
 
 /// The lanes of live channels.

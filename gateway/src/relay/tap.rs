@@ -8,7 +8,10 @@ use std::sync::{
 
 use bytes::Bytes;
 
-use super::{ConnectionInfo, channel::ChannelExit};
+use super::{
+    ConnectionInfo,
+    channel::{ChannelExit, Filter, Tap},
+};
 use crate::{
     file_audit::{
         FileEvent, Filtered, ScpAudit, ScpDirection, SftpAudit, SftpMode, TransferRules,
@@ -168,10 +171,53 @@ impl ProgramTap {
     }
 }
 
+impl Tap for ProgramTap {
+    type Filter = Transfer;
+
+    fn data(
+        &self,
+        from_client: bool,
+        ext: Option<u32>,
+        data: &Bytes,
+    ) -> impl Future<Output = ()> + Send {
+        ProgramTap::data(self, from_client, ext, data)
+    }
+
+    fn filter(&self) -> Option<&tokio::sync::Mutex<Transfer>> {
+        self.transfer.as_ref()
+    }
+
+    fn file_events(&self, events: Vec<FileEvent>) {
+        ProgramTap::file_events(self, events)
+    }
+
+    fn closed(&self, exit: ChannelExit) -> impl Future<Output = ()> + Send {
+        ProgramTap::closed(self, exit)
+    }
+
+    fn session(&self) -> &str {
+        &self.info.id
+    }
+
+    fn channel(&self) -> u32 {
+        self.channel
+    }
+}
+
 /// The file-transfer auditor of an SFTP or legacy scp channel (see `file_audit`).
 pub enum Transfer {
     Sftp(SftpAudit),
     Scp(ScpAudit),
+}
+
+impl Filter for Transfer {
+    fn client_data(&mut self, data: Bytes) -> Filtered {
+        Transfer::client_data(self, data)
+    }
+
+    fn server_data(&mut self, data: Bytes) -> Filtered {
+        Transfer::server_data(self, data)
+    }
 }
 
 impl Transfer {
