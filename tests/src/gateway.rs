@@ -106,6 +106,7 @@ static BPFFS_LOCK: Mutex<()> = Mutex::new(());
 /// Makes sure the BPF filesystem is mounted at /sys/fs/bpf (in the host mount namespace, where
 /// the daemon pins its objects); mounts it if not. Systemd hosts always have it; minimal
 /// containers/VMs may not.
+#[allow(unsafe_code)] // reason: statfs(2) through libc
 pub fn ensure_bpffs() -> Result<()> {
     let _guard = BPFFS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = CString::new(BPF_PIN_ROOT).expect("no NUL");
@@ -801,6 +802,7 @@ impl<'a> Gateway<'a> {
 }
 
 /// Sets `RLIMIT_NOFILE` (soft and hard) for `cmd` before it executes.
+#[allow(unsafe_code)] // reason: pre_exec with setrlimit(2) in the child
 pub fn set_nofile(cmd: &mut Command, limit: u64) {
     use std::os::unix::process::CommandExt;
     let rlim = libc::rlimit {

@@ -126,6 +126,7 @@ impl Netns {
     /// A command that runs `program` directly, entering only this network namespace in a
     /// `pre_exec` hook (`setns(CLONE_NEWNET)`), so it keeps the host mount namespace (and
     /// `/sys/fs/bpf`).
+    #[allow(unsafe_code)] // reason: pre_exec with setns(2) in the child
     pub fn setns_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
         let fd = self.fd.clone();

@@ -378,6 +378,7 @@ fn make_cgroups(name: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// Moves the spawned process into `cgroups` before it execs.
+#[allow(unsafe_code)] // reason: pre_exec writing cgroup.procs in the child
 fn enter_cgroups(cmd: &mut Command, cgroups: &[PathBuf]) -> Result<()> {
     let files: Vec<CString> = cgroups
         .iter()

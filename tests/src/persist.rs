@@ -437,6 +437,7 @@ fn netns_exists(ns: &str) -> bool {
 
 /// `program` entering only the network namespace `ns` (setns in pre_exec), keeping the host
 /// mount namespace and `/sys/fs/bpf` (as the daemon needs).
+#[allow(unsafe_code)] // reason: pre_exec with setns(2) in the child
 fn setns_command(ns: &str, program: &Path) -> Result<Command> {
     let path = Path::new(NETNS_RUN_DIR).join(ns);
     let fd =

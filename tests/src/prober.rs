@@ -93,6 +93,7 @@ fn probe_once(target: SocketAddr, tally: &Mutex<Tally>) {
 
 impl Prober {
     /// Starts probing `target` from namespace `ns` until [`Prober::stop`].
+    #[allow(unsafe_code)] // reason: setns(2) on the prober's own thread
     pub fn start(ns: &Netns, target: SocketAddr) -> Result<Self> {
         let ns_file = std::fs::File::open(ns.path())
             .with_context(|| format!("opening {}", ns.path().display()))?;

@@ -130,6 +130,7 @@ fn command_line(cmd: &Command) -> String {
 }
 
 /// Makes the child die with its parent thread (see the module docs).
+#[allow(unsafe_code)] // reason: pre_exec with prctl(PR_SET_PDEATHSIG) in the child
 fn set_parent_death_signal(cmd: &mut Command) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: prctl and getppid are async-signal-safe syscalls; no allocation happens here.
@@ -156,6 +157,7 @@ fn set_parent_death_signal(cmd: &mut Command) {
 
 /// Lets the child outlive us: no death signal, and a session of its own so the terminal's
 /// job-control signals (Ctrl-C, hangup) never reach it.
+#[allow(unsafe_code)] // reason: pre_exec with setsid(2) in the child
 fn detach_from_parent(cmd: &mut Command) {
     // SAFETY: getsid, getpid and setsid are async-signal-safe syscalls; nothing allocates.
     unsafe {
@@ -299,6 +301,7 @@ impl Processes {
     /// controlling terminal (`setsid` + `TIOCSCTTY` before exec), like a login session. Returns
     /// the process and the path of its transcript log (recorded as the process's stdout log;
     /// the caller's reader of the master appends to it).
+    #[allow(unsafe_code)] // reason: openpty(3), and pre_exec with setsid(2) and TIOCSCTTY in the child
     pub fn spawn_pty(
         &self,
         name: &str,

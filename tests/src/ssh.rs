@@ -620,6 +620,7 @@ fn winsize(rows: u16, cols: u16) -> libc::winsize {
 }
 
 impl PtySession {
+    #[allow(unsafe_code)] // reason: openpty(3) and fcntl(2) through libc
     fn spawn(ssh: &Ssh<'_>, remote_command: &str, (rows, cols): (u16, u16)) -> Result<Self> {
         let (mut master_fd, mut slave_fd) = (-1, -1);
         let ws = winsize(rows, cols);
@@ -746,6 +747,7 @@ impl PtySession {
 
     /// Changes the terminal size (TIOCSWINSZ on the master; the kernel sends SIGWINCH to ssh,
     /// the terminal's foreground process).
+    #[allow(unsafe_code)] // reason: the TIOCSWINSZ ioctl through libc
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
         let ws = winsize(rows, cols);
         // SAFETY: TIOCSWINSZ reads a winsize struct from the pointer.

@@ -24,6 +24,7 @@ impl Drop for TunPair {
 }
 
 /// Creates tun device `name` in namespace `ns` (`IFF_TUN | IFF_NO_PI`) and returns its fd.
+#[allow(unsafe_code)] // reason: setns(2) and the TUNSETIFF ioctl through libc
 fn open_tun(ns: &crate::netns::Netns, name: &str) -> Result<std::fs::File> {
     let ns_path = ns.path();
     let name = name.to_owned();
@@ -63,6 +64,7 @@ fn open_tun(ns: &crate::netns::Netns, name: &str) -> Result<std::fs::File> {
 }
 
 /// Copies packets from `from` to `to` until `stop` is set.
+#[allow(unsafe_code)] // reason: poll(2) through libc
 fn pump(
     from: std::fs::File,
     mut to: std::fs::File,

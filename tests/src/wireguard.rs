@@ -243,6 +243,7 @@ impl WgHost {
 
     /// A command that runs `program` in this host's network and mount namespaces, with the
     /// environment `wg-quick` needs to fall back to boringtun.
+    #[allow(unsafe_code)] // reason: pre_exec with setns(2) in the child
     pub fn command(&self, program: impl AsRef<OsStr>, ifname: &str) -> Result<Command> {
         let net =
             File::open(&self.netns).with_context(|| format!("opening {}", self.netns.display()))?;

@@ -200,6 +200,7 @@ fn lowest_free_fd(pid: u32) -> Result<u64> {
 
 /// Sets the soft `RLIMIT_NOFILE` of the running daemon `pid` (its hard limit stays
 /// [`DAEMON_NOFILE`], so the soft one can be put back without CAP_SYS_RESOURCE).
+#[allow(unsafe_code)] // reason: prlimit(2) through libc
 fn set_soft_limit(pid: u32, limit: u64) -> Result<()> {
     let rlim = libc::rlimit {
         rlim_cur: limit,

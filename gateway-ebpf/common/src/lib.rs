@@ -54,6 +54,7 @@ pub struct Settings {
 }
 
 #[cfg(feature = "user")]
+#[allow(unsafe_code)] // reason: aya::Pod is an unsafe trait; the type is repr(C) plain data
 unsafe impl aya::Pod for Settings {}
 
 /// A source address, the key of SYN_BUDGET. IPv4 addresses use the first 4 bytes.
@@ -66,6 +67,7 @@ pub struct SourceKey {
 }
 
 #[cfg(feature = "user")]
+#[allow(unsafe_code)] // reason: aya::Pod is an unsafe trait; the type is repr(C) plain data
 unsafe impl aya::Pod for SourceKey {}
 
 /// SYN_BUDGET entries. An idle source that is evicted only gets a full budget again, and
@@ -93,6 +95,7 @@ pub struct FlowKey {
 }
 
 #[cfg(feature = "user")]
+#[allow(unsafe_code)] // reason: aya::Pod is an unsafe trait; the type is repr(C) plain data
 unsafe impl aya::Pod for FlowKey {}
 
 pub const MAX_FLOWS: u32 = 65_536;
@@ -122,6 +125,7 @@ pub struct PortSet {
 }
 
 #[cfg(feature = "user")]
+#[allow(unsafe_code)] // reason: aya::Pod is an unsafe trait; the type is repr(C) plain data
 unsafe impl aya::Pod for PortSet {}
 
 impl PortSet {

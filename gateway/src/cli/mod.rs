@@ -138,7 +138,10 @@ pub fn main() -> ExitCode {
         // Behave like any Unix filter: `sshgw sessions | head` ends quietly. (The daemon
         // keeps Rust's default of ignoring SIGPIPE, so a vanished peer is just an error.)
         // SAFETY: setting a signal disposition before any other thread exists.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        #[allow(unsafe_code)] // reason: SIGPIPE's disposition is set through libc::signal
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL)
+        };
     }
     let result = match cli.command {
         Command::Run { config, log_format } => {

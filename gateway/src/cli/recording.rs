@@ -762,6 +762,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // reason: test: mkfifo(3) has no std wrapper
     fn export_to_a_fifo_writes_into_it() {
         use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
         let dir = tempfile::tempdir().unwrap();
@@ -790,6 +791,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // reason: test: openpty(3) has no std wrapper
     fn export_to_a_pty_writes_to_the_terminal() {
         use std::io::Read;
         use std::os::unix::fs::FileTypeExt;

@@ -186,6 +186,7 @@ pub fn program_for(interface: &str) -> &'static str {
 }
 
 /// The link type of `interface` (`SIOCGIFHWADDR`), in this network namespace.
+#[allow(unsafe_code)] // reason: socket(2) and the SIOCGIFHWADDR ioctl through libc
 fn link_type(interface: &str) -> Option<u16> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let name = interface.as_bytes();
@@ -267,6 +268,7 @@ impl AttachedNames {
 }
 
 /// The name of interface `ifindex` in this network namespace.
+#[allow(unsafe_code)] // reason: if_indextoname(3) through libc
 pub fn interface_name(ifindex: u32) -> Option<String> {
     let mut buf = [0u8; libc::IF_NAMESIZE];
     // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.

@@ -121,6 +121,7 @@ fn memory_point(pid: u32, sessions: usize) -> Result<MemoryPoint> {
     })
 }
 
+#[allow(unsafe_code)] // reason: fcntl(2) through libc
 fn set_nonblocking(fd: i32) {
     // SAFETY: fcntl on an fd we own.
     unsafe {
@@ -130,6 +131,7 @@ fn set_nonblocking(fd: i32) {
 }
 
 /// Opens up to `target` sessions over `route`; returns what was reached.
+#[allow(unsafe_code)] // reason: poll(2) through libc
 fn ramp(
     env: &BenchEnv<'_>,
     route: Route,

@@ -41,6 +41,7 @@ struct EchoPty {
 }
 
 /// Waits up to `timeout` for the master to become readable.
+#[allow(unsafe_code)] // reason: poll(2) through libc
 fn poll_readable(fd: i32, timeout: Duration) -> Result<bool> {
     let mut pfd = libc::pollfd {
         fd,
@@ -57,6 +58,7 @@ fn poll_readable(fd: i32, timeout: Duration) -> Result<bool> {
 }
 
 impl EchoPty {
+    #[allow(unsafe_code)] // reason: openpty(3) and fcntl(2) through libc
     fn open(env: &BenchEnv<'_>, route: Route) -> Result<Self> {
         let (mut master_fd, mut slave_fd) = (-1, -1);
         let ws = libc::winsize {

@@ -27,6 +27,7 @@ impl CpuTimes {
 }
 
 /// Clock ticks per second (`_SC_CLK_TCK`), the unit of `/proc/PID/stat` times.
+#[allow(unsafe_code)] // reason: sysconf(3) through libc
 pub fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -115,6 +116,7 @@ pub fn wait_no_children(pid: u32, timeout: Duration) -> Result<()> {
 }
 
 /// CPU seconds (user + system) of every child of this process that has been waited for.
+#[allow(unsafe_code)] // reason: getrusage(2) through libc
 pub fn reaped_children_cpu() -> f64 {
     // SAFETY: getrusage writes into the zeroed struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -125,6 +127,7 @@ pub fn reaped_children_cpu() -> f64 {
 
 /// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (children inherit it: the
 /// daemon, sshd, ssh). Returns the new soft limit.
+#[allow(unsafe_code)] // reason: getrlimit/setrlimit(2) through libc
 pub fn raise_nofile_limit() -> Result<u64> {
     // SAFETY: getrlimit/setrlimit read and write the struct we pass.
     let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
@@ -143,6 +146,7 @@ pub fn raise_nofile_limit() -> Result<u64> {
 /// Spawns `cmd` outside the lab registry, for runs that are timed to the microsecond (the
 /// registry polls for exits). The child gets `PR_SET_PDEATHSIG(SIGKILL)` like registry
 /// children; always finish it with [`wait_child`].
+#[allow(unsafe_code)] // reason: pre_exec with prctl(PR_SET_PDEATHSIG) in the child
 pub fn spawn_timed(cmd: &mut Command) -> Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: prctl and getppid are async-signal-safe; nothing allocates.
@@ -169,6 +173,7 @@ pub fn spawn_timed(cmd: &mut Command) -> Result<Child> {
 
 /// Waits up to `timeout` for `child` to exit and returns the moment it did (a pidfd wakes
 /// us at once, no polling), or None if it is still running (it is left running).
+#[allow(unsafe_code)] // reason: pidfd_open(2) through libc::syscall
 pub fn try_wait_child(
     child: &mut Child,
     timeout: Duration,

@@ -104,6 +104,7 @@ fn is_open(stream: &TcpStream) -> bool {
 
 /// A raw socket of IP protocol `proto` bound to `src` (which need not be local); the
 /// kernel writes the IP header.
+#[allow(unsafe_code)] // reason: a raw socket(2) and bind(2) through libc
 fn raw_socket(src: IpAddr, proto: u8) -> Result<OwnedFd> {
     let family = if src.is_ipv4() {
         libc::AF_INET
@@ -129,6 +130,7 @@ fn raw_socket(src: IpAddr, proto: u8) -> Result<OwnedFd> {
 }
 
 /// Sends `payload` to `dst`; `false` when the device queue is full (try again).
+#[allow(unsafe_code)] // reason: sendto(2) with a raw sockaddr through libc
 fn send(sock: &OwnedFd, dst: IpAddr, payload: &[u8]) -> Result<bool> {
     let (sa, len) = sockaddr(SocketAddr::new(dst, 0));
     // SAFETY: the buffer and the sockaddr are valid for the lengths given.
@@ -195,6 +197,7 @@ const INNER_SRC_V4: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const INNER_SRC_V6: Ipv6Addr = Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 1);
 
 /// One tunnel packet of protocol `proto` to `dst`, carrying a SYN to `dst`:22.
+#[allow(unsafe_code)] // reason: setsockopt(IPV6_DSTOPTS) with a raw option buffer
 fn encap(src: IpAddr, dst: IpAddr, proto: u8, dstopts: bool) -> Result<()> {
     let sock = raw_socket(src, proto)?;
     if dstopts {
@@ -330,6 +333,7 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+#[allow(unsafe_code)] // reason: writes a sockaddr_in/in6 into a sockaddr_storage
 fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -365,6 +369,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+#[allow(unsafe_code)] // reason: setsockopt(2) through libc
 fn setsockopt(sock: &OwnedFd, level: i32, name: i32, value: &libc::c_int) -> Result<()> {
     // SAFETY: `value` is a valid c_int for the given length.
     let ret = unsafe {

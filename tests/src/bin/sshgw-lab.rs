@@ -155,7 +155,10 @@ fn main() -> ExitCode {
     // Die quietly on a closed stdout (`| head`), like other command-line tools, instead of
     // panicking half-way: whatever was started is in the state file for `down`.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    #[allow(unsafe_code)] // reason: SIGPIPE's disposition is set through libc::signal
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL)
+    };
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(opts) => opts,
         Err(err) => {
