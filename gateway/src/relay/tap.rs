@@ -272,7 +272,7 @@ pub struct Refusal {
 
 /// Judges a program request (shell, exec, subsystem) under `policy`: an exec of an
 /// sftp-server binary is SFTP like the subsystem, plain scp is scp, and the rest is up to
-/// `ssh.shell`, `ssh.exec` and `ssh.unrecordable_programs` (see `policy_eval`).
+/// `ssh.shell`, `ssh.exec` and `ssh.unrecordable_programs` (see `policy::eval`).
 pub fn admit_program(policy: &Policy, kind: &ChannelKind) -> Result<Admitted, Refusal> {
     let mut scp = None;
     let program = match kind {
