@@ -1,9 +1,9 @@
 //! Writing recordings: the synchronous file writer and the async [`Recorder`] handle.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::Write,
-    os::unix::fs::{FileExt, OpenOptionsExt},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -239,11 +239,7 @@ impl FileWriter {
         let json_len = serde_json::to_vec(&header)?.len();
         let header_json_len = format::header_json_len(json_len);
         let json = format::padded_header_json(&header, header_json_len).expect("header fits");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
+        let mut file = crate::util::fs::create_new(path, crate::util::fs::Mode::Private)
             .with_context(|| format!("cannot create recording {}", path.display()))?;
         if let Err(e) = file.write_all(&format::encode_header(&json)) {
             let _ = std::fs::remove_file(path);
@@ -765,6 +761,7 @@ async fn flush(writer: &mut Option<FileWriter>, set_failed: &impl Fn(&anyhow::Er
 mod tests {
     use super::*;
     use crate::recording::keys;
+    use std::fs::OpenOptions;
 
     fn full_disk_writer() -> (tempfile::TempDir, FileWriter) {
         let dir = tempfile::tempdir().unwrap();

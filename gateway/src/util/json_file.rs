@@ -2,13 +2,15 @@
 //! of a state document and their digest (the control API's ETag), and atomic replacement.
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+
+use super::fs;
 
 /// Parses `text`, naming the failing field path (`policies[3].destinations[0]: …`).
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T> {
@@ -51,9 +53,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// A new version of a state file, written and synced next to it but not yet in place.
 /// Dropping it without `commit` removes it, leaving the old file untouched.
 pub struct Staged {
+    // The temporary's name, which the tests look at.
+    #[cfg_attr(not(test), allow(dead_code))]
     tmp: PathBuf,
-    path: PathBuf,
-    committed: bool,
+    file: fs::Staged,
 }
 
 /// Writes `value` as [`to_bytes`] to a temporary file beside `path` (mode 0600, fsynced).
@@ -61,60 +64,30 @@ pub fn stage<T: serde::Serialize>(path: &Path, value: &T) -> Result<Staged> {
     stage_bytes(path, &to_bytes(value)?)
 }
 
-/// Writes `bytes` to a new temporary file beside `path`: a name no other writer uses,
-/// created with `O_CREAT|O_EXCL|O_NOFOLLOW` and mode 0600 (so a file or symlink planted
-/// under that name is never followed or reused), then fsynced.
+/// Writes `bytes` to a new temporary file beside `path` ([`fs::Staged`]: a name no other
+/// writer uses, never a planted file or symlink, mode 0600), then fsyncs it.
 pub fn stage_bytes(path: &Path, bytes: &[u8]) -> Result<Staged> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(
-        ".{name}.tmp-{}-{}-{:016x}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed),
-        rand::Rng::next_u64(&mut rand::rng())
-    ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(&tmp)
+    let tmp = fs::temp_beside(path).map_err(anyhow::Error::new)?;
+    let mut file = fs::Staged::create(path, tmp.clone(), fs::Mode::Private)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    let staged = Staged {
-        tmp,
-        path: path.to_path_buf(),
-        committed: false,
-    };
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", staged.tmp.display()))?;
-    Ok(staged)
+    file.file()
+        .write_all(bytes)
+        .and_then(|()| file.sync())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    Ok(Staged { tmp, file })
 }
 
 impl Staged {
     /// Atomically replaces the old file and makes the rename durable.
-    pub fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("cannot replace {}", self.path.display()))?;
-        self.committed = true;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .with_context(|| format!("cannot sync {}", dir.display()))?;
+    pub fn commit(self) -> Result<()> {
+        let path = self.file.path().to_path_buf();
+        self.file
+            .rename()
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        if let Some(dir) = path.parent() {
+            fs::sync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))?;
         }
         Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 

@@ -1,3 +1,4 @@
 //! Leaf helpers with no domain imports.
 
+pub mod fs;
 pub mod json_file;
