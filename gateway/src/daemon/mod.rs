@@ -239,15 +239,11 @@ async fn reload(config_path: &Path, shared: &control::Context) {
     notify::notify("RELOADING=1");
     let result = async {
         let next = Config::load(config_path)?;
-        for setting in restart_only_changes(&shared.config, &next) {
-            tracing::warn!(setting, "changed setting takes effect only after a restart");
-        }
         // Take over only what a running daemon can change; the rest stays as started.
         let mut effective = shared.state.config();
-        effective.datapath.take_live(&next.datapath);
-        effective.drain_timeout_secs = next.drain_timeout_secs;
-        effective.sessions = next.sessions.clone();
-        effective.recording.public_key_file = next.recording.public_key_file.clone();
+        for setting in effective.reload_from(&next) {
+            tracing::warn!(setting, "changed setting takes effect only after a restart");
+        }
         let key = match (
             &effective.recording.public_key_file,
             effective.recording_key_path().exists(),
@@ -291,51 +287,6 @@ async fn reload(config_path: &Path, shared: &control::Context) {
         }
     }
     notify::notify("READY=1");
-}
-
-/// Settings a running daemon cannot change.
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let differs =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    let (o, n) = (&old.datapath, &new.datapath);
-    [
-        ("state_dir", differs(&old.state_dir, &new.state_dir)),
-        (
-            "control_socket",
-            differs(&old.control_socket, &new.control_socket),
-        ),
-        (
-            "control_group",
-            differs(&old.control_group, &new.control_group),
-        ),
-        ("datapath.interfaces", differs(&o.interfaces, &n.interfaces)),
-        ("datapath.pin_dir", differs(&o.pin_dir, &n.pin_dir)),
-        (
-            "datapath.intercept_mark",
-            o.intercept_mark != n.intercept_mark,
-        ),
-        ("datapath.route_table", o.route_table != n.route_table),
-        ("datapath.rule_priority", o.rule_priority != n.rule_priority),
-        ("datapath.listen_port", o.listen_port != n.listen_port),
-        ("ssh", differs(&old.ssh, &new.ssh)),
-        ("limits", differs(&old.limits, &new.limits)),
-        (
-            "recording.dir",
-            differs(&old.recording.dir, &new.recording.dir),
-        ),
-        (
-            "recording.on_recording_failure",
-            differs(
-                &old.recording.on_recording_failure,
-                &new.recording.on_recording_failure,
-            ),
-        ),
-        ("retention", differs(&old.retention, &new.retention)),
-        ("metrics", differs(&old.metrics, &new.metrics)),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect()
 }
 
 /// Graceful stop: accept nothing new (closing the listeners empties the SOCKMAP, so new
