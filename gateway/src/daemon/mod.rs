@@ -20,7 +20,7 @@ use crate::{
     intercept::admission,
     intercept::listener::{self, Listeners},
     metrics::METRICS,
-    recording::keys::RecordingKey,
+    recording::key_store::KeyStore,
     relay::{self, Ciphers, RecordingSettings, RelayContext},
     sessions::{live::LiveSessions, retention, store::SessionStore},
     state::{self, LiveState},
@@ -55,7 +55,10 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     let recordings = config.recordings_dir();
     std::fs::create_dir_all(&recordings)
         .with_context(|| format!("cannot create recording dir {}", recordings.display()))?;
-    let recording_key = load_recording_key(&config)?;
+    let recording_key = KeyStore::load(
+        config.recording_key_path(),
+        config.recording.public_key_file.as_deref(),
+    )?;
     let control = control::server::bind(&config).await?;
     let listeners = Listeners::bind(config.datapath.listen_port)?;
     let mut dp = Datapath::start(
@@ -76,7 +79,7 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     let relay = Arc::new(RelayContext {
         recording: RecordingSettings {
             dir: recordings,
-            key: std::sync::RwLock::new(recording_key),
+            key: recording_key,
             on_failure: config.recording.on_recording_failure,
         },
         store: store.clone(),
@@ -244,17 +247,8 @@ async fn reload(config_path: &Path, shared: &control::Context) {
         for setting in effective.reload_from(&next) {
             tracing::warn!(setting, "changed setting takes effect only after a restart");
         }
-        let key = match (
-            &effective.recording.public_key_file,
-            effective.recording_key_path().exists(),
-        ) {
-            (Some(file), false) => Some(
-                RecordingKey::from_file(file)
-                    .with_context(|| format!("cannot load the recording key {}", file.display()))?,
-            ),
-            _ => None,
-        };
-        let pushed_key = effective.recording_key_path();
+        let keys = &shared.relay.recording.key;
+        let key = keys.read_configured(effective.recording.public_key_file.as_deref())?;
         let on_log_failure = effective.sessions.on_log_failure;
         // The new settings take effect with the state files, under the writer lock.
         if let Err(e) = shared.state.reload(effective).await {
@@ -263,19 +257,7 @@ async fn reload(config_path: &Path, shared: &control::Context) {
         shared.store.set_on_failure(on_log_failure);
         if let Some(key) = key {
             // Under the writer lock, as `set-key` is: a key set meanwhile is never undone.
-            shared
-                .state
-                .with_writer_lock(|| {
-                    if !pushed_key.exists() {
-                        *shared
-                            .relay
-                            .recording
-                            .key
-                            .write()
-                            .expect("recording key lock poisoned") = Some(Arc::new(key));
-                    }
-                })
-                .await;
+            shared.state.with_writer_lock(|| keys.reload(key)).await;
         }
         anyhow::Ok(())
     }
@@ -443,25 +425,6 @@ async fn retention_loop(
             Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
     }
-}
-
-/// The recording key: the one last set through the API (kept in the state dir), else the
-/// configured file, else none (sessions whose policy needs a recording are then refused
-/// or go unrecorded, per `on_recording_failure`).
-fn load_recording_key(config: &Config) -> Result<Option<Arc<RecordingKey>>> {
-    let pushed = config.recording_key_path();
-    let path = if pushed.exists() {
-        pushed
-    } else if let Some(file) = &config.recording.public_key_file {
-        file.clone()
-    } else {
-        tracing::warn!("no recording key configured: policies with command_logging cannot record");
-        return Ok(None);
-    };
-    let key = RecordingKey::from_file(&path)
-        .with_context(|| format!("cannot load the recording key {}", path.display()))?;
-    tracing::info!(path = %path.display(), "recording key loaded");
-    Ok(Some(Arc::new(key)))
 }
 
 #[cfg(test)]
