@@ -512,12 +512,15 @@ enum Command {
         cols: u32,
         rows: u32,
     },
-    Finish {
-        exit: Exit,
-        elapsed_us: u64,
-        trailer: Trailer,
-        reply: oneshot::Sender<Result<Summary>>,
-    },
+    Finish(Finish),
+}
+
+/// The last command: how the program ended, and where to send the summary.
+struct Finish {
+    exit: Exit,
+    elapsed_us: u64,
+    trailer: Trailer,
+    reply: oneshot::Sender<Result<Summary>>,
 }
 
 /// Records one channel. Events go over a bounded queue to a writer task that buffers
@@ -612,12 +615,12 @@ impl Recorder {
         let (reply, answer) = oneshot::channel();
         let sent = self
             .tx
-            .send(Command::Finish {
+            .send(Command::Finish(Finish {
                 exit,
                 elapsed_us,
                 trailer,
                 reply,
-            })
+            }))
             .await;
         match (sent, answer.await) {
             (Ok(()), Ok(result)) => result,
@@ -675,24 +678,12 @@ async fn run_writer(
             }
         };
         let Some(command) = command else {
-            // Dropped without finish: keep what was recorded; it reads as truncated.
-            if let Some(w) = &writer {
-                tracing::warn!(
-                    "recording {} dropped without finish: it will read as truncated",
-                    w.path.display()
-                );
-            }
-            flush(&mut writer, &set_failed).await;
-            return;
+            return abandon(&mut writer, &set_failed).await;
         };
         let Some(w) = writer.as_mut() else {
             // Failed earlier: drain the queue so senders never wait.
-            if let Command::Finish { reply, .. } = command {
-                let message = failed.lock().expect("recorder state poisoned").clone();
-                let _ = reply.send(Err(anyhow!(
-                    "{}",
-                    message.unwrap_or_else(|| "recording writer failed".into())
-                )));
+            if let Command::Finish(finish) = command {
+                reply_failed(finish.reply, &failed);
                 return;
             }
             continue;
@@ -709,39 +700,78 @@ async fn run_writer(
                 cols,
                 rows,
             } => w.resize(elapsed_us, cols, rows),
-            Command::Finish {
-                exit,
-                elapsed_us,
-                trailer,
-                reply,
-            } => {
+            Command::Finish(finish) => {
                 let w = writer.take().expect("writer present");
-                let finish = move |w: &mut FileWriter| {
-                    w.trailer = trailer;
-                    w.finish(&exit, elapsed_us)
-                };
-                let result = match blocking(w, finish).await {
-                    Some((_, result)) => result,
-                    None => Err(anyhow!("recording writer panicked")),
-                };
-                if let Err(e) = &result {
-                    set_failed(e);
-                }
-                let _ = reply.send(result);
-                return;
+                return finish_writer(w, finish, &set_failed).await;
             }
         }
-        let pending = writer.as_ref().map_or(0, FileWriter::pending_len);
-        if deadline.is_none() && pending > 0 {
-            let at = Instant::now() + FLUSH_INTERVAL;
-            deadline = Some(at);
-            timer.as_mut().reset(at);
-        }
-        if pending >= WRITER_FLUSH_BYTES {
-            deadline = None;
+        if schedule(&writer, &mut deadline, timer.as_mut()) {
             flush(&mut writer, &set_failed).await;
         }
     }
+}
+
+/// After a command: arms the timer when the first packet was buffered, and says whether
+/// enough is buffered to write a chunk at once.
+fn schedule(
+    writer: &Option<FileWriter>,
+    deadline: &mut Option<Instant>,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> bool {
+    let pending = writer.as_ref().map_or(0, FileWriter::pending_len);
+    if deadline.is_none() && pending > 0 {
+        let at = Instant::now() + FLUSH_INTERVAL;
+        *deadline = Some(at);
+        timer.reset(at);
+    }
+    if pending >= WRITER_FLUSH_BYTES {
+        *deadline = None;
+        return true;
+    }
+    false
+}
+
+/// The recorder was dropped without finish: keep what was recorded; it reads as truncated.
+async fn abandon(writer: &mut Option<FileWriter>, set_failed: &impl Fn(&anyhow::Error)) {
+    if let Some(w) = writer {
+        tracing::warn!(
+            "recording {} dropped without finish: it will read as truncated",
+            w.path.display()
+        );
+    }
+    flush(writer, set_failed).await;
+}
+
+/// `Finish` after the writer failed: the first error, or a generic one.
+fn reply_failed(reply: oneshot::Sender<Result<Summary>>, failed: &Mutex<Option<String>>) {
+    let message = failed.lock().expect("recorder state poisoned").clone();
+    let _ = reply.send(Err(anyhow!(
+        "{}",
+        message.unwrap_or_else(|| "recording writer failed".into())
+    )));
+}
+
+/// `Finish`: writes the trailer, the end record and the final header off the async
+/// threads, then answers.
+async fn finish_writer(w: FileWriter, command: Finish, set_failed: &impl Fn(&anyhow::Error)) {
+    let Finish {
+        exit,
+        elapsed_us,
+        trailer,
+        reply,
+    } = command;
+    let finish = move |w: &mut FileWriter| {
+        w.trailer = trailer;
+        w.finish(&exit, elapsed_us)
+    };
+    let result = match blocking(w, finish).await {
+        Some((_, result)) => result,
+        None => Err(anyhow!("recording writer panicked")),
+    };
+    if let Err(e) = &result {
+        set_failed(e);
+    }
+    let _ = reply.send(result);
 }
 
 async fn flush(writer: &mut Option<FileWriter>, set_failed: &impl Fn(&anyhow::Error)) {
