@@ -298,59 +298,17 @@ impl<R: Read> Reader<R> {
         let mut len = [0u8; 4];
         let got = read_full(&mut self.input, &mut len)?;
         if got == 0 {
-            let leftover = self.buf.len() - self.pos;
-            if self.end_record.is_some() && leftover > 0 {
-                return Err(self.corrupt("data after the end-of-recording record".into()));
-            }
-            self.end = Some(match self.end_record {
-                Some(end_elapsed_us) => End::Complete { end_elapsed_us },
-                None => End::Truncated(Truncation::AfterChunk {
-                    chunks: chunk,
-                    inside_packet: leftover > 0,
-                }),
-            });
-            return Ok(false);
+            return self.end_of_file(chunk);
         }
-        let truncated_inside = |reader: &mut Self| -> Result<bool, RecordingError> {
-            if reader.end_record.is_some() {
-                return Err(RecordingError::Corrupt {
-                    chunk,
-                    reason: format!(
-                        "stray bytes after the end-of-recording record at offset {start}"
-                    ),
-                });
-            }
-            reader.end = Some(End::Truncated(Truncation::InsideChunk {
-                chunk,
-                offset: start,
-            }));
-            Ok(false)
-        };
         if got < 4 {
-            return truncated_inside(self);
+            return self.truncated_inside(chunk, start);
         }
         let len = u32::from_be_bytes(len);
-        if (len as usize) < TAG_LEN {
-            return Err(RecordingError::Corrupt {
-                chunk,
-                reason: format!(
-                    "chunk length {len} at offset {start} is shorter than the {TAG_LEN}-byte tag"
-                ),
-            });
-        }
-        if len > MAX_CHUNK_LEN {
-            return Err(RecordingError::Corrupt {
-                chunk,
-                reason: format!(
-                    "chunk length {len} at offset {start} exceeds the {} MiB limit",
-                    MAX_CHUNK_LEN >> 20
-                ),
-            });
-        }
+        check_chunk_len(chunk, start, len)?;
         let mut ciphertext = vec![0u8; len as usize];
         let got = read_full(&mut self.input, &mut ciphertext)?;
         if got < ciphertext.len() {
-            return truncated_inside(self);
+            return self.truncated_inside(chunk, start);
         }
         let plaintext =
             self.ctx
@@ -363,25 +321,86 @@ impl<R: Read> Reader<R> {
         self.offset += 4 + u64::from(len);
         self.chunks += 1;
         if plaintext.is_empty() {
-            let reason = if self.in_trailer {
-                Some("a second empty chunk")
-            } else if self.end_record.is_some() {
-                Some("an empty chunk after the end-of-recording record")
-            } else if self.pos < self.buf.len() {
-                Some("an empty chunk inside a packet")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                return Err(self.corrupt(format!("{reason} (offset {start})")));
-            }
-            self.in_trailer = true;
+            self.enter_trailer(start)?;
         }
         self.buf.drain(..self.pos);
         self.pos = 0;
         self.buf.extend_from_slice(&plaintext);
         Ok(true)
     }
+
+    /// The file ends cleanly between chunks: complete if the end-of-recording record was
+    /// read, truncated otherwise.
+    fn end_of_file(&mut self, chunk: u64) -> Result<bool, RecordingError> {
+        let leftover = self.buf.len() - self.pos;
+        if self.end_record.is_some() && leftover > 0 {
+            return Err(self.corrupt("data after the end-of-recording record".into()));
+        }
+        self.end = Some(match self.end_record {
+            Some(end_elapsed_us) => End::Complete { end_elapsed_us },
+            None => End::Truncated(Truncation::AfterChunk {
+                chunks: chunk,
+                inside_packet: leftover > 0,
+            }),
+        });
+        Ok(false)
+    }
+
+    /// The file ends inside chunk `chunk` (starting at `start`): stray bytes after the
+    /// end-of-recording record, or a truncated recording.
+    fn truncated_inside(&mut self, chunk: u64, start: u64) -> Result<bool, RecordingError> {
+        if self.end_record.is_some() {
+            return Err(RecordingError::Corrupt {
+                chunk,
+                reason: format!("stray bytes after the end-of-recording record at offset {start}"),
+            });
+        }
+        self.end = Some(End::Truncated(Truncation::InsideChunk {
+            chunk,
+            offset: start,
+        }));
+        Ok(false)
+    }
+
+    /// An empty chunk (read at `start`) starts the trailer; anywhere else it is corrupt.
+    fn enter_trailer(&mut self, start: u64) -> Result<(), RecordingError> {
+        let reason = if self.in_trailer {
+            Some("a second empty chunk")
+        } else if self.end_record.is_some() {
+            Some("an empty chunk after the end-of-recording record")
+        } else if self.pos < self.buf.len() {
+            Some("an empty chunk inside a packet")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(self.corrupt(format!("{reason} (offset {start})")));
+        }
+        self.in_trailer = true;
+        Ok(())
+    }
+}
+
+/// A chunk's length field must cover the tag and stay under the limit.
+fn check_chunk_len(chunk: u64, start: u64, len: u32) -> Result<(), RecordingError> {
+    if (len as usize) < TAG_LEN {
+        return Err(RecordingError::Corrupt {
+            chunk,
+            reason: format!(
+                "chunk length {len} at offset {start} is shorter than the {TAG_LEN}-byte tag"
+            ),
+        });
+    }
+    if len > MAX_CHUNK_LEN {
+        return Err(RecordingError::Corrupt {
+            chunk,
+            reason: format!(
+                "chunk length {len} at offset {start} exceeds the {} MiB limit",
+                MAX_CHUNK_LEN >> 20
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
