@@ -4,7 +4,7 @@
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use super::test_context::{Answer, context};
+use super::test_context::{Answer, TestContext, context};
 use crate::sessions::{
     SessionRecord,
     live::{ADMIN_KILL, Tracker},
@@ -35,10 +35,11 @@ fn ids(got: &Answer) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test]
-async fn sessions_routes() {
+/// A context whose log holds `s-ended` (jdoe, two hours ago, ended by the client) and
+/// whose live table holds `s-live` (ann, a minute ago), and the live one's tracker.
+fn two_sessions() -> (TestContext, Tracker) {
     let ctx = context();
-    let (store, live) = (ctx.shared.store.clone(), ctx.shared.live.clone());
+    let (store, live) = (&ctx.shared.store, &ctx.shared.live);
     let now = now_micros();
     let ended = Tracker::open(
         record("s-ended", "jdoe@example.com", now - 7_200_000_000),
@@ -52,7 +53,13 @@ async fn sessions_routes() {
         live.clone(),
     );
     assert!(store.sync());
+    (ctx, running)
+}
 
+#[tokio::test]
+async fn sessions_are_listed_and_shown() {
+    let (ctx, _running) = two_sessions();
+    let (store, live) = (&ctx.shared.store, &ctx.shared.live);
     #[rustfmt::skip]
     let lists: Vec<(&str, Vec<&str>)> = vec![
         ("/v1/sessions", vec!["s-live", "s-ended"]),
@@ -83,7 +90,11 @@ async fn sessions_routes() {
         (got.status, &got.body["id"], &got.body["close_reason"]),
         (StatusCode::OK, &json!("s-live"), &Value::Null)
     );
+}
 
+#[tokio::test]
+async fn session_refusals() {
+    let (ctx, _running) = two_sessions();
     #[rustfmt::skip]
     let refusals: Vec<(&str, &str, StatusCode, &str)> = vec![
         ("GET", "/v1/sessions?bogus=1", StatusCode::BAD_REQUEST, "unknown query parameter \"bogus\""),
@@ -106,7 +117,11 @@ async fn sessions_routes() {
             "{method} {path}"
         );
     }
+}
 
+#[tokio::test]
+async fn an_administrator_kills_a_live_session() {
+    let (ctx, running) = two_sessions();
     let kill_switch = running.kill_switch();
     let got = ctx.call("POST", "/v1/sessions/s-live/kill", b"").await;
     assert_eq!(
