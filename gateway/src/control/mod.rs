@@ -7,8 +7,16 @@ mod context;
 mod etag;
 mod reply;
 pub mod routes;
+#[cfg(test)]
+mod routes_tests;
 pub mod server;
+#[cfg(test)]
+mod server_tests;
 mod sessions;
+#[cfg(test)]
+mod sessions_tests;
+#[cfg(test)]
+mod test_context;
 
 pub use context::Context;
 
