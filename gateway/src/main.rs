@@ -10,6 +10,8 @@ mod datapath;
 mod devices;
 // Not called by the relay yet: remove the allow when it is.
 mod file_audit;
+#[cfg(test)]
+mod golden;
 mod identity;
 mod json_file;
 mod listener;
@@ -27,6 +29,8 @@ mod sessions;
 mod state;
 mod status;
 mod upstream_keys;
+#[cfg(test)]
+mod wire_golden_tests;
 
 fn main() -> std::process::ExitCode {
     cli::main()
