@@ -3,6 +3,8 @@
 
 mod audit;
 mod downstream;
+#[cfg(test)]
+mod end_reason_tests;
 mod flow;
 pub mod limits;
 mod pump;
