@@ -160,11 +160,11 @@ struct Gateway {
 }
 
 /// A relay context as the daemon builds it, on a temporary state dir, without a datapath
-/// and without a recording key.
-fn gateway(grace_secs: u64, policies: Vec<Policy>) -> Gateway {
+/// and without a recording key; `limits` is the `[limits]` section's body.
+fn gateway(limits: &str, policies: Vec<Policy>) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::parse(&format!(
-        "state_dir = {:?}\n[datapath]\ninterfaces = [\"wg0\"]\n[limits]\npreauth_grace_secs = {grace_secs}\n",
+        "state_dir = {:?}\n[datapath]\ninterfaces = [\"wg0\"]\n[limits]\n{limits}\n",
         dir.path()
     ))
     .unwrap();
@@ -298,7 +298,7 @@ async fn ends_of_a_session(blocked: SocketAddr) -> Vec<Row> {
         Action::Block,
         Default::default(),
     );
-    let gw = gateway(600, vec![audit(server.port()), block]);
+    let gw = gateway("", vec![audit(server.port()), block]);
     let mut rows = Vec::new();
 
     // The device logs out.
@@ -369,13 +369,30 @@ async fn refused_by_the_relay(server: SocketAddr, unreachable: SocketAddr) -> Ve
         Action::AuditSsh,
         recorded,
     );
-    let gw = gateway(600, vec![recorded, audit(unreachable.port())]);
+    let gw = gateway("", vec![recorded, audit(unreachable.port())]);
     let s = gw.login(LAPTOP, unreachable, "root").await;
     let mut rows = vec![("server unreachable", gw.ended(s).await)];
     let s = gw.login(LAPTOP, server, "root").await;
     let channel = s.device.as_ref().unwrap().channel_open_session().await;
     let _ = channel.unwrap().exec(true, "uptime").await;
     rows.push(("recording failure", gw.ended(s).await));
+    rows
+}
+
+/// A device over `[limits] max_connections_per_device`.
+async fn over_a_limit(server: SocketAddr) -> Vec<Row> {
+    let gw = gateway("max_connections_per_device = 1", vec![audit(server.port())]);
+    let first = gw.login(LAPTOP, server, "root").await;
+    let rows = vec![(
+        "over a limit",
+        gw.ended(gw.login(LAPTOP, server, "root").await).await,
+    )];
+    let device = first.device.as_ref().unwrap();
+    device
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await
+        .unwrap();
+    gw.ended(first).await;
     rows
 }
 
@@ -386,7 +403,7 @@ async fn max_duration(server: SocketAddr) -> Vec<Row> {
         ..Default::default()
     };
     let gw = gateway(
-        600,
+        "",
         vec![policy(
             "short",
             "Short",
@@ -403,7 +420,7 @@ async fn max_duration(server: SocketAddr) -> Vec<Row> {
 
 /// The pre-auth grace (1 s here) runs out: before the banner, and before a login.
 async fn preauth_grace(server: SocketAddr) -> Vec<Row> {
-    let gw = gateway(1, vec![audit(server.port())]);
+    let gw = gateway("preauth_grace_secs = 1", vec![audit(server.port())]);
     let (s, _silent) = gw.intercept(LAPTOP, server).await;
     let mut rows = vec![("no banner", gw.ended(s).await)];
     let (mut s, stream) = gw.intercept(LAPTOP, server).await;
@@ -512,6 +529,13 @@ fn expected(unreachable: SocketAddr) -> Vec<Row> {
             ),
         ),
         (
+            "over a limit",
+            refused(
+                "sshgw: too many connections for device laptop (max_connections_per_device = 1); \
+                 close some and try again",
+            ),
+        ),
+        (
             "max duration",
             told(
                 "max duration",
@@ -536,13 +560,14 @@ async fn close_reasons_and_user_messages() {
     let (server, _) = sshd().await;
     let unreachable = closed_port().await;
     // The waits (max duration, pre-auth grace) run beside the rest.
-    let (mut table, refused, timed, grace) = tokio::join!(
+    let (mut table, refused, limited, timed, grace) = tokio::join!(
         ends_of_a_session(unreachable),
         refused_by_the_relay(server, unreachable),
+        over_a_limit(server),
         max_duration(server),
         preauth_grace(server),
     );
-    table.extend(refused.into_iter().chain(timed).chain(grace));
+    table.extend(refused.into_iter().chain(limited).chain(timed).chain(grace));
     table.extend(ends_outside_the_relay());
     let expected = expected(unreachable);
     for (got, want) in table.iter().zip(&expected) {
