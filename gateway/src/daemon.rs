@@ -64,6 +64,29 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+impl Shared {
+    /// The daemon's shared state with no datapath and no listeners, for in-process tests
+    /// of the control API.
+    pub fn without_datapath(
+        config: Config,
+        state: Arc<LiveState>,
+        store: SessionStore,
+        live: Arc<LiveSessions>,
+        relay: Arc<RelayContext>,
+    ) -> Self {
+        Shared {
+            config,
+            state,
+            store,
+            live,
+            relay,
+            datapath: Arc::new(std::sync::Mutex::new(None)),
+            listeners: Vec::new(),
+        }
+    }
+}
+
 /// What each accepted connection needs.
 struct Admit {
     state: Arc<LiveState>,

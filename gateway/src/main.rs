@@ -1,6 +1,8 @@
 //! sshgw: a transparent SSH audit gateway for Linux egress routers.
 
 mod admission;
+#[cfg(test)]
+mod admission_tests;
 mod ca;
 mod cli;
 mod config;
@@ -27,6 +29,8 @@ mod relay;
 mod rlimit;
 mod sessions;
 mod state;
+#[cfg(test)]
+mod state_tests;
 mod status;
 mod upstream_keys;
 #[cfg(test)]

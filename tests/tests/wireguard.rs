@@ -533,7 +533,7 @@ fn recreated_tunnel_is_reattached_and_nothing_passes_unaudited() {
         wait_attached(&gw, Some(old_link))?;
         gw.wait_for_nth_log(attached, attaches, LOG_TIMEOUT)?;
         gw.wait_for_log(
-            "datapath interface went away or was re-created",
+            "the datapath interface was re-created (new index); attaching anew",
             LOG_TIMEOUT,
         )?;
         prober.wait_for(

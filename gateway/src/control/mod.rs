@@ -4,8 +4,16 @@ mod admin_log;
 pub mod client;
 mod etag;
 pub mod routes;
+#[cfg(test)]
+mod routes_tests;
 pub mod server;
+#[cfg(test)]
+mod server_tests;
 mod sessions;
+#[cfg(test)]
+mod sessions_tests;
+#[cfg(test)]
+mod test_context;
 
 /// Route prefix of every endpoint.
 pub const API_PREFIX: &str = "/v1";
