@@ -22,3 +22,5 @@ pub use context::Context;
 
 /// Route prefix of every endpoint.
 pub const API_PREFIX: &str = "/v1";
+#[cfg(test)]
+mod wire_golden_tests;

@@ -4,6 +4,8 @@
 mod channel;
 mod credit;
 mod device_side;
+#[cfg(test)]
+mod end_reason_tests;
 mod flow;
 pub mod limits;
 mod server_side;
