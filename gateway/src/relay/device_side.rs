@@ -10,7 +10,7 @@ use russh::{
 };
 
 use super::{
-    ConnectionInfo, RelayContext, ServerSlot,
+    ConnectionInfo, EndReason, RelayContext, ServerSlot,
     channel::{self, ChannelLink},
     server_side::{self, Bridge},
     tap::{Admitted, ProgramTap, Refusal, Transfer, admit_program},
@@ -162,7 +162,7 @@ impl DeviceSide {
 
     fn fail(&mut self, message: String) {
         tracing::warn!(session = %self.info.id, peer = %self.info.peer, orig_dst = %self.info.original_dst, reason = %message, "relay refused");
-        *self.info.failure.lock().expect("failure lock poisoned") = Some(message.clone());
+        self.info.fail(EndReason::Failed(message.clone()));
         self.failure = Some(message);
     }
 
@@ -374,7 +374,7 @@ impl DeviceSide {
             Err(message) => {
                 // Disconnect first: a client that saw the request fail would exit before
                 // reading why.
-                *self.info.failure.lock().expect("failure lock poisoned") = Some(message.clone());
+                self.info.fail(EndReason::Failed(message.clone()));
                 let _ = session.disconnect(Disconnect::ByApplication, &message, "en");
                 let _ = session.channel_failure(channel);
                 return;

@@ -9,7 +9,7 @@ use std::sync::{
 use bytes::Bytes;
 
 use super::{
-    ConnectionInfo,
+    ConnectionInfo, EndReason,
     channel::{ChannelExit, Filter, Tap},
 };
 use crate::{
@@ -123,7 +123,8 @@ impl ProgramTap {
                         .failure
                         .lock()
                         .expect("failure lock poisoned")
-                        .clone();
+                        .as_ref()
+                        .and_then(EndReason::user_message);
                     let ended = self
                         .info
                         .ended_by_gateway
@@ -164,9 +165,7 @@ impl ProgramTap {
             .recording_failures
             .fetch_add(1, Ordering::Relaxed);
         if self.refuse_unrecorded {
-            self.info.abort(format!(
-                "sshgw: session ended: its recording failed ({error})"
-            ));
+            self.info.abort(EndReason::RecordingFailed(error));
         }
     }
 }
