@@ -7,6 +7,7 @@ mod device_side;
 mod end;
 mod flow;
 pub mod limits;
+mod program;
 mod server_side;
 mod session;
 pub mod stall;
