@@ -2,4 +2,6 @@
 
 pub mod duration;
 pub mod fs;
+#[cfg(test)]
+pub mod golden;
 pub mod json_file;
