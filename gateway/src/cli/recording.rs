@@ -259,10 +259,8 @@ fn replace_file<T>(path: &Path, f: impl FnOnce(&mut File) -> Result<T>) -> Resul
         .with_context(|| format!("cannot create {}", temp.display()))?;
     let value = f(staged.file())?;
     staged
-        .sync()
-        .and_then(|()| staged.rename())
+        .install()
         .with_context(|| format!("cannot write {}", path.display()))?;
-    fs::sync_parent_best_effort(path);
     Ok(value)
 }
 

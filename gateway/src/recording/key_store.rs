@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::keys::RecordingKey;
-use crate::util::json_file;
+use crate::util::fs;
 
 /// The current recording key and where a key set through the API is kept.
 pub struct KeyStore {
@@ -65,7 +65,7 @@ impl KeyStore {
     /// The API's `set-key`: stores `key` durably (replacing the file atomically), then
     /// makes it current. Callers serialise this with [`KeyStore::reload`].
     pub fn replace(&self, key: RecordingKey) -> Result<()> {
-        json_file::stage_bytes(&self.pushed, key.to_base64().as_bytes())?.commit()?;
+        fs::stage(&self.pushed, key.to_base64().as_bytes(), fs::Mode::Private)?.commit()?;
         self.set(key);
         Ok(())
     }

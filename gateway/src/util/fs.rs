@@ -1,6 +1,7 @@
 //! Durable file writes: a file created exclusively and fsynced, a file replaced through a
 //! staged temporary, a line appended, and the directory fsync that makes each survive a
-//! crash. Every writer in the crate goes through these; callers add their own wording.
+//! crash. Every writer in the crate goes through these; callers add their own wording
+//! around what these errors already say.
 
 use std::{
     fs::{File, OpenOptions},
@@ -102,8 +103,8 @@ pub fn temp_beside(path: &Path) -> io::Result<PathBuf> {
 }
 
 /// A new version of `path`, written into a temporary file beside it (see [`temp_beside`],
-/// [`create_new`]) but not yet in place. Dropping it without [`Staged::rename`] removes
-/// the temporary, leaving the old file untouched.
+/// [`create_new`]) but not yet in place. Dropping it without [`Staged::commit`] or
+/// [`Staged::install`] removes the temporary, leaving the old file untouched.
 pub struct Staged {
     tmp: PathBuf,
     path: PathBuf,
@@ -111,8 +112,25 @@ pub struct Staged {
     renamed: bool,
 }
 
+/// Writes `bytes` as a new version of `path` into a fresh temporary beside it (a name no
+/// other writer uses, never a planted file or symlink) and fsyncs it; errors say "cannot
+/// create TMP" or "cannot write TMP". [`Staged::commit`] then puts it in place.
+pub fn stage(path: &Path, bytes: &[u8], mode: Mode) -> anyhow::Result<Staged> {
+    use anyhow::Context;
+    let tmp = temp_beside(path).map_err(anyhow::Error::new)?;
+    let mut staged = Staged::create(path, tmp.clone(), mode)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    staged
+        .file()
+        .write_all(bytes)
+        .and_then(|()| staged.sync())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    Ok(staged)
+}
+
 impl Staged {
-    /// Creates the temporary file `tmp` (from [`temp_beside`]) for a new version of `path`.
+    /// Creates the temporary file `tmp` (from [`temp_beside`]) for a new version of `path`,
+    /// to be written through [`Staged::file`] and put in place by [`Staged::install`].
     pub fn create(path: &Path, tmp: PathBuf, mode: Mode) -> io::Result<Staged> {
         let file = create_new(&tmp, mode)?;
         Ok(Staged {
@@ -123,24 +141,48 @@ impl Staged {
         })
     }
 
-    /// The file this version replaces.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The temporary file, to write the new version into.
     pub fn file(&mut self) -> &mut File {
         &mut self.file
     }
 
+    /// The temporary's name.
+    #[cfg(test)]
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// A version from [`stage`] (already fsynced): atomically replaces the old file, then
+    /// syncs the directory so that the rename is durable. Errors say "cannot replace PATH"
+    /// or "cannot sync DIR".
+    pub fn commit(self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let path = self.path.clone();
+        self.rename()
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// A version written through [`Staged::file`]: fsyncs it and atomically replaces the
+    /// old file; once in place, syncs the directory (best effort).
+    pub fn install(self) -> io::Result<()> {
+        let path = self.path.clone();
+        self.sync().and_then(|()| self.rename())?;
+        sync_parent_best_effort(&path);
+        Ok(())
+    }
+
     /// fsyncs the new version's content.
-    pub fn sync(&self) -> io::Result<()> {
+    fn sync(&self) -> io::Result<()> {
         self.file.sync_all()
     }
 
     /// Atomically puts the new version in place of the old. The rename itself is durable
     /// only after [`sync_dir`] on the parent.
-    pub fn rename(mut self) -> io::Result<()> {
+    fn rename(mut self) -> io::Result<()> {
         std::fs::rename(&self.tmp, &self.path)?;
         self.renamed = true;
         Ok(())

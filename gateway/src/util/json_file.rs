@@ -1,10 +1,8 @@
 //! State files in the state dir: JSON parsing with field-path errors, the canonical bytes
-//! of a state document and their digest (the control API's ETag), and atomic replacement.
+//! of a state document and their digest (the control API's ETag), and their staging for
+//! atomic replacement (through [`fs::stage`]).
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -50,45 +48,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// A new version of a state file, written and synced next to it but not yet in place.
-/// Dropping it without `commit` removes it, leaving the old file untouched.
-pub struct Staged {
-    // The temporary's name, which the tests look at.
-    #[cfg_attr(not(test), allow(dead_code))]
-    tmp: PathBuf,
-    file: fs::Staged,
-}
-
-/// Writes `value` as [`to_bytes`] to a temporary file beside `path` (mode 0600, fsynced).
-pub fn stage<T: serde::Serialize>(path: &Path, value: &T) -> Result<Staged> {
-    stage_bytes(path, &to_bytes(value)?)
-}
-
-/// Writes `bytes` to a new temporary file beside `path` ([`fs::Staged`]: a name no other
-/// writer uses, never a planted file or symlink, mode 0600), then fsyncs it.
-pub fn stage_bytes(path: &Path, bytes: &[u8]) -> Result<Staged> {
-    let tmp = fs::temp_beside(path).map_err(anyhow::Error::new)?;
-    let mut file = fs::Staged::create(path, tmp.clone(), fs::Mode::Private)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.file()
-        .write_all(bytes)
-        .and_then(|()| file.sync())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    Ok(Staged { tmp, file })
-}
-
-impl Staged {
-    /// Atomically replaces the old file and makes the rename durable.
-    pub fn commit(self) -> Result<()> {
-        let path = self.file.path().to_path_buf();
-        self.file
-            .rename()
-            .with_context(|| format!("cannot replace {}", path.display()))?;
-        if let Some(dir) = path.parent() {
-            fs::sync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))?;
-        }
-        Ok(())
-    }
+/// Writes `value` as [`to_bytes`] to a temporary file beside `path` (mode 0600, fsynced;
+/// see [`fs::stage`]); [`fs::Staged::commit`] puts it in place.
+pub fn stage<T: serde::Serialize>(path: &Path, value: &T) -> Result<fs::Staged> {
+    fs::stage(path, &to_bytes(value)?, fs::Mode::Private)
 }
 
 #[cfg(test)]
@@ -100,12 +63,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("devices.json");
         std::fs::write(&path, "old\n").unwrap();
-        let a = stage_bytes(&path, b"a\n").unwrap();
-        let b = stage_bytes(&path, b"b\n").unwrap();
-        assert_ne!(a.tmp, b.tmp);
+        let a = fs::stage(&path, b"a\n", fs::Mode::Private).unwrap();
+        let b = fs::stage(&path, b"b\n", fs::Mode::Private).unwrap();
+        assert_ne!(a.tmp(), b.tmp());
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&a.tmp).unwrap().permissions().mode();
+            let mode = std::fs::metadata(a.tmp()).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         drop(a);
