@@ -298,8 +298,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     duration::parse(text, &MAX_DURATION).map_err(|e| e.message)
 }
 
-pub use crate::util::duration::format as format_duration;
-
 /// Serde for `Option<Duration>` as duration text; `null` or absent is `None`.
 mod duration_text {
     use std::{fmt, time::Duration};
@@ -346,6 +344,7 @@ mod duration_text {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::duration::format as format_duration;
 
     #[test]
     fn audited_set_is_enabled_destinations() {
