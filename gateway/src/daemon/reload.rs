@@ -6,10 +6,9 @@ use std::path::Path;
 use super::notify;
 use crate::{config::Config, control};
 
-/// SIGHUP: re-reads the config file and the state files. Devices, policies, the
-/// datapath's ports and switches (`DatapathConfig::take_live`) and the recording key file
-/// apply at once; other changed settings are reported as needing a restart. Sessions are
-/// not touched.
+/// SIGHUP: re-reads the config file and the state files. Devices, policies, the settings
+/// [`Config::reload_from`] takes over and the recording key file apply at once; other
+/// changed settings are reported as needing a restart. Sessions are not touched.
 pub async fn reload(config_path: &Path, shared: &control::Context) {
     notify::notify("RELOADING=1");
     let result = async {
