@@ -165,7 +165,7 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     );
 }
 
-/// The session log's health and retention's deletions.
+/// The session log's health.
 fn render_session_log(out: &mut String, log: &HealthReport) {
     gauge(
         out,
@@ -197,6 +197,10 @@ fn render_session_log(out: &mut String, log: &HealthReport) {
         "Writes that waited for room in the full session log queue.",
         &[("", log.queue_waits)],
     );
+}
+
+/// Retention's deletions, by reason.
+fn render_retention(out: &mut String) {
     let by_reason = |f: fn(&retention::Tally) -> u64| -> Vec<(String, u64)> {
         Reason::ALL
             .iter()
@@ -235,6 +239,7 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthRepo
     render_sessions(&mut out, live);
     render_relay(&mut out);
     render_session_log(&mut out, log);
+    render_retention(&mut out);
     render_datapath(&mut out, datapath);
     let m = &METRICS;
     m.certificate_mint.render(
