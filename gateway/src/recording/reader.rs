@@ -110,36 +110,7 @@ impl<R: Read> Reader<R> {
     /// Reads and checks the header; the key is checked by the first chunk.
     pub fn open(mut input: R, key: &RecordingPrivateKey) -> Result<Self, RecordingError> {
         let not = |s: String| RecordingError::NotARecording(s);
-        let mut len = [0u8; 4];
-        let got = read_full(&mut input, &mut len)?;
-        if got == 0 {
-            return Err(not("the file is empty".into()));
-        }
-        if got < 4 {
-            return Err(not(format!("the file has only {got} bytes")));
-        }
-        let len = u32::from_be_bytes(len);
-        if len == 0 {
-            return Err(not("the header length is 0".into()));
-        }
-        if len > MAX_HEADER_LEN {
-            return Err(not(format!(
-                "the header length {len} exceeds the {} MiB limit",
-                MAX_HEADER_LEN >> 20
-            )));
-        }
-        let mut text = vec![0u8; len as usize];
-        let got = read_full(&mut input, &mut text)?;
-        if got < text.len() {
-            return Err(not(format!(
-                "the file ends inside the header ({got} of {len} bytes)"
-            )));
-        }
-        let json = format::base64_engine()
-            .decode(&text)
-            .map_err(|e| not(format!("the header is not base64 ({e})")))?;
-        let meta: Metadata = serde_json::from_slice(&json)
-            .map_err(|e| not(format!("the header is not recording metadata JSON ({e})")))?;
+        let (len, meta) = read_header(&mut input)?;
         let enc = hex::decode(meta.encapsulated_key.trim())
             .map_err(|e| not(format!("encapsulated_key is not hex ({e})")))?;
         let enc = EncappedKey::from_bytes(&enc).map_err(|_| {
@@ -155,17 +126,7 @@ impl<R: Read> Reader<R> {
             b"",
         )
         .map_err(|e| not(format!("invalid encapsulated_key ({e})")))?;
-        let ours = key.public().to_base64();
-        let hint = meta
-            .sshgw
-            .as_ref()
-            .and_then(|s| s.recipient.as_deref())
-            .filter(|recipient| recipient.trim_end_matches('=') != ours.trim_end_matches('='))
-            .map(|recipient| {
-                format!(
-                    "the header names recipient public key {recipient}, this private key's public key is {ours}"
-                )
-            });
+        let hint = recipient_hint(&meta, key);
         Ok(Reader {
             input,
             offset: 4 + u64::from(len),
@@ -379,6 +340,57 @@ impl<R: Read> Reader<R> {
         self.in_trailer = true;
         Ok(())
     }
+}
+
+/// The header: its length field and the metadata it holds.
+fn read_header(input: &mut impl Read) -> Result<(u32, Metadata), RecordingError> {
+    let not = |s: String| RecordingError::NotARecording(s);
+    let mut len = [0u8; 4];
+    let got = read_full(input, &mut len)?;
+    if got == 0 {
+        return Err(not("the file is empty".into()));
+    }
+    if got < 4 {
+        return Err(not(format!("the file has only {got} bytes")));
+    }
+    let len = u32::from_be_bytes(len);
+    if len == 0 {
+        return Err(not("the header length is 0".into()));
+    }
+    if len > MAX_HEADER_LEN {
+        return Err(not(format!(
+            "the header length {len} exceeds the {} MiB limit",
+            MAX_HEADER_LEN >> 20
+        )));
+    }
+    let mut text = vec![0u8; len as usize];
+    let got = read_full(input, &mut text)?;
+    if got < text.len() {
+        return Err(not(format!(
+            "the file ends inside the header ({got} of {len} bytes)"
+        )));
+    }
+    let json = format::base64_engine()
+        .decode(&text)
+        .map_err(|e| not(format!("the header is not base64 ({e})")))?;
+    let meta: Metadata = serde_json::from_slice(&json)
+        .map_err(|e| not(format!("the header is not recording metadata JSON ({e})")))?;
+    Ok((len, meta))
+}
+
+/// When the header names a recipient other than `key`'s public key: a hint for an
+/// authentication failure.
+fn recipient_hint(meta: &Metadata, key: &RecordingPrivateKey) -> Option<String> {
+    let ours = key.public().to_base64();
+    meta.sshgw
+        .as_ref()
+        .and_then(|s| s.recipient.as_deref())
+        .filter(|recipient| recipient.trim_end_matches('=') != ours.trim_end_matches('='))
+        .map(|recipient| {
+            format!(
+                "the header names recipient public key {recipient}, this private key's public key is {ours}"
+            )
+        })
 }
 
 /// A chunk's length field must cover the tag and stay under the limit.
