@@ -190,6 +190,47 @@ pub(crate) struct FileWriter {
     trailer: Trailer,
 }
 
+/// The header of a new recording: the channel's facts, the HPKE encapsulated key (hex)
+/// and the recipient's public key.
+fn header_metadata(
+    meta: &ChannelMeta,
+    key: &RecordingKey,
+    encapsulated_key: String,
+    started_us: u64,
+) -> Metadata {
+    let (command, subsystem) = match &meta.channel {
+        ChannelKind::Shell => (None, None),
+        ChannelKind::Exec { command } => (Some(command.clone()), None),
+        ChannelKind::Subsystem { name } => (None, Some(name.clone())),
+    };
+    Metadata {
+        started_at: started_us / 1_000_000,
+        data_size: 0,
+        encapsulated_key,
+        pty: meta.pty.as_ref().map(|pty| PtyInfo {
+            term: Some(pty.term.clone()),
+            width: pty.width,
+            height: pty.height,
+            modes: pty.modes.clone(),
+        }),
+        sshgw: Some(SshgwInfo {
+            format: SSHGW_FORMAT,
+            started_at_us: Some(started_us),
+            session_id: meta.session_id.clone(),
+            channel: meta.channel.as_str().to_string(),
+            command,
+            subsystem,
+            user_email: meta.user_email.clone(),
+            device_id: meta.device_id.clone(),
+            login: Some(meta.login.clone()),
+            destination: Some(meta.destination.clone()),
+            env: meta.env.clone(),
+            recipient: Some(key.to_base64()),
+        }),
+        exit_data: None,
+    }
+}
+
 impl FileWriter {
     /// Creates `path` (0600, never overwriting) and writes the header.
     pub fn create(
@@ -205,37 +246,7 @@ impl FileWriter {
         )
         .map_err(|e| anyhow!("cannot set up recording encryption: {e}"))?;
         let started_us = format::unix_micros(started);
-        let (command, subsystem) = match &meta.channel {
-            ChannelKind::Shell => (None, None),
-            ChannelKind::Exec { command } => (Some(command.clone()), None),
-            ChannelKind::Subsystem { name } => (None, Some(name.clone())),
-        };
-        let header = Metadata {
-            started_at: started_us / 1_000_000,
-            data_size: 0,
-            encapsulated_key: hex::encode(enc.to_bytes()),
-            pty: meta.pty.as_ref().map(|pty| PtyInfo {
-                term: Some(pty.term.clone()),
-                width: pty.width,
-                height: pty.height,
-                modes: pty.modes.clone(),
-            }),
-            sshgw: Some(SshgwInfo {
-                format: SSHGW_FORMAT,
-                started_at_us: Some(started_us),
-                session_id: meta.session_id.clone(),
-                channel: meta.channel.as_str().to_string(),
-                command,
-                subsystem,
-                user_email: meta.user_email.clone(),
-                device_id: meta.device_id.clone(),
-                login: Some(meta.login.clone()),
-                destination: Some(meta.destination.clone()),
-                env: meta.env.clone(),
-                recipient: Some(key.to_base64()),
-            }),
-            exit_data: None,
-        };
+        let header = header_metadata(meta, key, hex::encode(enc.to_bytes()), started_us);
         let json_len = serde_json::to_vec(&header)?.len();
         let header_json_len = format::header_json_len(json_len);
         let json = format::padded_header_json(&header, header_json_len).expect("header fits");
