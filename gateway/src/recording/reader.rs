@@ -194,19 +194,7 @@ impl<R: Read> Reader<R> {
             return Err(self.corrupt("data after the end-of-recording record".into()));
         }
         let len = u32::from_be_bytes(avail[..4].try_into().expect("4 bytes"));
-        if (len as usize) < PACKET_FIXED_LEN {
-            return Err(self.corrupt(format!(
-                "packet {} has length {len}, less than {PACKET_FIXED_LEN}",
-                self.packets
-            )));
-        }
-        if len > MAX_PACKET_LEN {
-            return Err(self.corrupt(format!(
-                "packet {} has length {len}, over the {} MiB limit",
-                self.packets,
-                MAX_PACKET_LEN >> 20
-            )));
-        }
+        self.check_packet_len(len)?;
         if avail.len() < 4 + len as usize {
             return Ok(None);
         }
@@ -223,6 +211,42 @@ impl<R: Read> Reader<R> {
         let data = body[13..].to_vec();
         let kind = format::classify(source, code, &data)
             .map_err(|reason| self.corrupt(format!("packet {}: {reason}", self.packets)))?;
+        self.check_trailer_order(kind)?;
+        self.pos += 4 + len as usize;
+        self.packets += 1;
+        if kind == Kind::End {
+            self.end_record = Some(elapsed_us);
+        }
+        Ok(Some(Packet {
+            source,
+            code,
+            elapsed_us,
+            data,
+            kind,
+        }))
+    }
+
+    /// A packet's length field must cover the fixed fields and stay under the limit.
+    fn check_packet_len(&self, len: u32) -> Result<(), RecordingError> {
+        if (len as usize) < PACKET_FIXED_LEN {
+            return Err(self.corrupt(format!(
+                "packet {} has length {len}, less than {PACKET_FIXED_LEN}",
+                self.packets
+            )));
+        }
+        if len > MAX_PACKET_LEN {
+            return Err(self.corrupt(format!(
+                "packet {} has length {len}, over the {} MiB limit",
+                self.packets,
+                MAX_PACKET_LEN >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// File-operation records only after the trailer's empty chunk, channel data only
+    /// before it.
+    fn check_trailer_order(&self, kind: Kind) -> Result<(), RecordingError> {
         // Both readers must see the same channel bytes: ours reads on past the boundary,
         // ssh-log-cli does not.
         if kind.is_trailer_record() && !self.in_trailer {
@@ -237,18 +261,7 @@ impl<R: Read> Reader<R> {
                 self.packets
             )));
         }
-        self.pos += 4 + len as usize;
-        self.packets += 1;
-        if kind == Kind::End {
-            self.end_record = Some(elapsed_us);
-        }
-        Ok(Some(Packet {
-            source,
-            code,
-            elapsed_us,
-            data,
-            kind,
-        }))
+        Ok(())
     }
 
     /// Reads and decrypts the next chunk into the buffer; `false` at the end of the file
