@@ -104,7 +104,7 @@ impl LimitsConfig {
 }
 
 /// The session log (`<state_dir>/sessions.db`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsConfig {
     /// What happens to new connections while the session log cannot be written.
@@ -123,7 +123,7 @@ pub enum LogFailure {
 }
 
 /// Prometheus metrics. They are always at `/metrics` on the control socket.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Also serve `/metrics` on this TCP address (no authentication: bind it to a
@@ -132,7 +132,7 @@ pub struct MetricsConfig {
 }
 
 /// Encrypted session recording (for policies with `command_logging`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordingConfig {
     /// The operator's public key (`sshgw recording keygen` writes NAME.pub). Can also be
@@ -155,7 +155,7 @@ pub enum RecordingFailure {
 }
 
 /// How long session records and recordings are kept (both are removed together).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Sessions older than this many days are removed; 0 keeps them forever.
@@ -175,7 +175,7 @@ impl Default for RetentionConfig {
 }
 
 /// The SSH relay: how sshgw talks to devices and to the real servers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SshConfig {
     /// Checking of the real servers' host keys against `known_hosts` in the state dir.
@@ -367,17 +367,118 @@ pub struct DatapathConfig {
     pub allow_private_bpffs: bool,
 }
 
+/// The names whose flag is set, in order.
+fn changed<const N: usize>(settings: [(&'static str, bool); N]) -> Vec<&'static str> {
+    settings
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+}
+
+impl Config {
+    /// SIGHUP: takes from `next` the settings a running daemon applies at once (`[sessions]`,
+    /// `drain_timeout_secs`, `recording.public_key_file` and `[datapath]`'s ports and
+    /// switches) and returns the names of the other settings that changed: those take
+    /// effect only after a restart. Every field is named here, so a new one does not compile
+    /// until it is put in one class or the other.
+    pub fn reload_from(&mut self, next: &Config) -> Vec<&'static str> {
+        let Config {
+            // Applied at once.
+            drain_timeout_secs,
+            sessions,
+            // Partly applied at once (see the destructuring in each).
+            datapath,
+            recording,
+            // Need a restart.
+            state_dir,
+            control_socket,
+            control_group,
+            ssh,
+            limits,
+            retention,
+            metrics,
+        } = next;
+        let RecordingConfig {
+            public_key_file,
+            dir,
+            on_recording_failure,
+        } = recording;
+        let mut restart_only = changed([
+            ("state_dir", self.state_dir != *state_dir),
+            ("control_socket", self.control_socket != *control_socket),
+            ("control_group", self.control_group != *control_group),
+        ]);
+        restart_only.extend(self.datapath.reload_from(datapath));
+        restart_only.extend(changed([
+            ("ssh", self.ssh != *ssh),
+            ("limits", self.limits != *limits),
+            ("recording.dir", self.recording.dir != *dir),
+            (
+                "recording.on_recording_failure",
+                self.recording.on_recording_failure != *on_recording_failure,
+            ),
+            ("retention", self.retention != *retention),
+            ("metrics", self.metrics != *metrics),
+        ]));
+        self.drain_timeout_secs = *drain_timeout_secs;
+        self.sessions = sessions.clone();
+        self.recording.public_key_file = public_key_file.clone();
+        restart_only
+    }
+}
+
 impl DatapathConfig {
     /// Takes the settings a running daemon applies at once (SIGHUP) from `next`; the
     /// others stay as the daemon started with them.
+    #[cfg(test)]
     pub fn take_live(&mut self, next: &DatapathConfig) {
-        self.ports = next.ports.clone();
-        self.unenrolled = next.unenrolled;
-        self.on_stop = next.on_stop;
-        self.drop_tunnels = next.drop_tunnels;
-        self.tunnel_udp_ports = next.tunnel_udp_ports.clone();
-        self.syn_rate_per_source = next.syn_rate_per_source;
-        self.syn_burst_per_source = next.syn_burst_per_source;
+        let _restart_only = self.reload_from(next);
+    }
+
+    /// [`Config::reload_from`] for `[datapath]`: every field is named, so a new one does
+    /// not compile until it is classified.
+    fn reload_from(&mut self, next: &DatapathConfig) -> Vec<&'static str> {
+        let DatapathConfig {
+            // Applied at once: the maps and the program's settings are rewritten.
+            ports,
+            unenrolled,
+            on_stop,
+            drop_tunnels,
+            tunnel_udp_ports,
+            syn_rate_per_source,
+            syn_burst_per_source,
+            // Need a restart.
+            interfaces,
+            pin_dir,
+            intercept_mark,
+            route_table,
+            rule_priority,
+            listen_port,
+            // Read only while starting, and (as ever) not reported when changed.
+            allow_private_bpffs: _,
+        } = next;
+        let restart_only = changed([
+            ("datapath.interfaces", self.interfaces != *interfaces),
+            ("datapath.pin_dir", self.pin_dir != *pin_dir),
+            (
+                "datapath.intercept_mark",
+                self.intercept_mark != *intercept_mark,
+            ),
+            ("datapath.route_table", self.route_table != *route_table),
+            (
+                "datapath.rule_priority",
+                self.rule_priority != *rule_priority,
+            ),
+            ("datapath.listen_port", self.listen_port != *listen_port),
+        ]);
+        self.ports = ports.clone();
+        self.unenrolled = *unenrolled;
+        self.on_stop = *on_stop;
+        self.drop_tunnels = *drop_tunnels;
+        self.tunnel_udp_ports = tunnel_udp_ports.clone();
+        self.syn_rate_per_source = *syn_rate_per_source;
+        self.syn_burst_per_source = *syn_burst_per_source;
+        restart_only
     }
 
     fn validate(&self) -> Result<()> {
@@ -677,6 +778,48 @@ mod tests {
         );
         assert_eq!(live.interfaces, ["a"], "interfaces need a restart");
         assert!(!live.allow_private_bpffs, "only read at start");
+    }
+
+    #[test]
+    fn reload_names_each_restart_only_change_and_applies_the_rest() {
+        let base = "state_dir = \"/s\"\ndrain_timeout_secs = 5\n";
+        let mut live = Config::parse(&format!("{base}[datapath]\ninterfaces = [\"a\"]\n")).unwrap();
+        let same = live.clone();
+        assert!(live.reload_from(&same).is_empty());
+        let next = Config::parse(
+            "state_dir = \"/t\"\ncontrol_group = \"g\"\ndrain_timeout_secs = 9\n\
+             [datapath]\ninterfaces = [\"b\"]\nlisten_port = 7\nports = [2222]\n\
+             [ssh]\nkeepalive_secs = 5\n[limits]\nmax_channels_per_connection = 3\n\
+             [recording]\ndir = \"/r\"\non_recording_failure = \"allow\"\npublic_key_file = \"/k\"\n\
+             [sessions]\non_log_failure = \"allow\"\n[retention]\nmax_age_days = 1\n\
+             [metrics]\nlisten = \"127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            live.reload_from(&next),
+            [
+                "state_dir",
+                "control_group",
+                "datapath.interfaces",
+                "datapath.listen_port",
+                "ssh",
+                "limits",
+                "recording.dir",
+                "recording.on_recording_failure",
+                "retention",
+                "metrics",
+            ]
+        );
+        assert_eq!(live.state_dir, Path::new("/s"), "kept as started");
+        assert_eq!(live.datapath.interfaces, ["a"]);
+        assert_eq!(live.datapath.ports, [2222]);
+        assert_eq!(live.drain_timeout_secs, 9);
+        assert_eq!(live.sessions.on_log_failure, LogFailure::Allow);
+        assert_eq!(
+            live.recording.public_key_file.as_deref(),
+            Some(Path::new("/k"))
+        );
+        assert_eq!(live.recording.dir, None);
     }
 
     #[test]

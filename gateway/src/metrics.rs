@@ -165,7 +165,7 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     );
 }
 
-/// The session log's health and retention's deletions.
+/// The session log's health.
 fn render_session_log(out: &mut String, log: &HealthReport) {
     gauge(
         out,
@@ -197,6 +197,10 @@ fn render_session_log(out: &mut String, log: &HealthReport) {
         "Writes that waited for room in the full session log queue.",
         &[("", log.queue_waits)],
     );
+}
+
+/// Retention's deletions, by reason.
+fn render_retention(out: &mut String) {
     let by_reason = |f: fn(&retention::Tally) -> u64| -> Vec<(String, u64)> {
         Reason::ALL
             .iter()
@@ -225,25 +229,56 @@ fn render_session_log(out: &mut String, log: &HealthReport) {
             |t| t.bytes,
         ),
     ] {
-        let labels = by_reason(f);
-        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-        counter(out, name, help, &series);
+        counter_labelled(out, name, help, by_reason(f).into_iter());
     }
 }
 
 /// The whole exposition, read at scrape time.
 pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthReport) -> String {
-    let m = &METRICS;
     let mut out = String::with_capacity(4096);
+    render_sessions(&mut out, live);
+    render_relay(&mut out);
+    render_session_log(&mut out, log);
+    render_retention(&mut out);
+    render_datapath(&mut out, datapath);
+    let m = &METRICS;
+    m.certificate_mint.render(
+        &mut out,
+        "sshgw_certificate_mint_seconds",
+        "Time to mint a user certificate.",
+    );
+    m.upstream_connect.render(
+        &mut out,
+        "sshgw_upstream_connect_seconds",
+        "Time for the TCP connect and SSH handshake with the real server.",
+    );
+    out
+}
+
+/// A counter whose series are labelled with text built at render time.
+fn counter_labelled(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (String, u64)>,
+) {
+    let labels: Vec<(String, u64)> = series.collect();
+    let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    counter(out, name, help, &series);
+}
+
+/// Sessions, relayed bytes and policy decisions.
+fn render_sessions(out: &mut String, live: &LiveSessions) {
+    let m = &METRICS;
     let (active, live_client, live_server) = live.totals();
     gauge(
-        &mut out,
+        out,
         "sshgw_sessions_active",
         "Sessions in progress.",
         active as u64,
     );
     counter(
-        &mut out,
+        out,
         "sshgw_sessions_total",
         "Intercepted connections by decision.",
         &[
@@ -258,7 +293,7 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthRepo
         ],
     );
     counter(
-        &mut out,
+        out,
         "sshgw_bytes_total",
         "Channel payload relayed, by direction.",
         &[
@@ -272,53 +307,46 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthRepo
             ),
         ],
     );
-    {
-        let decisions = m.decisions.lock().expect("metrics lock poisoned");
-        let labels: Vec<(String, u64)> = decisions
-            .iter()
-            .map(|((policy, decision), n)| {
-                (
-                    format!("policy=\"{}\",decision=\"{decision}\"", label(policy)),
-                    *n,
-                )
-            })
-            .collect();
-        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-        counter(
-            &mut out,
-            "sshgw_policy_decisions_total",
-            "Policy decisions by policy and decision.",
-            &series,
-        );
-    }
+    let decisions = m.decisions.lock().expect("metrics lock poisoned");
+    counter_labelled(
+        out,
+        "sshgw_policy_decisions_total",
+        "Policy decisions by policy and decision.",
+        decisions.iter().map(|((policy, decision), n)| {
+            (
+                format!("policy=\"{}\",decision=\"{decision}\"", label(policy)),
+                *n,
+            )
+        }),
+    );
+}
+
+/// Recording failures, limits, stalls, window violations and queued data.
+fn render_relay(out: &mut String) {
+    let m = &METRICS;
     counter(
-        &mut out,
+        out,
         "sshgw_recording_failures_total",
         "Recordings that could not be opened or written.",
         &[("", m.recording_failures.load(Ordering::Relaxed))],
     );
-    {
-        let over = m.over_limit.lock().expect("metrics lock poisoned");
-        let labels: Vec<(String, u64)> = over
-            .iter()
-            .map(|(limit, n)| (format!("limit=\"{limit}\""), *n))
-            .collect();
-        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-        counter(
-            &mut out,
-            "sshgw_connections_over_limit_total",
-            "Connections refused or closed because a [limits] setting was reached, by setting.",
-            &series,
-        );
-    }
+    let over = m.over_limit.lock().expect("metrics lock poisoned");
+    counter_labelled(
+        out,
+        "sshgw_connections_over_limit_total",
+        "Connections refused or closed because a [limits] setting was reached, by setting.",
+        over.iter()
+            .map(|(limit, n)| (format!("limit=\"{limit}\""), *n)),
+    );
+    drop(over);
     counter(
-        &mut out,
+        out,
         "sshgw_relay_stalls_total",
         "Relayed channels that held data for a peer with an open window and passed none of it on for [ssh] stall_warning_secs.",
         &[("", m.relay_stalls.load(Ordering::Relaxed))],
     );
     counter(
-        &mut out,
+        out,
         "sshgw_relay_window_violations_total",
         "Relayed channels closed because a peer sent more than its window allowed.",
         &[("", m.window_violations.load(Ordering::Relaxed))],
@@ -328,22 +356,22 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthRepo
         "# HELP sshgw_relay_queued_bytes Channel data held by the relay between its two legs.\n# TYPE sshgw_relay_queued_bytes gauge\nsshgw_relay_queued_bytes {}",
         m.relay_queued_bytes.load(Ordering::Relaxed)
     );
-    render_session_log(&mut out, log);
+}
+
+/// The TC program's counters (when the datapath is up) and interface-check errors.
+fn render_datapath(out: &mut String, datapath: Option<&Counters>) {
     if let Some(counters) = datapath {
-        let labels: Vec<(String, u64)> = counters
-            .iter()
-            .map(|(name, value)| (format!("counter=\"{name}\""), *value))
-            .collect();
-        let series: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-        counter(
-            &mut out,
+        counter_labelled(
+            out,
             "sshgw_datapath_packets_total",
             "Datapath counters of the TC program (summed over CPUs).",
-            &series,
+            counters
+                .iter()
+                .map(|(name, value)| (format!("counter=\"{name}\""), *value)),
         );
     }
     counter(
-        &mut out,
+        out,
         "sshgw_datapath_interface_check_errors_total",
         "Interface lookups that failed without an answer (e.g. EMFILE); the program stayed attached.",
         &[(
@@ -351,17 +379,6 @@ pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthRepo
             crate::datapath::INTERFACE_CHECK_ERRORS.load(Ordering::Relaxed),
         )],
     );
-    m.certificate_mint.render(
-        &mut out,
-        "sshgw_certificate_mint_seconds",
-        "Time to mint a user certificate.",
-    );
-    m.upstream_connect.render(
-        &mut out,
-        "sshgw_upstream_connect_seconds",
-        "Time for the TCP connect and SSH handshake with the real server.",
-    );
-    out
 }
 
 #[cfg(test)]

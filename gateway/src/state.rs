@@ -301,6 +301,9 @@ impl LiveState {
     }
 }
 
-fn stage<T: serde::Serialize>(path: &Path, value: &T) -> Result<json_file::Staged, ApplyError> {
+fn stage<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+) -> Result<crate::util::fs::Staged, ApplyError> {
     json_file::stage(path, value).map_err(ApplyError::Internal)
 }

@@ -15,6 +15,7 @@ use super::{
     escape::{escape, or_dash},
 };
 use crate::recording::{self, End, Kind, Reader, RecordingError, RecordingPrivateKey};
+use crate::util::fs;
 
 #[derive(Subcommand)]
 pub enum RecordingCommand {
@@ -248,30 +249,19 @@ fn write_atomically<T>(path: &Path, f: impl FnOnce(&mut File) -> Result<T>) -> R
     replace_file(&target, f)
 }
 
-/// Writes the regular file `path` through a temporary file renamed over it on success.
+/// Writes the regular file `path` through a temporary file renamed over it on success
+/// (created as `open(2)` would: 0666 less the umask).
 fn replace_file<T>(path: &Path, f: impl FnOnce(&mut File) -> Result<T>) -> Result<T> {
-    let name = path
-        .file_name()
+    path.file_name()
         .with_context(|| format!("{}: not a file name", path.display()))?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(".{}.tmp", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&temp)
+    let temp = fs::temp_beside(path)?;
+    let mut staged = fs::Staged::create(path, temp.clone(), fs::Mode::Umask(0o666))
         .with_context(|| format!("cannot create {}", temp.display()))?;
-    let result = f(&mut file).and_then(|value| {
-        file.sync_all()
-            .and_then(|()| std::fs::rename(&temp, path))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(value)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    let value = f(staged.file())?;
+    staged
+        .install()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(value)
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

@@ -272,23 +272,11 @@ async fn set_recording_key(body: &[u8], shared: &Context) -> (Reply, Evidence) {
         Ok(key) => key,
         Err(e) => return bad_request(format!("public key: {e:#}")),
     };
-    let path = shared.config.recording_key_path();
+    let keys = &shared.relay.recording.key;
     let encoded = key.to_base64();
-    let stored = shared
-        .state
-        .with_writer_lock(|| {
-            json_file::stage_bytes(&path, encoded.as_bytes())?.commit()?;
-            *shared
-                .relay
-                .recording
-                .key
-                .write()
-                .expect("recording key lock poisoned") = Some(std::sync::Arc::new(key));
-            anyhow::Ok(())
-        })
-        .await;
+    let stored = shared.state.with_writer_lock(|| keys.replace(key)).await;
     if let Err(e) = stored {
-        let message = format!("cannot store the key in {}: {e:#}", path.display());
+        let message = format!("cannot store the key in {}: {e:#}", keys.path().display());
         return (
             error(StatusCode::INTERNAL_SERVER_ERROR, message),
             Evidence::default(),

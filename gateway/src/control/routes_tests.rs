@@ -265,7 +265,7 @@ async fn recording_key_status_and_metrics_answer() {
     assert_ok(&got, json!({"applied": true}));
     let stored = std::fs::read_to_string(ctx.shared.config.recording_key_path()).unwrap();
     assert_eq!(stored, key);
-    let in_memory = ctx.shared.relay.recording.key.read().unwrap().clone();
+    let in_memory = ctx.shared.relay.recording.key.current();
     assert_eq!(in_memory.map(|k| k.to_base64()).as_deref(), Some(key));
     assert_eq!(leftovers(&ctx), Vec::<String>::new());
 

@@ -13,8 +13,17 @@ use super::{
     reply::{Reply, error, json},
 };
 use crate::{
-    policy::model::parse_duration,
+    policy::model::MAX_SESSION_DURATION,
     sessions::{now_micros, store::Filter},
+    util::duration,
+};
+
+/// The `since=` query: at most as far back as a session may last. Its zero text is the one
+/// the API has always answered with, kept so that replies do not change.
+const SINCE: duration::Field = duration::Field {
+    name: "since",
+    max: MAX_SESSION_DURATION,
+    zero: "leave max_duration out for no limit",
 };
 
 /// Decodes `%XX` and `+` in a query component.
@@ -59,7 +68,7 @@ fn parse_query(query: Option<&str>) -> Result<ListQuery, String> {
         match key {
             "active" => q.active = matches!(value.as_str(), "" | "1" | "true" | "yes"),
             "since" => {
-                let d = parse_duration(&value).map_err(|e| format!("since: {e}"))?;
+                let d = duration::parse(&value, &SINCE).map_err(|e| e.to_string())?;
                 q.filter.since = Some(now_micros() - d.as_micros() as i64);
             }
             "user" => q.filter.email = Some(value),

@@ -16,6 +16,7 @@ use crate::{
     config::Config,
     identity::devices::DeviceTable,
     policy::model::PolicySet,
+    recording::key_store::KeyStore,
     relay::{Ciphers, RecordingSettings, RelayContext, limits::Limits},
     sessions::{live::LiveSessions, store::SessionStore},
     state::{self, LiveState},
@@ -89,7 +90,7 @@ pub fn context() -> TestContext {
     let relay = Arc::new(RelayContext {
         recording: RecordingSettings {
             dir: config.recordings_dir(),
-            key: std::sync::RwLock::new(None),
+            key: KeyStore::load(config.recording_key_path(), None).unwrap(),
             on_failure: config.recording.on_recording_failure,
         },
         store: store.clone(),

@@ -5,19 +5,22 @@
 //! Every error starts with the field path, e.g.
 //! `policies[3].destinations[0]: "10.0.0.300/8" is not an IP network`.
 
-use std::{collections::HashSet, fmt, path::Path, time::Duration};
+use std::{collections::HashSet, path::Path, time::Duration};
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::network::Network, util::json_file};
+use crate::{
+    policy::network::Network,
+    util::{duration, json_file},
+};
 
 /// Most policies a set may hold.
 pub const MAX_POLICIES: usize = 1_000;
 /// Most distinct destinations across all enabled policies: the datapath's AUDITED map size.
 pub const MAX_DESTINATIONS: usize = gateway_common::MAX_AUDITED as usize;
 /// Longest `ssh.max_duration` accepted.
-pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(365 * DAY);
+pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(365 * duration::DAY);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,93 +285,17 @@ fn is_unix_login(name: &str) -> bool {
         && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
 }
 
-const MINUTE: u64 = 60;
-const HOUR: u64 = 60 * MINUTE;
-const DAY: u64 = 24 * HOUR;
-const UNITS: [(char, u64); 4] = [('d', DAY), ('h', HOUR), ('m', MINUTE), ('s', 1)];
+/// A policy's `ssh.max_duration`.
+pub const MAX_DURATION: duration::Field = duration::Field {
+    name: "max_duration",
+    max: MAX_SESSION_DURATION,
+    zero: "leave max_duration out for no limit",
+};
 
-/// Parses a duration written as numbers with units from largest to smallest, each unit at
-/// most once: `"90s"`, `"30m"`, `"8h"`, `"1h30m"`, `"2d"`. Zero and anything above
-/// [`MAX_SESSION_DURATION`] are refused.
+/// Parses a `max_duration` ([`duration::parse`]); the error is the message alone, as the
+/// field's path is added by whoever reports it.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    const HINT: &str = "write a duration such as \"30m\", \"8h\" or \"1h30m\"";
-    if text.is_empty() {
-        return Err(format!("must not be empty; {HINT}"));
-    }
-    let too_long = || {
-        format!(
-            "{text:?} is longer than the maximum of {}",
-            format_duration(MAX_SESSION_DURATION)
-        )
-    };
-    let mut total: u64 = 0;
-    let mut rest = text;
-    // Index into UNITS of the next unit allowed: units must get smaller.
-    let mut next_unit = 0;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let (number, after) = rest.split_at(digits);
-        let Some(unit) = after.chars().next() else {
-            return Err(format!(
-                "{text:?}: {number:?} has no unit (use d, h, m or s); {HINT}"
-            ));
-        };
-        if number.is_empty() {
-            return Err(format!(
-                "{text:?}: expected a number before {unit:?}; {HINT}"
-            ));
-        }
-        let Some(pos) = UNITS.iter().position(|&(u, _)| u == unit) else {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use d, h, m or s); {HINT}"
-            ));
-        };
-        if pos < next_unit {
-            return Err(format!(
-                "{text:?}: units must go from largest to smallest (d, h, m, s), each at most once"
-            ));
-        }
-        next_unit = pos + 1;
-        let n: u64 = number.parse().map_err(|_| too_long())?;
-        total = n
-            .checked_mul(UNITS[pos].1)
-            .and_then(|secs| total.checked_add(secs))
-            .ok_or_else(too_long)?;
-        rest = &after[unit.len_utf8()..];
-    }
-    if total == 0 {
-        return Err(format!(
-            "{text:?} is zero; leave max_duration out for no limit"
-        ));
-    }
-    let duration = Duration::from_secs(total);
-    if duration > MAX_SESSION_DURATION {
-        return Err(too_long());
-    }
-    Ok(duration)
-}
-
-/// The canonical text of a duration, whole seconds: `5400s` → `"1h30m"`, `90s` → `"1m30s"`.
-pub fn format_duration(duration: Duration) -> String {
-    DurationText(duration).to_string()
-}
-
-struct DurationText(Duration);
-
-impl fmt::Display for DurationText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut secs = self.0.as_secs();
-        if secs == 0 {
-            return f.write_str("0s");
-        }
-        for (unit, size) in UNITS {
-            if secs >= size {
-                write!(f, "{}{unit}", secs / size)?;
-                secs %= size;
-            }
-        }
-        Ok(())
-    }
+    duration::parse(text, &MAX_DURATION).map_err(|e| e.message)
 }
 
 /// Serde for `Option<Duration>` as duration text; `null` or absent is `None`.
@@ -377,11 +304,12 @@ mod duration_text {
 
     use serde::{Deserializer, Serializer, de};
 
-    use super::{DurationText, parse_duration};
+    use super::parse_duration;
+    use crate::util::duration::Text;
 
     pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match value {
-            Some(d) => s.collect_str(&DurationText(*d)),
+            Some(d) => s.collect_str(&Text(*d)),
             None => s.serialize_none(),
         }
     }
@@ -416,6 +344,7 @@ mod duration_text {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::duration::format as format_duration;
 
     #[test]
     fn audited_set_is_enabled_destinations() {

@@ -1,18 +1,14 @@
 //! Recording keys: X25519 (DHKEM(X25519, HKDF-SHA256)) key pairs in ssh-log-cli's key file
 //! format: standard base64 of the raw 32 bytes, 44 characters, no newline.
 
-use std::{
-    fs::OpenOptions,
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use hpke::{Deserializable, Kem as _, Serializable, kem::X25519HkdfSha256};
 
 use super::format::base64_engine;
+use crate::util::fs;
 
 pub(crate) type KemPublic = <X25519HkdfSha256 as hpke::Kem>::PublicKey;
 pub(crate) type KemPrivate = <X25519HkdfSha256 as hpke::Kem>::PrivateKey;
@@ -107,8 +103,8 @@ pub fn write_key_pair(name: &Path) -> Result<PathBuf> {
         }
     }
     let (private, public) = generate();
-    write_new(name, &private.to_base64(), 0o600)?;
-    if let Err(e) = write_new(&public_path, &public.to_base64(), 0o644) {
+    write_new(name, &private.to_base64(), fs::Mode::Private)?;
+    if let Err(e) = write_new(&public_path, &public.to_base64(), fs::Mode::Umask(0o644)) {
         // We created the private key file just now: do not leave half a pair behind.
         let _ = std::fs::remove_file(name);
         return Err(e);
@@ -116,25 +112,21 @@ pub fn write_key_pair(name: &Path) -> Result<PathBuf> {
     Ok(public_path)
 }
 
-fn write_new(path: &Path, text: &str, mode: u32) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                anyhow::anyhow!(
-                    "{} already exists; refusing to overwrite a key file",
-                    path.display()
-                )
-            } else {
-                anyhow::anyhow!("cannot create {}: {e}", path.display())
-            }
-        })?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
+fn write_new(path: &Path, text: &str, mode: fs::Mode) -> Result<()> {
+    fs::write_new(path, text.as_bytes(), mode).map_err(|e| {
+        let exists = e
+            .root_cause()
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists);
+        if exists {
+            anyhow::anyhow!(
+                "{} already exists; refusing to overwrite a key file",
+                path.display()
+            )
+        } else {
+            e
+        }
+    })
 }
 
 #[cfg(test)]

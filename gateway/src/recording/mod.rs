@@ -55,6 +55,7 @@
 
 pub mod export;
 pub mod format;
+pub mod key_store;
 pub mod keys;
 pub mod reader;
 pub mod writer;

@@ -110,36 +110,7 @@ impl<R: Read> Reader<R> {
     /// Reads and checks the header; the key is checked by the first chunk.
     pub fn open(mut input: R, key: &RecordingPrivateKey) -> Result<Self, RecordingError> {
         let not = |s: String| RecordingError::NotARecording(s);
-        let mut len = [0u8; 4];
-        let got = read_full(&mut input, &mut len)?;
-        if got == 0 {
-            return Err(not("the file is empty".into()));
-        }
-        if got < 4 {
-            return Err(not(format!("the file has only {got} bytes")));
-        }
-        let len = u32::from_be_bytes(len);
-        if len == 0 {
-            return Err(not("the header length is 0".into()));
-        }
-        if len > MAX_HEADER_LEN {
-            return Err(not(format!(
-                "the header length {len} exceeds the {} MiB limit",
-                MAX_HEADER_LEN >> 20
-            )));
-        }
-        let mut text = vec![0u8; len as usize];
-        let got = read_full(&mut input, &mut text)?;
-        if got < text.len() {
-            return Err(not(format!(
-                "the file ends inside the header ({got} of {len} bytes)"
-            )));
-        }
-        let json = format::base64_engine()
-            .decode(&text)
-            .map_err(|e| not(format!("the header is not base64 ({e})")))?;
-        let meta: Metadata = serde_json::from_slice(&json)
-            .map_err(|e| not(format!("the header is not recording metadata JSON ({e})")))?;
+        let (len, meta) = read_header(&mut input)?;
         let enc = hex::decode(meta.encapsulated_key.trim())
             .map_err(|e| not(format!("encapsulated_key is not hex ({e})")))?;
         let enc = EncappedKey::from_bytes(&enc).map_err(|_| {
@@ -155,17 +126,7 @@ impl<R: Read> Reader<R> {
             b"",
         )
         .map_err(|e| not(format!("invalid encapsulated_key ({e})")))?;
-        let ours = key.public().to_base64();
-        let hint = meta
-            .sshgw
-            .as_ref()
-            .and_then(|s| s.recipient.as_deref())
-            .filter(|recipient| recipient.trim_end_matches('=') != ours.trim_end_matches('='))
-            .map(|recipient| {
-                format!(
-                    "the header names recipient public key {recipient}, this private key's public key is {ours}"
-                )
-            });
+        let hint = recipient_hint(&meta, key);
         Ok(Reader {
             input,
             offset: 4 + u64::from(len),
@@ -233,19 +194,7 @@ impl<R: Read> Reader<R> {
             return Err(self.corrupt("data after the end-of-recording record".into()));
         }
         let len = u32::from_be_bytes(avail[..4].try_into().expect("4 bytes"));
-        if (len as usize) < PACKET_FIXED_LEN {
-            return Err(self.corrupt(format!(
-                "packet {} has length {len}, less than {PACKET_FIXED_LEN}",
-                self.packets
-            )));
-        }
-        if len > MAX_PACKET_LEN {
-            return Err(self.corrupt(format!(
-                "packet {} has length {len}, over the {} MiB limit",
-                self.packets,
-                MAX_PACKET_LEN >> 20
-            )));
-        }
+        self.check_packet_len(len)?;
         if avail.len() < 4 + len as usize {
             return Ok(None);
         }
@@ -262,20 +211,7 @@ impl<R: Read> Reader<R> {
         let data = body[13..].to_vec();
         let kind = format::classify(source, code, &data)
             .map_err(|reason| self.corrupt(format!("packet {}: {reason}", self.packets)))?;
-        // Both readers must see the same channel bytes: ours reads on past the boundary,
-        // ssh-log-cli does not.
-        if kind.is_trailer_record() && !self.in_trailer {
-            return Err(self.corrupt(format!(
-                "packet {}: a file-operation record before the trailer's empty chunk",
-                self.packets
-            )));
-        }
-        if self.in_trailer && !kind.is_trailer_record() && kind != Kind::End {
-            return Err(self.corrupt(format!(
-                "packet {}: channel data after the trailer's empty chunk",
-                self.packets
-            )));
-        }
+        self.check_trailer_order(kind)?;
         self.pos += 4 + len as usize;
         self.packets += 1;
         if kind == Kind::End {
@@ -290,6 +226,44 @@ impl<R: Read> Reader<R> {
         }))
     }
 
+    /// A packet's length field must cover the fixed fields and stay under the limit.
+    fn check_packet_len(&self, len: u32) -> Result<(), RecordingError> {
+        if (len as usize) < PACKET_FIXED_LEN {
+            return Err(self.corrupt(format!(
+                "packet {} has length {len}, less than {PACKET_FIXED_LEN}",
+                self.packets
+            )));
+        }
+        if len > MAX_PACKET_LEN {
+            return Err(self.corrupt(format!(
+                "packet {} has length {len}, over the {} MiB limit",
+                self.packets,
+                MAX_PACKET_LEN >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// File-operation records only after the trailer's empty chunk, channel data only
+    /// before it.
+    fn check_trailer_order(&self, kind: Kind) -> Result<(), RecordingError> {
+        // Both readers must see the same channel bytes: ours reads on past the boundary,
+        // ssh-log-cli does not.
+        if kind.is_trailer_record() && !self.in_trailer {
+            return Err(self.corrupt(format!(
+                "packet {}: a file-operation record before the trailer's empty chunk",
+                self.packets
+            )));
+        }
+        if self.in_trailer && !kind.is_trailer_record() && kind != Kind::End {
+            return Err(self.corrupt(format!(
+                "packet {}: channel data after the trailer's empty chunk",
+                self.packets
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads and decrypts the next chunk into the buffer; `false` at the end of the file
     /// (with [`Reader::end`] set).
     fn read_chunk(&mut self) -> Result<bool, RecordingError> {
@@ -298,59 +272,17 @@ impl<R: Read> Reader<R> {
         let mut len = [0u8; 4];
         let got = read_full(&mut self.input, &mut len)?;
         if got == 0 {
-            let leftover = self.buf.len() - self.pos;
-            if self.end_record.is_some() && leftover > 0 {
-                return Err(self.corrupt("data after the end-of-recording record".into()));
-            }
-            self.end = Some(match self.end_record {
-                Some(end_elapsed_us) => End::Complete { end_elapsed_us },
-                None => End::Truncated(Truncation::AfterChunk {
-                    chunks: chunk,
-                    inside_packet: leftover > 0,
-                }),
-            });
-            return Ok(false);
+            return self.end_of_file(chunk);
         }
-        let truncated_inside = |reader: &mut Self| -> Result<bool, RecordingError> {
-            if reader.end_record.is_some() {
-                return Err(RecordingError::Corrupt {
-                    chunk,
-                    reason: format!(
-                        "stray bytes after the end-of-recording record at offset {start}"
-                    ),
-                });
-            }
-            reader.end = Some(End::Truncated(Truncation::InsideChunk {
-                chunk,
-                offset: start,
-            }));
-            Ok(false)
-        };
         if got < 4 {
-            return truncated_inside(self);
+            return self.truncated_inside(chunk, start);
         }
         let len = u32::from_be_bytes(len);
-        if (len as usize) < TAG_LEN {
-            return Err(RecordingError::Corrupt {
-                chunk,
-                reason: format!(
-                    "chunk length {len} at offset {start} is shorter than the {TAG_LEN}-byte tag"
-                ),
-            });
-        }
-        if len > MAX_CHUNK_LEN {
-            return Err(RecordingError::Corrupt {
-                chunk,
-                reason: format!(
-                    "chunk length {len} at offset {start} exceeds the {} MiB limit",
-                    MAX_CHUNK_LEN >> 20
-                ),
-            });
-        }
+        check_chunk_len(chunk, start, len)?;
         let mut ciphertext = vec![0u8; len as usize];
         let got = read_full(&mut self.input, &mut ciphertext)?;
         if got < ciphertext.len() {
-            return truncated_inside(self);
+            return self.truncated_inside(chunk, start);
         }
         let plaintext =
             self.ctx
@@ -363,25 +295,137 @@ impl<R: Read> Reader<R> {
         self.offset += 4 + u64::from(len);
         self.chunks += 1;
         if plaintext.is_empty() {
-            let reason = if self.in_trailer {
-                Some("a second empty chunk")
-            } else if self.end_record.is_some() {
-                Some("an empty chunk after the end-of-recording record")
-            } else if self.pos < self.buf.len() {
-                Some("an empty chunk inside a packet")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                return Err(self.corrupt(format!("{reason} (offset {start})")));
-            }
-            self.in_trailer = true;
+            self.enter_trailer(start)?;
         }
         self.buf.drain(..self.pos);
         self.pos = 0;
         self.buf.extend_from_slice(&plaintext);
         Ok(true)
     }
+
+    /// The file ends cleanly between chunks: complete if the end-of-recording record was
+    /// read, truncated otherwise.
+    fn end_of_file(&mut self, chunk: u64) -> Result<bool, RecordingError> {
+        let leftover = self.buf.len() - self.pos;
+        if self.end_record.is_some() && leftover > 0 {
+            return Err(self.corrupt("data after the end-of-recording record".into()));
+        }
+        self.end = Some(match self.end_record {
+            Some(end_elapsed_us) => End::Complete { end_elapsed_us },
+            None => End::Truncated(Truncation::AfterChunk {
+                chunks: chunk,
+                inside_packet: leftover > 0,
+            }),
+        });
+        Ok(false)
+    }
+
+    /// The file ends inside chunk `chunk` (starting at `start`): stray bytes after the
+    /// end-of-recording record, or a truncated recording.
+    fn truncated_inside(&mut self, chunk: u64, start: u64) -> Result<bool, RecordingError> {
+        if self.end_record.is_some() {
+            return Err(RecordingError::Corrupt {
+                chunk,
+                reason: format!("stray bytes after the end-of-recording record at offset {start}"),
+            });
+        }
+        self.end = Some(End::Truncated(Truncation::InsideChunk {
+            chunk,
+            offset: start,
+        }));
+        Ok(false)
+    }
+
+    /// An empty chunk (read at `start`) starts the trailer; anywhere else it is corrupt.
+    fn enter_trailer(&mut self, start: u64) -> Result<(), RecordingError> {
+        let reason = if self.in_trailer {
+            Some("a second empty chunk")
+        } else if self.end_record.is_some() {
+            Some("an empty chunk after the end-of-recording record")
+        } else if self.pos < self.buf.len() {
+            Some("an empty chunk inside a packet")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(self.corrupt(format!("{reason} (offset {start})")));
+        }
+        self.in_trailer = true;
+        Ok(())
+    }
+}
+
+/// The header: its length field and the metadata it holds.
+fn read_header(input: &mut impl Read) -> Result<(u32, Metadata), RecordingError> {
+    let not = |s: String| RecordingError::NotARecording(s);
+    let mut len = [0u8; 4];
+    let got = read_full(input, &mut len)?;
+    if got == 0 {
+        return Err(not("the file is empty".into()));
+    }
+    if got < 4 {
+        return Err(not(format!("the file has only {got} bytes")));
+    }
+    let len = u32::from_be_bytes(len);
+    if len == 0 {
+        return Err(not("the header length is 0".into()));
+    }
+    if len > MAX_HEADER_LEN {
+        return Err(not(format!(
+            "the header length {len} exceeds the {} MiB limit",
+            MAX_HEADER_LEN >> 20
+        )));
+    }
+    let mut text = vec![0u8; len as usize];
+    let got = read_full(input, &mut text)?;
+    if got < text.len() {
+        return Err(not(format!(
+            "the file ends inside the header ({got} of {len} bytes)"
+        )));
+    }
+    let json = format::base64_engine()
+        .decode(&text)
+        .map_err(|e| not(format!("the header is not base64 ({e})")))?;
+    let meta: Metadata = serde_json::from_slice(&json)
+        .map_err(|e| not(format!("the header is not recording metadata JSON ({e})")))?;
+    Ok((len, meta))
+}
+
+/// When the header names a recipient other than `key`'s public key: a hint for an
+/// authentication failure.
+fn recipient_hint(meta: &Metadata, key: &RecordingPrivateKey) -> Option<String> {
+    let ours = key.public().to_base64();
+    meta.sshgw
+        .as_ref()
+        .and_then(|s| s.recipient.as_deref())
+        .filter(|recipient| recipient.trim_end_matches('=') != ours.trim_end_matches('='))
+        .map(|recipient| {
+            format!(
+                "the header names recipient public key {recipient}, this private key's public key is {ours}"
+            )
+        })
+}
+
+/// A chunk's length field must cover the tag and stay under the limit.
+fn check_chunk_len(chunk: u64, start: u64, len: u32) -> Result<(), RecordingError> {
+    if (len as usize) < TAG_LEN {
+        return Err(RecordingError::Corrupt {
+            chunk,
+            reason: format!(
+                "chunk length {len} at offset {start} is shorter than the {TAG_LEN}-byte tag"
+            ),
+        });
+    }
+    if len > MAX_CHUNK_LEN {
+        return Err(RecordingError::Corrupt {
+            chunk,
+            reason: format!(
+                "chunk length {len} at offset {start} exceeds the {} MiB limit",
+                MAX_CHUNK_LEN >> 20
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.

@@ -1,9 +1,9 @@
 //! Writing recordings: the synchronous file writer and the async [`Recorder`] handle.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::Write,
-    os::unix::fs::{FileExt, OpenOptionsExt},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -190,6 +190,47 @@ pub(crate) struct FileWriter {
     trailer: Trailer,
 }
 
+/// The header of a new recording: the channel's facts, the HPKE encapsulated key (hex)
+/// and the recipient's public key.
+fn header_metadata(
+    meta: &ChannelMeta,
+    key: &RecordingKey,
+    encapsulated_key: String,
+    started_us: u64,
+) -> Metadata {
+    let (command, subsystem) = match &meta.channel {
+        ChannelKind::Shell => (None, None),
+        ChannelKind::Exec { command } => (Some(command.clone()), None),
+        ChannelKind::Subsystem { name } => (None, Some(name.clone())),
+    };
+    Metadata {
+        started_at: started_us / 1_000_000,
+        data_size: 0,
+        encapsulated_key,
+        pty: meta.pty.as_ref().map(|pty| PtyInfo {
+            term: Some(pty.term.clone()),
+            width: pty.width,
+            height: pty.height,
+            modes: pty.modes.clone(),
+        }),
+        sshgw: Some(SshgwInfo {
+            format: SSHGW_FORMAT,
+            started_at_us: Some(started_us),
+            session_id: meta.session_id.clone(),
+            channel: meta.channel.as_str().to_string(),
+            command,
+            subsystem,
+            user_email: meta.user_email.clone(),
+            device_id: meta.device_id.clone(),
+            login: Some(meta.login.clone()),
+            destination: Some(meta.destination.clone()),
+            env: meta.env.clone(),
+            recipient: Some(key.to_base64()),
+        }),
+        exit_data: None,
+    }
+}
+
 impl FileWriter {
     /// Creates `path` (0600, never overwriting) and writes the header.
     pub fn create(
@@ -205,45 +246,11 @@ impl FileWriter {
         )
         .map_err(|e| anyhow!("cannot set up recording encryption: {e}"))?;
         let started_us = format::unix_micros(started);
-        let (command, subsystem) = match &meta.channel {
-            ChannelKind::Shell => (None, None),
-            ChannelKind::Exec { command } => (Some(command.clone()), None),
-            ChannelKind::Subsystem { name } => (None, Some(name.clone())),
-        };
-        let header = Metadata {
-            started_at: started_us / 1_000_000,
-            data_size: 0,
-            encapsulated_key: hex::encode(enc.to_bytes()),
-            pty: meta.pty.as_ref().map(|pty| PtyInfo {
-                term: Some(pty.term.clone()),
-                width: pty.width,
-                height: pty.height,
-                modes: pty.modes.clone(),
-            }),
-            sshgw: Some(SshgwInfo {
-                format: SSHGW_FORMAT,
-                started_at_us: Some(started_us),
-                session_id: meta.session_id.clone(),
-                channel: meta.channel.as_str().to_string(),
-                command,
-                subsystem,
-                user_email: meta.user_email.clone(),
-                device_id: meta.device_id.clone(),
-                login: Some(meta.login.clone()),
-                destination: Some(meta.destination.clone()),
-                env: meta.env.clone(),
-                recipient: Some(key.to_base64()),
-            }),
-            exit_data: None,
-        };
+        let header = header_metadata(meta, key, hex::encode(enc.to_bytes()), started_us);
         let json_len = serde_json::to_vec(&header)?.len();
         let header_json_len = format::header_json_len(json_len);
         let json = format::padded_header_json(&header, header_json_len).expect("header fits");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
+        let mut file = crate::util::fs::create_new(path, crate::util::fs::Mode::Private)
             .with_context(|| format!("cannot create recording {}", path.display()))?;
         if let Err(e) = file.write_all(&format::encode_header(&json)) {
             let _ = std::fs::remove_file(path);
@@ -516,12 +523,15 @@ enum Command {
         cols: u32,
         rows: u32,
     },
-    Finish {
-        exit: Exit,
-        elapsed_us: u64,
-        trailer: Trailer,
-        reply: oneshot::Sender<Result<Summary>>,
-    },
+    Finish(Finish),
+}
+
+/// The last command: how the program ended, and where to send the summary.
+struct Finish {
+    exit: Exit,
+    elapsed_us: u64,
+    trailer: Trailer,
+    reply: oneshot::Sender<Result<Summary>>,
 }
 
 /// Records one channel. Events go over a bounded queue to a writer task that buffers
@@ -616,12 +626,12 @@ impl Recorder {
         let (reply, answer) = oneshot::channel();
         let sent = self
             .tx
-            .send(Command::Finish {
+            .send(Command::Finish(Finish {
                 exit,
                 elapsed_us,
                 trailer,
                 reply,
-            })
+            }))
             .await;
         match (sent, answer.await) {
             (Ok(()), Ok(result)) => result,
@@ -679,24 +689,12 @@ async fn run_writer(
             }
         };
         let Some(command) = command else {
-            // Dropped without finish: keep what was recorded; it reads as truncated.
-            if let Some(w) = &writer {
-                tracing::warn!(
-                    "recording {} dropped without finish: it will read as truncated",
-                    w.path.display()
-                );
-            }
-            flush(&mut writer, &set_failed).await;
-            return;
+            return abandon(&mut writer, &set_failed).await;
         };
         let Some(w) = writer.as_mut() else {
             // Failed earlier: drain the queue so senders never wait.
-            if let Command::Finish { reply, .. } = command {
-                let message = failed.lock().expect("recorder state poisoned").clone();
-                let _ = reply.send(Err(anyhow!(
-                    "{}",
-                    message.unwrap_or_else(|| "recording writer failed".into())
-                )));
+            if let Command::Finish(finish) = command {
+                reply_failed(finish.reply, &failed);
                 return;
             }
             continue;
@@ -713,39 +711,78 @@ async fn run_writer(
                 cols,
                 rows,
             } => w.resize(elapsed_us, cols, rows),
-            Command::Finish {
-                exit,
-                elapsed_us,
-                trailer,
-                reply,
-            } => {
+            Command::Finish(finish) => {
                 let w = writer.take().expect("writer present");
-                let finish = move |w: &mut FileWriter| {
-                    w.trailer = trailer;
-                    w.finish(&exit, elapsed_us)
-                };
-                let result = match blocking(w, finish).await {
-                    Some((_, result)) => result,
-                    None => Err(anyhow!("recording writer panicked")),
-                };
-                if let Err(e) = &result {
-                    set_failed(e);
-                }
-                let _ = reply.send(result);
-                return;
+                return finish_writer(w, finish, &set_failed).await;
             }
         }
-        let pending = writer.as_ref().map_or(0, FileWriter::pending_len);
-        if deadline.is_none() && pending > 0 {
-            let at = Instant::now() + FLUSH_INTERVAL;
-            deadline = Some(at);
-            timer.as_mut().reset(at);
-        }
-        if pending >= WRITER_FLUSH_BYTES {
-            deadline = None;
+        if schedule(&writer, &mut deadline, timer.as_mut()) {
             flush(&mut writer, &set_failed).await;
         }
     }
+}
+
+/// After a command: arms the timer when the first packet was buffered, and says whether
+/// enough is buffered to write a chunk at once.
+fn schedule(
+    writer: &Option<FileWriter>,
+    deadline: &mut Option<Instant>,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> bool {
+    let pending = writer.as_ref().map_or(0, FileWriter::pending_len);
+    if deadline.is_none() && pending > 0 {
+        let at = Instant::now() + FLUSH_INTERVAL;
+        *deadline = Some(at);
+        timer.reset(at);
+    }
+    if pending >= WRITER_FLUSH_BYTES {
+        *deadline = None;
+        return true;
+    }
+    false
+}
+
+/// The recorder was dropped without finish: keep what was recorded; it reads as truncated.
+async fn abandon(writer: &mut Option<FileWriter>, set_failed: &impl Fn(&anyhow::Error)) {
+    if let Some(w) = writer {
+        tracing::warn!(
+            "recording {} dropped without finish: it will read as truncated",
+            w.path.display()
+        );
+    }
+    flush(writer, set_failed).await;
+}
+
+/// `Finish` after the writer failed: the first error, or a generic one.
+fn reply_failed(reply: oneshot::Sender<Result<Summary>>, failed: &Mutex<Option<String>>) {
+    let message = failed.lock().expect("recorder state poisoned").clone();
+    let _ = reply.send(Err(anyhow!(
+        "{}",
+        message.unwrap_or_else(|| "recording writer failed".into())
+    )));
+}
+
+/// `Finish`: writes the trailer, the end record and the final header off the async
+/// threads, then answers.
+async fn finish_writer(w: FileWriter, command: Finish, set_failed: &impl Fn(&anyhow::Error)) {
+    let Finish {
+        exit,
+        elapsed_us,
+        trailer,
+        reply,
+    } = command;
+    let finish = move |w: &mut FileWriter| {
+        w.trailer = trailer;
+        w.finish(&exit, elapsed_us)
+    };
+    let result = match blocking(w, finish).await {
+        Some((_, result)) => result,
+        None => Err(anyhow!("recording writer panicked")),
+    };
+    if let Err(e) = &result {
+        set_failed(e);
+    }
+    let _ = reply.send(result);
 }
 
 async fn flush(writer: &mut Option<FileWriter>, set_failed: &impl Fn(&anyhow::Error)) {
@@ -765,6 +802,7 @@ async fn flush(writer: &mut Option<FileWriter>, set_failed: &impl Fn(&anyhow::Er
 mod tests {
     use super::*;
     use crate::recording::keys;
+    use std::fs::OpenOptions;
 
     fn full_disk_writer() -> (tempfile::TempDir, FileWriter) {
         let dir = tempfile::tempdir().unwrap();

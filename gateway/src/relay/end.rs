@@ -86,7 +86,7 @@ impl EndReason {
                 limit,
             } => Some(format!(
                 "sshgw: session ended: policy {policy_name:?} ({policy_id}) allows at most {}",
-                crate::policy::model::format_duration(*limit)
+                crate::util::duration::format(*limit)
             )),
             EndReason::Killed(kill) => Some(kill.user_message()),
             EndReason::Revoked(message) | EndReason::Failed(message) => Some(message.clone()),

@@ -21,6 +21,7 @@ use crate::{
     identity::devices::{Device, DeviceTable, User},
     intercept::{admission, listener::Intercepted},
     policy::model::{Action, Policy, PolicySet, SshSettings},
+    recording::key_store::KeyStore,
     sessions::{
         SessionRecord,
         health::ended_message,
@@ -183,7 +184,7 @@ fn gateway(limits: &str, policies: Vec<Policy>) -> Gateway {
     let ctx = Arc::new(RelayContext {
         recording: RecordingSettings {
             dir: config.recordings_dir(),
-            key: std::sync::RwLock::new(None),
+            key: KeyStore::load(config.recording_key_path(), None).unwrap(),
             on_failure: config.recording.on_recording_failure,
         },
         store: store.clone(),

@@ -29,10 +29,7 @@ use crate::{
     identity::Identity,
     policy::eval::PolicyEngine,
     policy::model::Policy,
-    recording::{
-        keys::RecordingKey,
-        writer::{ChannelMeta, Recorder},
-    },
+    recording::writer::{ChannelMeta, Recorder},
     sessions::{
         live::{LiveSessions, Tracker},
         store::SessionStore,
@@ -82,7 +79,7 @@ impl Ciphers {
 pub struct RecordingSettings {
     pub dir: std::path::PathBuf,
     /// Replaceable at run time; new channels use the key current when they start.
-    pub key: std::sync::RwLock<Option<Arc<RecordingKey>>>,
+    pub key: crate::recording::key_store::KeyStore,
     pub on_failure: RecordingFailure,
 }
 
@@ -96,9 +93,7 @@ impl RecordingSettings {
     ) -> anyhow::Result<(Recorder, std::path::PathBuf)> {
         let key = self
             .key
-            .read()
-            .expect("recording key lock poisoned")
-            .clone()
+            .current()
             .context("no recording key is configured ([recording] public_key_file or `sshgw recording set-key`)")?;
         let path = self.dir.join(format!("{session}-ch{channel}.sshlog"));
         let recorder = Recorder::create(&path, &key, meta)

@@ -361,32 +361,16 @@ fn is_storage(e: &rusqlite::Error) -> bool {
 
 fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
     match change {
-        Write::Open(s) => {
-            conn.execute(
-                "INSERT INTO sessions (id, email, device_id, source, destination, login, policy_id,
-                    policy_name, decision, started_at, ended_at, duration_ms, bytes_from_client,
-                    bytes_from_server, close_reason, cert_serial, upstream_host_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                params![
-                    s.id, s.email, s.device_id, s.source, s.destination, s.login, s.policy_id,
-                    s.policy_name, s.decision, s.started_at, s.ended_at,
-                    s.duration_ms.map(|v| v as i64), s.bytes_from_client as i64,
-                    s.bytes_from_server as i64, s.close_reason, s.cert_serial,
-                    s.upstream_host_key
-                ],
-            )?;
-        }
+        Write::Open(s) => insert_session(conn, s)?,
         Write::LoggedIn {
             id,
             login,
             cert_serial,
             upstream_host_key,
-        } => {
-            conn.execute(
-                "UPDATE sessions SET login = ?2, cert_serial = ?3, upstream_host_key = ?4 WHERE id = ?1",
-                params![id, login, cert_serial, upstream_host_key],
-            )?;
-        }
+        } => conn.execute(
+            "UPDATE sessions SET login = ?2, cert_serial = ?3, upstream_host_key = ?4 WHERE id = ?1",
+            params![id, login, cert_serial, upstream_host_key],
+        )?,
         Write::Close {
             id,
             ended_at,
@@ -394,85 +378,106 @@ fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
             bytes_from_client,
             bytes_from_server,
             close_reason,
-        } => {
-            conn.execute(
-                "UPDATE sessions SET ended_at = ?2, duration_ms = ?3, bytes_from_client = ?4,
+        } => conn.execute(
+            "UPDATE sessions SET ended_at = ?2, duration_ms = ?3, bytes_from_client = ?4,
                     bytes_from_server = ?5, close_reason = ?6 WHERE id = ?1",
-                params![
-                    id,
-                    ended_at,
-                    *duration_ms as i64,
-                    *bytes_from_client as i64,
-                    *bytes_from_server as i64,
-                    close_reason
-                ],
-            )?;
-        }
-        Write::ChannelOpen {
-            session_id,
-            record: c,
-        } => {
-            conn.execute(
-                "INSERT INTO channels (session_id, channel, kind, command, started_at, recording, env)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    session_id,
-                    c.channel,
-                    c.kind,
-                    c.command,
-                    c.started_at,
-                    c.recording,
-                    (!c.env.is_empty()).then(|| serde_json::to_string(&c.env).ok()).flatten()
-                ],
-            )?;
-        }
+            params![
+                id,
+                ended_at,
+                *duration_ms as i64,
+                *bytes_from_client as i64,
+                *bytes_from_server as i64,
+                close_reason
+            ],
+        )?,
+        Write::ChannelOpen { session_id, record } => insert_channel(conn, session_id, record)?,
         Write::ChannelClose {
             session_id,
             channel,
             ended_at,
             exit_status,
             exit_signal,
-        } => {
-            conn.execute(
-                "UPDATE channels SET ended_at = ?3, exit_status = ?4, exit_signal = ?5
+        } => conn.execute(
+            "UPDATE channels SET ended_at = ?3, exit_status = ?4, exit_signal = ?5
                  WHERE session_id = ?1 AND channel = ?2 AND ended_at IS NULL",
-                params![session_id, channel, ended_at, exit_status, exit_signal],
-            )?;
-        }
-        Write::FileOp {
-            session_id,
-            record: f,
-        } => {
-            conn.execute(
-                "INSERT INTO file_ops (session_id, channel, at, protocol, op, path, target, flags,
-                    bytes_read, bytes_written, status, denied)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    session_id,
-                    f.channel,
-                    f.at,
-                    f.protocol,
-                    f.op,
-                    f.path,
-                    f.target,
-                    f.flags,
-                    f.bytes_read as i64,
-                    f.bytes_written as i64,
-                    f.status,
-                    f.denied
-                ],
-            )?;
-        }
+            params![session_id, channel, ended_at, exit_status, exit_signal],
+        )?,
+        Write::FileOp { session_id, record } => insert_file_op(conn, session_id, record)?,
         Write::Delete(ids) => {
             for id in ids {
                 conn.execute("DELETE FROM file_ops WHERE session_id = ?", [id])?;
                 conn.execute("DELETE FROM channels WHERE session_id = ?", [id])?;
                 conn.execute("DELETE FROM sessions WHERE id = ?", [id])?;
             }
+            0
         }
-        Write::Sync(_) => {}
-    }
+        Write::Sync(_) => 0,
+    };
     Ok(())
+}
+
+fn insert_session(conn: &Connection, s: &SessionRecord) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO sessions (id, email, device_id, source, destination, login, policy_id,
+                    policy_name, decision, started_at, ended_at, duration_ms, bytes_from_client,
+                    bytes_from_server, close_reason, cert_serial, upstream_host_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        params![
+            s.id, s.email, s.device_id, s.source, s.destination, s.login, s.policy_id,
+            s.policy_name, s.decision, s.started_at, s.ended_at,
+            s.duration_ms.map(|v| v as i64), s.bytes_from_client as i64,
+            s.bytes_from_server as i64, s.close_reason, s.cert_serial,
+            s.upstream_host_key
+        ],
+    )
+}
+
+fn insert_channel(
+    conn: &Connection,
+    session_id: &str,
+    c: &ChannelRecord,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO channels (session_id, channel, kind, command, started_at, recording, env)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            session_id,
+            c.channel,
+            c.kind,
+            c.command,
+            c.started_at,
+            c.recording,
+            (!c.env.is_empty())
+                .then(|| serde_json::to_string(&c.env).ok())
+                .flatten()
+        ],
+    )
+}
+
+fn insert_file_op(
+    conn: &Connection,
+    session_id: &str,
+    f: &FileOpRecord,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO file_ops (session_id, channel, at, protocol, op, path, target, flags,
+                    bytes_read, bytes_written, status, denied)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            session_id,
+            f.channel,
+            f.at,
+            f.protocol,
+            f.op,
+            f.path,
+            f.target,
+            f.flags,
+            f.bytes_read as i64,
+            f.bytes_written as i64,
+            f.status,
+            f.denied
+        ],
+    )
 }
 
 #[cfg(test)]

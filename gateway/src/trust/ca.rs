@@ -21,10 +21,10 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     fs::{DirBuilder, File, OpenOptions},
-    io::{ErrorKind, Write},
+    io::ErrorKind,
     net::IpAddr,
     os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -35,6 +35,8 @@ use russh::keys::ssh_key::{
     Algorithm, Certificate, HashAlg, LineEnding, PrivateKey, PublicKey,
     certificate::{Builder, CertType},
 };
+
+use crate::util::fs;
 
 /// Longest lifetime of a minted user certificate.
 pub const MAX_USER_CERT_LIFETIME: Duration = Duration::from_secs(120);
@@ -399,7 +401,7 @@ fn ensure_private_dir(state_dir: &Path, dir: &Path) -> Result<()> {
             // The umask may only have removed bits; make it exact.
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("cannot chmod {}", dir.display()))?;
-            sync_dir(state_dir);
+            let _ = fs::sync_dir(state_dir);
             Ok(())
         }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -429,14 +431,9 @@ fn load_or_create_secret(path: &Path) -> Result<zeroize::Zeroizing<[u8; HOST_KEY
     }
     let mut secret = zeroize::Zeroizing::new([0u8; HOST_KEY_SECRET_LEN]);
     rand::rng().fill_bytes(&mut secret[..]);
-    let dir = path.parent().context("secret path has no parent")?;
-    let tmp = temp_path(path);
-    write_new_file(&tmp, &secret[..])?;
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
+    path.parent().context("secret path has no parent")?;
+    match fs::link_new(path, &secret[..], fs::Mode::Private)? {
         Ok(()) => {
-            sync_dir(dir);
             tracing::info!(path = %path.display(), "created the host-key secret");
             Ok(secret)
         }
@@ -542,14 +539,9 @@ fn create_key(path: &Path, comment: &str) -> Result<PrivateKey> {
         .to_openssh(LineEnding::LF)
         .context("cannot encode the private key")?;
 
-    let dir = path.parent().context("key path has no parent")?;
-    let tmp = temp_path(path);
-    write_new_file(&tmp, text.as_bytes())?;
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
+    path.parent().context("key path has no parent")?;
+    match fs::link_new(path, text.as_bytes(), fs::Mode::Private)? {
         Ok(()) => {
-            sync_dir(dir);
             tracing::info!(
                 path = %path.display(),
                 fingerprint = %key.fingerprint(HashAlg::Sha256),
@@ -565,47 +557,15 @@ fn create_key(path: &Path, comment: &str) -> Result<PrivateKey> {
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(
-        ".{name}.tmp.{}.{:016x}",
-        std::process::id(),
-        rand::rng().next_u64()
-    ))
-}
-
-/// Creates `path` with mode 0600 from the start (O_EXCL), writes `data` and fsyncs.
-fn write_new_file(path: &Path, data: &[u8]) -> Result<()> {
-    let mut file: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    let written = file
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| file.write_all(data))
-        .and_then(|()| file.sync_all());
-    if let Err(e) = written {
-        // Ours (O_EXCL), and incomplete: do not leave it behind.
-        let _ = std::fs::remove_file(path);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
-}
-
-/// Best-effort fsync of a directory, so a created entry survives a crash.
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// A private file made the way the CA files are.
+    fn write_new_file(path: &Path, data: &[u8]) -> Result<()> {
+        fs::write_new(path, data, fs::Mode::Private)
+    }
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().mode() & 0o7777

@@ -12,10 +12,8 @@
 //! All functions do (small) blocking file I/O.
 
 use std::{
-    fs::OpenOptions,
-    io::{ErrorKind, Write},
+    io::ErrorKind,
     net::IpAddr,
-    os::unix::fs::{FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -196,40 +194,17 @@ impl UpstreamKeys {
     /// Appends `line` (O_APPEND, fsync), starting a new line if the file does not end with
     /// one. Creates the file 0600 if missing.
     fn append(&self, line: &str) -> Result<()> {
-        let existed = self.path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&self.path)
-            .with_context(|| format!("cannot open {} for appending", self.path.display()))?;
-        let len = file
-            .metadata()
-            .with_context(|| format!("cannot stat {}", self.path.display()))?
-            .len();
-        let mut text = String::with_capacity(line.len() + 1);
-        if len > 0 {
-            let mut last = [0u8];
-            file.read_at(&mut last, len - 1)
-                .with_context(|| format!("cannot read {}", self.path.display()))?;
-            if last[0] != b'\n' {
-                text.push('\n');
-            }
-        }
-        text.push_str(line);
-        (&file)
-            .write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot append to {}", self.path.display()))?;
-        if !existed
-            && let Some(dir) = self.path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        use crate::util::fs::{AppendStep, append_line};
+        append_line(&self.path, line).map_err(|(step, e)| {
+            let path = self.path.display();
+            let what = match step {
+                AppendStep::Open => format!("cannot open {path} for appending"),
+                AppendStep::Stat => format!("cannot stat {path}"),
+                AppendStep::Read => format!("cannot read {path}"),
+                AppendStep::Write => format!("cannot append to {path}"),
+            };
+            anyhow::Error::new(e).context(what)
+        })
     }
 
     fn revoked(&self, name: &str, key: &KeyData) -> KeyVerdict {

@@ -1,14 +1,14 @@
 //! State files in the state dir: JSON parsing with field-path errors, the canonical bytes
-//! of a state document and their digest (the control API's ETag), and atomic replacement.
+//! of a state document and their digest (the control API's ETag), and their staging for
+//! atomic replacement (through [`fs::stage`]).
 
-use std::{
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+
+use super::fs;
 
 /// Parses `text`, naming the failing field path (`policies[3].destinations[0]: …`).
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T> {
@@ -48,74 +48,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// A new version of a state file, written and synced next to it but not yet in place.
-/// Dropping it without `commit` removes it, leaving the old file untouched.
-pub struct Staged {
-    tmp: PathBuf,
-    path: PathBuf,
-    committed: bool,
-}
-
-/// Writes `value` as [`to_bytes`] to a temporary file beside `path` (mode 0600, fsynced).
-pub fn stage<T: serde::Serialize>(path: &Path, value: &T) -> Result<Staged> {
-    stage_bytes(path, &to_bytes(value)?)
-}
-
-/// Writes `bytes` to a new temporary file beside `path`: a name no other writer uses,
-/// created with `O_CREAT|O_EXCL|O_NOFOLLOW` and mode 0600 (so a file or symlink planted
-/// under that name is never followed or reused), then fsynced.
-pub fn stage_bytes(path: &Path, bytes: &[u8]) -> Result<Staged> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(
-        ".{name}.tmp-{}-{}-{:016x}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed),
-        rand::Rng::next_u64(&mut rand::rng())
-    ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    let staged = Staged {
-        tmp,
-        path: path.to_path_buf(),
-        committed: false,
-    };
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", staged.tmp.display()))?;
-    Ok(staged)
-}
-
-impl Staged {
-    /// Atomically replaces the old file and makes the rename durable.
-    pub fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("cannot replace {}", self.path.display()))?;
-        self.committed = true;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .with_context(|| format!("cannot sync {}", dir.display()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
+/// Writes `value` as [`to_bytes`] to a temporary file beside `path` (mode 0600, fsynced;
+/// see [`fs::stage`]); [`fs::Staged::commit`] puts it in place.
+pub fn stage<T: serde::Serialize>(path: &Path, value: &T) -> Result<fs::Staged> {
+    fs::stage(path, &to_bytes(value)?, fs::Mode::Private)
 }
 
 #[cfg(test)]
@@ -127,12 +63,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("devices.json");
         std::fs::write(&path, "old\n").unwrap();
-        let a = stage_bytes(&path, b"a\n").unwrap();
-        let b = stage_bytes(&path, b"b\n").unwrap();
-        assert_ne!(a.tmp, b.tmp);
+        let a = fs::stage(&path, b"a\n", fs::Mode::Private).unwrap();
+        let b = fs::stage(&path, b"b\n", fs::Mode::Private).unwrap();
+        assert_ne!(a.tmp(), b.tmp());
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&a.tmp).unwrap().permissions().mode();
+            let mode = std::fs::metadata(a.tmp()).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         drop(a);
