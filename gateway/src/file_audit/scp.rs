@@ -12,7 +12,7 @@ use std::{collections::VecDeque, mem};
 
 use bytes::Bytes;
 
-use super::{FileEvent, Filtered, ScpFile, SftpMode, TransferRules, forward::Forward};
+use super::{FileEvent, Filtered, ScpFile, ScpOpKind, SftpMode, TransferRules, forward::Forward};
 
 /// Longest control record or error message (OpenSSH's own limit is 2 KiB).
 const MAX_LINE: usize = 4096;
@@ -36,6 +36,8 @@ pub enum ScpDirection {
 }
 
 impl ScpDirection {
+    pub const ALL: [ScpDirection; 2] = [ScpDirection::Upload, ScpDirection::Download];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ScpDirection::Upload => "upload",
@@ -294,7 +296,7 @@ impl ScpAudit {
             out.events.push(FileEvent::Scp(ScpFile {
                 denied: true,
                 status_text: message.clone(),
-                ..self.base("refused", self.command.paths.join(" "))
+                ..self.base(ScpOpKind::Refused, self.command.paths.join(" "))
             }));
             self.close = Some(format!(
                 "scp {}: {message}",
@@ -390,7 +392,7 @@ impl ScpAudit {
     }
 
     /// An event with nothing transferred and no status yet.
-    fn base(&self, op: &'static str, path: String) -> ScpFile {
+    fn base(&self, op: ScpOpKind, path: String) -> ScpFile {
         ScpFile {
             direction: self.command.direction,
             op,
@@ -406,7 +408,7 @@ impl ScpAudit {
     }
 
     /// An event for a file or directory at `rel` (under the `D` records it is in).
-    fn entry(&self, op: &'static str, rel: String) -> ScpFile {
+    fn entry(&self, op: ScpOpKind, rel: String) -> ScpFile {
         if self.command.direction == ScpDirection::Download {
             return self.base(op, rel);
         }
@@ -430,7 +432,7 @@ impl ScpAudit {
     fn error(&self, message: String) -> FileEvent {
         FileEvent::Scp(ScpFile {
             status_text: message,
-            ..self.base("error", String::new())
+            ..self.base(ScpOpKind::Error, String::new())
         })
     }
 
@@ -441,7 +443,7 @@ impl ScpAudit {
             bytes: f.bytes,
             ok,
             status_text,
-            ..self.entry("file", f.path)
+            ..self.entry(ScpOpKind::File, f.path)
         })
     }
 
@@ -450,7 +452,7 @@ impl ScpAudit {
             mode,
             ok,
             status_text,
-            ..self.entry("dir", path)
+            ..self.entry(ScpOpKind::Dir, path)
         })
     }
 
@@ -578,7 +580,7 @@ impl ScpAudit {
                             mode,
                             denied: true,
                             status_text: message.clone(),
-                            ..self.entry("file", path)
+                            ..self.entry(ScpOpKind::File, path)
                         }));
                         self.close = Some(format!("scp {message}"));
                         return false;

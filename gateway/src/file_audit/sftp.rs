@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{FileEvent, Filtered, SftpMode, SftpOp, TransferRules, forward::Forward};
+use super::{FileEvent, Filtered, SftpMode, SftpOp, SftpOpKind, TransferRules, forward::Forward};
 
 const FXP_INIT: u8 = 1;
 const FXP_VERSION: u8 = 2;
@@ -316,7 +316,12 @@ impl SftpAudit {
         } else {
             format!("{what}; later operations on this channel are not logged")
         };
-        self.notice("tracking stopped", String::new(), None, status.clone());
+        self.notice(
+            SftpOpKind::TrackingStopped,
+            String::new(),
+            None,
+            status.clone(),
+        );
         self.end_tracking(format!("SFTP tracking stopped: {status}"));
     }
 
@@ -332,7 +337,7 @@ impl SftpAudit {
         } else {
             format!("{side}: {what}; later operations on this channel are not logged")
         };
-        self.notice("protocol violation", path, target, status.clone());
+        self.notice(SftpOpKind::ProtocolViolation, path, target, status.clone());
         self.end_tracking(format!("SFTP protocol violation: {status}"));
     }
 
@@ -346,7 +351,7 @@ impl SftpAudit {
         self.drop_tables();
     }
 
-    fn notice(&mut self, op: &'static str, path: String, target: Option<String>, status: String) {
+    fn notice(&mut self, op: SftpOpKind, path: String, target: Option<String>, status: String) {
         let info = OpInfo {
             target,
             ..OpInfo::new(op, path)
@@ -444,11 +449,13 @@ impl SftpAudit {
                 | Request::OpenDir { info }
                 | Request::Op(info)
                 | Request::Unknown(info) => info,
-                Request::Write { handle, .. } => OpInfo::new("write", self.handle_path(&handle)),
-                Request::Close { handle } | Request::Read { handle } => {
-                    OpInfo::new("unknown", self.handle_path(&handle))
+                Request::Write { handle, .. } => {
+                    OpInfo::new(SftpOpKind::Write, self.handle_path(&handle))
                 }
-                Request::Quiet => OpInfo::new("unknown", format!("type {kind}")),
+                Request::Close { handle } | Request::Read { handle } => {
+                    OpInfo::new(SftpOpKind::Unknown, self.handle_path(&handle))
+                }
+                Request::Quiet => OpInfo::new(SftpOpKind::Unknown, format!("type {kind}")),
             };
             out.events
                 .push(op_event(info, Some(FX_PERMISSION_DENIED), message, true));
@@ -514,7 +521,7 @@ impl SftpAudit {
             Request::Open { info, .. }
             | Request::OpenDir { info }
             | Request::Op(info)
-            | Request::Unknown(info) => return subject(info.op, &info.path),
+            | Request::Unknown(info) => return subject(info.op.as_str(), &info.path),
             Request::Close { handle } | Request::Read { handle } => self.handle_path(handle),
             Request::Write { handle, .. } => self.handle_path(handle),
             Request::Quiet => String::new(),
@@ -524,7 +531,7 @@ impl SftpAudit {
 
     fn pending_subject(&self, pending: &Pending) -> (String, String) {
         match pending {
-            Pending::Open { info, .. } | Pending::Op(info) => subject(info.op, &info.path),
+            Pending::Open { info, .. } | Pending::Op(info) => subject(info.op.as_str(), &info.path),
             Pending::Close { handle } => subject("close", &self.handle_path(handle)),
             Pending::Read { handle } => subject("read", &self.handle_path(handle)),
             Pending::Write { handle, .. } => subject("write", &self.handle_path(handle)),
@@ -542,7 +549,7 @@ impl SftpAudit {
                     info: OpInfo {
                         flags: Some(describe_pflags(pflags)),
                         attrs,
-                        ..OpInfo::new("open", path)
+                        ..OpInfo::new(SftpOpKind::Open, path)
                     },
                     pflags,
                 }
@@ -573,7 +580,7 @@ impl SftpAudit {
                 let attrs = c.attrs()?;
                 Request::Op(OpInfo {
                     attrs,
-                    ..OpInfo::new("setstat", path)
+                    ..OpInfo::new(SftpOpKind::Setstat, path)
                 })
             }
             FXP_FSETSTAT => {
@@ -581,28 +588,28 @@ impl SftpAudit {
                 let attrs = c.attrs()?;
                 Request::Op(OpInfo {
                     attrs,
-                    ..OpInfo::new("fsetstat", self.handle_path(handle))
+                    ..OpInfo::new(SftpOpKind::Fsetstat, self.handle_path(handle))
                 })
             }
             FXP_OPENDIR => Request::OpenDir {
-                info: OpInfo::new("opendir", c.text()?),
+                info: OpInfo::new(SftpOpKind::Opendir, c.text()?),
             },
-            FXP_REMOVE => Request::Op(OpInfo::new("remove", c.text()?)),
+            FXP_REMOVE => Request::Op(OpInfo::new(SftpOpKind::Remove, c.text()?)),
             FXP_MKDIR => {
                 let path = c.text()?;
                 let attrs = c.attrs()?;
                 Request::Op(OpInfo {
                     attrs,
-                    ..OpInfo::new("mkdir", path)
+                    ..OpInfo::new(SftpOpKind::Mkdir, path)
                 })
             }
-            FXP_RMDIR => Request::Op(OpInfo::new("rmdir", c.text()?)),
+            FXP_RMDIR => Request::Op(OpInfo::new(SftpOpKind::Rmdir, c.text()?)),
             FXP_RENAME => {
                 let old = c.text()?;
                 let new = c.text()?;
                 Request::Op(OpInfo {
                     target: Some(new),
-                    ..OpInfo::new("rename", old)
+                    ..OpInfo::new(SftpOpKind::Rename, old)
                 })
             }
             FXP_SYMLINK => {
@@ -612,7 +619,7 @@ impl SftpAudit {
                 let link = c.text()?;
                 Request::Op(OpInfo {
                     target: Some(target),
-                    ..OpInfo::new("symlink", link)
+                    ..OpInfo::new(SftpOpKind::Symlink, link)
                 })
             }
             FXP_LSTAT | FXP_FSTAT | FXP_READDIR | FXP_REALPATH | FXP_STAT | FXP_READLINK => {
@@ -626,7 +633,7 @@ impl SftpAudit {
                         let new = c.text()?;
                         Request::Op(OpInfo {
                             target: Some(new),
-                            ..OpInfo::new("posix-rename", old)
+                            ..OpInfo::new(SftpOpKind::PosixRename, old)
                         })
                     }
                     b"hardlink@openssh.com" => {
@@ -634,7 +641,7 @@ impl SftpAudit {
                         let new = c.text()?;
                         Request::Op(OpInfo {
                             target: Some(old),
-                            ..OpInfo::new("hardlink", new)
+                            ..OpInfo::new(SftpOpKind::Hardlink, new)
                         })
                     }
                     b"lsetstat@openssh.com" => {
@@ -642,7 +649,7 @@ impl SftpAudit {
                         let attrs = c.attrs()?;
                         Request::Op(OpInfo {
                             attrs,
-                            ..OpInfo::new("lsetstat", path)
+                            ..OpInfo::new(SftpOpKind::Lsetstat, path)
                         })
                     }
                     b"copy-data" => {
@@ -653,7 +660,7 @@ impl SftpAudit {
                         c.u64()?;
                         Request::Op(OpInfo {
                             target: Some(self.handle_path(from)),
-                            ..OpInfo::new("copy-data", self.handle_path(to))
+                            ..OpInfo::new(SftpOpKind::CopyData, self.handle_path(to))
                         })
                     }
                     b"statvfs@openssh.com"
@@ -663,10 +670,10 @@ impl SftpAudit {
                     | b"expand-path@openssh.com"
                     | b"home-directory"
                     | b"users-groups-by-id@openssh.com" => Request::Quiet,
-                    other => Request::Unknown(OpInfo::new("extended", lossy(other))),
+                    other => Request::Unknown(OpInfo::new(SftpOpKind::Extended, lossy(other))),
                 }
             }
-            other => Request::Unknown(OpInfo::new("unknown", format!("type {other}"))),
+            other => Request::Unknown(OpInfo::new(SftpOpKind::Unknown, format!("type {other}"))),
         })
     }
 
@@ -862,7 +869,7 @@ impl SftpAudit {
 
 /// What an operation is reported as.
 struct OpInfo {
-    op: &'static str,
+    op: SftpOpKind,
     path: String,
     target: Option<String>,
     flags: Option<String>,
@@ -870,7 +877,7 @@ struct OpInfo {
 }
 
 impl OpInfo {
-    fn new(op: &'static str, path: String) -> Self {
+    fn new(op: SftpOpKind, path: String) -> Self {
         OpInfo {
             op,
             path,
@@ -1011,7 +1018,7 @@ fn op_event(info: OpInfo, status: Option<u32>, status_text: String, denied: bool
 
 fn close_event(h: Handle, status: Option<u32>, status_text: String) -> FileEvent {
     FileEvent::Sftp(SftpOp {
-        op: "close",
+        op: SftpOpKind::Close,
         path: h.path,
         target: None,
         flags: h.flags,
