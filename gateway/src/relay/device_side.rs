@@ -21,7 +21,7 @@ use crate::{
         format::pty_modes,
         writer::{ChannelKind, ChannelMeta, PtyMeta},
     },
-    sessions::{ChannelRecord, FileOpRecord, now_micros},
+    sessions::{ChannelRecord, FileOpRecord, FileProtocol, now_micros},
 };
 
 /// Environment variables kept per channel for its records (a server that accepts any
@@ -295,42 +295,22 @@ impl DeviceSide {
     ) {
         let message = &refusal.message;
         let what = match refusal.protocol {
-            "sftp" | "scp" => "file transfer refused by policy",
+            FileProtocol::Sftp | FileProtocol::Scp => "file transfer refused by policy",
             _ => "program refused by policy",
         };
         tracing::info!(session = %self.info.id, channel = %channel, reason = %message, "{what}");
         let number = u32::from(channel);
-        let (kind_name, command) = match kind {
-            ChannelKind::Exec { command } => ("exec", command.clone()),
-            ChannelKind::Subsystem { name } => ("subsystem", name.clone()),
-            ChannelKind::Shell => ("shell", String::new()),
-        };
         let now = now_micros();
-        self.info.tracker.channel_opened(ChannelRecord {
-            channel: number,
-            kind: kind_name.to_string(),
-            // A shell has no command line (as when it runs).
-            command: (kind_name != "shell").then(|| command.clone()),
-            started_at: now,
-            ended_at: None,
-            exit_status: None,
-            exit_signal: None,
-            recording: None,
-            env: Vec::new(),
-        });
-        self.info.tracker.file_op(FileOpRecord {
-            channel: number,
-            at: now,
-            protocol: refusal.protocol.into(),
-            op: "refused".into(),
-            path: command,
-            target: None,
-            flags: None,
-            bytes_read: 0,
-            bytes_written: 0,
-            status: message.to_string(),
-            denied: true,
-        });
+        let record = ChannelRecord::program(number, kind, now, None, Vec::new());
+        let command = record.command.clone().unwrap_or_default();
+        self.info.tracker.channel_opened(record);
+        self.info.tracker.file_op(FileOpRecord::refused(
+            number,
+            now,
+            refusal.protocol,
+            command,
+            message.to_string(),
+        ));
         self.info.tracker.channel_closed(number, Some(1), None);
         if let Some(link) = self.channels.get(&channel) {
             let _ = link.upstream.close().await;
@@ -390,24 +370,13 @@ impl DeviceSide {
             return;
         }
         self.programs.insert(channel);
-        {
-            let (kind, command) = match &kind {
-                ChannelKind::Shell => ("shell", None),
-                ChannelKind::Exec { command } => ("exec", Some(command.clone())),
-                ChannelKind::Subsystem { name } => ("subsystem", Some(name.clone())),
-            };
-            self.info.tracker.channel_opened(ChannelRecord {
-                channel: u32::from(channel),
-                kind: kind.to_string(),
-                command,
-                started_at: now_micros(),
-                ended_at: None,
-                exit_status: None,
-                exit_signal: None,
-                recording,
-                env: self.envs.get(&channel).cloned().unwrap_or_default(),
-            });
-        }
+        self.info.tracker.channel_opened(ChannelRecord::program(
+            u32::from(channel),
+            &kind,
+            now_micros(),
+            recording,
+            self.envs.get(&channel).cloned().unwrap_or_default(),
+        ));
         if let Some(note) = admitted.unrecorded {
             self.note_unrecorded(channel, &kind, &note);
         }

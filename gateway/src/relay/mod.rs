@@ -30,7 +30,7 @@ use crate::{
     intercept::admission::{Admission, Outcome},
     intercept::listener::Intercepted,
     policy::eval::PolicyEngine,
-    policy::model::Policy,
+    policy::model::{Action, Policy},
     recording::{
         keys::RecordingKey,
         writer::{ChannelMeta, Recorder},
@@ -269,9 +269,9 @@ pub async fn serve(
                 conn.peer.to_string(),
                 conn.original_dst.to_string(),
                 if permissions.is_some() {
-                    "audit_ssh"
+                    Action::AuditSsh
                 } else {
-                    "block"
+                    Action::Block
                 },
                 now_micros(),
             )

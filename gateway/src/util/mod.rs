@@ -3,3 +3,4 @@
 #[cfg(test)]
 pub mod golden;
 pub mod json_file;
+pub mod vocabulary;
