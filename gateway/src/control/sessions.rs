@@ -144,7 +144,10 @@ pub async fn route(method: &Method, route: &str, query: Option<&str>, shared: &C
                     }
                 }
                 (&Method::POST, "kill") => {
-                    if shared.live.kill(id, crate::sessions::live::ADMIN_KILL) {
+                    if shared
+                        .live
+                        .kill(id, crate::sessions::live::KillReason::Admin)
+                    {
                         json(StatusCode::OK, &serde_json::json!({ "killed": id }))
                     } else {
                         error(StatusCode::NOT_FOUND, format!("no live session {id:?}"))

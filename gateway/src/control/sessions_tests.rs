@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::test_context::{Answer, TestContext, context};
 use crate::sessions::{
     SessionRecord,
-    live::{ADMIN_KILL, Tracker},
+    live::{KillReason, Tracker},
     now_micros,
 };
 
@@ -134,6 +134,9 @@ async fn an_administrator_kills_a_live_session() {
         () = std::future::ready(()) => false,
     };
     assert!(signalled, "the kill must wake the session");
-    assert_eq!(running.kill_reason(), ADMIN_KILL);
-    assert_eq!(ADMIN_KILL, "sshgw: session terminated by an administrator");
+    assert!(matches!(running.kill_reason(), KillReason::Admin));
+    assert_eq!(
+        running.kill_reason().user_message(),
+        "sshgw: session terminated by an administrator"
+    );
 }

@@ -24,7 +24,7 @@ use crate::{
     sessions::{
         SessionRecord,
         health::ended_message,
-        live::{ADMIN_KILL, LiveSessions, Tracker},
+        live::{KillReason, LiveSessions, Tracker},
         store::SessionStore,
     },
     state::{Expect, LiveState},
@@ -319,16 +319,20 @@ async fn ends_of_a_session(blocked: SocketAddr) -> Vec<Row> {
 
     // An administrator kills it (`POST /v1/sessions/{id}/kill`).
     let s = gw.login(LAPTOP, server, "root").await;
-    assert!(gw.live.kill(&s.id, ADMIN_KILL));
+    assert!(gw.live.kill(&s.id, KillReason::Admin));
     rows.push(("admin kill", gw.ended(s).await));
 
     // The daemon stops, or restarts after an internal error (daemon.rs `kill_all` texts).
-    for text in [
-        "sshgw: the gateway is shutting down",
-        "sshgw: the gateway hit an internal error and is restarting",
+    for (reason, text) in [
+        (KillReason::Shutdown, "sshgw: the gateway is shutting down"),
+        (
+            KillReason::Restart,
+            "sshgw: the gateway hit an internal error and is restarting",
+        ),
     ] {
+        assert_eq!(reason.user_message(), text);
         let s = gw.login(LAPTOP, server, "root").await;
-        assert_eq!(gw.live.kill_all(text), 1);
+        assert_eq!(gw.live.kill_all(reason), 1);
         rows.push(("gateway shutdown", gw.ended(s).await));
     }
 
