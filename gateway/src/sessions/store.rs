@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result};
 use rusqlite::{
     Connection, OptionalExtension,
-    types::{FromSql, FromSqlError, FromSqlResult, ValueRef},
+    types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef},
 };
 
 use super::{
@@ -378,10 +378,17 @@ impl SessionStore {
     }
 }
 
-/// The vocabulary's TEXT columns read back: a text that names no member of its set is a
-/// conversion error naming the column's set and what it expected, never a panic.
-macro_rules! from_text_column {
+/// The vocabulary's TEXT columns: a name is written as its one text; read back, a text that
+/// names no member of its set is a conversion error naming the column's set and what it
+/// expected, never a panic.
+macro_rules! text_column {
     ($($ty:ty),*) => {$(
+        impl ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
         impl FromSql for $ty {
             fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
                 value
@@ -393,7 +400,7 @@ macro_rules! from_text_column {
     )*};
 }
 
-from_text_column!(Action, ProgramKind, FileProtocol, FileOperation);
+text_column!(Action, ProgramKind, FileProtocol, FileOperation);
 
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {

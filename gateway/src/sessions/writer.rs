@@ -370,7 +370,7 @@ fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 params![
                     s.id, s.email, s.device_id, s.source, s.destination, s.login, s.policy_id,
-                    s.policy_name, s.decision.as_str(), s.started_at, s.ended_at,
+                    s.policy_name, s.decision, s.started_at, s.ended_at,
                     s.duration_ms.map(|v| v as i64), s.bytes_from_client as i64,
                     s.bytes_from_server as i64, s.close_reason, s.cert_serial,
                     s.upstream_host_key
@@ -419,7 +419,7 @@ fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
                 params![
                     session_id,
                     c.channel,
-                    c.kind.as_str(),
+                    c.kind,
                     c.command,
                     c.started_at,
                     c.recording,
@@ -452,8 +452,8 @@ fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
                     session_id,
                     f.channel,
                     f.at,
-                    f.protocol.as_str(),
-                    f.op.as_str(),
+                    f.protocol,
+                    f.op,
                     f.path,
                     f.target,
                     f.flags,
