@@ -16,6 +16,7 @@ use std::{
 
 use crate::{
     datapath::Counters,
+    policy::model::Action,
     sessions::{
         health::HealthReport,
         live::LiveSessions,
@@ -107,9 +108,9 @@ impl Metrics {
     /// A connection was judged: `audit` true for relayed, false for blocked.
     pub fn decision(&self, policy_id: Option<&str>, audit: bool) {
         let (counter, decision) = if audit {
-            (&self.sessions_audited, "audit_ssh")
+            (&self.sessions_audited, Action::AuditSsh.as_str())
         } else {
-            (&self.sessions_blocked, "block")
+            (&self.sessions_blocked, Action::Block.as_str())
         };
         counter.fetch_add(1, Ordering::Relaxed);
         *self

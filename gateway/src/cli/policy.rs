@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::{Refused, Target, escape::escape, table};
-use crate::policy::model::{Action, PolicySet};
+use crate::policy::model::PolicySet;
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
@@ -87,11 +87,7 @@ fn show(json: bool, target: &Target) -> Result<()> {
                 p.precedence.to_string(),
                 p.id.clone(),
                 if p.enabled { "yes" } else { "no" }.into(),
-                match p.action {
-                    Action::AuditSsh => "audit_ssh",
-                    Action::Block => "block",
-                }
-                .into(),
+                p.action.to_string(),
                 table::list(&p.destinations),
                 table::list(&p.ports),
                 if identity.is_empty() {

@@ -96,7 +96,7 @@ pub fn list(args: ListArgs) -> Result<()> {
                 s.device_id.clone().unwrap_or_else(|| "-".into()),
                 s.destination.clone(),
                 s.login.clone().unwrap_or_else(|| "-".into()),
-                s.decision.clone(),
+                s.decision.to_string(),
                 s.policy_id.clone().unwrap_or_else(|| "-".into()),
                 s.close_reason.clone().unwrap_or_else(|| "-".into()),
             ]
@@ -157,7 +157,7 @@ fn print_session(s: &SessionRecord) {
     println!("login:         {}", opt(&s.login));
     println!(
         "decision:      {} ({})",
-        escape(&s.decision),
+        escape(s.decision.as_str()),
         opt(&s.policy_id)
     );
     println!("started:       {}", format_time(s.started_at));
@@ -189,7 +189,7 @@ fn print_channels(s: &SessionRecord) {
         .map(|c| {
             vec![
                 c.channel.to_string(),
-                c.kind.clone(),
+                c.kind.to_string(),
                 c.command.clone().unwrap_or_else(|| "-".into()),
                 format_time(c.started_at),
                 match (&c.exit_status, &c.exit_signal) {

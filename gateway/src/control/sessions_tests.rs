@@ -19,7 +19,7 @@ fn record(id: &str, email: &str, started_at: i64) -> SessionRecord {
             id.into(),
             "100.96.0.7:40000".into(),
             "203.0.113.10:22".into(),
-            "audit_ssh",
+            "audit_ssh".parse().unwrap(),
             started_at,
         )
     }

@@ -165,7 +165,7 @@ fn full_record() -> SessionRecord {
         login: Some("root".into()),
         policy_id: Some("prod-audit".into()),
         policy_name: Some("Production (recorded)".into()),
-        decision: "audit_ssh".into(),
+        decision: "audit_ssh".parse().unwrap(),
         started_at: 1_700_000_000_000_001,
         ended_at: Some(1_700_000_090_500_000),
         duration_ms: Some(90_499),
@@ -176,7 +176,7 @@ fn full_record() -> SessionRecord {
         upstream_host_key: Some("SHA256:Kq0vP1bM5yqf7o2b0yJ3Xl0s3sWmJk8Yb8Cq3e8cE1c".into()),
         channels: vec![ChannelRecord {
             channel: 0,
-            kind: "exec".into(),
+            kind: "exec".parse().unwrap(),
             command: Some("tar czf - /etc".into()),
             started_at: 1_700_000_001_000_000,
             ended_at: Some(1_700_000_002_000_000),
@@ -188,8 +188,8 @@ fn full_record() -> SessionRecord {
         file_ops: vec![FileOpRecord {
             channel: 0,
             at: 1_700_000_001_500_000,
-            protocol: "sftp".into(),
-            op: "rename".into(),
+            protocol: "sftp".parse().unwrap(),
+            op: "rename".parse().unwrap(),
             path: "/tmp/a".into(),
             target: Some("/tmp/b".into()),
             flags: Some("write,create".into()),
@@ -277,7 +277,7 @@ fn live_session(store: &SessionStore, live: &Arc<LiveSessions>) -> Tracker {
                 "0190b8e2-7c1d-7a3e-9f00-00000000cafe".into(),
                 "[fd7a::7]:50000".into(),
                 "[2001:db8::10]:22".into(),
-                "audit_ssh",
+                "audit_ssh".parse().unwrap(),
                 1_700_000_100_000_000,
             )
         },
@@ -286,7 +286,7 @@ fn live_session(store: &SessionStore, live: &Arc<LiveSessions>) -> Tracker {
     );
     tracker.channel_opened(ChannelRecord {
         channel: 1,
-        kind: "shell".into(),
+        kind: "shell".parse().unwrap(),
         command: None,
         started_at: 1_700_000_100_200_000,
         ended_at: None,
@@ -298,8 +298,8 @@ fn live_session(store: &SessionStore, live: &Arc<LiveSessions>) -> Tracker {
     tracker.file_op(FileOpRecord {
         channel: 2,
         at: 1_700_000_100_300_000,
-        protocol: "scp".into(),
-        op: "refused".into(),
+        protocol: "scp".parse().unwrap(),
+        op: "refused".parse().unwrap(),
         path: "scp -t /etc".into(),
         target: None,
         flags: None,

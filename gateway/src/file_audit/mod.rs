@@ -137,11 +137,8 @@ pub enum FileEvent {
 /// An SFTP operation and the server's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SftpOp {
-    /// `open`, `opendir`, `close` (file handles), `remove`, `rename`, `posix-rename`,
-    /// `mkdir`, `rmdir`, `setstat`, `fsetstat`, `lsetstat`, `symlink`, `hardlink`,
-    /// `copy-data`; only when denied: `write`, `extended` (path = the request's name) and
-    /// `unknown` (path = `type N`).
-    pub op: &'static str,
+    /// What was done (see [`SftpOpKind`]).
+    pub op: SftpOpKind,
     /// The path operated on: for `symlink`/`hardlink` the link created, for `rename` the old
     /// name, for handle operations the path the handle was opened with (`handle:<hex>` when
     /// unknown).
@@ -168,13 +165,137 @@ pub struct SftpOp {
     pub denied: bool,
 }
 
+/// What an SFTP operation is reported as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SftpOpKind {
+    Open,
+    Opendir,
+    /// A file handle closed.
+    Close,
+    Remove,
+    Rename,
+    PosixRename,
+    Mkdir,
+    Rmdir,
+    Setstat,
+    Fsetstat,
+    Lsetstat,
+    /// The path is the link created.
+    Symlink,
+    /// The path is the link created.
+    Hardlink,
+    CopyData,
+    /// Only when denied.
+    Write,
+    /// Only when denied; the path is the request's name.
+    Extended,
+    /// Only when denied; the path is `type N`.
+    Unknown,
+    /// The stream broke the protocol in a way that would make the log lie.
+    ProtocolViolation,
+    /// A table reached its cap.
+    TrackingStopped,
+}
+
+impl SftpOpKind {
+    pub const ALL: [SftpOpKind; 19] = {
+        use SftpOpKind::*;
+        [
+            Open,
+            Opendir,
+            Close,
+            Remove,
+            Rename,
+            PosixRename,
+            Mkdir,
+            Rmdir,
+            Setstat,
+            Fsetstat,
+            Lsetstat,
+            Symlink,
+            Hardlink,
+            CopyData,
+            Write,
+            Extended,
+            Unknown,
+            ProtocolViolation,
+            TrackingStopped,
+        ]
+    };
+
+    /// The name in the session log and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SftpOpKind::Open => "open",
+            SftpOpKind::Opendir => "opendir",
+            SftpOpKind::Close => "close",
+            SftpOpKind::Remove => "remove",
+            SftpOpKind::Rename => "rename",
+            SftpOpKind::PosixRename => "posix-rename",
+            SftpOpKind::Mkdir => "mkdir",
+            SftpOpKind::Rmdir => "rmdir",
+            SftpOpKind::Setstat => "setstat",
+            SftpOpKind::Fsetstat => "fsetstat",
+            SftpOpKind::Lsetstat => "lsetstat",
+            SftpOpKind::Symlink => "symlink",
+            SftpOpKind::Hardlink => "hardlink",
+            SftpOpKind::CopyData => "copy-data",
+            SftpOpKind::Write => "write",
+            SftpOpKind::Extended => "extended",
+            SftpOpKind::Unknown => "unknown",
+            SftpOpKind::ProtocolViolation => "protocol violation",
+            SftpOpKind::TrackingStopped => "tracking stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for SftpOpKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a legacy scp event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScpOpKind {
+    File,
+    Dir,
+    /// A message sent instead of a file or acknowledgement (in `status_text`).
+    Error,
+    /// The whole transfer was refused by the rules.
+    Refused,
+}
+
+impl ScpOpKind {
+    pub const ALL: [ScpOpKind; 4] = [
+        ScpOpKind::File,
+        ScpOpKind::Dir,
+        ScpOpKind::Error,
+        ScpOpKind::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScpOpKind::File => "file",
+            ScpOpKind::Dir => "dir",
+            ScpOpKind::Error => "error",
+            ScpOpKind::Refused => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for ScpOpKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A file or directory sent over legacy scp, or an error a peer reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScpFile {
     pub direction: ScpDirection,
-    /// `file`, `dir`, `error` (a message sent instead of a file or acknowledgement, in
-    /// `status_text`) or `refused` (the whole transfer was refused by the rules).
-    pub op: &'static str,
+    /// What went (see [`ScpOpKind`]).
+    pub op: ScpOpKind,
     /// Downloads: the name the protocol carries, under the directories (`D` records) it is
     /// in, relative to the command's path (see [`scp::ScpCommand::paths`]). Uploads: what
     /// the server writes, as far as the gateway can tell: `TARGET/name` when the target

@@ -12,7 +12,7 @@ use std::{collections::VecDeque, mem};
 
 use bytes::Bytes;
 
-use super::{FileEvent, Filtered, ScpFile, SftpMode, TransferRules, forward::Forward};
+use super::{FileEvent, Filtered, ScpFile, ScpOpKind, SftpMode, TransferRules, forward::Forward};
 
 /// Longest control record or error message (OpenSSH's own limit is 2 KiB).
 const MAX_LINE: usize = 4096;
@@ -36,6 +36,8 @@ pub enum ScpDirection {
 }
 
 impl ScpDirection {
+    pub const ALL: [ScpDirection; 2] = [ScpDirection::Upload, ScpDirection::Download];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ScpDirection::Upload => "upload",
@@ -294,7 +296,7 @@ impl ScpAudit {
             out.events.push(FileEvent::Scp(ScpFile {
                 denied: true,
                 status_text: message.clone(),
-                ..self.base("refused", self.command.paths.join(" "))
+                ..self.base(ScpOpKind::Refused, self.command.paths.join(" "))
             }));
             self.close = Some(format!(
                 "scp {}: {message}",
@@ -390,7 +392,7 @@ impl ScpAudit {
     }
 
     /// An event with nothing transferred and no status yet.
-    fn base(&self, op: &'static str, path: String) -> ScpFile {
+    fn base(&self, op: ScpOpKind, path: String) -> ScpFile {
         ScpFile {
             direction: self.command.direction,
             op,
@@ -406,7 +408,7 @@ impl ScpAudit {
     }
 
     /// An event for a file or directory at `rel` (under the `D` records it is in).
-    fn entry(&self, op: &'static str, rel: String) -> ScpFile {
+    fn entry(&self, op: ScpOpKind, rel: String) -> ScpFile {
         if self.command.direction == ScpDirection::Download {
             return self.base(op, rel);
         }
@@ -430,7 +432,7 @@ impl ScpAudit {
     fn error(&self, message: String) -> FileEvent {
         FileEvent::Scp(ScpFile {
             status_text: message,
-            ..self.base("error", String::new())
+            ..self.base(ScpOpKind::Error, String::new())
         })
     }
 
@@ -441,7 +443,7 @@ impl ScpAudit {
             bytes: f.bytes,
             ok,
             status_text,
-            ..self.entry("file", f.path)
+            ..self.entry(ScpOpKind::File, f.path)
         })
     }
 
@@ -450,7 +452,7 @@ impl ScpAudit {
             mode,
             ok,
             status_text,
-            ..self.entry("dir", path)
+            ..self.entry(ScpOpKind::Dir, path)
         })
     }
 
@@ -458,88 +460,134 @@ impl ScpAudit {
     fn feed_source(&mut self, data: &[u8], mut forward: Option<&mut Forward>, out: &mut Filtered) {
         let mut pos = 0;
         while pos < data.len() && !self.stopped() {
-            match self.source {
-                Source::Line => {
-                    let start = pos;
-                    let carried = self.line.len();
-                    let Some(n) = data[pos..].iter().position(|&b| b == b'\n') else {
-                        self.line.extend_from_slice(&data[pos..]);
-                        if self.line.len() > MAX_LINE {
-                            self.fail("control record too long");
-                        }
-                        return;
-                    };
-                    self.line.extend_from_slice(&data[pos..pos + n]);
-                    pos += n + 1;
-                    if self.line.len() > MAX_LINE {
-                        return self.fail("control record too long");
-                    }
-                    let line = mem::take(&mut self.line);
-                    let keep = self.source_line(&line, out);
-                    if keep && let Some(forward) = forward.as_deref_mut() {
-                        forward.keep_owned(line[..carried].to_vec());
-                        forward.keep(start, pos);
-                    }
-                    self.line = line;
-                    self.line.clear();
+            let forward = forward.as_deref_mut();
+            let next = match self.source {
+                Source::Line => self.source_record(data, pos, forward, out),
+                Source::WaitAck => {
+                    self.fail("file data before the file was accepted");
+                    None
                 }
-                Source::WaitAck => return self.fail("file data before the file was accepted"),
-                Source::Data { remaining } => {
-                    let n = remaining.min((data.len() - pos) as u64) as usize;
-                    if let Some(forward) = forward.as_deref_mut() {
-                        forward.keep(pos, pos + n);
-                    }
-                    if let Some(f) = self.file.as_mut() {
-                        f.bytes += n as u64;
-                    }
-                    pos += n;
-                    self.source = if remaining == n as u64 {
-                        Source::Trail
-                    } else {
-                        Source::Data {
-                            remaining: remaining - n as u64,
-                        }
-                    };
-                }
-                Source::Trail => {
-                    let byte = data[pos];
-                    if let Some(forward) = forward.as_deref_mut() {
-                        forward.keep(pos, pos + 1);
-                    }
-                    pos += 1;
-                    match byte {
-                        0 => {
-                            self.source = Source::Line;
-                            self.expect(Record::FileData);
-                        }
-                        1 | 2 => self.source = Source::TrailMessage,
-                        _ => return self.fail("bad status byte after file data"),
-                    }
-                }
-                Source::TrailMessage => {
-                    let end = data[pos..].iter().position(|&b| b == b'\n');
-                    let stop = end.map_or(data.len(), |n| pos + n);
-                    self.line.extend_from_slice(&data[pos..stop]);
-                    let next = end.map_or(data.len(), |_| stop + 1);
-                    if let Some(forward) = forward.as_deref_mut() {
-                        forward.keep(pos, next);
-                    }
-                    pos = next;
-                    if self.line.len() > MAX_LINE {
-                        return self.fail("error message too long");
-                    }
-                    if end.is_some() {
-                        let message = String::from_utf8_lossy(&self.line).into_owned();
-                        self.line.clear();
-                        if let Some(f) = self.file.as_mut() {
-                            f.source_error = Some(message);
-                        }
-                        self.source = Source::Line;
-                        self.expect(Record::FileData);
-                    }
-                }
+                Source::Data { remaining } => Some(self.source_data(data, pos, remaining, forward)),
+                Source::Trail => self.source_trail(data, pos, forward),
+                Source::TrailMessage => self.source_trail_message(data, pos, forward),
+            };
+            let Some(next) = next else { return };
+            pos = next;
+        }
+    }
+
+    /// A control record from `pos` (after what earlier chunks carried of it): where the
+    /// rest of `data` starts, or `None` when the chunk is used up or the stream failed.
+    fn source_record(
+        &mut self,
+        data: &[u8],
+        pos: usize,
+        forward: Option<&mut Forward>,
+        out: &mut Filtered,
+    ) -> Option<usize> {
+        let carried = self.line.len();
+        let Some(n) = data[pos..].iter().position(|&b| b == b'\n') else {
+            self.line.extend_from_slice(&data[pos..]);
+            if self.line.len() > MAX_LINE {
+                self.fail("control record too long");
+            }
+            return None;
+        };
+        self.line.extend_from_slice(&data[pos..pos + n]);
+        let next = pos + n + 1;
+        if self.line.len() > MAX_LINE {
+            self.fail("control record too long");
+            return None;
+        }
+        let line = mem::take(&mut self.line);
+        let keep = self.source_line(&line, out);
+        if keep && let Some(forward) = forward {
+            forward.keep_owned(line[..carried].to_vec());
+            forward.keep(pos, next);
+        }
+        self.line = line;
+        self.line.clear();
+        Some(next)
+    }
+
+    /// File data from `pos`, `remaining` of it still due: where the rest starts.
+    fn source_data(
+        &mut self,
+        data: &[u8],
+        pos: usize,
+        remaining: u64,
+        forward: Option<&mut Forward>,
+    ) -> usize {
+        let n = remaining.min((data.len() - pos) as u64) as usize;
+        if let Some(forward) = forward {
+            forward.keep(pos, pos + n);
+        }
+        if let Some(f) = self.file.as_mut() {
+            f.bytes += n as u64;
+        }
+        self.source = if remaining == n as u64 {
+            Source::Trail
+        } else {
+            Source::Data {
+                remaining: remaining - n as u64,
+            }
+        };
+        pos + n
+    }
+
+    /// The status byte after a file's data.
+    fn source_trail(
+        &mut self,
+        data: &[u8],
+        pos: usize,
+        forward: Option<&mut Forward>,
+    ) -> Option<usize> {
+        let byte = data[pos];
+        if let Some(forward) = forward {
+            forward.keep(pos, pos + 1);
+        }
+        match byte {
+            0 => {
+                self.source = Source::Line;
+                self.expect(Record::FileData);
+            }
+            1 | 2 => self.source = Source::TrailMessage,
+            _ => {
+                self.fail("bad status byte after file data");
+                return None;
             }
         }
+        Some(pos + 1)
+    }
+
+    /// The message after a failing status byte, up to its newline.
+    fn source_trail_message(
+        &mut self,
+        data: &[u8],
+        pos: usize,
+        forward: Option<&mut Forward>,
+    ) -> Option<usize> {
+        let end = data[pos..].iter().position(|&b| b == b'\n');
+        let stop = end.map_or(data.len(), |n| pos + n);
+        self.line.extend_from_slice(&data[pos..stop]);
+        let next = end.map_or(data.len(), |_| stop + 1);
+        if let Some(forward) = forward {
+            forward.keep(pos, next);
+        }
+        if self.line.len() > MAX_LINE {
+            self.fail("error message too long");
+            return None;
+        }
+        if end.is_some() {
+            let message = String::from_utf8_lossy(&self.line).into_owned();
+            self.line.clear();
+            if let Some(f) = self.file.as_mut() {
+                f.source_error = Some(message);
+            }
+            self.source = Source::Line;
+            self.expect(Record::FileData);
+        }
+        Some(next)
     }
 
     /// One control record from the source; whether it is forwarded.
@@ -553,49 +601,7 @@ impl ScpAudit {
                 self.expect(Record::Times);
                 true
             }
-            Some(&kind @ (b'C' | b'D')) => {
-                let Some((mode, size, name)) = parse_header(&line[1..]) else {
-                    self.fail("malformed C/D record");
-                    return false;
-                };
-                let path = self.under_dirs(&name);
-                if kind == b'D' {
-                    self.expect(Record::Dir { path, name, mode });
-                    return true;
-                }
-                if self.command.direction == ScpDirection::Upload {
-                    if let Some(limit) = self.rules.max_upload_bytes
-                        && self.uploaded.saturating_add(size) > limit
-                    {
-                        let message = format!(
-                            "upload limit of {limit} bytes reached (policy {})",
-                            self.rules.policy_name
-                        );
-                        out.reply
-                            .extend_from_slice(format!("\x02scp: {message}\n").as_bytes());
-                        out.events.push(FileEvent::Scp(ScpFile {
-                            size,
-                            mode,
-                            denied: true,
-                            status_text: message.clone(),
-                            ..self.entry("file", path)
-                        }));
-                        self.close = Some(format!("scp {message}"));
-                        return false;
-                    }
-                    self.uploaded = self.uploaded.saturating_add(size);
-                }
-                self.file = Some(FileState {
-                    path,
-                    size,
-                    mode,
-                    bytes: 0,
-                    source_error: None,
-                });
-                self.source = Source::WaitAck;
-                self.expect(Record::File);
-                true
-            }
+            Some(&kind @ (b'C' | b'D')) => self.source_header(kind, line, out),
             Some(b'E') => {
                 if let Some(dir) = self.dirs.pop() {
                     self.dir_bytes -= dir.len() + 1;
@@ -613,6 +619,51 @@ impl ScpAudit {
                 false
             }
         }
+    }
+
+    /// A `C` (file) or `D` (directory) record from the source; whether it is forwarded.
+    fn source_header(&mut self, kind: u8, line: &[u8], out: &mut Filtered) -> bool {
+        let Some((mode, size, name)) = parse_header(&line[1..]) else {
+            self.fail("malformed C/D record");
+            return false;
+        };
+        let path = self.under_dirs(&name);
+        if kind == b'D' {
+            self.expect(Record::Dir { path, name, mode });
+            return true;
+        }
+        if self.command.direction == ScpDirection::Upload {
+            if let Some(limit) = self.rules.max_upload_bytes
+                && self.uploaded.saturating_add(size) > limit
+            {
+                let message = format!(
+                    "upload limit of {limit} bytes reached (policy {})",
+                    self.rules.policy_name
+                );
+                out.reply
+                    .extend_from_slice(format!("\x02scp: {message}\n").as_bytes());
+                out.events.push(FileEvent::Scp(ScpFile {
+                    size,
+                    mode,
+                    denied: true,
+                    status_text: message.clone(),
+                    ..self.entry(ScpOpKind::File, path)
+                }));
+                self.close = Some(format!("scp {message}"));
+                return false;
+            }
+            self.uploaded = self.uploaded.saturating_add(size);
+        }
+        self.file = Some(FileState {
+            path,
+            size,
+            mode,
+            bytes: 0,
+            source_error: None,
+        });
+        self.source = Source::WaitAck;
+        self.expect(Record::File);
+        true
     }
 
     fn expect(&mut self, record: Record) {

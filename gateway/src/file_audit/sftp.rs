@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{FileEvent, Filtered, SftpMode, SftpOp, TransferRules, forward::Forward};
+use super::{FileEvent, Filtered, SftpMode, SftpOp, SftpOpKind, TransferRules, forward::Forward};
 
 const FXP_INIT: u8 = 1;
 const FXP_VERSION: u8 = 2;
@@ -316,7 +316,12 @@ impl SftpAudit {
         } else {
             format!("{what}; later operations on this channel are not logged")
         };
-        self.notice("tracking stopped", String::new(), None, status.clone());
+        self.notice(
+            SftpOpKind::TrackingStopped,
+            String::new(),
+            None,
+            status.clone(),
+        );
         self.end_tracking(format!("SFTP tracking stopped: {status}"));
     }
 
@@ -332,7 +337,7 @@ impl SftpAudit {
         } else {
             format!("{side}: {what}; later operations on this channel are not logged")
         };
-        self.notice("protocol violation", path, target, status.clone());
+        self.notice(SftpOpKind::ProtocolViolation, path, target, status.clone());
         self.end_tracking(format!("SFTP protocol violation: {status}"));
     }
 
@@ -346,7 +351,7 @@ impl SftpAudit {
         self.drop_tables();
     }
 
-    fn notice(&mut self, op: &'static str, path: String, target: Option<String>, status: String) {
+    fn notice(&mut self, op: SftpOpKind, path: String, target: Option<String>, status: String) {
         let info = OpInfo {
             target,
             ..OpInfo::new(op, path)
@@ -437,21 +442,7 @@ impl SftpAudit {
             }
         }
         if let Some(message) = self.denial(&request) {
-            out.reply
-                .extend_from_slice(&status_packet(id, FX_PERMISSION_DENIED, &message));
-            let info = match request {
-                Request::Open { info, .. }
-                | Request::OpenDir { info }
-                | Request::Op(info)
-                | Request::Unknown(info) => info,
-                Request::Write { handle, .. } => OpInfo::new("write", self.handle_path(&handle)),
-                Request::Close { handle } | Request::Read { handle } => {
-                    OpInfo::new("unknown", self.handle_path(&handle))
-                }
-                Request::Quiet => OpInfo::new("unknown", format!("type {kind}")),
-            };
-            out.events
-                .push(op_event(info, Some(FX_PERMISSION_DENIED), message, true));
+            self.deny(id, kind, request, message, out);
             return Ok(false);
         }
 
@@ -461,18 +452,30 @@ impl SftpAudit {
         if self.tracking {
             // Every forwarded request is followed, the quiet ones too: a reply to no
             // request, or a reused id, must be noticed.
-            let pending = match request {
-                Request::Quiet | Request::Unknown(_) => Pending::Quiet { kind },
-                Request::Open { info, .. } => Pending::Open { info, dir: false },
-                Request::OpenDir { info } => Pending::Open { info, dir: true },
-                Request::Close { handle } => Pending::Close { handle },
-                Request::Read { handle } => Pending::Read { handle },
-                Request::Write { handle, len } => Pending::Write { handle, len },
-                Request::Op(info) => Pending::Op(info),
-            };
-            self.insert_pending(id, pending);
+            self.insert_pending(id, Pending::awaiting(request, kind));
         }
         Ok(true)
+    }
+
+    /// Answers a request the rules refuse with PERMISSION_DENIED and `message`, and logs it.
+    fn deny(&self, id: u32, kind: u8, request: Request, message: String, out: &mut Filtered) {
+        out.reply
+            .extend_from_slice(&status_packet(id, FX_PERMISSION_DENIED, &message));
+        let info = match request {
+            Request::Open { info, .. }
+            | Request::OpenDir { info }
+            | Request::Op(info)
+            | Request::Unknown(info) => info,
+            Request::Write { handle, .. } => {
+                OpInfo::new(SftpOpKind::Write, self.handle_path(&handle))
+            }
+            Request::Close { handle } | Request::Read { handle } => {
+                OpInfo::new(SftpOpKind::Unknown, self.handle_path(&handle))
+            }
+            Request::Quiet => OpInfo::new(SftpOpKind::Unknown, format!("type {kind}")),
+        };
+        out.events
+            .push(op_event(info, Some(FX_PERMISSION_DENIED), message, true));
     }
 
     /// Why the rules refuse a request, if they do.
@@ -514,7 +517,7 @@ impl SftpAudit {
             Request::Open { info, .. }
             | Request::OpenDir { info }
             | Request::Op(info)
-            | Request::Unknown(info) => return subject(info.op, &info.path),
+            | Request::Unknown(info) => return subject(info.op.as_str(), &info.path),
             Request::Close { handle } | Request::Read { handle } => self.handle_path(handle),
             Request::Write { handle, .. } => self.handle_path(handle),
             Request::Quiet => String::new(),
@@ -524,7 +527,7 @@ impl SftpAudit {
 
     fn pending_subject(&self, pending: &Pending) -> (String, String) {
         match pending {
-            Pending::Open { info, .. } | Pending::Op(info) => subject(info.op, &info.path),
+            Pending::Open { info, .. } | Pending::Op(info) => subject(info.op.as_str(), &info.path),
             Pending::Close { handle } => subject("close", &self.handle_path(handle)),
             Pending::Read { handle } => subject("read", &self.handle_path(handle)),
             Pending::Write { handle, .. } => subject("write", &self.handle_path(handle)),
@@ -534,140 +537,83 @@ impl SftpAudit {
 
     fn decode_request(&self, kind: u8, c: &mut Cursor, body_len: usize) -> Parse<Request> {
         Ok(match kind {
-            FXP_OPEN => {
-                let path = c.text()?;
-                let pflags = c.u32()?;
-                let attrs = c.attrs()?;
-                Request::Open {
-                    info: OpInfo {
-                        flags: Some(describe_pflags(pflags)),
-                        attrs,
-                        ..OpInfo::new("open", path)
-                    },
-                    pflags,
-                }
-            }
-            FXP_CLOSE => Request::Close {
-                handle: c.string()?.to_vec(),
-            },
-            FXP_READ => {
-                let handle = c.string()?.to_vec();
-                c.u64()?;
-                c.u32()?;
-                Request::Read { handle }
-            }
-            FXP_WRITE => {
-                let handle = c.string()?.to_vec();
-                c.u64()?;
-                let len = c.u32()? as usize;
-                if len > body_len - c.pos {
-                    return Err("data longer than the packet");
-                }
-                Request::Write {
-                    handle,
-                    len: len as u64,
-                }
-            }
-            FXP_SETSTAT => {
-                let path = c.text()?;
-                let attrs = c.attrs()?;
-                Request::Op(OpInfo {
-                    attrs,
-                    ..OpInfo::new("setstat", path)
-                })
-            }
-            FXP_FSETSTAT => {
-                let handle = c.string()?;
-                let attrs = c.attrs()?;
-                Request::Op(OpInfo {
-                    attrs,
-                    ..OpInfo::new("fsetstat", self.handle_path(handle))
-                })
-            }
+            FXP_OPEN => decode_open(c)?,
+            FXP_CLOSE | FXP_READ | FXP_WRITE => decode_handle_io(kind, c, body_len)?,
+            FXP_SETSTAT | FXP_FSETSTAT | FXP_MKDIR => self.decode_with_attrs(kind, c)?,
             FXP_OPENDIR => Request::OpenDir {
-                info: OpInfo::new("opendir", c.text()?),
+                info: OpInfo::new(SftpOpKind::Opendir, c.text()?),
             },
-            FXP_REMOVE => Request::Op(OpInfo::new("remove", c.text()?)),
-            FXP_MKDIR => {
-                let path = c.text()?;
-                let attrs = c.attrs()?;
-                Request::Op(OpInfo {
-                    attrs,
-                    ..OpInfo::new("mkdir", path)
-                })
-            }
-            FXP_RMDIR => Request::Op(OpInfo::new("rmdir", c.text()?)),
-            FXP_RENAME => {
-                let old = c.text()?;
-                let new = c.text()?;
-                Request::Op(OpInfo {
-                    target: Some(new),
-                    ..OpInfo::new("rename", old)
-                })
-            }
-            FXP_SYMLINK => {
-                // OpenSSH (and the clients that follow it) send the target first: the draft's
-                // order was inadvertently reversed in sftp-server and kept for compatibility.
-                let target = c.text()?;
-                let link = c.text()?;
-                Request::Op(OpInfo {
-                    target: Some(target),
-                    ..OpInfo::new("symlink", link)
-                })
-            }
+            FXP_REMOVE => Request::Op(OpInfo::new(SftpOpKind::Remove, c.text()?)),
+            FXP_RMDIR => Request::Op(OpInfo::new(SftpOpKind::Rmdir, c.text()?)),
+            FXP_RENAME | FXP_SYMLINK => decode_two_paths(kind, c)?,
             FXP_LSTAT | FXP_FSTAT | FXP_READDIR | FXP_REALPATH | FXP_STAT | FXP_READLINK => {
                 Request::Quiet
             }
-            FXP_EXTENDED => {
-                let name = c.string()?;
-                match name {
-                    b"posix-rename@openssh.com" => {
-                        let old = c.text()?;
-                        let new = c.text()?;
-                        Request::Op(OpInfo {
-                            target: Some(new),
-                            ..OpInfo::new("posix-rename", old)
-                        })
-                    }
-                    b"hardlink@openssh.com" => {
-                        let old = c.text()?;
-                        let new = c.text()?;
-                        Request::Op(OpInfo {
-                            target: Some(old),
-                            ..OpInfo::new("hardlink", new)
-                        })
-                    }
-                    b"lsetstat@openssh.com" => {
-                        let path = c.text()?;
-                        let attrs = c.attrs()?;
-                        Request::Op(OpInfo {
-                            attrs,
-                            ..OpInfo::new("lsetstat", path)
-                        })
-                    }
-                    b"copy-data" => {
-                        let from = c.string()?;
-                        c.u64()?;
-                        c.u64()?;
-                        let to = c.string()?;
-                        c.u64()?;
-                        Request::Op(OpInfo {
-                            target: Some(self.handle_path(from)),
-                            ..OpInfo::new("copy-data", self.handle_path(to))
-                        })
-                    }
-                    b"statvfs@openssh.com"
-                    | b"fstatvfs@openssh.com"
-                    | b"fsync@openssh.com"
-                    | b"limits@openssh.com"
-                    | b"expand-path@openssh.com"
-                    | b"home-directory"
-                    | b"users-groups-by-id@openssh.com" => Request::Quiet,
-                    other => Request::Unknown(OpInfo::new("extended", lossy(other))),
-                }
-            }
-            other => Request::Unknown(OpInfo::new("unknown", format!("type {other}"))),
+            FXP_EXTENDED => self.decode_extended(c)?,
+            other => Request::Unknown(OpInfo::new(SftpOpKind::Unknown, format!("type {other}"))),
         })
+    }
+
+    /// SETSTAT, FSETSTAT and MKDIR: a path (a handle for FSETSTAT), then attributes.
+    fn decode_with_attrs(&self, kind: u8, c: &mut Cursor) -> Parse<Request> {
+        let (op, path) = match kind {
+            FXP_FSETSTAT => (SftpOpKind::Fsetstat, self.handle_path(c.string()?)),
+            FXP_MKDIR => (SftpOpKind::Mkdir, c.text()?),
+            _ => (SftpOpKind::Setstat, c.text()?),
+        };
+        let attrs = c.attrs()?;
+        Ok(Request::Op(OpInfo {
+            attrs,
+            ..OpInfo::new(op, path)
+        }))
+    }
+
+    /// An EXTENDED request, by its name: the modifying ones this module knows, the quiet
+    /// queries, and the rest (unknown).
+    fn decode_extended(&self, c: &mut Cursor) -> Parse<Request> {
+        let name = c.string()?;
+        let (op, path, target) = match name {
+            b"posix-rename@openssh.com" => {
+                let old = c.text()?;
+                (SftpOpKind::PosixRename, old, Some(c.text()?))
+            }
+            b"hardlink@openssh.com" => {
+                let old = c.text()?;
+                (SftpOpKind::Hardlink, c.text()?, Some(old))
+            }
+            b"lsetstat@openssh.com" => {
+                let path = c.text()?;
+                let attrs = c.attrs()?;
+                return Ok(Request::Op(OpInfo {
+                    attrs,
+                    ..OpInfo::new(SftpOpKind::Lsetstat, path)
+                }));
+            }
+            b"copy-data" => {
+                let from = c.string()?;
+                c.u64()?;
+                c.u64()?;
+                let to = c.string()?;
+                c.u64()?;
+                let from = self.handle_path(from);
+                (SftpOpKind::CopyData, self.handle_path(to), Some(from))
+            }
+            b"statvfs@openssh.com"
+            | b"fstatvfs@openssh.com"
+            | b"fsync@openssh.com"
+            | b"limits@openssh.com"
+            | b"expand-path@openssh.com"
+            | b"home-directory"
+            | b"users-groups-by-id@openssh.com" => return Ok(Request::Quiet),
+            other => {
+                let info = OpInfo::new(SftpOpKind::Extended, lossy(other));
+                return Ok(Request::Unknown(info));
+            }
+        };
+        Ok(Request::Op(OpInfo {
+            target,
+            ..OpInfo::new(op, path)
+        }))
     }
 
     fn server_packet(
@@ -862,7 +808,7 @@ impl SftpAudit {
 
 /// What an operation is reported as.
 struct OpInfo {
-    op: &'static str,
+    op: SftpOpKind,
     path: String,
     target: Option<String>,
     flags: Option<String>,
@@ -870,7 +816,7 @@ struct OpInfo {
 }
 
 impl OpInfo {
-    fn new(op: &'static str, path: String) -> Self {
+    fn new(op: SftpOpKind, path: String) -> Self {
         OpInfo {
             op,
             path,
@@ -949,6 +895,19 @@ enum Pending {
 }
 
 impl Pending {
+    /// What a forwarded request (of packet type `kind`) waits for.
+    fn awaiting(request: Request, kind: u8) -> Pending {
+        match request {
+            Request::Quiet | Request::Unknown(_) => Pending::Quiet { kind },
+            Request::Open { info, .. } => Pending::Open { info, dir: false },
+            Request::OpenDir { info } => Pending::Open { info, dir: true },
+            Request::Close { handle } => Pending::Close { handle },
+            Request::Read { handle } => Pending::Read { handle },
+            Request::Write { handle, len } => Pending::Write { handle, len },
+            Request::Op(info) => Pending::Op(info),
+        }
+    }
+
     fn cost(&self) -> usize {
         match self {
             Pending::Open { info, .. } | Pending::Op(info) => info.cost(),
@@ -974,6 +933,60 @@ impl Handle {
     fn cost(&self, handle: &[u8]) -> usize {
         ENTRY_COST + handle.len() + self.path.len() + self.flags.as_ref().map_or(0, String::len)
     }
+}
+
+/// OPEN: path, pflags, attributes.
+fn decode_open(c: &mut Cursor) -> Parse<Request> {
+    let path = c.text()?;
+    let pflags = c.u32()?;
+    let attrs = c.attrs()?;
+    Ok(Request::Open {
+        info: OpInfo {
+            flags: Some(describe_pflags(pflags)),
+            attrs,
+            ..OpInfo::new(SftpOpKind::Open, path)
+        },
+        pflags,
+    })
+}
+
+/// CLOSE, READ and WRITE: a handle, and for READ and WRITE an offset and a length (a
+/// WRITE's data must fit in the packet's `body_len`).
+fn decode_handle_io(kind: u8, c: &mut Cursor, body_len: usize) -> Parse<Request> {
+    let handle = c.string()?.to_vec();
+    if kind == FXP_CLOSE {
+        return Ok(Request::Close { handle });
+    }
+    c.u64()?;
+    if kind == FXP_READ {
+        c.u32()?;
+        return Ok(Request::Read { handle });
+    }
+    let len = c.u32()? as usize;
+    if len > body_len - c.pos {
+        return Err("data longer than the packet");
+    }
+    Ok(Request::Write {
+        handle,
+        len: len as u64,
+    })
+}
+
+/// RENAME (old, new) and SYMLINK. OpenSSH (and the clients that follow it) send a
+/// symlink's target first: the draft's order was inadvertently reversed in sftp-server
+/// and kept for compatibility.
+fn decode_two_paths(kind: u8, c: &mut Cursor) -> Parse<Request> {
+    let first = c.text()?;
+    let second = c.text()?;
+    let (op, path, target) = if kind == FXP_SYMLINK {
+        (SftpOpKind::Symlink, second, first)
+    } else {
+        (SftpOpKind::Rename, first, second)
+    };
+    Ok(Request::Op(OpInfo {
+        target: Some(target),
+        ..OpInfo::new(op, path)
+    }))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -1011,7 +1024,7 @@ fn op_event(info: OpInfo, status: Option<u32>, status_text: String, denied: bool
 
 fn close_event(h: Handle, status: Option<u32>, status_text: String) -> FileEvent {
     FileEvent::Sftp(SftpOp {
-        op: "close",
+        op: SftpOpKind::Close,
         path: h.path,
         target: None,
         flags: h.flags,

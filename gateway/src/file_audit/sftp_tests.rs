@@ -140,7 +140,7 @@ fn sftp_line(op: &SftpOp) -> String {
     if let Some(a) = &op.attrs {
         s += &format!(" {{{a}}}");
     }
-    if op.op == "close" {
+    if op.op.as_str() == "close" {
         s += &format!(" r={} w={}", op.bytes_read, op.bytes_written);
     }
     match op.status {

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 use crate::{
     identity::Identity,
     policy::eval::{Decision, Subject},
-    policy::model::Policy,
+    policy::model::{Action, Policy},
     state::Snapshot,
 };
 
@@ -101,8 +101,8 @@ pub fn admit(
 ) -> Admission {
     let (admission, grounds) = judge(snapshot, peer, original_dst, ingress);
     let (decision, policy) = match &admission.outcome {
-        Outcome::Relay { policy } => ("audit_ssh", Some(policy.id.as_str())),
-        Outcome::Refuse { policy_id, .. } => ("block", policy_id.as_deref()),
+        Outcome::Relay { policy } => (Action::AuditSsh.as_str(), Some(policy.id.as_str())),
+        Outcome::Refuse { policy_id, .. } => (Action::Block.as_str(), policy_id.as_deref()),
     };
     match grounds {
         Grounds::NotEnrolled => {

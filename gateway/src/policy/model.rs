@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     policy::network::Network,
-    util::{duration, json_file},
+    util::{duration, json_file, vocabulary::text_names},
 };
 
 /// Most policies a set may hold.
@@ -57,6 +57,23 @@ pub enum Action {
     AuditSsh,
     Block,
 }
+
+impl Action {
+    /// The decision as the session log, the API and the metrics write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::AuditSsh => "audit_ssh",
+            Action::Block => "block",
+        }
+    }
+
+    pub fn all() -> [Action; 2] {
+        [Action::AuditSsh, Action::Block]
+    }
+}
+
+// The policy document keeps serde's own derive (its error texts are the operator's).
+text_names!(Action, "decision");
 
 /// Alternatives: the subject matches when its email is in `emails`, OR its email domain is
 /// in `email_domains`, OR one of its groups is in `groups`. All three empty: anyone.

@@ -445,8 +445,15 @@ fn ends_outside_the_relay() -> Vec<Row> {
     let path = dir.path().join("sessions.db");
     let store = SessionStore::open(&path).unwrap();
     let live = Arc::new(LiveSessions::default());
-    let record =
-        |id: &str| SessionRecord::new(id.into(), "a:1".into(), "b:22".into(), "audit_ssh", 1);
+    let record = |id: &str| {
+        SessionRecord::new(
+            id.into(),
+            "a:1".into(),
+            "b:22".into(),
+            "audit_ssh".parse().unwrap(),
+            1,
+        )
+    };
     drop(Tracker::open(
         record("dropped"),
         store.clone(),

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     config::RecordingFailure,
     recording::writer::{ChannelKind, ChannelMeta, Recorder},
-    sessions::{ChannelRecord, FileOpRecord, now_micros},
+    sessions::{ChannelRecord, FileOpRecord, FileProtocol, now_micros},
 };
 
 impl DeviceSide {
@@ -71,7 +71,8 @@ impl DeviceSide {
         }
         self.programs.insert(channel);
         let env = self.envs.get(&channel).cloned().unwrap_or_default();
-        let record = program_record(u32::from(channel), &kind, recording, env);
+        let record =
+            ChannelRecord::program(u32::from(channel), &kind, now_micros(), recording, env);
         self.info.tracker.channel_opened(record);
         if let Some(note) = admitted.unrecorded {
             self.note_unrecorded(channel, &kind, &note);
@@ -180,7 +181,7 @@ impl DeviceSide {
     ) {
         let message = &refusal.message;
         let what = match refusal.protocol {
-            "sftp" | "scp" => "file transfer refused by policy",
+            FileProtocol::Sftp | FileProtocol::Scp => "file transfer refused by policy",
             _ => "program refused by policy",
         };
         tracing::info!(session = %self.info.id, channel = %channel, reason = %message, "{what}");
@@ -199,26 +200,17 @@ impl DeviceSide {
     /// denied file operation.
     fn log_refusal(&self, channel: u32, kind: &ChannelKind, refusal: &Refusal) {
         let now = now_micros();
-        let record = ChannelRecord {
-            started_at: now,
-            ..program_record(channel, kind, None, Vec::new())
-        };
+        let record = ChannelRecord::program(channel, kind, now, None, Vec::new());
         // A shell has no command line (as when it runs), and an empty path.
         let path = record.command.clone().unwrap_or_default();
         self.info.tracker.channel_opened(record);
-        self.info.tracker.file_op(FileOpRecord {
+        self.info.tracker.file_op(FileOpRecord::refused(
             channel,
-            at: now,
-            protocol: refusal.protocol.into(),
-            op: "refused".into(),
+            now,
+            refusal.protocol,
             path,
-            target: None,
-            flags: None,
-            bytes_read: 0,
-            bytes_written: 0,
-            status: refusal.message.to_string(),
-            denied: true,
-        });
+            refusal.message.to_string(),
+        ));
         self.info.tracker.channel_closed(channel, Some(1), None);
     }
 
@@ -229,30 +221,5 @@ impl DeviceSide {
         if let (ChannelKind::Exec { command }, Some(tap)) = (kind, tap) {
             tap.unrecorded_handoff(command, note);
         }
-    }
-}
-
-/// The session log's record of a program starting now on `channel`.
-fn program_record(
-    channel: u32,
-    kind: &ChannelKind,
-    recording: Option<String>,
-    env: Vec<(String, String)>,
-) -> ChannelRecord {
-    let (kind, command) = match kind {
-        ChannelKind::Shell => ("shell", None),
-        ChannelKind::Exec { command } => ("exec", Some(command.clone())),
-        ChannelKind::Subsystem { name } => ("subsystem", Some(name.clone())),
-    };
-    ChannelRecord {
-        channel,
-        kind: kind.to_string(),
-        command,
-        started_at: now_micros(),
-        ended_at: None,
-        exit_status: None,
-        exit_signal: None,
-        recording,
-        env,
     }
 }

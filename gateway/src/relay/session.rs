@@ -21,6 +21,7 @@ use super::{
 use crate::{
     intercept::admission::{Admission, Outcome, Readmission},
     intercept::listener::Intercepted,
+    policy::model::Action,
     sessions::{SessionRecord, live::Tracker, now_micros},
 };
 
@@ -100,9 +101,9 @@ fn open(
             conn.peer.to_string(),
             conn.original_dst.to_string(),
             if permissions.is_some() {
-                "audit_ssh"
+                Action::AuditSsh
             } else {
-                "block"
+                Action::Block
             },
             now_micros(),
         )

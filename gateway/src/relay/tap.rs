@@ -20,7 +20,7 @@ use crate::{
     policy::eval::{self, Program, Verdict},
     policy::model::{Policy, SftpRule},
     recording::writer::{ChannelKind, Exit, Recorder},
-    sessions::{FileOpRecord, now_micros},
+    sessions::{FileOpRecord, FileProtocol, now_micros},
 };
 
 pub struct ProgramTap {
@@ -94,19 +94,11 @@ impl ProgramTap {
             if let Some(reason) = unparseable {
                 // Flagged, not fatal (under plain `allow` the bytes passed unchanged).
                 tracing::warn!(session = %self.info.id, channel = self.channel, reason = %reason, "file-transfer stream could not be parsed");
-                self.file_op(FileOpRecord {
-                    channel: self.channel,
-                    at: now_micros(),
-                    protocol: "sftp/scp".into(),
-                    op: "unparseable".into(),
-                    path: String::new(),
-                    target: None,
-                    flags: None,
-                    bytes_read: 0,
-                    bytes_written: 0,
-                    status: reason,
-                    denied: false,
-                });
+                self.file_op(FileOpRecord::unparseable(
+                    self.channel,
+                    now_micros(),
+                    reason,
+                ));
             }
         }
         if let Some(recorder) = &self.recorder {
@@ -265,9 +257,9 @@ pub struct Admitted {
 
 /// A program request the policy refuses.
 pub struct Refusal {
-    /// The `protocol` of its file-operation row: `sftp`, `scp`, or `ssh` (shells, other
-    /// execs and subsystems).
-    pub protocol: &'static str,
+    /// The `protocol` of its file-operation row: SFTP, scp, or `ssh` (shells, other execs
+    /// and subsystems).
+    pub protocol: FileProtocol,
     /// For the user.
     pub message: String,
 }
@@ -296,9 +288,9 @@ pub fn admit_program(policy: &Policy, kind: &ChannelKind) -> Result<Admitted, Re
         },
     };
     let protocol = match program {
-        Program::Sftp => "sftp",
-        Program::Scp { .. } => "scp",
-        _ => "ssh",
+        Program::Sftp => FileProtocol::Sftp,
+        Program::Scp { .. } => FileProtocol::Scp,
+        _ => FileProtocol::Ssh,
     };
     let verdict =
         eval::judge_program(policy, program).map_err(|message| Refusal { protocol, message })?;
@@ -335,37 +327,7 @@ impl ProgramTap {
     /// Logs file operations the auditor completed.
     pub fn file_events(&self, events: Vec<FileEvent>) {
         for event in events {
-            let record = match event {
-                FileEvent::Sftp(op) => FileOpRecord {
-                    channel: self.channel,
-                    at: now_micros(),
-                    protocol: "sftp".into(),
-                    op: op.op.to_string(),
-                    path: op.path,
-                    target: op.target,
-                    flags: op.flags,
-                    bytes_read: op.bytes_read,
-                    bytes_written: op.bytes_written,
-                    status: op.status_text,
-                    denied: op.denied,
-                },
-                FileEvent::Scp(file) => {
-                    let upload = file.direction == ScpDirection::Upload;
-                    FileOpRecord {
-                        channel: self.channel,
-                        at: now_micros(),
-                        protocol: "scp".into(),
-                        op: format!("{} {}", file.direction.as_str(), file.op),
-                        path: file.path,
-                        target: file.name,
-                        flags: Some(format!("size={},mode={:04o}", file.size, file.mode)),
-                        bytes_read: if upload { 0 } else { file.bytes },
-                        bytes_written: if upload { file.bytes } else { 0 },
-                        status: file.status_text,
-                        denied: file.denied,
-                    }
-                }
-            };
+            let record = FileOpRecord::from_event(self.channel, now_micros(), event);
             tracing::info!(
                 session = %self.info.id,
                 channel = self.channel,
@@ -387,19 +349,12 @@ impl ProgramTap {
     /// the policy): the session log, and the recording, say so.
     pub fn unrecorded_handoff(&self, command: &str, note: &str) {
         tracing::warn!(session = %self.info.id, channel = self.channel, command = %command, note = %note, "unaudited handoff");
-        self.file_op(FileOpRecord {
-            channel: self.channel,
-            at: now_micros(),
-            protocol: "ssh".into(),
-            op: "unaudited handoff".into(),
-            path: command.to_string(),
-            target: None,
-            flags: None,
-            bytes_read: 0,
-            bytes_written: 0,
-            status: note.to_string(),
-            denied: false,
-        });
+        self.file_op(FileOpRecord::unaudited_handoff(
+            self.channel,
+            now_micros(),
+            command,
+            note,
+        ));
     }
 
     /// Into the session log and, when the channel is recorded, the recording's trailer.

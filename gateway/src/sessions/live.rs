@@ -494,13 +494,18 @@ pub fn complete(mut live: SessionRecord, stored: Option<SessionRecord>) -> Sessi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::FileOpRecord;
+    use crate::{
+        file_audit::SftpOpKind,
+        policy::model::Action,
+        sessions::{FileOpRecord, FileOperation, FileProtocol, ProgramKind},
+    };
 
     fn setup() -> (tempfile::TempDir, SessionStore, Arc<LiveSessions>, Tracker) {
         let dir = tempfile::tempdir().unwrap();
         let store = SessionStore::open(&dir.path().join("s.db")).unwrap();
         let live = Arc::new(LiveSessions::default());
-        let record = SessionRecord::new("s1".into(), "src".into(), "dst".into(), "audit_ssh", 1);
+        let record =
+            SessionRecord::new("s1".into(), "src".into(), "dst".into(), Action::AuditSsh, 1);
         let tracker = Tracker::open(record, store.clone(), live.clone());
         (dir, store, live, tracker)
     }
@@ -508,7 +513,7 @@ mod tests {
     fn channel(n: u32, command: &str) -> ChannelRecord {
         ChannelRecord {
             channel: n,
-            kind: "exec".into(),
+            kind: ProgramKind::Exec,
             command: Some(command.into()),
             started_at: 10 + i64::from(n),
             ended_at: None,
@@ -576,8 +581,8 @@ mod tests {
             tracker.file_op(FileOpRecord {
                 channel: 0,
                 at: i as i64,
-                protocol: "sftp".into(),
-                op: "open".into(),
+                protocol: FileProtocol::Sftp,
+                op: FileOperation::Sftp(SftpOpKind::Open),
                 path: format!("/f{i}"),
                 target: None,
                 flags: None,

@@ -17,7 +17,7 @@ fn text(s: &str) -> Value {
 fn channel(channel: u32, kind: &str, command: Option<&str>, at: i64) -> ChannelRecord {
     ChannelRecord {
         channel,
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         command: command.map(Into::into),
         started_at: at,
         ended_at: None,
@@ -32,8 +32,8 @@ fn file_op(channel: u32, protocol: &str, op: &str, path: &str, status: &str) -> 
     FileOpRecord {
         channel,
         at: 1_000_500,
-        protocol: protocol.into(),
-        op: op.into(),
+        protocol: protocol.parse().unwrap(),
+        op: op.parse().unwrap(),
         path: path.into(),
         target: None,
         flags: None,
@@ -52,7 +52,7 @@ fn audited_session(store: &SessionStore) {
         id.clone(),
         "100.96.0.7:40000".into(),
         "203.0.113.10:22".into(),
-        "audit_ssh",
+        "audit_ssh".parse().unwrap(),
         1_000_000,
     ))));
     store.write(Write::LoggedIn {
@@ -148,7 +148,13 @@ fn session_log_rows_keep_todays_strings() {
     let store = SessionStore::open(&path).unwrap();
     audited_session(&store);
     // A blocked connection, and one a previous daemon never closed.
-    let blocked = SessionRecord::new("s-block".into(), "a:1".into(), "b:22".into(), "block", 3);
+    let blocked = SessionRecord::new(
+        "s-block".into(),
+        "a:1".into(),
+        "b:22".into(),
+        "block".parse().unwrap(),
+        3,
+    );
     store.write(Write::Open(Box::new(blocked)));
     store.write(Write::Close {
         id: "s-block".into(),
@@ -158,7 +164,13 @@ fn session_log_rows_keep_todays_strings() {
         bytes_from_server: 0,
         close_reason: "sshgw: no policy allows this connection".into(),
     });
-    let open = SessionRecord::new("s-open".into(), "a:2".into(), "b:22".into(), "audit_ssh", 4);
+    let open = SessionRecord::new(
+        "s-open".into(),
+        "a:2".into(),
+        "b:22".into(),
+        "audit_ssh".parse().unwrap(),
+        4,
+    );
     store.write(Write::Open(Box::new(open)));
     assert!(store.sync());
     drop(store);

@@ -342,7 +342,10 @@ fn report(pass: &Pass, counted_before: u64, counted_after: u64, limits: Limits) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::{ChannelRecord, SessionRecord, live::Tracker};
+    use crate::{
+        policy::model::Action,
+        sessions::{ChannelRecord, ProgramKind, SessionRecord, live::Tracker},
+    };
     use std::sync::Arc;
 
     const DAY: i64 = 86_400 * 1_000_000;
@@ -376,13 +379,13 @@ mod tests {
             std::fs::write(&file, vec![b'x'; size]).unwrap();
             self.store.write(Write::Open(Box::new(SessionRecord {
                 ended_at: (!open).then_some(started + 1),
-                ..SessionRecord::new(id.into(), "s".into(), "d".into(), "audit_ssh", started)
+                ..SessionRecord::new(id.into(), "s".into(), "d".into(), Action::AuditSsh, started)
             })));
             self.store.write(Write::ChannelOpen {
                 session_id: id.into(),
                 record: ChannelRecord {
                     channel: 0,
-                    kind: "shell".into(),
+                    kind: ProgramKind::Shell,
                     command: None,
                     started_at: started,
                     ended_at: None,
@@ -475,7 +478,7 @@ mod tests {
         write("other.txt");
         // A live session's file, not (yet) named by a row.
         let tracker = Tracker::open(
-            SessionRecord::new("busy".into(), "s".into(), "d".into(), "audit_ssh", 0),
+            SessionRecord::new("busy".into(), "s".into(), "d".into(), Action::AuditSsh, 0),
             f.store.clone(),
             f.live.clone(),
         );

@@ -8,14 +8,17 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{
+    Connection, OptionalExtension,
+    types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef},
+};
 
 use super::{
-    ChannelRecord, SessionRecord,
+    ChannelRecord, FileOperation, FileProtocol, ProgramKind, SessionRecord,
     health::{Health, HealthReport},
     writer,
 };
-use crate::config::LogFailure;
+use crate::{config::LogFailure, policy::model::Action, util::vocabulary::UnknownName};
 
 pub use super::writer::{UnwritableHook, Write};
 
@@ -375,6 +378,30 @@ impl SessionStore {
     }
 }
 
+/// The vocabulary's TEXT columns: a name is written as its one text; read back, a text that
+/// names no member of its set is a conversion error naming the column's set and what it
+/// expected, never a panic.
+macro_rules! text_column {
+    ($($ty:ty),*) => {$(
+        impl ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl FromSql for $ty {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                value
+                    .as_str()?
+                    .parse()
+                    .map_err(|e: UnknownName| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    )*};
+}
+
+text_column!(Action, ProgramKind, FileProtocol, FileOperation);
+
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
         id: r.get("id")?,
@@ -402,6 +429,7 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recording::writer::ChannelKind;
 
     fn record(id: &str, email: &str, started_at: i64) -> SessionRecord {
         SessionRecord {
@@ -413,7 +441,7 @@ mod tests {
                 id.into(),
                 "100.96.0.7:40000".into(),
                 "203.0.113.10:22".into(),
-                "audit_ssh",
+                Action::AuditSsh,
                 started_at,
             )
         }
@@ -439,7 +467,7 @@ mod tests {
             session_id: "s1".into(),
             record: ChannelRecord {
                 channel: 2,
-                kind: "exec".into(),
+                kind: ProgramKind::Exec,
                 command: Some("uptime".into()),
                 started_at: 1_100_000,
                 ended_at: None,
@@ -519,6 +547,33 @@ mod tests {
         );
         let back: SessionRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, s1);
+    }
+
+    /// A row whose vocabulary column holds a text the gateway never writes (a hand edit, a
+    /// newer version's value) is an error that names the column's set, not a panic.
+    #[test]
+    fn an_unknown_text_in_a_row_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.db");
+        let store = SessionStore::open(&path).unwrap();
+        store.write(Write::Open(Box::new(record("s1", "a@example.com", 1))));
+        store.write(Write::ChannelOpen {
+            session_id: "s1".into(),
+            record: ChannelRecord::program(0, &ChannelKind::Shell, 2, None, vec![]),
+        });
+        store.sync();
+        let conn = open(&path).unwrap();
+        conn.execute("UPDATE channels SET kind = 'x11'", [])
+            .unwrap();
+        let err = format!("{:#}", store.get("s1").unwrap_err());
+        assert!(err.contains(r#"unknown channel kind "x11""#), "{err}");
+        conn.execute("UPDATE sessions SET decision = 'allow'", [])
+            .unwrap();
+        let err = format!("{:#}", store.list(&Filter::default()).unwrap_err());
+        assert!(
+            err.contains(r#"unknown decision "allow" (expected one of: audit_ssh, block)"#),
+            "{err}"
+        );
     }
 }
 

@@ -24,6 +24,7 @@ use std::{
 use rusqlite::{Connection, ErrorCode, params};
 
 use super::{ChannelRecord, FileOpRecord, SessionRecord, health::Health};
+use crate::policy::model::Action;
 
 /// Changes waiting for the writer before producers have to wait.
 pub const QUEUE_CAP: usize = 1024;
@@ -80,7 +81,7 @@ impl Write {
     /// and not the start of a connection that is refused anyway.
     fn activity_of(&self) -> Option<&str> {
         match self {
-            Write::Open(s) => (s.decision != "block").then_some(s.id.as_str()),
+            Write::Open(s) => (s.decision != Action::Block).then_some(s.id.as_str()),
             Write::LoggedIn { id, .. } => Some(id),
             Write::ChannelOpen { session_id, .. } | Write::FileOp { session_id, .. } => {
                 Some(session_id)
@@ -483,10 +484,13 @@ fn insert_file_op(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::LogFailure, sessions::store::SessionStore};
+    use crate::{
+        config::LogFailure,
+        sessions::{ProgramKind, store::SessionStore},
+    };
     use std::sync::Mutex;
 
-    fn open(id: &str, decision: &str) -> Write {
+    fn open(id: &str, decision: Action) -> Write {
         Write::Open(Box::new(SessionRecord::new(
             id.into(),
             "100.96.0.7:40000".into(),
@@ -501,7 +505,7 @@ mod tests {
             session_id: session.into(),
             record: ChannelRecord {
                 channel: 0,
-                kind: "exec".into(),
+                kind: ProgramKind::Exec,
                 command: Some("true".into()),
                 started_at: 2,
                 ended_at: None,
@@ -517,10 +521,10 @@ mod tests {
     fn a_rejected_change_rolls_back_only_itself() {
         let dir = tempfile::tempdir().unwrap();
         let store = SessionStore::open(&dir.path().join("s.db")).unwrap();
-        store.write(open("s1", "audit_ssh"));
-        store.write(open("s1", "audit_ssh")); // duplicate id
+        store.write(open("s1", Action::AuditSsh));
+        store.write(open("s1", Action::AuditSsh)); // duplicate id
         store.write(channel("no-such-session")); // foreign key
-        store.write(open("s2", "audit_ssh"));
+        store.write(open("s2", Action::AuditSsh));
         store.write(channel("s2"));
         assert!(store.sync());
         assert!(store.get("s1").unwrap().is_some());
@@ -571,9 +575,9 @@ mod tests {
         let (mut w, ended) = full_writer(dir.path());
         // Enough rows that the tables need new pages.
         for i in 0..300 {
-            give(&mut w, open(&format!("a{i}"), "audit_ssh"));
+            give(&mut w, open(&format!("a{i}"), Action::AuditSsh));
         }
-        give(&mut w, open("blocked", "block"));
+        give(&mut w, open("blocked", Action::Block));
         let (done, answer) = mpsc::channel();
         give(&mut w, Write::Sync(done));
         let e = w.flush().unwrap_err();
@@ -619,7 +623,7 @@ mod tests {
         let (mut w, _) = full_writer(dir.path());
         w.health.failed("database or disk is full");
         for i in 0..HELD_MAX + 5 {
-            give(&mut w, open(&format!("s{i}"), "block"));
+            give(&mut w, open(&format!("s{i}"), Action::Block));
         }
         assert_eq!(w.held.len(), HELD_MAX);
         let report = w.health.report();
@@ -627,7 +631,7 @@ mod tests {
         // A big change counts by its size.
         w.held.clear();
         w.held_bytes = HELD_MAX_BYTES - 100;
-        give(&mut w, open("small", "block"));
+        give(&mut w, open("small", Action::Block));
         assert_eq!(w.health.report().lost, 6);
     }
 }

@@ -5,3 +5,4 @@ pub mod fs;
 #[cfg(test)]
 pub mod golden;
 pub mod json_file;
+pub mod vocabulary;
