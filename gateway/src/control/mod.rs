@@ -5,10 +5,10 @@ pub mod api;
 pub mod client;
 mod context;
 mod etag;
+mod handlers;
 mod reply;
 pub mod routes;
 pub mod server;
-mod sessions;
 
 pub use context::Context;
 
