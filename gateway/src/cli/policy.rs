@@ -40,11 +40,14 @@ pub fn run(command: PolicyCommand) -> Result<()> {
         } => {
             let text = super::read_input(&file)?;
             PolicySet::parse(&text).map_err(|e| Refused(format!("{}: {e:#}", file.display())))?;
-            let answer =
-                super::call_with(&target, "PUT", "/policies", if_match.as_deref(), Some(text))?;
+            let if_match = if_match.as_deref();
+            let answer = super::ask(
+                &target,
+                |c| async move { c.push_policies(text, if_match).await },
+            )?;
             println!(
                 "applied {} policies; etag {}",
-                answer.body["policies"].as_u64().unwrap_or(0),
+                answer.value()?.policies,
                 escape(answer.etag.as_deref().unwrap_or("-"))
             );
             Ok(())
@@ -66,10 +69,10 @@ pub fn run(command: PolicyCommand) -> Result<()> {
 
 /// `policy show`: the table by precedence and the ETag, or the JSON document.
 fn show(json: bool, target: &Target) -> Result<()> {
-    let Some((body, etag)) = super::show_document(target, "/policies", json)? else {
+    let document = super::ask(target, |c| async move { c.policies().await })?;
+    let Some((mut set, etag)) = super::show_document(document, json)? else {
         return Ok(());
     };
-    let mut set: PolicySet = serde_json::from_value(body)?;
     set.policies.sort_by_key(|p| p.precedence);
     let rows: Vec<Vec<String>> = set
         .policies

@@ -130,11 +130,9 @@ fn set_key(file: &Path, target: &super::Target) -> Result<()> {
     // Refuse a malformed key locally, before anything reaches the daemon.
     recording::keys::RecordingKey::parse(text.trim())
         .map_err(|e| Refused(format!("{}: {e:#}", file.display())))?;
-    super::call(
+    super::ask(
         target,
-        "PUT",
-        "/recording/key",
-        Some(text.trim().to_string()),
+        |c| async move { c.set_recording_key(text.trim()).await },
     )?;
     println!(
         "recording key replaced; new sessions are encrypted to {}",
