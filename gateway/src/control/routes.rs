@@ -187,14 +187,19 @@ async fn dispatch(call: &Call<'_>, ctx: &Context) -> Outcome {
 mod tests {
     use super::*;
 
+    /// Every path parses as the old hand-written match read it, and has a route.
     #[test]
     fn paths_parse_as_they_always_did() {
         let cases = [
             ("/status", Some((Path::Status, ""))),
             ("/status/", None),
+            ("/policies", Some((Path::Policies, ""))),
+            ("/policies/validate", Some((Path::PoliciesValidate, ""))),
+            ("/devices", Some((Path::Devices, ""))),
             ("/devices/", None),
             ("/devices/a/b", None),
             ("/devices/laptop", Some((Path::Device, "laptop"))),
+            ("/recording/key", Some((Path::RecordingKey, ""))),
             ("/sessions", Some((Path::Sessions, ""))),
             ("/sessions/", Some((Path::Sessions, ""))),
             ("/sessions/sessions", Some((Path::Sessions, ""))),
@@ -202,29 +207,12 @@ mod tests {
             ("/sessions/x/kill", Some((Path::SessionKill, "x"))),
             ("/sessions/x/other", None),
             ("/sessionsx", None),
-            ("/recording/key", Some((Path::RecordingKey, ""))),
         ];
         for (route, want) in cases {
             assert_eq!(Path::parse(route), want, "{route}");
-        }
-    }
-
-    #[test]
-    fn every_path_has_a_route() {
-        use Path::*;
-        let all = [
-            Status,
-            Policies,
-            PoliciesValidate,
-            Devices,
-            Device,
-            RecordingKey,
-            Sessions,
-            Session,
-            SessionKill,
-        ];
-        for path in all {
-            assert!(ROUTES.iter().any(|r| r.path == path), "{path:?}");
+            if let Some((path, _)) = want {
+                assert!(ROUTES.iter().any(|r| r.path == path), "{route}");
+            }
         }
     }
 }
