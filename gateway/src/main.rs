@@ -15,6 +15,8 @@ mod identity;
 mod policy;
 // Devices, policies and datapath maps swapped together, with rollback.
 mod state;
+#[cfg(test)]
+mod state_tests;
 // Keys the relay presents and accepts: the gateway's CAs and the servers' pinned keys.
 mod trust;
 // One SSH session, device to gateway to server.

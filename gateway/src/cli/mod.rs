@@ -11,7 +11,7 @@ mod escape;
 mod policy;
 mod recording;
 mod sessions;
-mod status;
+pub mod status;
 mod table;
 
 use std::{

@@ -51,3 +51,26 @@ impl Context {
         })
     }
 }
+
+#[cfg(test)]
+impl Context {
+    /// The daemon's shared state with no datapath and no listeners, for in-process tests
+    /// of the control API.
+    pub fn without_datapath(
+        config: Config,
+        state: Arc<LiveState>,
+        store: SessionStore,
+        live: Arc<LiveSessions>,
+        relay: Arc<RelayContext>,
+    ) -> Self {
+        Context {
+            config,
+            state,
+            store,
+            live,
+            relay,
+            datapath: Arc::new(std::sync::Mutex::new(None)),
+            listeners: Vec::new(),
+        }
+    }
+}

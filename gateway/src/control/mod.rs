@@ -8,9 +8,19 @@ mod etag;
 mod handlers;
 mod reply;
 pub mod routes;
+#[cfg(test)]
+mod routes_tests;
 pub mod server;
+#[cfg(test)]
+mod server_tests;
+#[cfg(test)]
+mod sessions_tests;
+#[cfg(test)]
+mod test_context;
 
 pub use context::Context;
 
 /// Route prefix of every endpoint.
 pub const API_PREFIX: &str = "/v1";
+#[cfg(test)]
+mod wire_golden_tests;

@@ -212,7 +212,7 @@ async fn fail(mut tasks: Tasks, shared: &control::Context, what: &str) -> Result
     tasks.accepting.abort_all();
     let ended = shared
         .live
-        .kill_all("sshgw: the gateway hit an internal error and is restarting");
+        .kill_all(crate::sessions::live::KillReason::Restart);
     if ended > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.live.drained()).await;
     }
@@ -356,7 +356,9 @@ async fn stop(mut accepting: tokio::task::JoinSet<()>, shared: &control::Context
         .await
         .is_err()
     {
-        let ended = shared.live.kill_all("sshgw: the gateway is shutting down");
+        let ended = shared
+            .live
+            .kill_all(crate::sessions::live::KillReason::Shutdown);
         tracing::warn!(
             sessions = ended,
             "drain timeout: ending the remaining sessions"

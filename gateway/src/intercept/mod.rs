@@ -2,4 +2,6 @@
 //! what the datapath steers to them, and admission (identity, interface pin, policy).
 
 pub mod admission;
+#[cfg(test)]
+mod admission_tests;
 pub mod listener;

@@ -192,7 +192,13 @@ pub fn start<T: Tap>(
     down_handle: server::Handle,
     traffic: Arc<ByteCounters>,
 ) -> ChannelLink<T> {
-    let number = u32::from(down.id());
+    let shared = Shared {
+        kind,
+        session: session.to_string(),
+        channel: u32::from(down.id()),
+        traffic,
+        tap: Default::default(),
+    };
     let (down_read, down_write) = down.split();
     let (up_read, up_write) = up.split();
     let legs = Legs {
@@ -202,86 +208,108 @@ pub fn start<T: Tap>(
         server_credit: Default::default(),
     };
     let replies: Replies = Default::default();
-    let tap: TapSlot<T> = Default::default();
     let closed: Arc<AtomicBool> = Default::default();
-
-    let to_server_watch = LaneWatch::register(
-        session.to_string(),
-        number,
-        "to_server",
-        legs.server.clone(),
-        legs.device_credit.clone(),
-    );
-    let to_device_watch = LaneWatch::register(
-        session.to_string(),
-        number,
-        "to_device",
-        legs.device.clone(),
-        legs.server_credit.clone(),
-    );
+    let to_server_watch = shared.watch("to_server", legs.server.clone(), &legs.device_credit);
+    let to_device_watch = shared.watch("to_device", legs.device.clone(), &legs.server_credit);
     let (to_server, from_device) = Lane::new(to_server_watch.clone());
     let (to_device, from_server) = Lane::new(to_device_watch.clone());
     let (device_gone, device_gone_rx) = tokio::sync::watch::channel(false);
     let (server_gone, server_gone_rx) = tokio::sync::watch::channel(false);
-
-    tokio::spawn(read_side(
-        down_read,
-        Reader {
-            origin: Origin::Device,
-            forward: to_server.clone(),
-            back: to_device.clone(),
-            session_channel: kind == Kind::Session,
-            program_requested: false,
-            orphan_data_logged: AtomicBool::new(false),
-            unsolicited_logged: AtomicBool::new(false),
-            credit: legs.device_credit.clone(),
-            traffic: traffic.clone(),
-            tap: tap.clone(),
-            replies: None,
-            session: session.to_string(),
-            channel: number,
-            gone: device_gone,
-        },
-    ));
-    tokio::spawn(read_side(
-        up_read,
-        Reader {
-            origin: Origin::Server,
-            forward: to_device,
-            back: to_server,
-            session_channel: kind == Kind::Session,
-            program_requested: false,
-            orphan_data_logged: AtomicBool::new(false),
-            unsolicited_logged: AtomicBool::new(false),
-            credit: legs.server_credit.clone(),
-            traffic,
-            tap: tap.clone(),
-            replies: Some(replies.clone()),
-            session: session.to_string(),
-            channel: number,
-            gone: server_gone,
-        },
-    ));
+    let device_reader = shared.reader(
+        Origin::Device,
+        (to_server.clone(), to_device.clone()),
+        &legs.device_credit,
+        None,
+        device_gone,
+    );
+    let server_reader = shared.reader(
+        Origin::Server,
+        (to_device, to_server),
+        &legs.server_credit,
+        Some(replies.clone()),
+        server_gone,
+    );
+    tokio::spawn(read_side(down_read, device_reader));
+    tokio::spawn(read_side(up_read, server_reader));
     let upstream = legs.server.clone();
+    let releaser = legs.releaser();
     tokio::spawn(write_server(
         from_device,
         to_server_watch,
-        legs.releaser(),
+        releaser,
         server_gone_rx,
     ));
+    let tap = shared.tap;
+    let device_end = (tap.clone(), closed.clone(), device_gone_rx);
     tokio::spawn(write_device(
         kind,
         from_server,
         to_device_watch,
         legs,
         down_handle,
-        (tap.clone(), closed.clone(), device_gone_rx),
+        device_end,
     ));
     ChannelLink {
         upstream,
         replies,
         tap,
         closed,
+    }
+}
+
+/// What both legs' tasks of one channel share.
+struct Shared<T> {
+    kind: Kind,
+    session: String,
+    channel: u32,
+    traffic: Arc<ByteCounters>,
+    tap: TapSlot<T>,
+}
+
+impl<T> Shared<T> {
+    /// Registers the lane toward `destination` (named `direction`) with the stall watchdog;
+    /// `source` is the credit of the leg it reads from.
+    fn watch(
+        &self,
+        direction: &'static str,
+        destination: Arc<dyn super::stall::SendWindow>,
+        source: &Arc<ChannelCredit>,
+    ) -> Arc<LaneWatch> {
+        LaneWatch::register(
+            self.session.clone(),
+            self.channel,
+            direction,
+            destination,
+            source.clone(),
+        )
+    }
+
+    /// The reader of the `origin` leg, feeding `lanes` (toward the other leg, back toward
+    /// this one); only the server's reader takes the replies to channel requests.
+    fn reader(
+        &self,
+        origin: Origin,
+        (forward, back): (Lane, Lane),
+        credit: &Arc<ChannelCredit>,
+        replies: Option<Replies>,
+        gone: tokio::sync::watch::Sender<bool>,
+    ) -> Reader<T> {
+        Reader {
+            origin,
+            forward,
+            back,
+            session_channel: self.kind == Kind::Session,
+            program_requested: false,
+            orphan_data_logged: AtomicBool::new(false),
+            unsolicited_logged: AtomicBool::new(false),
+            credit: credit.clone(),
+            traffic: self.traffic.clone(),
+            tap: self.tap.clone(),
+            replies,
+            session: self.session.clone(),
+            channel: self.channel,
+            gone,
+        }
     }
 }
 

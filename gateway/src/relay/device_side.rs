@@ -1,6 +1,7 @@
-//! The device-facing SSH server. The device is not asked for credentials (its identity
-//! comes from the tunnel address); everything it does on the connection is relayed to the
-//! real server.
+//! The device-facing SSH server: russh's callbacks for one device connection. The device
+//! is not asked for credentials (its identity comes from the tunnel address); everything it
+//! does on the connection is relayed to the real server. Programs it starts are handled in
+//! `program.rs`.
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
@@ -10,18 +11,17 @@ use russh::{
 };
 
 use super::{
-    ConnectionInfo, RelayContext, ServerSlot,
+    ConnectionInfo, EndReason, Permissions, RelayContext, ServerSlot,
     channel::{self, ChannelLink},
     server_side::{self, Bridge},
-    tap::{Admitted, ProgramTap, Refusal, Transfer, admit_program},
+    tap::ProgramTap,
 };
 use crate::{
-    config::RecordingFailure,
+    identity::Identity,
     recording::{
         format::pty_modes,
-        writer::{ChannelKind, ChannelMeta, PtyMeta},
+        writer::{ChannelKind, PtyMeta},
     },
-    sessions::{ChannelRecord, FileOpRecord, now_micros},
 };
 
 /// Environment variables kept per channel for its records (a server that accepts any
@@ -45,15 +45,15 @@ pub struct DeviceSide {
     server: ServerSlot,
     /// Why the connection cannot be relayed; told to the user right after auth.
     failure: Option<String>,
-    channels: HashMap<ChannelId, ChannelLink<ProgramTap>>,
+    pub(super) channels: HashMap<ChannelId, ChannelLink<ProgramTap>>,
     /// The pty each channel asked for, for its recording.
-    ptys: HashMap<ChannelId, PtyMeta>,
+    pub(super) ptys: HashMap<ChannelId, PtyMeta>,
     /// Channels whose program (shell, exec, subsystem) the server started.
-    programs: std::collections::HashSet<ChannelId>,
+    pub(super) programs: std::collections::HashSet<ChannelId>,
     /// Environment variables the server accepted per channel, for the program's records.
-    envs: HashMap<ChannelId, Vec<(String, String)>>,
+    pub(super) envs: HashMap<ChannelId, Vec<(String, String)>>,
     /// The Unix login, once authorized.
-    login: Option<String>,
+    pub(super) login: Option<String>,
     /// Whether the user was told that agent forwarding is refused (once per connection).
     agent_refusal_told: bool,
     /// Whether this client gets `publickey`/`keyboard-interactive` instead of `none`.
@@ -93,21 +93,13 @@ impl DeviceSide {
             return Auth::Accept;
         }
         self.info.tracker.login_attempted(login);
-        let (Some(identity), Some(permissions)) =
-            (self.info.identity.clone(), self.info.permissions.get())
-        else {
-            self.fail("sshgw: internal error: connection was not admitted".into());
-            return Auth::Accept;
+        let (identity, permissions) = match self.login_permitted(login) {
+            Ok(allowed) => allowed,
+            Err(message) => {
+                self.fail(message);
+                return Auth::Accept;
+            }
         };
-        if !permissions.login_allowed(login) {
-            self.fail(format!(
-                "sshgw: login {login:?} is not allowed by policy {:?} ({}); allowed: {}",
-                permissions.policy.name,
-                permissions.policy.id,
-                permissions.policy.ssh.usernames.join(", ")
-            ));
-            return Auth::Accept;
-        }
         // Only now, with a login the policy allows, does the server see a connection: a
         // device cannot make the gateway hold server connections (and the servers'
         // MaxStartups and penalties) by opening TCP connections. Ends with this callback, so
@@ -160,15 +152,33 @@ impl DeviceSide {
         Auth::Accept
     }
 
+    /// Who logs in and under which permissions, or why the policy in force refuses `login`.
+    fn login_permitted(&self, login: &str) -> Result<(Arc<Identity>, Permissions), String> {
+        let (Some(identity), Some(permissions)) =
+            (self.info.identity.clone(), self.info.permissions.get())
+        else {
+            return Err("sshgw: internal error: connection was not admitted".into());
+        };
+        if !permissions.login_allowed(login) {
+            return Err(format!(
+                "sshgw: login {login:?} is not allowed by policy {:?} ({}); allowed: {}",
+                permissions.policy.name,
+                permissions.policy.id,
+                permissions.policy.ssh.usernames.join(", ")
+            ));
+        }
+        Ok((identity, permissions))
+    }
+
     fn fail(&mut self, message: String) {
         tracing::warn!(session = %self.info.id, peer = %self.info.peer, orig_dst = %self.info.original_dst, reason = %message, "relay refused");
-        *self.info.failure.lock().expect("failure lock poisoned") = Some(message.clone());
+        self.info.fail(EndReason::Failed(message.clone()));
         self.failure = Some(message);
     }
 
     /// Sends a channel request upstream and answers the device with the server's reply.
     /// Answering inside the callback keeps russh's per-channel reply flag correct.
-    async fn relay_request<F, Fut>(
+    pub(super) async fn relay_request<F, Fut>(
         &mut self,
         channel: ChannelId,
         session: &mut Session,
@@ -207,219 +217,6 @@ impl DeviceSide {
             session.channel_failure(channel)
         };
         ok
-    }
-
-    /// Prepares a program (shell, exec, subsystem) on `channel` before its request goes to
-    /// the server, so that not a byte of its output escapes the recording: opens the
-    /// recording when the policy asks for one and starts watching the channel. `Err` is
-    /// the message to end the session with: the program must not run (an unrecordable
-    /// session under `refuse`).
-    async fn prepare_program(
-        &mut self,
-        channel: ChannelId,
-        kind: &ChannelKind,
-        transfer: Option<Transfer>,
-    ) -> Result<Option<String>, String> {
-        let Some(link) = self.channels.get(&channel).cloned() else {
-            return Ok(None);
-        };
-        // The policy in force now: a change since the connection began applies here.
-        let Some(permissions) = self.info.permissions.get() else {
-            return Err("sshgw: internal error: connection was not admitted".into());
-        };
-        let number = u32::from(channel);
-        let refuse = self.ctx.recording.on_failure == RecordingFailure::Refuse;
-        let mut recorder = None;
-        if permissions.policy.ssh.command_logging {
-            let meta = ChannelMeta {
-                session_id: self.info.id.clone(),
-                channel: kind.clone(),
-                pty: self.ptys.get(&channel).cloned(),
-                user_email: self.info.identity.as_ref().map(|i| i.email.clone()),
-                device_id: self.info.identity.as_ref().map(|i| i.device_id.clone()),
-                login: self.login.clone().unwrap_or_default(),
-                destination: self.info.original_dst.to_string(),
-                env: self.envs.get(&channel).cloned().unwrap_or_default(),
-            };
-            match self.ctx.recording.open(&self.info.id, number, meta).await {
-                Ok(opened) => recorder = Some(opened),
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    tracing::error!(session = %self.info.id, channel = number, error = %error, "cannot open the recording");
-                    crate::metrics::METRICS
-                        .recording_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if refuse {
-                        return Err(format!(
-                            "sshgw: session refused: policy {:?} requires a recording, and it cannot be written ({error})",
-                            permissions.policy.name
-                        ));
-                    }
-                }
-            }
-        }
-        let file = recorder
-            .as_ref()
-            .map(|(_, path)| path.display().to_string());
-        link.attach(Arc::new(ProgramTap::new(
-            self.info.clone(),
-            number,
-            recorder,
-            transfer,
-            refuse,
-        )));
-        Ok(file)
-    }
-
-    /// What the policy lets a program request run as (its SFTP/scp auditor, an unrecorded
-    /// handoff to note), or why it refuses it.
-    fn transfer_for(&self, kind: &ChannelKind) -> Result<Admitted, Refusal> {
-        // The policy in force now: a change since the connection began applies here.
-        match self.info.permissions.get() {
-            Some(permissions) => admit_program(&permissions.policy, kind),
-            None => Ok(Admitted::default()),
-        }
-    }
-
-    /// A program the policy refuses runs as a program that only explains why: the request
-    /// is accepted (a client whose request failed would exit before printing anything),
-    /// then the reason goes to stderr, exit status 1, and the channel closes. The server
-    /// never sees the request. The refusal is logged as a channel and a denied file
-    /// operation (`refused`).
-    async fn refuse_transfer(
-        &mut self,
-        channel: ChannelId,
-        kind: &ChannelKind,
-        refusal: &Refusal,
-        session: &mut Session,
-    ) {
-        let message = &refusal.message;
-        let what = match refusal.protocol {
-            "sftp" | "scp" => "file transfer refused by policy",
-            _ => "program refused by policy",
-        };
-        tracing::info!(session = %self.info.id, channel = %channel, reason = %message, "{what}");
-        let number = u32::from(channel);
-        let (kind_name, command) = match kind {
-            ChannelKind::Exec { command } => ("exec", command.clone()),
-            ChannelKind::Subsystem { name } => ("subsystem", name.clone()),
-            ChannelKind::Shell => ("shell", String::new()),
-        };
-        let now = now_micros();
-        self.info.tracker.channel_opened(ChannelRecord {
-            channel: number,
-            kind: kind_name.to_string(),
-            // A shell has no command line (as when it runs).
-            command: (kind_name != "shell").then(|| command.clone()),
-            started_at: now,
-            ended_at: None,
-            exit_status: None,
-            exit_signal: None,
-            recording: None,
-            env: Vec::new(),
-        });
-        self.info.tracker.file_op(FileOpRecord {
-            channel: number,
-            at: now,
-            protocol: refusal.protocol.into(),
-            op: "refused".into(),
-            path: command,
-            target: None,
-            flags: None,
-            bytes_read: 0,
-            bytes_written: 0,
-            status: message.to_string(),
-            denied: true,
-        });
-        self.info.tracker.channel_closed(number, Some(1), None);
-        if let Some(link) = self.channels.get(&channel) {
-            let _ = link.upstream.close().await;
-        }
-        let _ = session.channel_success(channel);
-        let _ = session.extended_data(channel, 1, format!("{message}\r\n").into_bytes());
-        let _ = session.exit_status_request(channel, 1);
-        let _ = session.eof(channel);
-        let _ = session.close(channel);
-    }
-
-    async fn start_program<F, Fut>(
-        &mut self,
-        channel: ChannelId,
-        kind: ChannelKind,
-        session: &mut Session,
-        send: F,
-    ) where
-        F: FnOnce(Arc<ChannelWriteHalf<client::Msg>>) -> Fut,
-        Fut: Future<Output = Result<(), russh::Error>>,
-    {
-        if self.programs.contains(&channel) {
-            // sshd would refuse it too; it must never run under the first one's tap.
-            tracing::warn!(session = %self.info.id, channel = %channel, "refused a second program request on a channel");
-            let _ = session.channel_failure(channel);
-            return;
-        }
-        let admitted = match self.transfer_for(&kind) {
-            Ok(admitted) => admitted,
-            Err(refusal) => {
-                self.refuse_transfer(channel, &kind, &refusal, session)
-                    .await;
-                return;
-            }
-        };
-        let recording = match self
-            .prepare_program(channel, &kind, admitted.transfer)
-            .await
-        {
-            Ok(file) => file,
-            Err(message) => {
-                // Disconnect first: a client that saw the request fail would exit before
-                // reading why.
-                *self.info.failure.lock().expect("failure lock poisoned") = Some(message.clone());
-                let _ = session.disconnect(Disconnect::ByApplication, &message, "en");
-                let _ = session.channel_failure(channel);
-                return;
-            }
-        };
-        if !self.relay_request(channel, session, send).await {
-            // The server refused it: nothing more is recorded or audited on the channel,
-            // and the recording opened for it goes (no row would reference it).
-            tracing::info!(session = %self.info.id, channel = %channel, "the server refused the program request");
-            if let Some(tap) = self.channels.get(&channel).and_then(|l| l.detach()) {
-                tap.discard().await;
-            }
-            return;
-        }
-        self.programs.insert(channel);
-        {
-            let (kind, command) = match &kind {
-                ChannelKind::Shell => ("shell", None),
-                ChannelKind::Exec { command } => ("exec", Some(command.clone())),
-                ChannelKind::Subsystem { name } => ("subsystem", Some(name.clone())),
-            };
-            self.info.tracker.channel_opened(ChannelRecord {
-                channel: u32::from(channel),
-                kind: kind.to_string(),
-                command,
-                started_at: now_micros(),
-                ended_at: None,
-                exit_status: None,
-                exit_signal: None,
-                recording,
-                env: self.envs.get(&channel).cloned().unwrap_or_default(),
-            });
-        }
-        if let Some(note) = admitted.unrecorded {
-            self.note_unrecorded(channel, &kind, &note);
-        }
-    }
-
-    /// The program hands the session over to a channel sshgw cannot record (the policy
-    /// allows it): the session log and the recording say so.
-    fn note_unrecorded(&self, channel: ChannelId, kind: &ChannelKind, note: &str) {
-        let tap = self.channels.get(&channel).and_then(ChannelLink::tap);
-        if let (ChannelKind::Exec { command }, Some(tap)) = (kind, tap) {
-            tap.unrecorded_handoff(command, note);
-        }
     }
 
     /// Confirms a device channel once its server side opened (never before, so no data

@@ -4,18 +4,20 @@
 mod channel;
 mod credit;
 mod device_side;
+mod end;
+#[cfg(test)]
+mod end_reason_tests;
 mod flow;
 pub mod limits;
+mod program;
 mod server_side;
+mod session;
 pub mod stall;
 mod tap;
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -25,8 +27,6 @@ use russh::{SshId, server};
 use crate::{
     config::{RecordingFailure, SshConfig},
     identity::Identity,
-    intercept::admission::{Admission, Outcome},
-    intercept::listener::Intercepted,
     policy::eval::PolicyEngine,
     policy::model::Policy,
     recording::{
@@ -34,16 +34,14 @@ use crate::{
         writer::{ChannelMeta, Recorder},
     },
     sessions::{
-        SessionRecord,
         live::{LiveSessions, Tracker},
-        now_micros,
         store::SessionStore,
     },
     trust::ca::{Authorities, HostCerts},
     trust::upstream_keys::UpstreamKeys,
 };
-use device_side::DeviceSide;
-use server_side::Bridge;
+pub use end::EndReason;
+pub use session::serve;
 
 /// Receive window per channel, both legs: large enough that bulk transfers are not
 /// window-limited on a LAN. It is also what sshgw holds at most per channel and direction:
@@ -125,20 +123,26 @@ pub struct ConnectionInfo {
     /// What the policy in force allows; `None` when the connection is refused.
     pub permissions: SharedPermissions,
     pub tracker: Arc<Tracker>,
-    /// Why the relay refused, once it did (the session log's close reason).
-    pub failure: std::sync::Mutex<Option<String>>,
+    /// Why the relay refused or ended the session itself, once it did (its message is
+    /// the session log's close reason).
+    pub failure: std::sync::Mutex<Option<EndReason>>,
     /// What the gateway told the user when it ended the session (kill, max duration,
     /// shutdown): recordings note it as the programs' end.
     pub ended_by_gateway: std::sync::Mutex<Option<String>>,
-    /// Ends the session with `failure` as the message (set by [`ConnectionInfo::abort`]).
+    /// Ends the session with `failure` (set by [`ConnectionInfo::abort`]).
     aborted: tokio::sync::Notify,
 }
 
 impl ConnectionInfo {
-    /// Ends the session from inside the relay, telling the user `message`.
-    pub fn abort(&self, message: String) {
-        *self.failure.lock().expect("failure lock poisoned") = Some(message);
+    /// Ends the session from inside the relay for `reason`.
+    pub fn abort(&self, reason: EndReason) {
+        self.fail(reason);
         self.aborted.notify_one();
+    }
+
+    /// Notes why the relay refuses or ends the session: what the session log will say.
+    pub fn fail(&self, reason: EndReason) {
+        *self.failure.lock().expect("failure lock poisoned") = Some(reason);
     }
 }
 
@@ -225,317 +229,4 @@ impl RelayContext {
             ..Default::default()
         }))
     }
-}
-
-/// Relays one intercepted connection until either side ends it.
-pub async fn serve(
-    ctx: Arc<RelayContext>,
-    conn: Intercepted,
-    session_id: String,
-    admission: Admission,
-    ingress: Option<String>,
-) {
-    let owner = match &admission.identity {
-        Some(identity) => limits::Owner::Device(identity.device_id.clone()),
-        None => limits::Owner::Address(conn.peer.ip()),
-    };
-    let (slot, over_limit) = match ctx.limits.admit(owner) {
-        limits::Ticket::Admitted(slot) => (slot, None),
-        limits::Ticket::Refused(slot, message) => (slot, Some(message)),
-        limits::Ticket::Dropped(limit) => {
-            dropped_over_limit(&session_id, conn.peer, limit);
-            return;
-        }
-    };
-    let (permissions, refusal, policy_id) = match (admission.outcome, over_limit) {
-        (_, Some(message)) => (None, Some(message), None),
-        (Outcome::Relay { policy }, None) => {
-            let id = policy.id.clone();
-            (Some(Permissions::new(policy, &ctx.config)), None, Some(id))
-        }
-        (Outcome::Refuse { message, policy_id }, None) => (None, Some(message), policy_id),
-    };
-    let identity = admission.identity;
-    let tracker = Arc::new(Tracker::open(
-        SessionRecord {
-            email: identity.as_ref().map(|i| i.email.clone()),
-            device_id: identity.as_ref().map(|i| i.device_id.clone()),
-            policy_id,
-            policy_name: admission.policy_name,
-            ..SessionRecord::new(
-                session_id.clone(),
-                conn.peer.to_string(),
-                conn.original_dst.to_string(),
-                if permissions.is_some() {
-                    "audit_ssh"
-                } else {
-                    "block"
-                },
-                now_micros(),
-            )
-        },
-        ctx.store.clone(),
-        ctx.live.clone(),
-    ));
-    let info = Arc::new(ConnectionInfo {
-        id: session_id,
-        peer: conn.peer,
-        original_dst: conn.original_dst,
-        identity,
-        ingress,
-        authenticated: AtomicBool::new(false),
-        permissions: SharedPermissions::new(permissions),
-        tracker: tracker.clone(),
-        failure: std::sync::Mutex::new(refusal.clone()),
-        aborted: Default::default(),
-        ended_by_gateway: Default::default(),
-    });
-    let bridge = Arc::new(Bridge {
-        device: Default::default(),
-        permissions: info.permissions.clone(),
-        agent_requested: AtomicBool::new(false),
-        traffic: tracker.bytes(),
-        server_closed: Default::default(),
-        session: info.id.clone(),
-    });
-    let grace = Duration::from_secs(ctx.limits.config().preauth_grace_secs);
-    let config = match ctx.server_config(conn.original_dst.ip()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(session = %info.id, error = %format!("{e:#}"), "cannot prepare the host certificate");
-            return;
-        }
-    };
-    let server: ServerSlot = Default::default();
-    let handler = DeviceSide::new(
-        ctx.clone(),
-        info.clone(),
-        bridge.clone(),
-        Arc::new(slot),
-        refusal,
-        server.clone(),
-    );
-    let started = tokio::time::Instant::now();
-    // russh runs the session in a task of its own; a duplicate of the socket lets the relay
-    // close it even when the session cannot be told anything (still in key exchange).
-    let socket = match std::os::fd::AsFd::as_fd(&conn.stream).try_clone_to_owned() {
-        Ok(fd) => fd,
-        Err(e) => {
-            finish(&info, &format!("error: cannot duplicate the socket: {e}"));
-            return;
-        }
-    };
-    let running =
-        match tokio::time::timeout(grace, server::run_stream(config, conn.stream, handler)).await {
-            Ok(Ok(running)) => running,
-            Ok(Err(e)) => {
-                finish(&info, &format!("error: device handshake failed: {e}"));
-                return;
-            }
-            Err(_) => {
-                finish(&info, "error: device sent no SSH banner in time");
-                return;
-            }
-        };
-    let device = running.handle();
-    // Banner, key exchange and login must all fit in the grace: a client stuck in key
-    // exchange cannot be told anything, so its connection is simply closed.
-    let login_deadline = {
-        let info = info.clone();
-        async move {
-            tokio::time::sleep_until(started + grace).await;
-            if info.authenticated.load(Ordering::Acquire) {
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    let deadline = info.permissions.get().and_then(|p| {
-        p.policy.ssh.max_duration.map(|d| {
-            (
-                d,
-                format!(
-                    "sshgw: session ended: policy {:?} ({}) allows at most {}",
-                    p.policy.name,
-                    p.policy.id,
-                    crate::policy::model::format_duration(d)
-                ),
-            )
-        })
-    });
-    let limit = deadline.as_ref().map(|(d, _)| *d);
-    let expiry = async move {
-        match limit {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let kill = tracker.kill_switch();
-    let revoked = revocation(ctx.clone(), info.clone());
-    tokio::pin!(revoked);
-    tokio::pin!(running);
-    tokio::pin!(expiry);
-    tokio::pin!(login_deadline);
-    // Ends the device leg with `message` and waits for it to close.
-    let end_with = async |message: String| {
-        *info.ended_by_gateway.lock().expect("end reason poisoned") = Some(message.clone());
-        let _ = device
-            .disconnect(russh::Disconnect::ByApplication, message, "en".into())
-            .await;
-    };
-    let reason = tokio::select! {
-        result = &mut running => match result {
-            Ok(()) => "client".to_string(),
-            Err(e) => format!("error: {e}"),
-        },
-        () = &mut login_deadline => {
-            tracing::info!(session = %info.id, peer = %info.peer, grace_secs = grace.as_secs(), "no login within the pre-auth grace; closing");
-            let _ = tokio::time::timeout(
-                Duration::from_millis(200),
-                device.disconnect(
-                    russh::Disconnect::ByApplication,
-                    "sshgw: login took too long".into(),
-                    "en".into(),
-                ),
-            )
-            .await;
-            let _ = nix::sys::socket::shutdown(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                nix::sys::socket::Shutdown::Both,
-            );
-            let _ = running.as_mut().await;
-            "error: no login within the pre-auth grace".to_string()
-        }
-        _ = bridge.server_closed.notified() => {
-            end_with("sshgw: the server closed the connection".into()).await;
-            let _ = running.as_mut().await;
-            "server".to_string()
-        }
-        () = &mut expiry => {
-            tracing::info!(session = %info.id, "maximum session duration reached");
-            end_with(deadline.map(|(_, m)| m).unwrap_or_default()).await;
-            let _ = running.as_mut().await;
-            "max duration".to_string()
-        }
-        () = info.aborted.notified() => {
-            let message = info.failure.lock().expect("failure lock poisoned").clone().unwrap_or_default();
-            end_with(message).await;
-            let _ = running.as_mut().await;
-            "error".to_string()
-        }
-        message = &mut revoked => {
-            tracing::info!(session = %info.id, reason = %message, "session revoked by a device or policy change");
-            end_with(message).await;
-            let _ = running.as_mut().await;
-            "revoked".to_string()
-        }
-        () = kill.notified() => {
-            let message = tracker.kill_reason();
-            tracing::info!(session = %info.id, reason = %message, "session killed");
-            let reason = match message.as_str() {
-                crate::sessions::live::ADMIN_KILL => "admin kill".to_string(),
-                m if m.contains("shutting down") || m.contains("restarting") => {
-                    "gateway shutdown".to_string()
-                }
-                // Ended by the gateway for a reason of its own (its log cannot be written).
-                m => format!("error: {}", m.strip_prefix("sshgw: ").unwrap_or(m)),
-            };
-            end_with(message).await;
-            let _ = running.as_mut().await;
-            reason
-        }
-    };
-    // Close the server leg too, whoever ended the session.
-    if let Some(server) = server.get() {
-        let _ = server
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await;
-    }
-    finish(&info, &reason);
-}
-
-/// Judges a relayed session again whenever the device table or policies change. Returns
-/// the message to end it with once they no longer allow it (its device is gone, or the
-/// decision became a block); until then, keeps the session's permissions current, so each
-/// new channel follows the policy in force.
-async fn revocation(ctx: Arc<RelayContext>, info: Arc<ConnectionInfo>) -> String {
-    let (Some(identity), Some(_)) = (info.identity.clone(), info.permissions.get()) else {
-        // Refused connections end on their own.
-        return std::future::pending().await;
-    };
-    let mut changes = ctx.snapshots.clone();
-    loop {
-        let snapshot = changes.borrow_and_update().clone();
-        let verdict = crate::intercept::admission::readmit(
-            &snapshot,
-            &identity,
-            info.peer,
-            info.original_dst,
-            info.ingress.as_deref(),
-        );
-        match verdict {
-            crate::intercept::admission::Readmission::End(message) => return message,
-            crate::intercept::admission::Readmission::Unchanged => {}
-            crate::intercept::admission::Readmission::Keep(policy) => {
-                let current = info.permissions.get().map(|p| p.policy);
-                if !current.is_some_and(|c| Arc::ptr_eq(&c, &policy)) {
-                    tracing::info!(session = %info.id, policy = %policy.id, "session now follows the current policy");
-                    info.permissions.set(Permissions::new(policy, &ctx.config));
-                }
-            }
-        }
-        if changes.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
-/// A connection over a limit and over the refusal budget: closed at once, with no session
-/// record (a flood must not fill the log). Logged at most once a second.
-fn dropped_over_limit(session: &str, peer: SocketAddr, limit: &'static str) {
-    static LAST_LOG_SECS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-    let now = now_micros() / 1_000_000;
-    if LAST_LOG_SECS.swap(now, Ordering::AcqRel) != now {
-        tracing::warn!(session, %peer, limit, "connection closed: over a [limits] limit (logged at most once a second)");
-    }
-}
-
-/// How the session loop reports a device that closed TCP without a disconnect message:
-/// an orderly close, and a close with unread data in the socket (a reset).
-const SOCKET_CLOSED: &[&str] = &[
-    "error: early eof",
-    "error: Connection reset by peer (os error 104)",
-];
-
-/// Closes the session record (a refusal's reason wins over how the socket ended) and
-/// emits it as the structured `session closed` event.
-fn finish(info: &ConnectionInfo, reason: &str) {
-    let failure = info.failure.lock().expect("failure lock poisoned").clone();
-    // PuTTY, Dropbear, paramiko and libssh end a session by closing (or resetting) the
-    // TCP connection after their channels closed, without SSH_MSG_DISCONNECT: that is the
-    // client's normal exit. Only the same while the device has a channel open is an error.
-    let reason = if SOCKET_CLOSED.contains(&reason) && !info.tracker.has_open_device_channel() {
-        "client"
-    } else {
-        reason
-    };
-    let record = info.tracker.close(failure.as_deref().unwrap_or(reason));
-    crate::metrics::METRICS.session_closed(record.bytes_from_client, record.bytes_from_server);
-    tracing::info!(
-        session = %record.id,
-        email = record.email.as_deref().unwrap_or("-"),
-        device = record.device_id.as_deref().unwrap_or("-"),
-        source = %record.source,
-        orig_dst = %record.destination,
-        login = record.login.as_deref().unwrap_or("-"),
-        policy = record.policy_id.as_deref().unwrap_or("-"),
-        decision = %record.decision,
-        duration_ms = record.duration_ms.unwrap_or_default(),
-        bytes_from_client = record.bytes_from_client,
-        bytes_from_server = record.bytes_from_server,
-        close_reason = record.close_reason.as_deref().unwrap_or("-"),
-        cert_serial = record.cert_serial.as_deref().unwrap_or("-"),
-        upstream_host_key = record.upstream_host_key.as_deref().unwrap_or("-"),
-        channels = record.channels.len(),
-        "session closed"
-    );
 }

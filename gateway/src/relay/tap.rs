@@ -9,7 +9,7 @@ use std::sync::{
 use bytes::Bytes;
 
 use super::{
-    ConnectionInfo,
+    ConnectionInfo, EndReason,
     channel::{ChannelExit, Filter, Tap},
 };
 use crate::{
@@ -110,32 +110,7 @@ impl ProgramTap {
             }
         }
         if let Some(recorder) = &self.recorder {
-            let end = match (&exit.signal, exit.status) {
-                (Some((name, core_dumped)), _) => Exit::Signal {
-                    name: name.clone(),
-                    core_dumped: *core_dumped,
-                },
-                (None, Some(code)) => Exit::Status(code),
-                // The gateway ended the session (a failure it told the user about).
-                (None, None) => {
-                    let failure = self
-                        .info
-                        .failure
-                        .lock()
-                        .expect("failure lock poisoned")
-                        .clone();
-                    let ended = self
-                        .info
-                        .ended_by_gateway
-                        .lock()
-                        .expect("end reason poisoned")
-                        .clone();
-                    match failure.or(ended) {
-                        Some(reason) => Exit::Error(reason),
-                        None => Exit::None,
-                    }
-                }
-            };
+            let end = recording_end(&self.info, &exit);
             if let Err(e) = recorder.finish(end).await {
                 self.report(format!("{e:#}"));
             }
@@ -164,9 +139,36 @@ impl ProgramTap {
             .recording_failures
             .fetch_add(1, Ordering::Relaxed);
         if self.refuse_unrecorded {
-            self.info.abort(format!(
-                "sshgw: session ended: its recording failed ({error})"
-            ));
+            self.info.abort(EndReason::RecordingFailed(error));
+        }
+    }
+}
+
+/// How a program's recording ends: its exit signal or status, else the message of the
+/// gateway that ended the session (a failure it told the user about).
+fn recording_end(info: &ConnectionInfo, exit: &ChannelExit) -> Exit {
+    match (&exit.signal, exit.status) {
+        (Some((name, core_dumped)), _) => Exit::Signal {
+            name: name.clone(),
+            core_dumped: *core_dumped,
+        },
+        (None, Some(code)) => Exit::Status(code),
+        (None, None) => {
+            let failure = info
+                .failure
+                .lock()
+                .expect("failure lock poisoned")
+                .as_ref()
+                .and_then(EndReason::user_message);
+            let ended = info
+                .ended_by_gateway
+                .lock()
+                .expect("end reason poisoned")
+                .clone();
+            match failure.or(ended) {
+                Some(reason) => Exit::Error(reason),
+                None => Exit::None,
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ struct Entry {
     bytes: Arc<ByteCounters>,
     kill: Arc<Notify>,
     /// Why the session is being killed; told to the user.
-    kill_reason: Mutex<Option<String>>,
+    kill_reason: Mutex<Option<KillReason>>,
 }
 
 impl Entry {
@@ -75,8 +75,34 @@ pub const LIVE_CHANNELS: usize = 64;
 /// Bytes of an exec command line a live record keeps (the session log has all of it).
 pub const LIVE_COMMAND_BYTES: usize = 1024;
 
-/// What an administrator's kill tells the user.
-pub const ADMIN_KILL: &str = "sshgw: session terminated by an administrator";
+/// Why the gateway asks a live session to end (see [`LiveSessions::kill`]). The relay
+/// tells the user [`KillReason::user_message`] and logs the close reason it maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KillReason {
+    /// An administrator, through the control API.
+    Admin,
+    /// The gateway stops and its drain timed out.
+    Shutdown,
+    /// The gateway hit an internal error and exits to be restarted.
+    Restart,
+    /// The session's records cannot be written while the log refuses; the message is
+    /// the session log's (see [`super::health::ended_message`]).
+    LogUnwritable(String),
+}
+
+impl KillReason {
+    /// What the user is told.
+    pub fn user_message(&self) -> String {
+        match self {
+            KillReason::Admin => "sshgw: session terminated by an administrator".into(),
+            KillReason::Shutdown => "sshgw: the gateway is shutting down".into(),
+            KillReason::Restart => {
+                "sshgw: the gateway hit an internal error and is restarting".into()
+            }
+            KillReason::LogUnwritable(message) => message.clone(),
+        }
+    }
+}
 
 impl LiveSessions {
     fn entries(&self) -> Vec<Arc<Entry>> {
@@ -141,7 +167,7 @@ impl LiveSessions {
         let live = Arc::downgrade(self);
         Box::new(move |session, message| {
             let Some(live) = live.upgrade() else { return };
-            if live.kill(session, message) {
+            if live.kill(session, KillReason::LogUnwritable(message.to_string())) {
                 tracing::warn!(
                     session,
                     "ending the session: its records cannot be written to the session log"
@@ -150,8 +176,8 @@ impl LiveSessions {
         })
     }
 
-    /// Asks session `id` to end, telling the user `reason`; false when it is not live.
-    pub fn kill(&self, id: &str, reason: &str) -> bool {
+    /// Asks session `id` to end for `reason`; false when it is not live.
+    pub fn kill(&self, id: &str, reason: KillReason) -> bool {
         match self
             .entries
             .lock()
@@ -159,7 +185,7 @@ impl LiveSessions {
             .get(id)
         {
             Some(entry) => {
-                *entry.kill_reason.lock().expect("kill reason poisoned") = Some(reason.to_string());
+                *entry.kill_reason.lock().expect("kill reason poisoned") = Some(reason);
                 entry.kill.notify_one();
                 true
             }
@@ -168,7 +194,7 @@ impl LiveSessions {
     }
 
     /// Asks every live session to end.
-    pub fn kill_all(&self, reason: &str) -> usize {
+    pub fn kill_all(&self, reason: KillReason) -> usize {
         let ids: Vec<String> = self
             .entries
             .lock()
@@ -176,7 +202,9 @@ impl LiveSessions {
             .keys()
             .cloned()
             .collect();
-        ids.iter().filter(|id| self.kill(id, reason)).count()
+        ids.iter()
+            .filter(|id| self.kill(id, reason.clone()))
+            .count()
     }
 
     pub fn count(&self) -> usize {
@@ -247,13 +275,13 @@ impl Tracker {
         self.entry.kill.clone()
     }
 
-    pub fn kill_reason(&self) -> String {
+    pub fn kill_reason(&self) -> KillReason {
         self.entry
             .kill_reason
             .lock()
             .expect("kill reason poisoned")
             .clone()
-            .unwrap_or_else(|| ADMIN_KILL.to_string())
+            .unwrap_or(KillReason::Admin)
     }
 
     fn update(&self, f: impl FnOnce(&mut SessionRecord)) {
@@ -584,6 +612,7 @@ mod tests {
         assert!(
             tracker
                 .kill_reason()
+                .user_message()
                 .contains("cannot write its session log")
         );
         hook("gone", "message");

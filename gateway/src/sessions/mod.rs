@@ -7,6 +7,9 @@ pub mod retention;
 pub mod store;
 mod writer;
 
+#[cfg(test)]
+mod log_rows_tests;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};

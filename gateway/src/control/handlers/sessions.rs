@@ -138,7 +138,7 @@ pub async fn show(req: &Request<'_>, ctx: &Context) -> Outcome {
 /// `POST /v1/sessions/{id}/kill`: ends a live session (both legs; the user is told why).
 pub async fn kill(req: &Request<'_>, ctx: &Context) -> Outcome {
     let id = req.id;
-    plain(if ctx.live.kill(id, live::ADMIN_KILL) {
+    plain(if ctx.live.kill(id, live::KillReason::Admin) {
         json(
             StatusCode::OK,
             &Killed {
