@@ -165,3 +165,58 @@ pub fn encode(value: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::util::json_file::to_bytes;
+
+    /// A value as the API writes it.
+    fn text(value: &impl Serialize) -> String {
+        String::from_utf8(to_bytes(value).unwrap()).unwrap()
+    }
+
+    /// The typed answers write the bytes the JSON maps they replaced wrote.
+    #[test]
+    fn answers_keep_their_bytes() {
+        let golden = include_str!("../../testdata/golden/session_record.json");
+        let record: SessionRecord = serde_json::from_str(golden).unwrap();
+        let sessions = vec![record.clone(), record];
+        #[rustfmt::skip]
+        let cases: Vec<(String, serde_json::Value)> = vec![
+            (text(&SessionList { sessions: sessions.clone() }), json!({ "sessions": sessions })),
+            (text(&ApiError { error: "no".into() }), json!({ "error": "no" })),
+            (text(&PoliciesApplied { applied: true, policies: 3 }),
+             json!({ "applied": true, "policies": 3 })),
+            (text(&PoliciesValid { policies: 3, valid: true }),
+             json!({ "valid": true, "policies": 3 })),
+            (text(&DevicesApplied { applied: true, devices: 2 }),
+             json!({ "applied": true, "devices": 2 })),
+            (text(&DeviceApplied { applied: true, device: "d".into() }),
+             json!({ "applied": true, "device": "d" })),
+            (text(&DeviceDeleted { deleted: "d".into() }), json!({ "deleted": "d" })),
+            (text(&KeyApplied { applied: true }), json!({ "applied": true })),
+            (text(&Killed { killed: "s".into() }), json!({ "killed": "s" })),
+        ];
+        for (typed, map) in cases {
+            assert_eq!(typed, text(&map));
+        }
+    }
+
+    /// The query the CLI sends, as it always built it.
+    #[test]
+    fn session_queries_are_encoded() {
+        let query = SessionQuery {
+            active: true,
+            since: Some("1h".into()),
+            user: Some("j+doe@example.com".into()),
+        };
+        assert_eq!(
+            query.to_query(),
+            "active=true&since=1h&user=j%2Bdoe%40example.com"
+        );
+        assert_eq!(SessionQuery::default().to_query(), "");
+    }
+}
