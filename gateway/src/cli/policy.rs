@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::{Refused, Target, escape::escape, table};
-use crate::policy::model::{Action, PolicySet};
+use crate::policy::model::{Action, Policy, PolicySet};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
@@ -74,44 +74,7 @@ fn show(json: bool, target: &Target) -> Result<()> {
         return Ok(());
     };
     set.policies.sort_by_key(|p| p.precedence);
-    let rows: Vec<Vec<String>> = set
-        .policies
-        .iter()
-        .map(|p| {
-            let identity = [
-                &p.identity.emails,
-                &p.identity.email_domains,
-                &p.identity.groups,
-            ]
-            .iter()
-            .flat_map(|l| l.iter().cloned())
-            .collect::<Vec<_>>();
-            vec![
-                p.precedence.to_string(),
-                p.id.clone(),
-                if p.enabled { "yes" } else { "no" }.into(),
-                match p.action {
-                    Action::AuditSsh => "audit_ssh",
-                    Action::Block => "block",
-                }
-                .into(),
-                table::list(&p.destinations),
-                table::list(&p.ports),
-                if identity.is_empty() {
-                    "anyone".into()
-                } else {
-                    identity.join(",")
-                },
-                table::list(&p.posture),
-                if p.ssh.usernames.is_empty() {
-                    "any".into()
-                } else {
-                    p.ssh.usernames.join(",")
-                },
-                p.name.clone(),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = set.policies.iter().map(row).collect();
     table::print(
         &[
             "PREC",
@@ -129,4 +92,40 @@ fn show(json: bool, target: &Target) -> Result<()> {
     );
     println!("etag {}", escape(&etag));
     Ok(())
+}
+
+/// One policy's line of `policy show`.
+fn row(p: &Policy) -> Vec<String> {
+    let identity = [
+        &p.identity.emails,
+        &p.identity.email_domains,
+        &p.identity.groups,
+    ]
+    .iter()
+    .flat_map(|l| l.iter().cloned())
+    .collect::<Vec<_>>();
+    vec![
+        p.precedence.to_string(),
+        p.id.clone(),
+        if p.enabled { "yes" } else { "no" }.into(),
+        match p.action {
+            Action::AuditSsh => "audit_ssh",
+            Action::Block => "block",
+        }
+        .into(),
+        table::list(&p.destinations),
+        table::list(&p.ports),
+        if identity.is_empty() {
+            "anyone".into()
+        } else {
+            identity.join(",")
+        },
+        table::list(&p.posture),
+        if p.ssh.usernames.is_empty() {
+            "any".into()
+        } else {
+            p.ssh.usernames.join(",")
+        },
+        p.name.clone(),
+    ]
 }
