@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
-use crate::{config::Config, control::client};
+use crate::{config::Config, control::client::Client};
 
 #[derive(Subcommand)]
 pub enum DatapathCommand {
@@ -18,10 +18,7 @@ pub fn run(what: DatapathCommand, config: &Path) -> Result<()> {
     let DatapathCommand::Remove = what;
     let config = Config::load(config)?;
     super::runtime()?.block_on(async {
-        if client::request(&config.control_socket, "GET", "/status", None)
-            .await
-            .is_ok()
-        {
+        if Client::new(&config.control_socket).is_running().await {
             bail!(
                 "sshgw is running (it answers on {}); stop it first",
                 config.control_socket.display()

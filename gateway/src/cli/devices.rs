@@ -57,14 +57,14 @@ fn push(file: &Path, if_match: Option<&str>, target: &Target) -> Result<()> {
     let text = super::read_input(file)?;
     // Refuse locally first: clearer errors, and nothing sent on a typo. (The daemon also
     // checks the principals against its `[ssh]` settings.)
-    let table =
-        DeviceTable::parse(&text).map_err(|e| Refused(format!("{}: {e:#}", file.display())))?;
-    let answer = super::call_with(target, "PUT", "/devices", if_match, Some(text))?;
+    DeviceTable::parse(&text).map_err(|e| Refused(format!("{}: {e:#}", file.display())))?;
+    let answer = super::ask(
+        target,
+        |c| async move { c.push_devices(text, if_match).await },
+    )?;
     println!(
         "applied {} devices; etag {}",
-        answer.body["devices"]
-            .as_u64()
-            .unwrap_or(table.devices.len() as u64),
+        answer.value()?.devices,
         escape(answer.etag.as_deref().unwrap_or("-"))
     );
     Ok(())
@@ -72,10 +72,10 @@ fn push(file: &Path, if_match: Option<&str>, target: &Target) -> Result<()> {
 
 /// `devices show`: the table and its ETag, or the JSON document (ETag on stderr).
 fn show(json: bool, target: &Target) -> Result<()> {
-    let Some((body, etag)) = super::show_document(target, "/devices", json)? else {
+    let document = super::ask(target, |c| async move { c.devices().await })?;
+    let Some((table, etag)) = super::show_document(document, json)? else {
         return Ok(());
     };
-    let table: DeviceTable = serde_json::from_value(body)?;
     let rows: Vec<Vec<String>> = table
         .devices
         .iter()

@@ -25,7 +25,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     config::{self, Config},
-    control::client::{self, ClientError},
+    control::client::{Client, ClientError, Document},
     daemon::logging::{self, LogFormat},
 };
 
@@ -213,65 +213,43 @@ fn read_input(file: &Path) -> Result<String> {
     }
 }
 
-/// One API call; a 4xx answer becomes [`Refused`] with the daemon's error text.
-fn call(
-    target: &Target,
-    method: &str,
-    route: &str,
-    body: Option<String>,
-) -> Result<serde_json::Value> {
-    Ok(call_with(target, method, route, None, body)?.body)
-}
-
-/// [`call`] with an optional `If-Match` ETag; returns the whole answer (with its ETag).
-fn call_with(
-    target: &Target,
-    method: &str,
-    route: &str,
-    if_match: Option<&str>,
-    body: Option<String>,
-) -> Result<client::Answer> {
+/// One request of the typed client to the daemon of `target`; an error answer becomes
+/// [`Refused`] (4xx) or an error with the daemon's text and the status.
+fn ask<T, F>(target: &Target, request: impl FnOnce(Client) -> F) -> Result<T>
+where
+    F: Future<Output = Result<T, ClientError>>,
+{
     let config = target.config()?;
-    let socket = target.socket(config.as_ref());
-    runtime()?.block_on(async {
-        let answer = client::send(
-            &socket,
-            method,
-            route,
-            if_match,
-            body.map(String::into_bytes),
-        )
-        .await?;
-        if answer.status.is_success() {
-            return Ok(answer);
+    let client = Client::new(target.socket(config.as_ref()));
+    runtime()?.block_on(request(client)).map_err(|e| match e {
+        ClientError::Status { status, body } => {
+            let message = body["error"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_string();
+            if status.is_client_error() {
+                Refused(message).into()
+            } else {
+                anyhow::anyhow!("{message} ({status})")
+            }
         }
-        let message = answer.body["error"]
-            .as_str()
-            .unwrap_or("request failed")
-            .to_string();
-        if answer.status.is_client_error() {
-            Err(Refused(message).into())
-        } else {
-            Err(anyhow::anyhow!("{message} ({})", answer.status))
-        }
+        other => other.into(),
     })
 }
 
-/// `GET` of a state document for `show`. With `json`, prints it exactly (its ETag on
-/// standard error) and returns `None`; otherwise returns it and its ETag for a table.
-fn show_document(
-    target: &Target,
-    route: &str,
+/// A state document for `show`. With `json`, prints it exactly as the daemon sent it (its
+/// ETag on standard error) and returns `None`; otherwise returns it and its ETag for a table.
+fn show_document<T: serde::de::DeserializeOwned>(
+    document: Document<T>,
     json: bool,
-) -> Result<Option<(serde_json::Value, String)>> {
-    let answer = call_with(target, "GET", route, None, None)?;
-    let etag = answer.etag.unwrap_or_else(|| "-".into());
+) -> Result<Option<(T, String)>> {
+    let etag = document.etag.clone().unwrap_or_else(|| "-".into());
     if json {
         eprintln!("etag {}", escape::escape(&etag));
-        print_json(&answer.body)?;
+        print_json(&document.json)?;
         return Ok(None);
     }
-    Ok(Some((answer.body, etag)))
+    Ok(Some((document.value()?, etag)))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::{Refused, Target, escape::escape, table};
-use crate::policy::model::PolicySet;
+use crate::policy::model::{Policy, PolicySet};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
@@ -40,11 +40,14 @@ pub fn run(command: PolicyCommand) -> Result<()> {
         } => {
             let text = super::read_input(&file)?;
             PolicySet::parse(&text).map_err(|e| Refused(format!("{}: {e:#}", file.display())))?;
-            let answer =
-                super::call_with(&target, "PUT", "/policies", if_match.as_deref(), Some(text))?;
+            let if_match = if_match.as_deref();
+            let answer = super::ask(
+                &target,
+                |c| async move { c.push_policies(text, if_match).await },
+            )?;
             println!(
                 "applied {} policies; etag {}",
-                answer.body["policies"].as_u64().unwrap_or(0),
+                answer.value()?.policies,
                 escape(answer.etag.as_deref().unwrap_or("-"))
             );
             Ok(())
@@ -66,45 +69,12 @@ pub fn run(command: PolicyCommand) -> Result<()> {
 
 /// `policy show`: the table by precedence and the ETag, or the JSON document.
 fn show(json: bool, target: &Target) -> Result<()> {
-    let Some((body, etag)) = super::show_document(target, "/policies", json)? else {
+    let document = super::ask(target, |c| async move { c.policies().await })?;
+    let Some((mut set, etag)) = super::show_document(document, json)? else {
         return Ok(());
     };
-    let mut set: PolicySet = serde_json::from_value(body)?;
     set.policies.sort_by_key(|p| p.precedence);
-    let rows: Vec<Vec<String>> = set
-        .policies
-        .iter()
-        .map(|p| {
-            let identity = [
-                &p.identity.emails,
-                &p.identity.email_domains,
-                &p.identity.groups,
-            ]
-            .iter()
-            .flat_map(|l| l.iter().cloned())
-            .collect::<Vec<_>>();
-            vec![
-                p.precedence.to_string(),
-                p.id.clone(),
-                if p.enabled { "yes" } else { "no" }.into(),
-                p.action.to_string(),
-                table::list(&p.destinations),
-                table::list(&p.ports),
-                if identity.is_empty() {
-                    "anyone".into()
-                } else {
-                    identity.join(",")
-                },
-                table::list(&p.posture),
-                if p.ssh.usernames.is_empty() {
-                    "any".into()
-                } else {
-                    p.ssh.usernames.join(",")
-                },
-                p.name.clone(),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = set.policies.iter().map(row).collect();
     table::print(
         &[
             "PREC",
@@ -122,4 +92,36 @@ fn show(json: bool, target: &Target) -> Result<()> {
     );
     println!("etag {}", escape(&etag));
     Ok(())
+}
+
+/// One policy's line of `policy show`.
+fn row(p: &Policy) -> Vec<String> {
+    let identity = [
+        &p.identity.emails,
+        &p.identity.email_domains,
+        &p.identity.groups,
+    ]
+    .iter()
+    .flat_map(|l| l.iter().cloned())
+    .collect::<Vec<_>>();
+    vec![
+        p.precedence.to_string(),
+        p.id.clone(),
+        if p.enabled { "yes" } else { "no" }.into(),
+        p.action.to_string(),
+        table::list(&p.destinations),
+        table::list(&p.ports),
+        if identity.is_empty() {
+            "anyone".into()
+        } else {
+            identity.join(",")
+        },
+        table::list(&p.posture),
+        if p.ssh.usernames.is_empty() {
+            "any".into()
+        } else {
+            p.ssh.usernames.join(",")
+        },
+        p.name.clone(),
+    ]
 }

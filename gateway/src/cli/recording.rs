@@ -131,11 +131,9 @@ fn set_key(file: &Path, target: &super::Target) -> Result<()> {
     // Refuse a malformed key locally, before anything reaches the daemon.
     recording::keys::RecordingKey::parse(text.trim())
         .map_err(|e| Refused(format!("{}: {e:#}", file.display())))?;
-    super::call(
+    super::ask(
         target,
-        "PUT",
-        "/recording/key",
-        Some(text.trim().to_string()),
+        |c| async move { c.set_recording_key(text.trim()).await },
     )?;
     println!(
         "recording key replaced; new sessions are encrypted to {}",
@@ -388,43 +386,88 @@ fn replay(input: &Input, speed: f64, idle_limit: Option<f64>) -> Result<()> {
     Ok(())
 }
 
+/// What `verify` counts while reading a recording's packets.
+#[derive(Default)]
+struct Tally {
+    inputs: u64,
+    outputs: u64,
+    resizes: u64,
+    ends: u64,
+    file_ops: u64,
+    file_ops_omitted: u64,
+    /// The latest packet time seen.
+    last: u64,
+    /// The first packet whose time is before an earlier one's.
+    backwards: Option<u64>,
+}
+
+impl Tally {
+    /// Reads every packet of `reader`; a damaged one refuses the recording.
+    fn read(reader: &mut Reader<BufReader<File>>, input: &Path) -> Result<Tally> {
+        let mut t = Tally::default();
+        loop {
+            let packet = match reader.next_packet() {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Ok(t),
+                Err(e) => return Err(refuse(input, e.into())),
+            };
+            if packet.elapsed_us < t.last && t.backwards.is_none() {
+                t.backwards = Some(reader.packets() - 1);
+            }
+            t.last = t.last.max(packet.elapsed_us);
+            match packet.kind {
+                Kind::Input => t.inputs += 1,
+                Kind::Output => t.outputs += 1,
+                Kind::Resize { .. } => t.resizes += 1,
+                Kind::End => t.ends += 1,
+                Kind::FileOp => t.file_ops += 1,
+                Kind::FileOpsOmitted { count } => t.file_ops_omitted += count,
+            }
+        }
+    }
+
+    fn has_file_ops(&self) -> bool {
+        self.file_ops + self.file_ops_omitted > 0
+    }
+}
+
 fn verify(input: &Input) -> Result<()> {
     let key = input.key()?;
     let mut reader = input.open(&key)?;
-    let (mut inputs, mut outputs, mut resizes, mut ends) = (0u64, 0u64, 0u64, 0u64);
-    let (mut file_ops, mut file_ops_omitted) = (0u64, 0u64);
-    let (mut last, mut backwards) = (0u64, None);
-    loop {
-        let packet = match reader.next_packet() {
-            Ok(Some(packet)) => packet,
-            Ok(None) => break,
-            Err(e) => return Err(refuse(&input.input, e.into())),
-        };
-        if packet.elapsed_us < last && backwards.is_none() {
-            backwards = Some(reader.packets() - 1);
-        }
-        last = last.max(packet.elapsed_us);
-        match packet.kind {
-            Kind::Input => inputs += 1,
-            Kind::Output => outputs += 1,
-            Kind::Resize { .. } => resizes += 1,
-            Kind::End => ends += 1,
-            Kind::FileOp => file_ops += 1,
-            Kind::FileOpsOmitted { count } => file_ops_omitted += count,
-        }
-    }
+    let tally = Tally::read(&mut reader, &input.input)?;
     let end = reader.end().expect("stream ended");
     let meta = reader.meta();
     // Header fields come from the audited user (command, login, terminal): escaped.
     let mut report = format!("{}:\n", escape(&input.input.display().to_string()));
+    report += &header_lines(meta);
+    let duration = match end {
+        End::Complete { end_elapsed_us } => end_elapsed_us.max(tally.last),
+        End::Truncated(_) => tally.last,
+    };
+    report += &format!("  duration: {} s\n", recording::format_secs(duration));
+    report += &content_lines(&tally, &reader);
+    report += &format!("  exit:     {}\n", describe_exit(meta));
+    match end {
+        End::Complete { .. } => {
+            report += "  status:   complete (authenticated end-of-recording record)\n"
+        }
+        End::Truncated(t) => report += &format!("  status:   {t}\n"),
+    }
+    print!("{report}");
+    verdict(&input.input, &tally, end, meta)
+}
+
+/// The channel, session, terminal and start lines of `verify`.
+fn header_lines(meta: &recording::Metadata) -> String {
+    let mut lines = String::new();
     if let Some(s) = &meta.sshgw {
         let what = match (s.command.as_deref(), s.subsystem.as_deref()) {
             (Some(command), _) => format!("exec \"{}\"", escape(command)),
             (None, Some(name)) => format!("subsystem {}", escape(name)),
             (None, None) => escape(&s.channel).into_owned(),
         };
-        report += &format!("  channel:  {what}\n");
-        report += &format!(
+        lines += &format!("  channel:  {what}\n");
+        lines += &format!(
             "  session:  {} by {} (device {}) as {}@{}\n",
             escape(&s.session_id),
             or_dash(s.user_email.as_deref()),
@@ -434,56 +477,63 @@ fn verify(input: &Input) -> Result<()> {
         );
     }
     if let Some(pty) = &meta.pty {
-        report += &format!(
+        lines += &format!(
             "  pty:      {} {}x{}\n",
             escape(pty.term.as_deref().unwrap_or("unknown")),
             pty.width,
             pty.height
         );
     }
-    report += &format!(
+    lines += &format!(
         "  started:  {} UTC\n",
         recording::format_utc(meta.started_at)
     );
-    let duration = match end {
-        End::Complete { end_elapsed_us } => end_elapsed_us.max(last),
-        End::Truncated(_) => last,
-    };
-    report += &format!("  duration: {} s\n", recording::format_secs(duration));
+    lines
+}
+
+/// The content and file-operation lines of `verify`.
+fn content_lines(t: &Tally, reader: &Reader<BufReader<File>>) -> String {
     let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-    report += &format!(
-        "  content:  {} ({outputs} output, {inputs} input, {resizes} resize, {ends} end{}) in {}\n",
+    let mut lines = format!(
+        "  content:  {} ({} output, {} input, {} resize, {} end{}) in {}\n",
         plural(reader.packets(), "packet"),
-        if file_ops + file_ops_omitted > 0 {
-            format!(", {} file op", file_ops + u64::from(file_ops_omitted > 0))
+        t.outputs,
+        t.inputs,
+        t.resizes,
+        t.ends,
+        if t.has_file_ops() {
+            format!(
+                ", {} file op",
+                t.file_ops + u64::from(t.file_ops_omitted > 0)
+            )
         } else {
             String::new()
         },
         plural(reader.chunks(), "chunk")
     );
-    if file_ops + file_ops_omitted > 0 {
-        report += &format!(
+    if t.has_file_ops() {
+        lines += &format!(
             "  file ops: {}{} (trailer; export with --format file-ops)\n",
-            plural(file_ops, "operation"),
-            if file_ops_omitted > 0 {
-                format!(", {file_ops_omitted} more omitted (see the session log)")
+            plural(t.file_ops, "operation"),
+            if t.file_ops_omitted > 0 {
+                format!(
+                    ", {} more omitted (see the session log)",
+                    t.file_ops_omitted
+                )
             } else {
                 String::new()
             }
         );
     }
-    report += &format!("  exit:     {}\n", describe_exit(meta));
-    match end {
-        End::Complete { .. } => {
-            report += "  status:   complete (authenticated end-of-recording record)\n"
-        }
-        End::Truncated(t) => report += &format!("  status:   {t}\n"),
-    }
-    print!("{report}");
-    if let Some(packet) = backwards {
+    lines
+}
+
+/// `verify`'s exit: refused (3) when packet times go backwards or the end is not proven.
+fn verdict(input: &Path, t: &Tally, end: End, meta: &recording::Metadata) -> Result<()> {
+    if let Some(packet) = t.backwards {
         return Err(Refused(format!(
             "{}: packet times go backwards at packet {packet}",
-            input.input.display()
+            input.display()
         ))
         .into());
     }
@@ -495,7 +545,7 @@ fn verify(input: &Input) -> Result<()> {
             } else {
                 ""
             };
-            Err(Refused(format!("{}: {truncation}{note}", input.input.display())).into())
+            Err(Refused(format!("{}: {truncation}{note}", input.display())).into())
         }
     }
 }

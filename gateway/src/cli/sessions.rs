@@ -9,7 +9,10 @@ use super::{
     escape::{escape, or_dash},
     table,
 };
-use crate::sessions::{SessionRecord, format_time};
+use crate::{
+    control::api::SessionQuery,
+    sessions::{SessionRecord, format_time},
+};
 
 #[derive(Args)]
 pub struct ListArgs {
@@ -46,40 +49,17 @@ pub enum SessionsCommand {
     },
 }
 
-/// Encodes a query value (emails carry `@` and `+`).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
 pub fn list(args: ListArgs) -> Result<()> {
-    let mut query = Vec::new();
-    if args.active {
-        query.push("active=true".to_string());
-    }
-    if let Some(since) = &args.since {
-        query.push(format!("since={}", encode(since)));
-    }
-    if let Some(user) = &args.user {
-        query.push(format!("user={}", encode(user)));
-    }
-    let route = if query.is_empty() {
-        "/sessions".to_string()
-    } else {
-        format!("/sessions?{}", query.join("&"))
+    let query = SessionQuery {
+        active: args.active,
+        since: args.since,
+        user: args.user,
     };
-    let value = super::call(&args.target, "GET", &route, None)?;
+    let answer = super::ask(&args.target, |c| async move { c.sessions(&query).await })?;
     if args.json {
-        return super::print_json(&value);
+        return super::print_json(&answer.json);
     }
-    let sessions: Vec<SessionRecord> = serde_json::from_value(value["sessions"].clone())?;
+    let sessions = answer.value()?.sessions;
     let rows: Vec<Vec<String>> = sessions
         .iter()
         .map(|s| {
@@ -123,23 +103,19 @@ pub fn list(args: ListArgs) -> Result<()> {
 pub fn run(command: SessionsCommand) -> Result<()> {
     match command {
         SessionsCommand::Show { id, json, target } => {
-            let value = super::call(&target, "GET", &format!("/sessions/{}", encode(&id)), None)?;
+            let answer = super::ask(&target, |c| async move { c.session(&id).await })?;
             if json {
-                return super::print_json(&value);
+                return super::print_json(&answer.json);
             }
-            let s: SessionRecord = serde_json::from_value(value)?;
+            let s = answer.value()?;
             print_session(&s);
             print_channels(&s);
             print_file_ops(&s);
             Ok(())
         }
         SessionsCommand::Kill { id, target } => {
-            super::call(
-                &target,
-                "POST",
-                &format!("/sessions/{}/kill", encode(&id)),
-                None,
-            )?;
+            let key = &id;
+            super::ask(&target, |c| async move { c.kill(key).await })?;
             println!("killed session {}", escape(&id));
             Ok(())
         }

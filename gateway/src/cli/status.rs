@@ -9,7 +9,7 @@ use crate::{
     config,
     control::{
         api::{Report, counters_owned},
-        client::{self, ClientError},
+        client::{Client, ClientError},
     },
     datapath,
     sessions::health::HealthReport,
@@ -23,9 +23,11 @@ pub fn run(target: &Target, json: bool) -> Result<()> {
         .map(|c| c.datapath.pin_dir.clone())
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PIN_DIR));
     let report = super::runtime()?.block_on(async {
-        match client::request(&socket, "GET", "/status", None).await {
-            Ok((code, body)) if code.is_success() => Ok(serde_json::from_value(body)?),
-            Ok((code, body)) => anyhow::bail!("status failed ({code}): {}", body["error"]),
+        match Client::new(socket).status().await {
+            Ok(report) => Ok(report),
+            Err(ClientError::Status { status, body }) => {
+                anyhow::bail!("status failed ({status}): {}", body["error"])
+            }
             // No daemon: report what the kernel still holds.
             Err(ClientError::Unreachable { .. }) => from_pins(pin_dir),
             Err(ClientError::Other(e)) => Err(e),

@@ -5,6 +5,7 @@ pub mod api;
 pub mod client;
 mod context;
 mod etag;
+mod handlers;
 mod reply;
 pub mod routes;
 #[cfg(test)]
@@ -12,7 +13,6 @@ mod routes_tests;
 pub mod server;
 #[cfg(test)]
 mod server_tests;
-mod sessions;
 #[cfg(test)]
 mod sessions_tests;
 #[cfg(test)]

@@ -5,6 +5,7 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
+use super::api::ApiError;
 use crate::util::json_file;
 
 pub type Reply = Response<Full<Bytes>>;
@@ -19,5 +20,10 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
 }
 
 pub fn error(status: StatusCode, message: impl Into<String>) -> Reply {
-    json(status, &serde_json::json!({ "error": message.into() }))
+    json(
+        status,
+        &ApiError {
+            error: message.into(),
+        },
+    )
 }

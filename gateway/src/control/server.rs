@@ -16,7 +16,7 @@ use tokio::net::UnixListener;
 use super::{
     Context,
     admin_log::Peer,
-    reply,
+    handlers, reply,
     routes::{self, Call},
 };
 use crate::config::Config;
@@ -212,7 +212,7 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<Contex
                 async move {
                     Ok::<_, Infallible>(
                         if req.method() == Method::GET && req.uri().path() == "/metrics" {
-                            routes::metrics_reply(&shared)
+                            handlers::system::metrics(&shared)
                         } else {
                             reply::error(StatusCode::NOT_FOUND, "only GET /metrics is served here")
                         },
