@@ -13,7 +13,7 @@ pub mod routing;
 use std::{
     collections::HashMap,
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -65,6 +65,75 @@ fn routing_of(cfg: &DatapathConfig) -> Routing {
     }
 }
 
+/// Checks that the pin directory is on a host-shared bpffs and creates it, this build's
+/// maps directory (returned) and the links directory.
+fn prepare_pins(cfg: &DatapathConfig) -> Result<PathBuf> {
+    bpffs::ensure(&cfg.pin_dir)?;
+    bpffs::check_host_shared(&cfg.pin_dir, cfg.allow_private_bpffs)?;
+    let maps_pins = maps_dir(&cfg.pin_dir)?;
+    for dir in [
+        cfg.pin_dir.clone(),
+        maps_pins.clone(),
+        links_dir(&cfg.pin_dir),
+    ] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
+    }
+    Ok(maps_pins)
+}
+
+/// Attaches (or takes over) the link of every configured interface that exists now; one
+/// that does not yet is attached when it appears.
+fn attach_configured(ebpf: &mut Ebpf, cfg: &DatapathConfig) -> Result<Vec<links::AttachedLink>> {
+    let mut attached = Vec::new();
+    for name in &cfg.interfaces {
+        let index = match links::presence(name) {
+            Presence::Index(index) => index,
+            Presence::Gone => {
+                tracing::warn!(interface = %name, "datapath interface does not exist yet; it is attached when it appears");
+                continue;
+            }
+            Presence::Unknown(errno) => {
+                anyhow::bail!("cannot look up datapath interface {name}: {errno}")
+            }
+        };
+        let variant = links::program_for(name);
+        let link = links::attach(
+            program(ebpf, variant)?,
+            &links_dir(&cfg.pin_dir),
+            name,
+            index,
+        )?;
+        tracing::info!(
+            interface = %name,
+            link_id = link.link_id,
+            program_id = link.program_id,
+            program = variant,
+            "datapath attached"
+        );
+        attached.push(link);
+    }
+    Ok(attached)
+}
+
+/// Once every link runs this build's program: unpins older builds' maps (unused now) and
+/// detaches the links of interfaces no longer configured.
+fn retire_stale_pins(cfg: &DatapathConfig, maps_pins: &Path) -> Result<()> {
+    for old in all_maps_dirs(&cfg.pin_dir)
+        .into_iter()
+        .filter(|d| *d != maps_pins)
+    {
+        tracing::info!(dir = %old.display(), "unpinning the maps of the replaced program");
+        unpin_dir(&old)?;
+    }
+    for stale in links::stale_pins(&links_dir(&cfg.pin_dir), &cfg.interfaces)? {
+        tracing::warn!(pin = %stale.display(), "detaching link of an interface no longer configured");
+        std::fs::remove_file(&stale)
+            .with_context(|| format!("cannot remove {}", stale.display()))?;
+    }
+    Ok(())
+}
+
 impl Datapath {
     /// Loads the program with the pinned maps, fills the maps and listener slots, installs
     /// routing, then attaches (or takes over) the links. Once this returns, audited flows
@@ -75,17 +144,7 @@ impl Datapath {
         listener_v4: Option<&impl AsRawFd>,
         listener_v6: Option<&impl AsRawFd>,
     ) -> Result<Self> {
-        bpffs::ensure(&cfg.pin_dir)?;
-        bpffs::check_host_shared(&cfg.pin_dir, cfg.allow_private_bpffs)?;
-        let maps_pins = maps_dir(&cfg.pin_dir)?;
-        for dir in [
-            cfg.pin_dir.clone(),
-            maps_pins.clone(),
-            links_dir(&cfg.pin_dir),
-        ] {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create pin directory {}", dir.display()))?;
-        }
+        let maps_pins = prepare_pins(cfg)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_pins)
             .override_global(INTERCEPT_MARK_GLOBAL, &cfg.intercept_mark, true)
@@ -105,47 +164,8 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("the kernel verifier rejected the TC program {name}"))?;
         }
-        let mut attached = Vec::new();
-        for name in &cfg.interfaces {
-            let index = match links::presence(name) {
-                Presence::Index(index) => index,
-                Presence::Gone => {
-                    tracing::warn!(interface = %name, "datapath interface does not exist yet; it is attached when it appears");
-                    continue;
-                }
-                Presence::Unknown(errno) => {
-                    anyhow::bail!("cannot look up datapath interface {name}: {errno}")
-                }
-            };
-            let variant = links::program_for(name);
-            let link = links::attach(
-                program(&mut ebpf, variant)?,
-                &links_dir(&cfg.pin_dir),
-                name,
-                index,
-            )?;
-            tracing::info!(
-                interface = %name,
-                link_id = link.link_id,
-                program_id = link.program_id,
-                program = variant,
-                "datapath attached"
-            );
-            attached.push(link);
-        }
-        // Every link now runs this build's program: older builds' maps are unused.
-        for old in all_maps_dirs(&cfg.pin_dir)
-            .into_iter()
-            .filter(|d| *d != maps_pins)
-        {
-            tracing::info!(dir = %old.display(), "unpinning the maps of the replaced program");
-            unpin_dir(&old)?;
-        }
-        for stale in links::stale_pins(&links_dir(&cfg.pin_dir), &cfg.interfaces)? {
-            tracing::warn!(pin = %stale.display(), "detaching link of an interface no longer configured");
-            std::fs::remove_file(&stale)
-                .with_context(|| format!("cannot remove {}", stale.display()))?;
-        }
+        let attached = attach_configured(&mut ebpf, cfg)?;
+        retire_stale_pins(cfg, &maps_pins)?;
         let names = AttachedNames::of(&attached);
         Ok(Datapath {
             ebpf,
