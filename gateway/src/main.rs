@@ -1,7 +1,8 @@
 //! sshgw: a transparent SSH audit gateway for Linux egress routers.
 //!
-//! The modules are listed in the order data flows through the gateway; each uses only
-//! those above it (the side modules use the flow, `util` is used by all).
+//! The modules are listed in the order data flows through the gateway, then the modules
+//! beside the flow and the helpers under all of them. Which module uses which is drawn in
+//! docs/architecture.md ("Module dependencies"); there are no import cycles.
 
 // The operator's TOML settings, read by every stage.
 mod config;
