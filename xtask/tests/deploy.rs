@@ -19,7 +19,8 @@ fn workspace() -> PathBuf {
     Path::new(MANIFEST_DIR).parent().unwrap().to_path_buf()
 }
 
-/// The debug sshgw: `$SSHGW_BIN`, else `<target>/debug/sshgw`. Missing is a failure.
+/// The sshgw to install: `$SSHGW_BIN` (`cargo xtask test` sets the release build), else
+/// `<target>/debug/sshgw`. Missing is a failure.
 fn sshgw_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("SSHGW_BIN") {
         let bin = PathBuf::from(bin);
