@@ -16,12 +16,9 @@ use crate::{
     config::Config,
     identity::devices::DeviceTable,
     policy::model::PolicySet,
-    recording::key_store::KeyStore,
-    relay::{Ciphers, RecordingSettings, RelayContext, limits::Limits},
+    relay::RelayContext,
     sessions::{live::LiveSessions, store::SessionStore},
     state::{self, LiveState},
-    trust::ca::{Authorities, HostCerts},
-    trust::upstream_keys::UpstreamKeys,
     util::json_file,
 };
 
@@ -86,23 +83,7 @@ pub fn context() -> TestContext {
     ));
     let store = SessionStore::open(&config.session_log_path()).unwrap();
     let live = Arc::new(LiveSessions::default());
-    let authorities = Arc::new(Authorities::load_or_create(&config.state_dir).unwrap());
-    let relay = Arc::new(RelayContext {
-        recording: RecordingSettings {
-            dir: config.recordings_dir(),
-            key: KeyStore::load(config.recording_key_path(), None).unwrap(),
-            on_failure: config.recording.on_recording_failure,
-        },
-        store: store.clone(),
-        live: live.clone(),
-        config: config.ssh.clone(),
-        ciphers: Ciphers::new(&config.ssh).unwrap(),
-        host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
-        upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
-        authorities,
-        limits: Limits::new(config.limits.clone()),
-        snapshots: state.subscribe(),
-    });
+    let relay = RelayContext::for_tests(&config, &state, &store, &live);
     let shared = Context::without_datapath(config, state, store, live, relay);
     TestContext {
         dir,

@@ -15,13 +15,12 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{Ciphers, RecordingSettings, RelayContext, serve};
+use super::{RelayContext, serve};
 use crate::{
     config::Config,
     identity::devices::{Device, DeviceTable, User},
     intercept::{admission, listener::Intercepted},
     policy::model::{Action, Policy, PolicySet, SshSettings},
-    recording::key_store::KeyStore,
     sessions::{
         SessionRecord,
         health::ended_message,
@@ -29,8 +28,6 @@ use crate::{
         store::SessionStore,
     },
     state::{Expect, LiveState},
-    trust::ca::{Authorities, HostCerts},
-    trust::upstream_keys::UpstreamKeys,
 };
 
 /// The real server: lets any certificate in and keeps each session's handle, so a test can
@@ -178,25 +175,9 @@ fn gateway(limits: &str, policies: Vec<Policy>) -> Gateway {
         policies,
         Default::default(),
     ));
-    let authorities = Arc::new(Authorities::load_or_create(&config.state_dir).unwrap());
     let live = Arc::new(LiveSessions::default());
     let store = SessionStore::open(&config.session_log_path()).unwrap();
-    let ctx = Arc::new(RelayContext {
-        recording: RecordingSettings {
-            dir: config.recordings_dir(),
-            key: KeyStore::load(config.recording_key_path(), None).unwrap(),
-            on_failure: config.recording.on_recording_failure,
-        },
-        store: store.clone(),
-        live: live.clone(),
-        config: config.ssh.clone(),
-        ciphers: Ciphers::new(&config.ssh).unwrap(),
-        host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
-        upstream_keys: UpstreamKeys::new(config.known_hosts_path(), config.ssh.upstream_host_keys),
-        authorities,
-        limits: super::limits::Limits::new(config.limits.clone()),
-        snapshots: state.subscribe(),
-    });
+    let ctx = RelayContext::for_tests(&config, &state, &store, &live);
     Gateway {
         _dir: dir,
         ctx,

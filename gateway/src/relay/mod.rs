@@ -60,6 +60,40 @@ pub struct RelayContext {
     pub snapshots: tokio::sync::watch::Receiver<Arc<crate::state::Snapshot>>,
 }
 
+#[cfg(test)]
+impl RelayContext {
+    /// A relay context as the daemon builds it from `config`, for tests: on the config's
+    /// state dir, with the recording key found there (if any).
+    pub(crate) fn for_tests(
+        config: &crate::config::Config,
+        state: &crate::state::LiveState,
+        store: &SessionStore,
+        live: &Arc<LiveSessions>,
+    ) -> Arc<Self> {
+        let authorities = Arc::new(Authorities::load_or_create(&config.state_dir).unwrap());
+        Arc::new(RelayContext {
+            recording: RecordingSettings {
+                dir: config.recordings_dir(),
+                key: crate::recording::key_store::KeyStore::load(config.recording_key_path(), None)
+                    .unwrap(),
+                on_failure: config.recording.on_recording_failure,
+            },
+            store: store.clone(),
+            live: live.clone(),
+            config: config.ssh.clone(),
+            ciphers: Ciphers::new(&config.ssh).unwrap(),
+            host_certs: HostCerts::new(authorities.clone(), config.ssh.host_names.clone()),
+            upstream_keys: UpstreamKeys::new(
+                config.known_hosts_path(),
+                config.ssh.upstream_host_keys,
+            ),
+            authorities,
+            limits: limits::Limits::new(config.limits.clone()),
+            snapshots: state.subscribe(),
+        })
+    }
+}
+
 /// The cipher lists of `[ssh]`, resolved once at start.
 pub struct Ciphers {
     pub device: Vec<russh::cipher::Name>,

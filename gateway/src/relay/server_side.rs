@@ -314,24 +314,10 @@ impl client::Handler for ServerSide {
         let (traffic, session) = (self.bridge.traffic.clone(), self.bridge.session.clone());
         // Opening the device-side channel takes a round trip; never block this loop on it.
         tokio::spawn(async move {
-            match device
+            let down = device
                 .channel_open_forwarded_tcpip(addr, connected_port, orig, originator_port)
-                .await
-            {
-                Ok(down) => {
-                    reply.accept().await;
-                    // A forwarded channel runs no program: no tap is ever attached.
-                    channel::start::<ProgramTap>(
-                        channel::Kind::Stream,
-                        &session,
-                        down,
-                        channel,
-                        device,
-                        traffic,
-                    );
-                }
-                Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
-            }
+                .await;
+            bridge_stream(down, reply, channel, device, &session, traffic).await;
         });
         Ok(())
     }
@@ -355,20 +341,8 @@ impl client::Handler for ServerSide {
         };
         let (traffic, session) = (self.bridge.traffic.clone(), self.bridge.session.clone());
         tokio::spawn(async move {
-            match device.channel_open_agent().await {
-                Ok(down) => {
-                    reply.accept().await;
-                    channel::start::<ProgramTap>(
-                        channel::Kind::Stream,
-                        &session,
-                        down,
-                        channel,
-                        device,
-                        traffic,
-                    );
-                }
-                Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
-            }
+            let down = device.channel_open_agent().await;
+            bridge_stream(down, reply, channel, device, &session, traffic).await;
         });
         Ok(())
     }
@@ -403,4 +377,24 @@ fn certificate_fingerprint(cert: &Certificate) -> String {
     PublicKey::from(cert.public_key().clone())
         .fingerprint(HashAlg::Sha256)
         .to_string()
+}
+
+/// Answers the server's open of a forwarded channel (TCP/IP or agent) once the device-side
+/// channel `down` opened, or failed to, and relays the two as a byte stream.
+async fn bridge_stream(
+    down: Result<russh::Channel<russh::server::Msg>, russh::Error>,
+    reply: client::ChannelOpenHandle,
+    up: russh::Channel<client::Msg>,
+    device: russh::server::Handle,
+    session: &str,
+    traffic: Arc<crate::sessions::live::ByteCounters>,
+) {
+    match down {
+        Ok(down) => {
+            reply.accept().await;
+            // A forwarded channel runs no program: no tap is ever attached.
+            channel::start::<ProgramTap>(channel::Kind::Stream, session, down, up, device, traffic);
+        }
+        Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+    }
 }
