@@ -56,6 +56,10 @@ pub trait Tap: Send + Sync + 'static {
     /// File operations the auditor completed.
     fn file_events(&self, events: Vec<FileEvent>);
 
+    /// The server reported how the program ended (exit status or signal); called before
+    /// the device is told. The channel itself closes later ([`Tap::closed`]).
+    fn exited(&self, exit: &ChannelExit);
+
     /// The channel closed: `exit` is how its program ended.
     fn closed(&self, exit: ChannelExit) -> impl Future<Output = ()> + Send;
 
@@ -620,32 +624,33 @@ async fn write_device<T: Tap>(
         tokio::sync::watch::Receiver<bool>,
     ),
 ) {
-    let exit = Arc::new(Mutex::new(ChannelExit::default()));
     let releaser = legs.releaser();
     let mut writer = DeviceWriter {
         kind,
         down: legs.device,
         handle,
-        exit: exit.clone(),
+        exit: ChannelExit::default(),
         eof_held: false,
+        tap,
+        program_ended: false,
     };
     flow::drain(queue, watch, releaser, &mut writer, device_gone).await;
     closed.store(true, Ordering::Release);
-    if let Some(tap) = tap.get() {
-        let exit = exit.lock().expect("exit lock poisoned").clone();
-        tap.closed(exit).await;
-    }
+    writer.end_program().await;
 }
 
-struct DeviceWriter {
+struct DeviceWriter<T> {
     kind: Kind,
     down: Arc<ChannelWriteHalf<server::Msg>>,
     handle: server::Handle,
-    exit: Arc<Mutex<ChannelExit>>,
+    exit: ChannelExit,
     eof_held: bool,
+    tap: TapSlot<T>,
+    /// Whether the tap has been told how the program ended.
+    program_ended: bool,
 }
 
-impl Apply for DeviceWriter {
+impl<T: Tap> Apply for DeviceWriter<T> {
     async fn apply(&mut self, event: Event) -> Step {
         let result = match event {
             Event::Data {
@@ -663,7 +668,8 @@ impl Apply for DeviceWriter {
             }
             Event::Eof => self.down.eof().await,
             Event::ExitStatus(code) => {
-                self.exit.lock().expect("exit lock poisoned").status = Some(code);
+                self.exit.status = Some(code);
+                self.program_exited();
                 let sent = self.down.exit_status(code).await;
                 self.release_eof().await;
                 sent
@@ -674,8 +680,8 @@ impl Apply for DeviceWriter {
                 message,
                 lang,
             } => {
-                self.exit.lock().expect("exit lock poisoned").signal =
-                    Some((signal_name(&signal), core_dumped));
+                self.exit.signal = Some((signal_name(&signal), core_dumped));
+                self.program_exited();
                 let sent = self
                     .handle
                     .exit_signal_request(self.down.id(), signal, core_dumped, message, lang)
@@ -686,6 +692,10 @@ impl Apply for DeviceWriter {
             }
             Event::Close => {
                 self.release_eof().await;
+                // The channel's record and recording are complete before the device learns
+                // of the end: a client that answers CLOSE by closing TCP at once (Dropbear)
+                // must find its channel ended, with its exit status, when the session closes.
+                self.end_program().await;
                 let _ = self.down.close().await;
                 return Step::Stop;
             }
@@ -697,7 +707,26 @@ impl Apply for DeviceWriter {
     }
 }
 
-impl DeviceWriter {
+impl<T: Tap> DeviceWriter<T> {
+    /// Tells the tap, once, how the channel's program ended: it closes the channel's
+    /// record and finishes its recording and file audit.
+    async fn end_program(&mut self) {
+        if std::mem::replace(&mut self.program_ended, true) {
+            return;
+        }
+        if let Some(tap) = self.tap.get() {
+            tap.closed(self.exit.clone()).await;
+        }
+    }
+
+    /// Notes the program's exit before the device hears of it: a client that closes TCP as
+    /// soon as it has the exit status must find its program ended when the session closes.
+    fn program_exited(&self) {
+        if let Some(tap) = self.tap.get() {
+            tap.exited(&self.exit);
+        }
+    }
+
     /// Sends the EOF held back for an exit status, if any.
     async fn release_eof(&mut self) {
         if std::mem::take(&mut self.eof_held) {

@@ -6,8 +6,13 @@ use std::time::Duration;
 use crate::sessions::live::KillReason;
 
 /// How the session loop reports a device that closed TCP without a disconnect message:
-/// an orderly close, and a close with unread data in the socket (a reset).
-const SOCKET_CLOSED: &[&str] = &["early eof", "Connection reset by peer (os error 104)"];
+/// an orderly close, a close with unread data in the socket (a reset), and a close met
+/// while the gateway was still writing (its answering CLOSE, a window adjustment).
+const SOCKET_CLOSED: &[&str] = &[
+    "early eof",
+    "Connection reset by peer (os error 104)",
+    "Broken pipe (os error 32)",
+];
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,5 +212,6 @@ mod tests {
         );
         assert!(!EndReason::Handshake("early eof".into()).is_socket_closed());
         assert!(!EndReason::Error("Broken pipe".into()).is_socket_closed());
+        assert!(EndReason::Error("Broken pipe (os error 32)".into()).is_socket_closed());
     }
 }

@@ -74,6 +74,9 @@ impl DeviceSide {
         let record =
             ChannelRecord::program(u32::from(channel), &kind, now_micros(), recording, env);
         self.info.tracker.channel_opened(record);
+        if let Some(tap) = self.channels.get(&channel).and_then(|l| l.tap()) {
+            tap.record_opened();
+        }
         if let Some(note) = admitted.unrecorded {
             self.note_unrecorded(channel, &kind, &note);
         }

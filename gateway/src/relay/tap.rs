@@ -34,6 +34,9 @@ pub struct ProgramTap {
     /// `on_recording_failure = "refuse"`: a recording that breaks ends the session.
     pub refuse_unrecorded: bool,
     failure_reported: AtomicBool,
+    /// How the program ended, once the server said so: its exit can overtake the reply to
+    /// its own request, and so the channel's record ([`ProgramTap::record_opened`]).
+    exit: std::sync::Mutex<Option<ChannelExit>>,
 }
 
 impl ProgramTap {
@@ -53,7 +56,25 @@ impl ProgramTap {
             transfer: transfer.map(tokio::sync::Mutex::new),
             refuse_unrecorded,
             failure_reported: AtomicBool::new(false),
+            exit: Default::default(),
         }
+    }
+
+    /// The channel's record is in the session now: it takes an exit the server already
+    /// reported (a fast program's exit status can arrive before the request's reply).
+    pub fn record_opened(&self) {
+        let exit = self.exit.lock().expect("exit lock poisoned").clone();
+        if let Some(exit) = exit {
+            self.note_exit(&exit);
+        }
+    }
+
+    fn note_exit(&self, exit: &ChannelExit) {
+        self.info.tracker.program_exited(
+            self.channel,
+            exit.status,
+            exit.signal.as_ref().map(|(name, _)| name.clone()),
+        );
     }
 
     /// Channel data as relayed (`ext` = extended-data code, 1 for stderr).
@@ -166,6 +187,11 @@ fn recording_end(info: &ConnectionInfo, exit: &ChannelExit) -> Exit {
 }
 
 impl Tap for ProgramTap {
+    fn exited(&self, exit: &ChannelExit) {
+        *self.exit.lock().expect("exit lock poisoned") = Some(exit.clone());
+        self.note_exit(exit);
+    }
+
     type Filter = Transfer;
 
     fn data(

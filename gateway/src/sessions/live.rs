@@ -346,6 +346,27 @@ impl Tracker {
         });
     }
 
+    /// The server reported how channel `channel`'s program ended, before the channel
+    /// closes: the live record shows it at once (the log gets it with the close).
+    pub fn program_exited(
+        &self,
+        channel: u32,
+        exit_status: Option<u32>,
+        exit_signal: Option<String>,
+    ) {
+        self.update(|r| {
+            if let Some(c) = r
+                .channels
+                .iter_mut()
+                .rev()
+                .find(|c| c.channel == channel && c.ended_at.is_none())
+            {
+                c.exit_status = exit_status;
+                c.exit_signal = exit_signal.clone();
+            }
+        });
+    }
+
     /// The device opened channel `channel` (and the server its side).
     pub fn device_channel_opened(&self, channel: u32) {
         self.device_channels
@@ -373,10 +394,10 @@ impl Tracker {
             .clone();
         let record = self.entry.record.lock().expect("session lock poisoned");
         open.iter().any(|number| {
-            !record
-                .channels
-                .iter()
-                .any(|c| c.channel == *number && c.ended_at.is_some())
+            !record.channels.iter().any(|c| {
+                c.channel == *number
+                    && (c.ended_at.is_some() || c.exit_status.is_some() || c.exit_signal.is_some())
+            })
         })
     }
 
