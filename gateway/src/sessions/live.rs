@@ -326,12 +326,7 @@ impl Tracker {
     ) {
         let ended_at = now_micros();
         self.update(|r| {
-            if let Some(c) = r
-                .channels
-                .iter_mut()
-                .rev()
-                .find(|c| c.channel == channel && c.ended_at.is_none())
-            {
+            if let Some(c) = running_channel(r, channel) {
                 c.ended_at = Some(ended_at);
                 c.exit_status = exit_status;
                 c.exit_signal = exit_signal.clone();
@@ -355,12 +350,7 @@ impl Tracker {
         exit_signal: Option<String>,
     ) {
         self.update(|r| {
-            if let Some(c) = r
-                .channels
-                .iter_mut()
-                .rev()
-                .find(|c| c.channel == channel && c.ended_at.is_none())
-            {
+            if let Some(c) = running_channel(r, channel) {
                 c.exit_status = exit_status;
                 c.exit_signal = exit_signal.clone();
             }
@@ -451,6 +441,16 @@ impl Drop for Tracker {
     fn drop(&mut self) {
         self.close("error: relay ended unexpectedly");
     }
+}
+
+/// The newest record of channel `channel` that has not ended (a channel number is reused
+/// once its channel closed).
+fn running_channel(record: &mut SessionRecord, channel: u32) -> Option<&mut ChannelRecord> {
+    record
+        .channels
+        .iter_mut()
+        .rev()
+        .find(|c| c.channel == channel && c.ended_at.is_none())
 }
 
 /// A channel record as the live record keeps it: the command line cut at
