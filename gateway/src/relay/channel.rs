@@ -633,10 +633,17 @@ async fn write_device<T: Tap>(
         eof_held: false,
         tap,
         program_ended: false,
+        close_pending: false,
     };
     flow::drain(queue, watch, releaser, &mut writer, device_gone).await;
     closed.store(true, Ordering::Release);
+    // Outside the drain, which cancels a write once the device is gone: the channel's
+    // record and recording are complete before the device learns of the end, so a client
+    // that answers CLOSE by closing TCP at once (Dropbear) finds its channel ended.
     writer.end_program().await;
+    if writer.close_pending {
+        let _ = writer.down.close().await;
+    }
 }
 
 struct DeviceWriter<T> {
@@ -648,6 +655,8 @@ struct DeviceWriter<T> {
     tap: TapSlot<T>,
     /// Whether the tap has been told how the program ended.
     program_ended: bool,
+    /// The server closed the channel: the device is sent CLOSE once the tap has been told.
+    close_pending: bool,
 }
 
 impl<T: Tap> Apply for DeviceWriter<T> {
@@ -692,11 +701,7 @@ impl<T: Tap> Apply for DeviceWriter<T> {
             }
             Event::Close => {
                 self.release_eof().await;
-                // The channel's record and recording are complete before the device learns
-                // of the end: a client that answers CLOSE by closing TCP at once (Dropbear)
-                // must find its channel ended, with its exit status, when the session closes.
-                self.end_program().await;
-                let _ = self.down.close().await;
+                self.close_pending = true;
                 return Step::Stop;
             }
         };
