@@ -37,6 +37,100 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    /// Object storage for recordings and session records; none keeps them only here.
+    #[serde(default)]
+    pub storage: Option<StorageConfig>,
+}
+
+/// This router among several: its id names its objects (and, later, its central rows).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Required once `[storage]` is set: 1 to 63 of `A-Z a-z 0-9 . _ -`, not starting with
+    /// a dot.
+    pub router_id: Option<String>,
+}
+
+/// S3-compatible object storage (docs/configuration.md, docs/deployment.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `https://…` (or `http://…` for a store on the same host or a trusted link).
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix before `<router_id>/…`; empty for none.
+    #[serde(default)]
+    pub prefix: String,
+    /// `access_key_id=…` and `secret_access_key=…` lines (mode 0600); without it the
+    /// environment's `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are used.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Delete a recording's local copy once the store confirms its size and checksum.
+    #[serde(default)]
+    pub delete_local_after_upload: bool,
+    /// Past this many MiB awaiting upload, new recorded sessions get
+    /// `recording.on_recording_failure`; 0 means no limit.
+    #[serde(default = "default_max_spool_mb")]
+    pub max_spool_mb: u64,
+    /// Files larger than this many MiB go up in parts of this size (at least 5).
+    #[serde(default = "default_part_size_mb")]
+    pub part_size_mb: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_max_spool_mb() -> u64 {
+    1024
+}
+
+fn default_part_size_mb() -> u64 {
+    16
+}
+
+impl StorageConfig {
+    fn validate(&self) -> Result<()> {
+        if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
+            bail!(
+                "storage.endpoint: {:?} is not an http:// or https:// URL",
+                self.endpoint
+            );
+        }
+        let bucket_ok = (3..=63).contains(&self.bucket.len())
+            && self
+                .bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            bail!(
+                "storage.bucket: {:?} is not an S3 bucket name (3 to 63 of a-z 0-9 . -)",
+                self.bucket
+            );
+        }
+        let prefix_ok = self.prefix.split('/').all(|part| {
+            !part.is_empty() && part != "." && part != ".." && part.chars().all(key_char)
+        });
+        if !self.prefix.is_empty() && !prefix_ok {
+            bail!(
+                "storage.prefix: {:?} must be path segments of A-Z a-z 0-9 . _ - separated by single slashes, with no leading or trailing slash",
+                self.prefix
+            );
+        }
+        if self.part_size_mb < 5 || self.part_size_mb > 5 * 1024 {
+            bail!("storage.part_size_mb: must be between 5 and 5120 (S3's part sizes)");
+        }
+        Ok(())
+    }
+}
+
+/// Characters sshgw puts in object keys and router ids.
+pub fn key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
 /// What one device, and all of them together, may hold at once (docs/configuration.md).
@@ -397,6 +491,8 @@ impl Config {
             limits,
             retention,
             metrics,
+            cluster,
+            storage,
         } = next;
         let RecordingConfig {
             public_key_file,
@@ -419,6 +515,8 @@ impl Config {
             ),
             ("retention", self.retention != *retention),
             ("metrics", self.metrics != *metrics),
+            ("cluster", self.cluster != *cluster),
+            ("storage", self.storage != *storage),
         ]));
         self.drain_timeout_secs = *drain_timeout_secs;
         self.sessions = sessions.clone();
@@ -631,6 +729,7 @@ impl Config {
             bail!("ssh.stall_warning_secs: must be at least 1");
         }
         self.limits.validate()?;
+        self.validate_cluster()?;
         cipher_names("device_ciphers", &ssh.device_ciphers)?;
         cipher_names("upstream_ciphers", &ssh.upstream_ciphers)?;
         for (i, name) in ssh.reserved_principals.iter().enumerate() {
@@ -641,6 +740,30 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<()> {
+        if let Some(id) = &self.cluster.router_id
+            && (id.is_empty() || id.len() > 63 || id.starts_with('.') || !id.chars().all(key_char))
+        {
+            bail!(
+                "cluster.router_id: {id:?} must be 1 to 63 of A-Z a-z 0-9 . _ -, not starting with a dot"
+            );
+        }
+        if let Some(storage) = &self.storage {
+            if self.cluster.router_id.is_none() {
+                bail!(
+                    "cluster.router_id: required once [storage] is set (it names this router's objects)"
+                );
+            }
+            storage.validate()?;
+        }
+        Ok(())
+    }
+
+    /// This router's id, once `[cluster]` names it.
+    pub fn router_id(&self) -> Option<&str> {
+        self.cluster.router_id.as_deref()
     }
 
     pub fn devices_path(&self) -> PathBuf {

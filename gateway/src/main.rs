@@ -28,6 +28,7 @@ mod file_audit;
 mod recording;
 // The SQLite session log and the live-session registry.
 mod sessions;
+mod storage;
 // Process-wide counters and their Prometheus exposition.
 mod metrics;
 

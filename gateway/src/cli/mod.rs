@@ -10,6 +10,7 @@ mod doctor;
 mod escape;
 mod policy;
 mod recording;
+mod recording_fetch;
 mod sessions;
 pub mod status;
 mod table;

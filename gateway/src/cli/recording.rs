@@ -1,4 +1,4 @@
-//! `sshgw recording keygen|decrypt|export|replay|verify`: session recordings
+//! `sshgw recording keygen|decrypt|export|replay|verify` (and `fetch`, in recording_fetch.rs): session recordings
 //! (ssh-log-cli compatible; see docs/recording-format.md).
 
 use std::{
@@ -77,6 +77,22 @@ pub enum RecordingCommand {
         #[command(flatten)]
         input: Input,
     },
+    /// Download a session's recordings from object storage ([storage] in the config) by
+    /// the keys and versions in the session log, checking each one's SHA-256.
+    Fetch {
+        /// The session id.
+        #[arg(long)]
+        session: String,
+        /// Directory to write `<session>-ch<N>.sshlog` into (never over an existing file).
+        #[arg(short, long = "output", value_name = "DIR", default_value = ".")]
+        output: PathBuf,
+        /// An access key with read rights (same format as [storage] credentials_file);
+        /// default: the config's credentials_file, else the environment.
+        #[arg(long, value_name = "FILE")]
+        credentials: Option<PathBuf>,
+        #[command(flatten)]
+        target: super::Target,
+    },
 }
 
 #[derive(clap::Args)]
@@ -123,6 +139,12 @@ pub fn run(what: RecordingCommand) -> Result<()> {
             idle_limit,
         } => replay(&input, speed, idle_limit),
         RecordingCommand::Verify { input } => verify(&input),
+        RecordingCommand::Fetch {
+            session,
+            output,
+            credentials,
+            target,
+        } => super::recording_fetch::fetch(&session, &output, credentials.as_deref(), &target),
     }
 }
 

@@ -54,6 +54,7 @@ pub fn from_pins(pin_dir: PathBuf) -> Result<Report> {
             listeners: vec![],
             counters: counters_owned(state.counters),
             session_log: None,
+            storage: None,
         },
         None => Report {
             daemon: "stopped".into(),
@@ -63,6 +64,7 @@ pub fn from_pins(pin_dir: PathBuf) -> Result<Report> {
             listeners: vec![],
             counters: Default::default(),
             session_log: None,
+            storage: None,
         },
     })
 }
@@ -105,11 +107,41 @@ pub fn print_human(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     if let Some(log) = &r.session_log {
         print_session_log(log, out)?;
     }
+    if let Some(storage) = &r.storage {
+        print_storage(storage, out)?;
+    }
     if !r.counters.is_empty() {
         writeln!(out, "counters:")?;
         for (name, value) in &r.counters {
             writeln!(out, "  {name:<28} {value}")?;
         }
+    }
+    Ok(())
+}
+
+fn print_storage(
+    s: &super::super::control::api::StorageReport,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    write!(
+        out,
+        "storage:     {} recordings ({} MiB) awaiting upload",
+        s.backlog_files,
+        s.backlog_bytes >> 20
+    )?;
+    if s.backlog_files > 0 {
+        write!(out, ", oldest {} s", s.oldest_pending_secs)?;
+    }
+    if s.spool_full {
+        write!(
+            out,
+            "; SPOOL FULL (over max_spool_mb = {}): new recordings get on_recording_failure",
+            s.max_spool_mb
+        )?;
+    }
+    writeln!(out)?;
+    if let Some(error) = &s.last_error {
+        writeln!(out, "             last upload error: {error}")?;
     }
     Ok(())
 }

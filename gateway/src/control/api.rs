@@ -29,7 +29,12 @@ pub struct Report {
     /// Whether the session log can be written (running daemon only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_log: Option<HealthReport>,
+    /// Uploads to object storage (running daemon with `[storage]` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageReport>,
 }
+
+pub use crate::recording::spool::StorageReport;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Interface {

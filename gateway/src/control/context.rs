@@ -34,7 +34,27 @@ impl Context {
             .expect("datapath lock poisoned")
             .as_ref()
             .and_then(|dp| dp.counters().ok());
-        crate::metrics::render(&self.live, counters.as_ref(), &self.store.health())
+        crate::metrics::render(
+            &self.live,
+            counters.as_ref(),
+            &self.store.health(),
+            self.storage().as_ref(),
+        )
+    }
+
+    /// The upload backlog, with `[storage]`.
+    pub fn storage(&self) -> Option<api::StorageReport> {
+        let config = self.config.storage.as_ref()?;
+        let spool = &self.relay.recording.spool;
+        let backlog = spool.report();
+        Some(api::StorageReport {
+            backlog_files: backlog.backlog_files,
+            backlog_bytes: backlog.backlog_bytes,
+            oldest_pending_secs: backlog.oldest_pending_secs,
+            max_spool_mb: config.max_spool_mb,
+            spool_full: spool.refusal().is_some(),
+            last_error: self.store.upload_error().ok().flatten(),
+        })
     }
 
     pub fn status(&self) -> Result<Report> {
@@ -48,6 +68,7 @@ impl Context {
             listeners: self.listeners.clone(),
             counters: api::counters_owned(dp.counters()?),
             session_log: Some(self.store.health()),
+            storage: self.storage(),
         })
     }
 }

@@ -147,6 +147,14 @@ fn status_json_golden() {
             queued: 5,
             queue_waits: 2,
         }),
+        storage: Some(crate::control::api::StorageReport {
+            backlog_files: 2,
+            backlog_bytes: 3 << 20,
+            oldest_pending_secs: 41,
+            max_spool_mb: 1024,
+            spool_full: false,
+            last_error: Some("cannot upload k: connection refused".into()),
+        }),
     };
     assert_json_golden("status_running.json", &running);
     // What `sshgw status --json` prints when no daemon answers and nothing is pinned.
@@ -183,6 +191,11 @@ fn full_record() -> SessionRecord {
             exit_status: Some(0),
             exit_signal: Some("TERM".into()),
             recording: Some("/var/lib/sshgw/recordings/s-ch0.sshlog".into()),
+            recording_object: Some(crate::sessions::uploads::StoredObject {
+                key: "recordings/rtr-1/2026/12/05/s-ch0.sshlog".into(),
+                version_id: Some("v1".into()),
+                sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            }),
             env: vec![("LANG".into(), "C.UTF-8".into())],
         }],
         file_ops: vec![FileOpRecord {
@@ -241,6 +254,22 @@ fn store_record(store: &SessionStore, record: &SessionRecord) {
             exit_status: c.exit_status,
             exit_signal: c.exit_signal.clone(),
         });
+        // The uploader's result: what `recording_object` is read back from.
+        if let (Some(path), Some(object)) = (&c.recording, &c.recording_object) {
+            store.write(Write::Upload(Box::new(
+                crate::sessions::uploads::UploadResult {
+                    session_id: id.clone(),
+                    channel: Some(c.channel),
+                    path: Some(path.clone()),
+                    key: object.key.clone(),
+                    outcome: crate::sessions::uploads::UploadOutcome::Uploaded {
+                        size: 1,
+                        object: object.clone(),
+                        at: 1,
+                    },
+                },
+            )));
+        }
     }
     store.write(Write::Close {
         id,
@@ -293,6 +322,7 @@ fn live_session(store: &SessionStore, live: &Arc<LiveSessions>) -> Tracker {
         exit_status: None,
         exit_signal: None,
         recording: None,
+        recording_object: None,
         env: vec![],
     });
     tracker.file_op(FileOpRecord {

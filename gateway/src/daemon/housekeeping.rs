@@ -36,6 +36,7 @@ pub async fn retention_loop(
     let limits = retention::Limits {
         max_age_days: config.retention.max_age_days,
         max_total_mb: config.retention.max_total_mb,
+        keep_unshipped: config.storage.is_some(),
     };
     let recordings = config.recordings_dir();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));

@@ -204,6 +204,9 @@ fn relay_context(
             dir: recordings,
             key,
             on_failure: config.recording.on_recording_failure,
+            spool: Arc::new(crate::recording::spool::Backlog::new(
+                config.storage.as_ref().map_or(0, |s| s.max_spool_mb),
+            )),
         },
         store: store.clone(),
         live: live.clone(),
@@ -214,6 +217,31 @@ fn relay_context(
         authorities,
         limits: relay::limits::Limits::new(config.limits.clone()),
         snapshots: live_state.subscribe(),
+    }))
+}
+
+/// The uploader to object storage, with `[storage]`. Its credentials are read here, so a
+/// missing or unreadable key stops the start with a clear error.
+fn uploader(
+    config: &Config,
+    shared: &control::Context,
+) -> Result<Option<crate::storage::uploader::Uploader>> {
+    let Some(storage) = &config.storage else {
+        return Ok(None);
+    };
+    let credentials = crate::storage::credentials::load(storage.credentials_file.as_deref())?;
+    let bucket = crate::storage::bucket::Bucket::new(storage, &credentials)?;
+    let router_id = config
+        .router_id()
+        .context("[cluster] router_id is not set")?;
+    tracing::info!(endpoint = %storage.endpoint, bucket = %storage.bucket, prefix = %storage.prefix, router_id, access_key_id = %credentials.access_key_id, "storage: uploading recordings and session records");
+    Ok(Some(crate::storage::uploader::Uploader {
+        bucket,
+        layout: crate::storage::keys::Layout::new(&storage.prefix, router_id),
+        store: shared.store.clone(),
+        recordings: config.recordings_dir(),
+        delete_local: storage.delete_local_after_upload,
+        backlog: shared.relay.recording.spool.clone(),
     }))
 }
 
@@ -246,6 +274,9 @@ async fn spawn_tasks(
             started,
         ),
     );
+    if let Some(uploader) = uploader(config, &shared)? {
+        tasks.service("storage uploader", uploader.run());
+    }
     tasks.service(
         "interface watch",
         housekeeping::interface_watch(shared.clone()),

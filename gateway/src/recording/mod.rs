@@ -58,6 +58,7 @@ pub mod format;
 pub mod key_store;
 pub mod keys;
 pub mod reader;
+pub mod spool;
 pub mod writer;
 
 #[cfg(test)]

@@ -188,6 +188,8 @@ pub(crate) struct FileWriter {
     error: Option<String>,
     /// File operations for the trailer (the [`Recorder`] hands its own over at finish).
     trailer: Trailer,
+    /// Keeps the file out of the uploader's reach until the writer is gone.
+    _writing: super::spool::Writing,
 }
 
 /// The header of a new recording: the channel's facts, the HPKE encapsulated key (hex)
@@ -250,6 +252,7 @@ impl FileWriter {
         let json_len = serde_json::to_vec(&header)?.len();
         let header_json_len = format::header_json_len(json_len);
         let json = format::padded_header_json(&header, header_json_len).expect("header fits");
+        let writing = super::spool::Writing::register(path);
         let mut file = crate::util::fs::create_new(path, crate::util::fs::Mode::Private)
             .with_context(|| format!("cannot create recording {}", path.display()))?;
         if let Err(e) = file.write_all(&format::encode_header(&json)) {
@@ -267,6 +270,7 @@ impl FileWriter {
             stats: Summary::default(),
             error: None,
             trailer: Trailer::default(),
+            _writing: writing,
         })
     }
 

@@ -77,6 +77,7 @@ impl RelayContext {
                 key: crate::recording::key_store::KeyStore::load(config.recording_key_path(), None)
                     .unwrap(),
                 on_failure: config.recording.on_recording_failure,
+                spool: Arc::new(crate::recording::spool::Backlog::new(0)),
             },
             store: store.clone(),
             live: live.clone(),
@@ -115,6 +116,8 @@ pub struct RecordingSettings {
     /// Replaceable at run time; new channels use the key current when they start.
     pub key: crate::recording::key_store::KeyStore,
     pub on_failure: RecordingFailure,
+    /// What waits for upload to object storage; past its limit, new recordings fail.
+    pub spool: Arc<crate::recording::spool::Backlog>,
 }
 
 impl RecordingSettings {
@@ -129,6 +132,9 @@ impl RecordingSettings {
             .key
             .current()
             .context("no recording key is configured ([recording] public_key_file or `sshgw recording set-key`)")?;
+        if let Some(refusal) = self.spool.refusal() {
+            anyhow::bail!(refusal);
+        }
         let path = self.dir.join(format!("{session}-ch{channel}.sshlog"));
         let recorder = Recorder::create(&path, &key, meta)
             .await

@@ -541,6 +541,7 @@ mod tests {
             exit_status: None,
             exit_signal: None,
             recording: None,
+            recording_object: None,
             env: Vec::new(),
         }
     }

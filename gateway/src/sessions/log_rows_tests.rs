@@ -24,6 +24,7 @@ fn channel(channel: u32, kind: &str, command: Option<&str>, at: i64) -> ChannelR
         exit_status: None,
         exit_signal: None,
         recording: None,
+        recording_object: None,
         env: vec![],
     }
 }
@@ -63,6 +64,7 @@ fn audited_session(store: &SessionStore) {
     });
     let exec = ChannelRecord {
         recording: Some("/rec/s-audit-ch1.sshlog".into()),
+        recording_object: None,
         env: vec![("LANG".into(), "C.UTF-8".into())],
         ..channel(1, "exec", Some("uptime"), 1_000_200)
     };

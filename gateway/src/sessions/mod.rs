@@ -6,6 +6,7 @@ pub mod live;
 mod record;
 pub mod retention;
 pub mod store;
+pub mod uploads;
 mod writer;
 
 #[cfg(test)]

@@ -167,6 +167,10 @@ pub struct ChannelRecord {
     pub exit_signal: Option<String>,
     /// Path of the encrypted recording, when the policy asked for one.
     pub recording: Option<String>,
+    /// Where the recording is in object storage, once uploaded (`null` before, and
+    /// without `[storage]`).
+    #[serde(default)]
+    pub recording_object: Option<super::uploads::StoredObject>,
     /// Environment variables the server accepted for the program (`env` requests), as
     /// `[name, value]` pairs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -313,6 +317,7 @@ impl ChannelRecord {
             exit_status: None,
             exit_signal: None,
             recording,
+            recording_object: None,
             env,
         }
     }

@@ -27,6 +27,9 @@ pub struct Limits {
     /// Database plus ended sessions' recordings above this many MiB: oldest sessions go;
     /// 0 means no limit.
     pub max_total_mb: u64,
+    /// With object storage: sessions with anything not yet uploaded are kept whatever
+    /// their age or size (never delete evidence that exists only here).
+    pub keep_unshipped: bool,
 }
 
 /// Why retention deleted something: the `reason` label of its metrics.
@@ -149,7 +152,7 @@ fn remove_sessions(store: &SessionStore, doomed: Vec<(String, i64, Vec<String>)>
     Ok(tally)
 }
 
-fn by_age(store: &SessionStore, max_age_days: u64) -> Result<Tally> {
+fn by_age(store: &SessionStore, max_age_days: u64, keep_unshipped: bool) -> Result<Tally> {
     let mut tally = Tally::default();
     if max_age_days == 0 {
         return Ok(tally);
@@ -157,7 +160,7 @@ fn by_age(store: &SessionStore, max_age_days: u64) -> Result<Tally> {
     let cutoff = super::now_micros() - (max_age_days as i64) * 86_400 * 1_000_000;
     loop {
         let batch: Vec<_> = store
-            .oldest_ended(500)?
+            .oldest_ended(500, keep_unshipped)?
             .into_iter()
             .filter(|(_, started, _)| *started < cutoff)
             .collect();
@@ -190,6 +193,7 @@ fn by_size(
     store: &SessionStore,
     recordings: &Path,
     max_total_mb: u64,
+    keep_unshipped: bool,
 ) -> Result<(Tally, u64, u64)> {
     let mut tally = Tally::default();
     let mut sizes = ended_recordings(store, recordings)?;
@@ -198,7 +202,7 @@ fn by_size(
     let mut total = before;
     let limit = max_total_mb * 1024 * 1024;
     while max_total_mb > 0 && total > limit {
-        let mut batch = store.oldest_ended(50)?;
+        let mut batch = store.oldest_ended(50, keep_unshipped)?;
         if batch.is_empty() {
             break;
         }
@@ -293,10 +297,15 @@ pub fn enforce(
     }
     let mut pass = Pass {
         unreferenced: unreferenced(store, recordings, &live, run_started, now)?,
-        age: by_age(store, limits.max_age_days)?,
+        age: by_age(store, limits.max_age_days, limits.keep_unshipped)?,
         ..Default::default()
     };
-    let (size, before, after) = by_size(store, recordings, limits.max_total_mb)?;
+    let (size, before, after) = by_size(
+        store,
+        recordings,
+        limits.max_total_mb,
+        limits.keep_unshipped,
+    )?;
     pass.size = size;
     DELETED.count(&pass);
     report(&pass, before, after, limits);
@@ -392,6 +401,7 @@ mod tests {
                     exit_status: None,
                     exit_signal: None,
                     recording: Some(file.display().to_string()),
+                    recording_object: None,
                     env: Vec::new(),
                 },
             });
@@ -427,6 +437,7 @@ mod tests {
             Limits {
                 max_age_days: 7,
                 max_total_mb: 0,
+                keep_unshipped: false,
             },
             SystemTime::now(),
         );
@@ -456,6 +467,7 @@ mod tests {
         let limits = Limits {
             max_age_days: 0,
             max_total_mb: 1,
+            keep_unshipped: false,
         };
         let pass = f.enforce(limits, SystemTime::UNIX_EPOCH);
         // 1.5 MiB of ended recordings plus the log: the two oldest go, no more.
@@ -486,6 +498,7 @@ mod tests {
         let limits = Limits {
             max_age_days: 0,
             max_total_mb: 0,
+            keep_unshipped: false,
         };
         // All of it written in this run, within the grace period: nothing goes.
         let pass = f.enforce(limits, SystemTime::UNIX_EPOCH);

@@ -22,7 +22,7 @@ use crate::{config::LogFailure, policy::model::Action, util::vocabulary::Unknown
 
 pub use super::writer::{UnwritableHook, Write};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Brings a log written by an older sshgw up to [`SCHEMA_VERSION`]; new tables come from
 /// [`SCHEMA`] itself.
@@ -152,6 +152,7 @@ impl SessionStore {
             path.display()
         );
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::uploads::SCHEMA)?;
         migrate(&conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let interrupted = conn.execute(
@@ -292,10 +293,16 @@ impl SessionStore {
                     exit_status: r.get(5)?,
                     exit_signal: r.get(6)?,
                     recording: r.get(7)?,
+                    recording_object: None,
                     env: env_column(r.get(8)?),
                 })
             })?
             .collect::<Result<_, _>>()?;
+        for channel in &mut record.channels {
+            if let Some(path) = &channel.recording {
+                channel.recording_object = super::uploads::object_of(&conn, id, path)?;
+            }
+        }
         let mut stmt = conn.prepare(
             "SELECT channel, at, protocol, op, path, target, flags, bytes_read, bytes_written, status, denied
              FROM file_ops WHERE session_id = ? ORDER BY at, rowid",
@@ -321,14 +328,24 @@ impl SessionStore {
     }
 
     /// Ended sessions, oldest first, with the recordings they own: retention's input.
-    pub fn oldest_ended(&self, limit: u32) -> Result<Vec<(String, i64, Vec<String>)>> {
+    /// `shipped_only` leaves out sessions with something not yet in object storage.
+    pub fn oldest_ended(
+        &self,
+        limit: u32,
+        shipped_only: bool,
+    ) -> Result<Vec<(String, i64, Vec<String>)>> {
         let conn = open(&self.path)?;
-        let mut stmt = conn.prepare(
+        let unshipped = if shipped_only {
+            format!("AND NOT {}", super::uploads::UNSHIPPED)
+        } else {
+            String::new()
+        };
+        let mut stmt = conn.prepare(&format!(
             "SELECT s.id, s.started_at, group_concat(c.recording, char(10))
              FROM sessions s LEFT JOIN channels c ON c.session_id = s.id
-             WHERE s.ended_at IS NOT NULL OR s.close_reason IS NOT NULL
-             GROUP BY s.id ORDER BY s.started_at LIMIT ?",
-        )?;
+             WHERE (s.ended_at IS NOT NULL OR s.close_reason IS NOT NULL) {unshipped}
+             GROUP BY s.id ORDER BY s.started_at LIMIT ?"
+        ))?;
         let rows = stmt.query_map([limit], |r| {
             let files: Option<String> = r.get(2)?;
             Ok((
@@ -340,6 +357,36 @@ impl SessionStore {
             ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Recordings the store does not hold yet, oldest first; `due_by` keeps those whose
+    /// next attempt is due by then.
+    pub fn pending_recordings(
+        &self,
+        due_by: Option<i64>,
+    ) -> Result<Vec<super::uploads::PendingRecording>> {
+        Ok(super::uploads::pending_recordings(
+            &open(&self.path)?,
+            due_by,
+        )?)
+    }
+
+    /// Ended sessions whose record is due for upload, their recordings settled.
+    pub fn pending_sessions(
+        &self,
+        due_by: i64,
+        limit: u32,
+    ) -> Result<Vec<super::uploads::PendingSession>> {
+        Ok(super::uploads::pending_sessions(
+            &open(&self.path)?,
+            due_by,
+            limit,
+        )?)
+    }
+
+    /// The error of the latest failed upload still pending.
+    pub fn upload_error(&self) -> Result<Option<String>> {
+        Ok(super::uploads::last_error(&open(&self.path)?)?)
     }
 
     /// How many sessions the log holds.
@@ -474,6 +521,7 @@ mod tests {
                 exit_status: None,
                 exit_signal: None,
                 recording: None,
+                recording_object: None,
                 env: Vec::new(),
             },
         });

@@ -71,6 +71,8 @@ pub enum Write {
     },
     /// Deletes sessions (and their channels and file operations) by id.
     Delete(Vec<String>),
+    /// An upload attempt's result.
+    Upload(Box<super::uploads::UploadResult>),
     /// Answers `true` once everything queued before it is committed, `false` when the log
     /// is failing (nothing is committed until it recovers).
     Sync(mpsc::Sender<bool>),
@@ -100,6 +102,7 @@ impl Write {
             Write::ChannelClose { session_id, .. } => ("channel close", session_id),
             Write::FileOp { session_id, .. } => ("file operation", session_id),
             Write::Delete(_) => ("retention delete", "-"),
+            Write::Upload(r) => ("upload", &r.session_id),
             Write::Sync(_) => ("sync", "-"),
         }
     }
@@ -123,6 +126,7 @@ impl Write {
                 record.path.len() + opt(&record.target) + record.status.len()
             }
             Write::Delete(ids) => ids.iter().map(String::len).sum(),
+            Write::Upload(r) => r.approx_bytes(),
             Write::Sync(_) => 0,
         };
         256 + strings
@@ -406,12 +410,14 @@ fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
         Write::FileOp { session_id, record } => insert_file_op(conn, session_id, record)?,
         Write::Delete(ids) => {
             for id in ids {
+                conn.execute("DELETE FROM uploads WHERE session_id = ?", [id])?;
                 conn.execute("DELETE FROM file_ops WHERE session_id = ?", [id])?;
                 conn.execute("DELETE FROM channels WHERE session_id = ?", [id])?;
                 conn.execute("DELETE FROM sessions WHERE id = ?", [id])?;
             }
             0
         }
+        Write::Upload(result) => super::uploads::apply(conn, result)?,
         Write::Sync(_) => 0,
     };
     Ok(())
@@ -512,6 +518,7 @@ mod tests {
                 exit_status: None,
                 exit_signal: None,
                 recording: None,
+                recording_object: None,
                 env: Vec::new(),
             },
         }

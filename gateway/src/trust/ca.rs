@@ -20,10 +20,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    fs::{DirBuilder, File, OpenOptions},
+    fs::DirBuilder,
     io::ErrorKind,
     net::IpAddr,
-    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -446,7 +446,7 @@ fn load_or_create_secret(path: &Path) -> Result<zeroize::Zeroizing<[u8; HOST_KEY
 
 /// Reads the host-key secret; `None` if the file does not exist.
 fn load_secret(path: &Path) -> Result<Option<zeroize::Zeroizing<[u8; HOST_KEY_SECRET_LEN]>>> {
-    let mut file = match open_private(path, "secret file")? {
+    let mut file = match crate::util::fs::open_private(path, "secret file")? {
         Some(file) => file,
         None => return Ok(None),
     };
@@ -463,36 +463,6 @@ fn load_secret(path: &Path) -> Result<Option<zeroize::Zeroizing<[u8; HOST_KEY_SE
     Ok(Some(zeroize::Zeroizing::new(secret)))
 }
 
-/// Opens a private file (no symlinks) and checks it is a regular file that only its owner
-/// can access; `None` if it does not exist.
-fn open_private(path: &Path, what: &str) -> Result<Option<File>> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot open {what} {}", path.display()));
-        }
-    };
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat {what} {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("{what} {} is not a regular file", path.display());
-    }
-    if meta.mode() & 0o077 != 0 {
-        bail!(
-            "{what} {} is accessible by group or others (mode {:o}); refusing to use it (chmod 600 it)",
-            path.display(),
-            meta.mode() & 0o7777
-        );
-    }
-    Ok(Some(file))
-}
-
 fn load_or_create_key(path: &Path, comment: &str) -> Result<PrivateKey> {
     match load_key(path)? {
         Some(key) => Ok(key),
@@ -502,7 +472,7 @@ fn load_or_create_key(path: &Path, comment: &str) -> Result<PrivateKey> {
 
 /// Loads a private key; `None` if the file does not exist.
 fn load_key(path: &Path) -> Result<Option<PrivateKey>> {
-    let Some(mut file) = open_private(path, "key file")? else {
+    let Some(mut file) = crate::util::fs::open_private(path, "key file")? else {
         return Ok(None);
     };
     // `read_openssh` wipes its buffer when done.

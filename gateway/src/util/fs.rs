@@ -240,6 +240,38 @@ pub fn append_line(path: &Path, line: &str) -> Result<(), (AppendStep, io::Error
     Ok(())
 }
 
+/// Opens a private file (no symlinks) and checks it is a regular file that only its owner
+/// can access; `None` if it does not exist.
+pub fn open_private(path: &Path, what: &str) -> anyhow::Result<Option<File>> {
+    use anyhow::{Context, bail};
+    use std::{io::ErrorKind, os::unix::fs::MetadataExt};
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot open {what} {}", path.display()));
+        }
+    };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat {what} {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{what} {} is not a regular file", path.display());
+    }
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{what} {} is accessible by group or others (mode {:o}); refusing to use it (chmod 600 it)",
+            path.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(Some(file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,149 @@
+//! `sshgw recording fetch --session ID`: downloads a session's recordings from object
+//! storage by the object keys and versions the session log recorded, checks each against the
+//! SHA-256 the log holds, and writes them (mode 0600, never over an existing file) for
+//! `recording verify|decrypt|export|replay`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Refused, escape::escape};
+use crate::{
+    sessions::{SessionRecord, uploads::StoredObject},
+    storage::{bucket::Bucket, credentials},
+    util::fs,
+};
+
+pub fn fetch(
+    session: &str,
+    output: &Path,
+    credentials_file: Option<&Path>,
+    target: &super::Target,
+) -> Result<()> {
+    let config = target.config()?.context(
+        "recording fetch needs the gateway's config with its [storage] section (--config FILE)",
+    )?;
+    let storage = config
+        .storage
+        .as_ref()
+        .context("the config has no [storage] section: recordings are not uploaded anywhere")?;
+    let record: SessionRecord =
+        super::ask(target, |c| async move { c.session(session).await })?.value()?;
+    let objects = uploaded(&record)?;
+    let key = credentials::load(credentials_file.or(storage.credentials_file.as_deref()))?;
+    let bucket = Bucket::new(storage, &key)?;
+    let runtime = super::runtime()?;
+    for (channel, object) in &objects {
+        let path = output.join(file_name(object));
+        let size = runtime.block_on(download(&bucket, object, &path))?;
+        println!(
+            "channel {channel}: {} (version {}, {size} bytes, SHA-256 {}) -> {}",
+            escape(&object.key),
+            object.version_id.as_deref().unwrap_or("-"),
+            object.sha256,
+            escape(&path.display().to_string())
+        );
+    }
+    Ok(())
+}
+
+/// The channels' uploaded recordings; an error when some are not uploaded yet.
+fn uploaded(record: &SessionRecord) -> Result<Vec<(u32, StoredObject)>> {
+    let recorded: Vec<_> = record
+        .channels
+        .iter()
+        .filter(|c| c.recording.is_some())
+        .collect();
+    if recorded.is_empty() {
+        bail!(Refused(format!(
+            "session {} has no recordings",
+            escape(&record.id)
+        )));
+    }
+    let waiting: Vec<String> = recorded
+        .iter()
+        .filter(|c| c.recording_object.is_none())
+        .map(|c| c.channel.to_string())
+        .collect();
+    if !waiting.is_empty() {
+        bail!(Refused(format!(
+            "session {}: the recordings of channel(s) {} are not uploaded yet (see `sshgw status`)",
+            escape(&record.id),
+            waiting.join(", ")
+        )));
+    }
+    Ok(recorded
+        .iter()
+        .filter_map(|c| Some((c.channel, c.recording_object.clone()?)))
+        .collect())
+}
+
+/// The object's name without its prefix and date.
+fn file_name(object: &StoredObject) -> PathBuf {
+    PathBuf::from(object.key.rsplit('/').next().unwrap_or(&object.key))
+}
+
+async fn download(bucket: &Bucket, object: &StoredObject, path: &Path) -> Result<u64> {
+    if path.symlink_metadata().is_ok() {
+        bail!(Refused(format!(
+            "{} exists; not overwriting it",
+            path.display()
+        )));
+    }
+    let tmp = fs::temp_beside(path)?;
+    let mut staged = fs::Staged::create(path, tmp.clone(), fs::Mode::Private)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let size = bucket.get_to(object, staged.file()).await?;
+    staged
+        .install()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{policy::model::Action, sessions::ChannelRecord};
+
+    fn session(objects: &[Option<&str>]) -> SessionRecord {
+        let mut s = SessionRecord::new(
+            "s1".into(),
+            "100.96.0.7:1".into(),
+            "203.0.113.10:22".into(),
+            Action::AuditSsh,
+            1,
+        );
+        s.channels = objects
+            .iter()
+            .enumerate()
+            .map(|(n, key)| ChannelRecord {
+                recording: Some(format!("/r/s1-ch{n}.sshlog")),
+                recording_object: key.map(|k| StoredObject {
+                    key: k.into(),
+                    version_id: None,
+                    sha256: "00".into(),
+                }),
+                ..ChannelRecord::program(
+                    n as u32,
+                    &crate::recording::writer::ChannelKind::Shell,
+                    1,
+                    None,
+                    vec![],
+                )
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn every_recording_must_be_uploaded_before_a_fetch() {
+        let done = uploaded(&session(&[Some("p/rtr/2026/12/05/s1-ch0.sshlog")])).unwrap();
+        assert_eq!(file_name(&done[0].1), PathBuf::from("s1-ch0.sshlog"));
+        let err = uploaded(&session(&[Some("k"), None]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("channel(s) 1 are not uploaded yet"), "{err}");
+        let err = uploaded(&session(&[])).unwrap_err().to_string();
+        assert!(err.contains("has no recordings"), "{err}");
+    }
+}

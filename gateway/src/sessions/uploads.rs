@@ -1,0 +1,239 @@
+//! The uploader's queue and results, kept in the session log so that they survive a crash
+//! and travel with the records they belong to.
+//!
+//! What is pending is derived, not enqueued: every channel row that names a recording and
+//! every ended session is due for upload until an `uploads` row says it is uploaded (or
+//! that its local file is gone). A failed attempt leaves a row with its error and the time
+//! of the next attempt. Rows are keyed by (session, object key).
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS uploads (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    channel INTEGER,
+    path TEXT,
+    key TEXT NOT NULL,
+    size INTEGER,
+    sha256 TEXT,
+    version_id TEXT,
+    uploaded_at INTEGER,
+    local_deleted INTEGER NOT NULL DEFAULT 0,
+    gone INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    PRIMARY KEY (session_id, key)
+);
+CREATE INDEX IF NOT EXISTS uploads_path ON uploads(path);
+";
+
+/// Where an uploaded file is in the store: what `sessions show` gives each recorded
+/// channel, and what `recording fetch` downloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    pub key: String,
+    /// The store's version id (none from a bucket without versioning).
+    pub version_id: Option<String>,
+    /// Hex SHA-256 of the whole object, as uploaded.
+    pub sha256: String,
+}
+
+/// A recording the session log names and the store does not hold yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecording {
+    pub session_id: String,
+    pub channel: u32,
+    pub path: String,
+    pub started_at: i64,
+    pub attempts: u32,
+    pub next_attempt_at: i64,
+}
+
+/// An ended session whose record is not in the store yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSession {
+    pub session_id: String,
+    pub attempts: u32,
+}
+
+/// What became of one upload attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOutcome {
+    Uploaded {
+        size: u64,
+        object: StoredObject,
+        at: i64,
+    },
+    Failed {
+        error: String,
+        next_attempt_at: i64,
+    },
+    /// The local recording is gone (nothing can be uploaded any more).
+    Gone {
+        error: String,
+    },
+    /// The uploaded recording's local copy was deleted.
+    LocalDeleted,
+}
+
+/// One attempt's result, for [`super::store::Write::Upload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadResult {
+    pub session_id: String,
+    /// `None` for the session record.
+    pub channel: Option<u32>,
+    pub path: Option<String>,
+    pub key: String,
+    pub outcome: UploadOutcome,
+}
+
+impl UploadResult {
+    pub(super) fn approx_bytes(&self) -> usize {
+        self.session_id.len()
+            + self.key.len()
+            + self.path.as_ref().map_or(0, String::len)
+            + match &self.outcome {
+                UploadOutcome::Failed { error, .. } | UploadOutcome::Gone { error } => error.len(),
+                _ => 0,
+            }
+    }
+}
+
+/// Applies one result (the writer thread, inside its transaction).
+pub(super) fn apply(conn: &Connection, r: &UploadResult) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO uploads (session_id, channel, path, key) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (session_id, key) DO NOTHING",
+        params![r.session_id, r.channel, r.path, r.key],
+    )?;
+    let row = params![r.session_id, r.key];
+    match &r.outcome {
+        UploadOutcome::Uploaded { size, object, at } => conn.execute(
+            "UPDATE uploads SET size = ?3, sha256 = ?4, version_id = ?5, uploaded_at = ?6,
+                    attempts = attempts + 1, last_error = NULL
+             WHERE session_id = ?1 AND key = ?2",
+            params![
+                r.session_id,
+                r.key,
+                *size as i64,
+                object.sha256,
+                object.version_id,
+                at
+            ],
+        ),
+        UploadOutcome::Failed {
+            error,
+            next_attempt_at,
+        } => conn.execute(
+            "UPDATE uploads SET attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4
+             WHERE session_id = ?1 AND key = ?2",
+            params![r.session_id, r.key, error, next_attempt_at],
+        ),
+        UploadOutcome::Gone { error } => conn.execute(
+            "UPDATE uploads SET gone = 1, last_error = ?3 WHERE session_id = ?1 AND key = ?2",
+            params![r.session_id, r.key, error],
+        ),
+        UploadOutcome::LocalDeleted => conn.execute(
+            "UPDATE uploads SET local_deleted = 1 WHERE session_id = ?1 AND key = ?2",
+            row,
+        ),
+    }
+}
+
+/// A recording is settled once uploaded or gone.
+const SETTLED: &str = "(u.uploaded_at IS NOT NULL OR u.gone = 1)";
+
+/// Every recording not uploaded yet, oldest first (`due_by`: only those whose next attempt
+/// is due by then).
+pub(super) fn pending_recordings(
+    conn: &Connection,
+    due_by: Option<i64>,
+) -> rusqlite::Result<Vec<PendingRecording>> {
+    let sql = format!(
+        "SELECT c.session_id, c.channel, c.recording, c.started_at,
+                coalesce(u.attempts, 0), coalesce(u.next_attempt_at, 0)
+         FROM channels c LEFT JOIN uploads u ON u.path = c.recording AND u.session_id = c.session_id
+         WHERE c.recording IS NOT NULL AND NOT coalesce({SETTLED}, 0)
+           AND coalesce(u.next_attempt_at, 0) <= ?1
+         ORDER BY c.started_at"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([due_by.unwrap_or(i64::MAX)], |r| {
+        Ok(PendingRecording {
+            session_id: r.get(0)?,
+            channel: r.get(1)?,
+            path: r.get(2)?,
+            started_at: r.get(3)?,
+            attempts: r.get(4)?,
+            next_attempt_at: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Ended sessions whose record is due, once every recording they name is settled.
+pub(super) fn pending_sessions(
+    conn: &Connection,
+    due_by: i64,
+    limit: u32,
+) -> rusqlite::Result<Vec<PendingSession>> {
+    let sql = format!(
+        "SELECT s.id, coalesce(u.attempts, 0) FROM sessions s
+         LEFT JOIN uploads u ON u.session_id = s.id AND u.channel IS NULL
+         WHERE (s.ended_at IS NOT NULL OR s.close_reason IS NOT NULL)
+           AND u.uploaded_at IS NULL AND coalesce(u.next_attempt_at, 0) <= ?1
+           AND NOT EXISTS (
+             SELECT 1 FROM channels c LEFT JOIN uploads u ON u.path = c.recording AND u.session_id = c.session_id
+             WHERE c.session_id = s.id AND c.recording IS NOT NULL AND NOT coalesce({SETTLED}, 0))
+         ORDER BY s.started_at LIMIT ?2"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![due_by, limit], |r| {
+        Ok(PendingSession {
+            session_id: r.get(0)?,
+            attempts: r.get(1)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The stored object of a local recording, once uploaded.
+pub(super) fn object_of(
+    conn: &Connection,
+    session_id: &str,
+    path: &str,
+) -> rusqlite::Result<Option<StoredObject>> {
+    conn.query_row(
+        "SELECT key, version_id, sha256 FROM uploads
+         WHERE session_id = ?1 AND path = ?2 AND uploaded_at IS NOT NULL",
+        params![session_id, path],
+        |r| {
+            Ok(StoredObject {
+                key: r.get(0)?,
+                version_id: r.get(1)?,
+                sha256: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// The last error of the most recent failed attempt, if the latest attempt failed.
+pub(super) fn last_error(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT last_error FROM uploads WHERE last_error IS NOT NULL AND uploaded_at IS NULL AND gone = 0
+         ORDER BY next_attempt_at DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Sessions that still have something to upload (retention keeps them).
+pub(super) const UNSHIPPED: &str = "(EXISTS (
+    SELECT 1 FROM channels c LEFT JOIN uploads u ON u.path = c.recording AND u.session_id = c.session_id
+    WHERE c.session_id = s.id AND c.recording IS NOT NULL AND NOT coalesce((u.uploaded_at IS NOT NULL OR u.gone = 1), 0))
+  OR NOT EXISTS (
+    SELECT 1 FROM uploads u WHERE u.session_id = s.id AND u.channel IS NULL AND u.uploaded_at IS NOT NULL))";
