@@ -37,10 +37,14 @@
 //!
 //! * [`ADMIN`] (`sshgwadmin` / `sshgwadminsecret`): action `Admin`, everything.
 //! * [`ROUTER`] (`sshgwrouter` / `sshgwroutersecret`): no legacy actions, one attached IAM
-//!   policy allowing only `s3:PutObject` on `arn:aws:s3:::BUCKET/PREFIX*` for each grant
-//!   given to [`S3Server::start_with`] (default: every bucket and key).
+//!   policy allowing only `s3:PutObject` and `s3:GetObject` on `arn:aws:s3:::BUCKET/PREFIX*`
+//!   for each grant given to [`S3Server::start_with`] (default: every bucket and key), as
+//!   docs/deployment.md gives it: sshgw confirms each upload with a HEAD, which S3 allows
+//!   with `s3:GetObject`.
 //!
-//! Verified by experiment against 4.48 with boto3 1.43.11, router granted `rec/router-a/`:
+//! Verified by experiment against 4.48 with boto3 1.43.11, router granted only
+//! `s3:PutObject` on `rec/router-a/` (HeadObject and GetObject are allowed once
+//! `s3:GetObject` is added, under the prefix only):
 //!
 //! * allowed: PutObject under the prefix (with user metadata; the bucket's default
 //!   COMPLIANCE retention is applied), `If-None-Match: *` (412 PreconditionFailed on an
@@ -616,7 +620,7 @@ impl Drop for S3Server {
 }
 
 /// The `-s3.config` document: [`ADMIN`] with action `Admin`; [`ROUTER`] with one policy
-/// allowing `s3:PutObject` on each grant.
+/// allowing `s3:PutObject` and `s3:GetObject` (for HEAD) on each grant.
 fn identities(router_grants: &[(&str, &str)]) -> Result<Value> {
     if router_grants.is_empty() {
         bail!("the router needs at least one (bucket, prefix) grant");
@@ -629,7 +633,9 @@ fn identities(router_grants: &[(&str, &str)]) -> Result<Value> {
         "Version": "2012-10-17",
         "Statement": [{
             "Effect": "Allow",
-            "Action": ["s3:PutObject"],
+            // PutObject to upload; GetObject only for the HEAD that confirms an upload
+            // (sshgw compares the size and SHA-256 there before it trusts or deletes).
+            "Action": ["s3:PutObject", "s3:GetObject"],
             "Resource": resources,
         }],
     });

@@ -1,5 +1,6 @@
 //! The S3 test server itself (tests/src/s3.rs), no network namespace: SeaweedFS comes up on
-//! loopback, a bucket gets Object Lock, the router identity can put but not read or delete,
+//! loopback, a bucket gets Object Lock, the router identity can put and read back under its prefix but not
+//! list or delete,
 //! a locked version cannot be deleted, `If-None-Match: *` on an existing key is refused
 //! with 412, and the data survives SIGKILL and restart. A second server runs beside it.
 //! Inside a network namespace (root) the server answers there and not on the host.
@@ -59,20 +60,22 @@ fn run(procs: &Processes, tmp: &Path) -> Result<()> {
         "{err}"
     );
 
-    // The router writes only: under its prefix, and it cannot read, list or delete.
+    // The router writes (and reads back) only under its prefix; it cannot list or delete.
     let outside = server.put(ROUTER, BUCKET, "rtr-b/x.cast", &body, false, &[])?;
     ensure!(
         outside.as_ref().is_err_and(|e| e.code == "AccessDenied"),
         "{outside:?}"
     );
+    let head = server.run_script(ROUTER, &["head", BUCKET, &key])?;
+    ensure!(head.is_ok(), "router HEAD under its prefix: {head:?}");
     for args in [
-        vec!["get", BUCKET, &key, "-", "/dev/null"],
+        vec!["head", BUCKET, "rtr-b/x.cast"],
         vec!["list-versions", BUCKET, PREFIX],
         vec!["delete", BUCKET, &key],
     ] {
         let answer = server.run_script(ROUTER, &args)?;
         ensure!(
-            answer.as_ref().is_err_and(|e| e.code == "AccessDenied"),
+            answer.as_ref().is_err_and(|e| e.status == Some(403)),
             "router {args:?}: {answer:?}"
         );
     }

@@ -237,3 +237,159 @@ pub(super) const UNSHIPPED: &str = "(EXISTS (
     WHERE c.session_id = s.id AND c.recording IS NOT NULL AND NOT coalesce((u.uploaded_at IS NOT NULL OR u.gone = 1), 0))
   OR NOT EXISTS (
     SELECT 1 FROM uploads u WHERE u.session_id = s.id AND u.channel IS NULL AND u.uploaded_at IS NOT NULL))";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        policy::model::Action,
+        recording::writer::ChannelKind,
+        sessions::{ChannelRecord, SessionRecord, store::SessionStore, store::Write},
+    };
+
+    fn session(store: &SessionStore, id: &str, recordings: &[&str]) {
+        store.write(Write::Open(Box::new(SessionRecord::new(
+            id.into(),
+            "100.96.0.7:1".into(),
+            "203.0.113.10:22".into(),
+            Action::AuditSsh,
+            1,
+        ))));
+        for (n, path) in recordings.iter().enumerate() {
+            store.write(Write::ChannelOpen {
+                session_id: id.into(),
+                record: ChannelRecord::program(
+                    n as u32,
+                    &ChannelKind::Shell,
+                    2,
+                    Some(path.to_string()),
+                    vec![],
+                ),
+            });
+        }
+    }
+
+    fn close(store: &SessionStore, id: &str) {
+        store.write(Write::Close {
+            id: id.into(),
+            ended_at: 3,
+            duration_ms: 1,
+            bytes_from_client: 0,
+            bytes_from_server: 0,
+            close_reason: "client".into(),
+        });
+    }
+
+    fn result(id: &str, channel: Option<u32>, path: Option<&str>, outcome: UploadOutcome) -> Write {
+        Write::Upload(Box::new(UploadResult {
+            session_id: id.into(),
+            channel,
+            path: path.map(str::to_string),
+            key: format!("k/{id}-{channel:?}"),
+            outcome,
+        }))
+    }
+
+    fn uploaded(sha: &str) -> UploadOutcome {
+        UploadOutcome::Uploaded {
+            size: 1,
+            object: StoredObject {
+                key: "ignored".into(),
+                version_id: Some("v".into()),
+                sha256: sha.into(),
+            },
+            at: 9,
+        }
+    }
+
+    fn pending_paths(store: &SessionStore, due_by: Option<i64>) -> Vec<String> {
+        store
+            .pending_recordings(due_by)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.path)
+            .collect()
+    }
+
+    #[test]
+    fn a_recording_is_pending_until_uploaded_and_a_session_until_its_recordings_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(&dir.path().join("sessions.db")).unwrap();
+        session(&store, "s1", &["/r/s1-ch0.sshlog", "/r/s1-ch1.sshlog"]);
+        session(&store, "s2", &[]);
+        store.sync();
+        assert_eq!(
+            pending_paths(&store, None),
+            ["/r/s1-ch0.sshlog", "/r/s1-ch1.sshlog"]
+        );
+        // Live sessions' records wait for their end.
+        assert!(store.pending_sessions(i64::MAX, 10).unwrap().is_empty());
+        close(&store, "s1");
+        close(&store, "s2");
+        store.write(result(
+            "s1",
+            Some(0),
+            Some("/r/s1-ch0.sshlog"),
+            UploadOutcome::Failed {
+                error: "503".into(),
+                next_attempt_at: 100,
+            },
+        ));
+        store.sync();
+        // A failed attempt waits for its backoff; its error is the latest.
+        assert_eq!(pending_paths(&store, Some(99)), ["/r/s1-ch1.sshlog"]);
+        assert_eq!(pending_paths(&store, Some(100)).len(), 2);
+        assert_eq!(store.upload_error().unwrap().as_deref(), Some("503"));
+        let ids = |v: Vec<PendingSession>| v.into_iter().map(|s| s.session_id).collect::<Vec<_>>();
+        assert_eq!(ids(store.pending_sessions(i64::MAX, 10).unwrap()), ["s2"]);
+        store.write(result("s1", Some(0), Some("/r/s1-ch0.sshlog"), uploaded("aa")));
+        store.write(result(
+            "s1",
+            Some(1),
+            Some("/r/s1-ch1.sshlog"),
+            UploadOutcome::Gone {
+                error: "gone".into(),
+            },
+        ));
+        store.sync();
+        assert!(pending_paths(&store, None).is_empty());
+        assert_eq!(store.upload_error().unwrap(), None);
+        assert_eq!(ids(store.pending_sessions(i64::MAX, 10).unwrap()), ["s1", "s2"]);
+        let s1 = store.get("s1").unwrap().unwrap();
+        let object = s1.channels[0].recording_object.as_ref().unwrap();
+        assert_eq!((object.key.as_str(), object.sha256.as_str()), ("k/s1-Some(0)", "aa"));
+        assert_eq!(s1.channels[1].recording_object, None);
+    }
+
+    #[test]
+    fn retention_with_storage_keeps_what_is_not_shipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(&dir.path().join("sessions.db")).unwrap();
+        session(&store, "s1", &["/r/s1-ch0.sshlog"]);
+        close(&store, "s1");
+        session(&store, "s2", &[]);
+        close(&store, "s2");
+        store.sync();
+        let ids = |shipped_only| {
+            store
+                .oldest_ended(10, shipped_only)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _, _)| id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(false), ["s1", "s2"]);
+        assert!(ids(true).is_empty());
+        store.write(result("s2", None, None, uploaded("bb")));
+        store.write(result("s1", Some(0), Some("/r/s1-ch0.sshlog"), uploaded("aa")));
+        store.sync();
+        // s1's recording is up, its record is not.
+        assert_eq!(ids(true), ["s2"]);
+        store.write(result("s1", None, None, uploaded("cc")));
+        store.sync();
+        assert_eq!(ids(true), ["s1", "s2"]);
+        // Deleting a session takes its upload rows with it.
+        store.write(Write::Delete(vec!["s1".into()]));
+        assert!(store.sync());
+    }
+}

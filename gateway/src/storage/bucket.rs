@@ -193,9 +193,15 @@ impl Bucket {
         let (version, existed) = match put {
             Ok(version) => (version, false),
             Err(object_store::Error::AlreadyExists { .. }) => (None, true),
-            Err(e) => return Err(anyhow!(e).context(format!("cannot upload {location}"))),
+            Err(e) => bail!("cannot upload {location}: {}", describe(&e)),
         };
-        let Some(head) = self.head(location).await? else {
+        let head = self.head(location).await.map_err(|e| {
+            anyhow!(
+                "cannot confirm {location} with HEAD (the key needs s3:GetObject on its prefix): {}",
+                describe(&e)
+            )
+        })?;
+        let Some(head) = head else {
             bail!("{location}: the store does not show the object just uploaded");
         };
         if head.size != size || head.object.sha256 != sha256 {
@@ -261,7 +267,7 @@ impl Bucket {
             .store
             .get_opts(&location, opts)
             .await
-            .with_context(|| format!("cannot download {}", object.key))?;
+            .map_err(|e| anyhow!("cannot download {}: {}", object.key, describe(&e)))?;
         let mut stream = result.into_stream();
         let (mut hasher, mut size) = (Sha256::new(), 0u64);
         while let Some(chunk) = stream.next().await {
@@ -324,6 +330,26 @@ fn attributes(sha256: &str) -> Attributes {
     attributes
 }
 
+/// An S3 error in one line: the HTTP status and the S3 error code and message when the
+/// store answered with one (`403 Forbidden: SignatureDoesNotMatch: …`), else the client's
+/// own text.
+pub fn describe(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let len = text[start..].find(close)?;
+        Some(text[start..start + len].to_string())
+    };
+    let status = between("status code: ", ":");
+    match (status, between("<Code>", "</Code>")) {
+        (Some(status), Some(code)) => match between("<Message>", "</Message>") {
+            Some(message) => format!("{status}: {code}: {message}"),
+            None => format!("{status}: {code}"),
+        },
+        _ => text.chars().take(600).collect(),
+    }
+}
+
 fn local_error(e: std::io::Error) -> object_store::Error {
     object_store::Error::Generic {
         store: "local spool",
@@ -349,3 +375,21 @@ pub fn hash_file(path: &Path) -> Result<(u64, String)> {
     }
     Ok((size, hex::encode(hasher.finalize())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_s3_error_is_one_line_with_its_code() {
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing PUT http://h/b/k in 1ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match.</Message></Error>".into(),
+        };
+        assert_eq!(
+            describe(&e),
+            "403 Forbidden: SignatureDoesNotMatch: The request signature we calculated does not match."
+        );
+    }
+}
+

@@ -35,7 +35,6 @@ pub struct Uploader {
     pub bucket: Bucket,
     pub layout: Layout,
     pub store: SessionStore,
-    pub recordings: PathBuf,
     pub delete_local: bool,
     pub backlog: Arc<Backlog>,
 }
@@ -85,10 +84,9 @@ impl Uploader {
         Ok(())
     }
 
-    /// The recording's file: a channel row names it by its path in the recording directory
-    /// (relative names are taken from there).
+    /// The recording's file, as its channel row names it (the path the relay created).
     fn local_path(&self, recorded: &str) -> PathBuf {
-        self.recordings.join(recorded)
+        PathBuf::from(recorded)
     }
 
     async fn count_backlog(&self, pending: &[PendingRecording]) {
@@ -142,7 +140,11 @@ impl Uploader {
     /// The recording is confirmed in the store: its local copy goes, and the log says so
     /// (only once the log has the upload, so a crash never leaves an unrecorded deletion).
     async fn delete_local_copy(&self, p: &PendingRecording, path: &Path, key: &str) {
-        if !self.store.sync() {
+        let store = self.store.clone();
+        if !tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .unwrap_or(false)
+        {
             return;
         }
         match tokio::fs::remove_file(path).await {
