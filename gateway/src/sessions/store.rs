@@ -159,6 +159,7 @@ impl SessionStore {
             "UPDATE sessions SET close_reason = 'interrupted: sshgw stopped' WHERE ended_at IS NULL AND close_reason IS NULL",
             [],
         )?;
+        super::uploads::backfill(&conn)?;
         if interrupted > 0 {
             tracing::warn!(
                 sessions = interrupted,

@@ -1,10 +1,13 @@
 //! The uploader's queue and results, kept in the session log so that they survive a crash
 //! and travel with the records they belong to.
 //!
-//! What is pending is derived, not enqueued: every channel row that names a recording and
-//! every ended session is due for upload until an `uploads` row says it is uploaded (or
-//! that its local file is gone). A failed attempt leaves a row with its error and the time
-//! of the next attempt. Rows are keyed by (session, object key).
+//! One row per thing to upload, written in the same transaction as the change that makes
+//! it due: a channel that is recorded ([`enqueue_recording`], at its start: the uploader
+//! skips files still being written), and a session that ended ([`enqueue_record`]).
+//! [`backfill`] adds rows for what a log of an older sshgw, or a crash, left without one.
+//! A row stays pending until it says uploaded (or that its local file is gone); a failed
+//! attempt leaves its error and the time of the next attempt. A partial index keeps the
+//! pending rows cheap to find however long the log is.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -12,9 +15,10 @@ use serde::{Deserialize, Serialize};
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS uploads (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    -- The local recording's path, or 'record' for the session record.
+    item TEXT NOT NULL,
     channel INTEGER,
-    path TEXT,
-    key TEXT NOT NULL,
+    key TEXT,
     size INTEGER,
     sha256 TEXT,
     version_id TEXT,
@@ -24,10 +28,51 @@ CREATE TABLE IF NOT EXISTS uploads (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    PRIMARY KEY (session_id, key)
+    PRIMARY KEY (session_id, item)
 );
-CREATE INDEX IF NOT EXISTS uploads_path ON uploads(path);
+CREATE INDEX IF NOT EXISTS uploads_pending ON uploads(next_attempt_at)
+    WHERE uploaded_at IS NULL AND gone = 0;
 ";
+
+/// The `item` of a session's record.
+const RECORD: &str = "record";
+
+/// A recorded channel is due for upload once its file is finished.
+pub(super) fn enqueue_recording(
+    conn: &Connection,
+    session_id: &str,
+    channel: u32,
+    path: &str,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT OR IGNORE INTO uploads (session_id, item, channel) VALUES (?1, ?2, ?3)",
+        params![session_id, path, channel],
+    )
+}
+
+/// An ended session's record is due once its recordings are settled.
+pub(super) fn enqueue_record(conn: &Connection, session_id: &str) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT OR IGNORE INTO uploads (session_id, item) VALUES (?1, ?2)",
+        params![session_id, RECORD],
+    )
+}
+
+/// Rows for recordings and ended sessions that have none: a log from before uploads, and
+/// sessions a stopped daemon left open (marked interrupted at start).
+pub(super) fn backfill(conn: &Connection) -> rusqlite::Result<usize> {
+    let recordings = conn.execute(
+        "INSERT OR IGNORE INTO uploads (session_id, item, channel)
+         SELECT session_id, recording, channel FROM channels WHERE recording IS NOT NULL",
+        [],
+    )?;
+    let records = conn.execute(
+        "INSERT OR IGNORE INTO uploads (session_id, item)
+         SELECT id, ?1 FROM sessions WHERE ended_at IS NOT NULL OR close_reason IS NOT NULL",
+        [RECORD],
+    )?;
+    Ok(recordings + records)
+}
 
 /// Where an uploaded file is in the store: what `sessions show` gives each recorded
 /// channel, and what `recording fetch` downloads.
@@ -103,20 +148,25 @@ impl UploadResult {
 
 /// Applies one result (the writer thread, inside its transaction).
 pub(super) fn apply(conn: &Connection, r: &UploadResult) -> rusqlite::Result<usize> {
+    let item = r.path.as_deref().unwrap_or(RECORD);
     conn.execute(
-        "INSERT INTO uploads (session_id, channel, path, key) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (session_id, key) DO NOTHING",
-        params![r.session_id, r.channel, r.path, r.key],
+        "INSERT OR IGNORE INTO uploads (session_id, item, channel) VALUES (?1, ?2, ?3)",
+        params![r.session_id, item, r.channel],
     )?;
-    let row = params![r.session_id, r.key];
+    conn.execute(
+        "UPDATE uploads SET key = ?3 WHERE session_id = ?1 AND item = ?2",
+        params![r.session_id, item, r.key],
+    )?;
+    let row = params![r.session_id, item];
     match &r.outcome {
         UploadOutcome::Uploaded { size, object, at } => conn.execute(
-            "UPDATE uploads SET size = ?3, sha256 = ?4, version_id = ?5, uploaded_at = ?6,
+            "UPDATE uploads SET key = ?3, size = ?4, sha256 = ?5, version_id = ?6, uploaded_at = ?7,
                     attempts = attempts + 1, last_error = NULL
-             WHERE session_id = ?1 AND key = ?2",
+             WHERE session_id = ?1 AND item = ?2",
             params![
                 r.session_id,
-                r.key,
+                item,
+                object.key,
                 *size as i64,
                 object.sha256,
                 object.version_id,
@@ -128,22 +178,19 @@ pub(super) fn apply(conn: &Connection, r: &UploadResult) -> rusqlite::Result<usi
             next_attempt_at,
         } => conn.execute(
             "UPDATE uploads SET attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4
-             WHERE session_id = ?1 AND key = ?2",
-            params![r.session_id, r.key, error, next_attempt_at],
+             WHERE session_id = ?1 AND item = ?2",
+            params![r.session_id, item, error, next_attempt_at],
         ),
         UploadOutcome::Gone { error } => conn.execute(
-            "UPDATE uploads SET gone = 1, last_error = ?3 WHERE session_id = ?1 AND key = ?2",
-            params![r.session_id, r.key, error],
+            "UPDATE uploads SET gone = 1, last_error = ?3 WHERE session_id = ?1 AND item = ?2",
+            params![r.session_id, item, error],
         ),
         UploadOutcome::LocalDeleted => conn.execute(
-            "UPDATE uploads SET local_deleted = 1 WHERE session_id = ?1 AND key = ?2",
+            "UPDATE uploads SET local_deleted = 1 WHERE session_id = ?1 AND item = ?2",
             row,
         ),
     }
 }
-
-/// A recording is settled once uploaded or gone.
-const SETTLED: &str = "(u.uploaded_at IS NOT NULL OR u.gone = 1)";
 
 /// Every recording not uploaded yet, oldest first (`due_by`: only those whose next attempt
 /// is due by then).
@@ -151,16 +198,13 @@ pub(super) fn pending_recordings(
     conn: &Connection,
     due_by: Option<i64>,
 ) -> rusqlite::Result<Vec<PendingRecording>> {
-    let sql = format!(
-        "SELECT c.session_id, c.channel, c.recording, c.started_at,
-                coalesce(u.attempts, 0), coalesce(u.next_attempt_at, 0)
-         FROM channels c LEFT JOIN uploads u ON u.path = c.recording AND u.session_id = c.session_id
-         WHERE c.recording IS NOT NULL AND NOT coalesce({SETTLED}, 0)
-           AND coalesce(u.next_attempt_at, 0) <= ?1
-         ORDER BY c.started_at"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([due_by.unwrap_or(i64::MAX)], |r| {
+    let mut stmt = conn.prepare(
+        "SELECT u.session_id, coalesce(u.channel, 0), u.item, s.started_at, u.attempts, u.next_attempt_at
+         FROM uploads u JOIN sessions s ON s.id = u.session_id
+         WHERE u.uploaded_at IS NULL AND u.gone = 0 AND u.next_attempt_at <= ?1 AND u.item != ?2
+         ORDER BY s.started_at, u.item",
+    )?;
+    let rows = stmt.query_map(params![due_by.unwrap_or(i64::MAX), RECORD], |r| {
         Ok(PendingRecording {
             session_id: r.get(0)?,
             channel: r.get(1)?,
@@ -179,18 +223,15 @@ pub(super) fn pending_sessions(
     due_by: i64,
     limit: u32,
 ) -> rusqlite::Result<Vec<PendingSession>> {
-    let sql = format!(
-        "SELECT s.id, coalesce(u.attempts, 0) FROM sessions s
-         LEFT JOIN uploads u ON u.session_id = s.id AND u.channel IS NULL
-         WHERE (s.ended_at IS NOT NULL OR s.close_reason IS NOT NULL)
-           AND u.uploaded_at IS NULL AND coalesce(u.next_attempt_at, 0) <= ?1
+    let mut stmt = conn.prepare(
+        "SELECT u.session_id, u.attempts FROM uploads u
+         WHERE u.uploaded_at IS NULL AND u.gone = 0 AND u.next_attempt_at <= ?1 AND u.item = ?2
            AND NOT EXISTS (
-             SELECT 1 FROM channels c LEFT JOIN uploads u ON u.path = c.recording AND u.session_id = c.session_id
-             WHERE c.session_id = s.id AND c.recording IS NOT NULL AND NOT coalesce({SETTLED}, 0))
-         ORDER BY s.started_at LIMIT ?2"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(params![due_by, limit], |r| {
+             SELECT 1 FROM uploads r WHERE r.session_id = u.session_id AND r.item != ?2
+               AND r.uploaded_at IS NULL AND r.gone = 0)
+         ORDER BY u.next_attempt_at LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![due_by, RECORD, limit], |r| {
         Ok(PendingSession {
             session_id: r.get(0)?,
             attempts: r.get(1)?,
@@ -207,7 +248,7 @@ pub(super) fn object_of(
 ) -> rusqlite::Result<Option<StoredObject>> {
     conn.query_row(
         "SELECT key, version_id, sha256 FROM uploads
-         WHERE session_id = ?1 AND path = ?2 AND uploaded_at IS NOT NULL",
+         WHERE session_id = ?1 AND item = ?2 AND uploaded_at IS NOT NULL",
         params![session_id, path],
         |r| {
             Ok(StoredObject {
@@ -232,11 +273,8 @@ pub(super) fn last_error(conn: &Connection) -> rusqlite::Result<Option<String>> 
 }
 
 /// Sessions that still have something to upload (retention keeps them).
-pub(super) const UNSHIPPED: &str = "(EXISTS (
-    SELECT 1 FROM channels c LEFT JOIN uploads u ON u.path = c.recording AND u.session_id = c.session_id
-    WHERE c.session_id = s.id AND c.recording IS NOT NULL AND NOT coalesce((u.uploaded_at IS NOT NULL OR u.gone = 1), 0))
-  OR NOT EXISTS (
-    SELECT 1 FROM uploads u WHERE u.session_id = s.id AND u.channel IS NULL AND u.uploaded_at IS NOT NULL))";
+pub(super) const UNSHIPPED: &str = "EXISTS (
+    SELECT 1 FROM uploads u WHERE u.session_id = s.id AND u.uploaded_at IS NULL AND u.gone = 0)";
 
 #[cfg(test)]
 mod tests {
@@ -294,7 +332,7 @@ mod tests {
         UploadOutcome::Uploaded {
             size: 1,
             object: StoredObject {
-                key: "ignored".into(),
+                key: "k/object".into(),
                 version_id: Some("v".into()),
                 sha256: sha.into(),
             },
@@ -342,7 +380,12 @@ mod tests {
         assert_eq!(store.upload_error().unwrap().as_deref(), Some("503"));
         let ids = |v: Vec<PendingSession>| v.into_iter().map(|s| s.session_id).collect::<Vec<_>>();
         assert_eq!(ids(store.pending_sessions(i64::MAX, 10).unwrap()), ["s2"]);
-        store.write(result("s1", Some(0), Some("/r/s1-ch0.sshlog"), uploaded("aa")));
+        store.write(result(
+            "s1",
+            Some(0),
+            Some("/r/s1-ch0.sshlog"),
+            uploaded("aa"),
+        ));
         store.write(result(
             "s1",
             Some(1),
@@ -354,10 +397,16 @@ mod tests {
         store.sync();
         assert!(pending_paths(&store, None).is_empty());
         assert_eq!(store.upload_error().unwrap(), None);
-        assert_eq!(ids(store.pending_sessions(i64::MAX, 10).unwrap()), ["s1", "s2"]);
+        assert_eq!(
+            ids(store.pending_sessions(i64::MAX, 10).unwrap()),
+            ["s1", "s2"]
+        );
         let s1 = store.get("s1").unwrap().unwrap();
         let object = s1.channels[0].recording_object.as_ref().unwrap();
-        assert_eq!((object.key.as_str(), object.sha256.as_str()), ("k/s1-Some(0)", "aa"));
+        assert_eq!(
+            (object.key.as_str(), object.sha256.as_str()),
+            ("k/object", "aa")
+        );
         assert_eq!(s1.channels[1].recording_object, None);
     }
 
@@ -381,7 +430,12 @@ mod tests {
         assert_eq!(ids(false), ["s1", "s2"]);
         assert!(ids(true).is_empty());
         store.write(result("s2", None, None, uploaded("bb")));
-        store.write(result("s1", Some(0), Some("/r/s1-ch0.sshlog"), uploaded("aa")));
+        store.write(result(
+            "s1",
+            Some(0),
+            Some("/r/s1-ch0.sshlog"),
+            uploaded("aa"),
+        ));
         store.sync();
         // s1's recording is up, its record is not.
         assert_eq!(ids(true), ["s2"]);

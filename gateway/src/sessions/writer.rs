@@ -394,8 +394,14 @@ fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
                 *bytes_from_server as i64,
                 close_reason
             ],
-        )?,
-        Write::ChannelOpen { session_id, record } => insert_channel(conn, session_id, record)?,
+        )? + super::uploads::enqueue_record(conn, id)?,
+        Write::ChannelOpen { session_id, record } => {
+            insert_channel(conn, session_id, record)?;
+            if let Some(path) = &record.recording {
+                super::uploads::enqueue_recording(conn, session_id, record.channel, path)?;
+            }
+            0
+        }
         Write::ChannelClose {
             session_id,
             channel,
