@@ -28,6 +28,7 @@ mod file_audit;
 mod recording;
 // The SQLite session log and the live-session registry.
 mod sessions;
+// Evidence off the box: finished recordings and session records to S3 object storage.
 mod storage;
 // Process-wide counters and their Prometheus exposition.
 mod metrics;

@@ -80,9 +80,13 @@ pub enum RecordingCommand {
     /// Download a session's recordings from object storage ([storage] in the config) by
     /// the keys and versions in the session log, checking each one's SHA-256.
     Fetch {
-        /// The session id.
-        #[arg(long)]
-        session: String,
+        /// The session id, looked up in the running gateway's session log.
+        #[arg(long, required_unless_present = "record", conflicts_with = "record")]
+        session: Option<String>,
+        /// Or the session's record as a file: the `<session>.json` object from the bucket,
+        /// or `sshgw sessions show ID --json` output (no gateway needed).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
         /// Directory to write `<session>-ch<N>.sshlog` into (never over an existing file).
         #[arg(short, long = "output", value_name = "DIR", default_value = ".")]
         output: PathBuf,
@@ -141,10 +145,18 @@ pub fn run(what: RecordingCommand) -> Result<()> {
         RecordingCommand::Verify { input } => verify(&input),
         RecordingCommand::Fetch {
             session,
+            record,
             output,
             credentials,
             target,
-        } => super::recording_fetch::fetch(&session, &output, credentials.as_deref(), &target),
+        } => {
+            let source = match (session, record) {
+                (Some(id), _) => super::recording_fetch::Source::Session(id),
+                (None, Some(file)) => super::recording_fetch::Source::Record(file),
+                (None, None) => unreachable!("clap requires --session or --record"),
+            };
+            super::recording_fetch::fetch(&source, &output, credentials.as_deref(), &target)
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `sshgw recording fetch --session ID`: downloads a session's recordings from object
+//! `sshgw recording fetch --session ID | --record FILE`: downloads a session's recordings from object
 //! storage by the object keys and versions the session log recorded, checks each against the
 //! SHA-256 the log holds, and writes them (mode 0600, never over an existing file) for
 //! `recording verify|decrypt|export|replay`.
@@ -14,8 +14,16 @@ use crate::{
     util::fs,
 };
 
+/// Where the session's record comes from.
+pub enum Source {
+    /// The running gateway's session log, by id.
+    Session(String),
+    /// A file: the bucket's `<session>.json` or `sessions show --json` output.
+    Record(PathBuf),
+}
+
 pub fn fetch(
-    session: &str,
+    source: &Source,
     output: &Path,
     credentials_file: Option<&Path>,
     target: &super::Target,
@@ -27,8 +35,12 @@ pub fn fetch(
         .storage
         .as_ref()
         .context("the config has no [storage] section: recordings are not uploaded anywhere")?;
-    let record: SessionRecord =
-        super::ask(target, |c| async move { c.session(session).await })?.value()?;
+    let record = match source {
+        Source::Session(id) => {
+            super::ask(target, |c| async move { c.session(id).await })?.value()?
+        }
+        Source::Record(file) => read_record(file)?,
+    };
     let objects = uploaded(&record)?;
     let key = credentials::load(credentials_file.or(storage.credentials_file.as_deref()))?;
     let bucket = Bucket::new(storage, &key)?;
@@ -45,6 +57,19 @@ pub fn fetch(
         );
     }
     Ok(())
+}
+
+/// A session record from a file: the bucket's object (`{"router_id", "session"}`) or the
+/// record itself.
+fn read_record(file: &Path) -> Result<SessionRecord> {
+    let text = super::read_input(file)?;
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Refused(format!("{}: not JSON: {e}", file.display())))?;
+    if let Some(session) = value.get_mut("session") {
+        value = session.take();
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Refused(format!("{}: not a session record: {e}", file.display())).into())
 }
 
 /// The channels' uploaded recordings; an error when some are not uploaded yet.
@@ -133,6 +158,22 @@ mod tests {
             })
             .collect();
         s
+    }
+
+    #[test]
+    fn a_record_file_is_the_bucket_object_or_the_record_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = session(&[Some("p/s1-ch0.sshlog")]);
+        let wrapped = dir.path().join("s1.json");
+        let json = serde_json::json!({"router_id": "rtr-1", "session": record});
+        std::fs::write(&wrapped, json.to_string()).unwrap();
+        assert_eq!(read_record(&wrapped).unwrap(), record);
+        let bare = dir.path().join("show.json");
+        std::fs::write(&bare, serde_json::to_string(&record).unwrap()).unwrap();
+        assert_eq!(read_record(&bare).unwrap(), record);
+        std::fs::write(&bare, "{\"id\": 3}").unwrap();
+        let err = read_record(&bare).unwrap_err().to_string();
+        assert!(err.contains("not a session record"), "{err}");
     }
 
     #[test]

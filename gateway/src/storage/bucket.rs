@@ -119,8 +119,10 @@ impl Bucket {
         size: u64,
         sha256: &str,
     ) -> object_store::Result<Option<String>> {
-        // A key that is taken needs no parts: the completion would be refused anyway.
-        if self.head(location).await?.is_some() {
+        // A key that is taken needs no parts: the completion would be refused anyway. A
+        // store that will not say (AWS answers 403 for a missing key to a caller without
+        // s3:ListBucket) is asked by the create-only completion instead.
+        if let Ok(Some(_)) = self.head(location).await {
             return Err(object_store::Error::AlreadyExists {
                 path: location.to_string(),
                 source: "the key is taken".into(),
@@ -267,7 +269,13 @@ impl Bucket {
             .store
             .get_opts(&location, opts)
             .await
-            .map_err(|e| anyhow!("cannot download {}: {}", object.key, describe(&e)))?;
+            .map_err(|e| {
+                anyhow!(
+                    "cannot download {}: {} (a download by version needs a key with s3:GetObject and s3:GetObjectVersion: --credentials)",
+                    object.key,
+                    describe(&e)
+                )
+            })?;
         let mut stream = result.into_stream();
         let (mut hasher, mut size) = (Sha256::new(), 0u64);
         while let Some(chunk) = stream.next().await {

@@ -63,7 +63,12 @@ impl Uploader {
         self.count_backlog(&pending).await;
         let now = now_micros();
         for p in pending.iter().filter(|p| p.next_attempt_at <= now) {
-            self.upload_recording(p).await;
+            // A failure most often means the store is unreachable: the rest wait for the
+            // next pass (each keeps its own backoff), so a pass stays short and the backlog
+            // count current.
+            if !self.upload_recording(p).await {
+                break;
+            }
         }
         let store = self.store.clone();
         let sessions = tokio::task::spawn_blocking(move || {
@@ -97,7 +102,8 @@ impl Uploader {
         self.backlog.set(files, bytes, oldest);
     }
 
-    async fn upload_recording(&self, p: &PendingRecording) {
+    /// Uploads one recording; false when the attempt failed (not when the file is gone).
+    async fn upload_recording(&self, p: &PendingRecording) -> bool {
         let path = self.local_path(&p.path);
         let name = path
             .file_name()
@@ -131,10 +137,12 @@ impl Uploader {
             tracing::error!(session = %p.session_id, channel = p.channel, error = %error, "storage: recording missing from the spool");
         }
         let uploaded = matches!(outcome, UploadOutcome::Uploaded { .. });
+        let failed = matches!(outcome, UploadOutcome::Failed { .. });
         self.record(&p.session_id, Some(p.channel), Some(&p.path), &key, outcome);
         if uploaded && self.delete_local {
             self.delete_local_copy(p, &path, &key).await;
         }
+        !failed
     }
 
     /// The recording is confirmed in the store: its local copy goes, and the log says so
@@ -168,7 +176,9 @@ impl Uploader {
             Ok(Ok(Some(record))) => record,
             _ => return,
         };
-        let key = self.layout.session(record.started_at, id);
+        let key = self
+            .layout
+            .session(self.session_start(id, record.started_at), id);
         let document = serde_json::json!({
             "router_id": self.layout.router_id(),
             "session": record,
