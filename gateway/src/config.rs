@@ -121,8 +121,10 @@ impl StorageConfig {
                 self.prefix
             );
         }
-        if self.part_size_mb < 5 || self.part_size_mb > 5 * 1024 {
-            bail!("storage.part_size_mb: must be between 5 and 5120 (S3's part sizes)");
+        if !(5..=128).contains(&self.part_size_mb) {
+            bail!(
+                "storage.part_size_mb: must be between 5 (S3's smallest part) and 128 (a part is held in memory while it is sent)"
+            );
         }
         Ok(())
     }

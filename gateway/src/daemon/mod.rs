@@ -239,6 +239,7 @@ fn uploader(
         bucket,
         layout: crate::storage::keys::Layout::new(&storage.prefix, router_id),
         store: shared.store.clone(),
+        recordings: config.recordings_dir(),
         delete_local: storage.delete_local_after_upload,
         backlog: shared.relay.recording.spool.clone(),
     }))

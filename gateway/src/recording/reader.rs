@@ -355,8 +355,8 @@ impl<R: Read> Reader<R> {
     }
 }
 
-/// The header: its length field and the metadata it holds.
-fn read_header(input: &mut impl Read) -> Result<(u32, Metadata), RecordingError> {
+/// The header: its length field and the metadata it holds (no key needed: it is plaintext).
+pub(crate) fn read_header(input: &mut impl Read) -> Result<(u32, Metadata), RecordingError> {
     let not = |s: String| RecordingError::NotARecording(s);
     let mut len = [0u8; 4];
     let got = read_full(input, &mut len)?;

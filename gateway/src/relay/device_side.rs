@@ -54,6 +54,9 @@ pub struct DeviceSide {
     pub(super) envs: HashMap<ChannelId, Vec<(String, String)>>,
     /// The Unix login, once authorized.
     pub(super) login: Option<String>,
+    /// Whether a recording of this session was opened: the spool limit refuses new
+    /// recorded sessions, never a further channel of one already recorded.
+    pub(super) recorded: bool,
     /// Whether the user was told that agent forwarding is refused (once per connection).
     agent_refusal_told: bool,
     /// Whether this client gets `publickey`/`keyboard-interactive` instead of `none`.
@@ -79,6 +82,7 @@ impl DeviceSide {
             channels: HashMap::new(),
             ptys: HashMap::new(),
             programs: Default::default(),
+            recorded: false,
             envs: HashMap::new(),
             login: None,
             agent_refusal_told: false,

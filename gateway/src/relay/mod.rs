@@ -121,18 +121,20 @@ pub struct RecordingSettings {
 }
 
 impl RecordingSettings {
-    /// Opens the recording of channel `channel` of session `session`.
+    /// Opens the recording of channel `channel` of session `session`; `first` (the
+    /// session's first recording) is refused while the spool is over its limit.
     async fn open(
         &self,
         session: &str,
         channel: u32,
         meta: ChannelMeta,
+        first: bool,
     ) -> anyhow::Result<(Recorder, std::path::PathBuf)> {
         let key = self
             .key
             .current()
             .context("no recording key is configured ([recording] public_key_file or `sshgw recording set-key`)")?;
-        if let Some(refusal) = self.spool.refusal() {
+        if first && let Some(refusal) = self.spool.refusal() {
             anyhow::bail!(refusal);
         }
         let path = self.dir.join(format!("{session}-ch{channel}.sshlog"));

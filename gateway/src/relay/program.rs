@@ -131,7 +131,7 @@ impl DeviceSide {
     /// Opens the recording of the program `kind` on `channel`; a failure is logged and
     /// counted, and its error returned.
     async fn open_recording(
-        &self,
+        &mut self,
         channel: ChannelId,
         kind: &ChannelKind,
     ) -> Result<(Recorder, std::path::PathBuf), String> {
@@ -146,10 +146,13 @@ impl DeviceSide {
             destination: self.info.original_dst.to_string(),
             env: self.envs.get(&channel).cloned().unwrap_or_default(),
         };
-        self.ctx
+        let opened = self
+            .ctx
             .recording
-            .open(&self.info.id, number, meta)
-            .await
+            .open(&self.info.id, number, meta, !self.recorded)
+            .await;
+        self.recorded |= opened.is_ok();
+        opened
             .map_err(|e| {
                 let error = format!("{e:#}");
                 tracing::error!(session = %self.info.id, channel = number, error = %error, "cannot open the recording");

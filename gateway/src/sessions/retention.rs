@@ -295,8 +295,15 @@ pub fn enforce(
     if !store.sync() {
         bail!("the session log cannot be written; retention skipped");
     }
+    // With object storage an unreferenced recording is evidence the uploader adopts
+    // (storage/orphans.rs), never a leftover to delete.
+    let unreferenced = if limits.keep_unshipped {
+        Tally::default()
+    } else {
+        unreferenced(store, recordings, &live, run_started, now)?
+    };
     let mut pass = Pass {
-        unreferenced: unreferenced(store, recordings, &live, run_started, now)?,
+        unreferenced,
         age: by_age(store, limits.max_age_days, limits.keep_unshipped)?,
         ..Default::default()
     };

@@ -74,6 +74,59 @@ pub(super) fn backfill(conn: &Connection) -> rusqlite::Result<usize> {
     Ok(recordings + records)
 }
 
+/// A recording found in the spool without a channel row, as its header describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    pub session_id: String,
+    pub channel: u32,
+    pub path: String,
+    pub kind: super::ProgramKind,
+    pub command: Option<String>,
+    pub email: Option<String>,
+    pub device_id: Option<String>,
+    pub login: Option<String>,
+    pub destination: Option<String>,
+    /// µs since the epoch.
+    pub started_at: i64,
+}
+
+/// The close reason of a session known only from an adopted recording.
+pub const ADOPTED_CLOSE_REASON: &str =
+    "interrupted: sshgw stopped (session record rebuilt from its recording's header)";
+
+/// Puts an adopted recording in the log: its session (unless the log has it), its channel
+/// and both uploads.
+pub(super) fn adopt(conn: &Connection, a: &Adopted) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT OR IGNORE INTO sessions
+           (id, email, device_id, source, destination, login, decision, started_at, close_reason)
+         VALUES (?1, ?2, ?3, '-', ?4, ?5, 'audit_ssh', ?6, ?7)",
+        params![
+            a.session_id,
+            a.email,
+            a.device_id,
+            a.destination.as_deref().unwrap_or("-"),
+            a.login,
+            a.started_at,
+            ADOPTED_CLOSE_REASON
+        ],
+    )?;
+    conn.execute(
+        "INSERT OR IGNORE INTO channels (session_id, channel, kind, command, started_at, recording)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            a.session_id,
+            a.channel,
+            a.kind,
+            a.command,
+            a.started_at,
+            a.path
+        ],
+    )?;
+    enqueue_recording(conn, &a.session_id, a.channel, &a.path)?;
+    enqueue_record(conn, &a.session_id)
+}
+
 /// Where an uploaded file is in the store: what `sessions show` gives each recorded
 /// channel, and what `recording fetch` downloads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,6 +73,8 @@ pub enum Write {
     Delete(Vec<String>),
     /// An upload attempt's result.
     Upload(Box<super::uploads::UploadResult>),
+    /// A recording found without its channel row (see `storage::orphans`).
+    Adopt(Box<super::uploads::Adopted>),
     /// Answers `true` once everything queued before it is committed, `false` when the log
     /// is failing (nothing is committed until it recovers).
     Sync(mpsc::Sender<bool>),
@@ -103,6 +105,7 @@ impl Write {
             Write::FileOp { session_id, .. } => ("file operation", session_id),
             Write::Delete(_) => ("retention delete", "-"),
             Write::Upload(r) => ("upload", &r.session_id),
+            Write::Adopt(a) => ("adopted recording", &a.session_id),
             Write::Sync(_) => ("sync", "-"),
         }
     }
@@ -127,6 +130,7 @@ impl Write {
             }
             Write::Delete(ids) => ids.iter().map(String::len).sum(),
             Write::Upload(r) => r.approx_bytes(),
+            Write::Adopt(a) => a.path.len() + a.command.as_ref().map_or(0, String::len),
             Write::Sync(_) => 0,
         };
         256 + strings
@@ -424,6 +428,7 @@ fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
             0
         }
         Write::Upload(result) => super::uploads::apply(conn, result)?,
+        Write::Adopt(adopted) => super::uploads::adopt(conn, adopted)?,
         Write::Sync(_) => 0,
     };
     Ok(())

@@ -10,7 +10,11 @@
 //!   if its size and SHA-256 are the local file's.
 //! * After an upload, a `HEAD` must show the local size and SHA-256.
 
-use std::{io::Read, path::Path, time::Duration};
+use std::{
+    io::{Read, Seek},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -64,23 +68,38 @@ impl Bucket {
         })
     }
 
-    /// Uploads the local file `path` to `key`, create-only, and confirms it.
+    /// Uploads the local file `path` to `key`, create-only, and confirms it. The file is
+    /// opened once (never through a symlink, and only a regular file); what is sent is
+    /// hashed as it is sent and must be what was hashed first.
     pub async fn put_file(&self, path: &Path, key: &str) -> Result<Stored> {
         let owned = path.to_owned();
-        let (size, sha256) = tokio::task::spawn_blocking(move || hash_file(&owned)).await??;
+        let (file, size, sha256) = tokio::task::spawn_blocking(move || {
+            let mut file = open_spool_file(&owned)?;
+            let (size, sha256) = hash_reader(&mut file)
+                .with_context(|| format!("cannot read {}", owned.display()))?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            anyhow::Ok((file, size, sha256))
+        })
+        .await??;
         let location = Key::from(key);
         let put = if size <= self.part_size {
-            let bytes = tokio::fs::read(path)
-                .await
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let bytes = tokio::task::spawn_blocking(move || {
+                let mut bytes = Vec::with_capacity(size as usize);
+                (&file)
+                    .take(size + 1)
+                    .read_to_end(&mut bytes)
+                    .map(|_| bytes)
+            })
+            .await?
+            .with_context(|| format!("cannot read {}", path.display()))?;
             anyhow::ensure!(
-                bytes.len() as u64 == size,
+                hex::encode(Sha256::digest(&bytes)) == sha256,
                 "{} changed while it was uploaded",
                 path.display()
             );
             self.put_whole(&location, Bytes::from(bytes), &sha256).await
         } else {
-            self.put_parts(&location, path, size, &sha256).await
+            self.put_parts(&location, file, size, &sha256).await
         };
         self.settle(put, &location, size, &sha256).await
     }
@@ -115,7 +134,7 @@ impl Bucket {
     async fn put_parts(
         &self,
         location: &Key,
-        path: &Path,
+        file: std::fs::File,
         size: u64,
         sha256: &str,
     ) -> object_store::Result<Option<String>> {
@@ -133,7 +152,7 @@ impl Bucket {
             ..Default::default()
         };
         let id = self.store.create_multipart_opts(location, opts).await?;
-        let result = self.send_parts(location, &id, path, size).await;
+        let result = self.send_parts(location, &id, file, size, sha256).await;
         if result.is_err() {
             // Best effort: the bucket's lifecycle rule aborts what is left.
             let _ = self.store.abort_multipart(location, &id).await;
@@ -145,13 +164,12 @@ impl Bucket {
         &self,
         location: &Key,
         id: &String,
-        path: &Path,
+        file: std::fs::File,
         size: u64,
+        sha256: &str,
     ) -> object_store::Result<Option<String>> {
-        let file = std::fs::File::open(path).map_err(local_error)?;
         let mut reader = std::io::BufReader::new(file);
-        let mut parts = Vec::new();
-        let mut sent = 0;
+        let (mut parts, mut sent, mut hasher) = (Vec::new(), 0, Sha256::new());
         while sent < size {
             let len = self.part_size.min(size - sent);
             let (back, chunk) = tokio::task::spawn_blocking(move || {
@@ -163,12 +181,18 @@ impl Bucket {
             .map_err(|e| local_error(std::io::Error::other(e)))?;
             reader = back;
             let chunk = chunk.map_err(local_error)?;
+            hasher.update(&chunk);
             let part = self
                 .store
                 .put_part(location, id, parts.len(), PutPayload::from(chunk))
                 .await?;
             parts.push(part);
             sent += len;
+        }
+        if hex::encode(hasher.finalize()) != sha256 {
+            return Err(local_error(std::io::Error::other(
+                "the file changed while it was uploaded",
+            )));
         }
         let result = self
             .create_only
@@ -218,6 +242,15 @@ impl Bucket {
                 }
             );
         }
+        if existed {
+            // Metadata is only what a writer claimed: the bytes must be these.
+            let (got_size, got) = self.download_hash(location).await?;
+            if got_size != size || got != sha256 {
+                bail!(
+                    "{location}: the key was taken by {got_size} bytes with SHA-256 {got}, not this file's {size} bytes with {sha256} (the local copy is kept)"
+                );
+            }
+        }
         Ok(Stored {
             size,
             object: StoredObject {
@@ -254,6 +287,25 @@ impl Bucket {
             },
             existed: true,
         }))
+    }
+
+    /// Size and hex SHA-256 of the object's current version, as downloaded.
+    async fn download_hash(&self, location: &Key) -> Result<(u64, String)> {
+        use futures::StreamExt;
+        let result = self
+            .store
+            .get_opts(location, GetOptions::default())
+            .await
+            .map_err(|e| anyhow!("cannot download {location} to compare it: {}", describe(&e)))?;
+        let mut stream = result.into_stream();
+        let (mut hasher, mut size) = (Sha256::new(), 0u64);
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| anyhow!("cannot download {location}: {}", describe(&e)))?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+        }
+        Ok((size, hex::encode(hasher.finalize())))
     }
 
     /// Downloads `object` (its version, when it has one) to `out` and checks its SHA-256.
@@ -365,18 +417,32 @@ fn local_error(e: std::io::Error) -> object_store::Error {
     }
 }
 
-/// Size and hex SHA-256 of a file.
-pub fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+/// Opens a spool file for upload: never through a symlink, and only a regular file.
+fn open_spool_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    anyhow::ensure!(
+        file.metadata()?.is_file(),
+        "{} is not a regular file",
+        path.display()
+    );
+    Ok(file)
+}
+
+/// Size and hex SHA-256 of what `reader` holds.
+fn hash_reader(reader: &mut impl Read) -> std::io::Result<(u64, String)> {
     let (mut hasher, mut size) = (Sha256::new(), 0u64);
     let mut block = vec![0; 1 << 20];
     loop {
-        let n = match file.read(&mut block) {
+        let n = match reader.read(&mut block) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Err(e) => return Err(e),
         };
         hasher.update(&block[..n]);
         size += n as u64;

@@ -10,4 +10,5 @@
 pub mod bucket;
 pub mod credentials;
 pub mod keys;
+pub mod orphans;
 pub mod uploader;

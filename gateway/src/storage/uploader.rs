@@ -1,9 +1,14 @@
 //! The upload loop: every [`PASS_INTERVAL`], finished recordings the store does not hold
 //! yet are uploaded, oldest first, then the records of ended sessions whose recordings are
 //! all settled. Each attempt's result goes into the session log; a failed one is retried
-//! after a backoff that doubles up to [`MAX_BACKOFF`]. The local copy of an uploaded
-//! recording is deleted only when `delete_local_after_upload` is set, and only after the
-//! store confirmed its size and SHA-256.
+//! after a backoff that doubles up to [`MAX_BACKOFF`], and ends the pass (the store is most
+//! likely unreachable). The local copy of an uploaded recording is deleted only when
+//! `delete_local_after_upload` is set, and only after the store confirmed its size and
+//! SHA-256. While the session log cannot be written nothing is attempted: a result that
+//! cannot be recorded would only be attempted again and again.
+//!
+//! The backlog (what the spool limit and the metrics count) is measured on its own timer,
+//! so a long upload never leaves it stale.
 
 use std::{
     path::{Path, PathBuf},
@@ -24,10 +29,13 @@ use crate::{
     },
 };
 
-/// How often the log is checked for work.
+/// How often the log is checked for work, and the backlog measured.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest wait before a failed upload is tried again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Attempts that find a recording missing before it counts as gone (about an hour at
+/// [`MAX_BACKOFF`]): a disk mounted late is not taken for lost evidence.
+pub const GONE_AFTER_ATTEMPTS: u32 = 120;
 /// Session records uploaded per pass.
 const SESSIONS_PER_PASS: u32 = 200;
 
@@ -35,6 +43,9 @@ pub struct Uploader {
     pub bucket: Bucket,
     pub layout: Layout,
     pub store: SessionStore,
+    /// The configured recording directory: where a recording is looked for when its row's
+    /// path does not exist (the directory was moved between runs).
+    pub recordings: PathBuf,
     pub delete_local: bool,
     pub backlog: Arc<Backlog>,
 }
@@ -42,32 +53,65 @@ pub struct Uploader {
 impl Uploader {
     /// Runs until the daemon stops.
     pub async fn run(self) {
+        let adopted = super::orphans::adopt(&self.store, &self.recordings).await;
+        if adopted > 0 {
+            tracing::warn!(
+                recordings = adopted,
+                "storage: recordings without a channel record were added to the session log for upload"
+            );
+        }
+        tokio::join!(self.measure_loop(), self.upload_loop());
+    }
+
+    async fn upload_loop(&self) {
         let mut tick = tokio::time::interval(PASS_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !self.store.health().is_ok() {
+                continue;
+            }
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %format!("{e:#}"), "storage: cannot read the upload queue from the session log");
             }
         }
     }
 
-    /// One pass over what is due.
-    pub async fn pass(&self) -> Result<()> {
+    async fn measure_loop(&self) {
+        let mut tick = tokio::time::interval(PASS_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.pending().await {
+                Ok(pending) => self.count_backlog(&pending).await,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "storage: cannot measure the upload backlog")
+                }
+            }
+        }
+    }
+
+    /// Recordings not uploaded yet whose writer is gone.
+    async fn pending(&self) -> Result<Vec<PendingRecording>> {
         let store = self.store.clone();
         let pending = tokio::task::spawn_blocking(move || store.pending_recordings(None)).await??;
-        let pending: Vec<_> = pending
+        Ok(pending
             .into_iter()
-            .filter(|p| !spool::is_being_written(&self.local_path(&p.path)))
-            .collect();
-        self.count_backlog(&pending).await;
+            .filter(|p| !spool::is_being_written(Path::new(&p.path)))
+            .collect())
+    }
+
+    /// One pass over what is due.
+    pub async fn pass(&self) -> Result<()> {
         let now = now_micros();
-        for p in pending.iter().filter(|p| p.next_attempt_at <= now) {
-            // A failure most often means the store is unreachable: the rest wait for the
-            // next pass (each keeps its own backoff), so a pass stays short and the backlog
-            // count current.
+        for p in self
+            .pending()
+            .await?
+            .iter()
+            .filter(|p| p.next_attempt_at <= now)
+        {
             if !self.upload_recording(p).await {
-                break;
+                return Ok(());
             }
         }
         let store = self.store.clone();
@@ -76,46 +120,48 @@ impl Uploader {
         })
         .await??;
         for s in sessions {
-            self.upload_session(&s.session_id, s.attempts).await;
+            if !self.upload_session(&s.session_id, s.attempts).await {
+                return Ok(());
+            }
         }
-        let store = self.store.clone();
-        let remaining =
-            tokio::task::spawn_blocking(move || store.pending_recordings(None)).await??;
-        let remaining: Vec<_> = remaining
-            .into_iter()
-            .filter(|p| !spool::is_being_written(&self.local_path(&p.path)))
-            .collect();
-        self.count_backlog(&remaining).await;
         Ok(())
     }
 
-    /// The recording's file, as its channel row names it (the path the relay created).
-    fn local_path(&self, recorded: &str) -> PathBuf {
-        PathBuf::from(recorded)
-    }
-
     async fn count_backlog(&self, pending: &[PendingRecording]) {
-        let paths: Vec<PathBuf> = pending.iter().map(|p| self.local_path(&p.path)).collect();
+        let paths: Vec<PathBuf> = pending.iter().map(|p| self.locate(&p.path)).collect();
         let (files, bytes, oldest) = tokio::task::spawn_blocking(move || measure(&paths))
             .await
             .unwrap_or_default();
         self.backlog.set(files, bytes, oldest);
     }
 
-    /// Uploads one recording; false when the attempt failed (not when the file is gone).
+    /// The recording's file: where its row says, else under that name in the configured
+    /// recording directory.
+    fn locate(&self, recorded: &str) -> PathBuf {
+        let path = PathBuf::from(recorded);
+        if path.symlink_metadata().is_err()
+            && let Some(name) = path.file_name()
+        {
+            let moved = self.recordings.join(name);
+            if moved.symlink_metadata().is_ok() {
+                return moved;
+            }
+        }
+        path
+    }
+
+    /// Uploads one recording; false when the attempt failed.
     async fn upload_recording(&self, p: &PendingRecording) -> bool {
-        let path = self.local_path(&p.path);
+        let path = self.locate(&p.path);
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let key = self
             .layout
-            .recording(self.session_start(&p.session_id, p.started_at), &name);
+            .recording(session_start(&p.session_id, p.started_at), &name);
         let outcome = match tokio::fs::symlink_metadata(&path).await {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => UploadOutcome::Gone {
-                error: format!("{} is gone: it was never uploaded", path.display()),
-            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.missing(p, &key, &path),
             _ => match self.bucket.put_file(&path, &key).await {
                 Ok(stored) => {
                     METRICS.storage_uploads.fetch_add(1, Ordering::Relaxed);
@@ -132,10 +178,6 @@ impl Uploader {
                 Err(e) => self.failed(&p.session_id, &key, p.attempts, &e),
             },
         };
-        if let UploadOutcome::Gone { error } = &outcome {
-            METRICS.storage_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(session = %p.session_id, channel = p.channel, error = %error, "storage: recording missing from the spool");
-        }
         let uploaded = matches!(outcome, UploadOutcome::Uploaded { .. });
         let failed = matches!(outcome, UploadOutcome::Failed { .. });
         self.record(&p.session_id, Some(p.channel), Some(&p.path), &key, outcome);
@@ -143,6 +185,18 @@ impl Uploader {
             self.delete_local_copy(p, &path, &key).await;
         }
         !failed
+    }
+
+    /// The recording is not where it should be: a failure to retry, until it has been
+    /// missing for [`GONE_AFTER_ATTEMPTS`] attempts.
+    fn missing(&self, p: &PendingRecording, key: &str, path: &Path) -> UploadOutcome {
+        let error = format!("{} is missing: it was never uploaded", path.display());
+        if p.attempts + 1 < GONE_AFTER_ATTEMPTS {
+            return self.failed(&p.session_id, key, p.attempts, &anyhow::anyhow!(error));
+        }
+        METRICS.storage_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(session = %p.session_id, channel = p.channel, error = %error, attempts = p.attempts + 1, "storage: recording gone from the spool; it will not be uploaded");
+        UploadOutcome::Gone { error }
     }
 
     /// The recording is confirmed in the store: its local copy goes, and the log says so
@@ -169,22 +223,39 @@ impl Uploader {
         }
     }
 
-    async fn upload_session(&self, id: &str, attempts: u32) {
+    /// Uploads one session record; false when the attempt failed.
+    async fn upload_session(&self, id: &str, attempts: u32) -> bool {
         let store = self.store.clone();
         let owned = id.to_string();
+        let key = self.layout.session(session_start(id, 0), id);
         let record = match tokio::task::spawn_blocking(move || store.get(&owned)).await {
-            Ok(Ok(Some(record))) => record,
-            _ => return,
+            Ok(Ok(Some(record))) => Ok(record),
+            Ok(Ok(None)) => Err(anyhow::anyhow!("the session is not in the log")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
         };
-        let key = self
-            .layout
-            .session(self.session_start(id, record.started_at), id);
+        let outcome = match record {
+            Ok(record) => self.put_record(id, &key, attempts, &record).await,
+            Err(e) => self.failed(id, &key, attempts, &e),
+        };
+        let failed = matches!(outcome, UploadOutcome::Failed { .. });
+        self.record(id, None, None, &key, outcome);
+        !failed
+    }
+
+    async fn put_record(
+        &self,
+        id: &str,
+        key: &str,
+        attempts: u32,
+        record: &crate::sessions::SessionRecord,
+    ) -> UploadOutcome {
         let document = serde_json::json!({
             "router_id": self.layout.router_id(),
             "session": record,
         });
         let bytes = serde_json::to_vec_pretty(&document).unwrap_or_default();
-        let outcome = match self.bucket.put_bytes(&key, bytes.into()).await {
+        match self.bucket.put_bytes(key, bytes.into()).await {
             Ok(stored) => {
                 METRICS.storage_uploads.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(session = %id, key = %key, "storage: session record uploaded");
@@ -194,17 +265,8 @@ impl Uploader {
                     at: now_micros(),
                 }
             }
-            Err(e) => self.failed(id, &key, attempts, &e),
-        };
-        self.record(id, None, None, &key, outcome);
-    }
-
-    /// The start of the session, from its id (milliseconds in hex), else the channel's.
-    fn session_start(&self, session_id: &str, fallback: i64) -> i64 {
-        session_id
-            .get(..11)
-            .and_then(|h| i64::from_str_radix(h, 16).ok())
-            .map_or(fallback, |ms| ms * 1000)
+            Err(e) => self.failed(id, key, attempts, &e),
+        }
     }
 
     fn failed(&self, session: &str, key: &str, attempts: u32, e: &anyhow::Error) -> UploadOutcome {
@@ -234,6 +296,15 @@ impl Uploader {
             outcome,
         })));
     }
+}
+
+/// The start of a session (µs), from its id (milliseconds in hex), else `fallback`: the
+/// one date a session's objects share.
+fn session_start(session_id: &str, fallback: i64) -> i64 {
+    session_id
+        .get(..11)
+        .and_then(|h| i64::from_str_radix(h, 16).ok())
+        .map_or(fallback, |ms| ms * 1000)
 }
 
 /// 1 s after the first failure, doubling up to [`MAX_BACKOFF`].
@@ -267,5 +338,15 @@ mod tests {
         assert_eq!(backoff(0), Duration::from_secs(1));
         assert_eq!(backoff(3), Duration::from_secs(8));
         assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_session_is_dated_by_its_id() {
+        // 0x19aec8a0c00 ms = 2025-11-29T...; a malformed id falls back.
+        assert_eq!(
+            session_start("19aec8a0c00deadbeef", 7),
+            0x19aec8a0c00 * 1000
+        );
+        assert_eq!(session_start("s1", 7), 7);
     }
 }
