@@ -655,3 +655,61 @@ fn identities(router_grants: &[(&str, &str)]) -> Result<Value> {
         "policies": [{"name": "sshgw-router-put", "content": policy.to_string()}],
     }))
 }
+
+/// `HeadObject` with `ChecksumMode=ENABLED` as [`ADMIN`], for [`S3Server::head_checksums`]:
+/// prints the checksum fields of the answer as one JSON object.
+const HEAD_CHECKSUMS: &str = r#"
+import json, sys
+import boto3
+from botocore.config import Config
+endpoint, access, secret, bucket, key, version = sys.argv[1:7]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access,
+                  aws_secret_access_key=secret, region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"},
+                                retries={"max_attempts": 1, "mode": "standard"}))
+h = s3.head_object(Bucket=bucket, Key=key, VersionId=version, ChecksumMode="ENABLED")
+print(json.dumps({k: h.get(k) for k in ("ChecksumSHA256", "ChecksumCRC32", "ChecksumCRC32C",
+                                        "ChecksumSHA1", "ChecksumType")}))
+"#;
+
+impl S3Server {
+    /// The checksums the store keeps for one version (`HeadObject` with
+    /// `ChecksumMode=ENABLED`, as [`ADMIN`]): `ChecksumSHA256` is the base64 SHA-256 of a
+    /// single `PUT`'s body, or for a multipart upload the base64 SHA-256 of its parts'
+    /// SHA-256s followed by `-<parts>` (`ChecksumType` `COMPOSITE`). Only there if the
+    /// uploads carried `x-amz-checksum-sha256`.
+    pub fn head_checksums(&self, bucket: &str, key: &str, version: &str) -> Result<Value> {
+        let mut cmd = self.command(self.venv.join("bin/python"));
+        cmd.arg("-c")
+            .arg(HEAD_CHECKSUMS)
+            .arg(self.endpoint())
+            .args([ADMIN.access_key, ADMIN.secret_key, bucket, key, version]);
+        let out = self
+            .procs
+            .run_quiet("s3 head-checksums", &mut cmd, ADMIN_TIMEOUT)?
+            .check("HeadObject with ChecksumMode=ENABLED")?;
+        serde_json::from_str(out.stdout.trim())
+            .with_context(|| format!("head-checksums printed no JSON: {:?}", out.stdout))
+    }
+}
+
+impl S3Server {
+    /// Restarts the server (same directory and ports, data kept) with [`ROUTER`] allowed
+    /// `s3:PutObject` only, without `s3:GetObject`, under `router_grants`: its HEAD and GET
+    /// are refused with 403, as AWS refuses them to a put-only key (and answers 403, not 404,
+    /// for a missing key to a caller without `s3:ListBucket`).
+    pub fn restart_with_put_only_router(&mut self, router_grants: &[(&str, &str)]) -> Result<()> {
+        let mut doc = identities(router_grants)?;
+        let resources: Vec<String> = router_grants
+            .iter()
+            .map(|(bucket, prefix)| format!("arn:aws:s3:::{bucket}/{prefix}*"))
+            .collect();
+        let policy = json!({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": resources}],
+        });
+        doc["policies"][0]["content"] = Value::String(policy.to_string());
+        fs::write(self.dir.join("s3.json"), doc.to_string())?;
+        self.restart()
+    }
+}

@@ -44,12 +44,14 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     // Everything the daemon writes (keys, state, session log, recordings) is private; the
     // control socket's 0660 is set explicitly.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Before anything answers: a bad storage key stops the start, never a running daemon.
+    let bucket = storage_bucket(&config)?;
     let stores = Stores::open(&config)?;
     let started = stores.started;
     let wired = Wired::attach(&config, stores).await?;
     let shared = wired.shared.clone();
     let (enrolled, audited) = (wired.sets.enrolled.len(), wired.sets.audited.len());
-    let mut tasks = spawn_tasks(&config, wired, started).await?;
+    let mut tasks = spawn_tasks(&config, wired, started, bucket).await?;
     tracing::info!(
         interfaces = ?config.datapath.interfaces,
         listeners = ?shared.listeners,
@@ -220,29 +222,38 @@ fn relay_context(
     }))
 }
 
-/// The uploader to object storage, with `[storage]`. Its credentials are read here, so a
-/// missing or unreadable key stops the start with a clear error.
-fn uploader(
-    config: &Config,
-    shared: &control::Context,
-) -> Result<Option<crate::storage::uploader::Uploader>> {
+/// The object store, with `[storage]`. Its credentials are read here, so a missing or
+/// unreadable key stops the start with a clear error.
+fn storage_bucket(config: &Config) -> Result<Option<crate::storage::bucket::Bucket>> {
     let Some(storage) = &config.storage else {
         return Ok(None);
     };
     let credentials = crate::storage::credentials::load(storage.credentials_file.as_deref())?;
-    let bucket = crate::storage::bucket::Bucket::new(storage, &credentials)?;
+    tracing::info!(endpoint = %storage.endpoint, bucket = %storage.bucket, prefix = %storage.prefix, router_id = ?config.router_id(), access_key_id = %credentials.access_key_id, "storage: uploading recordings and session records");
+    Ok(Some(crate::storage::bucket::Bucket::new(
+        storage,
+        &credentials,
+    )?))
+}
+
+/// The uploader to `bucket`.
+fn uploader(
+    config: &Config,
+    shared: &control::Context,
+    bucket: crate::storage::bucket::Bucket,
+) -> Result<crate::storage::uploader::Uploader> {
+    let storage = config.storage.as_ref().context("[storage] is not set")?;
     let router_id = config
         .router_id()
         .context("[cluster] router_id is not set")?;
-    tracing::info!(endpoint = %storage.endpoint, bucket = %storage.bucket, prefix = %storage.prefix, router_id, access_key_id = %credentials.access_key_id, "storage: uploading recordings and session records");
-    Ok(Some(crate::storage::uploader::Uploader {
+    Ok(crate::storage::uploader::Uploader {
         bucket,
         layout: crate::storage::keys::Layout::new(&storage.prefix, router_id),
         store: shared.store.clone(),
         recordings: config.recordings_dir(),
         delete_local: storage.delete_local_after_upload,
         backlog: shared.relay.recording.spool.clone(),
-    }))
+    })
 }
 
 /// Starts the tasks. Control and housekeeping run until the very end; the accept loops
@@ -252,6 +263,7 @@ async fn spawn_tasks(
     config: &Config,
     wired: Wired,
     started: std::time::SystemTime,
+    bucket: Option<crate::storage::bucket::Bucket>,
 ) -> Result<Tasks> {
     let Wired {
         control,
@@ -274,8 +286,8 @@ async fn spawn_tasks(
             started,
         ),
     );
-    if let Some(uploader) = uploader(config, &shared)? {
-        tasks.service("storage uploader", uploader.run());
+    if let Some(bucket) = bucket {
+        tasks.service("storage uploader", uploader(config, &shared, bucket)?.run());
     }
     tasks.service(
         "interface watch",
