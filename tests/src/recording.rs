@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use crate::gateway::{Gateway, sshgw_bin};
 use crate::process::{Finished, describe_status};
 use crate::topology::Lab;
+use crate::wait::poll_until;
 
 /// Deadline of one `sshgw recording ...` run (decrypting a few MiB in a debug build).
 pub const RECORDING_CLI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -511,4 +512,27 @@ pub fn expect_exit(out: &Finished, code: i32, what: &str) -> Result<()> {
         out.stderr.trim_end()
     );
     Ok(())
+}
+
+/// How long [`live_recording`] waits.
+pub const LIVE_RECORDING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits (bounded) until the live session `id` lists a channel with a recording, and returns
+/// the recording path.
+pub fn live_recording(gw: &Gateway<'_>, id: &str) -> Result<PathBuf> {
+    let mut last = Value::Null;
+    poll_until(
+        &format!("live session {id} to list its recorded channel"),
+        LIVE_RECORDING_TIMEOUT,
+        Duration::from_millis(50),
+        || {
+            last = gw.session(id)?;
+            Ok(last["channels"]
+                .as_array()
+                .and_then(|c| c.first())
+                .and_then(|c| c["recording"].as_str())
+                .map(PathBuf::from))
+        },
+    )
+    .with_context(|| format!("last record: {last:#}"))
 }

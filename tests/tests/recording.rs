@@ -18,7 +18,8 @@ use serde_json::Value;
 use sshgw_tests::gateway::str_field;
 use sshgw_tests::recording::{
     RecordingKey, Tmpfs, closed_recorded_channel, decrypt, expect_exit, export_asciicast,
-    header_len, read_header, recorded_policies, recording_cli, recording_toml, verify,
+    header_len, live_recording, read_header, recorded_policies, recording_cli, recording_toml,
+    verify,
 };
 use sshgw_tests::ssh::PTY_EXPECT_TIMEOUT;
 use sshgw_tests::wait::poll_until;
@@ -74,26 +75,6 @@ fn new_session_id(
     Ok(str_field(&s, "id")
         .context("session without id")?
         .to_owned())
-}
-
-/// Waits (bounded) until the live session `id` lists a channel with a recording, and returns
-/// the recording path.
-fn live_recording(gw: &Gateway<'_>, id: &str) -> Result<PathBuf> {
-    let mut last = Value::Null;
-    poll_until(
-        &format!("live session {id} to list its recorded channel"),
-        LOG_TIMEOUT,
-        Duration::from_millis(50),
-        || {
-            last = gw.session(id)?;
-            Ok(last["channels"]
-                .as_array()
-                .and_then(|c| c.first())
-                .and_then(|c| c["recording"].as_str())
-                .map(PathBuf::from))
-        },
-    )
-    .with_context(|| format!("last record: {last:#}"))
 }
 
 /// Waits (bounded) until the recording holds a chunk after its header (the writer seals one

@@ -43,8 +43,8 @@ use serde_json::Value;
 use sshgw_tests::gateway::str_field;
 use sshgw_tests::process::Finished;
 use sshgw_tests::recording::{
-    RecordingKey, closed_recorded_channel, expect_exit, file_mode, header_len, recorded_policies,
-    recording_toml, toml_path, verify,
+    RecordingKey, closed_recorded_channel, expect_exit, file_mode, header_len, live_recording,
+    recorded_policies, recording_toml, toml_path, verify,
 };
 use sshgw_tests::s3::{ADMIN, Credentials, ROUTER, S3Server};
 use sshgw_tests::ssh::PTY_EXPECT_TIMEOUT;
@@ -150,6 +150,26 @@ fn start_recorded<'l>(
     let mut gw = lab.gateway_with(cfg)?;
     gw.start()?;
     Ok((sshd, gw))
+}
+
+/// A recording key, then the lab sshd and the daemon uploading to `server` with the key
+/// file `creds` ([`storage_toml`], passed through `edit`).
+fn start_uploading<'l>(
+    lab: &'l Lab,
+    server: &S3Server,
+    creds: &Path,
+    (max_spool_mb, part_size_mb): (u64, u64),
+    edit: impl FnOnce(String) -> String,
+) -> Result<(RecordingKey, Sshd, Gateway<'l>)> {
+    let key = RecordingKey::generate(lab, "rec")?;
+    let storage = edit(storage_toml(
+        &server.endpoint(),
+        creds,
+        max_spool_mb,
+        part_size_mb,
+    ));
+    let (sshd, gw) = start_recorded(lab, &key, &storage)?;
+    Ok((key, sshd, gw))
 }
 
 /// `ssh` from the enrolled device to the audited server (relayed and recorded).
@@ -452,14 +472,9 @@ fn no_panic(gw: &Gateway<'_>) -> Result<()> {
 fn a_recorded_session_is_uploaded_byte_for_byte_and_locked() {
     lab_test(|lab| {
         let server = start_store(lab)?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let router = key_file(lab, "router", ROUTER)?;
         let admin = key_file(lab, "admin", ADMIN)?;
-        let (_sshd, gw) = start_recorded(
-            lab,
-            &key,
-            &storage_toml(&server.endpoint(), &router, 1024, 16),
-        )?;
+        let (key, _sshd, gw) = start_uploading(lab, &server, &router, (1024, 16), |t| t)?;
         let storage = storage_status(&gw)?;
         ensure!(
             storage["max_spool_mb"] == 1024 && storage["spool_full"] == false,
@@ -645,13 +660,8 @@ fn a_recorded_session_is_uploaded_byte_for_byte_and_locked() {
 fn the_store_killed_mid_upload_then_restarted_loses_and_duplicates_nothing() {
     lab_test(|lab| {
         let mut server = start_store(lab)?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let router = key_file(lab, "router", ROUTER)?;
-        let (_sshd, gw) = start_recorded(
-            lab,
-            &key,
-            &storage_toml(&server.endpoint(), &router, 1024, 5),
-        )?;
+        let (key, _sshd, gw) = start_uploading(lab, &server, &router, (1024, 5), |t| t)?;
 
         let out = to_audited(lab)
             .stdout_file(Path::new("/dev/null"))
@@ -767,10 +777,8 @@ fn a_store_that_stays_down_fills_the_spool_and_recorded_sessions_are_refused() {
         let mut server = start_store(lab)?;
         // Down before the daemon ever talks to it (same ports when it comes back).
         server.stop()?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let router = key_file(lab, "router", ROUTER)?;
-        let (_sshd, gw) =
-            start_recorded(lab, &key, &storage_toml(&server.endpoint(), &router, 1, 16))?;
+        let (_key, _sshd, gw) = start_uploading(lab, &server, &router, (1, 16), |t| t)?;
 
         let out = to_audited(lab)
             .stdout_file(Path::new("/dev/null"))
@@ -843,13 +851,8 @@ fn a_store_that_stays_down_fills_the_spool_and_recorded_sessions_are_refused() {
 fn a_wrong_secret_is_a_clear_error_and_a_metric_not_a_crash() {
     lab_test(|lab| {
         let server = start_store(lab)?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let creds = write_credentials(lab, "router", ROUTER.access_key, "not-the-secret", 0o600)?;
-        let (_sshd, mut gw) = start_recorded(
-            lab,
-            &key,
-            &storage_toml(&server.endpoint(), &creds, 1024, 16),
-        )?;
+        let (_key, _sshd, mut gw) = start_uploading(lab, &server, &creds, (1024, 16), |t| t)?;
 
         let out = to_audited(lab).run("echo first-$((40+2))")?;
         ensure!(out.success() && out.stdout == "first-42\n", "{out:?}");
@@ -969,25 +972,6 @@ fn a_wrong_secret_is_a_clear_error_and_a_metric_not_a_crash() {
 // 5. The daemon crashes mid-session
 // ------------------------------------------------------------------------------------------
 
-/// Waits (bounded) until the live session `id` lists a channel with a recording; returns it.
-fn live_recording(gw: &Gateway<'_>, id: &str) -> Result<PathBuf> {
-    let mut last = Value::Null;
-    poll_until(
-        &format!("live session {id} to list its recorded channel"),
-        LOG_TIMEOUT,
-        Duration::from_millis(50),
-        || {
-            last = gw.session(id)?;
-            Ok(last["channels"]
-                .as_array()
-                .and_then(|c| c.first())
-                .and_then(|c| c["recording"].as_str())
-                .map(PathBuf::from))
-        },
-    )
-    .with_context(|| format!("last record: {last:#}"))
-}
-
 /// 5. SIGKILL of the daemon during an interactive (`ssh -tt`) recorded session: after the
 ///    restart the session is `interrupted: sshgw stopped` and its truncated recording is
 ///    uploaded as it is; the stored copy is the local file and `verify` says it is truncated.
@@ -995,13 +979,8 @@ fn live_recording(gw: &Gateway<'_>, id: &str) -> Result<PathBuf> {
 fn a_daemon_killed_mid_session_uploads_the_truncated_recording() {
     lab_test(|lab| {
         let server = start_store(lab)?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let router = key_file(lab, "router", ROUTER)?;
-        let (_sshd, mut gw) = start_recorded(
-            lab,
-            &key,
-            &storage_toml(&server.endpoint(), &router, 1024, 16),
-        )?;
+        let (key, _sshd, mut gw) = start_uploading(lab, &server, &router, (1024, 16), |t| t)?;
 
         let mut term = to_audited(lab).pty_session(None, (24, 80))?;
         term.send("echo crash-marker-$((6*7))\n")?;
@@ -1132,13 +1111,8 @@ fn a_credentials_file_others_can_read_is_refused_at_start() {
 fn a_key_taken_by_other_bytes_is_never_overwritten() {
     lab_test(|lab| {
         let server = start_store(lab)?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let router = key_file(lab, "router", ROUTER)?;
-        let (_sshd, gw) = start_recorded(
-            lab,
-            &key,
-            &storage_toml(&server.endpoint(), &router, 1024, 16),
-        )?;
+        let (key, _sshd, gw) = start_uploading(lab, &server, &router, (1024, 16), |t| t)?;
 
         let mut session = to_audited(lab).session("echo ready; exec cat")?;
         ensure!(session.read_line(SESSION_TIMEOUT)? == "ready", "first line");
@@ -1226,13 +1200,9 @@ fn retention_keeps_a_session_until_it_is_uploaded() {
     lab_test(|lab| {
         let mut server = start_store(lab)?;
         server.stop()?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let router = key_file(lab, "router", ROUTER)?;
-        let storage = format!(
-            "{}\n[retention]\nmax_total_mb = 1\n",
-            storage_toml(&server.endpoint(), &router, 1024, 16)
-        );
-        let (_sshd, mut gw) = start_recorded(lab, &key, &storage)?;
+        let retention = |t| format!("{t}\n[retention]\nmax_total_mb = 1\n");
+        let (_key, _sshd, mut gw) = start_uploading(lab, &server, &router, (1024, 16), retention)?;
 
         let out = to_audited(lab)
             .stdout_file(Path::new("/dev/null"))
@@ -1308,13 +1278,8 @@ fn a_key_taken_during_a_multipart_upload_is_never_overwritten() {
         let mut server = start_store(lab)?;
         let grant = router_prefix();
         server.restart_with_put_only_router(&[(BUCKET, grant.as_str())])?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let router = key_file(lab, "router", ROUTER)?;
-        let (_sshd, gw) = start_recorded(
-            lab,
-            &key,
-            &storage_toml(&server.endpoint(), &router, 1024, 5),
-        )?;
+        let (_key, _sshd, gw) = start_uploading(lab, &server, &router, (1024, 5), |t| t)?;
 
         let go = lab.dir().join("go-multipart");
         let remote = format!(
@@ -1406,10 +1371,8 @@ const UPLOAD_FAILED: &str = "storage: upload failed";
 fn a_hung_store_still_has_its_backlog_counted_and_the_spool_limit_enforced() {
     lab_test(|lab| {
         let server = start_store(lab)?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let router = key_file(lab, "router", ROUTER)?;
-        let (_sshd, gw) =
-            start_recorded(lab, &key, &storage_toml(&server.endpoint(), &router, 1, 16))?;
+        let (_key, _sshd, gw) = start_uploading(lab, &server, &router, (1, 16), |t| t)?;
         let weed = server.proc().context("store not running")?.clone();
         weed.signal(nix::sys::signal::Signal::SIGSTOP)?;
         let result = (|| -> Result<(String, String)> {
@@ -1496,14 +1459,16 @@ fn a_hung_store_still_has_its_backlog_counted_and_the_spool_limit_enforced() {
 fn delete_local_after_upload_keeps_the_evidence_in_the_store() {
     lab_test(|lab| {
         let server = start_store(lab)?;
-        let key = RecordingKey::generate(lab, "rec")?;
         let router = key_file(lab, "router", ROUTER)?;
         let admin = key_file(lab, "admin", ADMIN)?;
-        let storage = storage_toml(&server.endpoint(), &router, 1024, 16).replace(
-            "delete_local_after_upload = false",
-            "delete_local_after_upload = true",
-        );
-        let (_sshd, mut gw) = start_recorded(lab, &key, &storage)?;
+        let delete_local = |t: String| {
+            t.replace(
+                "delete_local_after_upload = false",
+                "delete_local_after_upload = true",
+            )
+        };
+        let (key, _sshd, mut gw) =
+            start_uploading(lab, &server, &router, (1024, 16), delete_local)?;
 
         let out = to_audited(lab).run("echo deleted-locally-$((6*7))")?;
         ensure!(out.success(), "recorded session: {out:?}");
