@@ -43,6 +43,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 use sshgw_tests::gateway::{Gateway, GatewayConfig, default_devices, sshgw_bin};
 use sshgw_tests::persist::{self, LabState};
+use sshgw_tests::s3::{self, S3Server};
 use sshgw_tests::topology::require_root;
 use sshgw_tests::wait::poll_until;
 use sshgw_tests::wireguard_lab::{WireGuardLab, wireguard_gateway_config};
@@ -289,7 +290,7 @@ fn up(opts: &Opts) -> Result<()> {
     let head_start = head_start();
     let ci = opts.ci;
     let name = opts.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
-    let mut steps = Steps::new(if ci { 7 } else { 6 } + usize::from(opts.wireguard));
+    let mut steps = Steps::new(if ci { 8 } else { 7 } + usize::from(opts.wireguard));
 
     // 1. The state dir (and, interactively, away with a lab that is still up).
     let mut state = steps.run(
@@ -467,6 +468,140 @@ fn build_and_demo(
     }
 }
 
+/// The lab's object store: SeaweedFS on the router namespace's loopback with a locked bucket,
+/// the router's put-only key, an admin key for `recording fetch`, and the daemon's
+/// `[cluster]` and `[storage]` tables.
+struct Store {
+    server: S3Server,
+    admin_key: PathBuf,
+    toml: String,
+}
+
+const BUCKET: &str = "sshgw-lab";
+const ROUTER_ID: &str = "lab-rtr";
+
+fn start_store(lab: &Lab, state: &mut LabState, ci: bool, state_dir: &Path) -> Result<Store> {
+    let dir = state_dir.join("s3");
+    let grant = format!("recordings/{ROUTER_ID}/");
+    let server = long_lived(lab, ci, || {
+        S3Server::start_with(
+            lab.procs(),
+            Some(&lab.rtr),
+            &dir,
+            &[(BUCKET, grant.as_str())],
+        )
+    })?;
+    state.record_process(
+        "seaweedfs",
+        server.proc().context("the store has no process")?,
+    )?;
+    server.create_locked_bucket(BUCKET, 1)?;
+    let key_file = |name: &str, creds: s3::Credentials| -> Result<PathBuf> {
+        let path = dir.join(name);
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| {
+                write!(
+                    f,
+                    "access_key_id={}\nsecret_access_key={}\n",
+                    creds.access_key, creds.secret_key
+                )
+            })
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    let router_key = key_file("router.credentials", s3::ROUTER)?;
+    let admin_key = key_file("admin.credentials", s3::ADMIN)?;
+    let toml = format!(
+        "[cluster]\nrouter_id = \"{ROUTER_ID}\"\n\n[storage]\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\n\
+         prefix = \"recordings\"\ncredentials_file = {}\n",
+        server.endpoint(),
+        toml_str(&path_str(&router_key))
+    );
+    println!(
+        "    SeaweedFS (pid {}) in {} at {}: bucket {BUCKET} with Object Lock (COMPLIANCE, 1 day); \
+         the router's key may only put (and HEAD) under {grant}",
+        server.proc().map_or(0, |p| p.pid()),
+        lab.rtr.name(),
+        server.endpoint()
+    );
+    Ok(Store {
+        server,
+        admin_key,
+        toml,
+    })
+}
+
+/// The session's recording is uploaded: `recording fetch` (with the admin key) gets the
+/// exact bytes of the local file, and `verify` calls the downloaded copy complete.
+fn check_uploaded(
+    gw: &Gateway<'_>,
+    store: &Store,
+    session_id: &str,
+    recording: &Path,
+    key: &Path,
+    config: &str,
+) -> Result<()> {
+    let object = poll_until(
+        "the recording to be uploaded (recording_object in the session log)",
+        SESSION_LOG_TIMEOUT,
+        Duration::from_millis(200),
+        || {
+            let record = gw.session(session_id)?;
+            Ok(record["channels"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| !c["recording_object"].is_null()))
+                .map(|c| c["recording_object"].clone()))
+        },
+    )?;
+    println!("    recording_object: {object}");
+    let out = store.server.dir().join("fetched");
+    fs::create_dir_all(&out)?;
+    let (out_s, admin) = (path_str(&out), path_str(&store.admin_key));
+    show(
+        gw,
+        &[
+            "recording",
+            "fetch",
+            "--session",
+            session_id,
+            "--output",
+            &out_s,
+            "--credentials",
+            &admin,
+            "--config",
+            config,
+        ],
+    )?;
+    let name = recording
+        .file_name()
+        .context("the recording has no file name")?;
+    let fetched = out.join(name);
+    ensure!(
+        fs::read(&fetched)? == fs::read(recording)?,
+        "the fetched {} differs from the local {}",
+        fetched.display(),
+        recording.display()
+    );
+    show(
+        gw,
+        &[
+            "recording",
+            "verify",
+            "-i",
+            &path_str(&fetched),
+            "-k",
+            &path_str(key),
+        ],
+    )?;
+    println!("    ok: the object store holds the recording byte for byte, and it verifies");
+    Ok(())
+}
+
 /// Runs `f` (which spawns sshd or the daemon) so that, in the interactive lab, what it spawns
 /// outlives this process.
 fn long_lived<T>(lab: &Lab, ci: bool, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -554,10 +689,12 @@ fn demo(
     let config_link = state_dir.join("sshgw.toml");
     let log_link = state_dir.join("sshgw.log");
 
-    // 3. The daemon.
-    let gw = steps.run(
-        "start sshgw in the router namespace: demo device table, audit policy with command logging",
+    // 3. The object store, then the daemon.
+    let (store, gw) = steps.run(
+        "start SeaweedFS and sshgw in the router namespace: demo device table, audit policy \
+         with command logging, recordings uploaded",
         || {
+            let store = start_store(lab, state, ci, &state_dir)?;
             println!("    $ sshgw recording keygen -o {}", key.display());
             let mut keygen = Command::new(&bin);
             keygen.args(["recording", "keygen", "-o"]).arg(&key);
@@ -590,9 +727,10 @@ fn demo(
                 // `down` stops the daemon with SIGTERM: take the datapath out with it.
                 .datapath("on_stop = \"remove\"");
             cfg.extra_toml = format!(
-                "[recording]\npublic_key_file = {}\ndir = {}\n",
+                "[recording]\npublic_key_file = {}\ndir = {}\n\n{}",
                 toml_str(&path_str(&key_pub)),
-                toml_str(&path_str(&recordings))
+                toml_str(&path_str(&recordings)),
+                store.toml
             );
             let mut gw = lab.gateway_with(cfg)?;
             let status = long_lived(lab, ci, || gw.start());
@@ -631,7 +769,7 @@ fn demo(
             let config = path_str(&config_link);
             show(&gw, &["devices", "show", "--config", &config])?;
             show(&gw, &["policy", "show", "--config", &config])?;
-            Ok(gw)
+            Ok((store, gw))
         },
     )?;
     let config = path_str(&config_link);
@@ -711,6 +849,16 @@ fn demo(
         println!("    ok: the replay shows the output of whoami, uname -a and echo");
         Ok(())
     })?;
+
+    // 7. Evidence off the box.
+    steps.run(
+        "the recording in the object store (SeaweedFS, Object Lock): sshgw recording fetch",
+        || check_uploaded(&gw, &store, &session_id, &recording, &key, &config),
+    )?;
+    if !ci {
+        // Kept running for `down` (its PID is in the state file).
+        std::mem::forget(store.server);
+    }
 
     Ok(Demo {
         dev_ns: lab.dev.name().to_owned(),
@@ -920,6 +1068,12 @@ fn instructions(d: &Demo, state_dir: &Path) -> String {
   {sshgw} recording decrypt -i {rec} -k {key} -o /tmp/sshgw-lab-session.zip
   {sshgw} recording export -i {rec} -k {key} --format asciicast -o /tmp/sshgw-lab-session.cast
   asciinema play /tmp/sshgw-lab-session.cast
+
+  # Every finished recording is also uploaded to SeaweedFS (Object Lock) in {rtr}:
+  # its key, version and SHA-256 are in `sessions show {id} --json` (recording_object)
+  ip netns exec {rtr} {sshgw} recording fetch --session {id} --output /tmp \\
+      --credentials {state}/s3/admin.credentials --config {config}
+  nsenter --net=/run/netns/{rtr} {sshgw} status --config {config}   # storage: backlog
 
   # The daemon (datapath status needs the host's /sys/fs/bpf: nsenter, not ip netns exec)
   nsenter --net=/run/netns/{rtr} {sshgw} status --config {config}
