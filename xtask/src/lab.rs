@@ -235,7 +235,9 @@ fn run_lab(target_dir: &Path, ci: bool, wireguard: bool, t0_ms: u128) -> Result<
     if wireguard {
         cmd.arg("--wireguard");
     }
-    cmd.env("SSHGW_BIN", &sshgw).env(T0_ENV, t0_ms.to_string());
+    cmd.env("SSHGW_BIN", &sshgw)
+        .env(T0_ENV, t0_ms.to_string())
+        .env(prereqs::S3_VENV_ENV, prereqs::s3_venv()?);
     util::run(&mut cmd)
 }
 

@@ -175,7 +175,10 @@ fn execute(step: Step, ctx: &mut RunState<'_>) -> Result<()> {
             }
         }
         Step::BenchQuick => {
-            let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+            // This very binary, even once the unit-test step has replaced target/debug/xtask
+            // (building it for the deploy tests, with the workspace's unified features,
+            // relinks that path while this process runs from the old file).
+            let xtask = PathBuf::from("/proc/self/exe");
             util::run(
                 Command::new(xtask)
                     .args(["bench", "--quick"])

@@ -41,7 +41,7 @@ pub fn fetch(
         }
         Source::Record(file) => read_record(file)?,
     };
-    let objects = uploaded(&record)?;
+    let (objects, waiting) = uploaded(&record)?;
     let key = credentials::load(credentials_file.or(storage.credentials_file.as_deref()))?;
     let bucket = Bucket::new(storage, &key)?;
     let runtime = super::runtime()?;
@@ -55,6 +55,13 @@ pub fn fetch(
             object.sha256,
             escape(&path.display().to_string())
         );
+    }
+    if !waiting.is_empty() {
+        bail!(Refused(format!(
+            "session {}: the recordings of channel(s) {} are not in the store (not uploaded yet, or gone from the spool before their upload: see `sshgw status`)",
+            escape(&record.id),
+            waiting.join(", ")
+        )));
     }
     Ok(())
 }
@@ -72,8 +79,13 @@ fn read_record(file: &Path) -> Result<SessionRecord> {
         .map_err(|e| Refused(format!("{}: not a session record: {e}", file.display())).into())
 }
 
-/// The channels' uploaded recordings; an error when some are not uploaded yet.
-fn uploaded(record: &SessionRecord) -> Result<Vec<(u32, StoredObject)>> {
+/// The uploaded recordings (channel, object) and the channels whose recordings are not in
+/// the store.
+type Uploaded = (Vec<(u32, StoredObject)>, Vec<String>);
+
+/// What of the session's recordings is in the store; an error when there is nothing to
+/// download.
+fn uploaded(record: &SessionRecord) -> Result<Uploaded> {
     let recorded: Vec<_> = record
         .channels
         .iter()
@@ -90,17 +102,18 @@ fn uploaded(record: &SessionRecord) -> Result<Vec<(u32, StoredObject)>> {
         .filter(|c| c.recording_object.is_none())
         .map(|c| c.channel.to_string())
         .collect();
-    if !waiting.is_empty() {
+    let objects: Vec<_> = recorded
+        .iter()
+        .filter_map(|c| Some((c.channel, c.recording_object.clone()?)))
+        .collect();
+    if objects.is_empty() {
         bail!(Refused(format!(
-            "session {}: the recordings of channel(s) {} are not uploaded yet (see `sshgw status`)",
+            "session {}: none of its recordings is in the store yet (channel(s) {}; see `sshgw status`)",
             escape(&record.id),
             waiting.join(", ")
         )));
     }
-    Ok(recorded
-        .iter()
-        .filter_map(|c| Some((c.channel, c.recording_object.clone()?)))
-        .collect())
+    Ok((objects, waiting))
 }
 
 /// The object's name without its prefix and date.
@@ -177,13 +190,18 @@ mod tests {
     }
 
     #[test]
-    fn every_recording_must_be_uploaded_before_a_fetch() {
-        let done = uploaded(&session(&[Some("p/rtr/2026/12/05/s1-ch0.sshlog")])).unwrap();
+    fn a_fetch_takes_what_is_uploaded_and_names_what_is_not() {
+        let (done, waiting) =
+            uploaded(&session(&[Some("p/rtr/2026/12/05/s1-ch0.sshlog")])).unwrap();
         assert_eq!(file_name(&done[0].1), PathBuf::from("s1-ch0.sshlog"));
-        let err = uploaded(&session(&[Some("k"), None]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("channel(s) 1 are not uploaded yet"), "{err}");
+        assert!(waiting.is_empty());
+        let (done, waiting) = uploaded(&session(&[Some("k"), None])).unwrap();
+        assert_eq!((done.len(), waiting), (1, vec!["1".to_string()]));
+        let err = uploaded(&session(&[None])).unwrap_err().to_string();
+        assert!(
+            err.contains("none of its recordings is in the store yet"),
+            "{err}"
+        );
         let err = uploaded(&session(&[])).unwrap_err().to_string();
         assert!(err.contains("has no recordings"), "{err}");
     }

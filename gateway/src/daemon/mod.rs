@@ -253,6 +253,7 @@ fn uploader(
         recordings: config.recordings_dir(),
         delete_local: storage.delete_local_after_upload,
         backlog: shared.relay.recording.spool.clone(),
+        missing_since: Default::default(),
     })
 }
 
@@ -272,6 +273,17 @@ async fn spawn_tasks(
         admit,
         ..
     } = wired;
+    if bucket.is_some() {
+        // Before retention and the accept loops: what a crash left unnamed is adopted
+        // while nothing else touches the recording directory.
+        let adopted = crate::storage::orphans::adopt(&shared.store, &config.recordings_dir()).await;
+        if adopted > 0 {
+            tracing::warn!(
+                recordings = adopted,
+                "storage: recordings without a channel record were added to the session log for upload"
+            );
+        }
+    }
     let mut tasks = Tasks::default();
     tasks.service(
         "control socket",

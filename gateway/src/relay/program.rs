@@ -70,6 +70,8 @@ impl DeviceSide {
             return;
         }
         self.programs.insert(channel);
+        // Recorded from here on: the spool limit no longer refuses this session.
+        self.recorded |= recording.is_some();
         let env = self.envs.get(&channel).cloned().unwrap_or_default();
         let record =
             ChannelRecord::program(u32::from(channel), &kind, now_micros(), recording, env);
@@ -131,7 +133,7 @@ impl DeviceSide {
     /// Opens the recording of the program `kind` on `channel`; a failure is logged and
     /// counted, and its error returned.
     async fn open_recording(
-        &mut self,
+        &self,
         channel: ChannelId,
         kind: &ChannelKind,
     ) -> Result<(Recorder, std::path::PathBuf), String> {
@@ -146,13 +148,10 @@ impl DeviceSide {
             destination: self.info.original_dst.to_string(),
             env: self.envs.get(&channel).cloned().unwrap_or_default(),
         };
-        let opened = self
-            .ctx
+        self.ctx
             .recording
             .open(&self.info.id, number, meta, !self.recorded)
-            .await;
-        self.recorded |= opened.is_ok();
-        opened
+            .await
             .map_err(|e| {
                 let error = format!("{e:#}");
                 tracing::error!(session = %self.info.id, channel = number, error = %error, "cannot open the recording");

@@ -125,34 +125,66 @@ fn file_name(path: &str) -> String {
         .map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-/// Deletes sessions' rows, then their files (a file left behind is swept as unreferenced
-/// later; a row left pointing at nothing would not be).
-fn remove_sessions(store: &SessionStore, doomed: Vec<(String, i64, Vec<String>)>) -> Result<Tally> {
+/// Deletes sessions' rows and their files: each file at the path its row names and under
+/// its name in the recording directory (the directory may have moved since). Without object
+/// storage the rows go first (a file left behind is swept as unreferenced later); with it,
+/// the sessions are shipped, so their files go first and a crash never leaves a file that
+/// no row names.
+fn remove_sessions(
+    store: &SessionStore,
+    recordings: &Path,
+    shipped: bool,
+    doomed: Vec<(String, i64, Vec<String>)>,
+) -> Result<Tally> {
     let mut tally = Tally {
         sessions: doomed.len() as u64,
         ..Default::default()
     };
     let (ids, files): (Vec<String>, Vec<Vec<String>>) =
         doomed.into_iter().map(|(id, _, files)| (id, files)).unzip();
+    let mut paths: Vec<std::path::PathBuf> = Vec::new();
+    for file in files.iter().flatten() {
+        paths.push(file.into());
+        let moved = recordings.join(file_name(file));
+        if moved != Path::new(file) {
+            paths.push(moved);
+        }
+    }
+    if shipped {
+        remove_files(&paths, &mut tally);
+    }
     store.write(Write::Delete(ids));
     if !store.sync() {
         bail!("the session log cannot be written; retention stopped");
     }
-    for file in files.into_iter().flatten() {
-        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        match std::fs::remove_file(&file) {
+    if !shipped {
+        remove_files(&paths, &mut tally);
+    }
+    Ok(tally)
+}
+
+fn remove_files(paths: &[std::path::PathBuf], tally: &mut Tally) {
+    for file in paths {
+        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(file) {
             Ok(()) => {
                 tally.files += 1;
                 tally.bytes += size;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(file, error = %e, "retention: cannot remove recording"),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "retention: cannot remove recording")
+            }
         }
     }
-    Ok(tally)
 }
 
-fn by_age(store: &SessionStore, max_age_days: u64, keep_unshipped: bool) -> Result<Tally> {
+fn by_age(
+    store: &SessionStore,
+    recordings: &Path,
+    max_age_days: u64,
+    keep_unshipped: bool,
+) -> Result<Tally> {
     let mut tally = Tally::default();
     if max_age_days == 0 {
         return Ok(tally);
@@ -167,7 +199,7 @@ fn by_age(store: &SessionStore, max_age_days: u64, keep_unshipped: bool) -> Resu
         if batch.is_empty() {
             return Ok(tally);
         }
-        tally.add(remove_sessions(store, batch)?);
+        tally.add(remove_sessions(store, recordings, keep_unshipped, batch)?);
     }
 }
 
@@ -223,7 +255,7 @@ fn by_size(
         for path in batch.iter().flat_map(|(_, _, f)| f) {
             files -= sizes.remove(&file_name(path)).unwrap_or(0);
         }
-        tally.add(remove_sessions(store, batch)?);
+        tally.add(remove_sessions(store, recordings, keep_unshipped, batch)?);
         total = store.used_bytes()? + files;
     }
     Ok((tally, before, total))
@@ -304,7 +336,12 @@ pub fn enforce(
     };
     let mut pass = Pass {
         unreferenced,
-        age: by_age(store, limits.max_age_days, limits.keep_unshipped)?,
+        age: by_age(
+            store,
+            recordings,
+            limits.max_age_days,
+            limits.keep_unshipped,
+        )?,
         ..Default::default()
     };
     let (size, before, after) = by_size(
@@ -432,6 +469,46 @@ mod tests {
             assert_eq!(file, row, "{id}: file and record go together");
             row
         }
+    }
+
+    /// With object storage: a shipped session's file goes even where its row's path no
+    /// longer leads (the recording directory moved), and an unshipped one stays.
+    #[test]
+    fn with_storage_shipped_sessions_go_with_their_files_wherever_the_row_points() {
+        let f = fixture();
+        f.session("shipped", 10, false, 1);
+        f.session("unshipped", 10, false, 1);
+        let conn = open_for_test(&f);
+        conn.execute(
+            "UPDATE channels SET recording = '/elsewhere/' || session_id || '-ch0.sshlog'",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE uploads SET uploaded_at = 1, item = '/elsewhere/shipped-ch0.sshlog'
+             WHERE session_id = 'shipped'",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO uploads (session_id, item, uploaded_at) VALUES ('shipped', 'record', 1)",
+            [],
+        )
+        .unwrap();
+        let pass = f.enforce(
+            Limits {
+                max_age_days: 7,
+                max_total_mb: 0,
+                keep_unshipped: true,
+            },
+            SystemTime::now(),
+        );
+        assert_eq!((pass.age.sessions, pass.age.files), (1, 1));
+        assert!(!f.exists("shipped") && f.exists("unshipped"));
+    }
+
+    fn open_for_test(f: &Fixture) -> rusqlite::Connection {
+        rusqlite::Connection::open(f._dir.path().join("s.db")).unwrap()
     }
 
     #[test]

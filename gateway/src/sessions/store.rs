@@ -385,6 +385,11 @@ impl SessionStore {
         )?)
     }
 
+    /// Recordings counted as gone: (session, channel, path).
+    pub fn gone_recordings(&self) -> Result<Vec<(String, u32, String)>> {
+        Ok(super::uploads::gone_recordings(&open(&self.path)?)?)
+    }
+
     /// The error of the latest failed upload still pending.
     pub fn upload_error(&self) -> Result<Option<String>> {
         Ok(super::uploads::last_error(&open(&self.path)?)?)

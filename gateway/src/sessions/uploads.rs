@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS uploads (
 );
 CREATE INDEX IF NOT EXISTS uploads_pending ON uploads(next_attempt_at)
     WHERE uploaded_at IS NULL AND gone = 0;
+CREATE INDEX IF NOT EXISTS uploads_gone ON uploads(session_id)
+    WHERE uploaded_at IS NULL AND gone = 1;
 ";
 
 /// The `item` of a session's record.
@@ -111,18 +113,27 @@ pub(super) fn adopt(conn: &Connection, a: &Adopted) -> rusqlite::Result<usize> {
             ADOPTED_CLOSE_REASON
         ],
     )?;
-    conn.execute(
-        "INSERT OR IGNORE INTO channels (session_id, channel, kind, command, started_at, recording)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            a.session_id,
-            a.channel,
-            a.kind,
-            a.command,
-            a.started_at,
-            a.path
-        ],
+    // A channel the log has (without this file) gets it; else a new channel row.
+    let named = conn.execute(
+        "UPDATE channels SET recording = ?3
+         WHERE session_id = ?1 AND channel = ?2 AND recording IS NULL",
+        params![a.session_id, a.channel, a.path],
     )?;
+    if named == 0 {
+        conn.execute(
+            "INSERT INTO channels (session_id, channel, kind, command, started_at, recording)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6
+             WHERE NOT EXISTS (SELECT 1 FROM channels WHERE session_id = ?1 AND channel = ?2)",
+            params![
+                a.session_id,
+                a.channel,
+                a.kind,
+                a.command,
+                a.started_at,
+                a.path
+            ],
+        )?;
+    }
     enqueue_recording(conn, &a.session_id, a.channel, &a.path)?;
     enqueue_record(conn, &a.session_id)
 }
@@ -153,6 +164,7 @@ pub struct PendingRecording {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingSession {
     pub session_id: String,
+    pub started_at: i64,
     pub attempts: u32,
 }
 
@@ -174,6 +186,8 @@ pub enum UploadOutcome {
     },
     /// The uploaded recording's local copy was deleted.
     LocalDeleted,
+    /// A recording counted as gone is back (a late mount): pending again, from scratch.
+    Reappeared,
 }
 
 /// One attempt's result, for [`super::store::Write::Upload`].
@@ -206,10 +220,12 @@ pub(super) fn apply(conn: &Connection, r: &UploadResult) -> rusqlite::Result<usi
         "INSERT OR IGNORE INTO uploads (session_id, item, channel) VALUES (?1, ?2, ?3)",
         params![r.session_id, item, r.channel],
     )?;
-    conn.execute(
-        "UPDATE uploads SET key = ?3 WHERE session_id = ?1 AND item = ?2",
-        params![r.session_id, item, r.key],
-    )?;
+    if !r.key.is_empty() {
+        conn.execute(
+            "UPDATE uploads SET key = ?3 WHERE session_id = ?1 AND item = ?2",
+            params![r.session_id, item, r.key],
+        )?;
+    }
     let row = params![r.session_id, item];
     match &r.outcome {
         UploadOutcome::Uploaded { size, object, at } => conn.execute(
@@ -240,6 +256,11 @@ pub(super) fn apply(conn: &Connection, r: &UploadResult) -> rusqlite::Result<usi
         ),
         UploadOutcome::LocalDeleted => conn.execute(
             "UPDATE uploads SET local_deleted = 1 WHERE session_id = ?1 AND item = ?2",
+            row,
+        ),
+        UploadOutcome::Reappeared => conn.execute(
+            "UPDATE uploads SET gone = 0, attempts = 0, next_attempt_at = 0, last_error = NULL
+             WHERE session_id = ?1 AND item = ?2",
             row,
         ),
     }
@@ -277,8 +298,10 @@ pub(super) fn pending_sessions(
     limit: u32,
 ) -> rusqlite::Result<Vec<PendingSession>> {
     let mut stmt = conn.prepare(
-        "SELECT u.session_id, u.attempts FROM uploads u
+        "SELECT u.session_id, s.started_at, u.attempts FROM uploads u
+         JOIN sessions s ON s.id = u.session_id
          WHERE u.uploaded_at IS NULL AND u.gone = 0 AND u.next_attempt_at <= ?1 AND u.item = ?2
+           AND (s.ended_at IS NOT NULL OR s.close_reason IS NOT NULL)
            AND NOT EXISTS (
              SELECT 1 FROM uploads r WHERE r.session_id = u.session_id AND r.item != ?2
                AND r.uploaded_at IS NULL AND r.gone = 0)
@@ -287,9 +310,20 @@ pub(super) fn pending_sessions(
     let rows = stmt.query_map(params![due_by, RECORD, limit], |r| {
         Ok(PendingSession {
             session_id: r.get(0)?,
-            attempts: r.get(1)?,
+            started_at: r.get(1)?,
+            attempts: r.get(2)?,
         })
     })?;
+    rows.collect()
+}
+
+/// Recordings counted as gone: (session, channel, path), for the check that they are back.
+pub(super) fn gone_recordings(conn: &Connection) -> rusqlite::Result<Vec<(String, u32, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT session_id, coalesce(channel, 0), item FROM uploads
+         WHERE uploaded_at IS NULL AND gone = 1 AND item != ?1",
+    )?;
+    let rows = stmt.query_map([RECORD], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
 }
 
@@ -498,5 +532,112 @@ mod tests {
         // Deleting a session takes its upload rows with it.
         store.write(Write::Delete(vec!["s1".into()]));
         assert!(store.sync());
+    }
+}
+
+#[cfg(test)]
+mod adoption_tests {
+    use super::*;
+    use crate::{
+        policy::model::Action,
+        sessions::{ProgramKind, SessionRecord, store::SessionStore, store::Write},
+    };
+
+    fn adopted(session: &str, channel: u32, path: &str) -> Adopted {
+        Adopted {
+            session_id: session.into(),
+            channel,
+            path: path.into(),
+            kind: ProgramKind::Shell,
+            command: None,
+            email: None,
+            device_id: None,
+            login: None,
+            destination: None,
+            started_at: 5,
+        }
+    }
+
+    #[test]
+    fn an_adopted_recording_joins_its_channel_and_waits_for_a_live_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(&dir.path().join("sessions.db")).unwrap();
+        store.write(Write::Open(Box::new(SessionRecord::new(
+            "s1".into(),
+            "100.96.0.7:1".into(),
+            "203.0.113.10:22".into(),
+            Action::AuditSsh,
+            1,
+        ))));
+        store.write(Write::ChannelOpen {
+            session_id: "s1".into(),
+            record: crate::sessions::ChannelRecord::program(
+                2,
+                &crate::recording::writer::ChannelKind::Shell,
+                3,
+                None,
+                vec![],
+            ),
+        });
+        store.write(Write::Adopt(Box::new(adopted("s1", 2, "/r/s1-ch2.sshlog"))));
+        store.sync();
+        // The existing channel row names the file; no second row.
+        let s1 = store.get("s1").unwrap().unwrap();
+        assert_eq!(s1.channels.len(), 1);
+        assert_eq!(
+            s1.channels[0].recording.as_deref(),
+            Some("/r/s1-ch2.sshlog")
+        );
+        assert_eq!(store.pending_recordings(None).unwrap().len(), 1);
+        // The session is live: its record waits for its end, whatever adoption queued.
+        let done = |id: &str| {
+            Write::Upload(Box::new(UploadResult {
+                session_id: id.into(),
+                channel: Some(2),
+                path: Some("/r/s1-ch2.sshlog".into()),
+                key: "k".into(),
+                outcome: UploadOutcome::Uploaded {
+                    size: 1,
+                    object: StoredObject {
+                        key: "k".into(),
+                        version_id: None,
+                        sha256: "00".into(),
+                    },
+                    at: 1,
+                },
+            }))
+        };
+        store.write(done("s1"));
+        store.write(Write::Adopt(Box::new(adopted("s1", 3, "/r/s1-ch3.sshlog"))));
+        store.sync();
+        assert_eq!(store.get("s1").unwrap().unwrap().channels.len(), 2);
+        assert!(store.pending_sessions(i64::MAX, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_gone_recording_that_is_back_is_pending_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SessionStore::open(&dir.path().join("sessions.db")).unwrap();
+        store.write(Write::Adopt(Box::new(adopted("s9", 0, "/r/s9-ch0.sshlog"))));
+        let result = |outcome| {
+            Write::Upload(Box::new(UploadResult {
+                session_id: "s9".into(),
+                channel: Some(0),
+                path: Some("/r/s9-ch0.sshlog".into()),
+                key: String::new(),
+                outcome,
+            }))
+        };
+        store.write(result(UploadOutcome::Gone {
+            error: "missing".into(),
+        }));
+        store.sync();
+        assert!(store.pending_recordings(None).unwrap().is_empty());
+        assert_eq!(store.gone_recordings().unwrap().len(), 1);
+        store.write(result(UploadOutcome::Reappeared));
+        store.sync();
+        assert!(store.gone_recordings().unwrap().is_empty());
+        let pending = store.pending_recordings(None).unwrap();
+        assert_eq!((pending[0].attempts, pending[0].next_attempt_at), (0, 0));
     }
 }

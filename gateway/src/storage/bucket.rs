@@ -30,6 +30,9 @@ use sha2::{Digest, Sha256};
 use super::credentials::Credentials;
 use crate::{config::StorageConfig, sessions::uploads::StoredObject};
 
+/// The most parts S3 takes in one multipart upload.
+const MAX_PARTS: u64 = 10_000;
+
 /// The metadata entry with the whole object's hex SHA-256.
 const SHA256_META: &str = "sha256";
 
@@ -170,8 +173,10 @@ impl Bucket {
     ) -> object_store::Result<Option<String>> {
         let mut reader = std::io::BufReader::new(file);
         let (mut parts, mut sent, mut hasher) = (Vec::new(), 0, Sha256::new());
+        // S3 takes at most 10,000 parts: a file larger than that many parts gets larger ones.
+        let part_size = self.part_size.max(size.div_ceil(MAX_PARTS));
         while sent < size {
-            let len = self.part_size.min(size - sent);
+            let len = part_size.min(size - sent);
             let (back, chunk) = tokio::task::spawn_blocking(move || {
                 let mut chunk = vec![0; len as usize];
                 let read = reader.read_exact(&mut chunk);

@@ -33,9 +33,12 @@ use crate::{
 pub const PASS_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest wait before a failed upload is tried again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Attempts that find a recording missing before it counts as gone (about an hour at
-/// [`MAX_BACKOFF`]): a disk mounted late is not taken for lost evidence.
-pub const GONE_AFTER_ATTEMPTS: u32 = 120;
+/// How long a recording must have been missing, continuously and in this run, before it
+/// counts as gone: a disk mounted late is not taken for lost evidence. A gone recording
+/// that comes back is pending again ([`RECHECK_GONE_EVERY`] passes).
+pub const GONE_AFTER: Duration = Duration::from_secs(3600);
+/// Passes between checks that gone recordings are still gone (about a minute).
+const RECHECK_GONE_EVERY: u32 = 30;
 /// Session records uploaded per pass.
 const SESSIONS_PER_PASS: u32 = 200;
 
@@ -48,28 +51,26 @@ pub struct Uploader {
     pub recordings: PathBuf,
     pub delete_local: bool,
     pub backlog: Arc<Backlog>,
+    /// Since when each recording (by its row's path) has been missing, in this run.
+    pub missing_since: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Uploader {
     /// Runs until the daemon stops.
     pub async fn run(self) {
-        let adopted = super::orphans::adopt(&self.store, &self.recordings).await;
-        if adopted > 0 {
-            tracing::warn!(
-                recordings = adopted,
-                "storage: recordings without a channel record were added to the session log for upload"
-            );
-        }
         tokio::join!(self.measure_loop(), self.upload_loop());
     }
 
     async fn upload_loop(&self) {
         let mut tick = tokio::time::interval(PASS_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for n in 0u32.. {
             tick.tick().await;
             if !self.store.health().is_ok() {
                 continue;
+            }
+            if n % RECHECK_GONE_EVERY == 0 {
+                self.recheck_gone().await;
             }
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %format!("{e:#}"), "storage: cannot read the upload queue from the session log");
@@ -101,6 +102,28 @@ impl Uploader {
             .collect())
     }
 
+    /// Gone recordings whose file is back are pending again.
+    async fn recheck_gone(&self) {
+        let store = self.store.clone();
+        let Ok(Ok(gone)) = tokio::task::spawn_blocking(move || store.gone_recordings()).await
+        else {
+            return;
+        };
+        for (session, channel, path) in gone {
+            let found = self.locate(&path);
+            if tokio::fs::symlink_metadata(&found).await.is_ok() {
+                tracing::warn!(session = %session, channel, file = %found.display(), "storage: a recording counted as gone is back; uploading it");
+                self.record(
+                    &session,
+                    Some(channel),
+                    Some(&path),
+                    "",
+                    UploadOutcome::Reappeared,
+                );
+            }
+        }
+    }
+
     /// One pass over what is due.
     pub async fn pass(&self) -> Result<()> {
         let now = now_micros();
@@ -120,7 +143,10 @@ impl Uploader {
         })
         .await??;
         for s in sessions {
-            if !self.upload_session(&s.session_id, s.attempts).await {
+            if !self
+                .upload_session(&s.session_id, s.started_at, s.attempts)
+                .await
+            {
                 return Ok(());
             }
         }
@@ -150,7 +176,8 @@ impl Uploader {
         path
     }
 
-    /// Uploads one recording; false when the attempt failed.
+    /// Uploads one recording; false when the store failed it (a missing file is no reason
+    /// to end the pass).
     async fn upload_recording(&self, p: &PendingRecording) -> bool {
         let path = self.locate(&p.path);
         let name = path
@@ -160,9 +187,10 @@ impl Uploader {
         let key = self
             .layout
             .recording(session_start(&p.session_id, p.started_at), &name);
+        let mut store_failed = false;
         let outcome = match tokio::fs::symlink_metadata(&path).await {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.missing(p, &key, &path),
-            _ => match self.bucket.put_file(&path, &key).await {
+            _ => match self.present(p).bucket.put_file(&path, &key).await {
                 Ok(stored) => {
                     METRICS.storage_uploads.fetch_add(1, Ordering::Relaxed);
                     METRICS
@@ -175,25 +203,46 @@ impl Uploader {
                         at: now_micros(),
                     }
                 }
-                Err(e) => self.failed(&p.session_id, &key, p.attempts, &e),
+                Err(e) => {
+                    store_failed = true;
+                    self.failed(&p.session_id, &key, p.attempts, &e)
+                }
             },
         };
         let uploaded = matches!(outcome, UploadOutcome::Uploaded { .. });
-        let failed = matches!(outcome, UploadOutcome::Failed { .. });
         self.record(&p.session_id, Some(p.channel), Some(&p.path), &key, outcome);
         if uploaded && self.delete_local {
             self.delete_local_copy(p, &path, &key).await;
         }
-        !failed
+        !store_failed
+    }
+
+    /// The recording's file is there: it is not missing (any more).
+    fn present(&self, p: &PendingRecording) -> &Self {
+        self.missing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p.path);
+        self
     }
 
     /// The recording is not where it should be: a failure to retry, until it has been
-    /// missing for [`GONE_AFTER_ATTEMPTS`] attempts.
+    /// missing for [`GONE_AFTER`] in this run.
     fn missing(&self, p: &PendingRecording, key: &str, path: &Path) -> UploadOutcome {
         let error = format!("{} is missing: it was never uploaded", path.display());
-        if p.attempts + 1 < GONE_AFTER_ATTEMPTS {
+        let since = *self
+            .missing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(p.path.clone())
+            .or_insert_with(std::time::Instant::now);
+        if since.elapsed() < GONE_AFTER {
             return self.failed(&p.session_id, key, p.attempts, &anyhow::anyhow!(error));
         }
+        self.missing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p.path);
         METRICS.storage_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(session = %p.session_id, channel = p.channel, error = %error, attempts = p.attempts + 1, "storage: recording gone from the spool; it will not be uploaded");
         UploadOutcome::Gone { error }
@@ -224,10 +273,10 @@ impl Uploader {
     }
 
     /// Uploads one session record; false when the attempt failed.
-    async fn upload_session(&self, id: &str, attempts: u32) -> bool {
+    async fn upload_session(&self, id: &str, started_at: i64, attempts: u32) -> bool {
         let store = self.store.clone();
         let owned = id.to_string();
-        let key = self.layout.session(session_start(id, 0), id);
+        let key = self.layout.session(session_start(id, started_at), id);
         let record = match tokio::task::spawn_blocking(move || store.get(&owned)).await {
             Ok(Ok(Some(record))) => Ok(record),
             Ok(Ok(None)) => Err(anyhow::anyhow!("the session is not in the log")),
