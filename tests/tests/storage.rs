@@ -1518,3 +1518,47 @@ fn delete_local_after_upload_keeps_the_evidence_in_the_store() {
         no_panic(&gw)
     });
 }
+
+// ------------------------------------------------------------------------------------------
+// 12. A recording missing from the spool
+// ------------------------------------------------------------------------------------------
+
+/// 12. A recording deleted from the spool before its upload (the store was down) does not
+///     hold up the others: once the store is back, the newer session's recording and
+///     record go up while the missing one stays pending with an error that names it.
+#[test]
+fn a_missing_recording_does_not_hold_up_the_others() {
+    lab_test(|lab| {
+        let mut server = start_store(lab)?;
+        server.stop()?;
+        let router = key_file(lab, "router", ROUTER)?;
+        let (_key, _sshd, gw) = start_uploading(lab, &server, &router, (1024, 16), |t| t)?;
+        let mut ids: Vec<String> = Vec::new();
+        for marker in ["older", "newer"] {
+            let out = to_audited(lab).run(&format!("echo {marker}-$((40+2))"))?;
+            ensure!(out.success(), "the {marker} session: {out:?}");
+            let id = new_session_id(&gw, &[], &ids)?;
+            closed_recorded_channel(&gw, &id, LOG_TIMEOUT)?;
+            ids.push(id);
+        }
+        let (_, _, older) = closed_recorded_channel(&gw, &ids[0], LOG_TIMEOUT)?;
+        fs::remove_file(&older)?;
+        server.restart()?;
+
+        wait_recording_object(&gw, &ids[1], RETRY_TIMEOUT)?;
+        let record = expected_key(&gw.session(&ids[1])?, &format!("{}.json", ids[1]))?;
+        wait_object(&server, &record, RETRY_TIMEOUT, &gw)?;
+        let older_record = gw.session(&ids[0])?;
+        ensure!(
+            older_record["channels"][0]["recording_object"].is_null(),
+            "the missing recording cannot have been uploaded: {older_record:#}"
+        );
+        let s = storage_status(&gw)?;
+        let error = s["last_error"].as_str().unwrap_or_default();
+        ensure!(
+            error.contains("is missing: it was never uploaded"),
+            "status storage: {s:#}"
+        );
+        no_panic(&gw)
+    });
+}
