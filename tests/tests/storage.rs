@@ -1523,9 +1523,15 @@ fn delete_local_after_upload_keeps_the_evidence_in_the_store() {
 // 12. A recording missing from the spool
 // ------------------------------------------------------------------------------------------
 
-/// 12. A recording deleted from the spool before its upload (the store was down) does not
-///     hold up the others: once the store is back, the newer session's recording and
-///     record go up while the missing one stays pending with an error that names it.
+/// Recordings test 12 deletes before their upload.
+const MISSING: usize = 20;
+
+/// 12. Recordings deleted from the spool before their upload (the store was down) do not
+///     hold up the others: once the store is back, the newest session's recording and
+///     record go up while the missing ones stay pending with an error that names them.
+///     [`MISSING`] of them, so that (with backoffs of up to 30 s and one attempt per 2 s
+///     pass) an uploader that ended its pass at a missing file always had one due: with
+///     that behaviour (commit b7e286d) this test fails.
 #[test]
 fn a_missing_recording_does_not_hold_up_the_others() {
     lab_test(|lab| {
@@ -1534,19 +1540,22 @@ fn a_missing_recording_does_not_hold_up_the_others() {
         let router = key_file(lab, "router", ROUTER)?;
         let (_key, _sshd, gw) = start_uploading(lab, &server, &router, (1024, 16), |t| t)?;
         let mut ids: Vec<String> = Vec::new();
-        for marker in ["older", "newer"] {
-            let out = to_audited(lab).run(&format!("echo {marker}-$((40+2))"))?;
-            ensure!(out.success(), "the {marker} session: {out:?}");
+        for n in 0..=MISSING {
+            let out = to_audited(lab).run(&format!("echo session-{n}"))?;
+            ensure!(out.success(), "session {n}: {out:?}");
             let id = new_session_id(&gw, &[], &ids)?;
             closed_recorded_channel(&gw, &id, LOG_TIMEOUT)?;
             ids.push(id);
         }
-        let (_, _, older) = closed_recorded_channel(&gw, &ids[0], LOG_TIMEOUT)?;
-        fs::remove_file(&older)?;
+        let newest = ids.pop().context("no sessions")?;
+        for id in &ids {
+            let (_, _, path) = closed_recorded_channel(&gw, id, LOG_TIMEOUT)?;
+            fs::remove_file(&path)?;
+        }
         server.restart()?;
 
-        wait_recording_object(&gw, &ids[1], RETRY_TIMEOUT)?;
-        let record = expected_key(&gw.session(&ids[1])?, &format!("{}.json", ids[1]))?;
+        wait_recording_object(&gw, &newest, RETRY_TIMEOUT)?;
+        let record = expected_key(&gw.session(&newest)?, &format!("{newest}.json"))?;
         wait_object(&server, &record, RETRY_TIMEOUT, &gw)?;
         let older_record = gw.session(&ids[0])?;
         ensure!(
