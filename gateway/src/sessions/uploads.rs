@@ -216,10 +216,10 @@ impl UploadResult {
 /// Applies one result (the writer thread, inside its transaction).
 pub(super) fn apply(conn: &Connection, r: &UploadResult) -> rusqlite::Result<usize> {
     let item = r.path.as_deref().unwrap_or(RECORD);
-    conn.execute(
-        "INSERT OR IGNORE INTO uploads (session_id, item, channel) VALUES (?1, ?2, ?3)",
-        params![r.session_id, item, r.channel],
-    )?;
+    match (&r.path, r.channel) {
+        (Some(path), Some(channel)) => enqueue_recording(conn, &r.session_id, channel, path)?,
+        _ => enqueue_record(conn, &r.session_id)?,
+    };
     if !r.key.is_empty() {
         conn.execute(
             "UPDATE uploads SET key = ?3 WHERE session_id = ?1 AND item = ?2",

@@ -296,52 +296,52 @@ impl Bucket {
 
     /// Size and hex SHA-256 of the object's current version, as downloaded.
     async fn download_hash(&self, location: &Key) -> Result<(u64, String)> {
+        self.download(location, GetOptions::default(), |_| Ok(()))
+            .await
+            .map_err(|e| anyhow!("cannot download {location} to compare it: {e:#}"))
+    }
+
+    /// Streams an object through `sink`; its size and hex SHA-256.
+    async fn download(
+        &self,
+        location: &Key,
+        opts: GetOptions,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(u64, String)> {
         use futures::StreamExt;
         let result = self
             .store
-            .get_opts(location, GetOptions::default())
+            .get_opts(location, opts)
             .await
-            .map_err(|e| anyhow!("cannot download {location} to compare it: {}", describe(&e)))?;
+            .map_err(|e| anyhow!("{}", describe(&e)))?;
         let mut stream = result.into_stream();
         let (mut hasher, mut size) = (Sha256::new(), 0u64);
         while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| anyhow!("cannot download {location}: {}", describe(&e)))?;
+            let chunk = chunk.map_err(|e| anyhow!("{}", describe(&e)))?;
             hasher.update(&chunk);
             size += chunk.len() as u64;
+            sink(&chunk)?;
         }
         Ok((size, hex::encode(hasher.finalize())))
     }
 
     /// Downloads `object` (its version, when it has one) to `out` and checks its SHA-256.
     pub async fn get_to(&self, object: &StoredObject, out: &mut std::fs::File) -> Result<u64> {
-        use futures::StreamExt;
         use std::io::Write;
         let opts = GetOptions {
             version: object.version_id.clone(),
             ..Default::default()
         };
         let location = Key::from(object.key.as_str());
-        let result = self
-            .store
-            .get_opts(&location, opts)
+        let (size, got) = self
+            .download(&location, opts, |chunk| out.write_all(chunk))
             .await
             .map_err(|e| {
                 anyhow!(
-                    "cannot download {}: {} (a download by version needs a key with s3:GetObject and s3:GetObjectVersion: --credentials)",
+                    "cannot download {}: {e:#} (a download by version needs a key with s3:GetObject and s3:GetObjectVersion: --credentials)",
                     object.key,
-                    describe(&e)
                 )
             })?;
-        let mut stream = result.into_stream();
-        let (mut hasher, mut size) = (Sha256::new(), 0u64);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.with_context(|| format!("cannot download {}", object.key))?;
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            out.write_all(&chunk)?;
-        }
-        let got = hex::encode(hasher.finalize());
         if got != object.sha256 {
             bail!(
                 "{}: downloaded SHA-256 {got} is not the {} the session log recorded",

@@ -52,17 +52,22 @@ fn find(store: &SessionStore, dir: &Path) -> Vec<Adopted> {
         .collect()
 }
 
+/// The file name of a recording path, when it is a recording's (`<session>-ch<N>.sshlog`).
 fn name_of(path: &str) -> Option<String> {
     let name = Path::new(path).file_name()?.to_str()?;
+    parse(name).map(|_| name.to_string())
+}
+
+/// `<session>-ch<N>.sshlog`: the session and the channel.
+fn parse(name: &str) -> Option<(&str, u32)> {
     let (session, channel) = name.strip_suffix(".sshlog")?.rsplit_once("-ch")?;
-    (!session.is_empty() && channel.parse::<u32>().is_ok()).then(|| name.to_string())
+    Some((session, channel.parse().ok()?)).filter(|(s, _)| !s.is_empty())
 }
 
 /// What the recording's header says about its channel; `None` (logged) when it has no
 /// readable sshgw header.
 fn adopted(path: &PathBuf) -> Option<Adopted> {
-    let name = path.file_name()?.to_str()?;
-    let (session, channel) = name.strip_suffix(".sshlog")?.rsplit_once("-ch")?;
+    let (session, channel) = parse(path.file_name()?.to_str()?)?;
     let header = std::fs::File::open(path)
         .map_err(|e| e.to_string())
         .and_then(|mut f| crate::recording::reader::read_header(&mut f).map_err(|e| e.to_string()));
@@ -81,7 +86,7 @@ fn adopted(path: &PathBuf) -> Option<Adopted> {
     }
     Some(Adopted {
         session_id: session.to_string(),
-        channel: channel.parse().ok()?,
+        channel,
         path: path.display().to_string(),
         kind,
         command: info.command.or(info.subsystem),
