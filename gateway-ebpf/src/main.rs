@@ -690,9 +690,17 @@ fn steer_flow(ctx: &TcContext, mut flow: Flow) -> Verdict {
     }
 
     if !pure_syn {
-        // No local socket and not a new flow: either it answers one of the listener's SYN
-        // cookies, or it predates interception and is forwarded as before.
-        return cookie_ack(ctx, &flow).unwrap_or(Verdict::Pass(Counter::PassedPreexisting));
+        // No local socket and not a new flow: it answers one of the listener's SYN cookies,
+        // or it belongs to a flow the listener took whose socket is gone (dropped: the real
+        // server must never see the device's own address), or it predates interception and
+        // is forwarded as before.
+        if let Some(verdict) = cookie_ack(ctx, &flow) {
+            return verdict;
+        }
+        if unsafe { FLOW_INGRESS.get(&flow.key) }.is_some() {
+            return Verdict::Drop(Counter::DroppedStray);
+        }
+        return Verdict::Pass(Counter::PassedPreexisting);
     }
     if !within_syn_budget(&flow.key) {
         // Dropped, never passed: the device's TCP retries once its budget refills.

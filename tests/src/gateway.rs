@@ -329,6 +329,7 @@ pub struct Counters {
     pub dropped_tunnel_ipsec: u64,
     pub dropped_tunnel_other: u64,
     pub dropped_tunnel_udp: u64,
+    pub dropped_stray_packets: u64,
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
 }

@@ -290,6 +290,38 @@ fn fd_exhaustion_never_detaches_the_datapath() {
     });
 }
 
+/// 1b. Late packets of a flow the listener took, once its socket is gone (the device reset
+///     it), are dropped: forwarded, they would reach the real server from the device's own
+///     address. Under a descriptor flood this happens to the flood's connections.
+fn stray_packets_of_a_reset_flow_never_reach_the_server(lab: &Lab, fam: Family) -> Result<()> {
+    let direct = lab.capture(&lab.srv, iface::SRV, &direct_ssh_filter(fam.enrolled()), 1)?;
+    let mut gw = lab.gateway()?;
+    gw.start()?;
+    let (src, dst) = (fam.enrolled().to_string(), fam.audited().to_string());
+    run_attack(lab, &["stray", &src, &dst, "22"])?;
+    let counted = poll_until(
+        "the stray ACKs to be judged",
+        Duration::from_secs(20),
+        POLL,
+        || {
+            let c = gw.status()?.counters;
+            let judged = c.dropped_stray_packets + c.passed_preexisting_packets;
+            Ok((judged >= 1 || !direct.packets().is_empty()).then_some(c))
+        },
+    )?;
+    let direct = direct.stop();
+    ensure!(
+        direct.is_empty(),
+        "a late packet of an intercepted flow reached the server from the device: {direct:#?}"
+    );
+    ensure!(
+        counted.dropped_stray_packets >= 1 && counted.passed_preexisting_packets == 0,
+        "the stray ACKs should be counted as dropped_stray_packets: {counted:?}"
+    );
+    Ok(())
+}
+family_tests!(stray_packets_of_a_reset_flow_never_reach_the_server => stray_packets_of_a_reset_flow_never_reach_the_server_v4, stray_packets_of_a_reset_flow_never_reach_the_server_v6);
+
 /// The refusal names why a private bpffs is no good.
 const PRIVATE_BPFFS_REFUSAL: &str = "fail-closed would not survive it";
 

@@ -22,7 +22,8 @@ pub mod maps {
     pub const STATS: &str = "STATS";
     /// Runtime switches: one [`super::Settings`] at index 0.
     pub const SETTINGS: &str = "SETTINGS";
-    /// Ingress interface of each intercepted SYN, keyed by [`super::FlowKey`] (LRU).
+    /// Ingress interface of each intercepted SYN, keyed by [`super::FlowKey`] (LRU). It
+    /// also marks the flow as sshgw's: a later packet of it with no local socket is dropped.
     pub const FLOW_INGRESS: &str = "FLOW_INGRESS";
     /// Per-source SYN budget: the theoretical arrival time (ns) of the next SYN a source may
     /// send, keyed by [`super::SourceKey`] (LRU; GCRA, see [`super::Settings`]).
@@ -181,8 +182,9 @@ pub enum Counter {
     InterceptedPacket = 1,
     /// Packets that did not match and continued untouched.
     Passed = 2,
-    /// Non-SYN packets to an intercepted port with no local socket (flows sshgw does not
-    /// own: older than the interception, or not audited), forwarded untouched.
+    /// Non-SYN packets to an intercepted port with no local socket and no FLOW_INGRESS entry
+    /// (flows sshgw never took: older than the interception, or not audited), forwarded
+    /// untouched.
     PassedPreexisting = 3,
     /// Matching SYNs dropped because no listener was in the SOCKMAP (daemon down).
     DroppedListenerDown = 4,
@@ -209,10 +211,14 @@ pub enum Counter {
     DroppedTunnelOther = 13,
     /// UDP to an encapsulation port (`[datapath] tunnel_udp_ports`) of an audited destination.
     DroppedTunnelUdp = 14,
+    /// Non-SYN packets of a flow the listener took (its key is in FLOW_INGRESS) whose local
+    /// socket is gone: late ACKs, FINs and retransmissions after sshgw closed or reset it.
+    /// Forwarded, they would reach the real server from the device's own address.
+    DroppedStray = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::InterceptedSyn,
         Counter::InterceptedPacket,
@@ -229,6 +235,7 @@ impl Counter {
         Counter::DroppedTunnelIpsec,
         Counter::DroppedTunnelOther,
         Counter::DroppedTunnelUdp,
+        Counter::DroppedStray,
     ];
 
     /// Stable snake_case name used in `sshgw status --json` and metrics.
@@ -249,6 +256,7 @@ impl Counter {
             Counter::DroppedTunnelIpsec => "dropped_tunnel_ipsec",
             Counter::DroppedTunnelOther => "dropped_tunnel_other",
             Counter::DroppedTunnelUdp => "dropped_tunnel_udp",
+            Counter::DroppedStray => "dropped_stray_packets",
         }
     }
 }

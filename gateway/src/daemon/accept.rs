@@ -34,7 +34,7 @@ pub async fn accept_loop(listener: TcpListener, admit: Arc<Admit>) {
             }
         };
         let session_id = admission::new_session_id();
-        let ingress = admit.ingress.take_interface(conn.peer, conn.original_dst);
+        let ingress = admit.ingress.interface(conn.peer, conn.original_dst);
         tracing::info!(
             session = %session_id,
             peer = %conn.peer,

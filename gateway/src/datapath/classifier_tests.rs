@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{TestRun, TestRunOptions},
 };
-use gateway_common::{Counter, INTERCEPT_MARK_GLOBAL, programs};
+use gateway_common::{Counter, FlowKey, INTERCEPT_MARK_GLOBAL, programs};
 
 use super::{MatchSets, Switches, maps, object, pinned::unpin_dir, program};
 
@@ -121,7 +121,8 @@ fn action(counter: Counter) -> u32 {
         | Counter::DroppedTunnelGre
         | Counter::DroppedTunnelIpsec
         | Counter::DroppedTunnelOther
-        | Counter::DroppedTunnelUdp => TC_ACT_SHOT,
+        | Counter::DroppedTunnelUdp
+        | Counter::DroppedStray => TC_ACT_SHOT,
     }
 }
 
@@ -722,6 +723,55 @@ fn a_pure_syn_starts_a_flow_and_other_flags_belong_to_their_socket() {
             }
             let port = tcp_to(v6_, true, true, 80, flags);
             dp.expect(&what("port 80"), &port, Counter::Passed);
+        }
+    }
+}
+
+/// The key the program files a `tcp()` segment from `src` to `dst`:22 under.
+fn flow_key(src: &[u8], dst: &[u8]) -> FlowKey {
+    let mut key = FlowKey {
+        family: if src.len() == 4 { 4 } else { 6 },
+        sport: 40_000u16.to_be(),
+        dport: 22u16.to_be(),
+        ..Default::default()
+    };
+    key.saddr[..src.len()].copy_from_slice(src);
+    key.daddr[..dst.len()].copy_from_slice(dst);
+    key
+}
+
+/// The program's FLOW_INGRESS map.
+fn flows(dp: &mut Loaded) -> aya::maps::HashMap<&mut aya::maps::MapData, FlowKey, u32> {
+    let map = dp.ebpf.map_mut(gateway_common::maps::FLOW_INGRESS);
+    aya::maps::HashMap::try_from(map.expect("FLOW_INGRESS")).expect("FLOW_INGRESS")
+}
+
+/// A late packet of a flow the listener took, once its socket is gone, never reaches the
+/// real server; a flow the program never took is still forwarded.
+#[test]
+fn stray_packets_of_taken_flows_are_dropped() {
+    let Some(mut dp) = load(defaults()) else {
+        return;
+    };
+    for v6_ in [false, true] {
+        let key = if v6_ {
+            flow_key(&ENROLLED_V6, &AUDITED_V6)
+        } else {
+            flow_key(&ENROLLED_V4, &AUDITED_V4)
+        };
+        for flags in NOT_SYNS {
+            let what = format!("v6 {v6_}, flags {flags:#04x}");
+            let frame = tcp_to(v6_, true, true, 22, flags);
+            dp.expect(
+                &format!("{what}, not taken"),
+                &frame,
+                Counter::PassedPreexisting,
+            );
+            flows(&mut dp)
+                .insert(key, 7, 0)
+                .expect("insert a taken flow");
+            dp.expect(&format!("{what}, taken"), &frame, Counter::DroppedStray);
+            flows(&mut dp).remove(&key).expect("remove the flow");
         }
     }
 }

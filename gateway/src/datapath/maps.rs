@@ -206,7 +206,10 @@ pub fn sync(ebpf: &mut Ebpf, sets: &MatchSets) -> Result<()> {
     Ok(())
 }
 
-/// Where intercepted SYNs came in, recorded by the program per flow.
+/// Where intercepted SYNs came in, recorded by the program per flow. The entries stay
+/// after they are read: they also tell the program that a flow is sshgw's, so its late
+/// packets are dropped once the local socket is gone (`Counter::DroppedStray`). The LRU
+/// map evicts the oldest, and a new SYN on the same 4-tuple overwrites its entry.
 pub struct FlowIngress {
     map: std::sync::Mutex<HashMap<MapData, FlowKey, u32>>,
     names: AttachedNames,
@@ -223,19 +226,17 @@ impl FlowIngress {
         })
     }
 
-    /// The name of the interface the flow `peer` → `dst` came in on, consumed on read.
-    pub fn take_interface(&self, peer: SocketAddr, dst: SocketAddr) -> Option<String> {
-        self.take_flow(peer, dst)
+    /// The name of the interface the flow `peer` → `dst` came in on.
+    pub fn interface(&self, peer: SocketAddr, dst: SocketAddr) -> Option<String> {
+        self.flow(peer, dst)
             .and_then(|ifindex| self.names.name(ifindex))
     }
 
-    /// The ingress ifindex of the flow `peer` → `dst`, consumed on read.
-    pub fn take_flow(&self, peer: SocketAddr, dst: SocketAddr) -> Option<u32> {
+    /// The ingress ifindex of the flow `peer` → `dst`.
+    pub fn flow(&self, peer: SocketAddr, dst: SocketAddr) -> Option<u32> {
         let key = flow_key(peer, dst)?;
-        let mut map = self.map.lock().expect("flow map lock poisoned");
-        let ifindex = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(ifindex)
+        let map = self.map.lock().expect("flow map lock poisoned");
+        map.get(&key, 0).ok()
     }
 }
 

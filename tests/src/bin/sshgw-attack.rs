@@ -12,13 +12,18 @@
 //!     `sent COUNT` and exits. SRC need not be configured on the device (IP_TRANSPARENT):
 //!     then nothing answers the SYN-ACKs, and each SYN holds a request socket on the
 //!     gateway until the kernel gives up on it.
+//! sshgw-attack stray SRC DST PORT
+//!     Opens a TCP connection from SRC to DST:PORT, reads the first 4 bytes the far end sends
+//!     (`SSH-` from the gateway), resets it (SO_LINGER 0), then sends three bare ACKs of
+//!     the same 4-tuple through a raw socket, 50 ms apart: late packets of a flow whose
+//!     socket is gone. Prints `sent 3`.
 //! sshgw-attack encap SRC DST PROTO [dstopts]
 //!     Sends one IP packet of protocol PROTO (4 IPIP, 41 IPv6-in-IP, 47 GRE, 50 ESP) from SRC
 //!     to DST, carrying a TCP SYN to port 22 (ESP: an opaque payload). `dstopts` puts an IPv6
 //!     destination options header in front of it.
 //! ```
 
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -50,6 +55,10 @@ fn main() -> Result<()> {
                 let host_bits = prefix.map_or(0, |p| if dst.is_ipv4() { 32 } else { 128 } - p);
                 syn_flood(src, dst, host_bits.min(32), count)
             }
+        }
+        "stray" => {
+            let dst = SocketAddr::new(dst, arg(3, "PORT")?.parse().context("PORT")?);
+            stray_acks(src, dst)
         }
         "encap" => {
             let proto: u8 = arg(3, "PROTO")?.parse().context("PROTO")?;
@@ -100,6 +109,42 @@ fn is_open(stream: &TcpStream) -> bool {
         Ok(_) => true,
         Err(e) => e.kind() == ErrorKind::WouldBlock,
     }
+}
+
+/// Late ACKs of a flow the gateway took, sent after both ends dropped its sockets.
+fn stray_acks(src: IpAddr, dst: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT)?;
+    let local = stream.local_addr()?;
+    ensure!(local.ip() == src, "connected from {local}, not from {src}");
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut first = [0u8; 4];
+    stream
+        .read_exact(&mut first)
+        .context("the far end's first bytes")?;
+    ensure!(
+        &first == b"SSH-",
+        "the far end sent {first:?}, not an SSH banner"
+    );
+    let reset = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &reset)?;
+    drop(stream);
+    let sock = raw_socket(src, libc::IPPROTO_TCP as u8)?;
+    if dst.is_ipv6() {
+        setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, &16)?;
+    }
+    let segment = tcp_segment(src, dst, local.port(), 1, TCP_ACK);
+    for _ in 0..3 {
+        // Apart, so that one of them surely comes after the reset has removed the socket.
+        std::thread::sleep(Duration::from_millis(50));
+        while !send(&sock, dst.ip(), &segment)? {
+            std::thread::yield_now();
+        }
+    }
+    println!("sent 3");
+    Ok(())
 }
 
 /// A raw socket of IP protocol `proto` bound to `src` (which need not be local); the
@@ -300,15 +345,24 @@ fn ipv6_syn(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
     ip
 }
 
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 /// A 20-byte TCP SYN header; its checksum is filled in for IPv4 (the kernel computes it for
 /// IPv6 raw sockets, and `ipv6_syn` does it for inner packets).
 fn syn_segment(src: IpAddr, dst: SocketAddr, sport: u16, seq: u32) -> [u8; 20] {
+    tcp_segment(src, dst, sport, seq, TCP_SYN)
+}
+
+/// A 20-byte TCP header with `flags` (the ACK number, if any, is 0), checksummed as
+/// `syn_segment` is.
+fn tcp_segment(src: IpAddr, dst: SocketAddr, sport: u16, seq: u32, flags: u8) -> [u8; 20] {
     let mut tcp = [0u8; 20];
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
     tcp[4..8].copy_from_slice(&seq.to_be_bytes());
     tcp[12] = 5 << 4; // data offset: 5 words, no options
-    tcp[13] = 0x02; // SYN
+    tcp[13] = flags;
     tcp[14..16].copy_from_slice(&64240u16.to_be_bytes()); // window
     if let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst.ip()) {
         let mut pseudo = Vec::with_capacity(32);
