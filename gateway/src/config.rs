@@ -42,6 +42,81 @@ pub struct Config {
     /// Object storage for recordings and session records; none keeps them only here.
     #[serde(default)]
     pub storage: Option<StorageConfig>,
+    /// The central PostgreSQL index the outbox is shipped to; none keeps it here.
+    #[serde(default)]
+    pub central: Option<CentralConfig>,
+    /// SIEM exporters fed from the outbox.
+    #[serde(default)]
+    pub export: ExportConfig,
+}
+
+/// The central PostgreSQL index (docs/many-routers.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CentralConfig {
+    /// `postgres://ROLE@HOST:PORT/DB?sslmode=…`; `sslmode` is `verify-full` (the default),
+    /// `require` (verified like `verify-full`) or `disable`; `sslrootcert=FILE` names the CA.
+    pub postgres: String,
+    /// The role's password (mode 0600); else the URL's, else none.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Outbox rows applied per PostgreSQL transaction.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: u32,
+}
+
+fn default_batch_rows() -> u32 {
+    500
+}
+
+/// `[export]`: what SIEM events carry, and where they go.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Exec command lines (and subsystem names) in the events; `false` leaves them out.
+    pub include_commands: bool,
+    /// File paths of file operations (and recording paths) in the events.
+    pub include_paths: bool,
+    pub otlp: Option<OtlpConfig>,
+    pub syslog: Option<SyslogConfig>,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            include_commands: true,
+            include_paths: true,
+            otlp: None,
+            syslog: None,
+        }
+    }
+}
+
+/// OpenTelemetry logs over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's base URL; logs go to `<endpoint>/v1/logs`.
+    pub endpoint: String,
+    /// A CA bundle (PEM) for an `https://` endpoint; else the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// RFC 5424 syslog over TCP, octet-counted (RFC 6587), optionally TLS (RFC 5425).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// `HOST:PORT`.
+    pub address: String,
+    #[serde(default)]
+    pub tls: bool,
+    /// A CA bundle (PEM) that signs the receiver's certificate; else the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The name the receiver's certificate must carry; default: the host of `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// This router among several: its id names its objects (and, later, its central rows).
@@ -91,6 +166,45 @@ fn default_max_spool_mb() -> u64 {
 
 fn default_part_size_mb() -> u64 {
     16
+}
+
+impl CentralConfig {
+    fn validate(&self) -> Result<()> {
+        if !(self.postgres.starts_with("postgres://") || self.postgres.starts_with("postgresql://"))
+        {
+            bail!("central.postgres: not a postgres:// URL");
+        }
+        if !(1..=10_000).contains(&self.batch_rows) {
+            bail!("central.batch_rows: must be between 1 and 10000");
+        }
+        Ok(())
+    }
+}
+
+impl ExportConfig {
+    fn validate(&self) -> Result<()> {
+        if let Some(otlp) = &self.otlp
+            && !(otlp.endpoint.starts_with("http://") || otlp.endpoint.starts_with("https://"))
+        {
+            bail!(
+                "export.otlp.endpoint: {:?} is not an http:// or https:// URL",
+                otlp.endpoint
+            );
+        }
+        if let Some(syslog) = &self.syslog {
+            let port_ok = syslog
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                bail!(
+                    "export.syslog.address: {:?} is not HOST:PORT",
+                    syslog.address
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 impl StorageConfig {
@@ -495,6 +609,8 @@ impl Config {
             metrics,
             cluster,
             storage,
+            central,
+            export,
         } = next;
         let RecordingConfig {
             public_key_file,
@@ -519,6 +635,8 @@ impl Config {
             ("metrics", self.metrics != *metrics),
             ("cluster", self.cluster != *cluster),
             ("storage", self.storage != *storage),
+            ("central", self.central != *central),
+            ("export", self.export != *export),
         ]));
         self.drain_timeout_secs = *drain_timeout_secs;
         self.sessions = sessions.clone();
@@ -752,6 +870,17 @@ impl Config {
                 "cluster.router_id: {id:?} must be 1 to 63 of A-Z a-z 0-9 . _ -, not starting with a dot"
             );
         }
+        let feeds =
+            self.central.is_some() || self.export.otlp.is_some() || self.export.syslog.is_some();
+        if feeds && self.cluster.router_id.is_none() {
+            bail!(
+                "cluster.router_id: required once [central] or [export] is set (it is in every row and event id)"
+            );
+        }
+        if let Some(central) = &self.central {
+            central.validate()?;
+        }
+        self.export.validate()?;
         if let Some(storage) = &self.storage {
             if self.cluster.router_id.is_none() {
                 bail!(

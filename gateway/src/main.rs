@@ -30,6 +30,10 @@ mod recording;
 mod sessions;
 // Evidence off the box: finished recordings and session records to S3 object storage.
 mod storage;
+// One index for every router: the outbox shipped to a central PostgreSQL.
+mod central;
+// SIEM feeds from the outbox: OpenTelemetry logs (OTLP/HTTP) and RFC 5424 syslog.
+mod export;
 // Process-wide counters and their Prometheus exposition.
 mod metrics;
 

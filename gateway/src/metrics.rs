@@ -297,6 +297,7 @@ pub fn render(
     datapath: Option<&Counters>,
     log: &HealthReport,
     storage: Option<&StorageReport>,
+    outbox: &[(&'static str, crate::sessions::outbox::ConsumerReport)],
 ) -> String {
     let mut out = String::with_capacity(4096);
     render_sessions(&mut out, live);
@@ -305,6 +306,7 @@ pub fn render(
     if let Some(storage) = storage {
         render_storage(&mut out, storage);
     }
+    render_outbox(&mut out, outbox);
     render_retention(&mut out);
     render_datapath(&mut out, datapath);
     let m = &METRICS;
@@ -319,6 +321,47 @@ pub fn render(
         "Time for the TCP connect and SSH handshake with the real server.",
     );
     out
+}
+
+/// Each outbox consumer's backlog (`[central]`, `[export.*]`).
+fn render_outbox(
+    out: &mut String,
+    outbox: &[(&'static str, crate::sessions::outbox::ConsumerReport)],
+) {
+    if outbox.is_empty() {
+        return;
+    }
+    let series = |f: fn(&crate::sessions::outbox::ConsumerReport) -> u64| {
+        outbox
+            .iter()
+            .map(|(name, r)| (format!("consumer=\"{name}\""), f(r)))
+            .collect::<Vec<_>>()
+    };
+    for (name, help, kind, values) in [
+        (
+            "sshgw_outbox_rows",
+            "Outbox rows the consumer has not delivered yet.",
+            "gauge",
+            series(|r| r.outbox_rows),
+        ),
+        (
+            "sshgw_outbox_lag_seconds",
+            "Age of the oldest outbox row the consumer has not delivered (0 when none).",
+            "gauge",
+            series(|r| r.lag_secs),
+        ),
+        (
+            "sshgw_outbox_delivery_failing",
+            "1 while the consumer's last delivery attempt failed.",
+            "gauge",
+            series(|r| u64::from(r.last_error.is_some())),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in values {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
 }
 
 /// A counter whose series are labelled with text built at render time.

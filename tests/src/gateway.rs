@@ -1,4 +1,5 @@
-//! The sshgw daemon under test, run in the lab's `rtr` namespace.
+//! The sshgw daemon under test, run in the lab's `rtr` namespace (or the router of another
+//! site, [`GatewayConfig::site`]).
 //!
 //! The binary comes from `$SSHGW_BIN` (absolute path), falling back to
 //! `<workspace>/target/debug/sshgw`. The harness writes `config.toml`, `state/devices.json` and
@@ -10,6 +11,11 @@
 //! of the lab like the persistent state of a real router: its CA keys (`ca/`) are created by
 //! [`Lab::sshgw_ca`] before sshd starts (sshd must trust the user CA) and its `known_hosts`
 //! survives restarts. Config files and the control socket are per [`Gateway`].
+//!
+//! A gateway on the second site ([`Lab::add_site`], [`GatewayConfig::site`]) is another router:
+//! its own state dir `<lab dir>/sshgw-state-site2` (with a copy of the lab's `ca/`, so the lab
+//! sshd trusts it too), its own pin directory `/sys/fs/bpf/<lab name>-site2` and its own
+//! device table ([`site_devices`]); it runs at the same time as the first site's.
 //!
 //! ```ignore
 //! let ca = lab.sshgw_ca()?;             // `sshgw ca user-key` / `known-hosts` (created once)
@@ -33,6 +39,12 @@
 //! gw.write_policies(&policies)?; gw.sighup()?; // edit on disk + reload
 //! // Config knobs: GatewayConfig::default().datapath("unenrolled = \"pass\"").nofile(1024)
 //! //     .control_group("nogroup").interfaces(&["r0", "r2"]).policies(p).devices(d)
+//!
+//! // A second router: its own daemon, device and `[cluster] router_id`.
+//! let site2 = lab.add_site()?;
+//! let cfg = GatewayConfig::default().site(SiteId::Second).router_id("rtr-b");
+//! let mut gw2 = lab.gateway_with(cfg)?;
+//! site2.ssh(Family::V4.audited()).run("echo $SSH_CONNECTION")?; // from `<lab>-dev2`
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,8 +61,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::control::ApiReply;
+use crate::netns::Netns;
 use crate::process::{Finished, Proc, describe_status};
-use crate::topology::{BPF_PIN_ROOT, Lab, host_port};
+use crate::topology::{BPF_PIN_ROOT, Lab, SiteId, addr, host_port};
 use crate::wait::poll_until;
 
 /// Environment variable naming the sshgw binary (absolute path).
@@ -147,12 +160,12 @@ pub fn bpf_link_exists(id: u32) -> Result<bool> {
     Ok(out.status.success())
 }
 
-/// The lab standard devices.json: device `laptop-jdoe` with the enrolled addresses on `r0`.
 /// The string field `key` of a JSON object (a session record, a file operation, …).
 pub fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
 
+/// The lab standard devices.json: device `laptop-jdoe` with the enrolled addresses on `r0`.
 pub fn default_devices() -> Value {
     json!({"devices": [{
         "id": "laptop-jdoe",
@@ -161,6 +174,21 @@ pub fn default_devices() -> Value {
         "user": {"email": "jdoe@example.com", "groups": ["developers"]},
         "posture": ["disk-encryption"]
     }]})
+}
+
+/// The devices.json of a site's gateway: [`default_devices`] for the first site; for the
+/// second, device `laptop-jdoe-2` (same user) with `dev2`'s enrolled addresses on its `r0`.
+pub fn site_devices(site: SiteId) -> Value {
+    match site {
+        SiteId::First => default_devices(),
+        SiteId::Second => json!({"devices": [{
+            "id": "laptop-jdoe-2",
+            "addresses": [addr::DEV2_ENROLLED_V4.to_string(), addr::DEV2_ENROLLED_V6.to_string()],
+            "interface": crate::topology::iface::RTR_LAN,
+            "user": {"email": "jdoe@example.com", "groups": ["developers"]},
+            "posture": ["disk-encryption"]
+        }]}),
+    }
 }
 
 /// The lab standard policies.json: audit SSH to 203.0.113.10 and 2001:db8:1::10 on port 22.
@@ -179,11 +207,14 @@ pub fn default_policies() -> Value {
 /// What the harness writes for the daemon.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
+    /// The site whose router runs the daemon (default: the first, `<lab>-rtr`).
+    pub site: SiteId,
     /// `[datapath] interfaces`.
     pub interfaces: Vec<String>,
     /// `[datapath] ports`.
     pub ports: Vec<u16>,
-    /// `[datapath] pin_dir`; None = `/sys/fs/bpf/<lab name>`.
+    /// `[datapath] pin_dir`; None = the site's: `/sys/fs/bpf/<lab name>` for the first,
+    /// `/sys/fs/bpf/<lab name>-site2` for the second.
     pub pin_dir: Option<PathBuf>,
     /// Extra lines of the `[datapath]` table (e.g. `unenrolled = "drop"`).
     pub datapath: Vec<String>,
@@ -213,6 +244,7 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
+            site: SiteId::First,
             interfaces: vec!["r0".to_owned()],
             ports: vec![22],
             pin_dir: None,
@@ -270,6 +302,25 @@ impl GatewayConfig {
     /// Runs the daemon with `RLIMIT_NOFILE` = `limit` (soft and hard).
     pub fn nofile(mut self, limit: u64) -> Self {
         self.nofile = Some(limit);
+        self
+    }
+
+    /// Runs the daemon on `site`'s router, and replaces the device table with
+    /// [`site_devices`]`(site)` (call [`GatewayConfig::devices`] after this one to change it).
+    pub fn site(mut self, site: SiteId) -> Self {
+        self.site = site;
+        self.devices = site_devices(site);
+        self
+    }
+
+    /// Appends `[cluster] router_id = "<id>"` to [`GatewayConfig::extra_toml`] (so
+    /// `extra_toml` must not have a `[cluster]` table of its own).
+    pub fn router_id(mut self, id: &str) -> Self {
+        if !self.extra_toml.is_empty() && !self.extra_toml.ends_with('\n') {
+            self.extra_toml.push('\n');
+        }
+        self.extra_toml
+            .push_str(&format!("[cluster]\nrouter_id = {}\n", toml_str(id)));
         self
     }
 }
@@ -367,6 +418,8 @@ impl Status {
 /// The daemon's files and process; borrows the lab.
 pub struct Gateway<'a> {
     lab: &'a Lab,
+    /// The router namespace of the configured site.
+    rtr: &'a Netns,
     bin: PathBuf,
     dir: PathBuf,
     config_path: PathBuf,
@@ -383,6 +436,37 @@ impl Lab {
     pub fn sshgw_state_dir(&self) -> Result<PathBuf> {
         let dir = self.dir().join("sshgw-state");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// The state dir of `site`'s gateway: [`Lab::sshgw_state_dir`] for the first site;
+    /// `<lab dir>/sshgw-state-site2` for the second, created on first use with a copy of the
+    /// lab's CA keys (`ca/`, made by [`Lab::sshgw_ca`]) so that the lab sshd trusts both.
+    pub fn site_state_dir(&self, site: SiteId) -> Result<PathBuf> {
+        if site == SiteId::First {
+            return self.sshgw_state_dir();
+        }
+        let dir = self.dir().join("sshgw-state-site2");
+        let ca = dir.join("ca");
+        if !ca.exists() {
+            self.sshgw_ca()?;
+            let from = self.sshgw_state_dir()?.join("ca");
+            let tmp = dir.join("ca.tmp");
+            fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .with_context(|| format!("chmod 700 {}", tmp.display()))?;
+            for entry in
+                fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))?
+            {
+                let entry = entry?;
+                // fs::copy keeps the mode (0600).
+                fs::copy(entry.path(), tmp.join(entry.file_name())).with_context(|| {
+                    format!("copying {} to {}", entry.path().display(), tmp.display())
+                })?;
+            }
+            fs::rename(&tmp, &ca)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), ca.display()))?;
+        }
         Ok(dir)
     }
 
@@ -448,12 +532,17 @@ impl Lab {
     pub fn gateway_with(&self, cfg: GatewayConfig) -> Result<Gateway<'_>> {
         let bin = sshgw_bin()?;
         ensure_bpffs()?;
+        let site = self.site(cfg.site)?;
         let dir = self.new_subdir("sshgw")?;
-        let state_dir = self.sshgw_state_dir()?;
-        let pin_dir = cfg.pin_dir.clone().unwrap_or_else(|| self.pin_dir(None));
+        let state_dir = self.site_state_dir(cfg.site)?;
+        let pin_dir = cfg
+            .pin_dir
+            .clone()
+            .unwrap_or_else(|| self.pin_dir(site.pin_suffix()));
         self.remove_on_drop(&pin_dir);
         let gw = Gateway {
             lab: self,
+            rtr: site.rtr,
             bin,
             config_path: dir.join("config.toml"),
             control_socket: dir.join("control.sock"),
@@ -572,9 +661,14 @@ impl<'a> Gateway<'a> {
         self.proc.as_ref().is_some_and(Proc::is_running)
     }
 
+    /// The router namespace the daemon runs in (`rtr`, or the configured site's).
+    pub fn rtr(&self) -> &'a Netns {
+        self.rtr
+    }
+
     /// A command running `sshgw ARGS` entered into `rtr` via setns.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.lab.rtr.setns_command(&self.bin);
+        let mut cmd = self.rtr.setns_command(&self.bin);
         cmd.args(args).env("RUST_BACKTRACE", "1");
         cmd
     }
@@ -585,7 +679,7 @@ impl<'a> Gateway<'a> {
             bail!("the daemon is already running");
         }
         let mut cmd = if self.cfg.ip_netns_exec {
-            let mut cmd = self.lab.rtr.exec_command(&self.bin);
+            let mut cmd = self.rtr.exec_command(&self.bin);
             cmd.env("RUST_BACKTRACE", "1");
             cmd
         } else {
@@ -600,10 +694,14 @@ impl<'a> Gateway<'a> {
         if let Some(limit) = self.cfg.nofile {
             set_nofile(&mut cmd, limit);
         }
+        let label = match self.cfg.site {
+            SiteId::First => "sshgw-run",
+            SiteId::Second => "sshgw-site2-run",
+        };
         let proc = self
             .lab
             .procs()
-            .spawn(&format!("sshgw-run{}", self.runs.len() + 1), &mut cmd)?;
+            .spawn(&format!("{label}{}", self.runs.len() + 1), &mut cmd)?;
         self.runs.push(proc.clone());
         Ok(self.proc.insert(proc))
     }
@@ -773,7 +871,7 @@ impl<'a> Gateway<'a> {
     /// entries with the intercept fwmark and routes in the intercept table, for both families.
     /// Empty = clean.
     pub fn routing_leftovers(&self) -> Result<Vec<String>> {
-        let rtr = &self.lab.rtr;
+        let rtr = self.rtr;
         let mut found = Vec::new();
         for fam in ["-4", "-6"] {
             let rules = rtr.ip(&[fam, "rule", "show"])?;

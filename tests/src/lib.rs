@@ -17,7 +17,10 @@
 //! * [`wireguard_lab`]: the WireGuard mode, in which the device reaches the router through a
 //!   real WireGuard tunnel (boringtun and `wg-quick`, see [`wireguard`]) set up as the worked
 //!   example in docs/deployment.md says; [`prober`] keeps connecting to a server and tells
-//!   intercepted answers from direct ones.
+//!   intercepted answers from direct ones;
+//! * the central index and SIEM servers: [`postgres`] (PostgreSQL 15, TLS, over TCP and a
+//!   Unix socket), [`syslog`] (rsyslogd receiving RFC 5424 over TCP) and [`otlp`] (an
+//!   OTLP/HTTP logs sink in the test process); see [`central`] for what they share.
 //!
 //! Requirements: root, `ip` (iproute2), `/usr/sbin/sshd`, `ssh`, `ssh-keygen`, `tcpdump`,
 //! `sysctl`; `bpftool` for BPF link checks. All waits are bounded and poll concrete
@@ -39,6 +42,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod central;
 pub mod clients;
 pub mod control;
 pub mod doctor;
@@ -46,7 +50,9 @@ pub mod files;
 pub mod gateway;
 pub mod netns;
 pub mod nspawn;
+pub mod otlp;
 pub mod persist;
+pub mod postgres;
 pub mod prober;
 pub mod process;
 pub mod recording;
@@ -55,6 +61,7 @@ pub mod s3;
 pub mod ssh;
 pub mod sshd;
 pub mod stress;
+pub mod syslog;
 pub mod topology;
 pub mod tun;
 pub mod wait;

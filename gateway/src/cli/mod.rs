@@ -4,6 +4,7 @@
 //! request), 4 daemon unreachable, 5 `doctor` found a problem.
 
 mod ca;
+mod central;
 mod datapath;
 mod devices;
 mod doctor;
@@ -86,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         what: recording::RecordingCommand,
     },
+    /// The central PostgreSQL index of every router's sessions.
+    Central {
+        #[command(subcommand)]
+        what: central::CentralCommand,
+    },
     /// Check this router's setup (or, with --server, an audited server) and say how to fix it.
     Doctor(doctor::DoctorArgs),
     /// The session log: list, show, kill.
@@ -156,6 +162,7 @@ pub fn main() -> ExitCode {
         Command::Devices { what } => devices::run(what),
         Command::Recording { what } => recording::run(what),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Central { what } => central::run(what),
         Command::Sessions {
             what: Some(what), ..
         } => sessions::run(what),

@@ -55,6 +55,8 @@ pub fn from_pins(pin_dir: PathBuf) -> Result<Report> {
             counters: counters_owned(state.counters),
             session_log: None,
             storage: None,
+            central: None,
+            export: Default::default(),
         },
         None => Report {
             daemon: "stopped".into(),
@@ -65,6 +67,8 @@ pub fn from_pins(pin_dir: PathBuf) -> Result<Report> {
             counters: Default::default(),
             session_log: None,
             storage: None,
+            central: None,
+            export: Default::default(),
         },
     })
 }

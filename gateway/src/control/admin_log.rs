@@ -2,7 +2,8 @@
 //! (any method but GET, except `POST /v1/policies/validate`) is logged as an `admin action`
 //! event with the caller's credentials (`SO_PEERCRED`: uid, gid, pid), the route, the
 //! answer's status, and what the new state is: the SHA-256 of the stored document (its
-//! ETag) or the new recording key.
+//! ETag) or the new recording key. The same action is kept in the session log
+//! (`admin_actions`, and an `admin.action` outbox event for the central index and SIEMs).
 
 use hyper::{Method, StatusCode};
 
@@ -58,4 +59,25 @@ pub fn record(peer: &Peer, method: &Method, path: &str, status: StatusCode, evid
         recording_key_fingerprint = fingerprint,
         "admin action"
     );
+}
+
+/// The action as the session log keeps it.
+pub fn action(
+    peer: &Peer,
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    evidence: &Evidence,
+) -> crate::sessions::outbox::AdminAction {
+    crate::sessions::outbox::AdminAction {
+        at: crate::sessions::now_micros(),
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+        method: method.to_string(),
+        route: path.to_owned(),
+        status: status.as_u16(),
+        digest: evidence.digest.clone(),
+        recording_key_fingerprint: evidence.recording_key.as_ref().map(|(_, f)| f.clone()),
+    }
 }

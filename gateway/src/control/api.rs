@@ -32,6 +32,28 @@ pub struct Report {
     /// Uploads to object storage (running daemon with `[storage]` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageReport>,
+    /// Shipping to the central index (running daemon with `[central]` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub central: Option<ConsumerReport>,
+    /// The SIEM exporters by name (`otlp`, `syslog`), those configured.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub export: std::collections::BTreeMap<String, ConsumerReport>,
+}
+
+pub use crate::sessions::outbox::ConsumerReport;
+
+impl Report {
+    /// Files each consumer's report under `central` or `export`.
+    pub fn with_outbox(mut self, reports: Vec<(&'static str, ConsumerReport)>) -> Self {
+        for (name, report) in reports {
+            if name == crate::sessions::outbox::consumer::CENTRAL {
+                self.central = Some(report);
+            } else {
+                self.export.insert(name.to_owned(), report);
+            }
+        }
+        self
+    }
 }
 
 pub use crate::recording::spool::StorageReport;
@@ -139,6 +161,10 @@ pub struct SessionQuery {
     pub since: Option<String>,
     /// Only sessions of this user (email).
     pub user: Option<String>,
+    /// Only sessions of this device id.
+    pub device: Option<String>,
+    /// Only sessions to this address (any port) or address:port.
+    pub destination: Option<String>,
 }
 
 impl SessionQuery {
@@ -150,6 +176,12 @@ impl SessionQuery {
         }
         if let Some(since) = &self.since {
             query.push(format!("since={}", encode(since)));
+        }
+        if let Some(device) = &self.device {
+            query.push(format!("device={}", encode(device)));
+        }
+        if let Some(destination) = &self.destination {
+            query.push(format!("destination={}", encode(destination)));
         }
         if let Some(user) = &self.user {
             query.push(format!("user={}", encode(user)));
@@ -217,10 +249,20 @@ mod tests {
             active: true,
             since: Some("1h".into()),
             user: Some("j+doe@example.com".into()),
+            ..Default::default()
         };
         assert_eq!(
             query.to_query(),
             "active=true&since=1h&user=j%2Bdoe%40example.com"
+        );
+        let query = SessionQuery {
+            device: Some("laptop 1".into()),
+            destination: Some("[2001:db8::10]:22".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            query.to_query(),
+            "device=laptop%201&destination=%5B2001%3Adb8%3A%3A10%5D%3A22"
         );
         assert_eq!(SessionQuery::default().to_query(), "");
     }

@@ -9,7 +9,11 @@ use crate::{
     config::Config,
     datapath::Datapath,
     relay::RelayContext,
-    sessions::{live::LiveSessions, store::SessionStore},
+    sessions::{
+        live::LiveSessions,
+        outbox::{ConsumerReport, Consumers},
+        store::SessionStore,
+    },
     state::LiveState,
 };
 
@@ -23,6 +27,8 @@ pub struct Context {
     pub relay: Arc<RelayContext>,
     pub datapath: Arc<std::sync::Mutex<Option<Datapath>>>,
     pub listeners: Vec<SocketAddr>,
+    /// The outbox's consumers (`[central]`, `[export.*]`).
+    pub outbox: Consumers,
 }
 
 impl Context {
@@ -39,7 +45,25 @@ impl Context {
             counters.as_ref(),
             &self.store.health(),
             self.storage().as_ref(),
+            &self.outbox_reports(),
         )
+    }
+
+    /// Each configured outbox consumer's backlog and last error, by cursor name.
+    pub fn outbox_reports(&self) -> Vec<(&'static str, ConsumerReport)> {
+        self.outbox
+            .configured()
+            .into_iter()
+            .map(|(name, delivery)| {
+                let backlog = self.store.outbox_backlog(name).unwrap_or_default();
+                let report = ConsumerReport {
+                    outbox_rows: backlog.outbox_rows,
+                    lag_secs: backlog.lag_secs,
+                    last_error: delivery.last_error(),
+                };
+                (name, report)
+            })
+            .collect()
     }
 
     /// The upload backlog, with `[storage]`.
@@ -69,7 +93,10 @@ impl Context {
             counters: api::counters_owned(dp.counters()?),
             session_log: Some(self.store.health()),
             storage: self.storage(),
-        })
+            central: None,
+            export: Default::default(),
+        }
+        .with_outbox(self.outbox_reports()))
     }
 }
 
@@ -92,6 +119,7 @@ impl Context {
             relay,
             datapath: Arc::new(std::sync::Mutex::new(None)),
             listeners: Vec::new(),
+            outbox: Consumers::default(),
         }
     }
 }

@@ -148,6 +148,15 @@ pub async fn route(call: Call<'_>, ctx: &Context) -> Reply {
             reply.status(),
             &evidence,
         );
+        let action = admin_log::action(
+            &call.peer,
+            call.method,
+            call.path,
+            reply.status(),
+            &evidence,
+        );
+        ctx.store
+            .write(crate::sessions::store::Write::Admin(Box::new(action)));
     }
     reply
 }

@@ -155,7 +155,27 @@ fn status_json_golden() {
             spool_full: false,
             last_error: Some("cannot upload k: connection refused".into()),
         }),
-    };
+        central: None,
+        export: Default::default(),
+    }
+    .with_outbox(vec![
+        (
+            "central",
+            crate::sessions::outbox::ConsumerReport {
+                outbox_rows: 12,
+                lag_secs: 3,
+                last_error: None,
+            },
+        ),
+        (
+            "syslog",
+            crate::sessions::outbox::ConsumerReport {
+                outbox_rows: 40,
+                lag_secs: 95,
+                last_error: Some("syslog 127.0.0.1:6514: connection refused".into()),
+            },
+        ),
+    ]);
     assert_json_golden("status_running.json", &running);
     // What `sshgw status --json` prints when no daemon answers and nothing is pinned.
     let stopped = status::from_pins(PathBuf::from("/nonexistent/sshgw-golden-pins")).unwrap();

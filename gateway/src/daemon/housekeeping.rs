@@ -6,7 +6,11 @@ use std::{sync::Arc, time::Duration};
 use crate::{
     config::Config,
     control,
-    sessions::{live::LiveSessions, retention, store::SessionStore},
+    sessions::{
+        live::LiveSessions,
+        retention,
+        store::{SessionStore, Write},
+    },
 };
 
 /// Re-attaches the datapath to interfaces that were re-created or appeared late. Until
@@ -39,9 +43,15 @@ pub async fn retention_loop(
         keep_unshipped: config.storage.is_some(),
     };
     let recordings = config.recordings_dir();
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
+    let consumers = outbox_consumers(&config);
+    // Every minute the outbox drops what every consumer delivered; every hour, retention.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    for pass in 0u64.. {
         tick.tick().await;
+        store.write(Write::PruneOutbox(consumers.clone()));
+        if !pass.is_multiple_of(60) {
+            continue;
+        }
         let (store, recordings, live) = (store.clone(), recordings.clone(), live.clone());
         match tokio::task::spawn_blocking(move || {
             retention::enforce(&store, &recordings, limits, &live, started)
@@ -53,4 +63,18 @@ pub async fn retention_loop(
             Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
     }
+}
+
+/// The cursor names of the outbox consumers the config sets up.
+fn outbox_consumers(config: &Config) -> Vec<String> {
+    use crate::sessions::outbox::consumer;
+    [
+        (consumer::CENTRAL, config.central.is_some()),
+        (consumer::OTLP, config.export.otlp.is_some()),
+        (consumer::SYSLOG, config.export.syslog.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| name.to_owned())
+    .collect()
 }

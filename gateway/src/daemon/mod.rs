@@ -3,6 +3,8 @@
 
 // Accepted connections: logged, admitted, handed to the relay.
 mod accept;
+// The central shipper and the SIEM exporters the config asks for.
+mod feeds;
 // Timers: interface re-attachment and retention.
 mod housekeeping;
 pub mod logging;
@@ -46,12 +48,14 @@ pub async fn run(config: Config, config_path: &Path) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Before anything answers: a bad storage key stops the start, never a running daemon.
     let bucket = storage_bucket(&config)?;
+    let feeds = feeds::Feeds::from_config(&config)?;
     let stores = Stores::open(&config)?;
     let started = stores.started;
-    let wired = Wired::attach(&config, stores).await?;
+    let wired = Wired::attach(&config, stores, feeds.consumers.clone()).await?;
     let shared = wired.shared.clone();
     let (enrolled, audited) = (wired.sets.enrolled.len(), wired.sets.audited.len());
     let mut tasks = spawn_tasks(&config, wired, started, bucket).await?;
+    feeds.spawn(&mut tasks, &shared.store);
     tracing::info!(
         interfaces = ?config.datapath.interfaces,
         listeners = ?shared.listeners,
@@ -141,7 +145,11 @@ struct Wired {
 impl Wired {
     /// Binds the control socket and the listeners, attaches the datapath, and builds what
     /// the relay, the control API and the accept loops share.
-    async fn attach(config: &Config, stores: Stores) -> Result<Wired> {
+    async fn attach(
+        config: &Config,
+        stores: Stores,
+        outbox: crate::sessions::outbox::Consumers,
+    ) -> Result<Wired> {
         let control = control::server::bind(config).await?;
         let listeners = Listeners::bind(config.datapath.listen_port)?;
         let sets = stores.sets;
@@ -176,6 +184,7 @@ impl Wired {
             live: stores.live,
             relay: relay.clone(),
             datapath,
+            outbox,
         });
         let admit = Arc::new(Admit {
             state: live_state,

@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod live;
+pub mod outbox;
 mod record;
 pub mod retention;
 pub mod store;
@@ -32,4 +33,20 @@ pub fn now_micros() -> i64 {
 pub fn format_time(micros: i64) -> String {
     let t = UNIX_EPOCH + std::time::Duration::from_micros(micros.max(0) as u64);
     humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// A `--destination` filter as (exact, LIKE pattern): `HOST:PORT` matches itself; an
+/// address alone matches it on any port (`[v6]:port` for IPv6).
+pub fn destination_match(text: &str) -> Result<(String, String), String> {
+    use std::net::{IpAddr, SocketAddr};
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok((addr.to_string(), addr.to_string()));
+    }
+    match text.trim_matches(['[', ']']).parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Ok((ip.to_string(), format!("{ip}:%"))),
+        Ok(IpAddr::V6(ip)) => Ok((ip.to_string(), format!("[{ip}]:%"))),
+        Err(_) => Err(format!(
+            "destination: {text:?} is not an address or address:port"
+        )),
+    }
 }

@@ -22,7 +22,7 @@ use crate::{config::LogFailure, policy::model::Action, util::vocabulary::Unknown
 
 pub use super::writer::{UnwritableHook, Write};
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Brings a log written by an older sshgw up to [`SCHEMA_VERSION`]; new tables come from
 /// [`SCHEMA`] itself.
@@ -93,8 +93,28 @@ CREATE INDEX IF NOT EXISTS file_ops_session ON file_ops(session_id);
 pub struct Filter {
     pub since: Option<i64>,
     pub email: Option<String>,
+    pub device: Option<String>,
+    /// (exact, LIKE pattern), see [`super::destination_match`].
+    pub destination: Option<(String, String)>,
     pub ids: Option<Vec<String>>,
     pub limit: Option<u32>,
+}
+
+impl Filter {
+    /// Whether a live session matches the device and destination filters.
+    pub fn matches_place(&self, s: &SessionRecord) -> bool {
+        let device = self
+            .device
+            .as_deref()
+            .is_none_or(|d| s.device_id.as_deref() == Some(d));
+        let destination = self.destination.as_ref().is_none_or(|(exact, like)| {
+            s.destination == *exact
+                || like
+                    .strip_suffix('%')
+                    .is_some_and(|prefix| s.destination.starts_with(prefix))
+        });
+        device && destination
+    }
 }
 
 #[derive(Clone)]
@@ -153,6 +173,7 @@ impl SessionStore {
         );
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::uploads::SCHEMA)?;
+        conn.execute_batch(super::outbox::SCHEMA)?;
         migrate(&conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let interrupted = conn.execute(
@@ -253,6 +274,15 @@ impl SessionStore {
         if let Some(email) = &filter.email {
             sql += " AND email = ? COLLATE NOCASE";
             args.push(email.clone().into());
+        }
+        if let Some(device) = &filter.device {
+            sql += " AND device_id = ?";
+            args.push(device.clone().into());
+        }
+        if let Some((exact, like)) = &filter.destination {
+            sql += " AND (destination = ? OR destination LIKE ?)";
+            args.push(exact.clone().into());
+            args.push(like.clone().into());
         }
         if let Some(ids) = &filter.ids {
             if ids.is_empty() {
@@ -393,6 +423,23 @@ impl SessionStore {
     /// The error of the latest failed upload still pending.
     pub fn upload_error(&self) -> Result<Option<String>> {
         Ok(super::uploads::last_error(&open(&self.path)?)?)
+    }
+
+    /// Up to `limit` outbox rows after `seq`, in order.
+    pub fn outbox_after(&self, seq: i64, limit: u32) -> Result<Vec<super::outbox::OutboxRow>> {
+        Ok(super::outbox::after(&open(&self.path)?, seq, limit)?)
+    }
+
+    /// `consumer`'s cursor in the outbox (0 before its first delivery).
+    pub fn outbox_cursor(&self, consumer: &str) -> Result<i64> {
+        Ok(super::outbox::cursor(&open(&self.path)?, consumer)?)
+    }
+
+    /// What `consumer` has not delivered yet.
+    pub fn outbox_backlog(&self, consumer: &str) -> Result<super::outbox::Backlog> {
+        let conn = open(&self.path)?;
+        let cursor = super::outbox::cursor(&conn, consumer)?;
+        Ok(super::outbox::backlog(&conn, cursor, super::now_micros())?)
     }
 
     /// How many sessions the log holds.

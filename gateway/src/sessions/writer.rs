@@ -75,6 +75,15 @@ pub enum Write {
     Upload(Box<super::uploads::UploadResult>),
     /// A recording found without its channel row (see `storage::orphans`).
     Adopt(Box<super::uploads::Adopted>),
+    /// An administrative request (control API) that may have changed something.
+    Admin(Box<super::outbox::AdminAction>),
+    /// An outbox consumer delivered every row up to `seq`.
+    Shipped {
+        consumer: String,
+        seq: i64,
+    },
+    /// Deletes the outbox rows every one of these consumers has delivered.
+    PruneOutbox(Vec<String>),
     /// Answers `true` once everything queued before it is committed, `false` when the log
     /// is failing (nothing is committed until it recovers).
     Sync(mpsc::Sender<bool>),
@@ -106,6 +115,9 @@ impl Write {
             Write::Delete(_) => ("retention delete", "-"),
             Write::Upload(r) => ("upload", &r.session_id),
             Write::Adopt(a) => ("adopted recording", &a.session_id),
+            Write::Admin(_) => ("admin action", "-"),
+            Write::Shipped { .. } => ("outbox cursor", "-"),
+            Write::PruneOutbox(_) => ("outbox prune", "-"),
             Write::Sync(_) => ("sync", "-"),
         }
     }
@@ -131,6 +143,9 @@ impl Write {
             Write::Delete(ids) => ids.iter().map(String::len).sum(),
             Write::Upload(r) => r.approx_bytes(),
             Write::Adopt(a) => a.path.len() + a.command.as_ref().map_or(0, String::len),
+            Write::Admin(a) => a.route.len() + opt(&a.digest),
+            Write::Shipped { consumer, .. } => consumer.len(),
+            Write::PruneOutbox(consumers) => consumers.iter().map(String::len).sum(),
             Write::Sync(_) => 0,
         };
         256 + strings
@@ -368,7 +383,13 @@ fn is_storage(e: &rusqlite::Error) -> bool {
     }
 }
 
+/// Applies one change and appends its outbox event, in the caller's savepoint.
 fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
+    apply_change(conn, change)?;
+    super::outbox::append(conn, change)
+}
+
+fn apply_change(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
     match change {
         Write::Open(s) => insert_session(conn, s)?,
         Write::LoggedIn {
@@ -429,6 +450,9 @@ fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
         }
         Write::Upload(result) => super::uploads::apply(conn, result)?,
         Write::Adopt(adopted) => super::uploads::adopt(conn, adopted)?,
+        Write::Admin(action) => super::outbox::insert_admin(conn, action)?,
+        Write::Shipped { consumer, seq } => super::outbox::advance(conn, consumer, *seq)?,
+        Write::PruneOutbox(consumers) => super::outbox::prune(conn, consumers)?,
         Write::Sync(_) => 0,
     };
     Ok(())

@@ -10,7 +10,7 @@ use crate::{
         reply::{error, json},
     },
     policy::model::MAX_SESSION_DURATION,
-    sessions::{SessionRecord, live, now_micros, store::Filter},
+    sessions::{SessionRecord, destination_match, live, now_micros, store::Filter},
     util::duration,
 };
 
@@ -68,6 +68,8 @@ fn parse_query(query: Option<&str>) -> Result<ListQuery, String> {
                 q.filter.since = Some(now_micros() - d.as_micros() as i64);
             }
             "user" => q.filter.email = Some(value),
+            "device" => q.filter.device = Some(value),
+            "destination" => q.filter.destination = Some(destination_match(&value)?),
             "limit" => {
                 q.filter.limit = Some(
                     value
@@ -89,6 +91,7 @@ fn live_matching(ctx: &Context, filter: &Filter) -> Vec<SessionRecord> {
         .list()
         .into_iter()
         .filter(|s| s.started_at >= since)
+        .filter(|s| filter.matches_place(s))
         .filter(|s| {
             email.is_none_or(|e| {
                 s.email
