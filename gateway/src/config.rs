@@ -870,13 +870,6 @@ impl Config {
                 "cluster.router_id: {id:?} must be 1 to 63 of A-Z a-z 0-9 . _ -, not starting with a dot"
             );
         }
-        let feeds =
-            self.central.is_some() || self.export.otlp.is_some() || self.export.syslog.is_some();
-        if feeds && self.cluster.router_id.is_none() {
-            bail!(
-                "cluster.router_id: required once [central] or [export] is set (it is in every row and event id)"
-            );
-        }
         if let Some(central) = &self.central {
             central.validate()?;
         }

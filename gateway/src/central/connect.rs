@@ -40,10 +40,24 @@ pub struct Target {
 impl Target {
     /// Parses `url` and applies `password_file`.
     pub fn new(url: &str, password_file: Option<&Path>) -> Result<Self> {
-        let (rest, tls) = split_tls(url)?;
+        let (rest, mut tls, explicit) = split_tls(url)?;
         let mut config: PgConfig = rest
             .parse()
             .map_err(|e| anyhow::anyhow!("central.postgres: not a PostgreSQL URL: {e}"))?;
+        let local = !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        if local {
+            // A Unix socket is the local host: no TLS there, and none by default.
+            if explicit && tls != Tls::Disabled {
+                bail!(
+                    "central.postgres: TLS over a Unix socket is not possible; use sslmode=disable"
+                );
+            }
+            tls = Tls::Disabled;
+        }
         if config.get_user().is_none() {
             bail!("central.postgres: the URL names no user (postgres://ROLE@HOST/DB)");
         }
@@ -117,8 +131,9 @@ pub fn describe(e: tokio_postgres::Error) -> anyhow::Error {
     }
 }
 
-/// Takes `sslmode` and `sslrootcert` out of the URL's query.
-fn split_tls(url: &str) -> Result<(String, Tls)> {
+/// Takes `sslmode` and `sslrootcert` out of the URL's query; also says whether `sslmode`
+/// was given.
+fn split_tls(url: &str) -> Result<(String, Tls, bool)> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let (mut mode, mut root) = (None, None);
     let mut kept = Vec::new();
@@ -146,7 +161,7 @@ fn split_tls(url: &str) -> Result<(String, Tls)> {
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    Ok((rest, tls))
+    Ok((rest, tls, mode.is_some()))
 }
 
 fn percent_decode(text: &str) -> Result<String> {
@@ -226,14 +241,15 @@ mod tests {
 
     #[test]
     fn tls_modes_are_taken_out_of_the_url() {
-        let (rest, tls) = split_tls("postgres://r@h:5432/db?sslmode=disable").unwrap();
+        let (rest, tls, _) = split_tls("postgres://r@h:5432/db?sslmode=disable").unwrap();
         assert_eq!(
             (rest.as_str(), tls),
             ("postgres://r@h:5432/db", Tls::Disabled)
         );
-        let (rest, tls) =
+        let (rest, tls, explicit) =
             split_tls("postgres://r@h/db?connect_timeout=3&sslrootcert=%2Fetc%2Fca.pem").unwrap();
         assert_eq!(rest, "postgres://r@h/db?connect_timeout=3");
+        assert!(!explicit);
         assert_eq!(
             tls,
             Tls::Verified {
@@ -244,6 +260,14 @@ mod tests {
             let e = split_tls(&format!("postgres://r@h/db?sslmode={bad}")).unwrap_err();
             assert!(e.to_string().contains(&format!("sslmode={bad}")), "{e}");
         }
+    }
+
+    #[test]
+    fn a_unix_socket_connects_without_tls() {
+        let url = "postgresql:///sshgw?host=%2Frun%2Fpg&port=5432&user=r";
+        assert_eq!(Target::new(url, None).unwrap().tls, Tls::Disabled);
+        let e = Target::new(&format!("{url}&sslmode=verify-full"), None).unwrap_err();
+        assert!(e.to_string().contains("Unix socket"), "{e}");
     }
 
     #[test]

@@ -29,12 +29,18 @@ pub struct Feeds {
 
 impl Feeds {
     pub fn from_config(config: &Config) -> Result<Self> {
+        let export = &config.export;
+        let any = config.central.is_some() || export.otlp.is_some() || export.syslog.is_some();
+        if any && config.router_id().is_none() {
+            anyhow::bail!(
+                "cluster.router_id: required once [central] or [export] is set (it is in every row and event id)"
+            );
+        }
         let router_id = config.router_id().unwrap_or_default().to_owned();
         let central = match &config.central {
             Some(c) => Some((Target::from_config(c).context("[central]")?, c.batch_rows)),
             None => None,
         };
-        let export = &config.export;
         let otlp = match &export.otlp {
             Some(o) => Some(OtlpSink::new(o, &router_id).context("[export.otlp]")?),
             None => None,
