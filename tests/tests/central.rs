@@ -9,6 +9,8 @@
 //!    events are exactly the outbox's seqs, no gap and no duplicate.
 //! 4. PostgreSQL stopped: sessions are still admitted and logged; the outbox grows and
 //!    drains into the index once PostgreSQL is back.
+//! 5. With `[storage]` too (SeaweedFS), `sessions show ID --central` names the object of
+//!    each recording, as the router's own log does.
 //!
 //! Needs root, the sshgw binary, OpenSSH and PostgreSQL 15 (`cargo xtask prereqs`).
 
@@ -20,8 +22,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
+use sshgw_tests::SshdConfig;
 use sshgw_tests::gateway::{Gateway, GatewayConfig, sshgw_bin, str_field};
 use sshgw_tests::postgres::PgServer;
+use sshgw_tests::recording::{RecordingKey, recorded_policies, recording_toml, toml_path};
+use sshgw_tests::s3::{ROUTER, S3Server};
 use sshgw_tests::topology::{Site, SiteId};
 use sshgw_tests::wait::poll_until;
 use sshgw_tests::{Family, Lab, lab_test};
@@ -443,6 +448,66 @@ fn postgres_down_sessions_go_on_and_the_index_catches_up() {
         let seqs = central.event_seqs("rtr-a")?;
         let max = *seqs.last().context("no events")?;
         ensure!(seqs == (1..=max).collect::<Vec<_>>(), "seqs: {seqs:?}");
+        Ok(())
+    });
+}
+
+/// 5: the recording's object key, as the router logged it, is in the central index.
+#[test]
+fn show_central_names_each_recordings_object() {
+    lab_test(|lab| {
+        let site_a = lab.site(SiteId::First)?;
+        let _sshd = lab.start_sshd_with(SshdConfig::gateway())?;
+        let central = Central::start(lab)?;
+        let store = S3Server::start_with(
+            lab.procs(),
+            Some(&lab.rtr),
+            &lab.dir().join("s3"),
+            &[("sshgw", "recordings/rtr-a/")],
+        )?;
+        store.create_locked_bucket("sshgw", 1)?;
+        let creds = secret(
+            &central.dir,
+            "s3.credentials",
+            &format!(
+                "access_key_id={}\nsecret_access_key={}",
+                ROUTER.access_key, ROUTER.secret_key
+            ),
+        )?;
+        let key = RecordingKey::generate(lab, "rec")?;
+        let mut cfg = GatewayConfig::default().policies(recorded_policies());
+        cfg.extra_toml = format!(
+            "{}\n[storage]\nendpoint = \"{}\"\nbucket = \"sshgw\"\nprefix = \"recordings\"\ncredentials_file = {}\n{}",
+            recording_toml(Some(&key.public), None, &[]),
+            store.endpoint(),
+            toml_path(&creds),
+            central.router_toml("sshgw_rtr_a")
+        );
+        let mut gw = lab.gateway_with(cfg.router_id("rtr-a"))?;
+        gw.start()?;
+        session(&site_a, "echo recorded")?;
+        let id = poll_until("the recording to be uploaded", WAIT, POLL, || {
+            let sessions = local_sessions(&gw)?;
+            let Some(id) = sessions.first().and_then(|s| str_field(s, "id")) else {
+                return Ok(None);
+            };
+            let local = gw.session(id)?;
+            let uploaded = !local["channels"][0]["recording_object"].is_null();
+            Ok(uploaded.then(|| (id.to_owned(), local)))
+        })?;
+        let (id, local) = id;
+        wait_shipped(&gw)?;
+        let shown = central.auditor_json(&["sessions", "show", &id, "--central", "--json"])?;
+        let object = &shown["channels"][0]["recording_object"];
+        ensure!(
+            object["key"].is_string() && *object == local["channels"][0]["recording_object"],
+            "central {object:#}, local {:#}",
+            local["channels"][0]["recording_object"]
+        );
+        let key = object["key"].as_str().unwrap_or_default();
+        ensure!(key.starts_with("recordings/rtr-a/"), "object key {key}");
+        store.head("sshgw", key)?;
+        gw.stop()?;
         Ok(())
     });
 }
