@@ -511,3 +511,39 @@ fn show_central_names_each_recordings_object() {
         Ok(())
     });
 }
+
+/// 6: a session log replaced under the same router id starts its seqs again; the shipper
+/// refuses it with a clear error instead of skipping its rows as already shipped.
+#[test]
+fn a_replaced_session_log_is_refused_not_skipped() {
+    lab_test(|lab| {
+        let site_a = lab.site(SiteId::First)?;
+        let _sshd = lab.start_sshd_for_gateway()?;
+        let central = Central::start(lab)?;
+        let mut a = router(lab, &central, SiteId::First, "rtr-a", "sshgw_rtr_a")?;
+        session(&site_a, "echo first-log")?;
+        wait_shipped(&a)?;
+        a.stop()?;
+        for suffix in ["", "-wal", "-shm"] {
+            let path = a.state_dir().join(format!("sessions.db{suffix}"));
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        a.start()?;
+        session(&site_a, "echo second-log")?;
+        let error = poll_until("the shipper to refuse the new log", WAIT, POLL, || {
+            let c = a.status_json()?["central"].clone();
+            Ok(c["last_error"].as_str().map(str::to_owned))
+        })?;
+        ensure!(
+            error.contains("shipped by another session log"),
+            "unexpected error: {error}"
+        );
+        ensure!(
+            central.count("SELECT count(*) FROM sshgw.sessions WHERE router_id = 'rtr-a'")? == 1,
+            "rows of the second log reached the index"
+        );
+        Ok(())
+    });
+}

@@ -51,16 +51,49 @@ impl Prepared {
     }
 }
 
-/// The router's cursor in PostgreSQL: the last seq applied (0 before the first batch).
-pub async fn cursor(client: &Client, router_id: &str) -> Result<i64> {
-    Ok(client
+/// The router's cursor in PostgreSQL: the last seq applied (0 before the first batch),
+/// refused when another session log ships under the same router id.
+pub async fn cursor(client: &Client, origin: &Origin<'_>) -> Result<i64> {
+    let row = client
         .query_opt(
-            "SELECT seq FROM sshgw.router_cursor WHERE router_id = $1",
-            &[&router_id],
+            "SELECT seq, instance FROM sshgw.router_cursor WHERE router_id = $1",
+            &[&origin.router_id],
         )
         .await
-        .map_err(describe)?
-        .map_or(0, |r| r.get(0)))
+        .map_err(describe)?;
+    checked(row, origin)
+}
+
+/// This router's shipping identity: its id and its session log's instance id.
+pub struct Origin<'a> {
+    pub router_id: &'a str,
+    pub instance: &'a str,
+}
+
+/// The cursor, checked: a cursor row left by another session log under the same router id
+/// is an error (its seqs are not ours).
+async fn locked_cursor(tx: &Transaction<'_>, origin: &Origin<'_>) -> Result<i64> {
+    let row = tx
+        .query_opt(
+            "SELECT seq, instance FROM sshgw.router_cursor WHERE router_id = $1 FOR UPDATE",
+            &[&origin.router_id],
+        )
+        .await
+        .map_err(describe)?;
+    checked(row, origin)
+}
+
+fn checked(row: Option<tokio_postgres::Row>, origin: &Origin<'_>) -> Result<i64> {
+    let Some(row) = row else { return Ok(0) };
+    let (seq, instance): (i64, Option<String>) = (row.get(0), row.get(1));
+    match instance {
+        Some(other) if other != origin.instance => anyhow::bail!(
+            "router id {:?} is shipped by another session log (instance {other}, this one is {}): a replaced log or a second router with the same id; see docs/many-routers.md",
+            origin.router_id,
+            origin.instance
+        ),
+        _ => Ok(seq),
+    }
 }
 
 /// Applies `rows` (in seq order) and moves the cursor to the last, in one transaction.
@@ -68,18 +101,12 @@ pub async fn cursor(client: &Client, router_id: &str) -> Result<i64> {
 pub async fn batch(
     client: &mut Client,
     prepared: &Prepared,
-    router_id: &str,
+    origin: &Origin<'_>,
     rows: &[OutboxRow],
 ) -> Result<i64> {
+    let router_id = origin.router_id;
     let tx = client.transaction().await.map_err(describe)?;
-    let cursor: i64 = tx
-        .query_opt(
-            "SELECT seq FROM sshgw.router_cursor WHERE router_id = $1 FOR UPDATE",
-            &[&router_id],
-        )
-        .await
-        .map_err(describe)?
-        .map_or(0, |r| r.get(0));
+    let cursor = locked_cursor(&tx, origin).await?;
     let mut last = cursor;
     for row in rows.iter().filter(|r| r.seq > cursor) {
         one(&tx, prepared, router_id, row)
@@ -88,9 +115,11 @@ pub async fn batch(
         last = row.seq;
     }
     tx.execute(
-        "INSERT INTO sshgw.router_cursor (router_id, seq, shipped_at) VALUES ($1, $2, now())
-         ON CONFLICT (router_id) DO UPDATE SET seq = excluded.seq, shipped_at = now()",
-        &[&router_id, &last],
+        "INSERT INTO sshgw.router_cursor (router_id, seq, shipped_at, instance)
+         VALUES ($1, $2, now(), $3)
+         ON CONFLICT (router_id) DO UPDATE
+             SET seq = excluded.seq, shipped_at = now(), instance = excluded.instance",
+        &[&router_id, &last, &origin.instance],
     )
     .await
     .map_err(describe)?;

@@ -51,7 +51,9 @@ REVOKE ALL ON FUNCTION sshgw.my_router() FROM PUBLIC;
 CREATE TABLE IF NOT EXISTS sshgw.router_cursor (
     router_id text PRIMARY KEY,
     seq bigint NOT NULL,
-    shipped_at timestamptz NOT NULL
+    shipped_at timestamptz NOT NULL,
+    -- The session log that ships under this router id (see sessions/outbox.rs).
+    instance text
 );
 CREATE TABLE IF NOT EXISTS sshgw.events (
     router_id text NOT NULL,

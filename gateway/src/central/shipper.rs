@@ -52,7 +52,13 @@ impl Shipper {
         let mut client = self.target.connect().await?;
         self.check_role(&client).await?;
         let prepared = apply::Prepared::new(&client).await?;
-        let mut cursor = apply::cursor(&client, &self.router_id).await?;
+        let store = self.store.clone();
+        let instance = tokio::task::spawn_blocking(move || store.outbox_instance()).await??;
+        let origin = apply::Origin {
+            router_id: &self.router_id,
+            instance: &instance,
+        };
+        let mut cursor = apply::cursor(&client, &origin).await?;
         self.mirror(cursor);
         if self.delivery.ok() {
             tracing::info!(cursor, "central: connected; shipping again");
@@ -70,7 +76,7 @@ impl Shipper {
                     "central: outbox rows after the central cursor are gone; the central index misses them"
                 );
             }
-            cursor = apply::batch(&mut client, &prepared, &self.router_id, &rows).await?;
+            cursor = apply::batch(&mut client, &prepared, &origin, &rows).await?;
             self.mirror(cursor);
         }
     }

@@ -114,6 +114,12 @@ pub fn print_human(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
     if let Some(storage) = &r.storage {
         print_storage(storage, out)?;
     }
+    if let Some(central) = &r.central {
+        print_consumer("central:", central, out)?;
+    }
+    for (name, report) in &r.export {
+        print_consumer(&format!("{name}:"), report, out)?;
+    }
     if !r.counters.is_empty() {
         writeln!(out, "counters:")?;
         for (name, value) in &r.counters {
@@ -121,6 +127,22 @@ pub fn print_human(r: &Report, out: &mut impl Write) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One outbox consumer: what waits, how old, and the last error.
+fn print_consumer(
+    label: &str,
+    c: &super::super::control::api::ConsumerReport,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    write!(out, "{label:<13}{} outbox rows waiting", c.outbox_rows)?;
+    if c.outbox_rows > 0 {
+        write!(out, ", oldest {} s", c.lag_secs)?;
+    }
+    match &c.last_error {
+        Some(e) => writeln!(out, "; failing: {e}"),
+        None => writeln!(out),
+    }
 }
 
 fn print_storage(

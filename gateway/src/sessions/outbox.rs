@@ -33,6 +33,13 @@ CREATE TABLE IF NOT EXISTS outbox_cursors (
     seq INTEGER NOT NULL,
     shipped_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- This log's identity: a central index refuses rows from another log under the same
+-- router id (a replaced log would start its seqs again; a copied router would interleave).
+INSERT OR IGNORE INTO outbox_meta (key, value) VALUES ('instance', lower(hex(randomblob(16))));
 CREATE TABLE IF NOT EXISTS admin_actions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -283,6 +290,15 @@ pub(super) fn cursor(conn: &Connection, consumer: &str) -> rusqlite::Result<i64>
         )
         .optional()?
         .unwrap_or(0))
+}
+
+/// This log's instance id (see the schema).
+pub(super) fn instance(conn: &Connection) -> rusqlite::Result<String> {
+    conn.query_row(
+        "SELECT value FROM outbox_meta WHERE key = 'instance'",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Up to `limit` rows after `after`, in order.

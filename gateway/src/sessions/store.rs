@@ -430,6 +430,11 @@ impl SessionStore {
         Ok(super::outbox::after(&open(&self.path)?, seq, limit)?)
     }
 
+    /// The session log's instance id, which the central index ties to the router id.
+    pub fn outbox_instance(&self) -> Result<String> {
+        Ok(super::outbox::instance(&open(&self.path)?)?)
+    }
+
     /// `consumer`'s cursor in the outbox (0 before its first delivery).
     pub fn outbox_cursor(&self, consumer: &str) -> Result<i64> {
         Ok(super::outbox::cursor(&open(&self.path)?, consumer)?)
