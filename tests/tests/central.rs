@@ -298,9 +298,9 @@ fn both_routers_in_one_index_and_neither_can_touch_the_others_rows() {
         // Router A's role against router B's rows.
         let b_id = &only_b[0].1;
         let as_a = |sql: &str| central.pg.psql_as("sshgw_rtr_a", PASSWORD, sql);
-        let updated = as_a(&format!(
-            "WITH u AS (UPDATE sshgw.sessions SET login = 'forged' WHERE router_id = 'rtr-b' RETURNING 1) SELECT count(*) FROM u"
-        ))?;
+        let updated = as_a(
+            "WITH u AS (UPDATE sshgw.sessions SET login = 'forged' WHERE router_id = 'rtr-b' RETURNING 1) SELECT count(*) FROM u",
+        )?;
         ensure!(
             updated == Ok("0".into()),
             "A updated B's sessions: {updated:?}"

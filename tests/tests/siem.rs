@@ -124,14 +124,16 @@ fn every_event_reaches_both_receivers_across_their_restarts() {
         let mut syslog =
             SyslogReceiver::start(lab.procs(), Some(&lab.rtr), &lab.new_subdir("rsyslog")?)?;
         let mut otlp = OtlpSink::start(Some(&lab.rtr))?;
-        let mut cfg = GatewayConfig::default();
-        cfg.extra_toml = format!(
-            "[export]\ninclude_commands = false\ninclude_paths = false\n\
+        let cfg = GatewayConfig {
+            extra_toml: format!(
+                "[export]\ninclude_commands = false\ninclude_paths = false\n\
              [export.otlp]\nendpoint = \"{}\"\n\
              [export.syslog]\naddress = \"127.0.0.1:{}\"\n",
-            otlp.endpoint(),
-            syslog.port()
-        );
+                otlp.endpoint(),
+                syslog.port()
+            ),
+            ..Default::default()
+        };
         let mut gw = lab.gateway_with(cfg.router_id("rtr-a"))?;
         gw.start()?;
         session(&site, SECRET_COMMAND)?;
