@@ -298,6 +298,17 @@ fn both_routers_in_one_index_and_neither_can_touch_the_others_rows() {
         // Router A's role against router B's rows.
         let b_id = &only_b[0].1;
         let as_a = |sql: &str| central.pg.psql_as("sshgw_rtr_a", PASSWORD, sql);
+        for forged in [
+            "UPDATE sshgw.events SET payload = '{}' WHERE router_id = 'rtr-a'",
+            "UPDATE sshgw.sessions SET destination = '192.0.2.1:22' WHERE router_id = 'rtr-a'",
+            "UPDATE sshgw.file_ops SET path = '/nothing' WHERE router_id = 'rtr-a'",
+        ] {
+            let r = as_a(forged)?;
+            ensure!(
+                r.as_ref().is_err_and(|e| e.contains("permission denied")),
+                "a router's role rewrote its own history ({forged}): {r:?}"
+            );
+        }
         let updated = as_a(
             "WITH u AS (UPDATE sshgw.sessions SET login = 'forged' WHERE router_id = 'rtr-b' RETURNING 1) SELECT count(*) FROM u",
         )?;
@@ -543,6 +554,47 @@ fn a_replaced_session_log_is_refused_not_skipped() {
         ensure!(
             central.count("SELECT count(*) FROM sshgw.sessions WHERE router_id = 'rtr-a'")? == 1,
             "rows of the second log reached the index"
+        );
+        Ok(())
+    });
+}
+
+/// 7: a user's command with a NUL byte (which PostgreSQL's text and jsonb refuse) does not
+/// stop the router's shipping: later sessions still reach the index.
+#[test]
+fn a_nul_byte_in_a_command_does_not_stop_shipping() {
+    lab_test(|lab| {
+        let site_a = lab.site(SiteId::First)?;
+        let _sshd = lab.start_sshd_for_gateway()?;
+        let central = Central::start(lab)?;
+        let a = router(lab, &central, SiteId::First, "rtr-a", "sshgw_rtr_a")?;
+        let bin = env!("CARGO_BIN_EXE_sshgw-rawssh");
+        let mut cmd = lab.dev.exec_command(bin);
+        cmd.arg(FAM.audited().to_string())
+            .arg("jdoe")
+            .args(["exec-nul", "mosh-server new nul\\0byte"]);
+        let out = lab
+            .procs()
+            .run("sshgw-rawssh", &mut cmd, Duration::from_secs(120))?;
+        ensure!(out.success(), "sshgw-rawssh: {out:?}");
+        session(&site_a, "echo after-the-nul")?;
+        wait_shipped(&a)?;
+        let local = local_sessions(&a)?.len() as i64;
+        let central_rows =
+            central.count("SELECT count(*) FROM sshgw.sessions WHERE router_id = 'rtr-a'")?;
+        ensure!(
+            local == 2 && central_rows == local,
+            "local {local} sessions, central {central_rows}"
+        );
+        let replaced = central.count(
+            "SELECT count(*) FROM sshgw.events WHERE router_id = 'rtr-a' AND payload::text LIKE '%nul\u{FFFD}byte%'",
+        )?;
+        ensure!(
+            replaced >= 1,
+            "the NUL should arrive as U+FFFD; events: {}",
+            central.pg.psql(
+                "SELECT kind, payload FROM sshgw.events WHERE router_id = 'rtr-a' ORDER BY seq"
+            )?
         );
         Ok(())
     });

@@ -64,6 +64,59 @@ pub async fn cursor(client: &Client, origin: &Origin<'_>) -> Result<i64> {
     checked(row, origin)
 }
 
+/// PostgreSQL refused one row's data (SQLSTATE class 22 or 23): shipping it again would
+/// fail again. The shipper replaces it with [`unshippable`] and goes on.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox row {seq} was refused by PostgreSQL: {error}")]
+pub struct RowRefused {
+    pub seq: i64,
+    pub error: String,
+}
+
+/// What stands in for a row PostgreSQL refused: its kind and session, and why (the payload
+/// itself stays in the router's log).
+pub fn unshippable(row: &OutboxRow, error: &str) -> OutboxRow {
+    OutboxRow {
+        kind: kind::UNSHIPPABLE.to_owned(),
+        payload: serde_json::json!({ "kind": row.kind, "error": error }),
+        ..row.clone()
+    }
+}
+
+/// A copy of `value` with NUL characters (which PostgreSQL's text and jsonb refuse) as
+/// U+FFFD; borrowed when there is none.
+pub fn without_nul(value: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+    use serde_json::Value;
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(has_nul),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    fn replace(v: &mut Value) {
+        match v {
+            Value::String(s) => *s = s.replace('\0', "\u{FFFD}"),
+            Value::Array(a) => a.iter_mut().for_each(replace),
+            Value::Object(o) => {
+                let old = std::mem::take(o);
+                for (k, mut v) in old {
+                    replace(&mut v);
+                    o.insert(k.replace('\0', "\u{FFFD}"), v);
+                }
+            }
+            _ => {}
+        }
+    }
+    if !has_nul(value) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut copy = value.clone();
+    replace(&mut copy);
+    std::borrow::Cow::Owned(copy)
+}
+
 /// This router's shipping identity: its id and its session log's instance id.
 pub struct Origin<'a> {
     pub router_id: &'a str,
@@ -109,16 +162,28 @@ pub async fn batch(
     let cursor = locked_cursor(&tx, origin).await?;
     let mut last = cursor;
     for row in rows.iter().filter(|r| r.seq > cursor) {
-        one(&tx, prepared, router_id, row)
-            .await
-            .with_context(|| format!("outbox row {} ({})", row.seq, row.kind))?;
+        if let Err(e) = one(&tx, prepared, router_id, row).await {
+            let refused = e
+                .code()
+                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"));
+            let error = format!("{:#}", describe(e));
+            if refused {
+                return Err(RowRefused {
+                    seq: row.seq,
+                    error,
+                }
+                .into());
+            }
+            anyhow::bail!("outbox row {} ({}): {error}", row.seq, row.kind);
+        }
         last = row.seq;
     }
     tx.execute(
         "INSERT INTO sshgw.router_cursor (router_id, seq, shipped_at, instance)
          VALUES ($1, $2, now(), $3)
          ON CONFLICT (router_id) DO UPDATE
-             SET seq = excluded.seq, shipped_at = now(), instance = excluded.instance",
+             SET seq = greatest(sshgw.router_cursor.seq, excluded.seq), shipped_at = now(),
+                 instance = excluded.instance",
         &[&router_id, &last, &origin.instance],
     )
     .await
@@ -133,14 +198,16 @@ async fn one(
     prepared: &Prepared,
     router_id: &str,
     row: &OutboxRow,
-) -> Result<()> {
+) -> Result<(), tokio_postgres::Error> {
     let at = time(row.at);
     let session = row.session_id.as_deref();
+    let clean = without_nul(&row.payload);
+    let payload = clean.as_ref();
     let st = |sql: &'static str| &prepared.0[sql];
     run(
         tx,
         st(EVENT),
-        &[&router_id, &row.seq, &at, &row.kind, &session, &row.payload],
+        &[&router_id, &row.seq, &at, &row.kind, &session, &payload],
     )
     .await?;
     let (sql, with_seq) = match row.kind.as_str() {
@@ -153,29 +220,19 @@ async fn one(
         kind::RECORDING_UPLOADED => (RECORDING_UPLOADED, false),
         kind::RECORD_UPLOADED => (RECORD_UPLOADED, false),
         kind::RECORDING_ADOPTED => {
-            run(
-                tx,
-                st(ADOPTED_SESSION),
-                &[&router_id, &session, &row.payload],
-            )
-            .await?;
+            run(tx, st(ADOPTED_SESSION), &[&router_id, &session, &payload]).await?;
             (ADOPTED_CHANNEL, false)
         }
         kind::ADMIN_ACTION => {
-            return run(
-                tx,
-                st(ADMIN_ACTION),
-                &[&router_id, &row.seq, &at, &row.payload],
-            )
-            .await;
+            return run(tx, st(ADMIN_ACTION), &[&router_id, &row.seq, &at, &payload]).await;
         }
         // A kind this sshgw does not know (a newer router): kept in `events` only.
         _ => return Ok(()),
     };
     if with_seq {
-        run(tx, st(sql), &[&router_id, &session, &row.payload, &row.seq]).await
+        run(tx, st(sql), &[&router_id, &session, &payload, &row.seq]).await
     } else {
-        run(tx, st(sql), &[&router_id, &session, &row.payload]).await
+        run(tx, st(sql), &[&router_id, &session, &payload]).await
     }
 }
 
@@ -187,8 +244,8 @@ async fn run(
     tx: &Transaction<'_>,
     statement: &Statement,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<()> {
-    tx.execute(statement, params).await.map_err(describe)?;
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(statement, params).await?;
     Ok(())
 }
 
@@ -215,8 +272,8 @@ WHERE router_id = $1 AND id = $2::text";
 const SESSION_CLOSED: &str = "
 UPDATE sshgw.sessions SET ended_at = ($3::jsonb->>'ended_at')::timestamptz,
     duration_ms = ($3::jsonb->>'duration_ms')::bigint,
-    bytes_from_client = ($3::jsonb->>'bytes_from_client')::bigint,
-    bytes_from_server = ($3::jsonb->>'bytes_from_server')::bigint,
+    bytes_from_client = coalesce(($3::jsonb->>'bytes_from_client')::bigint, bytes_from_client),
+    bytes_from_server = coalesce(($3::jsonb->>'bytes_from_server')::bigint, bytes_from_server),
     close_reason = $3::jsonb->>'close_reason'
 WHERE router_id = $1 AND id = $2::text";
 

@@ -73,6 +73,9 @@ impl Target {
         });
         config.application_name("sshgw");
         config.connect_timeout(std::time::Duration::from_secs(10));
+        // A dead path shows within a minute, not after the kernel's 15 minutes of retries.
+        config.keepalives_idle(std::time::Duration::from_secs(30));
+        config.tcp_user_timeout(std::time::Duration::from_secs(60));
         Ok(Target { config, tls })
     }
 

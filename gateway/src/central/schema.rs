@@ -15,14 +15,24 @@ use super::connect::describe;
 /// The version [`MIGRATION`] brings the schema to.
 pub const VERSION: i32 = 1;
 
-/// Tables the routers write (each gets the same policies and grants).
-const ROUTER_TABLES: [&str; 6] = [
-    "router_cursor",
-    "events",
-    "sessions",
-    "channels",
-    "file_ops",
-    "admin_actions",
+/// Tables the routers write, and what a router's role may change in each: the event log,
+/// file operations and admin actions are append-only; sessions and channels get only the
+/// columns their later events fill in (a router cannot rewrite who, where or what).
+const ROUTER_TABLES: [(&str, &str); 6] = [
+    ("router_cursor", "UPDATE (seq, shipped_at, instance)"),
+    ("events", ""),
+    (
+        "sessions",
+        "UPDATE (login, cert_serial, upstream_host_key, ended_at, duration_ms, \
+         bytes_from_client, bytes_from_server, close_reason, record_object_key, \
+         record_version_id, record_sha256)",
+    ),
+    (
+        "channels",
+        "UPDATE (ended_at, exit_status, exit_signal, object_key, version_id, sha256)",
+    ),
+    ("file_ops", ""),
+    ("admin_actions", ""),
 ];
 
 const MIGRATION: &str = r#"
@@ -55,6 +65,7 @@ CREATE TABLE IF NOT EXISTS sshgw.router_cursor (
     -- The session log that ships under this router id (see sessions/outbox.rs).
     instance text
 );
+ALTER TABLE sshgw.router_cursor ADD COLUMN IF NOT EXISTS instance text;
 CREATE TABLE IF NOT EXISTS sshgw.events (
     router_id text NOT NULL,
     seq bigint NOT NULL,
@@ -150,7 +161,12 @@ GRANT EXECUTE ON FUNCTION sshgw.my_router() TO sshgw_router;
 "#;
 
 /// Row-level security and grants for one router table.
-fn table_policies(table: &str) -> String {
+fn table_policies(table: &str, update: &str) -> String {
+    let update = if update.is_empty() {
+        String::new()
+    } else {
+        format!("GRANT {update} ON sshgw.{table} TO sshgw_router;")
+    };
     format!(
         "ALTER TABLE sshgw.{table} ENABLE ROW LEVEL SECURITY;
          DROP POLICY IF EXISTS router_own ON sshgw.{table};
@@ -159,7 +175,8 @@ fn table_policies(table: &str) -> String {
          DROP POLICY IF EXISTS auditor_read ON sshgw.{table};
          CREATE POLICY auditor_read ON sshgw.{table} FOR SELECT TO sshgw_auditor USING (true);
          REVOKE ALL ON sshgw.{table} FROM sshgw_router, sshgw_auditor;
-         GRANT SELECT, INSERT, UPDATE ON sshgw.{table} TO sshgw_router;
+         GRANT SELECT, INSERT ON sshgw.{table} TO sshgw_router;
+         {update}
          GRANT SELECT ON sshgw.{table} TO sshgw_auditor;"
     )
 }
@@ -196,8 +213,8 @@ pub async fn migrate(client: &mut Client) -> Result<i32> {
         .await
         .map_err(describe)
         .context("creating the central schema")?;
-    for table in ROUTER_TABLES {
-        tx.batch_execute(&table_policies(table))
+    for (table, update) in ROUTER_TABLES {
+        tx.batch_execute(&table_policies(table, update))
             .await
             .map_err(describe)
             .with_context(|| format!("row-level security on sshgw.{table}"))?;

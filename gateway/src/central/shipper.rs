@@ -9,12 +9,14 @@ use tokio_postgres::Client;
 
 use super::{apply, connect::Target};
 use crate::sessions::{
-    outbox::{Delivery, consumer},
+    outbox::{Delivery, OutboxRow, consumer},
     store::{SessionStore, Write},
 };
 
 /// How often an idle shipper looks for new rows.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long one batch may take before the connection is given up.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Reconnect backoff: from the first to the last, doubling.
 const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
@@ -32,7 +34,11 @@ impl Shipper {
     pub async fn run(self) {
         let mut backoff = BACKOFF.0;
         loop {
-            if let Err(e) = self.session().await {
+            let mut shipped = false;
+            if let Err(e) = self.session(&mut shipped).await {
+                if shipped {
+                    backoff = BACKOFF.0;
+                }
                 let error = format!("{e:#}");
                 if self.delivery.failed(&error) {
                     tracing::warn!(
@@ -47,18 +53,28 @@ impl Shipper {
         }
     }
 
-    /// One connection: checks who it is, then ships until something fails.
-    async fn session(&self) -> Result<()> {
+    /// One connection: checks who it is, then ships until something fails (`shipped` says
+    /// whether a batch went through).
+    async fn session(&self, shipped: &mut bool) -> Result<()> {
         let mut client = self.target.connect().await?;
         self.check_role(&client).await?;
         let prepared = apply::Prepared::new(&client).await?;
         let store = self.store.clone();
-        let instance = tokio::task::spawn_blocking(move || store.outbox_instance()).await??;
+        let (instance, last) = tokio::task::spawn_blocking(move || {
+            Ok::<_, anyhow::Error>((store.outbox_instance()?, store.outbox_last_seq()?))
+        })
+        .await??;
         let origin = apply::Origin {
             router_id: &self.router_id,
             instance: &instance,
         };
         let mut cursor = apply::cursor(&client, &origin).await?;
+        if cursor > last {
+            bail!(
+                "the central cursor of router {:?} ({cursor}) is past this session log's last row ({last}): the log was restored from an older copy; see docs/many-routers.md",
+                self.router_id
+            );
+        }
         self.mirror(cursor);
         if self.delivery.ok() {
             tracing::info!(cursor, "central: connected; shipping again");
@@ -76,8 +92,38 @@ impl Shipper {
                     "central: outbox rows after the central cursor are gone; the central index misses them"
                 );
             }
-            cursor = apply::batch(&mut client, &prepared, &origin, &rows).await?;
+            cursor = self.ship(&mut client, &prepared, &origin, rows).await?;
             self.mirror(cursor);
+            *shipped = true;
+        }
+    }
+
+    /// Applies one batch within [`BATCH_TIMEOUT`]; a row PostgreSQL refuses goes as
+    /// `row.unshippable` instead.
+    async fn ship(
+        &self,
+        client: &mut Client,
+        prepared: &apply::Prepared,
+        origin: &apply::Origin<'_>,
+        mut rows: Vec<OutboxRow>,
+    ) -> Result<i64> {
+        loop {
+            let attempt = apply::batch(client, prepared, origin, &rows);
+            let result = tokio::time::timeout(BATCH_TIMEOUT, attempt)
+                .await
+                .map_err(|_| anyhow::anyhow!("a batch took longer than {BATCH_TIMEOUT:?}"))?;
+            let e = match result {
+                Ok(cursor) => return Ok(cursor),
+                Err(e) => e,
+            };
+            let Some(refused) = e.downcast_ref::<apply::RowRefused>() else {
+                return Err(e);
+            };
+            tracing::error!(seq = refused.seq, error = %refused.error, "central: PostgreSQL refused an outbox row; it is shipped as row.unshippable (the router's log keeps it)");
+            let (seq, error) = (refused.seq, refused.error.clone());
+            for row in rows.iter_mut().filter(|r| r.seq == seq) {
+                *row = apply::unshippable(row, &error);
+            }
         }
     }
 
@@ -102,7 +148,7 @@ impl Shipper {
         }
     }
 
-    async fn rows_after(&self, cursor: i64) -> Result<Vec<crate::sessions::outbox::OutboxRow>> {
+    async fn rows_after(&self, cursor: i64) -> Result<Vec<OutboxRow>> {
         let store = self.store.clone();
         let limit = self.batch_rows;
         tokio::task::spawn_blocking(move || store.outbox_after(cursor, limit)).await?

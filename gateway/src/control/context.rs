@@ -55,11 +55,18 @@ impl Context {
             .configured()
             .into_iter()
             .map(|(name, delivery)| {
-                let backlog = self.store.outbox_backlog(name).unwrap_or_default();
-                let report = ConsumerReport {
-                    outbox_rows: backlog.outbox_rows,
-                    lag_secs: backlog.lag_secs,
-                    last_error: delivery.last_error(),
+                let report = match self.store.outbox_backlog(name) {
+                    Ok(backlog) => ConsumerReport {
+                        outbox_rows: backlog.outbox_rows,
+                        lag_secs: backlog.lag_secs,
+                        last_error: delivery.last_error(),
+                    },
+                    // Never "caught up" when it cannot be known.
+                    Err(e) => ConsumerReport {
+                        outbox_rows: u64::MAX,
+                        lag_secs: u64::MAX,
+                        last_error: Some(format!("cannot read the outbox: {e:#}")),
+                    },
                 };
                 (name, report)
             })

@@ -87,10 +87,33 @@ fn category(kind: &str) -> &'static str {
     }
 }
 
+/// File operations whose `path` holds a command line (a refused program, a handoff).
+const COMMAND_OPS: [&str; 2] = ["refused", "unaudited handoff"];
+
+/// A file operation's own fields: a refused program's or a handoff's `path` and `status`
+/// name the command; any other status than `ok` may quote a path (scp's errors do).
+fn scrub_file_op(map: &mut Map<String, Value>, redact: Redaction) {
+    let op = map.get("op").and_then(Value::as_str).unwrap_or_default();
+    if COMMAND_OPS.contains(&op) {
+        if redact.commands {
+            map.remove("path");
+            map.remove("status");
+        }
+        return;
+    }
+    let ok = map.get("status").and_then(Value::as_str) == Some("ok");
+    if redact.paths && !ok {
+        map.insert("status".into(), "error (redacted)".into());
+    }
+}
+
 /// Removes what the redaction says, at any depth.
 fn scrub(value: &mut Value, redact: Redaction) {
     match value {
         Value::Object(map) => {
+            if map.contains_key("op") && map.contains_key("status") {
+                scrub_file_op(map, redact);
+            }
             if redact.commands {
                 for f in COMMAND_FIELDS {
                     map.remove(f);
@@ -228,6 +251,31 @@ mod tests {
                 assert!(!text.contains(secret), "{secret} in {text}");
             }
         }
+        let handoff = row(
+            "file.operation",
+            json!({"file_op": {"op": "unaudited handoff", "path": "mosh-server new -s", "status": "mosh cannot be recorded"}}),
+        );
+        let commands_only = Redaction {
+            commands: true,
+            paths: false,
+        };
+        let text = build("rtr-a", &handoff, commands_only).body.to_string();
+        assert!(!text.contains("mosh"), "{text}");
+        let scp = row(
+            "file.operation",
+            json!({"file_op": {"op": "upload error", "path": "/x", "status": "scp: /etc/shadow: Permission denied"}}),
+        );
+        let text = build(
+            "rtr-a",
+            &scp,
+            Redaction {
+                commands: false,
+                paths: true,
+            },
+        )
+        .body
+        .to_string();
+        assert!(!text.contains("shadow"), "{text}");
         let kept = build(
             "rtr-a",
             &row("channel.opened", json!({"channel": {"command": "uptime"}})),

@@ -24,6 +24,12 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Retry backoff: from the first to the last, doubling.
 const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
+/// The receiver refused the request as such (an OTLP 4xx): sending it again would fail
+/// again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub String);
+
 /// Where an exporter sends.
 pub enum Sink {
     Otlp(otlp::OtlpSink),
@@ -84,6 +90,21 @@ impl Exporter {
         }
     }
 
+    /// After a refused batch: each event alone; one the receiver refuses by itself is
+    /// skipped and logged (it stays in the router's log and the central index).
+    async fn one_by_one(&mut self, events: &[event::Event]) -> Result<()> {
+        for event in events {
+            match self.sink.send(std::slice::from_ref(event)).await {
+                Ok(()) => {}
+                Err(e) if e.downcast_ref::<Permanent>().is_some() => {
+                    tracing::error!(exporter = self.name, event = %event.id, error = %format!("{e:#}"), "export: the receiver refuses this event; it is skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the next batch; `Ok(false)` when there was none.
     async fn step(&mut self, cursor: &mut Option<i64>) -> Result<bool> {
         let store = self.store.clone();
@@ -102,7 +123,12 @@ impl Exporter {
             .iter()
             .map(|r| event::build(&self.router_id, r, self.redact))
             .collect();
-        self.sink.send(&events).await?;
+        if let Err(e) = self.sink.send(&events).await {
+            if e.downcast_ref::<Permanent>().is_none() {
+                return Err(e);
+            }
+            self.one_by_one(&events).await?;
+        }
         self.store.write(Write::Shipped {
             consumer: self.name.to_owned(),
             seq: last,

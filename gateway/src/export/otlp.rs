@@ -132,17 +132,26 @@ impl OtlpSink {
         let bytes = reply.bytes().await.unwrap_or_default();
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-            bail!("OTLP POST {}: {status}: {}", self.url, text.trim());
+            let error = format!("OTLP POST {}: {status}: {}", self.url, text.trim());
+            // The collector refuses the request itself: sending it again cannot help.
+            let retryable =
+                status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
+            if !retryable && status.is_client_error() {
+                return Err(super::Permanent(error).into());
+            }
+            bail!(error);
         }
         if let Ok(answer) = ExportLogsServiceResponse::decode(bytes.as_ref())
             && let Some(partial) = answer.partial_success
             && partial.rejected_log_records > 0
         {
-            bail!(
-                "OTLP: the collector rejected {} of {} records: {}",
-                partial.rejected_log_records,
-                events.len(),
-                partial.error_message
+            // The rest was accepted: retrying would duplicate it, and the collector would
+            // reject the same records again.
+            tracing::warn!(
+                rejected = partial.rejected_log_records,
+                of = events.len(),
+                error = partial.error_message,
+                "export: the OTLP collector rejected some records"
             );
         }
         Ok(())

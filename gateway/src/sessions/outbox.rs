@@ -24,6 +24,8 @@ pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
+    -- When the row was written (µs): the lag is measured from it.
+    queued_at INTEGER NOT NULL DEFAULT 0,
     kind TEXT NOT NULL,
     session_id TEXT,
     payload TEXT NOT NULL
@@ -73,6 +75,8 @@ pub mod kind {
     pub const RECORD_UPLOADED: &str = "record.uploaded";
     pub const RECORDING_ADOPTED: &str = "recording.adopted";
     pub const ADMIN_ACTION: &str = "admin.action";
+    /// Central only: stands in for a row PostgreSQL refused (see `central::apply`).
+    pub const UNSHIPPABLE: &str = "row.unshippable";
 }
 
 /// One administrative request that may have changed something (see `control::admin_log`).
@@ -239,15 +243,80 @@ fn uploaded(r: &UploadResult, now: i64) -> Option<(&'static str, i64, Option<&st
 }
 
 /// Appends the event of `change`, if it has one (the writer, inside the change's savepoint).
-pub(super) fn append(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
+/// `touched`: the rows the change itself changed; an update of nothing is no event.
+pub(super) fn append(conn: &Connection, change: &Write, touched: usize) -> rusqlite::Result<()> {
+    let updates = matches!(
+        change,
+        Write::LoggedIn { .. } | Write::Close { .. } | Write::ChannelClose { .. }
+    );
+    if updates && touched == 0 {
+        return Ok(());
+    }
     let Some((kind, at, session_id, payload)) = event_of(change) else {
         return Ok(());
     };
+    insert(conn, kind, at, session_id, &payload)
+}
+
+fn insert(
+    conn: &Connection,
+    kind: &str,
+    at: i64,
+    session_id: Option<&str>,
+    payload: &Value,
+) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO outbox (at, kind, session_id, payload) VALUES (?1, ?2, ?3, ?4)",
-        params![at, kind, session_id, payload.to_string()],
+        "INSERT INTO outbox (at, queued_at, kind, session_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            at,
+            super::now_micros(),
+            kind,
+            session_id,
+            payload.to_string()
+        ],
     )?;
     Ok(())
+}
+
+/// The close reason of sessions a stopped daemon left open.
+pub const INTERRUPTED: &str = "interrupted: sshgw stopped";
+
+/// At start: marks the sessions a previous run left open as interrupted, each with its
+/// `session.closed` event (no end time: it is unknown), in one transaction.
+pub(super) fn mark_interrupted(conn: &Connection) -> rusqlite::Result<usize> {
+    let tx = conn.unchecked_transaction()?;
+    let ids: Vec<String> = tx
+        .prepare("SELECT id FROM sessions WHERE ended_at IS NULL AND close_reason IS NULL")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in &ids {
+        tx.execute(
+            "UPDATE sessions SET close_reason = ?2 WHERE id = ?1",
+            params![id, INTERRUPTED],
+        )?;
+        let payload = json!({
+            "ended_at": null, "duration_ms": null, "bytes_from_client": null,
+            "bytes_from_server": null, "close_reason": INTERRUPTED,
+        });
+        insert(
+            &tx,
+            kind::SESSION_CLOSED,
+            super::now_micros(),
+            Some(id),
+            &payload,
+        )?;
+    }
+    tx.commit()?;
+    Ok(ids.len())
+}
+
+/// Roughly the bytes the outbox's rows take.
+pub(super) fn approx_bytes(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce(sum(length(payload)) + count(*) * 64, 0) FROM outbox",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Keeps an admin action in the log itself (its event goes through [`append`]).
@@ -301,6 +370,18 @@ pub(super) fn instance(conn: &Connection) -> rusqlite::Result<String> {
     )
 }
 
+/// The last seq ever given out (0 before the first row), pruned rows included.
+pub(super) fn last_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
 /// Up to `limit` rows after `after`, in order.
 pub(super) fn after(conn: &Connection, after: i64, limit: u32) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut stmt = conn.prepare_cached(
@@ -325,7 +406,7 @@ pub(super) fn after(conn: &Connection, after: i64, limit: u32) -> rusqlite::Resu
 /// What is left after `cursor`: rows and the age of the oldest.
 pub(super) fn backlog(conn: &Connection, cursor: i64, now: i64) -> rusqlite::Result<Backlog> {
     let (rows, oldest): (i64, Option<i64>) = conn.query_row(
-        "SELECT count(*), min(at) FROM outbox WHERE seq > ?",
+        "SELECT count(*), min(queued_at) FROM outbox WHERE seq > ?",
         [cursor],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;

@@ -176,10 +176,7 @@ impl SessionStore {
         conn.execute_batch(super::outbox::SCHEMA)?;
         migrate(&conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        let interrupted = conn.execute(
-            "UPDATE sessions SET close_reason = 'interrupted: sshgw stopped' WHERE ended_at IS NULL AND close_reason IS NULL",
-            [],
-        )?;
+        let interrupted = super::outbox::mark_interrupted(&conn)?;
         super::uploads::backfill(&conn)?;
         if interrupted > 0 {
             tracing::warn!(
@@ -435,6 +432,11 @@ impl SessionStore {
         Ok(super::outbox::instance(&open(&self.path)?)?)
     }
 
+    /// The outbox's last seq, pruned rows included.
+    pub fn outbox_last_seq(&self) -> Result<i64> {
+        Ok(super::outbox::last_seq(&open(&self.path)?)?)
+    }
+
     /// `consumer`'s cursor in the outbox (0 before its first delivery).
     pub fn outbox_cursor(&self, consumer: &str) -> Result<i64> {
         Ok(super::outbox::cursor(&open(&self.path)?, consumer)?)
@@ -479,7 +481,9 @@ impl SessionStore {
         let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
         let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
         let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-        Ok(((pages - free).max(0) * size) as u64)
+        // Undelivered outbox rows must not make retention delete sessions: not counted.
+        let outbox = super::outbox::approx_bytes(&conn)?;
+        Ok(((pages - free).max(0) * size).saturating_sub(outbox).max(0) as u64)
     }
 }
 

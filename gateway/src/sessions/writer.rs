@@ -385,12 +385,13 @@ fn is_storage(e: &rusqlite::Error) -> bool {
 
 /// Applies one change and appends its outbox event, in the caller's savepoint.
 fn apply(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
-    apply_change(conn, change)?;
-    super::outbox::append(conn, change)
+    let touched = apply_change(conn, change)?;
+    super::outbox::append(conn, change, touched)
 }
 
-fn apply_change(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
-    match change {
+/// Applies one change; the rows it touched (for updates: whether it matched anything).
+fn apply_change(conn: &Connection, change: &Write) -> rusqlite::Result<usize> {
+    Ok(match change {
         Write::Open(s) => insert_session(conn, s)?,
         Write::LoggedIn {
             id,
@@ -454,8 +455,7 @@ fn apply_change(conn: &Connection, change: &Write) -> rusqlite::Result<()> {
         Write::Shipped { consumer, seq } => super::outbox::advance(conn, consumer, *seq)?,
         Write::PruneOutbox(consumers) => super::outbox::prune(conn, consumers)?,
         Write::Sync(_) => 0,
-    };
-    Ok(())
+    })
 }
 
 fn insert_session(conn: &Connection, s: &SessionRecord) -> rusqlite::Result<usize> {

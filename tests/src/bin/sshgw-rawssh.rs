@@ -14,6 +14,8 @@
 //!   Prints each reply, or `channel closed`.
 //! * `data-first COMMAND`: send data on a session channel before any program request, then
 //!   exec COMMAND; prints its output and exit status.
+//! * `exec-nul COMMAND`: exec COMMAND with each `\0` in it sent as a NUL byte (OpenSSH
+//!   cannot send one); prints `exec: ok|failed` and the exit status, if any.
 //! * `stuck-in-kex SECS`: over plain TCP, send an SSH banner and then nothing, as a client
 //!   stuck in key exchange would; prints `closed by the gateway` when the connection ends
 //!   within SECS, else `still open`. (USER is ignored.)
@@ -344,6 +346,25 @@ async fn data_first(ch: &mut russh::Channel<client::Msg>, command: &str) -> Resu
     }
 }
 
+/// An exec request whose command holds NUL bytes.
+async fn exec_nul(ch: &mut russh::Channel<client::Msg>, command: &str) -> Result<()> {
+    let bytes = command.replace("\\0", "\0").into_bytes();
+    ch.exec(true, bytes).await?;
+    let accepted = reply(ch).await?;
+    println!("exec: {}", word(accepted));
+    if accepted != Some(true) {
+        return Ok(());
+    }
+    ch.eof().await?;
+    loop {
+        match next(ch).await? {
+            Some(ChannelMsg::ExitStatus { exit_status }) => println!("exit {exit_status}"),
+            Some(ChannelMsg::Close) | None => return Ok(()),
+            Some(_) => {}
+        }
+    }
+}
+
 /// Holds a connection that never gets past the banner exchange.
 async fn stuck_in_kex(host: &str, secs: u64) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -388,6 +409,7 @@ async fn run(args: &[String]) -> Result<()> {
         ("second-program", [first, path]) => second_program(&mut ch, first, path).await?,
         ("sftp-dup-id", [a, b]) => sftp_dup_id(&mut ch, a, b).await?,
         ("data-first", [command]) => data_first(&mut ch, command).await?,
+        ("exec-nul", [command]) => exec_nul(&mut ch, command).await?,
         ("sftp-many-handles", [file, count, upload_path]) => {
             sftp_many_handles(&mut ch, file, count.parse()?, upload_path).await?
         }
