@@ -1,8 +1,8 @@
 //! The central schema, created and upgraded by `sshgw central migrate`.
 //!
 //! Everything lives in the schema `sshgw`. Every table carries `router_id` in its key. Two
-//! group roles are created: `sshgw_router` (INSERT, UPDATE and SELECT, never DELETE) and
-//! `sshgw_auditor` (SELECT). Row-level security limits a router's role to the rows of the
+//! group roles are created: `sshgw_router` (SELECT and INSERT, UPDATE only of the columns
+//! later events fill in, never DELETE: see [`ROUTER_TABLES`]) and `sshgw_auditor` (SELECT). Row-level security limits a router's role to the rows of the
 //! router it is registered for in `sshgw.routers` (by its login role, `session_user`), so
 //! one router can neither read nor rewrite another's rows. docs/many-routers.md shows how
 //! to add a router.

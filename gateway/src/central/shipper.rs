@@ -16,7 +16,7 @@ use crate::sessions::{
 /// How often an idle shipper looks for new rows.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How long one batch may take before the connection is given up.
-const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
+const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
 /// Reconnect backoff: from the first to the last, doubling.
 const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 

@@ -133,10 +133,9 @@ impl OtlpSink {
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
             let error = format!("OTLP POST {}: {status}: {}", self.url, text.trim());
-            // The collector refuses the request itself: sending it again cannot help.
-            let retryable =
-                status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
-            if !retryable && status.is_client_error() {
+            // The collector refuses the request itself (malformed, too large): sending it
+            // again cannot help. Others (401, 403, 404: a setup error) are retried.
+            if matches!(status.as_u16(), 400 | 413 | 422) {
                 return Err(super::Permanent(error).into());
             }
             bail!(error);

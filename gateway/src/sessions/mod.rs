@@ -1,6 +1,7 @@
 //! The session log: one record per intercepted connection (allowed or blocked) and one per
 //! channel, kept in SQLite, plus the registry of live sessions that can be listed and killed.
 
+mod change;
 pub mod health;
 pub mod live;
 pub mod outbox;

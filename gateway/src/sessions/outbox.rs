@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use super::{
     ChannelRecord, FileOpRecord, SessionRecord,
+    change::Write,
     uploads::{UploadOutcome, UploadResult},
-    writer::Write,
 };
 
 pub(super) const SCHEMA: &str = "
@@ -79,21 +79,7 @@ pub mod kind {
     pub const UNSHIPPABLE: &str = "row.unshippable";
 }
 
-/// One administrative request that may have changed something (see `control::admin_log`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AdminAction {
-    /// µs since the epoch.
-    #[serde(skip)]
-    pub at: i64,
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
-    pub method: String,
-    pub route: String,
-    pub status: u16,
-    pub digest: Option<String>,
-    pub recording_key_fingerprint: Option<String>,
-}
+pub use super::change::AdminAction;
 
 /// One outbox row.
 #[derive(Debug, Clone, PartialEq)]

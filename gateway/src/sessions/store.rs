@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{config::LogFailure, policy::model::Action, util::vocabulary::UnknownName};
 
-pub use super::writer::{UnwritableHook, Write};
+pub use super::{change::Write, writer::UnwritableHook};
 
 const SCHEMA_VERSION: i64 = 5;
 
@@ -33,6 +33,13 @@ fn migrate(conn: &Connection) -> Result<()> {
         .exists([])?;
     if !has_env {
         conn.execute_batch("ALTER TABLE channels ADD COLUMN env TEXT")?;
+    }
+    // 5: outbox.queued_at (an outbox of a development build before it).
+    let has_queued = conn
+        .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'queued_at'")?
+        .exists([])?;
+    if !has_queued {
+        conn.execute_batch("ALTER TABLE outbox ADD COLUMN queued_at INTEGER NOT NULL DEFAULT 0")?;
     }
     Ok(())
 }
