@@ -151,6 +151,10 @@ fn checked(row: Option<tokio_postgres::Row>, origin: &Origin<'_>) -> Result<i64>
 
 /// Applies `rows` (in seq order) and moves the cursor to the last, in one transaction.
 /// Returns the cursor after the commit.
+///
+/// The statements are pipelined: all are sent before the first answer is awaited, in
+/// order, and PostgreSQL runs them in that order. A batch costs a few round trips, not a
+/// few per row.
 pub async fn batch(
     client: &mut Client,
     prepared: &Prepared,
@@ -160,24 +164,29 @@ pub async fn batch(
     let router_id = origin.router_id;
     let tx = client.transaction().await.map_err(describe)?;
     let cursor = locked_cursor(&tx, origin).await?;
-    let mut last = cursor;
-    for row in rows.iter().filter(|r| r.seq > cursor) {
-        if let Err(e) = one(&tx, prepared, router_id, row).await {
-            let refused = e
-                .code()
-                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"));
-            let error = format!("{:#}", describe(e));
-            if refused {
-                return Err(RowRefused {
-                    seq: row.seq,
-                    error,
-                }
-                .into());
+    let todo: Vec<&OutboxRow> = rows.iter().filter(|r| r.seq > cursor).collect();
+    let steps: Vec<Step> = todo.iter().flat_map(|row| steps(router_id, row)).collect();
+    let results = pipelined(&tx, prepared, &steps).await;
+    // After the first failure PostgreSQL refuses the rest: the first error is the cause.
+    if let Some((step, e)) = steps
+        .iter()
+        .zip(results)
+        .find_map(|(step, r)| r.err().map(|e| (step, e)))
+    {
+        let refused = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"));
+        let error = format!("{:#}", describe(e));
+        if refused {
+            return Err(RowRefused {
+                seq: step.seq,
+                error,
             }
-            anyhow::bail!("outbox row {} ({}): {error}", row.seq, row.kind);
+            .into());
         }
-        last = row.seq;
+        anyhow::bail!("outbox row {} ({}): {error}", step.seq, step.kind);
     }
+    let last = todo.last().map_or(cursor, |r| r.seq);
     tx.execute(
         "INSERT INTO sshgw.router_cursor (router_id, seq, shipped_at, instance)
          VALUES ($1, $2, now(), $3)
@@ -192,62 +201,109 @@ pub async fn batch(
     Ok(last)
 }
 
-/// One row: the raw event, then what it changes in the tables.
-async fn one(
+/// Sends every step before awaiting any answer. tokio-postgres sends a request when its
+/// future is first polled, and `FuturesOrdered` polls them first in the order given.
+async fn pipelined(
     tx: &Transaction<'_>,
     prepared: &Prepared,
-    router_id: &str,
-    row: &OutboxRow,
-) -> Result<(), tokio_postgres::Error> {
-    let at = time(row.at);
-    let session = row.session_id.as_deref();
-    let clean = without_nul(&row.payload);
-    let payload = clean.as_ref();
-    let st = |sql: &'static str| &prepared.0[sql];
-    run(
-        tx,
-        st(EVENT),
-        &[&router_id, &row.seq, &at, &row.kind, &session, &payload],
-    )
-    .await?;
-    let (sql, with_seq) = match row.kind.as_str() {
-        kind::SESSION_OPENED => (SESSION_OPENED, false),
-        kind::SESSION_LOGGED_IN => (SESSION_LOGGED_IN, false),
-        kind::SESSION_CLOSED => (SESSION_CLOSED, false),
-        kind::CHANNEL_OPENED => (CHANNEL_OPENED, false),
-        kind::CHANNEL_CLOSED => (CHANNEL_CLOSED, false),
-        kind::FILE_OPERATION => (FILE_OPERATION, true),
-        kind::RECORDING_UPLOADED => (RECORDING_UPLOADED, false),
-        kind::RECORD_UPLOADED => (RECORD_UPLOADED, false),
-        kind::RECORDING_ADOPTED => {
-            run(tx, st(ADOPTED_SESSION), &[&router_id, &session, &payload]).await?;
-            (ADOPTED_CHANNEL, false)
+    steps: &[Step],
+) -> Vec<Result<u64, tokio_postgres::Error>> {
+    use futures::StreamExt;
+    steps
+        .iter()
+        .map(|step| {
+            let params: Vec<&(dyn ToSql + Sync)> = step.params.iter().map(Param::sql).collect();
+            let statement = &prepared.0[step.statement];
+            async move { tx.execute(statement, &params).await }
+        })
+        .collect::<futures::stream::FuturesOrdered<_>>()
+        .collect()
+        .await
+}
+
+/// A statement parameter, owned so that a whole batch can be in flight.
+enum Param {
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    Time(SystemTime),
+    Json(serde_json::Value),
+}
+
+impl Param {
+    fn sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Param::Text(v) => v,
+            Param::OptText(v) => v,
+            Param::Int(v) => v,
+            Param::Time(v) => v,
+            Param::Json(v) => v,
         }
-        kind::ADMIN_ACTION => {
-            return run(tx, st(ADMIN_ACTION), &[&router_id, &row.seq, &at, &payload]).await;
-        }
-        // A kind this sshgw does not know (a newer router): kept in `events` only.
-        _ => return Ok(()),
-    };
-    if with_seq {
-        run(tx, st(sql), &[&router_id, &session, &payload, &row.seq]).await
-    } else {
-        run(tx, st(sql), &[&router_id, &session, &payload]).await
     }
+}
+
+/// One statement of a batch: what it runs, with what, for which row.
+struct Step {
+    seq: i64,
+    kind: String,
+    statement: &'static str,
+    params: Vec<Param>,
+}
+
+/// A row's statements: the raw event, then what it changes in the tables.
+fn steps(router_id: &str, row: &OutboxRow) -> Vec<Step> {
+    let payload = without_nul(&row.payload).into_owned();
+    let step = |statement: &'static str, params: Vec<Param>| Step {
+        seq: row.seq,
+        kind: row.kind.clone(),
+        statement,
+        params,
+    };
+    let router = || Param::Text(router_id.to_owned());
+    let session = || Param::OptText(row.session_id.clone());
+    let json = || Param::Json(payload.clone());
+    let mut out = vec![step(
+        EVENT,
+        vec![
+            router(),
+            Param::Int(row.seq),
+            Param::Time(time(row.at)),
+            Param::Text(row.kind.clone()),
+            session(),
+            json(),
+        ],
+    )];
+    let usual = |sql| step(sql, vec![router(), session(), json()]);
+    match row.kind.as_str() {
+        kind::SESSION_OPENED => out.push(usual(SESSION_OPENED)),
+        kind::SESSION_LOGGED_IN => out.push(usual(SESSION_LOGGED_IN)),
+        kind::SESSION_CLOSED => out.push(usual(SESSION_CLOSED)),
+        kind::CHANNEL_OPENED => out.push(usual(CHANNEL_OPENED)),
+        kind::CHANNEL_CLOSED => out.push(usual(CHANNEL_CLOSED)),
+        kind::RECORDING_UPLOADED => out.push(usual(RECORDING_UPLOADED)),
+        kind::RECORD_UPLOADED => out.push(usual(RECORD_UPLOADED)),
+        kind::FILE_OPERATION => out.push(step(
+            FILE_OPERATION,
+            vec![router(), session(), json(), Param::Int(row.seq)],
+        )),
+        kind::RECORDING_ADOPTED => {
+            out.push(usual(ADOPTED_SESSION));
+            out.push(usual(ADOPTED_CHANNEL));
+        }
+        kind::ADMIN_ACTION => out.push(step(
+            ADMIN_ACTION,
+            vec![router(), Param::Int(row.seq), Param::Time(time(row.at)), json()],
+        )),
+        // A kind this sshgw does not know (a newer router): kept in `events` only.
+        _ => {}
+    }
+    out
 }
 
 const EVENT: &str = "
 INSERT INTO sshgw.events (router_id, seq, at, kind, session_id, payload)
 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
 
-async fn run(
-    tx: &Transaction<'_>,
-    statement: &Statement,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<(), tokio_postgres::Error> {
-    tx.execute(statement, params).await?;
-    Ok(())
-}
 
 // The others take $1 router_id, $2 session id, $3 the payload (jsonb); file
 // operations add $4 seq. Times in payloads are RFC 3339 text.
