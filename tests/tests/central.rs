@@ -419,6 +419,17 @@ fn a_shipper_killed_mid_batch_leaves_no_gap_and_no_duplicate() {
             local == 9 && opened == local && rows == local,
             "local sessions {local}, central session.opened {opened}, central sessions {rows}"
         );
+        // The batch is pipelined: each session's later updates (login, close, channel
+        // close) must still have found the rows its earlier statements inserted.
+        let unfinished = central.count(
+            "SELECT count(*) FROM sshgw.sessions s WHERE router_id = 'rtr-a'
+               AND (ended_at IS NULL OR login IS NULL OR NOT EXISTS (SELECT 1 FROM sshgw.channels c
+                    WHERE c.router_id = s.router_id AND c.session_id = s.id AND c.ended_at IS NOT NULL))",
+        )?;
+        ensure!(
+            unfinished == 0,
+            "{unfinished} central sessions miss their later updates"
+        );
         Ok(())
     });
 }

@@ -292,7 +292,12 @@ fn steps(router_id: &str, row: &OutboxRow) -> Vec<Step> {
         }
         kind::ADMIN_ACTION => out.push(step(
             ADMIN_ACTION,
-            vec![router(), Param::Int(row.seq), Param::Time(time(row.at)), json()],
+            vec![
+                router(),
+                Param::Int(row.seq),
+                Param::Time(time(row.at)),
+                json(),
+            ],
         )),
         // A kind this sshgw does not know (a newer router): kept in `events` only.
         _ => {}
@@ -303,7 +308,6 @@ fn steps(router_id: &str, row: &OutboxRow) -> Vec<Step> {
 const EVENT: &str = "
 INSERT INTO sshgw.events (router_id, seq, at, kind, session_id, payload)
 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
-
 
 // The others take $1 router_id, $2 session id, $3 the payload (jsonb); file
 // operations add $4 seq. Times in payloads are RFC 3339 text.
