@@ -1199,3 +1199,63 @@ fn exit_signal_names() {
         }
     );
 }
+
+/// A pty requested as 0×0 (RFC 4254: zero dimensions are ignored), with `resize`d later
+/// to the given size, if any.
+fn recorded_zero_pty(resize: Option<(u32, u32)>) -> (Fixture, Vec<u8>) {
+    let f = fixture();
+    let mut meta = channel_meta(true);
+    if let Some(pty) = meta.pty.as_mut() {
+        pty.width = 0;
+        pty.height = 0;
+    }
+    let mut writer = FileWriter::create(&f.path, &f.public, &meta, started()).unwrap();
+    writer.data(false, None, 100_000, b"$ ");
+    writer.flush().unwrap();
+    writer.resize(200_000, 0, 0);
+    if let Some((cols, rows)) = resize {
+        writer.resize(300_000, cols, rows);
+    }
+    writer.data(false, None, 400_000, b"ok\r\n");
+    writer.finish(&Exit::Status(0), 500_000).unwrap();
+    let bytes = std::fs::read(&f.path).unwrap();
+    (f, bytes)
+}
+
+fn cast_of(f: &Fixture, bytes: &[u8]) -> Vec<serde_json::Value> {
+    let mut reader = Reader::open(bytes, &f.private).unwrap();
+    let mut out = Vec::new();
+    export::asciicast(&mut reader, &mut out).unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_zero_sized_pty_takes_its_first_resize_or_80_by_24() {
+    let (f, bytes) = recorded_zero_pty(Some((132, 43)));
+    let cast = cast_of(&f, &bytes);
+    assert_eq!(
+        (cast[0]["width"].as_u64(), cast[0]["height"].as_u64()),
+        (Some(132), Some(43))
+    );
+    let events: Vec<(&str, &str)> = cast[1..]
+        .iter()
+        .map(|e| (e[1].as_str().unwrap(), e[2].as_str().unwrap()))
+        .collect();
+    // The output before the resize is kept, in order; the 0x0 resize is left out.
+    assert_eq!(events, [("o", "$ "), ("r", "132x43"), ("o", "ok\r\n")]);
+
+    let (f, bytes) = recorded_zero_pty(None);
+    let cast = cast_of(&f, &bytes);
+    assert_eq!(
+        (cast[0]["width"].as_u64(), cast[0]["height"].as_u64()),
+        (Some(80), Some(24))
+    );
+    assert_eq!(cast.len(), 3, "{cast:?}");
+    let header =
+        export::term_data_header(&Reader::open(&bytes[..], &f.private).unwrap().meta().clone());
+    assert!(header.contains("COLUMNS=\"80\" LINES=\"24\""), "{header}");
+}
