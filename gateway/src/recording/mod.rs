@@ -17,7 +17,7 @@
 //!
 //! Types: [`writer::Recorder`], [`writer::ChannelMeta`], [`writer::ChannelKind`],
 //! [`writer::PtyMeta`], [`writer::Exit`], [`writer::Summary`], [`keys::RecordingKey`];
-//! [`format::pty_modes`] turns russh's `pty_request` modes into the names the header uses.
+//! [`pty::pty_modes`] turns russh's `pty_request` modes into the names the header uses.
 //!
 //! ```ignore
 //! let key = RecordingKey::from_file(path)?;            // or RecordingKey::parse(base64)
@@ -54,12 +54,14 @@
 //! can also lose what the kernel had not yet written back (only `finish` syncs).
 
 pub mod export;
-pub mod format;
 pub mod key_store;
 pub mod keys;
-pub mod reader;
+pub mod pty;
 pub mod spool;
 pub mod writer;
+
+// The format and its reader are shared with the console's wasm build.
+pub use sshgw_recording::{format, reader};
 
 #[cfg(test)]
 mod tests;

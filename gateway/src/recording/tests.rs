@@ -118,7 +118,7 @@ fn raw_chunks(bytes: &[u8], key: &RecordingPrivateKey) -> Vec<Vec<u8>> {
     .unwrap();
     let mut ctx = hpke::setup_receiver::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
         &OpModeR::Base,
-        &key.0,
+        key.kem(),
         &enc,
         b"",
     )

@@ -243,7 +243,7 @@ impl FileWriter {
     ) -> Result<FileWriter> {
         let (enc, ctx) = hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
             &OpModeS::Base,
-            &key.0,
+            key.kem(),
             b"",
         )
         .map_err(|e| anyhow!("cannot set up recording encryption: {e}"))?;

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     identity::Identity,
     recording::{
-        format::pty_modes,
+        pty::pty_modes,
         writer::{ChannelKind, PtyMeta},
     },
 };

@@ -372,17 +372,6 @@ pub fn pty_mode_name(opcode: u8) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
-/// Terminal modes as russh reports them (`pty_request`'s `modes`), by name. The
-/// `TTY_OP_END` marker is dropped.
-pub fn pty_modes(modes: &[(russh::Pty, u32)]) -> Vec<(String, u32)> {
-    modes
-        .iter()
-        .filter_map(|(mode, value)| {
-            pty_mode_name(*mode as u8).map(|name| (name.to_string(), *value))
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------
 // Time.
 
@@ -503,16 +492,6 @@ mod tests {
     #[test]
     fn pty_mode_names() {
         assert_eq!(pty_mode_name(53), Some("ECHO"));
-        assert_eq!(
-            pty_modes(&[
-                (russh::Pty::ECHO, 1),
-                (russh::Pty::TTY_OP_OSPEED, 38400),
-                (russh::Pty::TTY_OP_END, 0)
-            ]),
-            vec![
-                ("ECHO".to_string(), 1),
-                ("TTY_OP_OSPEED".to_string(), 38400)
-            ]
-        );
+        assert_eq!(pty_mode_name(0), None);
     }
 }

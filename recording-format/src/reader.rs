@@ -8,7 +8,7 @@ use hpke::{
     Deserializable, OpModeR, aead::ChaCha20Poly1305, kdf::HkdfSha256, kem::X25519HkdfSha256,
 };
 
-use super::{
+use crate::{
     format::{
         self, Kind, MAX_CHUNK_LEN, MAX_HEADER_LEN, MAX_PACKET_LEN, Metadata, PACKET_FIXED_LEN,
         Packet, SOURCE_CLIENT, SOURCE_SERVER, TAG_LEN,
@@ -356,7 +356,7 @@ impl<R: Read> Reader<R> {
 }
 
 /// The header: its length field and the metadata it holds (no key needed: it is plaintext).
-pub(crate) fn read_header(input: &mut impl Read) -> Result<(u32, Metadata), RecordingError> {
+pub fn read_header(input: &mut impl Read) -> Result<(u32, Metadata), RecordingError> {
     let not = |s: String| RecordingError::NotARecording(s);
     let mut len = [0u8; 4];
     let got = read_full(input, &mut len)?;
