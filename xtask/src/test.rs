@@ -26,7 +26,7 @@ pub struct TestArgs {
 }
 
 /// Unit-tested host crates. Never `--workspace`: gateway-ebpf must not be built for the host.
-const UNIT_TEST_PACKAGES: &[&str] = &["sshgw", "gateway-common", "xtask"];
+const UNIT_TEST_PACKAGES: &[&str] = &["sshgw", "sshgw-recording", "gateway-common", "xtask"];
 const NETNS_TEST_PACKAGE: &str = "sshgw-tests";
 const NETNS_TEST_THREADS: &str = "--test-threads=2";
 const SSHD: &str = "/usr/sbin/sshd";
