@@ -265,6 +265,16 @@ impl<'a> Site<'a> {
     pub fn ssh(&self, host: IpAddr) -> crate::ssh::Ssh<'a> {
         self.lab.ssh(host).from_ns(self.dev)
     }
+
+    /// One SSH session from this site's enrolled address to the audited server that runs
+    /// `command`; an error unless it succeeds.
+    pub fn session(&self, family: Family, command: &str) -> Result<()> {
+        self.ssh(family.audited())
+            .bind(self.enrolled(family))
+            .run(command)?
+            .check()?;
+        Ok(())
+    }
 }
 
 /// The namespaces [`Lab::add_site`] creates.
@@ -527,105 +537,84 @@ impl Drop for Lab {
     }
 }
 
+/// A veth pair made directly in its two namespaces: no names in the host namespace, so
+/// parallel labs never collide.
+fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
+    Ok(())
+}
+
+/// `ip addr add CIDR dev DEV [EXTRA]`; IPv6 addresses (`-6`) without DAD.
+fn addr(ns: &Netns, cidr: &str, dev: &str, extra: &[&str]) -> Result<()> {
+    let v6 = cidr.contains(':');
+    let mut args = if v6 { vec!["-6"] } else { vec![] };
+    args.extend(["addr", "add", cidr, "dev", dev]);
+    if v6 {
+        args.push("nodad");
+    }
+    args.extend_from_slice(extra);
+    ns.ip(&args)?;
+    Ok(())
+}
+
+/// `ip route add DST via GATEWAY` (`-6` for an IPv6 gateway).
+fn route(ns: &Netns, dst: &str, via: &str) -> Result<()> {
+    let mut args = if via.contains(':') {
+        vec!["-6"]
+    } else {
+        vec![]
+    };
+    args.extend(["route", "add", dst, "via", via]);
+    ns.ip(&args)?;
+    Ok(())
+}
+
 /// Wires the veths, addresses, routes and router sysctls.
 fn wire(dev: &Netns, rtr: &Netns, srv: &Netns) -> Result<()> {
     use iface::*;
-    // Create each veth directly in its two namespaces: no names in the host namespace, so
-    // parallel labs never collide.
-    dev.ip(&[
-        "link",
-        "add",
-        DEV,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        RTR_LAN,
-        "netns",
-        rtr.name(),
-    ])?;
-    srv.ip(&[
-        "link",
-        "add",
-        SRV,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        RTR_WAN,
-        "netns",
-        rtr.name(),
-    ])?;
-
+    veth(dev, DEV, rtr, RTR_LAN)?;
+    veth(srv, SRV, rtr, RTR_WAN)?;
     router_sysctls(rtr)?;
-
     for (ns, ifname) in [(dev, DEV), (rtr, RTR_LAN), (rtr, RTR_WAN), (srv, SRV)] {
         ns.ip(&["link", "set", ifname, "up"])?;
     }
 
     // Device: the enrolled address is the primary one (the default source); the other is a
     // secondary (IPv4) / deprecated (IPv6, preferred_lft 0) address, used only via `ssh -b`.
-    dev.ip(&["addr", "add", "100.96.0.7/24", "dev", DEV])?;
-    dev.ip(&["addr", "add", "100.96.0.8/24", "dev", DEV])?;
-    dev.ip(&["-6", "addr", "add", "fd00:96::7/64", "dev", DEV, "nodad"])?;
-    dev.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd00:96::8/64",
-        "dev",
-        DEV,
-        "nodad",
-        "preferred_lft",
-        "0",
-    ])?;
+    addr(dev, "100.96.0.7/24", DEV, &[])?;
+    addr(dev, "100.96.0.8/24", DEV, &[])?;
+    addr(dev, "fd00:96::7/64", DEV, &[])?;
+    addr(dev, "fd00:96::8/64", DEV, &["preferred_lft", "0"])?;
 
-    rtr.ip(&["addr", "add", "100.96.0.1/24", "dev", RTR_LAN])?;
-    rtr.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd00:96::1/64",
-        "dev",
-        RTR_LAN,
-        "nodad",
-    ])?;
-    rtr.ip(&["addr", "add", "203.0.113.1/24", "dev", RTR_WAN])?;
-    rtr.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:1::1/64",
-        "dev",
-        RTR_WAN,
-        "nodad",
-    ])?;
+    addr(rtr, "100.96.0.1/24", RTR_LAN, &[])?;
+    addr(rtr, "fd00:96::1/64", RTR_LAN, &[])?;
+    addr(rtr, "203.0.113.1/24", RTR_WAN, &[])?;
+    addr(rtr, "2001:db8:1::1/64", RTR_WAN, &[])?;
 
-    srv.ip(&["addr", "add", "203.0.113.10/24", "dev", SRV])?;
-    srv.ip(&["addr", "add", "203.0.113.20/24", "dev", SRV])?;
-    srv.ip(&[
-        "-6",
-        "addr",
-        "add",
+    for cidr in [
+        "203.0.113.10/24",
+        "203.0.113.20/24",
         "2001:db8:1::10/64",
-        "dev",
-        SRV,
-        "nodad",
-    ])?;
-    srv.ip(&[
-        "-6",
-        "addr",
-        "add",
         "2001:db8:1::20/64",
-        "dev",
-        SRV,
-        "nodad",
-    ])?;
+    ] {
+        addr(srv, cidr, SRV, &[])?;
+    }
 
-    dev.ip(&["route", "add", "default", "via", "100.96.0.1"])?;
-    dev.ip(&["-6", "route", "add", "default", "via", "fd00:96::1"])?;
-    srv.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
-    srv.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"])?;
+    route(dev, "default", "100.96.0.1")?;
+    route(dev, "default", "fd00:96::1")?;
+    route(srv, "default", "203.0.113.1")?;
+    route(srv, "default", "2001:db8:1::1")?;
     Ok(())
 }
 
@@ -633,89 +622,29 @@ fn wire(dev: &Netns, rtr: &Netns, srv: &Netns) -> Result<()> {
 /// (`s1`), with the addresses and routes of the module docs.
 fn wire_site2(dev: &Netns, rtr: &Netns, srv: &Netns) -> Result<()> {
     use iface::*;
-    dev.ip(&[
-        "link",
-        "add",
-        DEV,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        RTR_LAN,
-        "netns",
-        rtr.name(),
-    ])?;
-    srv.ip(&[
-        "link",
-        "add",
-        SRV2,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        RTR_WAN,
-        "netns",
-        rtr.name(),
-    ])?;
+    veth(dev, DEV, rtr, RTR_LAN)?;
+    veth(srv, SRV2, rtr, RTR_WAN)?;
     router_sysctls(rtr)?;
     for (ns, ifname) in [(dev, DEV), (rtr, RTR_LAN), (rtr, RTR_WAN), (srv, SRV2)] {
         ns.ip(&["link", "set", ifname, "up"])?;
     }
 
-    dev.ip(&["addr", "add", "100.96.1.7/24", "dev", DEV])?;
-    dev.ip(&["-6", "addr", "add", "fd00:96:1::7/64", "dev", DEV, "nodad"])?;
-    rtr.ip(&["addr", "add", "100.96.1.1/24", "dev", RTR_LAN])?;
-    rtr.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd00:96:1::1/64",
-        "dev",
-        RTR_LAN,
-        "nodad",
-    ])?;
-    rtr.ip(&["addr", "add", "198.51.100.1/24", "dev", RTR_WAN])?;
-    rtr.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:2::1/64",
-        "dev",
-        RTR_WAN,
-        "nodad",
-    ])?;
-    srv.ip(&["addr", "add", "198.51.100.10/24", "dev", SRV2])?;
-    srv.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:2::10/64",
-        "dev",
-        SRV2,
-        "nodad",
-    ])?;
+    addr(dev, "100.96.1.7/24", DEV, &[])?;
+    addr(dev, "fd00:96:1::7/64", DEV, &[])?;
+    addr(rtr, "100.96.1.1/24", RTR_LAN, &[])?;
+    addr(rtr, "fd00:96:1::1/64", RTR_LAN, &[])?;
+    addr(rtr, "198.51.100.1/24", RTR_WAN, &[])?;
+    addr(rtr, "2001:db8:2::1/64", RTR_WAN, &[])?;
+    addr(srv, "198.51.100.10/24", SRV2, &[])?;
+    addr(srv, "2001:db8:2::10/64", SRV2, &[])?;
 
-    dev.ip(&["route", "add", "default", "via", "100.96.1.1"])?;
-    dev.ip(&["-6", "route", "add", "default", "via", "fd00:96:1::1"])?;
+    route(dev, "default", "100.96.1.1")?;
+    route(dev, "default", "fd00:96:1::1")?;
     // The server's addresses (audited or not) sit on `s0`; `rtr2` reaches them over `s1`.
-    rtr.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.10"])?;
-    rtr.ip(&[
-        "-6",
-        "route",
-        "add",
-        "2001:db8:1::/64",
-        "via",
-        "2001:db8:2::10",
-    ])?;
-    srv.ip(&["route", "add", "100.96.1.0/24", "via", "198.51.100.1"])?;
-    srv.ip(&[
-        "-6",
-        "route",
-        "add",
-        "fd00:96:1::/64",
-        "via",
-        "2001:db8:2::1",
-    ])?;
+    route(rtr, "203.0.113.0/24", "198.51.100.10")?;
+    route(rtr, "2001:db8:1::/64", "2001:db8:2::10")?;
+    route(srv, "100.96.1.0/24", "198.51.100.1")?;
+    route(srv, "fd00:96:1::/64", "2001:db8:2::1")?;
     Ok(())
 }
 

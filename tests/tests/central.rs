@@ -27,7 +27,7 @@ use sshgw_tests::gateway::{Gateway, GatewayConfig, sshgw_bin, str_field};
 use sshgw_tests::postgres::PgServer;
 use sshgw_tests::recording::{RecordingKey, recorded_policies, recording_toml, toml_path};
 use sshgw_tests::s3::{ROUTER, S3Server};
-use sshgw_tests::topology::{Site, SiteId};
+use sshgw_tests::topology::SiteId;
 use sshgw_tests::wait::poll_until;
 use sshgw_tests::{Family, Lab, lab_test};
 
@@ -189,15 +189,6 @@ fn router<'a>(
     Ok(gw)
 }
 
-/// One SSH session from `site`'s device that runs `command`.
-fn session(site: &Site<'_>, command: &str) -> Result<()> {
-    site.ssh(FAM.audited())
-        .bind(site.enrolled(FAM))
-        .run(command)?
-        .check()?;
-    Ok(())
-}
-
 /// `status --json`'s `central` object once its outbox is empty and it has no error.
 fn wait_shipped(gw: &Gateway<'_>) -> Result<Value> {
     poll_until("the outbox to be shipped", WAIT, POLL, || {
@@ -227,8 +218,8 @@ fn both_routers_in_one_index_and_neither_can_touch_the_others_rows() {
         );
         let a = router(lab, &central, SiteId::First, "rtr-a", "sshgw_rtr_a")?;
         let b = router(lab, &central, SiteId::Second, "rtr-b", "sshgw_rtr_b")?;
-        session(&site_a, "echo from-a")?;
-        session(&site_b, "echo from-b")?;
+        site_a.session(FAM, "echo from-a")?;
+        site_b.session(FAM, "echo from-b")?;
         site_a
             .ssh(FAM.audited())
             .bind(site_a.enrolled(FAM))
@@ -365,7 +356,7 @@ fn a_shipper_killed_mid_batch_leaves_no_gap_and_no_duplicate() {
         central.pg.stop()?;
         let mut a = router(lab, &central, SiteId::First, "rtr-a", "sshgw_rtr_a")?;
         for i in 0..8 {
-            session(&site_a, &format!("echo batch-{i}"))?;
+            site_a.session(FAM, &format!("echo batch-{i}"))?;
         }
         central.pg.start_again()?;
         // The shipper's transaction, open and with rows written (it has a transaction id).
@@ -398,7 +389,7 @@ fn a_shipper_killed_mid_batch_leaves_no_gap_and_no_duplicate() {
         );
         central.pg.psql("DROP TRIGGER slow ON sshgw.events;")?;
         a.start()?;
-        session(&site_a, "echo after-restart")?;
+        site_a.session(FAM, "echo after-restart")?;
         wait_shipped(&a)?;
         let seqs = central.event_seqs("rtr-a")?;
         let max = *seqs.last().context("no events")?;
@@ -442,11 +433,11 @@ fn postgres_down_sessions_go_on_and_the_index_catches_up() {
         let _sshd = lab.start_sshd_for_gateway()?;
         let mut central = Central::start(lab)?;
         let a = router(lab, &central, SiteId::First, "rtr-a", "sshgw_rtr_a")?;
-        session(&site_a, "echo before")?;
+        site_a.session(FAM, "echo before")?;
         wait_shipped(&a)?;
         central.pg.stop()?;
         for i in 0..3 {
-            session(&site_a, &format!("echo while-down-{i}"))?;
+            site_a.session(FAM, &format!("echo while-down-{i}"))?;
         }
         ensure!(
             local_sessions(&a)?.len() == 4,
@@ -507,7 +498,7 @@ fn show_central_names_each_recordings_object() {
         );
         let mut gw = lab.gateway_with(cfg.router_id("rtr-a"))?;
         gw.start()?;
-        session(&site_a, "echo recorded")?;
+        site_a.session(FAM, "echo recorded")?;
         let id = poll_until("the recording to be uploaded", WAIT, POLL, || {
             let sessions = local_sessions(&gw)?;
             let Some(id) = sessions.first().and_then(|s| str_field(s, "id")) else {
@@ -543,7 +534,7 @@ fn a_replaced_session_log_is_refused_not_skipped() {
         let _sshd = lab.start_sshd_for_gateway()?;
         let central = Central::start(lab)?;
         let mut a = router(lab, &central, SiteId::First, "rtr-a", "sshgw_rtr_a")?;
-        session(&site_a, "echo first-log")?;
+        site_a.session(FAM, "echo first-log")?;
         wait_shipped(&a)?;
         a.stop()?;
         for suffix in ["", "-wal", "-shm"] {
@@ -553,7 +544,7 @@ fn a_replaced_session_log_is_refused_not_skipped() {
             }
         }
         a.start()?;
-        session(&site_a, "echo second-log")?;
+        site_a.session(FAM, "echo second-log")?;
         let error = poll_until("the shipper to refuse the new log", WAIT, POLL, || {
             let c = a.status_json()?["central"].clone();
             Ok(c["last_error"].as_str().map(str::to_owned))
@@ -588,7 +579,7 @@ fn a_nul_byte_in_a_command_does_not_stop_shipping() {
             .procs()
             .run("sshgw-rawssh", &mut cmd, Duration::from_secs(120))?;
         ensure!(out.success(), "sshgw-rawssh: {out:?}");
-        session(&site_a, "echo after-the-nul")?;
+        site_a.session(FAM, "echo after-the-nul")?;
         wait_shipped(&a)?;
         let local = local_sessions(&a)?.len() as i64;
         let central_rows =

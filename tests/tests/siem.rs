@@ -15,7 +15,7 @@ use serde_json::Value;
 use sshgw_tests::gateway::{Gateway, GatewayConfig};
 use sshgw_tests::otlp::OtlpSink;
 use sshgw_tests::syslog::SyslogReceiver;
-use sshgw_tests::topology::{Site, SiteId};
+use sshgw_tests::topology::SiteId;
 use sshgw_tests::wait::poll_until;
 use sshgw_tests::{Family, lab_test};
 
@@ -24,14 +24,6 @@ const WAIT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(200);
 const SECRET_COMMAND: &str = "echo secret-command-7f3a";
 const SECRET_PATH: &str = "/tmp/secret-path-9c1e.txt";
-
-fn session(site: &Site<'_>, command: &str) -> Result<()> {
-    site.ssh(FAM.audited())
-        .bind(site.enrolled(FAM))
-        .run(command)?
-        .check()?;
-    Ok(())
-}
 
 /// `status --json`'s `export` once both exporters are caught up, or (`caught_up` false)
 /// once both report a failed delivery with rows waiting.
@@ -136,7 +128,7 @@ fn every_event_reaches_both_receivers_across_their_restarts() {
         };
         let mut gw = lab.gateway_with(cfg.router_id("rtr-a"))?;
         gw.start()?;
-        session(&site, SECRET_COMMAND)?;
+        site.session(FAM, SECRET_COMMAND)?;
         site.ssh(FAM.audited())
             .bind(site.enrolled(FAM))
             .sftp_batch(&format!("put /etc/hostname {SECRET_PATH}\n"))?
@@ -147,13 +139,13 @@ fn every_event_reaches_both_receivers_across_their_restarts() {
         syslog.kill()?;
         otlp.stop()?;
         for i in 0..3 {
-            session(&site, &format!("echo while-down-{i}"))?;
+            site.session(FAM, &format!("echo while-down-{i}"))?;
         }
         let down = wait_export(&gw, false)?;
         eprintln!("while the receivers are down: {down}");
         syslog.start_again()?;
         otlp.start_again()?;
-        session(&site, "echo after")?;
+        site.session(FAM, "echo after")?;
         wait_export(&gw, true)?;
 
         let (syslog_seqs, messages) = syslog_ids(&syslog)?;

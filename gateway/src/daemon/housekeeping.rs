@@ -36,6 +36,7 @@ pub async fn retention_loop(
     store: SessionStore,
     live: Arc<LiveSessions>,
     started: std::time::SystemTime,
+    outbox: crate::sessions::outbox::Consumers,
 ) {
     let limits = retention::Limits {
         max_age_days: config.retention.max_age_days,
@@ -43,7 +44,7 @@ pub async fn retention_loop(
         keep_unshipped: config.storage.is_some(),
     };
     let recordings = config.recordings_dir();
-    let consumers = outbox_consumers(&config);
+    let consumers = outbox.names();
     // Every minute the outbox drops what every consumer delivered; every hour, retention.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     for pass in 0u64.. {
@@ -63,18 +64,4 @@ pub async fn retention_loop(
             Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
     }
-}
-
-/// The cursor names of the outbox consumers the config sets up.
-fn outbox_consumers(config: &Config) -> Vec<String> {
-    use crate::sessions::outbox::consumer;
-    [
-        (consumer::CENTRAL, config.central.is_some()),
-        (consumer::OTLP, config.export.otlp.is_some()),
-        (consumer::SYSLOG, config.export.syslog.is_some()),
-    ]
-    .into_iter()
-    .filter(|(_, on)| *on)
-    .map(|(name, _)| name.to_owned())
-    .collect()
 }

@@ -305,6 +305,7 @@ async fn spawn_tasks(
             shared.store.clone(),
             shared.live.clone(),
             started,
+            shared.outbox.clone(),
         ),
     );
     if let Some(bucket) = bucket {

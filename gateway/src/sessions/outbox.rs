@@ -467,6 +467,14 @@ impl Consumers {
         .filter_map(|(name, d)| d.as_ref().map(|d| (name, d)))
         .collect()
     }
+
+    /// The cursor names of the configured consumers (the outbox is pruned to them).
+    pub fn names(&self) -> Vec<String> {
+        self.configured()
+            .into_iter()
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
 }
 
 /// One consumer in `status --json`.
