@@ -90,6 +90,7 @@ fn decode_key(text: &str, what: &str) -> Result<Vec<u8>> {
 }
 
 /// Generates a key pair.
+#[cfg(feature = "keygen")]
 pub fn generate() -> (RecordingPrivateKey, RecordingKey) {
     let (sk, pk) = X25519HkdfSha256::gen_keypair();
     (RecordingPrivateKey(sk), RecordingKey(pk))

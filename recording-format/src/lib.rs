@@ -4,6 +4,7 @@
 //! ([`reader`]), and the X25519 keys ([`keys`]). Writing recordings (async, on disk) stays
 //! in the gateway. See the gateway's `recording` module and docs/recording-format.md.
 
+pub mod export;
 pub mod format;
 pub mod keys;
 pub mod reader;
