@@ -64,6 +64,8 @@ pub mod writer;
 pub use sshgw_recording::{format, reader};
 
 #[cfg(test)]
+mod console_view_tests;
+#[cfg(test)]
 mod tests;
 
 pub use export::{asciicast, decrypted_zip, file_operations, replay, scriptreplay};

@@ -69,14 +69,14 @@ fn channel_meta(pty: bool) -> ChannelMeta {
     }
 }
 
-struct Fixture {
+pub(super) struct Fixture {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    private: RecordingPrivateKey,
-    public: RecordingKey,
+    pub(super) private: RecordingPrivateKey,
+    pub(super) public: RecordingKey,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rec");
     let (private, public) = keys::generate();
@@ -134,7 +134,7 @@ fn raw_chunks(bytes: &[u8], key: &RecordingPrivateKey) -> Vec<Vec<u8>> {
 }
 
 /// Chunk start offsets in the file.
-fn chunk_offsets(bytes: &[u8]) -> Vec<usize> {
+pub(super) fn chunk_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut at = 4 + u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
     let mut offsets = Vec::new();
     while at < bytes.len() {
@@ -551,7 +551,7 @@ fn pty_header_and_trailer_lines() {
 // ---------------------------------------------------------------------------------------
 // Errors: truncation, tampering, wrong key, not a recording.
 
-fn sample_file(f: &Fixture) -> Vec<u8> {
+pub(super) fn sample_file(f: &Fixture) -> Vec<u8> {
     let mut writer =
         FileWriter::create(&f.path, &f.public, &channel_meta(true), started()).unwrap();
     for i in 0..3u64 {
@@ -768,7 +768,7 @@ fn data_after_the_end_record_is_corrupt() {
 // ---------------------------------------------------------------------------------------
 // Exports.
 
-fn recorded(pty: bool) -> (Fixture, Vec<u8>) {
+pub(super) fn recorded(pty: bool) -> (Fixture, Vec<u8>) {
     let f = fixture();
     let mut writer = FileWriter::create(&f.path, &f.public, &channel_meta(pty), started()).unwrap();
     writer.data(false, None, 100_000, b"$ ");
