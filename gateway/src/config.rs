@@ -48,6 +48,54 @@ pub struct Config {
     /// SIEM exporters fed from the outbox.
     #[serde(default)]
     pub export: ExportConfig,
+    /// The auditor's web console (`sshgw console`); the daemon ignores it.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// `sshgw console` (docs/console.md). It never takes the recording private key: auditors
+/// open that in their browser.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Where it listens (default 127.0.0.1:8080; `--listen` overrides). Any address other
+    /// than loopback needs `tls_cert` and `tls_key`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// PEM certificate chain and private key of the console's HTTPS listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA of client certificates: with it, every client must present one it signed,
+    /// and such a client needs no access token.
+    pub client_ca: Option<PathBuf>,
+    /// Refused: named so that the error says why (see [`ConsoleConfig::validate`]).
+    private_key: Option<toml::Value>,
+    private_key_file: Option<toml::Value>,
+    recording_private_key: Option<toml::Value>,
+}
+
+impl ConsoleConfig {
+    fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("private_key", &self.private_key),
+            ("private_key_file", &self.private_key_file),
+            ("recording_private_key", &self.recording_private_key),
+        ] {
+            if value.is_some() {
+                bail!(
+                    "console.{name}: the console never takes the recording private key; auditors \
+                     open it in their browser, where it stays (remove this setting and keep the \
+                     key off the router)"
+                );
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("console.tls_cert and console.tls_key: set both or neither");
+        }
+        if self.client_ca.is_some() && self.tls_cert.is_none() {
+            bail!("console.client_ca: client certificates need TLS (console.tls_cert and tls_key)");
+        }
+        Ok(())
+    }
 }
 
 /// The central PostgreSQL index (docs/many-routers.md).
@@ -611,6 +659,8 @@ impl Config {
             storage,
             central,
             export,
+            // Read by `sshgw console` only: nothing for the daemon to apply.
+            console: _,
         } = next;
         let RecordingConfig {
             public_key_file,
@@ -850,6 +900,7 @@ impl Config {
         }
         self.limits.validate()?;
         self.validate_cluster()?;
+        self.console.validate()?;
         cipher_names("device_ciphers", &ssh.device_ciphers)?;
         cipher_names("upstream_ciphers", &ssh.upstream_ciphers)?;
         for (i, name) in ssh.reserved_principals.iter().enumerate() {

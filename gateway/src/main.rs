@@ -39,6 +39,9 @@ mod metrics;
 
 // Beside the flow: the local HTTP/JSON API on a Unix socket.
 mod control;
+// Beside the flow: the auditor's web console (`sshgw console`), a reader of sessions and
+// recordings.
+mod console;
 // Beside the flow: the `sshgw` command line.
 mod cli;
 // Beside the flow: `sshgw run`, which wires the stages and handles signals.

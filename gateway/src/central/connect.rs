@@ -202,25 +202,30 @@ fn read_password(path: &Path) -> Result<Zeroizing<String>> {
     Ok(line)
 }
 
+/// The certificates of a PEM CA file, as rustls roots (at least one).
+pub fn ca_roots(path: &Path) -> Result<rustls::RootCertStore> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read CA file {}", path.display()))?;
+    for cert in certs {
+        let cert = cert.with_context(|| format!("CA file {}", path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("CA file {}", path.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("CA file {} holds no certificate", path.display());
+    }
+    Ok(roots)
+}
+
 /// A rustls client config trusting `ca_file` (PEM), or the system's roots without one.
 pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            use rustls_pki_types::{CertificateDer, pem::PemObject};
-            let certs = CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("cannot read CA file {}", path.display()))?;
-            for cert in certs {
-                let cert = cert.with_context(|| format!("CA file {}", path.display()))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("CA file {}", path.display()))?;
-            }
-            if roots.is_empty() {
-                bail!("CA file {} holds no certificate", path.display());
-            }
-        }
+    let roots = match ca_file {
+        Some(path) => ca_roots(path)?,
         None => {
+            let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             for cert in found.certs {
                 let _ = roots.add(cert);
@@ -228,8 +233,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
             if roots.is_empty() {
                 bail!("no CA file is set and the system has no root certificates");
             }
+            roots
         }
-    }
+    };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -25,6 +25,26 @@ pub struct Query {
     /// A shell-style glob (`*`, `?`) on the paths of the session's file operations.
     pub file: Option<String>,
     pub limit: u32,
+    /// µs since the epoch: started before this.
+    pub until: Option<i64>,
+    /// Only sessions with file operations.
+    pub has_file_ops: bool,
+}
+
+type Args = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn params(args: &Args) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+fn time(micros: i64) -> SystemTime {
+    if micros >= 0 {
+        UNIX_EPOCH + std::time::Duration::from_micros(micros as u64)
+    } else {
+        UNIX_EPOCH - std::time::Duration::from_micros(micros.unsigned_abs())
+    }
 }
 
 /// A session as the central index has it.
@@ -110,17 +130,19 @@ pub fn glob_to_like(glob: &str) -> String {
     out
 }
 
-/// Sessions matching `q`, newest first.
-pub async fn list(client: &Client, q: &Query) -> Result<Vec<CentralSession>> {
-    let mut sql = String::from("SELECT * FROM sshgw.sessions s WHERE true");
-    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+/// The `WHERE` clause of `q` over `sshgw.sessions s`, and its arguments.
+fn conditions(q: &Query) -> (String, Args) {
+    let mut sql = String::from(" WHERE true");
+    let mut args: Args = Vec::new();
     let mut arg = |sql: &mut String, clause: &str, value: Box<dyn ToSql + Sync + Send>| {
         args.push(value);
         *sql += &clause.replace("$?", &format!("${}", args.len()));
     };
     if let Some(since) = q.since {
-        let t = UNIX_EPOCH + std::time::Duration::from_micros(since.max(0) as u64);
-        arg(&mut sql, " AND s.started_at >= $?", Box::new(t));
+        arg(&mut sql, " AND s.started_at >= $?", Box::new(time(since)));
+    }
+    if let Some(until) = q.until {
+        arg(&mut sql, " AND s.started_at < $?", Box::new(time(until)));
     }
     if let Some(user) = &q.user {
         arg(
@@ -158,18 +180,85 @@ pub async fn list(client: &Client, q: &Query) -> Result<Vec<CentralSession>> {
             Box::new(glob_to_like(glob)),
         );
     }
-    sql += &format!(" ORDER BY s.started_at DESC LIMIT {}", q.limit);
-    let params: Vec<&(dyn ToSql + Sync)> = args
-        .iter()
-        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    let rows = client.query(&sql, &params).await.map_err(describe)?;
+    if q.has_file_ops {
+        sql += " AND EXISTS (SELECT 1 FROM sshgw.file_ops f WHERE f.router_id = s.router_id
+                AND f.session_id = s.id)";
+    }
+    (sql, args)
+}
+
+/// Sessions matching `q`, newest first.
+pub async fn list(client: &Client, q: &Query) -> Result<Vec<CentralSession>> {
+    let (conditions, args) = conditions(q);
+    let sql = format!(
+        "SELECT * FROM sshgw.sessions s{conditions} ORDER BY s.started_at DESC LIMIT {}",
+        q.limit
+    );
+    let rows = client.query(&sql, &params(&args)).await.map_err(describe)?;
     rows.iter().map(session).collect()
+}
+
+/// How many sessions match `q` (its limit aside).
+pub async fn count(client: &Client, q: &Query) -> Result<u64> {
+    let (conditions, args) = conditions(q);
+    let sql = format!("SELECT count(*) FROM sshgw.sessions s{conditions}");
+    let row = client
+        .query_one(&sql, &params(&args))
+        .await
+        .map_err(describe)?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
+/// Start (µs), user and destination of the newest `q.limit` sessions matching `q`.
+pub async fn starts(client: &Client, q: &Query) -> Result<Vec<(i64, Option<String>, String)>> {
+    let (conditions, args) = conditions(q);
+    let sql = format!(
+        "SELECT s.started_at, s.email, s.destination FROM sshgw.sessions s{conditions}
+         ORDER BY s.started_at DESC LIMIT {}",
+        q.limit
+    );
+    let rows = client.query(&sql, &params(&args)).await.map_err(describe)?;
+    Ok(rows
+        .iter()
+        .map(|r| (micros(r.get(0)).unwrap_or_default(), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// The number of file operations of each `(router, session)` that has any.
+pub async fn file_op_counts(
+    client: &Client,
+    sessions: &[(String, String)],
+) -> Result<std::collections::HashMap<(String, String), u64>> {
+    if sessions.is_empty() {
+        return Ok(Default::default());
+    }
+    let (routers, ids): (Vec<&str>, Vec<&str>) = sessions
+        .iter()
+        .map(|(r, i)| (r.as_str(), i.as_str()))
+        .unzip();
+    let rows = client
+        .query(
+            "SELECT f.router_id, f.session_id, count(*) FROM sshgw.file_ops f
+             JOIN unnest($1::text[], $2::text[]) AS k(router_id, session_id)
+               ON f.router_id = k.router_id AND f.session_id = k.session_id
+             GROUP BY 1, 2",
+            &[&routers, &ids],
+        )
+        .await
+        .map_err(describe)?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get::<_, i64>(2).max(0) as u64))
+        .collect())
 }
 
 /// One session with its channels (and their objects) and file operations; `router`
 /// picks one when routers share a session id.
-pub async fn show(client: &Client, id: &str, router: Option<&str>) -> Result<CentralSession> {
+pub async fn show(
+    client: &Client,
+    id: &str,
+    router: Option<&str>,
+) -> Result<Option<CentralSession>> {
     let rows = client
         .query(
             "SELECT * FROM sshgw.sessions WHERE id = $1 AND ($2::text IS NULL OR router_id = $2)",
@@ -178,14 +267,14 @@ pub async fn show(client: &Client, id: &str, router: Option<&str>) -> Result<Cen
         .await
         .map_err(describe)?;
     let mut found = match rows.as_slice() {
-        [] => bail!("no session {id:?} in the central index"),
+        [] => return Ok(None),
         [row] => session(row)?,
         _ => bail!("session id {id:?} is on several routers; name one with --router"),
     };
     let router_id = found.router_id.clone();
     found.session.channels = channels(client, &router_id, id).await?;
     found.session.file_ops = file_ops(client, &router_id, id).await?;
-    Ok(found)
+    Ok(Some(found))
 }
 
 async fn channels(client: &Client, router: &str, id: &str) -> Result<Vec<ChannelRecord>> {

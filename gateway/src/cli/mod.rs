@@ -94,6 +94,20 @@ enum Command {
     },
     /// Check this router's setup (or, with --server, an audited server) and say how to fix it.
     Doctor(doctor::DoctorArgs),
+    /// Serve the auditor's web console: browse, search and replay sessions in a browser
+    /// that alone holds the recording private key.
+    Console {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Read sessions from the central PostgreSQL index ([central]) instead of this
+        /// router's session log.
+        #[arg(long)]
+        central: bool,
+        /// Address to listen on (default [console] listen, else 127.0.0.1:8080); any but
+        /// loopback needs [console] tls_cert and tls_key.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// The session log: list, show, kill.
     #[command(args_conflicts_with_subcommands = true)]
     Sessions {
@@ -163,6 +177,15 @@ pub fn main() -> ExitCode {
         Command::Recording { what } => recording::run(what),
         Command::Doctor(args) => doctor::run(&args),
         Command::Central { what } => central::run(what),
+        Command::Console {
+            config,
+            central,
+            listen,
+        } => crate::console::run(crate::console::Options {
+            config,
+            central,
+            listen,
+        }),
         Command::Sessions {
             what: Some(what), ..
         } => sessions::run(what),

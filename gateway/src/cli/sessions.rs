@@ -2,7 +2,7 @@
 //! [--json]`, `sessions show ID`, `sessions kill ID`; with `--central`, the same from the
 //! central index, plus `--router` and `--file GLOB`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::{
@@ -133,6 +133,7 @@ fn list_central(args: ListArgs) -> Result<()> {
         router: args.router.clone(),
         file: args.file.clone(),
         limit: args.limit,
+        ..Default::default()
     };
     let config = central_config(&args.target)?;
     let (runtime, client) = super::central::connect(&config)?;
@@ -223,7 +224,9 @@ pub fn run(command: SessionsCommand) -> Result<()> {
 fn show_central(id: &str, router: Option<&str>, json: bool, target: &Target) -> Result<()> {
     let config = central_config(target)?;
     let (runtime, client) = super::central::connect(&config)?;
-    let found = runtime.block_on(search::show(&client, id, router))?;
+    let found = runtime
+        .block_on(search::show(&client, id, router))?
+        .with_context(|| format!("no session {id:?} in the central index"))?;
     if json {
         return super::print_json(&found);
     }

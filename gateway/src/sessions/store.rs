@@ -105,6 +105,12 @@ pub struct Filter {
     pub destination: Option<(String, String)>,
     pub ids: Option<Vec<String>>,
     pub limit: Option<u32>,
+    /// Started before this (µs).
+    pub until: Option<i64>,
+    /// Only sessions still open (and not blocked).
+    pub active: bool,
+    /// Only sessions with file operations.
+    pub has_file_ops: bool,
 }
 
 impl Filter {
@@ -268,98 +274,12 @@ impl SessionStore {
     }
 
     pub fn list(&self, filter: &Filter) -> Result<Vec<SessionRecord>> {
-        let conn = open(&self.path)?;
-        let mut sql = String::from("SELECT * FROM sessions WHERE 1=1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        if let Some(since) = filter.since {
-            sql += " AND started_at >= ?";
-            args.push(since.into());
-        }
-        if let Some(email) = &filter.email {
-            sql += " AND email = ? COLLATE NOCASE";
-            args.push(email.clone().into());
-        }
-        if let Some(device) = &filter.device {
-            sql += " AND device_id = ?";
-            args.push(device.clone().into());
-        }
-        if let Some((exact, like)) = &filter.destination {
-            sql += " AND (destination = ? OR destination LIKE ?)";
-            args.push(exact.clone().into());
-            args.push(like.clone().into());
-        }
-        if let Some(ids) = &filter.ids {
-            if ids.is_empty() {
-                return Ok(vec![]);
-            }
-            sql += &format!(" AND id IN ({})", vec!["?"; ids.len()].join(","));
-            args.extend(ids.iter().map(|i| i.clone().into()));
-        }
-        sql += " ORDER BY started_at DESC";
-        if let Some(limit) = filter.limit {
-            sql += &format!(" LIMIT {limit}");
-        }
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), session_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        list_in(&open(&self.path)?, filter)
     }
 
     /// One session with its channels.
     pub fn get(&self, id: &str) -> Result<Option<SessionRecord>> {
-        let conn = open(&self.path)?;
-        let Some(mut record) = conn
-            .query_row("SELECT * FROM sessions WHERE id = ?", [id], session_row)
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        let mut stmt = conn.prepare(
-            "SELECT channel, kind, command, started_at, ended_at, exit_status, exit_signal, recording, env
-             FROM channels WHERE session_id = ? ORDER BY started_at, channel",
-        )?;
-        record.channels = stmt
-            .query_map([id], |r| {
-                Ok(ChannelRecord {
-                    channel: r.get(0)?,
-                    kind: r.get(1)?,
-                    command: r.get(2)?,
-                    started_at: r.get(3)?,
-                    ended_at: r.get(4)?,
-                    exit_status: r.get(5)?,
-                    exit_signal: r.get(6)?,
-                    recording: r.get(7)?,
-                    recording_object: None,
-                    env: env_column(r.get(8)?),
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        for channel in &mut record.channels {
-            if let Some(path) = &channel.recording {
-                channel.recording_object = super::uploads::object_of(&conn, id, path)?;
-            }
-        }
-        let mut stmt = conn.prepare(
-            "SELECT channel, at, protocol, op, path, target, flags, bytes_read, bytes_written, status, denied
-             FROM file_ops WHERE session_id = ? ORDER BY at, rowid",
-        )?;
-        record.file_ops = stmt
-            .query_map([id], |r| {
-                Ok(super::FileOpRecord {
-                    channel: r.get(0)?,
-                    at: r.get(1)?,
-                    protocol: r.get(2)?,
-                    op: r.get(3)?,
-                    path: r.get(4)?,
-                    target: r.get(5)?,
-                    flags: r.get(6)?,
-                    bytes_read: r.get::<_, i64>(7)? as u64,
-                    bytes_written: r.get::<_, i64>(8)? as u64,
-                    status: r.get(9)?,
-                    denied: r.get(10)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(Some(record))
+        get_in(&open(&self.path)?, id)
     }
 
     /// Ended sessions, oldest first, with the recordings they own: retention's input.
@@ -517,6 +437,173 @@ macro_rules! text_column {
 }
 
 text_column!(Action, ProgramKind, FileProtocol, FileOperation);
+
+/// Opens the session log read-only, for readers beside the daemon (`sshgw console`).
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open session log {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// The `WHERE` clause of `filter` (its `ids` and `limit` aside) and its arguments.
+fn conditions(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = String::from(" WHERE 1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(since) = filter.since {
+        sql += " AND started_at >= ?";
+        args.push(since.into());
+    }
+    if let Some(until) = filter.until {
+        sql += " AND started_at < ?";
+        args.push(until.into());
+    }
+    if let Some(email) = &filter.email {
+        sql += " AND email = ? COLLATE NOCASE";
+        args.push(email.clone().into());
+    }
+    if let Some(device) = &filter.device {
+        sql += " AND device_id = ?";
+        args.push(device.clone().into());
+    }
+    if let Some((exact, like)) = &filter.destination {
+        sql += " AND (destination = ? OR destination LIKE ?)";
+        args.push(exact.clone().into());
+        args.push(like.clone().into());
+    }
+    if filter.active {
+        sql += " AND ended_at IS NULL AND close_reason IS NULL AND decision <> 'block'";
+    }
+    if filter.has_file_ops {
+        sql += " AND EXISTS (SELECT 1 FROM file_ops f WHERE f.session_id = sessions.id)";
+    }
+    if let Some(ids) = &filter.ids {
+        sql += &format!(" AND id IN ({})", vec!["?"; ids.len()].join(","));
+        args.extend(ids.iter().map(|i| i.clone().into()));
+    }
+    (sql, args)
+}
+
+/// Sessions matching `filter`, newest first.
+pub fn list_in(conn: &Connection, filter: &Filter) -> Result<Vec<SessionRecord>> {
+    if filter.ids.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(vec![]);
+    }
+    let (conditions, args) = conditions(filter);
+    let mut sql = format!("SELECT * FROM sessions{conditions} ORDER BY started_at DESC");
+    if let Some(limit) = filter.limit {
+        sql += &format!(" LIMIT {limit}");
+    }
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), session_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How many sessions match `filter` (its `limit` aside).
+pub fn count_in(conn: &Connection, filter: &Filter) -> Result<u64> {
+    let (conditions, args) = conditions(filter);
+    let sql = format!("SELECT count(*) FROM sessions{conditions}");
+    let n: i64 = conn.query_row(&sql, rusqlite::params_from_iter(args), |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// Start (µs), user and destination of every session matching `filter`, up to `limit`
+/// (the newest): the console's chart.
+pub fn starts_in(
+    conn: &Connection,
+    filter: &Filter,
+    limit: u32,
+) -> Result<Vec<(i64, Option<String>, String)>> {
+    let (conditions, args) = conditions(filter);
+    let sql = format!(
+        "SELECT started_at, email, destination FROM sessions{conditions}
+         ORDER BY started_at DESC LIMIT {limit}"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The number of file operations of each of `ids` that has any.
+pub fn file_op_counts_in(
+    conn: &Connection,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, u64>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT session_id, count(*) FROM file_ops WHERE session_id IN ({}) GROUP BY session_id",
+        vec!["?"; ids.len()].join(",")
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(ids), |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One session with its channels and file operations.
+pub fn get_in(conn: &Connection, id: &str) -> Result<Option<SessionRecord>> {
+    let Some(mut record) = conn
+        .query_row("SELECT * FROM sessions WHERE id = ?", [id], session_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare(
+        "SELECT channel, kind, command, started_at, ended_at, exit_status, exit_signal, recording, env
+         FROM channels WHERE session_id = ? ORDER BY started_at, channel",
+    )?;
+    record.channels = stmt
+        .query_map([id], |r| {
+            Ok(ChannelRecord {
+                channel: r.get(0)?,
+                kind: r.get(1)?,
+                command: r.get(2)?,
+                started_at: r.get(3)?,
+                ended_at: r.get(4)?,
+                exit_status: r.get(5)?,
+                exit_signal: r.get(6)?,
+                recording: r.get(7)?,
+                recording_object: None,
+                env: env_column(r.get(8)?),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    for channel in &mut record.channels {
+        if let Some(path) = &channel.recording {
+            channel.recording_object = super::uploads::object_of(&conn, id, path)?;
+        }
+    }
+    let mut stmt = conn.prepare(
+        "SELECT channel, at, protocol, op, path, target, flags, bytes_read, bytes_written, status, denied
+         FROM file_ops WHERE session_id = ? ORDER BY at, rowid",
+    )?;
+    record.file_ops = stmt
+        .query_map([id], |r| {
+            Ok(super::FileOpRecord {
+                channel: r.get(0)?,
+                at: r.get(1)?,
+                protocol: r.get(2)?,
+                op: r.get(3)?,
+                path: r.get(4)?,
+                target: r.get(5)?,
+                flags: r.get(6)?,
+                bytes_read: r.get::<_, i64>(7)? as u64,
+                bytes_written: r.get::<_, i64>(8)? as u64,
+                status: r.get(9)?,
+                denied: r.get(10)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(record))
+}
 
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {

@@ -328,20 +328,36 @@ impl Bucket {
     /// Downloads `object` (its version, when it has one) to `out` and checks its SHA-256.
     pub async fn get_to(&self, object: &StoredObject, out: &mut std::fs::File) -> Result<u64> {
         use std::io::Write;
+        self.get_checked(object, |chunk| out.write_all(chunk)).await
+    }
+
+    /// Downloads `object` into memory and checks its SHA-256 (the console's recordings).
+    pub async fn get_bytes(&self, object: &StoredObject) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.get_checked(object, |chunk| {
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(bytes)
+    }
+
+    async fn get_checked(
+        &self,
+        object: &StoredObject,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64> {
         let opts = GetOptions {
             version: object.version_id.clone(),
             ..Default::default()
         };
         let location = Key::from(object.key.as_str());
-        let (size, got) = self
-            .download(&location, opts, |chunk| out.write_all(chunk))
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot download {}: {e:#} (a download by version needs a key with s3:GetObject and s3:GetObjectVersion: --credentials)",
-                    object.key,
-                )
-            })?;
+        let (size, got) = self.download(&location, opts, sink).await.map_err(|e| {
+            anyhow!(
+                "cannot download {}: {e:#} (a download by version needs a key with s3:GetObject and s3:GetObjectVersion: --credentials)",
+                object.key,
+            )
+        })?;
         if got != object.sha256 {
             bail!(
                 "{}: downloaded SHA-256 {got} is not the {} the session log recorded",
