@@ -103,11 +103,15 @@ fn resolve_binary(workspace: &Path, binary: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-/// prereqs, build-ebpf, then `cargo build --release -p sshgw` (which embeds the object).
+/// prereqs, build-ebpf, build-console, then `cargo build --release -p sshgw` (which embeds
+/// the object and the console's files).
 fn build_release(workspace: &Path) -> Result<PathBuf> {
-    log("building the release binary (prereqs, build-ebpf, cargo build --release -p sshgw)");
+    log(
+        "building the release binary (prereqs, build-ebpf, build-console, cargo build --release -p sshgw)",
+    );
     let prereqs = prereqs::ensure()?;
     ebpf::build(workspace, &prereqs)?;
+    crate::console::build(workspace)?;
     util::run(
         util::host_cargo()
             .args(["build", "--release", "--package", "sshgw"])

@@ -186,6 +186,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
 }
 
 fn build_gateway(root: &Path, target_dir: &Path) -> Result<()> {
+    crate::console::build(root)?;
     // The same command as `cargo xtask test`: a warm tree rebuilds nothing.
     util::run(
         util::host_cargo()

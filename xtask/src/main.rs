@@ -1,6 +1,7 @@
 //! Developer tasks for sshgw, run as `cargo xtask <command>` (alias in .cargo/config.toml).
 
 mod bench;
+mod console;
 mod deploy;
 mod ebpf;
 mod lab;
@@ -30,6 +31,9 @@ enum Cmd {
     Prereqs,
     /// Build the eBPF datapath object (nightly, bpfel-unknown-none); runs prereqs first.
     BuildEbpf,
+    /// Build the console's files that `cargo build -p sshgw` embeds: asciinema-player (npm
+    /// ci, locked) and the wasm recording reader; runs prereqs first.
+    BuildConsole,
     /// Build everything and run the unit and network-namespace tests.
     Test(test::TestArgs),
     /// Build a release sshgw and install it (binary, systemd unit, default config) on a
@@ -63,6 +67,10 @@ fn run(command: Cmd) -> Result<()> {
         Cmd::BuildEbpf => {
             let prereqs = prereqs::ensure()?;
             ebpf::build(&util::workspace_root()?, &prereqs).map(drop)
+        }
+        Cmd::BuildConsole => {
+            prereqs::ensure()?;
+            console::build(&util::workspace_root()?)
         }
         Cmd::Test(args) => test::run(&args),
         Cmd::Deploy(args) => deploy::run(&args),

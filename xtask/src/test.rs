@@ -161,6 +161,7 @@ fn execute(step: Step, ctx: &mut RunState<'_>) -> Result<()> {
             ebpf::build(&ctx.root, prereqs)?;
         }
         Step::BuildGateway => {
+            crate::console::build(&ctx.root)?;
             util::run(
                 util::host_cargo()
                     .args(["build", "--release", "--package", "sshgw"])
