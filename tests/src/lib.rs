@@ -44,6 +44,7 @@ pub mod bench;
 pub mod capture;
 pub mod central;
 pub mod clients;
+pub mod console;
 pub mod control;
 pub mod doctor;
 pub mod files;

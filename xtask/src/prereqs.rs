@@ -1,7 +1,8 @@
 //! `cargo xtask prereqs`: checks every build/test prerequisite and installs only what is missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 
@@ -99,6 +100,21 @@ pub const S3_VENV_ENV: &str = "SSHGW_S3_VENV";
 /// Debian's interpreter (not whatever `python3` a PATH finds first).
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
+/// Debian packages of the console's browser tests (tests/tests/console.rs): the browser that
+/// playwright-core drives (`executablePath` /usr/bin/chromium; no browser download).
+pub const BROWSER_APT_PACKAGES: &[&str] = &["chromium"];
+/// Debian packages that provide `node` and `npm`, installed only when the commands are
+/// missing: a Node from elsewhere (e.g. nodesource's `nodejs`, which bundles npm) conflicts
+/// with Debian's `npm` package, so the commands are checked, not the packages.
+pub const NODE_APT_PACKAGES: &[&str] = &["nodejs", "npm"];
+/// The directory (relative to the workspace root) of the browser tests' npm project
+/// (playwright-core, pinned in its package-lock.json).
+pub const BROWSER_TESTS_DIR: &str = "tests/browser";
+/// The rustup target the console's recording reader is built for (the page decrypts with it).
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// The toolchain that builds the console's WebAssembly (the workspace's stable one).
+const STABLE: &str = "stable";
+
 /// Debian packages of the WireGuard lab (tests/src/wireguard.rs): `wg`, `wg-quick`, `nft`.
 pub const WIREGUARD_APT_PACKAGES: &[&str] = &["wireguard-tools", "nftables"];
 /// Cloudflare's userspace WireGuard, for kernels without the WireGuard module (as in CI).
@@ -151,6 +167,7 @@ pub fn ensure() -> Result<Prereqs> {
         .iter()
         .chain(WIREGUARD_APT_PACKAGES)
         .chain(CLIENT_APT_TOOLS)
+        .chain(BROWSER_APT_PACKAGES)
     {
         if deb_installed(pkg)? {
             log(&format!("ok: {pkg}"));
@@ -197,6 +214,9 @@ pub fn ensure() -> Result<Prereqs> {
     ensure_client_packages()?;
     ensure_clients_venv()?;
     ensure_s3_venv()?;
+    ensure_node()?;
+    npm_ci(&util::workspace_root()?.join(BROWSER_TESTS_DIR))?;
+    ensure_wasm_target()?;
 
     if !has_rust_src {
         log("installing rust-src for the nightly toolchain…");
@@ -474,6 +494,115 @@ impl Drop for NoServiceStarts {
             eprintln!("[prereqs] warning: {err:#}");
         }
     }
+}
+
+/// Whether `node --version` and `npm --version` both run and succeed.
+fn node_and_npm_run() -> bool {
+    ["node", "npm"].iter().all(|program| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    })
+}
+
+/// `node` and `npm` (the browser tests' runner and their npm project; the console's
+/// front-end dependencies). Present if both commands run, whatever installed them; only
+/// then missing, Debian's [`NODE_APT_PACKAGES`] are installed.
+fn ensure_node() -> Result<()> {
+    if node_and_npm_run() {
+        let version = util::output(Command::new("node").arg("--version")).unwrap_or_default();
+        log(&format!("ok: node {} and npm", version.trim()));
+        return Ok(());
+    }
+    log("missing: node and npm (`node --version` or `npm --version` does not run)");
+    if !util::is_root()? {
+        bail!(
+            "missing prerequisites: node and npm. Installing Debian packages needs root; run \
+             `apt-get install -y --no-install-recommends {}` as root (or rerun this command as \
+             root), or put a Node.js (with npm) of your own on PATH",
+            NODE_APT_PACKAGES.join(" ")
+        );
+    }
+    install_apt(NODE_APT_PACKAGES)?;
+    if !node_and_npm_run() {
+        bail!(
+            "`apt-get install {}` succeeded but `node --version` or `npm --version` still \
+             fails",
+            NODE_APT_PACKAGES.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The rustup target [`WASM_TARGET`] for the stable toolchain (the console's WebAssembly).
+fn ensure_wasm_target() -> Result<()> {
+    let installed = util::output(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        STABLE,
+    ]))?;
+    if installed.lines().any(|line| line.trim() == WASM_TARGET) {
+        log(&format!("ok: rustup target {WASM_TARGET} ({STABLE})"));
+        return Ok(());
+    }
+    log(&format!(
+        "missing: rustup target {WASM_TARGET} ({STABLE}); installing it (rustup)…"
+    ));
+    util::run(Command::new("rustup").args(["target", "add", WASM_TARGET, "--toolchain", STABLE]))
+}
+
+/// `npm ci --ignore-scripts --no-audit --no-fund` in `dir` (which holds a package.json and
+/// its package-lock.json), unless what it installed is already there: npm writes
+/// `node_modules/.package-lock.json` on every install, so a run is needed only when that
+/// file is missing or older than `package-lock.json`. Warm runs do nothing.
+pub fn npm_ci(dir: &Path) -> Result<()> {
+    let lock = dir.join("package-lock.json");
+    let installed = dir.join("node_modules").join(".package-lock.json");
+    let lock_modified = std::fs::metadata(&lock)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("reading {} (npm ci needs it)", lock.display()))?;
+    let installed_modified = std::fs::metadata(&installed)
+        .and_then(|m| m.modified())
+        .ok();
+    if !npm_ci_needed(lock_modified, installed_modified) {
+        log(&format!(
+            "ok: npm packages of {} (up to date)",
+            dir.display()
+        ));
+        return Ok(());
+    }
+    log(&format!(
+        "{} npm packages of {}: npm ci…",
+        if installed_modified.is_some() {
+            "stale:"
+        } else {
+            "missing:"
+        },
+        dir.display()
+    ));
+    util::run(
+        Command::new("npm")
+            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .current_dir(dir),
+    )
+    .with_context(|| format!("installing the npm packages of {}", dir.display()))?;
+    if !installed.is_file() {
+        bail!(
+            "`npm ci` in {} succeeded but wrote no {}",
+            dir.display(),
+            installed.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `npm ci` must run: nothing installed yet (`installed` is None), or the install
+/// (`node_modules/.package-lock.json`) is older than the lock file.
+fn npm_ci_needed(lock: SystemTime, installed: Option<SystemTime>) -> bool {
+    installed.is_none_or(|installed| installed < lock)
 }
 
 /// The installed version of `pkg`, if it is installed.
@@ -846,6 +975,22 @@ mod tests {
         assert_eq!(with_main_cluster_off(""), "create_main_cluster = false\n");
         let off = "create_main_cluster = false\n";
         assert_eq!(with_main_cluster_off(off), off);
+    }
+
+    #[test]
+    fn npm_ci_only_when_missing_or_stale() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let later = t + std::time::Duration::from_secs(1);
+        assert!(npm_ci_needed(t, None), "nothing installed");
+        assert!(
+            npm_ci_needed(later, Some(t)),
+            "the lock file changed after the install"
+        );
+        assert!(!npm_ci_needed(t, Some(t)), "installed from this lock file");
+        assert!(
+            !npm_ci_needed(t, Some(later)),
+            "installed after the lock file was written"
+        );
     }
 
     #[test]

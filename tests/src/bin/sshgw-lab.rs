@@ -280,6 +280,8 @@ struct Demo {
     daemon_log: PathBuf,
     session_id: String,
     recording: PathBuf,
+    /// The console's address with its access token (`…/#token=…`).
+    console_url: String,
     /// PIDs of the WireGuard mount-namespace holders of the router and the device.
     wireguard: Option<(u32, u32)>,
 }
@@ -290,7 +292,7 @@ fn up(opts: &Opts) -> Result<()> {
     let head_start = head_start();
     let ci = opts.ci;
     let name = opts.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_owned());
-    let mut steps = Steps::new(if ci { 8 } else { 7 } + usize::from(opts.wireguard));
+    let mut steps = Steps::new(if ci { 9 } else { 8 } + usize::from(opts.wireguard));
 
     // 1. The state dir (and, interactively, away with a lab that is still up).
     let mut state = steps.run(
@@ -860,6 +862,12 @@ fn demo(
         std::mem::forget(store.server);
     }
 
+    // 8. The auditor's console.
+    let console_url = steps.run(
+        "the auditor's console: sshgw console on 127.0.0.1, the demo session in its API",
+        || start_console(lab, state, &config_link, &session_id, ci),
+    )?;
+
     Ok(Demo {
         dev_ns: lab.dev.name().to_owned(),
         rtr_ns: lab.rtr.name().to_owned(),
@@ -872,8 +880,96 @@ fn demo(
         daemon_log: log_link,
         session_id,
         recording,
+        console_url,
         wireguard: wg.map(|wg| (wg.router.holder().pid(), wg.device.holder().pid())),
     })
+}
+
+/// Where the interactive lab's console listens (a CI run takes any free port).
+const CONSOLE_LISTEN: &str = "127.0.0.1:8080";
+const CONSOLE_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Starts `sshgw console` in the host's namespaces (it reads the session log, the
+/// recordings and the control socket, all reachable from there), kept for `down`; checks
+/// that its API lists the demo session and refuses a request without the token. Returns
+/// the URL to open, with the token in its fragment (never sent to the server).
+fn start_console(
+    lab: &Lab,
+    state: &mut LabState,
+    config: &Path,
+    session_id: &str,
+    ci: bool,
+) -> Result<String> {
+    let listen = if ci { "127.0.0.1:0" } else { CONSOLE_LISTEN };
+    println!(
+        "    $ sshgw console --config {} --listen {listen}",
+        config.display()
+    );
+    let mut cmd = Command::new(sshgw_bin()?);
+    cmd.arg("console")
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", listen]);
+    let proc = lab.procs().spawn("sshgw-console", &mut cmd)?;
+    state.record_process("console", &proc)?;
+    let line = proc
+        .wait_for_line("console: listening on ", CONSOLE_START_TIMEOUT)
+        .with_context(|| {
+            format!(
+                "sshgw console did not start (is {listen} taken?): {}",
+                proc.stderr_text()
+            )
+        })?;
+    let base = line
+        .split_once("listening on ")
+        .map(|(_, url)| url.trim().to_owned())
+        .context("no URL in the console's line")?;
+    let addr = base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let token_file = lab.sshgw_state_dir()?.join("console.token");
+    let token = fs::read_to_string(&token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?;
+    let token = token.trim();
+    let (status, _) = http_get(&addr, "/api/v1/sessions", None)?;
+    ensure!(
+        status == 401,
+        "the console API answered {status} without the token, not 401"
+    );
+    let (status, body) = http_get(&addr, "/api/v1/sessions", Some(token))?;
+    ensure!(
+        status == 200 && body.contains(session_id),
+        "the console API should list session {session_id}: {status} {body}"
+    );
+    println!("    ok: {base} lists session {session_id}; without the token its API answers 401");
+    println!("    token: {} (0600)", token_file.display());
+    Ok(format!("{base}#token={token}"))
+}
+
+/// A GET over plain HTTP/1.1 to the lab's console: the status and the body.
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr)
+        .with_context(|| format!("connecting to the console at {addr}"))?;
+    stream.set_read_timeout(Some(CONSOLE_START_TIMEOUT))?;
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP reply: {reply:?}"))?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
 }
 
 /// The demo device's address: its tunnel address in the WireGuard lab.
@@ -1069,6 +1165,11 @@ fn instructions(d: &Demo, state_dir: &Path) -> String {
   {sshgw} recording export -i {rec} -k {key} --format asciicast -o /tmp/sshgw-lab-session.cast
   asciinema play /tmp/sshgw-lab-session.cast
 
+  # The auditor's console (read-only; replays in the browser, which alone gets the key).
+  # Open this in a browser on this machine (elsewhere: ssh -L 8080:127.0.0.1:8080 here),
+  # then open the private key {key} in the page: it never leaves the browser tab.
+  {console}
+
   # Every finished recording is also uploaded to SeaweedFS (Object Lock) in {rtr}:
   # its key, version and SHA-256 are in `sessions show {id} --json` (recording_object)
   ip netns exec {rtr} {sshgw} recording fetch --session {id} --output /tmp \\
@@ -1088,6 +1189,7 @@ fn instructions(d: &Demo, state_dir: &Path) -> String {
         rtr = d.rtr_ns,
         srv = d.srv_ns,
         id = d.session_id,
+        console = d.console_url,
         recordings = d.recordings.display(),
         log = d.daemon_log.display(),
         state = state_dir.display(),
