@@ -157,9 +157,16 @@ fn classify(e: &RecordingError, meta: Option<&Metadata>) -> Failure {
                 format!("wrong key, or the recording was altered: {e}"),
             )
         }
-        RecordingError::AuthFailed { .. } | RecordingError::Corrupt { .. } => Failure::new(
+        RecordingError::AuthFailed { chunk, offset, .. } => Failure::new(
             "tampered",
-            format!("the recording was altered or damaged (the key is the right one): {e}"),
+            format!(
+                "the recording was altered: chunk {chunk} (offset {offset}) fails authentication \
+                 with the right key"
+            ),
+        ),
+        RecordingError::Corrupt { chunk, reason } => Failure::new(
+            "tampered",
+            format!("the recording was altered or damaged at chunk {chunk}: {reason}"),
         ),
         RecordingError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             Failure::new("truncated", format!("the recording is truncated: {e}"))

@@ -5,9 +5,9 @@ import { timeEl, utcText, durationText, bytesEl } from "./format.js";
 import { renderChart } from "./chart.js";
 
 const TEXT_FILTERS = [
-  ["user", "User", "email or part of it"],
+  ["user", "User", "email (any case)"],
   ["device", "Device", "device id"],
-  ["destination", "Destination", "host:port"],
+  ["destination", "Destination", "address or address:port"],
   ["router", "Router", "router id"],
 ];
 const TIME_FILTERS = [

@@ -7,6 +7,10 @@
 
 let wasm = null;
 
+// The reader's own limit (MAX_RECORDING_BYTES in console-wasm): larger recordings are not
+// copied into the module at all.
+const MAX_RECORDING_BYTES = 256 * 1024 * 1024;
+
 /** Loads /recording.wasm once. */
 export async function init() {
   if (wasm) return;
@@ -45,8 +49,18 @@ function take(ptr) {
  * { ok: true, public_key } or { ok: false, class: "bad_key", error }.
  */
 export function keyInfo(keyText) {
-  const [kp, kl] = put(new TextEncoder().encode(keyText));
+  const [kp, kl] = putKey(keyText);
   return take(loaded().sshgw_key_info(kp, kl));
+}
+
+/** Copies the key text into the module and zeroes the encoded copy made on the way. */
+function putKey(keyText) {
+  const bytes = new TextEncoder().encode(keyText);
+  try {
+    return put(bytes);
+  } finally {
+    bytes.fill(0);
+  }
 }
 
 /**
@@ -56,7 +70,14 @@ export function keyInfo(keyText) {
  * not_a_recording or too_large.
  */
 export function decryptRecording(keyText, bytes) {
-  const [kp, kl] = put(new TextEncoder().encode(keyText));
+  if (bytes.length > MAX_RECORDING_BYTES) {
+    return {
+      ok: false,
+      class: "too_large",
+      error: `the recording has ${Math.floor(bytes.length / 1048576)} MiB, more than the 256 MiB the page decrypts: download it and use \`sshgw recording export\``,
+    };
+  }
+  const [kp, kl] = putKey(keyText);
   let rp;
   let rl;
   try {
