@@ -150,7 +150,7 @@ fn classify(e: &RecordingError, meta: Option<&Metadata>) -> Failure {
             format!("wrong key: this key does not open the recording ({hint})"),
         ),
         RecordingError::AuthFailed { chunk: 0, .. }
-            if !meta.is_some_and(|m| m.sshgw.as_ref().is_some_and(|s| s.recipient.is_some())) =>
+            if meta.is_none_or(|m| m.sshgw.as_ref().is_none_or(|s| s.recipient.is_none())) =>
         {
             Failure::new(
                 "wrong_key",

@@ -19,9 +19,13 @@ pub fn wasm_path(root: &Path) -> PathBuf {
 /// cargo rebuilds nothing).
 pub fn build(root: &Path) -> Result<()> {
     prereqs::npm_ci(&root.join("console"))?;
-    let player = root.join("console/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js");
+    let player =
+        root.join("console/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js");
     if !player.is_file() {
-        bail!("npm ci in console/ finished but {} is missing", player.display());
+        bail!(
+            "npm ci in console/ finished but {} is missing",
+            player.display()
+        );
     }
     util::run(
         util::host_cargo()

@@ -21,7 +21,7 @@ pub enum Source {
         router: Option<String>,
     },
     Central {
-        target: Target,
+        target: Box<Target>,
         /// One connection, made again when it breaks.
         client: Mutex<Option<Client>>,
     },
@@ -52,7 +52,7 @@ impl Source {
         let target = Target::from_config(central)?;
         let client = target.connect().await?;
         Ok(Source::Central {
-            target,
+            target: Box::new(target),
             client: Mutex::new(Some(client)),
         })
     }

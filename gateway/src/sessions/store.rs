@@ -578,7 +578,7 @@ pub fn get_in(conn: &Connection, id: &str) -> Result<Option<SessionRecord>> {
         .collect::<Result<_, _>>()?;
     for channel in &mut record.channels {
         if let Some(path) = &channel.recording {
-            channel.recording_object = super::uploads::object_of(&conn, id, path)?;
+            channel.recording_object = super::uploads::object_of(conn, id, path)?;
         }
     }
     let mut stmt = conn.prepare(
