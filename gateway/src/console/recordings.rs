@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use tokio::sync::Semaphore;
 
 use crate::{
     config::Config,
@@ -11,11 +12,18 @@ use crate::{
     storage::{bucket::Bucket, credentials},
 };
 
+/// The largest recording handed out: the page's reader decrypts at most this much
+/// (`MAX_RECORDING_BYTES` of console-wasm); larger ones are for `sshgw recording fetch`.
+pub const MAX_BYTES: usize = 256 << 20;
+/// Recordings read into memory at once (each up to [`MAX_BYTES`]).
+const AT_ONCE: usize = 2;
+
 pub struct Recordings {
     /// This router's recordings directory (not with `--central`: the paths there are
     /// other routers').
     dir: Option<PathBuf>,
     bucket: Option<Bucket>,
+    reading: Semaphore,
 }
 
 /// Why a recording cannot be handed out.
@@ -37,10 +45,15 @@ impl Recordings {
             None => None,
         };
         let dir = (!central).then(|| config.recordings_dir());
-        Ok(Recordings { dir, bucket })
+        Ok(Recordings {
+            dir,
+            bucket,
+            reading: Semaphore::new(AT_ONCE),
+        })
     }
 
     pub async fn get(&self, channel: &ChannelRecord) -> Result<Vec<u8>, Missing> {
+        let _turn = self.reading.acquire().await.expect("never closed");
         if let (Some(dir), Some(path)) = (&self.dir, &channel.recording)
             && let Some(bytes) = read_local(dir, Path::new(path))
                 .await
@@ -49,7 +62,10 @@ impl Recordings {
             return Ok(bytes);
         }
         match (&channel.recording_object, &self.bucket) {
-            (Some(object), Some(bucket)) => bucket.get_bytes(object).await.map_err(Missing::Failed),
+            (Some(object), Some(bucket)) => bucket
+                .get_bytes(object, MAX_BYTES)
+                .await
+                .map_err(Missing::Failed),
             (Some(object), None) => Err(Missing::NotFound(format!(
                 "channel {}: the recording is in object storage ({}), and this config has no \
                  [storage] to fetch it",
@@ -82,10 +98,24 @@ async fn read_local(dir: &Path, path: &Path) -> Result<Option<Vec<u8>>> {
         return Ok(None);
     };
     if !full.starts_with(&dir) {
-        anyhow::bail!(
+        bail!(
             "the session log names {} outside the recordings directory {}",
             full.display(),
             dir.display()
+        );
+    }
+    let size = match tokio::fs::metadata(&full).await {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
+    };
+    if size > MAX_BYTES as u64 {
+        bail!(
+            "{} has {} MiB, more than the {} MiB the console hands out: use `sshgw recording \
+             export` on it",
+            full.display(),
+            size >> 20,
+            MAX_BYTES >> 20
         );
     }
     match tokio::fs::read(&full).await {

@@ -331,10 +331,17 @@ impl Bucket {
         self.get_checked(object, |chunk| out.write_all(chunk)).await
     }
 
-    /// Downloads `object` into memory and checks its SHA-256 (the console's recordings).
-    pub async fn get_bytes(&self, object: &StoredObject) -> Result<Vec<u8>> {
+    /// Downloads `object` into memory, at most `max` bytes, and checks its SHA-256 (the
+    /// console's recordings).
+    pub async fn get_bytes(&self, object: &StoredObject, max: usize) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         self.get_checked(object, |chunk| {
+            if bytes.len() + chunk.len() > max {
+                return Err(std::io::Error::other(format!(
+                    "the object is larger than {} MiB",
+                    max >> 20
+                )));
+            }
             bytes.extend_from_slice(chunk);
             Ok(())
         })
