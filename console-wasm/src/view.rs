@@ -64,8 +64,8 @@ fn show(key: &[u8], recording: &[u8]) -> Result<Value, Failure> {
         return Err(Failure::new(
             "too_large",
             format!(
-                "the recording has {} MiB, more than the {} MiB the page decrypts: download it \
-                 and use `sshgw recording export`",
+                "the recording has {} MiB, more than the {} MiB the page decrypts: fetch it on a \
+                 workstation and use `sshgw recording export`",
                 recording.len() >> 20,
                 MAX_RECORDING_BYTES >> 20
             ),

@@ -74,7 +74,9 @@ export async function api(path, { method = "GET", bytes = false } = {}) {
   if (token) headers.Authorization = `Bearer ${token}`;
   let res;
   try {
-    res = await fetch(`/api/v1/${path}`, { method, headers, cache: "no-store", credentials: "omit" });
+    // same-origin, not omit: a TLS client certificate ([console] client_ca) is a credential
+    // the browser must present. The console sets no cookies.
+    res = await fetch(`/api/v1/${path}`, { method, headers, cache: "no-store", credentials: "same-origin" });
   } catch (e) {
     throw new ApiError(0, `The console server cannot be reached (${e.message}).`);
   }

@@ -153,6 +153,9 @@ function disposeCurrent() {
 
 function showLogin(message) {
   disposeCurrent();
+  // Leaving the signed-in page also drops the recording key: nothing decrypted stays
+  // reachable behind the sign-in form.
+  forgetKey();
   setSignedInChrome(false);
   serverInfo.textContent = "";
   document.title = "Sign in — sshgw console";
@@ -304,7 +307,22 @@ window.addEventListener("hashchange", () => {
 
 // ---- start --------------------------------------------------------------------------
 
+/**
+ * Without a token: a console that takes client certificates ([console] client_ca) answers
+ * the API for the certificate the browser presented, so no sign-in is needed.
+ */
+async function signInByCertificate() {
+  let res;
+  try {
+    res = await fetch("/api/v1/info", { cache: "no-store", credentials: "same-origin" });
+  } catch {
+    res = null;
+  }
+  if (res && res.ok) enterApp().catch(() => {});
+  else showLogin();
+}
+
 updateKeyStatus();
 takeTokenFromHash();
 if (getToken()) enterApp().catch(() => {});
-else showLogin();
+else signInByCertificate();

@@ -14,7 +14,7 @@ const MAX_RECORDING_BYTES = 256 * 1024 * 1024;
 /** Loads /recording.wasm once. */
 export async function init() {
   if (wasm) return;
-  const response = await fetch("recording.wasm", { credentials: "omit" });
+  const response = await fetch("recording.wasm", { credentials: "same-origin" });
   if (!response.ok) {
     throw new Error(`cannot load the recording reader (recording.wasm): HTTP ${response.status}`);
   }
@@ -74,7 +74,7 @@ export function decryptRecording(keyText, bytes) {
     return {
       ok: false,
       class: "too_large",
-      error: `the recording has ${Math.floor(bytes.length / 1048576)} MiB, more than the 256 MiB the page decrypts: download it and use \`sshgw recording export\``,
+      error: `the recording has ${Math.floor(bytes.length / 1048576)} MiB, more than the 256 MiB the page decrypts: fetch it on a workstation and use \`sshgw recording export\``,
     };
   }
   const [kp, kl] = putKey(keyText);
@@ -87,7 +87,7 @@ export function decryptRecording(keyText, bytes) {
     return {
       ok: false,
       class: "too_large",
-      error: `the recording (${bytes.length} bytes) does not fit in the page's memory: download it and use \`sshgw recording export\``,
+      error: `the recording (${bytes.length} bytes) does not fit in the page's memory: fetch it on a workstation and use \`sshgw recording export\``,
     };
   }
   return take(loaded().sshgw_decrypt(kp, kl, rp, rl));

@@ -269,7 +269,9 @@ pub async fn show(
     let mut found = match rows.as_slice() {
         [] => return Ok(None),
         [row] => session(row)?,
-        _ => bail!("session id {id:?} is on several routers; name one with --router"),
+        _ => bail!(
+            "session id {id:?} is on several routers; name one (--router, or ?router= in the console)"
+        ),
     };
     let router_id = found.router_id.clone();
     found.session.channels = channels(client, &router_id, id).await?;

@@ -14,7 +14,7 @@ use hyper::{
 use serde_json::{Value, json};
 
 use super::{Console, assets, chart, query, recordings::Missing, source};
-use crate::control::client::Client;
+use crate::control::client::{Client, ClientError};
 
 type Reply = Response<Full<Bytes>>;
 
@@ -238,6 +238,7 @@ async fn recording(console: &Console, id: &str, n: &str, q: Option<&str>) -> Rep
             reply
         }
         Err(Missing::NotFound(message)) => error(StatusCode::NOT_FOUND, message),
+        Err(Missing::TooLarge(message)) => error(StatusCode::PAYLOAD_TOO_LARGE, message),
         Err(Missing::Failed(e)) => failed(e),
     }
 }
@@ -272,6 +273,23 @@ async fn kill(console: &Console, id: &str, peer: SocketAddr) -> Reply {
             eprintln!("sshgw console: {peer} killed session {id:?}");
             json_reply(StatusCode::OK, &json!({ "killed": id }))
         }
-        Err(e) => error(StatusCode::CONFLICT, format!("{e}")),
+        Err(ClientError::Unreachable { .. }) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon does not answer on its control socket: it is not running, or this \
+             console's user may not use the socket",
+        ),
+        Err(ClientError::Status { status, body }) => {
+            let said = body["error"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_string();
+            let status = if status == StatusCode::NOT_FOUND {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::CONFLICT
+            };
+            error(status, format!("the daemon refused to kill {id:?}: {said}"))
+        }
+        Err(ClientError::Other(e)) => failed(e),
     }
 }

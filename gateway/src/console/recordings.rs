@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -30,8 +30,21 @@ pub struct Recordings {
 pub enum Missing {
     /// The channel has none, or it is neither here nor in the store (an API 404).
     NotFound(String),
+    /// Larger than [`MAX_BYTES`] (an API 413).
+    TooLarge(String),
     /// Reading it failed (an API 502).
     Failed(anyhow::Error),
+}
+
+/// What a recording larger than [`MAX_BYTES`] is told.
+fn too_large(what: &str, size: Option<u64>) -> Missing {
+    let size = size.map_or_else(String::new, |s| format!(" has {} MiB and", s >> 20));
+    Missing::TooLarge(format!(
+        "{what}{size} is larger than the {} MiB the console hands out: fetch it on a \
+         workstation (`sshgw recording fetch`, or copy it from the router) and use `sshgw \
+         recording export`",
+        MAX_BYTES >> 20
+    ))
 }
 
 impl Recordings {
@@ -55,17 +68,16 @@ impl Recordings {
     pub async fn get(&self, channel: &ChannelRecord) -> Result<Vec<u8>, Missing> {
         let _turn = self.reading.acquire().await.expect("never closed");
         if let (Some(dir), Some(path)) = (&self.dir, &channel.recording)
-            && let Some(bytes) = read_local(dir, Path::new(path))
-                .await
-                .map_err(Missing::Failed)?
+            && let Some(bytes) = read_local(dir, Path::new(path)).await?
         {
             return Ok(bytes);
         }
         match (&channel.recording_object, &self.bucket) {
-            (Some(object), Some(bucket)) => bucket
-                .get_bytes(object, MAX_BYTES)
-                .await
-                .map_err(Missing::Failed),
+            (Some(object), Some(bucket)) => match bucket.get_bytes(object, MAX_BYTES).await {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => Err(too_large(&format!("object {}", object.key), None)),
+                Err(e) => Err(Missing::Failed(e)),
+            },
             (Some(object), None) => Err(Missing::NotFound(format!(
                 "channel {}: the recording is in object storage ({}), and this config has no \
                  [storage] to fetch it",
@@ -85,42 +97,44 @@ impl Recordings {
 
 /// The file at `path` if it exists and lies inside `dir` (a path the log names is never
 /// followed out of the recordings directory).
-async fn read_local(dir: &Path, path: &Path) -> Result<Option<Vec<u8>>> {
+async fn read_local(dir: &Path, path: &Path) -> Result<Option<Vec<u8>>, Missing> {
     let full = if path.is_absolute() {
         path.to_path_buf()
     } else {
         dir.join(path)
     };
-    let (Ok(full), Ok(dir)) = (
-        tokio::fs::canonicalize(&full).await,
-        tokio::fs::canonicalize(dir).await,
-    ) else {
+    let (Some(full), Some(dir)) = (canonical(&full).await?, canonical(dir).await?) else {
         return Ok(None);
     };
     if !full.starts_with(&dir) {
-        bail!(
+        return Err(Missing::Failed(anyhow::anyhow!(
             "the session log names {} outside the recordings directory {}",
             full.display(),
             dir.display()
-        );
+        )));
     }
-    let size = match tokio::fs::metadata(&full).await {
-        Ok(meta) => meta.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
-    };
+    let size = tokio::fs::metadata(&full)
+        .await
+        .with_context(|| format!("cannot read {}", full.display()))
+        .map_err(Missing::Failed)?
+        .len();
     if size > MAX_BYTES as u64 {
-        bail!(
-            "{} has {} MiB, more than the {} MiB the console hands out: use `sshgw recording \
-             export` on it",
-            full.display(),
-            size >> 20,
-            MAX_BYTES >> 20
-        );
+        return Err(too_large(&full.display().to_string(), Some(size)));
     }
-    match tokio::fs::read(&full).await {
-        Ok(bytes) => Ok(Some(bytes)),
+    tokio::fs::read(&full)
+        .await
+        .map(Some)
+        .with_context(|| format!("cannot read {}", full.display()))
+        .map_err(Missing::Failed)
+}
+
+/// The canonical path, `None` if it does not exist; other errors (permissions) are errors.
+async fn canonical(path: &Path) -> Result<Option<PathBuf>, Missing> {
+    match tokio::fs::canonicalize(path).await {
+        Ok(path) => Ok(Some(path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", full.display())),
+        Err(e) => Err(Missing::Failed(
+            anyhow::Error::new(e).context(format!("cannot reach {}", path.display())),
+        )),
     }
 }

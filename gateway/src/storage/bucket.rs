@@ -331,22 +331,26 @@ impl Bucket {
         self.get_checked(object, |chunk| out.write_all(chunk)).await
     }
 
-    /// Downloads `object` into memory, at most `max` bytes, and checks its SHA-256 (the
-    /// console's recordings).
-    pub async fn get_bytes(&self, object: &StoredObject, max: usize) -> Result<Vec<u8>> {
+    /// Downloads `object` into memory and checks its SHA-256 (the console's recordings);
+    /// `None` if it is larger than `max` bytes (the download stops there).
+    pub async fn get_bytes(&self, object: &StoredObject, max: usize) -> Result<Option<Vec<u8>>> {
         let mut bytes = Vec::new();
-        self.get_checked(object, |chunk| {
-            if bytes.len() + chunk.len() > max {
-                return Err(std::io::Error::other(format!(
-                    "the object is larger than {} MiB",
-                    max >> 20
-                )));
-            }
-            bytes.extend_from_slice(chunk);
-            Ok(())
-        })
-        .await?;
-        Ok(bytes)
+        let mut over = false;
+        let got = self
+            .get_checked(object, |chunk| {
+                if bytes.len() + chunk.len() > max {
+                    over = true;
+                    return Err(std::io::Error::other("larger than the cap"));
+                }
+                bytes.extend_from_slice(chunk);
+                Ok(())
+            })
+            .await;
+        match got {
+            _ if over => Ok(None),
+            Ok(_) => Ok(Some(bytes)),
+            Err(e) => Err(e),
+        }
     }
 
     async fn get_checked(
