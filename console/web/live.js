@@ -112,7 +112,7 @@ export function liveView(root) {
       closeDialog();
       statusEl.textContent = `Session ${res && res.killed ? res.killed : x.id} (${who(x)} to ${x.destination}) was killed.`;
       refreshBtn.focus();
-      await load();
+      await untilGone(x.id);
     } catch (e) {
       setAlert(dError, `Could not kill the session: ${e.message}`);
       killBtn.disabled = false;
@@ -142,6 +142,22 @@ export function liveView(root) {
     );
   }
 
+  // The daemon closes a killed session a moment after it answers: reload until it is gone
+  // (at most about 5 s), so the row does not linger.
+  let shown = [];
+  async function untilGone(id) {
+    for (let i = 0; i < 20; i++) {
+      await load();
+      if (!shown.includes(id)) return;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+
+  // Sessions come and go: reload every 10 s while no kill dialog is open.
+  const timer = setInterval(() => {
+    if (!dialog.open) load();
+  }, 10000);
+
   let seq = 0;
   async function load() {
     const mine = ++seq;
@@ -160,6 +176,7 @@ export function liveView(root) {
         tableWrap.hidden = false;
       }
       tbody.replaceChildren(...sessions.map(row));
+      shown = sessions.map((x) => x.id);
       if (!sessions.length) tbody.append(h("tr", { class: "empty-row" }, h("td", { colspan: 10 }, "No active sessions.")));
       updated.textContent = `Updated ${utcText(new Date().toISOString())} UTC`;
     } catch (e) {
@@ -179,6 +196,7 @@ export function liveView(root) {
   return {
     title: "Live sessions",
     dispose() {
+      clearInterval(timer);
       closeDialog();
     },
   };

@@ -9,7 +9,8 @@
 //   "public_key": "base64",                    its public key (optional: checks key-status)
 //   "wrong_key_file": "/…/other",              another valid private key
 //   "marker": "CONSOLE-MARKER-…",              output the good session's terminal showed
-//   "sessions": {"good": ID, "truncated": ID, "tampered": ID, "sftp": ID},
+//   "sessions": {"good": ID, "truncated": ID, "tampered": ID, "sftp": ID,
+//                "live": ID},                  "live": held open at its prompt; the test kills it
 //   "expected_ids": [ID…],                     every session the lab made (all must be listed)
 //   "user": "jdoe@example.com",                the user of every lab session
 //   "destination": "203.0.113.10",             the filter that keeps good/truncated/sftp …
@@ -79,7 +80,7 @@ function readInput() {
     'expected_ids', 'user', 'destination', 'sftp_file', 'artifacts_dir']) {
     ensure(input[field] !== undefined && input[field] !== null, `input lacks "${field}"`);
   }
-  for (const s of ['good', 'truncated', 'tampered', 'sftp']) {
+  for (const s of ['good', 'truncated', 'tampered', 'sftp', 'live']) {
     ensure(typeof input.sessions[s] === 'string', `input lacks sessions.${s}`);
   }
   input.url = input.url.endsWith('/') ? input.url : `${input.url}/`;
@@ -279,6 +280,37 @@ async function screenshot(page, dir, name) {
   await page.screenshot({ path, fullPage: false });
   screenshots.push(path);
   return path;
+}
+
+/// The Live page's row of session `id`.
+function liveRow(page, id) {
+  return page.locator(`[data-testid=live-table] tr[data-session-id="${id}"]`);
+}
+
+/// The session ids of the Live page's rows.
+async function liveRowIds(page) {
+  return page.locator('[data-testid=live-table] tr[data-session-id]')
+    .evaluateAll((rows) => rows.map((r) => r.getAttribute('data-session-id')));
+}
+
+/// Presses the Live page's "Refresh" and waits for the page's `GET /api/v1/live` answer.
+async function refreshLive(page) {
+  await Promise.all([
+    page.waitForResponse((r) => new URL(r.url()).pathname === '/api/v1/live' && r.request().method() === 'GET')
+      .catch(() => fail('"Refresh" on the Live page should ask GET /api/v1/live')),
+    page.getByRole('button', { name: 'Refresh', exact: true }).click(),
+  ]);
+}
+
+/// Presses "Kill" in the row of `id` and waits for the open kill dialog; returns it.
+async function openKillDialog(page, id) {
+  await liveRow(page, id).getByRole('button', { name: 'Kill', exact: true }).click();
+  const dialog = page.getByRole('dialog');
+  await dialog.waitFor({ state: 'visible' })
+    .catch(() => fail(`"Kill" in the row of ${id} should open a <dialog>`));
+  ensure(await dialog.evaluate((d) => d.tagName === 'DIALOG' && d.open),
+    'the kill confirmation should be an open <dialog>');
+  return dialog;
 }
 
 async function download(page, button) {
@@ -614,6 +646,111 @@ async function main() {
         + `${JSON.stringify(await list.textContent())}`));
       const items = await list.locator('li').count();
       return { items };
+    });
+
+    // (i) The Live page (the daemon's control socket): the held session is a row; its Kill
+    //     asks for confirmation, Cancel leaves it live, "Kill session" kills it.
+    const liveApi = async () => {
+      const res = await fetch(api('live'), { headers: { Authorization: `Bearer ${input.token}` } });
+      const body = await res.text();
+      ensure(res.status === 200, `GET /api/v1/live: status ${res.status}, body ${body.slice(0, 300)}`);
+      const json = JSON.parse(body);
+      ensure(json.available === true && Array.isArray(json.sessions),
+        `GET /api/v1/live should be available with a session list: ${body.slice(0, 500)}`);
+      return json.sessions.map((x) => x.id);
+    };
+    const killRequests = () => requests.filter((r) => r.method === 'POST' && r.url.includes('/kill'));
+
+    await check('live', async () => {
+      ensure((await liveApi()).includes(ids.live), `GET /api/v1/live should list the held session ${ids.live}`);
+      await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Live', exact: true }).click();
+      await page.waitForFunction(() => window.location.hash === '#/live', null, { timeout: TIMEOUT })
+        .catch(() => fail(`the "Live" link of the Main navigation should open #/live; URL ${page.url()}`));
+      await page.locator('[data-testid=live-table]').waitFor({ state: 'visible' })
+        .catch(async () => fail('#/live should show [data-testid=live-table]; '
+          + `[data-testid=live-unavailable] reads ${JSON.stringify(await page.locator('[data-testid=live-unavailable]').textContent())}`));
+      await liveRow(page, ids.live).waitFor({ state: 'visible' })
+        .catch(async () => fail(`the held session ${ids.live} should be a row of [data-testid=live-table]; rows: `
+          + `${JSON.stringify(await liveRowIds(page))}`));
+      return { rows: await liveRowIds(page) };
+    });
+
+    await check('live-kill-cancel', async () => {
+      const dialog = await openKillDialog(page, ids.live);
+      const text = ((await dialog.textContent()) ?? '').replace(/\s+/g, ' ').trim();
+      ensure(text.includes(ids.live), `the kill dialog should name the session ${ids.live}: ${JSON.stringify(text)}`);
+      ensure(text.includes(input.user), `the kill dialog should name the user ${input.user}: ${JSON.stringify(text)}`);
+      for (const name of ['Kill session', 'Cancel']) {
+        await dialog.getByRole('button', { name, exact: true }).waitFor({ state: 'visible' })
+          .catch(() => fail(`the kill dialog should have a button "${name}"`));
+      }
+      const shot = await screenshot(page, input.artifacts_dir, 'console-live.png');
+      await dialog.getByRole('button', { name: 'Cancel', exact: true }).click();
+      await page.waitForFunction(() => ![...document.querySelectorAll('dialog')].some((d) => d.open), null, { timeout: TIMEOUT })
+        .catch(() => fail('"Cancel" should close the kill dialog'));
+      ensure(killRequests().length === 0,
+        `"Cancel" should send no kill; requests: ${killRequests().map((r) => `${r.method} ${r.url}`).join(', ')}`);
+      // Still live: in a fresh answer of the page (a new row, not the marked old one) and
+      // of the API.
+      await liveRow(page, ids.live).evaluate((r) => r.setAttribute('data-test-before-refresh', ''));
+      await refreshLive(page);
+      await page.locator(`[data-testid=live-table] tr[data-session-id="${ids.live}"]:not([data-test-before-refresh])`)
+        .waitFor({ state: 'visible' })
+        .catch(async () => fail(`after "Cancel" and "Refresh" the session ${ids.live} should still be a row; rows: `
+          + `${JSON.stringify(await liveRowIds(page))}`));
+      ensure((await liveApi()).includes(ids.live), `after "Cancel" GET /api/v1/live should still list ${ids.live}`);
+      return { dialog: text, screenshot: shot };
+    });
+
+    await check('live-kill', async () => {
+      const dialog = await openKillDialog(page, ids.live);
+      const text = ((await dialog.textContent()) ?? '').replace(/\s+/g, ' ').trim();
+      ensure(text.includes(ids.live), `the kill dialog should name the session ${ids.live}: ${JSON.stringify(text)}`);
+      const [res] = await Promise.all([
+        page.waitForResponse((r) => new URL(r.url()).pathname === `/api/v1/sessions/${ids.live}/kill`)
+          .catch(() => fail(`"Kill session" should send POST /api/v1/sessions/${ids.live}/kill`)),
+        dialog.getByRole('button', { name: 'Kill session', exact: true }).click(),
+      ]);
+      const body = await res.text();
+      ensure(res.request().method() === 'POST' && res.status() === 200,
+        `${res.request().method()} /api/v1/sessions/${ids.live}/kill: status ${res.status()}, expected POST → 200; body ${body.slice(0, 300)}`);
+      let answer;
+      try { answer = JSON.parse(body); } catch { answer = null; }
+      ensure(answer && answer.killed === ids.live,
+        `POST /api/v1/sessions/${ids.live}/kill should answer {"killed": "${ids.live}"}, answered ${body.slice(0, 300)}`);
+      await page.waitForFunction(() => ![...document.querySelectorAll('dialog')].some((d) => d.open), null, { timeout: TIMEOUT })
+        .catch(async () => fail('after a successful kill the dialog should close; it reads '
+          + `${JSON.stringify(((await page.locator('dialog').first().textContent()) ?? '').replace(/\s+/g, ' ').trim())}`));
+      // The page says so (before any "Refresh", which clears the line).
+      const statusLine = page.getByRole('status').filter({ hasText: ids.live });
+      await statusLine.first().waitFor({ state: 'visible' })
+        .catch(async () => fail(`after the kill a role=status line should name ${ids.live}; status lines: `
+          + `${JSON.stringify(await page.getByRole('status').allTextContents())}`));
+      const status = ((await statusLine.first().textContent()) ?? '').trim();
+      ensure(/killed/i.test(status), `after the kill the status line should say ${ids.live} was killed: ${JSON.stringify(status)}`);
+      // The daemon ends the session asynchronously: the row goes once a load of the page no
+      // longer gets it. The page reloads after the kill by itself; "Refresh" (as an
+      // auditor would) only if the session was still ending then.
+      const deadline = Date.now() + TIMEOUT;
+      let refreshes = 0;
+      for (;;) {
+        const gone = await page.waitForFunction(
+          (id) => !document.querySelector(`[data-testid=live-table] tr[data-session-id="${id}"]`),
+          ids.live, { timeout: Math.max(1, Math.min(5_000, deadline - Date.now())) },
+        ).then(() => true, () => false);
+        if (gone) break;
+        if (Date.now() >= deadline) {
+          fail(`after the kill the row of ${ids.live} should disappear from [data-testid=live-table] within `
+            + `${TIMEOUT} ms (${refreshes} presses of "Refresh"); rows: ${JSON.stringify(await liveRowIds(page))}; `
+            + `GET /api/v1/live lists ${JSON.stringify(await liveApi())}`);
+        }
+        await refreshLive(page);
+        refreshes += 1;
+      }
+      ensure(!(await liveApi()).includes(ids.live), `after the kill GET /api/v1/live still lists ${ids.live}`);
+      ensure(killRequests().length === 1,
+        `one kill request expected: ${killRequests().map((r) => `${r.method} ${r.url}`).join(', ')}`);
+      return { status, refreshes_needed: refreshes };
     });
 
     // (d) The key never left the page: not in any request, not in storage or cookies.

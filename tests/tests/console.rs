@@ -4,8 +4,11 @@
 //! the console, lists and filters the sessions, loads the private key from a file, replays a
 //! session until its terminal shows the marker typed over ssh, and sees clear errors for a
 //! wrong key, a truncated and a tampered recording; every request the page made is checked
-//! for the key. Screenshots of the list and of a replay go to
-//! `target/test-artifacts/console/`.
+//! for the key. With the daemon's control socket, the Live page lists a session held open at
+//! its prompt; its Kill button asks for confirmation (Cancel leaves it live), then kills it:
+//! ssh ends, the log closes it as `admin kill` and the daemon logs the kill as an admin
+//! action of the console. Screenshots of the list, of a replay and of the Live page with the
+//! kill dialog open go to `target/test-artifacts/console/`.
 //!
 //! Needs root, the sshgw binary (`SSHGW_BIN=/abs/path/sshgw`, else target/debug/sshgw),
 //! OpenSSH, Node.js with npm, and chromium (`cargo xtask prereqs` installs them; never
@@ -43,6 +46,10 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
 const USER: &str = "jdoe@example.com";
 /// The login of the sftp session (files land in its home).
 const SFTP_LOGIN: &str = "jdoe";
+/// What ssh shows when an administrator kills the session (`KillReason::Admin`).
+const ADMIN_KILL_MESSAGE: &str = "sshgw: session terminated by an administrator";
+/// The close reason of a session killed through the control API (relay/end.rs).
+const ADMIN_KILL: &str = "admin kill";
 
 /// `host:port` of the audited server of `family`, as the session log writes destinations.
 fn audited(family: Family) -> String {
@@ -126,8 +133,19 @@ fn recorded_shell(
     Ok((id, path))
 }
 
+/// The `admin action` lines of the daemon's log for `route` (`admin_log::record`).
+fn admin_lines(gw: &Gateway<'_>, route: &str) -> Vec<String> {
+    let needle = format!("route={route} ");
+    gw.log()
+        .lines()
+        .filter(|l| l.contains("admin action") && l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The console in a real browser against the lab's sessions: a good recording, an sftp
-/// upload, a truncated and a tampered recording (see the module docs).
+/// upload, a truncated and a tampered recording, and a live session to kill (see the
+/// module docs).
 #[test]
 fn console_in_a_real_browser() {
     lab_test(|lab| {
@@ -135,7 +153,8 @@ fn console_in_a_real_browser() {
         let tools = console::browser_tools()?;
         console::ensure_npm_packages(lab, &tools)?;
         let artifacts = console::artifacts_dir()?;
-        let screenshots = ["console-list.png", "console-replay.png"].map(|n| artifacts.join(n));
+        let screenshots = ["console-list.png", "console-replay.png", "console-live.png"]
+            .map(|n| artifacts.join(n));
         for old in &screenshots {
             // A screenshot of an earlier run must not pass for one of this run.
             if old.exists() {
@@ -225,6 +244,17 @@ fn console_in_a_real_browser() {
             tampered_path.display()
         );
 
+        // 4. A session held open at its prompt, for the Live page to kill.
+        let mut held = lab
+            .ssh(V4.audited())
+            .bind(V4.enrolled())
+            .pty_session(None, (24, 80))?;
+        held.send("echo held-session-$((20+1))\n")?;
+        held.expect("held-session-21", PTY_EXPECT_TIMEOUT)?;
+        let live = new_session_id(&gw, &["--active"], V4, &seen)?;
+        let kill_route = format!("/v1/sessions/{live}/kill");
+        eprintln!("held session {live} open at its prompt");
+
         // The console, in the host namespaces, on the daemon's config.
         let console = Console::start(lab, gw.config_path(), &[])?;
         let token = console::read_token(gw.state_dir())?;
@@ -241,7 +271,8 @@ fn console_in_a_real_browser() {
             "public_key": key.public_base64()?,
             "wrong_key_file": wrong.private,
             "marker": marker,
-            "sessions": {"good": good, "truncated": truncated, "tampered": tampered, "sftp": sftp},
+            "sessions": {"good": good, "truncated": truncated, "tampered": tampered, "sftp": sftp,
+                         "live": live},
             "expected_ids": seen,
             "user": USER,
             "destination": V4.audited().to_string(),
@@ -260,6 +291,50 @@ fn console_in_a_real_browser() {
             );
             println!("screenshot: {}", path.display());
         }
+
+        // The kill reached the held session: ssh was told and exited, its terminal closed.
+        let status = held.wait_exit(SESSION_TIMEOUT)?;
+        let transcript = held.transcript();
+        ensure!(
+            transcript.contains(ADMIN_KILL_MESSAGE) && status.code() == Some(255),
+            "ssh of the killed session {live} should exit 255 with {ADMIN_KILL_MESSAGE:?}: \
+             {status:?}; transcript: {transcript:?}"
+        );
+        let record = gw.wait_session_closed(&live, LOG_TIMEOUT)?;
+        ensure!(
+            str_field(&record, "close_reason") == Some(ADMIN_KILL),
+            "sessions show {live} --json: close_reason should be {ADMIN_KILL:?}: {record:#}"
+        );
+        ensure!(
+            gw.sessions(&["--active"])?
+                .iter()
+                .all(|s| str_field(s, "id") != Some(live.as_str())),
+            "the killed session {live} is still listed by sessions --active"
+        );
+        // The daemon logged the kill as an admin action of the console (its uid and pid,
+        // from SO_PEERCRED), once: Cancel sent nothing.
+        let line = poll_until(
+            &format!("the admin action POST {kill_route}"),
+            LOG_TIMEOUT,
+            Duration::from_millis(50),
+            || Ok(admin_lines(&gw, &kill_route).pop()),
+        )
+        .with_context(|| format!("--- sshgw log ---\n{}", gw.log()))?;
+        let console_pid = console.proc().pid();
+        ensure!(
+            line.contains("method=POST")
+                && line.contains("status=200")
+                && line.contains("uid=0")
+                && line.contains(&format!("pid={console_pid} ")),
+            "the kill should be logged as an admin action POST {kill_route} with status 200, \
+             uid 0 and the console's pid {console_pid}: {line}"
+        );
+        let lines = admin_lines(&gw, &kill_route);
+        ensure!(
+            lines.len() == 1,
+            "exactly one admin action for {kill_route} (Cancel must not kill), logged {lines:#?}"
+        );
+        println!("admin action: {line}");
 
         // The contract: exactly one line on stdout, the `listening` one.
         let stdout = console.stdout();
