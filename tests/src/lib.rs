@@ -45,6 +45,7 @@ pub mod capture;
 pub mod central;
 pub mod clients;
 pub mod console;
+pub mod console_remote;
 pub mod control;
 pub mod doctor;
 pub mod files;
