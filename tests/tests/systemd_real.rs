@@ -8,6 +8,14 @@
 //! stopped, and a SIGKILL after which systemd restarts the daemon and it takes over the
 //! pinned link. It never skips: without root, `systemd-nspawn` or `debootstrap` it fails.
 //!
+//! The console's unit (`sshgw-console.service`, installed by the same install.sh but not
+//! enabled) runs beside it: started once the daemon has recorded a session, it must create
+//! its token in the shared state directory, run as sshgw without any capability, answer its
+//! API on 127.0.0.1:8080 (401 without the token, the recorded session with it, the daemon
+//! live over the control socket), keep serving while the daemon is stopped, crashed and
+//! restarted (live sessions then unavailable), and stop cleanly. The HTTP client is the
+//! host's curl in the router's network namespace (the container's loopback).
+//!
 //! The first run builds the Debian rootfs with debootstrap (a few minutes, cached under
 //! `target/sshgw-test-cache/`; see `sshgw_tests::rootfs`).
 //!
@@ -26,6 +34,14 @@ use sshgw_tests::wait::poll_until;
 use sshgw_tests::{Family, Lab, SshdConfig, lab_test, rootfs};
 
 const UNIT: &str = "sshgw.service";
+const CONSOLE_UNIT: &str = "sshgw-console.service";
+/// Where the console listens by default (`sshgw console` without `--listen`).
+const CONSOLE_URL: &str = "http://127.0.0.1:8080";
+/// The console's readiness line on stdout, in its journal.
+const CONSOLE_READY: &str = "console: listening on ";
+const CONSOLE_TOKEN: &str = "/var/lib/sshgw/console.token";
+/// Host curl (a prerequisite of the console tests), run in the router's network namespace.
+const CURL: &str = "/usr/bin/curl";
 /// Where the test binds the binary, the unit and the deploy files inside the container.
 const STAGE: &str = "/opt/sshgw-test";
 /// `systemctl stop` waits for the drain (`drain_timeout_secs`, 30 s by default).
@@ -48,7 +64,11 @@ fn workspace() -> PathBuf {
 }
 
 fn shipped_unit() -> Result<Vec<u8>> {
-    let path = workspace().join("systemd/sshgw.service");
+    shipped("sshgw.service")
+}
+
+fn shipped(unit: &str) -> Result<Vec<u8>> {
+    let path = workspace().join("systemd").join(unit);
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
@@ -78,6 +98,14 @@ impl Router<'_> {
         self.c.journal(Some(UNIT))
     }
 
+    fn console_prop(&self, property: &str) -> Result<String> {
+        self.c.unit_property(CONSOLE_UNIT, property)
+    }
+
+    fn console_journal(&self) -> String {
+        self.c.journal(Some(CONSOLE_UNIT))
+    }
+
     /// Waits until the unit's journal holds `needle` more than `before` times.
     fn wait_journal(&self, needle: &str, before: usize, timeout: Duration) -> Result<()> {
         poll_until(
@@ -86,6 +114,38 @@ impl Router<'_> {
             Duration::from_millis(200),
             || Ok((self.journal().matches(needle).count() > before).then_some(())),
         )
+    }
+
+    /// `GET {CONSOLE_URL}{path}` from the router's namespace, with the `Authorization`
+    /// header in `auth` (a curl header file) if given: the status and the body.
+    fn console_get(&self, path: &str, auth: Option<&Path>) -> Result<(u16, String)> {
+        let mut cmd = self.lab.rtr.setns_command(CURL);
+        cmd.args(["-sS", "--max-time", "20", "-w", "\\n%{http_code}"]);
+        if let Some(file) = auth {
+            cmd.arg("-H").arg(format!("@{}", file.display()));
+        }
+        cmd.arg(format!("{CONSOLE_URL}{path}"));
+        let out = self
+            .lab
+            .procs()
+            .run_quiet(&format!("curl {path}"), &mut cmd, EXEC_TIMEOUT)?
+            .check(&format!("curl {CONSOLE_URL}{path}"))?;
+        let (body, code) = out
+            .stdout
+            .rsplit_once('\n')
+            .with_context(|| format!("curl printed no status: {:?}", out.stdout))?;
+        let code = code
+            .trim()
+            .parse()
+            .with_context(|| format!("curl printed the status {code:?}"))?;
+        Ok((code, body.to_owned()))
+    }
+
+    /// [`Router::console_get`] that must answer 200 with JSON.
+    fn console_json(&self, path: &str, auth: &Path) -> Result<Value> {
+        let (code, body) = self.console_get(path, Some(auth))?;
+        ensure!(code == 200, "GET {path} answered {code}: {body}");
+        serde_json::from_str(&body).with_context(|| format!("GET {path} returned {body:?}"))
     }
 
     /// The link id of `r0` in `sshgw status --json` (from the daemon or the pins).
@@ -133,8 +193,13 @@ fn shipped_unit_runs_under_a_real_systemd() {
         ];
         let c = Container::boot(lab, &lab.rtr, &binds)?;
         let router = Router { lab, c };
-        field_path(&router)
-            .with_context(|| format!("--- journal of {UNIT} ---\n{}", router.journal().trim_end()))
+        field_path(&router).with_context(|| {
+            format!(
+                "--- journal of {UNIT} ---\n{}\n--- journal of {CONSOLE_UNIT} ---\n{}",
+                router.journal().trim_end(),
+                router.console_journal().trim_end()
+            )
+        })
     });
 }
 
@@ -144,12 +209,16 @@ fn field_path(r: &Router<'_>) -> Result<()> {
     let link = r.link_id()?;
     check_process(r)?;
     doctor(r)?;
-    intercept_and_record(r)?;
+    let session = intercept_and_record(r)?;
+    let auth = console_start(r, &session)?;
     reload(r)?;
     stop_with_session(r)?;
     fail_closed(r)?;
+    console_without_daemon(r, &session, &auth)?;
     crash_and_takeover(r, link)?;
-    check_journal(r)?;
+    console_stop(r, &auth)?;
+    check_journal(UNIT, &r.journal())?;
+    check_journal(CONSOLE_UNIT, &r.console_journal())?;
     r.sh(&["systemctl", "stop", UNIT])?;
     ensure!(r.prop("Result")? == "success", "the last stop failed");
     Ok(())
@@ -166,21 +235,35 @@ fn install(r: &Router<'_>) -> Result<()> {
         &format!("{STAGE}/systemd/sshgw.service"),
         "--config",
         &format!("{STAGE}/deploy/sshgw.toml"),
+        "--console-unit",
+        &format!("{STAGE}/systemd/{CONSOLE_UNIT}"),
     ])?;
     eprintln!("install.sh:\n{out}");
-    r.sh(&[
-        "cmp",
-        "/etc/systemd/system/sshgw.service",
-        &format!("{STAGE}/systemd/sshgw.service"),
-    ])?;
-    let installed = std::fs::read(r.c.host_path("/etc/systemd/system/sshgw.service"))?;
-    ensure!(
-        installed == shipped_unit()?,
-        "the installed unit differs from systemd/sshgw.service"
-    );
+    for unit in [UNIT, CONSOLE_UNIT] {
+        let path = format!("/etc/systemd/system/{unit}");
+        r.sh(&["cmp", &path, &format!("{STAGE}/systemd/{unit}")])?;
+        let installed = std::fs::read(r.c.host_path(&path))?;
+        ensure!(
+            installed == shipped(unit)?,
+            "the installed unit differs from systemd/{unit}"
+        );
+    }
     ensure!(
         r.sh(&["systemctl", "is-enabled", UNIT])?.trim() == "enabled",
         "install.sh should enable the unit"
+    );
+    // The console's unit is installed, not enabled (`is-enabled` exits 1 for that).
+    let console =
+        r.c.run(&["systemctl", "is-enabled", CONSOLE_UNIT], EXEC_TIMEOUT)?;
+    ensure!(
+        console.stdout.trim() == "disabled",
+        "install.sh should leave {CONSOLE_UNIT} disabled: {:?} {:?}",
+        console.stdout,
+        console.stderr
+    );
+    ensure!(
+        out.contains("systemctl enable --now sshgw-console"),
+        "install.sh's next steps should say how to enable the console"
     );
     // The operator's one required edit: the device-facing interface.
     r.sh(&[
@@ -328,8 +411,9 @@ fn doctor(r: &Router<'_>) -> Result<()> {
 }
 
 /// An ssh from the lab's device namespace is intercepted (the server sees the router's
-/// address) and recorded; the recording verifies with the operator's key.
-fn intercept_and_record(r: &Router<'_>) -> Result<()> {
+/// address) and recorded; the recording verifies with the operator's key. Returns the
+/// session's id.
+fn intercept_and_record(r: &Router<'_>) -> Result<String> {
     let lab = r.lab;
     let ca = lab.dir().join("router-user-ca.pub");
     std::fs::write(&ca, r.sh(&["sshgw", "ca", "user-key"])?)?;
@@ -364,7 +448,9 @@ fn intercept_and_record(r: &Router<'_>) -> Result<()> {
         v.success() && v.stdout.contains("complete"),
         "sshgw recording verify {path}: {v:?}"
     );
-    Ok(())
+    str_field(&session, "id")
+        .map(str::to_owned)
+        .with_context(|| format!("no id in {session:#}"))
 }
 
 /// The lab's ssh to the audited server, trusting only the router's host CA.
@@ -490,17 +576,184 @@ fn crash_and_takeover(r: &Router<'_>, link: u64) -> Result<()> {
     Ok(())
 }
 
-/// Nothing in the unit's journal says the sandbox denied the daemon something.
-fn check_journal(r: &Router<'_>) -> Result<()> {
-    let journal = r.journal();
+/// Nothing in the unit's journal says the sandbox denied the service something.
+fn check_journal(unit: &str, journal: &str) -> Result<()> {
     let denied: Vec<&str> = journal
         .lines()
         .filter(|l| DENIALS.iter().any(|d| l.contains(d)))
         .collect();
     ensure!(
         denied.is_empty(),
-        "denials in the journal:\n{}",
+        "denials in the journal of {unit}:\n{}",
         denied.join("\n")
     );
+    Ok(())
+}
+
+/// `systemctl enable --now sshgw-console` (install.sh's next step) beside the running
+/// daemon: it is ready once its journal says `console: listening on`; its token, process and
+/// API are what the unit promises. Returns the curl header file that carries the token.
+///
+/// Enabled, the unit stays loaded once stopped (an unreferenced inactive unit is unloaded at
+/// once, and `systemctl show` then reports defaults), so its exit status can be checked.
+fn console_start(r: &Router<'_>, session: &str) -> Result<PathBuf> {
+    r.c.run(
+        &["systemctl", "enable", "--now", CONSOLE_UNIT],
+        EXEC_TIMEOUT,
+    )?
+    .check(&format!("systemctl enable --now {CONSOLE_UNIT}"))?;
+    poll_until(
+        "the console to log that it listens",
+        SESSION_TIMEOUT,
+        Duration::from_millis(200),
+        || {
+            if r.console_prop("ActiveState")? == "failed" {
+                bail!("{CONSOLE_UNIT} failed to start");
+            }
+            Ok(r.console_journal().contains(CONSOLE_READY).then_some(()))
+        },
+    )?;
+    let journal = r.console_journal();
+    ensure!(
+        journal.contains(&format!("{CONSOLE_READY}{CONSOLE_URL}/")),
+        "the console should listen on {CONSOLE_URL}/ by default:\n{journal}"
+    );
+
+    // The token, made at first start in the state directory the two units share.
+    ensure!(
+        journal.contains(&format!("created the access token {CONSOLE_TOKEN}")),
+        "the console should say it created its token:\n{journal}"
+    );
+    let stat = |path: &str| r.sh(&["stat", "-c", "%a %U %G", path]);
+    ensure!(
+        stat(CONSOLE_TOKEN)?.trim() == "600 sshgw sshgw",
+        "{CONSOLE_TOKEN}: {}",
+        stat(CONSOLE_TOKEN)?
+    );
+    ensure!(
+        stat("/var/lib/sshgw")?.trim() == "700 sshgw sshgw",
+        "the shared state directory: {}",
+        stat("/var/lib/sshgw")?
+    );
+    ensure!(r.prop("ActiveState")? == "active", "the daemon stopped");
+
+    check_console_process(r)?;
+
+    // The API: 401 without the token, the recorded session and the live daemon with it.
+    let token = std::fs::read_to_string(r.c.host_path(CONSOLE_TOKEN))?;
+    let auth = r.lab.dir().join("console-auth.header");
+    std::fs::write(&auth, format!("Authorization: Bearer {}\n", token.trim()))?;
+    let (code, body) = r.console_get("/api/v1/sessions", None)?;
+    ensure!(code == 401, "without the token: {code} {body}");
+    let list = r.console_json("/api/v1/sessions", &auth)?;
+    let listed = list["sessions"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|s| str_field(s, "id") == Some(session)));
+    ensure!(listed, "session {session} is not listed: {list:#}");
+    let info = r.console_json("/api/v1/info", &auth)?;
+    ensure!(
+        info["live"] == true && info["source"] == "local",
+        "the console should reach the daemon's control socket: {info:#}"
+    );
+    let live = r.console_json("/api/v1/live", &auth)?;
+    ensure!(live["available"] == true, "live sessions: {live:#}");
+    Ok(auth)
+}
+
+/// The console runs as sshgw with no capability, no new privileges and a system call
+/// filter, and cannot see the daemon's CA keys.
+fn check_console_process(r: &Router<'_>) -> Result<()> {
+    let pid = r.console_prop("MainPID")?;
+    let status = r.sh(&["cat", &format!("/proc/{pid}/status")])?;
+    let field = |name: &str| -> Result<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().to_owned())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    for name in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        let got = u64::from_str_radix(&field(name)?, 16)?;
+        ensure!(got == 0, "the console's {name} is {got:#x}, not 0");
+    }
+    ensure!(field("NoNewPrivs")? == "1", "NoNewPrivs");
+    ensure!(
+        field("Seccomp")? == "2",
+        "the system call filter is not active"
+    );
+    for (name, id) in [("Uid", "-u"), ("Gid", "-g")] {
+        let want = r.sh(&["id", id, "sshgw"])?.trim().to_owned();
+        let got = field(name)?;
+        ensure!(
+            got.split_whitespace().all(|u| u == want),
+            "the console's {name} is {got}, not sshgw's {want}"
+        );
+    }
+    // InaccessiblePaths=-/var/lib/sshgw/ca: empty in the console's mount namespace.
+    let outside = r.sh(&["ls", "-A", "/var/lib/sshgw/ca"])?;
+    ensure!(!outside.trim().is_empty(), "the daemon has no CA keys yet");
+    let inside = r.sh(&["nsenter", "-t", &pid, "-m", "ls", "-A", "/var/lib/sshgw/ca"])?;
+    ensure!(
+        inside.trim().is_empty(),
+        "the console sees the CA keys: {inside}"
+    );
+    Ok(())
+}
+
+/// With the daemon stopped the console still serves the session log; live sessions are
+/// unavailable.
+fn console_without_daemon(r: &Router<'_>, session: &str, auth: &Path) -> Result<()> {
+    ensure!(r.prop("ActiveState")? == "inactive", "the daemon runs");
+    let info = r.console_json("/api/v1/info", auth)?;
+    ensure!(info["live"] == false, "live without the daemon: {info:#}");
+    let live = r.console_json("/api/v1/live", auth)?;
+    ensure!(
+        live["available"] == false,
+        "live sessions without the daemon: {live:#}"
+    );
+    let session = r.console_json(&format!("/api/v1/sessions/{session}"), auth)?;
+    ensure!(
+        !session["channels"].as_array().is_none_or(Vec::is_empty),
+        "the session without the daemon: {session:#}"
+    );
+    Ok(())
+}
+
+/// The console outlived the daemon's stop, crash and restarts without a restart of its own,
+/// sees the daemon again, and `systemctl stop` ends it cleanly (SIGTERM: it exits 0),
+/// leaving the daemon and its control socket alone.
+fn console_stop(r: &Router<'_>, auth: &Path) -> Result<()> {
+    ensure!(
+        r.console_prop("NRestarts")? == "0" && r.console_prop("SubState")? == "running",
+        "the console restarted or stopped while the daemon did"
+    );
+    let info = r.console_json("/api/v1/info", auth)?;
+    ensure!(info["live"] == true, "live after the restart: {info:#}");
+    r.c.run(&["systemctl", "stop", CONSOLE_UNIT], EXEC_TIMEOUT)?
+        .check(&format!("systemctl stop {CONSOLE_UNIT}"))?;
+    ensure!(
+        r.console_prop("Result")? == "success",
+        "console stop result"
+    );
+    ensure!(
+        r.console_prop("ActiveState")? == "inactive",
+        "console still active"
+    );
+    let (code, status) = (
+        r.console_prop("ExecMainCode")?,
+        r.console_prop("ExecMainStatus")?,
+    );
+    ensure!(
+        code == "1" && status == "0",
+        "the console should exit 0 on SIGTERM: ExecMainCode={code} ExecMainStatus={status}"
+    );
+    ensure!(
+        r.prop("SubState")? == "running",
+        "stopping the console stopped the daemon"
+    );
+    r.sh(&["test", "-S", "/run/sshgw/control.sock"])
+        .context("stopping the console removed the daemon's control socket")?;
+    r.sh(&["test", "-f", CONSOLE_TOKEN])
+        .context("the token should outlive the console")?;
     Ok(())
 }

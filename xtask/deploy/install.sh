@@ -5,11 +5,14 @@
 #                     the router and run there as root (directly, or with `sudo -n`).
 #   --root DIR        run locally with `--prefix DIR --offline`.
 #
-# usage: install.sh --binary FILE --unit FILE --config FILE [--prefix DIR] [--offline]
+# usage: install.sh --binary FILE --unit FILE --config FILE [--console-unit FILE]
+#                   [--prefix DIR] [--offline]
 #
-#   --binary FILE  the sshgw binary (release build, eBPF object embedded)
-#   --unit FILE    systemd/sshgw.service
-#   --config FILE  the default config (xtask/deploy/sshgw.toml)
+#   --binary FILE        the sshgw binary (release build, eBPF object embedded)
+#   --unit FILE          systemd/sshgw.service
+#   --config FILE        the default config (xtask/deploy/sshgw.toml)
+#   --console-unit FILE  systemd/sshgw-console.service (the auditor's web console):
+#                        installed next to the daemon's unit, never enabled or started
 #   --prefix DIR   install below DIR instead of / (image builds, chroots, tests)
 #   --offline      leave the running system alone: no group/user creation, no systemctl;
 #                  the enable symlink is made directly, as `systemctl enable` would
@@ -17,18 +20,23 @@
 # What it installs (below the prefix):
 #   /usr/local/bin/sshgw                0755 root:root    replaced atomically (rename)
 #   /etc/systemd/system/sshgw.service   0644 root:root    replaced
+#   /etc/systemd/system/sshgw-console.service
+#                                       0644 root:root    replaced (with --console-unit)
 #   /etc/sshgw/                         0750 root:sshgw
 #   /etc/sshgw/sshgw.toml               0640 root:sshgw   only if absent: never overwritten
 #   /etc/systemd/system/multi-user.target.wants/sshgw.service -> /etc/systemd/system/sshgw.service
 # and, unless --offline: the system group and user sshgw (if missing),
 # `systemctl daemon-reload` and `systemctl enable sshgw.service`. It never starts or
-# restarts the service: the config must be edited first.
+# restarts the service: the config must be edited first. The console unit is only
+# installed: the operator enables it if the router should serve the console.
 set -eu
 
 SVC=sshgw
 BIN=/usr/local/bin/sshgw
 UNIT=/etc/systemd/system/sshgw.service
 UNIT_NAME=sshgw.service
+CONSOLE_UNIT=/etc/systemd/system/sshgw-console.service
+CONSOLE_UNIT_NAME=sshgw-console.service
 CONF_DIR=/etc/sshgw
 CONF=/etc/sshgw/sshgw.toml
 NOLOGIN=/usr/sbin/nologin
@@ -37,15 +45,16 @@ say() { printf '[install] %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 run() { printf '[install] $ %s\n' "$*"; "$@"; }
 
-binary='' unit='' config='' prefix='' offline=0
+binary='' unit='' config='' console_unit='' prefix='' offline=0
 while [ $# -gt 0 ]; do
     case $1 in
-        --binary | --unit | --config | --prefix)
+        --binary | --unit | --config | --console-unit | --prefix)
             [ $# -ge 2 ] || die "$1 needs a value"
             case $1 in
                 --binary) binary=$2 ;;
                 --unit) unit=$2 ;;
                 --config) config=$2 ;;
+                --console-unit) console_unit=$2 ;;
                 --prefix) prefix=$2 ;;
             esac
             shift 2
@@ -60,6 +69,9 @@ for pair in "--binary:$binary" "--unit:$unit" "--config:$config"; do
     [ -n "$file" ] || die "$flag FILE is required"
     [ -f "$file" ] || die "$flag: no such file: $file"
 done
+if [ -n "$console_unit" ] && [ ! -f "$console_unit" ]; then
+    die "--console-unit: no such file: $console_unit"
+fi
 # Paths below are absolute, so P="" is the live system.
 P=${prefix%/}
 if [ -n "$P" ] && [ ! -d "$P" ]; then
@@ -124,9 +136,13 @@ install_file() { # SRC DEST MODE
     say "$verb $2 (mode $3)"
 }
 
-# --- binary and unit ------------------------------------------------------------------
+# --- binary and units -----------------------------------------------------------------
 install_file "$binary" "$BIN" 0755
 install_file "$unit" "$UNIT" 0644
+# The console's unit is installed only: enabling it is the operator's choice.
+if [ -n "$console_unit" ]; then
+    install_file "$console_unit" "$CONSOLE_UNIT" 0644
+fi
 
 # --- config directory and config ------------------------------------------------------
 mkdir -p "$P$CONF_DIR"
@@ -166,9 +182,13 @@ else
 fi
 
 # --- what the operator does next ------------------------------------------------------
-running=0
+running=0 console_running=0
 if [ "$offline" -eq 0 ] && systemctl is-active --quiet "$UNIT_NAME"; then
     running=1
+fi
+if [ -n "$console_unit" ] && [ "$offline" -eq 0 ] &&
+    systemctl is-active --quiet "$CONSOLE_UNIT_NAME"; then
+    console_running=1
 fi
 say ""
 say "sshgw is installed and enabled, but was not started or restarted."
@@ -187,3 +207,9 @@ else
 fi
 say "  3. sshgw ca user-key          # trust the printed CA on every audited server"
 say "     (TrustedUserCAKeys, see docs/deployment.md#servers)"
+if [ "$console_running" -eq 1 ]; then
+    say "  4. systemctl restart sshgw-console    # the running console still uses the previous binary"
+elif [ -n "$console_unit" ]; then
+    say "  4. Optional, the auditor's web console on 127.0.0.1:8080 (installed, not enabled;"
+    say "     see docs/console.md): systemctl enable --now sshgw-console"
+fi

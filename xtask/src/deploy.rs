@@ -9,12 +9,15 @@
 //! |---|---|---|
 //! | `/usr/local/bin/sshgw` | 0755 | root:root |
 //! | `/etc/systemd/system/sshgw.service` (`systemd/sshgw.service`) | 0644 | root:root |
+//! | `/etc/systemd/system/sshgw-console.service` (`systemd/sshgw-console.service`) | 0644 | root:root |
 //! | `/etc/sshgw/` | 0750 | root:sshgw |
 //! | `/etc/sshgw/sshgw.toml` ([`DEFAULT_CONFIG`]), only if absent | 0640 | root:sshgw |
 //!
 //! creates the system group and user `sshgw` if missing, runs `systemctl daemon-reload` and
-//! `systemctl enable sshgw.service`, and never starts the service. With `--root`, the group,
-//! user and systemctl steps are skipped (and reported); the enable symlink
+//! `systemctl enable sshgw.service`, and never starts the service. The console's unit (the
+//! auditor's web console, `sshgw console`) is installed beside it but neither enabled nor
+//! started: the next-steps text says how. With `--root`, the group, user and systemctl steps
+//! are skipped (and reported); the enable symlink
 //! `etc/systemd/system/multi-user.target.wants/sshgw.service` is made directly.
 
 use std::collections::VecDeque;
@@ -34,6 +37,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("../deploy/sshgw.toml");
 pub const INSTALL_SCRIPT: &str = include_str!("../deploy/install.sh");
 /// The systemd unit, relative to the workspace root.
 const UNIT_FILE: &str = "systemd/sshgw.service";
+/// The console's systemd unit (installed, never enabled), relative to the workspace root.
+const CONSOLE_UNIT_FILE: &str = "systemd/sshgw-console.service";
 /// How many trailing stderr lines of a failed install go into the error message.
 const STDERR_TAIL: usize = 20;
 
@@ -68,9 +73,16 @@ fn log(msg: &str) {
 pub fn run(args: &DeployArgs) -> Result<()> {
     let workspace = util::workspace_root()?;
     let unit = workspace.join(UNIT_FILE);
-    if !unit.is_file() {
-        bail!("the systemd unit {} is missing", unit.display());
+    let console_unit = workspace.join(CONSOLE_UNIT_FILE);
+    for file in [&unit, &console_unit] {
+        if !file.is_file() {
+            bail!("the systemd unit {} is missing", file.display());
+        }
     }
+    let units = Units {
+        daemon: unit,
+        console: console_unit,
+    };
     if let Some(binary) = &args.binary
         && !util::is_executable(binary)
     {
@@ -81,17 +93,23 @@ pub fn run(args: &DeployArgs) -> Result<()> {
     }
 
     match (&args.host, &args.root) {
-        (Some(host), None) => deploy_host(&workspace, &unit, host, args),
+        (Some(host), None) => deploy_host(&workspace, &units, host, args),
         (None, Some(dir)) => {
             if !dir.is_dir() {
                 bail!("--root {}: no such directory", dir.display());
             }
             let binary = resolve_binary(&workspace, args.binary.as_deref())?;
-            deploy_root(dir, &binary, &unit)
+            deploy_root(dir, &binary, &units)
         }
         // clap's `target` group makes exactly one of them present.
         _ => bail!("pass exactly one of --host and --root"),
     }
+}
+
+/// The units install.sh installs: the daemon's (enabled) and the console's (not enabled).
+struct Units {
+    daemon: PathBuf,
+    console: PathBuf,
 }
 
 /// The sshgw binary to install: `--binary`, or a fresh release build.
@@ -129,7 +147,7 @@ fn build_release(workspace: &Path) -> Result<PathBuf> {
 }
 
 /// `--root DIR`: runs the install script locally with `--prefix DIR --offline`.
-fn deploy_root(dir: &Path, binary: &Path, unit: &Path) -> Result<()> {
+fn deploy_root(dir: &Path, binary: &Path, units: &Units) -> Result<()> {
     let dir = std::path::absolute(dir)?;
     log(&format!("installing into {}", dir.display()));
     let stage = Stage::new()?;
@@ -138,9 +156,11 @@ fn deploy_root(dir: &Path, binary: &Path, unit: &Path) -> Result<()> {
         .arg("--binary")
         .arg(binary)
         .arg("--unit")
-        .arg(unit)
+        .arg(&units.daemon)
         .arg("--config")
         .arg(&stage.config)
+        .arg("--console-unit")
+        .arg(&units.console)
         .arg("--prefix")
         .arg(&dir)
         .arg("--offline");
@@ -148,7 +168,7 @@ fn deploy_root(dir: &Path, binary: &Path, unit: &Path) -> Result<()> {
 }
 
 /// `--host USER@HOST`: probe, build, copy, install.
-fn deploy_host(workspace: &Path, unit: &Path, host: &str, args: &DeployArgs) -> Result<()> {
+fn deploy_host(workspace: &Path, units: &Units, host: &str, args: &DeployArgs) -> Result<()> {
     for tool in ["ssh", "scp"] {
         if util::find_executable(tool, &[]).is_none() {
             bail!("`{tool}` is not on PATH (install openssh-client)");
@@ -190,8 +210,10 @@ fn deploy_host(workspace: &Path, unit: &Path, host: &str, args: &DeployArgs) -> 
     // scp names the remote files after the local ones; links give them fixed names.
     let binary_link = stage.dir.path().join("sshgw");
     let unit_link = stage.dir.path().join("sshgw.service");
+    let console_unit_link = stage.dir.path().join("sshgw-console.service");
     std::os::unix::fs::symlink(&binary, &binary_link)?;
-    std::os::unix::fs::symlink(unit, &unit_link)?;
+    std::os::unix::fs::symlink(&units.daemon, &unit_link)?;
+    std::os::unix::fs::symlink(&units.console, &console_unit_link)?;
 
     let remote_dir = remote.make_temp_dir()?;
     log(&format!("copying to {host}:{remote_dir}/"));
@@ -199,7 +221,13 @@ fn deploy_host(workspace: &Path, unit: &Path, host: &str, args: &DeployArgs) -> 
         remote
             .scp()
             .arg("--")
-            .args([&stage.script, &stage.config, &unit_link, &binary_link])
+            .args([
+                &stage.script,
+                &stage.config,
+                &unit_link,
+                &console_unit_link,
+                &binary_link,
+            ])
             .arg(format!("{}:{remote_dir}/", scp_host(host))),
     );
     if let Err(err) = copied {
@@ -318,7 +346,8 @@ fn remote_install_command(dir: &str, sudo: bool) -> String {
     let sudo = if sudo { "sudo -n " } else { "" };
     format!(
         "{sudo}sh {dir}/install.sh --binary {dir}/sshgw --unit {dir}/sshgw.service \
-         --config {dir}/sshgw.toml; rc=$?; rm -rf {dir}; exit $rc"
+         --config {dir}/sshgw.toml --console-unit {dir}/sshgw-console.service; rc=$?; \
+         rm -rf {dir}; exit $rc"
     )
 }
 
@@ -509,6 +538,9 @@ mod tests {
             "CONF=/etc/sshgw/sshgw.toml",
             "install_file \"$binary\" \"$BIN\" 0755",
             "install_file \"$unit\" \"$UNIT\" 0644",
+            "CONSOLE_UNIT=/etc/systemd/system/sshgw-console.service",
+            "install_file \"$console_unit\" \"$CONSOLE_UNIT\" 0644",
+            "systemctl enable --now sshgw-console",
             "chmod 0750 \"$P$CONF_DIR\"",
             "chown \"root:$SVC\"",
             // Never overwrite an existing config (a dangling symlink counts as existing).
@@ -529,6 +561,13 @@ mod tests {
             .map(str::trim_start)
             .filter(|l| !l.starts_with('#') && !l.starts_with("say "))
             .collect();
+        // The console's unit is installed, never enabled: only the daemon's name is.
+        assert!(
+            !code
+                .iter()
+                .any(|l| l.contains("enable") && l.to_lowercase().contains("console")),
+            "install.sh enables the console unit"
+        );
         for forbidden in [
             "systemctl start",
             "systemctl restart",
@@ -550,7 +589,8 @@ mod tests {
             "sudo -n sh /tmp/sshgw-deploy.AbC123/install.sh \
              --binary /tmp/sshgw-deploy.AbC123/sshgw \
              --unit /tmp/sshgw-deploy.AbC123/sshgw.service \
-             --config /tmp/sshgw-deploy.AbC123/sshgw.toml; \
+             --config /tmp/sshgw-deploy.AbC123/sshgw.toml \
+             --console-unit /tmp/sshgw-deploy.AbC123/sshgw-console.service; \
              rc=$?; rm -rf /tmp/sshgw-deploy.AbC123; exit $rc"
         );
         assert!(remote_install_command("/tmp/x", false).starts_with("sh /tmp/x/install.sh "));
