@@ -165,7 +165,10 @@ fn root_install_layout_and_config_is_never_overwritten() {
             Entry::Link(unit_link.clone()),
         ),
         ("etc/systemd/system/sshgw.service", Entry::File(0o644)),
-        ("etc/systemd/system/sshgw-console.service", Entry::File(0o644)),
+        (
+            "etc/systemd/system/sshgw-console.service",
+            Entry::File(0o644),
+        ),
         ("usr", Entry::Dir(0o755)),
         ("usr/local", Entry::Dir(0o755)),
         ("usr/local/bin", Entry::Dir(0o755)),
