@@ -809,3 +809,84 @@ fn api_refusals_and_static_path_traversal() {
         Ok(())
     });
 }
+
+/// One raw HTTP/1.1 request with extra headers: the status.
+fn raw_status(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request += &format!("{name}: {value}\r\n");
+    }
+    request += "Content-Length: 0\r\n\r\n";
+    stream.write_all(request.as_bytes())?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP reply: {reply:?}"))
+}
+
+/// Review findings, over the wire: a client that pipelines requests and hangs up used to
+/// kill the console (SIGPIPE on the next write); and with client certificates another site
+/// could make the auditor's browser kill a session (no origin check).
+#[test]
+fn console_survives_hangups_and_refuses_cross_site_requests() {
+    lab_test(|lab| {
+        let (_sshd, gw, id) = local_lab(lab)?;
+        let console = Console::start(lab, gw.config_path(), &[])?;
+        let token = console::read_token(gw.state_dir())?;
+        let bearer = format!("Bearer {token}");
+        let addr = console
+            .url()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        for _ in 0..20 {
+            use std::io::Write;
+            let mut stream = std::net::TcpStream::connect(&addr)?;
+            // A large answer (the player, hundreds of KiB) takes many writes: the ones after
+            // the client's reset fail with EPIPE.
+            let request = b"GET /vendor/asciinema-player.min.js HTTP/1.1\r\nHost: x\r\n\r\n";
+            stream.write_all(request.repeat(3).as_slice())?;
+        }
+        let status = raw_status(&addr, "GET", "/api/v1/info", &[("Authorization", &bearer)])?;
+        ensure!(
+            status == 200 && console.proc().is_running(),
+            "the console should outlive clients that hang up (status {status}, running {})",
+            console.proc().is_running()
+        );
+
+        let kill = format!("/api/v1/sessions/{id}/kill");
+        for (name, value) in [
+            ("Origin", "https://evil.example"),
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Sec-Fetch-Site", "same-site"),
+        ] {
+            let status = raw_status(
+                &addr,
+                "POST",
+                &kill,
+                &[("Authorization", &bearer), (name, value)],
+            )?;
+            ensure!(
+                status == 403,
+                "POST kill with {name}: {value} answered {status}, not 403"
+            );
+        }
+        let own = format!("http://{addr}");
+        for headers in [
+            vec![("Origin", own.as_str()), ("Sec-Fetch-Site", "same-origin")],
+            vec![],
+        ] {
+            let mut all = headers.clone();
+            all.push(("Authorization", &bearer));
+            let status = raw_status(&addr, "GET", "/api/v1/info", &all)?;
+            ensure!(status == 200, "GET info with {headers:?} answered {status}");
+        }
+        Ok(())
+    })
+}

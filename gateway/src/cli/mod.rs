@@ -155,9 +155,10 @@ pub struct Refused(pub String);
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. }) {
-        // Behave like any Unix filter: `sshgw sessions | head` ends quietly. (The daemon
-        // keeps Rust's default of ignoring SIGPIPE, so a vanished peer is just an error.)
+    if !matches!(cli.command, Command::Run { .. } | Command::Console { .. }) {
+        // Behave like any Unix filter: `sshgw sessions | head` ends quietly. (The servers,
+        // the daemon and the console, keep Rust's default of ignoring SIGPIPE, so a
+        // vanished peer is just an error, never the end of the process.)
         // SAFETY: setting a signal disposition before any other thread exists.
         #[allow(unsafe_code)] // reason: SIGPIPE's disposition is set through libc::signal
         unsafe {

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
@@ -13,10 +12,10 @@ use hyper::{
 };
 use serde_json::{Value, json};
 
-use super::{Console, assets, chart, query, recordings::Missing, source};
+use super::{Console, assets, body::Body, chart, query, recordings::Missing, source};
 use crate::control::client::{Client, ClientError};
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<Body>;
 
 /// The page runs only its own scripts and the wasm reader, talks only to this origin and
 /// cannot be framed.
@@ -34,6 +33,10 @@ pub async fn handle(
     by_cert: bool,
 ) -> Reply {
     let mut reply = match req.uri().path().strip_prefix("/api/") {
+        Some(_) if !same_site(&req) => error(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: the API answers the console's own page only",
+        ),
         Some(rest) => {
             if by_cert || authorized(console, &req) {
                 api(console, &req, rest, peer).await
@@ -51,6 +54,27 @@ fn authorized(console: &Console, req: &Request<Incoming>) -> bool {
     req.headers()
         .get(header::AUTHORIZATION)
         .is_some_and(|v| console.token.accepts(v.as_bytes()))
+}
+
+/// Whether the browser says the request comes from the console's own page (or from no
+/// page: curl, scripts). A client certificate goes with any request the browser sends to
+/// this host, also one another site makes it send: without this, such a site could kill a
+/// session with the auditor's certificate.
+fn same_site(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .is_none_or(|v| v == "same-origin" || v == "none");
+    let origin = match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, rest)| rest.as_bytes() == host.as_bytes()),
+        (Some(_), None) => false,
+    };
+    fetch_site && origin
 }
 
 fn unauthorized() -> Reply {
@@ -92,7 +116,7 @@ fn file(req: &Request<Incoming>) -> Reply {
     }
     match assets::find(req.uri().path()) {
         Some((bytes, content_type)) => {
-            let mut reply = Response::new(Full::new(Bytes::from_static(bytes)));
+            let mut reply = Response::new(Body::new(Bytes::from_static(bytes)));
             let headers = reply.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -134,7 +158,7 @@ async fn api(console: &Console, req: &Request<Incoming>, rest: &str, peer: Socke
 }
 
 pub fn json_reply(status: StatusCode, body: &Value) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut reply = Response::new(Body::new(body.to_string()));
     *reply.status_mut() = status;
     reply.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -181,10 +205,12 @@ async fn chart(console: &Console, q: Option<&str>) -> Reply {
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     match console.source.starts(&q, CHART_ROWS).await {
-        Ok(starts) => json_reply(
-            StatusCode::OK,
-            &chart::buckets(&starts, q.by.as_deref() == Some("user")),
-        ),
+        Ok(starts) => {
+            let mut chart = chart::buckets(&starts, q.by.as_deref() == Some("user"));
+            // The count above the chart covers every match; say when the chart does not.
+            chart["truncated"] = json!(starts.len() as u32 >= CHART_ROWS);
+            json_reply(StatusCode::OK, &chart)
+        }
         Err(e) => failed(e),
     }
 }
@@ -229,8 +255,8 @@ async fn recording(console: &Console, id: &str, n: &str, q: Option<&str>) -> Rep
         );
     };
     match console.recordings.get(channel).await {
-        Ok(bytes) => {
-            let mut reply = Response::new(Full::new(Bytes::from(bytes)));
+        Ok((bytes, held)) => {
+            let mut reply = Response::new(Body::held(bytes, held));
             reply.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),

@@ -63,9 +63,16 @@ pub fn buckets(starts: &[(i64, Option<String>, String)], by_user: bool) -> Value
         };
         *counts.entry(bucket).or_default().entry(series).or_default() += 1;
     }
-    let buckets: Vec<Value> = counts
-        .into_iter()
-        .map(|(start, counts)| json!({ "start": format_time(start), "counts": counts }))
+    // Every bucket from the first to the last, empty ones too: a gap shows as a gap.
+    let first_bucket = first.div_euclid(width_us) * width_us;
+    let last_bucket = last.div_euclid(width_us) * width_us;
+    let buckets: Vec<Value> = (0..)
+        .map(|i| first_bucket + i * width_us)
+        .take_while(|start| *start <= last_bucket)
+        .map(|start| {
+            let counts = counts.remove(&start).unwrap_or_default();
+            json!({ "start": format_time(start), "counts": counts })
+        })
         .collect();
     json!({ "by": by, "bucket_secs": width, "buckets": buckets })
 }
@@ -88,11 +95,17 @@ mod tests {
         let chart = buckets(&starts, false);
         assert_eq!(chart["bucket_secs"], 300);
         let buckets = chart["buckets"].as_array().unwrap();
-        assert_eq!(buckets.len(), 2);
+        // 13 buckets of 5 minutes, the 11 between the two empty.
+        assert_eq!(buckets.len(), 13);
         assert_eq!(buckets[0]["counts"]["192.0.2.10:22"], 2);
-        assert_eq!(buckets[1]["counts"]["192.0.2.11:22"], 1);
+        assert_eq!(buckets[5]["counts"], json!({}));
+        assert_eq!(buckets[12]["counts"]["192.0.2.11:22"], 1);
         let by_user = buckets_by_user(&starts);
         assert_eq!(by_user["buckets"][0]["counts"]["a@x"], 1);
+        assert!(
+            by_user["buckets"].as_array().unwrap().len() <= MAX_BUCKETS as usize + 1,
+            "{by_user}"
+        );
         assert_eq!(by_user["buckets"][0]["counts"]["b@x"], 1);
     }
 

@@ -10,11 +10,13 @@
 
 mod api;
 mod assets;
+mod body;
 mod chart;
 mod query;
 mod recordings;
 mod serve;
 mod source;
+mod stall;
 mod tls;
 mod token;
 

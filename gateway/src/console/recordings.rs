@@ -1,10 +1,13 @@
 //! A channel's recording as stored (still encrypted): from this router's recordings
 //! directory, else from object storage by the key, version and SHA-256 the log recorded.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context, Result};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     config::Config,
@@ -15,15 +18,16 @@ use crate::{
 /// The largest recording handed out: the page's reader decrypts at most this much
 /// (`MAX_RECORDING_BYTES` of console-wasm); larger ones are for `sshgw recording fetch`.
 pub const MAX_BYTES: usize = 256 << 20;
-/// Recordings read into memory at once (each up to [`MAX_BYTES`]).
-const AT_ONCE: usize = 2;
+/// MiB of recordings held in memory at once, from reading them until their answer is sent
+/// (or the client is gone); further requests wait.
+const BUDGET_MIB: u32 = 512;
 
 pub struct Recordings {
     /// This router's recordings directory (not with `--central`: the paths there are
     /// other routers').
     dir: Option<PathBuf>,
     bucket: Option<Bucket>,
-    reading: Semaphore,
+    budget: Arc<Semaphore>,
 }
 
 /// Why a recording cannot be handed out.
@@ -61,23 +65,35 @@ impl Recordings {
         Ok(Recordings {
             dir,
             bucket,
-            reading: Semaphore::new(AT_ONCE),
+            budget: Arc::new(Semaphore::new(BUDGET_MIB as usize)),
         })
     }
 
-    pub async fn get(&self, channel: &ChannelRecord) -> Result<Vec<u8>, Missing> {
-        let _turn = self.reading.acquire().await.expect("never closed");
+    /// The recording's bytes and their share of the memory budget, to hold until sent.
+    pub async fn get(
+        &self,
+        channel: &ChannelRecord,
+    ) -> Result<(Vec<u8>, OwnedSemaphorePermit), Missing> {
         if let (Some(dir), Some(path)) = (&self.dir, &channel.recording)
-            && let Some(bytes) = read_local(dir, Path::new(path)).await?
+            && let Some(file) = local_file(dir, Path::new(path)).await?
         {
-            return Ok(bytes);
+            let held = self.hold(file.1).await;
+            let bytes = tokio::fs::read(&file.0)
+                .await
+                .with_context(|| format!("cannot read {}", file.0.display()))
+                .map_err(Missing::Failed)?;
+            return Ok((bytes, held));
         }
         match (&channel.recording_object, &self.bucket) {
-            (Some(object), Some(bucket)) => match bucket.get_bytes(object, MAX_BYTES).await {
-                Ok(Some(bytes)) => Ok(bytes),
-                Ok(None) => Err(too_large(&format!("object {}", object.key), None)),
-                Err(e) => Err(Missing::Failed(e)),
-            },
+            (Some(object), Some(bucket)) => {
+                // Its size is known only once downloaded: hold the most it may take.
+                let held = self.hold(MAX_BYTES as u64).await;
+                match bucket.get_bytes(object, MAX_BYTES).await {
+                    Ok(Some(bytes)) => Ok((bytes, held)),
+                    Ok(None) => Err(too_large(&format!("object {}", object.key), None)),
+                    Err(e) => Err(Missing::Failed(e)),
+                }
+            }
             (Some(object), None) => Err(Missing::NotFound(format!(
                 "channel {}: the recording is in object storage ({}), and this config has no \
                  [storage] to fetch it",
@@ -93,11 +109,21 @@ impl Recordings {
             ))),
         }
     }
+
+    /// Waits for `bytes` (at least 1 MiB) of the budget.
+    async fn hold(&self, bytes: u64) -> OwnedSemaphorePermit {
+        let mib = bytes.div_ceil(1 << 20).clamp(1, u64::from(BUDGET_MIB)) as u32;
+        self.budget
+            .clone()
+            .acquire_many_owned(mib)
+            .await
+            .expect("the budget is never closed")
+    }
 }
 
-/// The file at `path` if it exists and lies inside `dir` (a path the log names is never
-/// followed out of the recordings directory).
-async fn read_local(dir: &Path, path: &Path) -> Result<Option<Vec<u8>>, Missing> {
+/// The file at `path` and its size, if it exists and lies inside `dir` (a path the log
+/// names is never followed out of the recordings directory).
+async fn local_file(dir: &Path, path: &Path) -> Result<Option<(PathBuf, u64)>, Missing> {
     let full = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -121,11 +147,7 @@ async fn read_local(dir: &Path, path: &Path) -> Result<Option<Vec<u8>>, Missing>
     if size > MAX_BYTES as u64 {
         return Err(too_large(&full.display().to_string(), Some(size)));
     }
-    tokio::fs::read(&full)
-        .await
-        .map(Some)
-        .with_context(|| format!("cannot read {}", full.display()))
-        .map_err(Missing::Failed)
+    Ok(Some((full, size)))
 }
 
 /// The canonical path, `None` if it does not exist; other errors (permissions) are errors.

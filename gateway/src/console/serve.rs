@@ -1,5 +1,6 @@
 //! Accepting connections: plain HTTP/1.1 on loopback, or TLS; bounded in number, with a
-//! handshake and header deadline; stops on SIGTERM or SIGINT.
+//! handshake and header deadline, closed when the peer stops reading ([`Stall`]); stops on
+//! SIGTERM or SIGINT.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,7 +14,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use super::{Console, api};
+use super::{Console, api, stall::Stall};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 128;
@@ -52,13 +53,13 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             match acceptor {
-                None => connection(TokioIo::new(stream), console, peer, false).await,
+                None => connection(TokioIo::new(Stall::new(stream)), console, peer, false).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             // A verified certificate was required in the handshake.
                             let by_cert = console.client_certs;
-                            connection(TokioIo::new(tls), console, peer, by_cert).await
+                            connection(TokioIo::new(Stall::new(tls)), console, peer, by_cert).await
                         }
                         Ok(Err(e)) => eprintln!("sshgw console: TLS handshake with {peer}: {e}"),
                         Err(_) => eprintln!("sshgw console: TLS handshake with {peer} timed out"),
