@@ -24,6 +24,16 @@ pub fn usable_size(width: u32, height: u32) -> (u32, u32) {
     )
 }
 
+/// The largest terminal an asciicast names. A client may request any size (a pty or window
+/// change of 60000×60000); players allocate the whole screen and fail on such sizes, so
+/// the export caps each dimension. What the program printed is kept as it was.
+pub const MAX_SIZE: (u32, u32) = (1000, 500);
+
+/// A size as the asciicast gives it: each dimension at most [`MAX_SIZE`].
+pub fn playable_size((width, height): (u32, u32)) -> (u32, u32) {
+    (width.min(MAX_SIZE.0), height.min(MAX_SIZE.1))
+}
+
 /// Events held back while a 0×0 pty waits for its first resize, at most this many bytes.
 const SIZE_WAIT_MAX: usize = 1 << 20;
 
@@ -137,7 +147,7 @@ impl CastSize {
     fn new(pty: Option<(u32, u32)>) -> Self {
         let known = match pty {
             None => Some(DEFAULT_SIZE),
-            Some((w, h)) if w > 0 && h > 0 => Some((w, h)),
+            Some((w, h)) if w > 0 && h > 0 => Some(playable_size((w, h))),
             Some(_) => None,
         };
         CastSize {
@@ -180,6 +190,7 @@ pub fn asciicast<R: Read>(reader: &mut Reader<R>, out: &mut dyn Write) -> Result
                 }
             }
             Kind::Resize { cols, rows } if cols > 0 && rows > 0 => {
+                let (cols, rows) = playable_size((cols, rows));
                 if size.known.is_none() {
                     size.known = Some((cols, rows));
                     write_cast_header(out, &header, (cols, rows))?;
@@ -233,7 +244,7 @@ fn settle(
     pty: Option<(u32, u32)>,
 ) -> Result<()> {
     let (w, h) = pty.unwrap_or(DEFAULT_SIZE);
-    let known = usable_size(w, h);
+    let known = playable_size(usable_size(w, h));
     size.known = Some(known);
     write_cast_header(out, header, known)?;
     out.write_all(&std::mem::take(&mut size.held))?;

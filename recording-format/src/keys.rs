@@ -72,14 +72,17 @@ impl RecordingPrivateKey {
     }
 }
 
-fn decode_key(text: &str, what: &str) -> Result<Vec<u8>> {
+/// The key's 32 bytes, wiped when dropped.
+fn decode_key(text: &str, what: &str) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let text = text.trim();
     if text.is_empty() {
         bail!("invalid {what} key: the file is empty");
     }
-    let bytes = base64_engine()
-        .decode(text)
-        .map_err(|e| anyhow::anyhow!("invalid {what} key: not base64 ({e})"))?;
+    let bytes = zeroize::Zeroizing::new(
+        base64_engine()
+            .decode(text)
+            .map_err(|e| anyhow::anyhow!("invalid {what} key: not base64 ({e})"))?,
+    );
     if bytes.len() != 32 {
         bail!(
             "invalid {what} key: {} bytes, expected 32 (an X25519 key in base64, 44 characters)",

@@ -1259,3 +1259,29 @@ fn a_zero_sized_pty_takes_its_first_resize_or_80_by_24() {
         export::term_data_header(&Reader::open(&bytes[..], &f.private).unwrap().meta().clone());
     assert!(header.contains("COLUMNS=\"80\" LINES=\"24\""), "{header}");
 }
+
+#[test]
+fn a_giant_terminal_is_capped_in_the_asciicast() {
+    // A client may ask for any size; the player must still be able to draw it.
+    let (f, bytes) = recorded_zero_pty(Some((60_000, 60_000)));
+    let cast = cast_of(&f, &bytes);
+    assert_eq!(
+        (cast[0]["width"].as_u64(), cast[0]["height"].as_u64()),
+        (Some(1000), Some(500))
+    );
+    assert!(
+        cast.iter().any(|e| e[1] == "r" && e[2] == "1000x500"),
+        "{cast:?}"
+    );
+    let f = fixture();
+    let mut meta = channel_meta(true);
+    meta.pty.as_mut().unwrap().width = 100_000;
+    let mut writer = FileWriter::create(&f.path, &f.public, &meta, started()).unwrap();
+    writer.data(false, None, 100_000, b"$ ");
+    writer.finish(&Exit::Status(0), 200_000).unwrap();
+    let cast = cast_of(&f, &std::fs::read(&f.path).unwrap());
+    assert_eq!(
+        (cast[0]["width"].as_u64(), cast[0]["height"].as_u64()),
+        (Some(1000), Some(24))
+    );
+}
