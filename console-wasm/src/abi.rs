@@ -34,7 +34,8 @@ pub extern "C" fn sshgw_alloc(len: usize) -> *mut u8 {
     ptr
 }
 
-/// Releases a result buffer of `len` bytes (or an input buffer never passed on).
+/// Releases a result buffer of `len` bytes (or an input buffer never passed on), zeroing
+/// it first: results hold decrypted sessions, inputs may hold the key.
 ///
 /// # Safety
 /// As [`take`].
@@ -42,7 +43,7 @@ pub extern "C" fn sshgw_alloc(len: usize) -> *mut u8 {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sshgw_free(ptr: *mut u8, len: usize) {
     // SAFETY: the caller passes a buffer this module handed out, with its length.
-    drop(unsafe { take(ptr, len) });
+    unsafe { take(ptr, len) }.zeroize();
 }
 
 /// The key's public half, or why the text is not a private key.

@@ -3,10 +3,32 @@
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
+// Control, bidirectional and invisible format characters in text the audited user
+// controls (file names, logins, commands) could make it read as something else
+// ("invoice\u202Eexe.pdf" shows as "invoicefdp.exe"; a newline fakes a second line). Every
+// text the page shows has them as visible escapes instead.
+const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+// The same, less newline, carriage return and tab: for program output shown as lines.
+const HIDDEN_IN_LINES = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+
+function escapeChar(c) {
+  return `⟨U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`;
+}
+
+/** The text with control and format characters shown as ⟨U+XXXX⟩. */
+export function visible(text) {
+  return String(text).replace(HIDDEN, escapeChar);
+}
+
+/** A text node of program output: line breaks and tabs kept, the rest escaped. */
+export function lines(text) {
+  return document.createTextNode(String(text).replace(HIDDEN_IN_LINES, escapeChar));
+}
+
 function append(el, children) {
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
-    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    el.append(child instanceof Node ? child : document.createTextNode(visible(child)));
   }
 }
 
@@ -19,7 +41,7 @@ function setAttrs(el, attrs) {
     } else if (name === "hidden" || name === "disabled" || name === "checked") {
       el[name] = Boolean(value);
     } else {
-      el.setAttribute(name, value === true ? "" : String(value));
+      el.setAttribute(name, value === true ? "" : visible(value));
     }
   }
 }
@@ -49,7 +71,7 @@ export function s(tag, attrs, ...children) {
 
 /** Shows `message` in an alert element, or hides it when the message is empty. */
 export function setAlert(el, message) {
-  el.textContent = message || "";
+  el.textContent = message ? visible(message) : "";
   el.hidden = !message;
 }
 

@@ -5,6 +5,8 @@
 let keyText = null;
 let publicKey = null;
 let glue = null;
+// The glue once loaded, so forgetting the key can reset it at once.
+let loadedGlue = null;
 const listeners = new Set();
 
 // A key file is 44 characters of base64; anything much larger is some other file.
@@ -18,6 +20,7 @@ export function recordingModule() {
     glue = import("./recording.js")
       .then(async (mod) => {
         await mod.init();
+        loadedGlue = mod;
         return mod;
       })
       .catch((e) => {
@@ -76,6 +79,13 @@ export async function loadKeyFile(file) {
 export function forgetKey() {
   keyText = null;
   publicKey = null;
+  // A fresh WebAssembly instance next time: the old one's memory, with whatever key bytes
+  // and decrypted sessions its freed space still holds, goes with it.
+  if (loadedGlue) {
+    loadedGlue.reset();
+    loadedGlue = null;
+    glue = null;
+  }
   notify();
 }
 

@@ -182,6 +182,9 @@ export function listView(root, params) {
       const { svg, legend, table: dataTable } = renderChart(data);
       setAlert(chartError, "");
       chartBox.replaceChildren(
+        data.truncated
+          ? h("p", { class: "hint" }, "The chart counts the newest 100,000 matching sessions only; narrow the filters for the rest.")
+          : null,
         svg,
         legend,
         h("details", { class: "chart-data" }, h("summary", null, "Chart data as a table"), h("div", { class: "table-wrap" }, dataTable)),

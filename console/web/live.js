@@ -1,6 +1,6 @@
 // #/live : the daemon's active sessions, with a confirmed kill.
 import { api } from "./api.js";
-import { h, fill, setAlert, uniqueId } from "./dom.js";
+import { h, fill, setAlert, uniqueId, visible } from "./dom.js";
 import { timeEl, durationText, elapsedMs, bytesEl, utcText } from "./format.js";
 import { sessionHref } from "./list.js";
 
@@ -110,7 +110,7 @@ export function liveView(root) {
       const res = await api(`sessions/${encodeURIComponent(x.id)}/kill`, { method: "POST" });
       opener = null;
       closeDialog();
-      statusEl.textContent = `Session ${res && res.killed ? res.killed : x.id} (${who(x)} to ${x.destination}) was killed.`;
+      statusEl.textContent = visible(`Session ${res && res.killed ? res.killed : x.id} (${who(x)} to ${x.destination}) was killed.`);
       refreshBtn.focus();
       await untilGone(x.id);
     } catch (e) {
@@ -169,7 +169,7 @@ export function liveView(root) {
       const sessions = Array.isArray(data.sessions) ? data.sessions : [];
       if (data.available === false) {
         unavailable.hidden = false;
-        unavailable.textContent = `Live sessions are not available: ${data.reason || "no reason given"}.`;
+        unavailable.textContent = visible(`Live sessions are not available: ${data.reason || "no reason given"}.`);
         tableWrap.hidden = true;
       } else {
         unavailable.hidden = true;

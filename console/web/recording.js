@@ -35,13 +35,31 @@ function put(bytes) {
   return [ptr, bytes.length];
 }
 
-/** Reads and frees a result buffer: 4 bytes little-endian length, then JSON. */
+/** Reads and frees (zeroed) a result buffer: 4 bytes little-endian length, then JSON. */
 function take(ptr) {
   const w = loaded();
   const len = new DataView(w.memory.buffer, ptr, 4).getUint32(0, true);
-  const json = new TextDecoder().decode(new Uint8Array(w.memory.buffer, ptr + 4, len));
-  w.sshgw_free(ptr, 4 + len);
-  return JSON.parse(json);
+  try {
+    const json = new TextDecoder().decode(new Uint8Array(w.memory.buffer, ptr + 4, len));
+    return JSON.parse(json);
+  } catch (e) {
+    // The browser's string limit (about 512 Mi characters in Chromium).
+    return {
+      ok: false,
+      class: "too_large",
+      error: `the decrypted recording is too large for the page (${e.message}): fetch it on a workstation and use \`sshgw recording export\``,
+    };
+  } finally {
+    w.sshgw_free(ptr, 4 + len);
+  }
+}
+
+/**
+ * Drops the module and with it all of its memory (which never shrinks and may still hold
+ * key bytes or decrypted sessions in freed space); the next call of init() starts afresh.
+ */
+export function reset() {
+  wasm = null;
 }
 
 /**

@@ -1,7 +1,7 @@
 // #/sessions/ID?router=R : one session, its channels (replay, text, downloads) and its
 // file-operation timeline. Recordings are fetched encrypted and decrypted in the page.
 import { api, withQuery } from "./api.js";
-import { h, setAlert, uniqueId, saveFile } from "./dom.js";
+import { h, lines, setAlert, uniqueId, saveFile } from "./dom.js";
 import { timeEl, durationText, elapsedMs, bytesEl, bytesText } from "./format.js";
 import { hasKey, decrypt, onKeyChange } from "./keystore.js";
 
@@ -110,6 +110,16 @@ function playerPanel(cast, label) {
   let player = null;
   let playing = true;
 
+  // The player reports some failures only later, as errors of the page (a terminal too
+  // large to draw, for one): shown here instead of a silently blank player.
+  function failed(ev) {
+    if (!player) return;
+    const reason = ev.reason || ev.error || ev.message || "unknown error";
+    setAlert(problem, `The player failed: ${reason.message || reason}`);
+  }
+  window.addEventListener("error", failed);
+  window.addEventListener("unhandledrejection", failed);
+
   function create(startAt) {
     if (player) player.dispose();
     player = null;
@@ -163,7 +173,15 @@ function playerPanel(cast, label) {
     box,
   );
   // Created once the panel is in the document, so the player can measure its box.
-  return { el, start: () => create(0), dispose: () => player && player.dispose() };
+  return {
+    el,
+    start: () => create(0),
+    dispose: () => {
+      window.removeEventListener("error", failed);
+      window.removeEventListener("unhandledrejection", failed);
+      if (player) player.dispose();
+    },
+  };
 }
 
 function textPanel(text) {
@@ -174,13 +192,13 @@ function textPanel(text) {
     { class: "text-panel" },
     h("h4", null, "Output"),
     output ? null : h("p", { class: "muted" }, "(no output)"),
-    h("pre", { "data-testid": "channel-text", class: "channel-text", tabindex: "0" }, output),
+    h("pre", { "data-testid": "channel-text", class: "channel-text", tabindex: "0" }, lines(output)),
     input
       ? h(
           "details",
           { open: true },
           h("summary", null, `Input from the client (${bytesText(new TextEncoder().encode(input).length)})`),
-          h("pre", { "data-testid": "channel-input", class: "channel-text", tabindex: "0" }, input),
+          h("pre", { "data-testid": "channel-input", class: "channel-text", tabindex: "0" }, lines(input)),
         )
       : h("p", { class: "muted" }, "No input from the client was recorded."),
   );
