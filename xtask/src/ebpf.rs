@@ -10,11 +10,18 @@ use crate::util;
 
 const PACKAGE: &str = "gateway-ebpf";
 const BIN: &str = "sshgw-datapath";
+/// An empty TC program, built alongside for the benchmark's hook-cost baseline.
+const EMPTY_BIN: &str = "sshgw-datapath-empty";
 const TARGET: &str = "bpfel-unknown-none";
 
 /// Where the release eBPF object ends up.
 pub fn object_path(target_dir: &Path) -> PathBuf {
     target_dir.join(TARGET).join("release").join(BIN)
+}
+
+/// Where the empty program's object ends up (`sshgw-bench` looks for it there).
+pub fn empty_object_path(target_dir: &Path) -> PathBuf {
+    target_dir.join(TARGET).join("release").join(EMPTY_BIN)
 }
 
 /// The `bpf_target_arch` cfg for the host, which is also where the program will run.
@@ -57,20 +64,23 @@ pub fn build(root: &Path, prereqs: &Prereqs) -> Result<PathBuf> {
     println!("[build-ebpf] building {PACKAGE} for {TARGET} (bpf_target_arch={arch})");
     util::run(&mut cmd)?;
 
-    let object = object_path(&util::target_dir(root));
-    let size = std::fs::metadata(&object)
-        .with_context(|| {
-            format!(
-                "the eBPF build finished but {} is missing (was the `{BIN}` bin renamed?)",
-                object.display()
-            )
-        })?
-        .len();
-    println!(
-        "[build-ebpf] {} ({size} bytes, {:.1} KiB)",
-        object.display(),
-        size as f64 / 1024.0
-    );
+    let target_dir = util::target_dir(root);
+    let object = object_path(&target_dir);
+    for (path, bin) in [(&object, BIN), (&empty_object_path(&target_dir), EMPTY_BIN)] {
+        let size = std::fs::metadata(path)
+            .with_context(|| {
+                format!(
+                    "the eBPF build finished but {} is missing (was the `{bin}` bin renamed?)",
+                    path.display()
+                )
+            })?
+            .len();
+        println!(
+            "[build-ebpf] {} ({size} bytes, {:.1} KiB)",
+            path.display(),
+            size as f64 / 1024.0
+        );
+    }
     Ok(object)
 }
 
@@ -97,6 +107,10 @@ mod tests {
         assert_eq!(
             object_path(Path::new("/w/target")),
             Path::new("/w/target/bpfel-unknown-none/release/sshgw-datapath")
+        );
+        assert_eq!(
+            empty_object_path(Path::new("/w/target")),
+            Path::new("/w/target/bpfel-unknown-none/release/sshgw-datapath-empty")
         );
     }
 
