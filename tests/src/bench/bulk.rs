@@ -27,7 +27,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use super::env::{BenchEnv, Route};
-use super::stats::{Series, median, ratio};
+use super::stats::{Series, median, num, ratio};
 use super::sys;
 
 pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -72,6 +72,23 @@ pub struct BulkSample {
     pub command_cpu_s: f64,
     /// None on the direct route.
     pub sshgw_cpu_s: Option<f64>,
+}
+
+impl BulkSample {
+    /// The progress line of one sample: `LABEL round R/N`, throughput and CPU times.
+    pub fn progress(&self, label: &str, rounds: usize) -> String {
+        format!(
+            "{label} round {}/{rounds} {:<8} {:<13} {:8.1} MiB/s  ssh {:.2}s sshd {:.2}s sshgw {}",
+            self.round + 1,
+            self.direction.label(),
+            self.route.label(),
+            self.mib_per_s,
+            self.ssh_cpu_s,
+            self.sshd_cpu_s,
+            self.sshgw_cpu_s
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}s")),
+        )
+    }
 }
 
 /// How to run one transfer.
@@ -264,6 +281,8 @@ pub struct BulkFigure {
     pub samples: Vec<BulkSample>,
     pub summary: Vec<BulkSummary>,
     pub cpu: Vec<CpuSummary>,
+    /// The device leg's cipher via sshgw (`ssh -v`), for the crypto floor.
+    pub device_cipher: Option<String>,
 }
 
 impl BulkFigure {
@@ -275,6 +294,14 @@ impl BulkFigure {
 
     pub fn setup_cpu(&self, route: Route) -> Option<&SetupCpu> {
         self.setup_cpu.iter().find(|s| s.route == route)
+    }
+
+    /// The throughput total CPU predicts when ssh, sshd and sshgw share `cores` cores and
+    /// nothing else limits: `cores` / (their CPU seconds per GiB), in MiB/s.
+    pub fn cpu_bound_mib_s(s: &BulkSummary, cores: usize) -> f64 {
+        let total =
+            s.ssh_cpu_s_per_gib + s.sshd_cpu_s_per_gib + s.sshgw_cpu_s_per_gib.unwrap_or(0.0);
+        cores as f64 / total * 1024.0
     }
 
     pub fn cpu(&self, route: Route, direction: Direction) -> Option<&CpuSummary> {
@@ -325,32 +352,10 @@ pub fn run(
         ));
         setup_cpu.push(cpu);
     }
-    let mut samples = Vec::new();
-    for round in 0..rounds {
-        for direction in Direction::ALL {
-            for route in Route::ALL {
-                let s = Transfer {
-                    route,
-                    direction,
-                    bytes,
-                }
-                .run(env, round)?;
-                log(&format!(
-                    "bulk round {}/{rounds} {:<8} {:<13} {:8.1} MiB/s  ssh {:.2}s sshd {:.2}s sshgw {}",
-                    round + 1,
-                    direction.label(),
-                    route.label(),
-                    s.mib_per_s,
-                    s.ssh_cpu_s,
-                    s.sshd_cpu_s,
-                    s.sshgw_cpu_s
-                        .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}s")),
-                ));
-                samples.push(s);
-            }
-        }
-    }
-    Ok(summarize(bytes, rounds, setup_cpu, samples))
+    let samples = interleaved(env, bytes, rounds, &Direction::ALL, "bulk", log)?;
+    let mut figure = summarize(bytes, rounds, setup_cpu, samples);
+    figure.device_cipher = env.negotiated(Route::Sshgw, true).ok().map(|n| n.cipher);
+    Ok(figure)
 }
 
 pub fn summarize(
@@ -432,5 +437,62 @@ pub fn summarize(
         samples,
         summary,
         cpu,
+        device_cipher: None,
+    }
+}
+
+/// `rounds` rounds of transfers, each round every direction over every route in turn (A B
+/// A B), logged as `label`.
+pub fn interleaved(
+    env: &BenchEnv<'_>,
+    bytes: u64,
+    rounds: usize,
+    directions: &[Direction],
+    label: &str,
+    log: &dyn Fn(&str),
+) -> Result<Vec<BulkSample>> {
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        for &direction in directions {
+            for route in Route::ALL {
+                let s = Transfer {
+                    route,
+                    direction,
+                    bytes,
+                }
+                .run(env, round)?;
+                log(&s.progress(label, rounds));
+                samples.push(s);
+            }
+        }
+    }
+    Ok(samples)
+}
+
+impl BulkFigure {
+    /// The figure's table: throughput, ratio to direct, the CPU-bound prediction
+    /// `cpu_bound` gives, and CPU seconds per GiB.
+    pub fn write_table(&self, md: &mut String, cpu_bound: impl Fn(&BulkSummary) -> f64) {
+        use std::fmt::Write as _;
+        md.push_str(
+            "| Route | Direction | MiB/s | vs direct | CPU-bound (MiB/s) | ssh | sshd | sshgw |\n",
+        );
+        md.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+        for s in &self.summary {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} [{}–{}] | {}× | {} | {} | {} | {} |",
+                s.route.label(),
+                s.direction.label(),
+                num(s.mib_per_s.median, 0),
+                num(s.mib_per_s.min, 0),
+                num(s.mib_per_s.max, 0),
+                num(s.ratio_to_direct, 2),
+                num(cpu_bound(s), 0),
+                num(s.ssh_cpu_s_per_gib, 2),
+                num(s.sshd_cpu_s_per_gib, 2),
+                s.sshgw_cpu_s_per_gib.map_or("–".to_owned(), |v| num(v, 2)),
+            );
+        }
     }
 }

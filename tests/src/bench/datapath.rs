@@ -8,32 +8,52 @@
 //!   the program also looks up a local socket for every non-SYN packet), and SSH that is
 //!   intercepted. A "packet" is one skb: veth passes GSO super-packets of up to 64 KiB,
 //!   which is why bytes per packet is reported too.
+//! * The hook's own cost: the same accounting of an empty program (`sshgw-datapath-empty`
+//!   from gateway-ebpf, which only returns `TC_ACT_PIPE`), attached the way the daemon
+//!   attaches its program (TCX ingress of `r0`, first, through aya from this process) while
+//!   the daemon is stopped with its datapath removed, over the same traffic: the plain TCP
+//!   transfer and the non-audited SSH upload. Its `run_time_ns` is what the kernel's
+//!   accounting and the call cost on their own; "minus the hook" is real − empty per class
+//!   (the intercepted class is set against the empty program's non-audited SSH figure: the
+//!   same kind of packets, and without the daemon nothing is intercepted).
 //! * Forwarded throughput: a bulk TCP transfer from `dev` to 203.0.113.20:5201 in `srv`
 //!   through the router, with the program attached and with the datapath removed (the
 //!   daemon runs with `on_stop = "remove"` and is stopped for those samples), interleaved
 //!   with the order swapped every round, and with the daemon idle (its CPU time steady)
-//!   before a sample with the program.
+//!   before a sample with the program. Each round is a pair, and the figure is the median
+//!   over the rounds of with / without of the same round, with its min–max and quartiles
+//!   (the ratio of the two medians is kept for comparison). While stopped, a third sample
+//!   runs with the empty program attached (after the bare one).
 //!   The sender and receiver are this binary (`sshgw-bench tcp-source` / `tcp-sink`): the
 //!   sender writes N bytes, half-closes, and stops the clock when the receiver
 //!   acknowledges that it has read all N.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::bulk::{Direction, MIB, Transfer};
 use super::env::{BenchEnv, Route};
-use super::stats::{Series, median, ratio};
+use super::stats::{Series, median, quantile, ratio};
 use crate::gateway::{bpf_link_exists, bpftool};
+use crate::topology::iface;
 
 /// The port of the plain TCP transfer (not in `[datapath] ports`).
 pub const TCP_PORT: u16 = 5201;
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// The empty program's object (built by `cargo xtask build-ebpf` next to the real one) and
+/// its entry point; `SSHGW_EBPF_EMPTY_OBJECT` overrides the path.
+const EMPTY_OBJECT: &str = "bpfel-unknown-none/release/sshgw-datapath-empty";
+const EMPTY_OBJECT_ENV: &str = "SSHGW_EBPF_EMPTY_OBJECT";
+const EMPTY_PROGRAM: &str = "sshgw_empty";
 
 /// Turns on BPF run-time statistics (a host-wide sysctl) and restores the old value on drop.
 pub struct BpfStats {
@@ -94,6 +114,11 @@ pub struct ProgCost {
     pub bytes_per_packet: f64,
     /// ns per packet of each sample.
     pub samples: Vec<f64>,
+    /// The empty program's ns per packet on the same kind of traffic (NaN: not measured,
+    /// and for the empty program's own rows).
+    pub empty_ns_per_packet: f64,
+    /// `ns_per_packet - empty_ns_per_packet`: the program's cost minus the hook's.
+    pub minus_hook_ns: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,16 +127,31 @@ pub struct DatapathFigure {
     pub rounds: usize,
     pub with_program_mib_s: Series,
     pub without_program_mib_s: Series,
-    /// Median with / median without.
+    /// With the empty program attached instead (daemon stopped).
+    pub empty_program_mib_s: Series,
+    /// Median with / median without (kept for comparison).
     pub ratio: f64,
-    /// Median over the rounds of with / without of the same round.
+    /// Median over the rounds of with / without of the same round (`paired.median`).
     pub paired_ratio: f64,
+    /// With / without of each round, in round order, and its summary.
+    pub paired: Series,
+    /// First and third quartiles of `paired`.
+    pub paired_q1: f64,
+    pub paired_q3: f64,
+    /// Empty program / without of each round.
+    pub empty_paired: Series,
     pub costs: Vec<ProgCost>,
+    /// The empty program's cost per class (`empty_ns_per_packet` of `costs` comes from here).
+    pub empty_costs: Vec<ProgCost>,
 }
 
 impl DatapathFigure {
     pub fn cost(&self, class: &str) -> Option<&ProgCost> {
         self.costs.iter().find(|c| c.class == class)
+    }
+
+    pub fn empty_cost(&self, class: &str) -> Option<&ProgCost> {
+        self.empty_costs.iter().find(|c| c.class == class)
     }
 }
 
@@ -154,7 +194,140 @@ impl CostAcc {
             ns_per_packet: ratio(self.total.run_time_ns as f64, self.total.run_cnt as f64),
             bytes_per_packet: ratio(self.bytes as f64, self.total.run_cnt as f64),
             samples: self.samples,
+            empty_ns_per_packet: f64::NAN,
+            minus_hook_ns: f64::NAN,
         }
+    }
+}
+
+/// Sets `real`'s empty-program figure and the difference.
+fn subtract_hook(real: &mut ProgCost, empty: Option<&ProgCost>) {
+    if let Some(empty) = empty {
+        real.empty_ns_per_packet = empty.ns_per_packet;
+        real.minus_hook_ns = real.ns_per_packet - empty.ns_per_packet;
+    }
+}
+
+/// Where the empty program's object is: `SSHGW_EBPF_EMPTY_OBJECT`, or the eBPF target
+/// directory next to this binary's (`<target>/release/sshgw-bench`).
+fn empty_object(exe: &Path) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(EMPTY_OBJECT_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .with_context(|| format!("no target directory above {}", exe.display()))?;
+    let path = target.join(EMPTY_OBJECT);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run `cargo xtask build-ebpf` (or set {EMPTY_OBJECT_ENV})",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The empty program attached to an interface of a network namespace the way the daemon
+/// attaches its own (TCX ingress, first). A thread enters the namespace (`setns` changes only
+/// the calling thread's), loads and attaches the program and holds the link; dropping this
+/// ends the thread, which closes the link and so detaches the program.
+pub struct EmptyProgram {
+    pub program_id: u32,
+    pub link_id: u32,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EmptyProgram {
+    pub fn attach(object: &Path, netns: &Path, interface: &str) -> Result<Self> {
+        let (ids_tx, ids_rx) = mpsc::channel::<Result<(u32, u32)>>();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (object, netns, interface) =
+            (object.to_owned(), netns.to_owned(), interface.to_owned());
+        let thread = std::thread::Builder::new()
+            .name("tc-empty".into())
+            .spawn(move || {
+                let attach = || -> Result<(aya::Ebpf, FdLink, u32, u32)> {
+                    let ns = std::fs::File::open(&netns)
+                        .with_context(|| format!("opening {}", netns.display()))?;
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .with_context(|| format!("entering {}", netns.display()))?;
+                    let mut ebpf = aya::Ebpf::load_file(&object)
+                        .with_context(|| format!("loading {}", object.display()))?;
+                    let prog: &mut SchedClassifier = ebpf
+                        .program_mut(EMPTY_PROGRAM)
+                        .with_context(|| {
+                            format!("{} has no program {EMPTY_PROGRAM}", object.display())
+                        })?
+                        .try_into()?;
+                    prog.load().context("loading the empty TC program")?;
+                    let link = prog
+                        .attach_with_options(
+                            &interface,
+                            TcAttachType::Ingress,
+                            TcAttachOptions::TcxOrder(LinkOrder::first()),
+                        )
+                        .with_context(|| format!("attaching the empty program to {interface}"))?;
+                    let program_id = prog.info()?.id();
+                    let link: FdLink = prog
+                        .take_link(link)?
+                        .try_into()
+                        .context("the empty program's link is not a TCX link")?;
+                    let link_id = link.info().context("reading the link's info")?.id();
+                    Ok((ebpf, link, program_id, link_id))
+                };
+                match attach() {
+                    Ok((ebpf, link, program_id, link_id)) => {
+                        let _ = ids_tx.send(Ok((program_id, link_id)));
+                        // Until the sender is dropped.
+                        let _ = stopped.recv();
+                        drop(link);
+                        drop(ebpf);
+                    }
+                    Err(err) => {
+                        let _ = ids_tx.send(Err(err));
+                    }
+                }
+            })
+            .context("spawning the thread that attaches the empty program")?;
+        let mut this = Self {
+            program_id: 0,
+            link_id: 0,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        let (program_id, link_id) = ids_rx
+            .recv()
+            .context("the thread attaching the empty program ended")??;
+        this.program_id = program_id;
+        this.link_id = link_id;
+        Ok(this)
+    }
+
+    /// Detaches the program and checks that its link is gone.
+    pub fn detach(mut self) -> Result<()> {
+        self.stop_thread();
+        if bpf_link_exists(self.link_id)? {
+            bail!(
+                "the empty program's link {} is still attached",
+                self.link_id
+            );
+        }
+        Ok(())
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for EmptyProgram {
+    fn drop(&mut self) {
+        self.stop_thread();
     }
 }
 
@@ -222,6 +395,7 @@ pub fn run(
     rounds: usize,
     log: &dyn Fn(&str),
 ) -> Result<DatapathFigure> {
+    let empty_object = empty_object(exe)?;
     let _stats = BpfStats::enable()?;
     let mut sink_cmd = env.lab.srv.exec_command(exe);
     sink_cmd.args(["tcp-sink", "--listen", &format!("0.0.0.0:{TCP_PORT}")]);
@@ -231,8 +405,11 @@ pub fn run(
     let mut tcp = CostAcc::new(CLASS_TCP);
     let mut ssh_direct = CostAcc::new(CLASS_SSH_DIRECT);
     let mut ssh_gw = CostAcc::new(CLASS_SSH_INTERCEPTED);
+    let mut empty_tcp = CostAcc::new(CLASS_TCP);
+    let mut empty_ssh = CostAcc::new(CLASS_SSH_DIRECT);
     let mut with = Vec::new();
     let mut without = Vec::new();
+    let mut with_empty = Vec::new();
     // Warm-up (ARP, socket buffers autotuning).
     tcp_transfer(env, exe, tcp_bytes.min(64 << 20))?;
     for round in 0..rounds {
@@ -244,7 +421,8 @@ pub fn run(
             tcp.add(tcp_bytes, before, prog_stats(id)?);
             Ok(mib_s)
         };
-        let without_program = |env: &mut BenchEnv<'_>| -> Result<f64> {
+        // Daemon stopped, datapath removed: the bare sample, then the empty program's.
+        let mut without_program = |env: &mut BenchEnv<'_>| -> Result<(f64, f64)> {
             let (_, link) = attachment(env)?;
             env.gw.stop()?;
             if bpf_link_exists(link)? {
@@ -253,10 +431,24 @@ pub fn run(
                 );
             }
             let bare = tcp_transfer(env, exe, tcp_bytes)?;
+            let empty = EmptyProgram::attach(&empty_object, &env.lab.rtr.path(), iface::RTR_LAN)?;
+            let id = empty.program_id;
+            let before = prog_stats(id)?;
+            let empty_mib_s = tcp_transfer(env, exe, tcp_bytes)?;
+            empty_tcp.add(tcp_bytes, before, prog_stats(id)?);
+            let before = prog_stats(id)?;
+            Transfer {
+                route: Route::Direct,
+                direction: Direction::Upload,
+                bytes: ssh_bytes,
+            }
+            .run(env, round)?;
+            empty_ssh.add(ssh_bytes, before, prog_stats(id)?);
+            empty.detach()?;
             env.gw.start()?;
-            Ok(bare)
+            Ok((bare, empty_mib_s))
         };
-        let (mib_s, bare) = if round % 2 == 0 {
+        let (mib_s, (bare, empty_mib_s)) = if round % 2 == 0 {
             let w = with_program(env)?;
             (w, without_program(env)?)
         } else {
@@ -265,9 +457,12 @@ pub fn run(
         };
         with.push(mib_s);
         without.push(bare);
+        with_empty.push(empty_mib_s);
         log(&format!(
-            "datapath round {}/{rounds}: with program {mib_s:.0} MiB/s, without {bare:.0} MiB/s",
-            round + 1
+            "datapath round {}/{rounds}: with program {mib_s:.0} MiB/s, without {bare:.0} MiB/s \
+             ({:.3}×), with the empty program {empty_mib_s:.0} MiB/s",
+            round + 1,
+            mib_s / bare
         ));
 
         let (id, _) = attachment(env)?;
@@ -286,15 +481,50 @@ pub fn run(
         }
     }
     let paired: Vec<f64> = with.iter().zip(&without).map(|(w, b)| w / b).collect();
+    let empty_paired: Vec<f64> = with_empty
+        .iter()
+        .zip(&without)
+        .map(|(e, b)| e / b)
+        .collect();
+    let mut sorted = paired.clone();
+    sorted.sort_by(f64::total_cmp);
+    let paired = Series::new("×", paired);
     let with_program_mib_s = Series::new("MiB/s", with);
     let without_program_mib_s = Series::new("MiB/s", without);
-    let costs = vec![tcp.finish(), ssh_direct.finish(), ssh_gw.finish()];
+    let empty_costs = vec![empty_tcp.finish(), empty_ssh.finish()];
+    let find_empty = |class: &str| empty_costs.iter().find(|c| c.class == class);
+    let mut costs = vec![tcp.finish(), ssh_direct.finish(), ssh_gw.finish()];
+    for c in &mut costs {
+        let like = if c.class == CLASS_SSH_INTERCEPTED {
+            CLASS_SSH_DIRECT
+        } else {
+            c.class
+        };
+        subtract_hook(c, find_empty(like));
+    }
     for c in &costs {
         log(&format!(
-            "TC program, {}: {:.1} ns/packet over {} packets ({:.0} bytes/packet)",
+            "TC program, {}: {:.1} ns/packet over {} packets ({:.0} bytes/packet); \
+             empty program {:.1}, minus the hook {:.1}",
+            c.class,
+            c.ns_per_packet,
+            c.run_cnt,
+            c.bytes_per_packet,
+            c.empty_ns_per_packet,
+            c.minus_hook_ns
+        ));
+    }
+    for c in &empty_costs {
+        log(&format!(
+            "empty TC program, {}: {:.1} ns/packet over {} packets ({:.0} bytes/packet)",
             c.class, c.ns_per_packet, c.run_cnt, c.bytes_per_packet
         ));
     }
+    log(&format!(
+        "forwarded TCP with / without the program, paired over {rounds} rounds: median {:.3}×, \
+         min–max {:.3}–{:.3}×",
+        paired.median, paired.min, paired.max
+    ));
     let _ = sink.kill();
     Ok(DatapathFigure {
         tcp_bytes,
@@ -303,10 +533,16 @@ pub fn run(
             median(&with_program_mib_s.samples),
             median(&without_program_mib_s.samples),
         ),
-        paired_ratio: median(&paired),
+        paired_ratio: paired.median,
+        paired_q1: quantile(&sorted, 0.25),
+        paired_q3: quantile(&sorted, 0.75),
+        paired,
+        empty_paired: Series::new("×", empty_paired),
         with_program_mib_s,
         without_program_mib_s,
+        empty_program_mib_s: Series::new("MiB/s", with_empty),
         costs,
+        empty_costs,
     })
 }
 

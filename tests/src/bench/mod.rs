@@ -9,6 +9,9 @@
 //! * (c) keystroke round trip over a pty: [`latency`];
 //! * (d) concurrent idle sessions, sshgw memory and descriptors: [`concurrency`];
 //! * (e) the TC program's cost on traffic it does not steer: [`datapath`];
+//! * (a) pinned, sshgw on one core and ssh and sshd on the other: [`pinned`];
+//! * (g) the crypto floor of the negotiated AEADs, and sshgw's CPU per GiB against it:
+//!   [`floor`];
 //! * `--profile`: `perf` samples of sshgw during a bulk transfer: [`profile`].
 //!
 //! The outcome is `report.json` (every sample series, medians, p99s, ratios, the machine,
@@ -20,7 +23,9 @@ pub mod bulk;
 pub mod concurrency;
 pub mod datapath;
 pub mod env;
+pub mod floor;
 pub mod latency;
+pub mod pinned;
 pub mod profile;
 pub mod report;
 pub mod setup;
@@ -47,15 +52,21 @@ pub enum Figure {
     Latency,
     Concurrency,
     Datapath,
+    /// The crypto floor (g); its ratios need the bulk figure in the same run.
+    Floor,
+    /// (a) with sshgw on one core, ssh and sshd on the other.
+    BulkPinned,
 }
 
 impl Figure {
-    pub const ALL: [Figure; 5] = [
+    pub const ALL: [Figure; 7] = [
         Figure::Bulk,
         Figure::Setup,
         Figure::Latency,
         Figure::Concurrency,
         Figure::Datapath,
+        Figure::Floor,
+        Figure::BulkPinned,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +76,8 @@ impl Figure {
             Figure::Latency => "latency",
             Figure::Concurrency => "concurrency",
             Figure::Datapath => "datapath",
+            Figure::Floor => "floor",
+            Figure::BulkPinned => "bulk-pinned",
         }
     }
 
@@ -219,6 +232,38 @@ pub fn run(opts: &Options) -> Result<Report> {
         report.bulk = in_lab(Figure::Bulk, &plain, &mut errors, |env| {
             bulk::run(env, s.bulk_bytes, s.bulk_rounds, &log)
         });
+    }
+    if opts.wants(Figure::Floor) {
+        log("== floor");
+        match floor::measure(opts.quick, &opts.gateway_ssh, &log) {
+            Ok(mut f) => {
+                if let Some(b) = &report.bulk {
+                    f.compare(b, &opts.gateway_ssh);
+                }
+                report.floor = Some(f);
+            }
+            Err(err) => {
+                log(&format!("floor FAILED: {err:#}"));
+                errors.push(FigureError {
+                    figure: Figure::Floor,
+                    error: format!("{err:#}"),
+                });
+            }
+        }
+    }
+    if opts.wants(Figure::BulkPinned)
+        && let Some(p) = in_lab(Figure::BulkPinned, &plain, &mut errors, |env| {
+            pinned::run(env, s.bulk_bytes, s.bulk_rounds, &log)
+        })
+    {
+        report.bulk_pinned = Some(p.bulk);
+        report.bulk_parallel = p.parallel;
+        if let Some(error) = p.parallel_error {
+            errors.push(FigureError {
+                figure: Figure::BulkPinned,
+                error: format!("{} parallel uploads: {error}", pinned::PARALLEL),
+            });
+        }
     }
     if opts.wants(Figure::Setup) {
         report.setup = in_lab(Figure::Setup, &plain, &mut errors, |env| {

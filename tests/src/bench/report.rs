@@ -11,10 +11,11 @@ use super::bulk::{BulkFigure, Direction};
 use super::concurrency::ConcurrencyFigure;
 use super::datapath::{self, DatapathFigure};
 use super::env::Route;
+use super::floor::FloorFigure;
 use super::latency::LatencyFigure;
 use super::profile::Profile;
 use super::setup::SetupFigure;
-use super::stats::ratio;
+use super::stats::{num, ratio, size};
 use super::sys::{self, Machine};
 use super::{Figure, Options, Sizes};
 
@@ -90,6 +91,12 @@ pub struct Report {
     pub latency: Option<LatencyFigure>,
     pub concurrency: Option<ConcurrencyFigure>,
     pub datapath: Option<DatapathFigure>,
+    /// (g) the crypto floor; ratios only when `bulk` ran too.
+    pub floor: Option<FloorFigure>,
+    /// (a) with sshgw on one core, ssh and sshd on the other.
+    pub bulk_pinned: Option<BulkFigure>,
+    /// Parallel uploads through the pinned sshgw (part of `bulk-pinned`).
+    pub bulk_parallel: Option<super::pinned::ParallelFigure>,
     pub profiles: Vec<Profile>,
     pub summary: Vec<Row>,
     pub errors: Vec<FigureError>,
@@ -101,28 +108,11 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// `v` with `decimals`, or `n/a`.
-fn num(v: f64, decimals: usize) -> String {
-    if v.is_finite() {
-        format!("{v:.decimals$}")
-    } else {
-        "n/a".to_owned()
-    }
-}
-
 fn signed(v: f64, decimals: usize) -> String {
     if v.is_finite() {
         format!("{v:+.decimals$}")
     } else {
         "n/a".to_owned()
-    }
-}
-
-fn size(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
-        format!("{} GiB", bytes >> 30)
-    } else {
-        format!("{} MiB", bytes >> 20)
     }
 }
 
@@ -144,6 +134,9 @@ impl Report {
             latency: None,
             concurrency: None,
             datapath: None,
+            floor: None,
+            bulk_pinned: None,
+            bulk_parallel: None,
             profiles: Vec::new(),
             summary: Vec::new(),
             errors: Vec::new(),
@@ -349,13 +342,25 @@ impl Report {
                     "≤ 100 ns",
                     self.verdict(c.ns_per_packet <= target::TC_NS_PER_PACKET),
                 );
+                row(
+                    "e) TC program minus the hook (an empty program's cost), non-audited bulk TCP (ns/packet)".to_owned(),
+                    String::new(),
+                    num(c.minus_hook_ns, 1),
+                    format!("empty program {} ns", num(c.empty_ns_per_packet, 1)),
+                    "",
+                    Verdict::Info,
+                );
             }
             if let Some(c) = d.cost(datapath::CLASS_SSH_DIRECT) {
                 row(
                     "e) TC program, non-audited SSH (ns/packet)".to_owned(),
                     String::new(),
                     num(c.ns_per_packet, 1),
-                    format!("{} B/packet", num(c.bytes_per_packet, 0)),
+                    format!(
+                        "{} B/packet; minus the hook {} ns",
+                        num(c.bytes_per_packet, 0),
+                        num(c.minus_hook_ns, 1)
+                    ),
                     "",
                     Verdict::Info,
                 );
@@ -367,9 +372,16 @@ impl Report {
                 ),
                 num(d.without_program_mib_s.median, 0),
                 num(d.with_program_mib_s.median, 0),
-                format!("{}× (paired {}×)", num(d.ratio, 3), num(d.paired_ratio, 3)),
+                format!(
+                    "{}× median of {} paired rounds (min–max {}–{}×; ratio of medians {}×)",
+                    num(d.paired.median, 3),
+                    d.paired.count,
+                    num(d.paired.min, 3),
+                    num(d.paired.max, 3),
+                    num(d.ratio, 3)
+                ),
                 "≥ 0.98×",
-                self.verdict(d.ratio >= target::FORWARDED_RATIO),
+                self.verdict(d.paired.median >= target::FORWARDED_RATIO),
             );
         }
         if let Some(b) = &self.bulk {
@@ -397,6 +409,24 @@ impl Report {
                         },
                     );
                 }
+            }
+        }
+        if let Some(b) = &self.bulk_pinned {
+            for r in super::pinned::rows(b) {
+                let v = r.ok.map_or(Verdict::Info, |ok| self.verdict(ok));
+                row(r.figure, r.direct, r.sshgw, r.comparison, r.target, v);
+            }
+        }
+        if let Some(p) = &self.bulk_parallel {
+            for r in super::pinned::parallel_rows(p) {
+                let v = Verdict::Info;
+                row(r.figure, r.direct, r.sshgw, r.comparison, r.target, v);
+            }
+        }
+        if let Some(f) = &self.floor {
+            for r in f.rows() {
+                let v = r.ok.map_or(Verdict::Info, |ok| self.verdict(ok));
+                row(r.figure, r.direct, r.sshgw, r.comparison, r.target, v);
             }
         }
         rows
@@ -491,23 +521,8 @@ impl Report {
                 size(b.bytes),
                 b.rounds
             );
-            md.push_str("| Route | Direction | MiB/s | vs direct | ssh | sshd | sshgw |\n");
-            md.push_str("|---|---|---:|---:|---:|---:|---:|\n");
-            for s in &b.summary {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} [{}–{}] | {}× | {} | {} | {} |",
-                    s.route.label(),
-                    s.direction.label(),
-                    num(s.mib_per_s.median, 0),
-                    num(s.mib_per_s.min, 0),
-                    num(s.mib_per_s.max, 0),
-                    num(s.ratio_to_direct, 2),
-                    num(s.ssh_cpu_s_per_gib, 2),
-                    num(s.sshd_cpu_s_per_gib, 2),
-                    s.sshgw_cpu_s_per_gib.map_or("–".to_owned(), |v| num(v, 2)),
-                );
-            }
+            let cores = self.machine.cores;
+            b.write_table(md, |s| BulkFigure::cpu_bound_mib_s(s, cores));
             md.push_str("\nCPU seconds of an empty session (setup and teardown, included above):");
             for c in &b.setup_cpu {
                 let _ = write!(
@@ -522,6 +537,20 @@ impl Report {
             }
             md.pop();
             md.push_str(".\n");
+            let _ = writeln!(
+                md,
+                "\nCPU-bound: what total CPU predicts on {} shared cores, {} / (ssh + sshd + sshgw CPU seconds per GiB).",
+                self.machine.cores, self.machine.cores
+            );
+        }
+        if let Some(b) = &self.bulk_pinned {
+            super::pinned::markdown(b, md);
+        }
+        if let Some(p) = &self.bulk_parallel {
+            super::pinned::parallel_markdown(p, md);
+        }
+        if let Some(f) = &self.floor {
+            f.markdown(md);
         }
         if let Some(s) = &self.setup {
             let _ = writeln!(
@@ -584,18 +613,63 @@ impl Report {
                 md,
                 "\n**TC program cost** (`bpf_stats_enabled`, r0 ingress; a packet is one skb, GSO included)\n"
             );
-            md.push_str("| Traffic | Packets | ns/packet | Bytes/packet |\n");
-            md.push_str("|---|---:|---:|---:|\n");
+            md.push_str(
+                "| Traffic | Packets | ns/packet | Bytes/packet | Empty program (ns/packet) | Minus the hook (ns/packet) |\n",
+            );
+            md.push_str("|---|---:|---:|---:|---:|---:|\n");
             for c in &d.costs {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} |",
                     c.class,
                     c.run_cnt,
                     num(c.ns_per_packet, 1),
-                    num(c.bytes_per_packet, 0)
+                    num(c.bytes_per_packet, 0),
+                    num(c.empty_ns_per_packet, 1),
+                    num(c.minus_hook_ns, 1)
                 );
             }
+            let _ = writeln!(
+                md,
+                "\nThe empty program (TCX on r0 while sshgw is stopped) counted {}; the intercepted class is set against its non-audited SSH figure.",
+                d.empty_costs
+                    .iter()
+                    .map(|c| format!(
+                        "{} packets of {} ({} B/packet)",
+                        c.run_cnt,
+                        c.class,
+                        num(c.bytes_per_packet, 0)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+            let _ = writeln!(
+                md,
+                "\n**Forwarded TCP** ({} per sample), with / without the program per round: {}; with the empty program / without: {}\n",
+                size(d.tcp_bytes),
+                d.paired
+                    .samples
+                    .iter()
+                    .map(|r| format!("{}×", num(*r, 3)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                d.empty_paired
+                    .samples
+                    .iter()
+                    .map(|r| format!("{}×", num(*r, 3)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            md.push_str("| Paired ratio | Median | Q1–Q3 | Min–max |\n|---|---:|---:|---:|\n");
+            let _ = writeln!(
+                md,
+                "| with / without | {}× | {}–{}× | {}–{}× |",
+                num(d.paired.median, 3),
+                num(d.paired_q1, 3),
+                num(d.paired_q3, 3),
+                num(d.paired.min, 3),
+                num(d.paired.max, 3)
+            );
         }
         for p in &self.profiles {
             let _ = writeln!(

@@ -67,3 +67,21 @@ pub fn ratio(a: f64, b: f64) -> f64 {
         a / b
     }
 }
+
+/// `v` with `decimals`, or `n/a`.
+pub fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// A transfer size: whole GiB, else MiB.
+pub fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}

@@ -17,7 +17,7 @@ use sshgw_tests::bench::{self, Figure, Options, Sizes, datapath};
 
 const USAGE: &str = "usage:
   sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N] [--gateway-ssh LINE]...
-      FIG: bulk, setup, latency, concurrency, datapath
+      FIG: bulk, setup, latency, concurrency, datapath, floor, bulk-pinned
       --sessions N: idle sessions of the concurrency figure (default 2000, quick 50)
       --gateway-ssh LINE: a line for sshgw's [ssh] table, e.g.
         'upstream_ciphers = [\"aes128-ctr\"]' (repeatable)
