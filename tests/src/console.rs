@@ -82,14 +82,7 @@ impl Console {
             proc,
             url: String::new(),
         };
-        let line = console
-            .proc
-            .wait_for_line(LISTENING, START_TIMEOUT)
-            .context("sshgw console did not report `console: listening on URL`")?;
-        let url = line
-            .split_once(LISTENING)
-            .map(|(_, url)| url.trim().to_owned())
-            .unwrap_or_default();
+        let (line, url) = listening_url(&console.proc)?;
         ensure!(
             url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
             "sshgw console --listen 127.0.0.1:0 should print `{LISTENING}http://127.0.0.1:PORT/`, \
@@ -119,6 +112,18 @@ impl Console {
     pub fn stdout(&self) -> String {
         self.proc.stdout_text()
     }
+}
+
+/// Waits for `console: listening on URL` from a starting console: the line and the URL.
+pub fn listening_url(proc: &Proc) -> Result<(String, String)> {
+    let line = proc
+        .wait_for_line(LISTENING, START_TIMEOUT)
+        .context("sshgw console did not report `console: listening on URL`")?;
+    let url = line
+        .split_once(LISTENING)
+        .map(|(_, url)| url.trim().to_owned())
+        .unwrap_or_default();
+    Ok((line, url))
 }
 
 impl Drop for Console {
@@ -363,8 +368,8 @@ pub fn chunks(path: &Path) -> Result<Vec<(u64, u32)>> {
     Ok(spans)
 }
 
-/// Cuts the file in the middle of chunk `n`'s ciphertext.
-pub fn truncate_inside_chunk(path: &Path, n: usize) -> Result<u64> {
+/// The offset of the middle of chunk `n`'s ciphertext.
+fn middle_of_chunk(path: &Path, n: usize) -> Result<u64> {
     let spans = chunks(path)?;
     let &(at, len) = spans.get(n).with_context(|| {
         format!(
@@ -373,7 +378,12 @@ pub fn truncate_inside_chunk(path: &Path, n: usize) -> Result<u64> {
             spans.len()
         )
     })?;
-    let cut = at + 4 + u64::from(len) / 2;
+    Ok(at + 4 + u64::from(len) / 2)
+}
+
+/// Cuts the file in the middle of chunk `n`'s ciphertext.
+pub fn truncate_inside_chunk(path: &Path, n: usize) -> Result<u64> {
+    let cut = middle_of_chunk(path, n)?;
     OpenOptions::new()
         .write(true)
         .open(path)
@@ -384,15 +394,7 @@ pub fn truncate_inside_chunk(path: &Path, n: usize) -> Result<u64> {
 
 /// Flips one bit of a byte in the middle of chunk `n`'s ciphertext; returns its offset.
 pub fn flip_byte_in_chunk(path: &Path, n: usize) -> Result<u64> {
-    let spans = chunks(path)?;
-    let &(at, len) = spans.get(n).with_context(|| {
-        format!(
-            "{} has {} chunks, no chunk {n}",
-            path.display(),
-            spans.len()
-        )
-    })?;
-    let offset = at + 4 + u64::from(len) / 2;
+    let offset = middle_of_chunk(path, n)?;
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)

@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use crate::central::{NsRef, require_tool};
-use crate::console::{LISTENING, START_TIMEOUT};
+use crate::console::listening_url;
 use crate::gateway::{Gateway, sshgw_bin};
 use crate::netns::Netns;
 use crate::postgres::PgServer;
@@ -102,14 +102,7 @@ impl RemoteConsole {
             url: String::new(),
             port: 0,
         };
-        let line = console
-            .proc
-            .wait_for_line(LISTENING, START_TIMEOUT)
-            .context("sshgw console did not report `console: listening on URL`")?;
-        let url = line
-            .split_once(LISTENING)
-            .map(|(_, url)| url.trim().to_owned())
-            .unwrap_or_default();
+        let (line, url) = listening_url(&console.proc)?;
         let port = url
             .strip_suffix('/')
             .and_then(|u| u.rsplit_once(':'))

@@ -269,6 +269,21 @@ pub fn header_len(recording: &Path) -> Result<u64> {
     Ok(4 + u64::from(u32::from_be_bytes(len)))
 }
 
+/// Waits (bounded) until the recording holds a chunk after its header (the writer seals one
+/// at the latest a second after the oldest buffered packet) and returns the file size.
+pub fn wait_flushed(path: &Path) -> Result<u64> {
+    let header = header_len(path)?;
+    crate::wait::poll_until(
+        &format!("{} to hold a flushed chunk", path.display()),
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let size = fs::metadata(path)?.len();
+            Ok((size > header).then_some(size))
+        },
+    )
+}
+
 /// The plaintext header (`u32 M`, then M bytes of base64 JSON, trailing spaces allowed).
 pub fn read_header(recording: &Path) -> Result<Value> {
     let bytes = fs::read(recording).with_context(|| format!("reading {}", recording.display()))?;

@@ -17,7 +17,7 @@
 //! `SSHGW_BIN=$PWD/target/release/sshgw cargo test -p sshgw-tests --test console -- --nocapture --test-threads=1`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -26,8 +26,8 @@ use sshgw_tests::central::random_hex;
 use sshgw_tests::console::{self, Console};
 use sshgw_tests::gateway::str_field;
 use sshgw_tests::recording::{
-    RecordingKey, closed_recorded_channel, header_len, live_recording, recorded_policies,
-    recording_toml, toml_path,
+    RecordingKey, closed_recorded_channel, live_recording, recorded_policies, recording_toml,
+    toml_path, wait_flushed,
 };
 use sshgw_tests::ssh::PTY_EXPECT_TIMEOUT;
 use sshgw_tests::wait::poll_until;
@@ -72,20 +72,6 @@ fn new_session_id(
     Ok(str_field(&s, "id")
         .context("session without id")?
         .to_owned())
-}
-
-/// Waits (bounded) until the recording holds a sealed chunk after its header.
-fn wait_flushed(path: &Path) -> Result<u64> {
-    let header = header_len(path)?;
-    poll_until(
-        &format!("{} to hold a flushed chunk", path.display()),
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let size = fs::metadata(path)?.len();
-            Ok((size > header).then_some(size))
-        },
-    )
 }
 
 /// A recorded interactive session of `family` on a 24x80 terminal: types `first` and waits

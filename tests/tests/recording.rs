@@ -19,10 +19,9 @@ use sshgw_tests::gateway::str_field;
 use sshgw_tests::recording::{
     RecordingKey, Tmpfs, closed_recorded_channel, decrypt, expect_exit, export_asciicast,
     header_len, live_recording, read_header, recorded_policies, recording_cli, recording_toml,
-    verify,
+    verify, wait_flushed,
 };
 use sshgw_tests::ssh::PTY_EXPECT_TIMEOUT;
-use sshgw_tests::wait::poll_until;
 use sshgw_tests::{
     Family, Gateway, GatewayConfig, Lab, Ssh, SshConnection, SshOutput, Sshd, SshdConfig, lab_test,
 };
@@ -75,21 +74,6 @@ fn new_session_id(
     Ok(str_field(&s, "id")
         .context("session without id")?
         .to_owned())
-}
-
-/// Waits (bounded) until the recording holds a chunk after its header (the writer seals one
-/// at the latest a second after the oldest buffered packet) and returns the file size.
-fn wait_flushed(path: &Path) -> Result<u64> {
-    let header = header_len(path)?;
-    poll_until(
-        &format!("{} to hold a flushed chunk", path.display()),
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let size = fs::metadata(path)?.len();
-            Ok((size > header).then_some(size))
-        },
-    )
 }
 
 /// The run failed as ssh (exit 255), promptly, with every needle on stderr and nothing on
