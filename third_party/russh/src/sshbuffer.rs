@@ -616,3 +616,80 @@ impl PacketWriter {
         Ok(())
     }
 }
+
+/// Reads the SSH string that carries a `CHANNEL_DATA` or `CHANNEL_EXTENDED_DATA` payload
+/// from `r`. When `packet` is the buffer `r` reads from, the data shares its allocation
+/// (a reference count, no copy); otherwise it is copied once. Either way no intermediate
+/// zero-filled buffer is made, unlike `Bytes::decode`.
+pub(crate) fn decode_channel_data(
+    r: &mut &[u8],
+    packet: Option<&Bytes>,
+) -> Result<Bytes, ssh_encoding::Error> {
+    use ssh_encoding::Decode;
+    let len = u32::decode(r)? as usize;
+    if r.len() < len {
+        return Err(ssh_encoding::Error::Length);
+    }
+    let (data, rest) = r.split_at(len);
+    *r = rest;
+    Ok(match packet {
+        Some(packet) if contains(packet, data) => packet.slice_ref(data),
+        _ => Bytes::copy_from_slice(data),
+    })
+}
+
+/// Whether `part` lies inside `whole`'s memory (what `Bytes::slice_ref` requires).
+fn contains(whole: &Bytes, part: &[u8]) -> bool {
+    let start = whole.as_ptr() as usize;
+    let end = start.saturating_add(whole.len());
+    let part_start = part.as_ptr() as usize;
+    !part.is_empty() && part_start >= start && part_start.saturating_add(part.len()) <= end
+}
+
+#[cfg(test)]
+mod channel_data_tests {
+    use bytes::Bytes;
+
+    use super::decode_channel_data;
+
+    fn packet(data: &[u8]) -> Bytes {
+        let mut p = vec![94, 0, 0, 0, 7];
+        p.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        p.extend_from_slice(data);
+        p.extend_from_slice(b"tail");
+        Bytes::from(p)
+    }
+
+    #[test]
+    fn shares_the_packet_when_it_owns_the_reader() {
+        let p = packet(b"hello");
+        #[allow(clippy::indexing_slicing)]
+        let mut r = &p[5..];
+        let data = decode_channel_data(&mut r, Some(&p)).unwrap();
+        assert_eq!(&data[..], b"hello");
+        assert_eq!(r, b"tail");
+        assert_eq!(data.as_ptr(), p[9..].as_ptr(), "no copy");
+    }
+
+    #[test]
+    fn copies_when_the_reader_is_elsewhere() {
+        let p = packet(b"hello");
+        let other = packet(b"other");
+        #[allow(clippy::indexing_slicing)]
+        let mut r = &p[5..];
+        let data = decode_channel_data(&mut r, Some(&other)).unwrap();
+        assert_eq!(&data[..], b"hello");
+        assert_ne!(data.as_ptr(), p[9..].as_ptr());
+        let mut r = &p[5..];
+        assert_eq!(&decode_channel_data(&mut r, None).unwrap()[..], b"hello");
+    }
+
+    #[test]
+    fn empty_and_short_strings() {
+        let p = packet(b"");
+        let mut r = &p[5..];
+        assert!(decode_channel_data(&mut r, Some(&p)).unwrap().is_empty());
+        let mut short: &[u8] = &[0, 0, 0, 9, 1, 2];
+        assert!(decode_channel_data(&mut short, None).is_err());
+    }
+}

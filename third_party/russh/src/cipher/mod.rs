@@ -331,13 +331,9 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         }
     }
 
-    buffer.buffer.resize(buffer.len + 4, 0);
-    trace!("read_exact {:?}", buffer.len + 4);
-
     let l = cipher.packet_length_to_read_for_block_length();
-
-    #[allow(clippy::indexing_slicing)] // length checked
-    stream.read_exact(&mut buffer.buffer[l..]).await?;
+    trace!("read_exact {:?}", buffer.len + 4);
+    read_rest(stream, &mut buffer.buffer, l, buffer.len + 4).await?;
 
     trace!("read_exact done");
     let seqn = buffer.seqn.0;
@@ -361,6 +357,28 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     buffer.buffer.resize(plaintext_end + 4, 0);
 
     Ok(plaintext_end + 4)
+}
+
+/// Reads the rest of a packet: keeps the first `start` bytes of `buffer` (the block already
+/// read), then appends from `stream` until it holds `end` bytes. The bytes go straight into
+/// the vector's spare capacity, so nothing is zero-filled first (sshgw patch: the former
+/// `resize` + `read_exact` cleared up to a whole packet each time).
+async fn read_rest<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buffer: &mut Vec<u8>,
+    start: usize,
+    end: usize,
+) -> Result<(), Error> {
+    use bytes::BufMut;
+    buffer.resize(start, 0);
+    buffer.reserve(end.saturating_sub(start));
+    while buffer.len() < end {
+        let want = end - buffer.len();
+        if stream.read_buf(&mut (&mut *buffer).limit(want)).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+    Ok(())
 }
 
 pub(crate) const PACKET_LENGTH_LEN: usize = 4;
