@@ -228,6 +228,7 @@ fn relay_context(
         authorities,
         limits: relay::limits::Limits::new(config.limits.clone()),
         snapshots: live_state.subscribe(),
+        configs: Default::default(),
     }))
 }
 

@@ -92,6 +92,10 @@ impl DeviceSide {
 
     /// Logs in to the real server as `login`. The device itself is always "accepted":
     /// a failure is explained to the user by a disconnect message right after.
+    ///
+    /// Callers box this future (and `bridge_channel`'s, and `prepare_program`'s): russh's
+    /// session task embeds every handler future it awaits, so the space of a one-time
+    /// login would otherwise stay reserved in every session for its whole life.
     async fn authorize(&mut self, login: &str) -> Auth {
         if self.server.get().is_some() || self.failure.is_some() {
             return Auth::Accept;
@@ -353,13 +357,13 @@ impl server::Handler for DeviceSide {
                 partial_success: false,
             });
         }
-        Ok(self.authorize(user).await)
+        Ok(Box::pin(self.authorize(user)).await)
     }
 
     /// Not offered (it would make clients prompt), but a client that sends one anyway
     /// (paramiko with a dummy password) is let in; the password is discarded unread.
     async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        Ok(self.authorize(user).await)
+        Ok(Box::pin(self.authorize(user)).await)
     }
 
     /// Any key is welcome to be proven: the key is not an identity (that comes from the
@@ -379,7 +383,7 @@ impl server::Handler for DeviceSide {
         key: server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         tracing::debug!(session = %self.info.id, key = %key.public_key.fingerprint(russh::keys::HashAlg::Sha256), "device proved a key (not used as identity)");
-        Ok(self.authorize(user).await)
+        Ok(Box::pin(self.authorize(user)).await)
     }
 
     /// A user certificate the client proved it holds the key of; like a plain key, it
@@ -389,7 +393,7 @@ impl server::Handler for DeviceSide {
         user: &str,
         _certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.authorize(user).await)
+        Ok(Box::pin(self.authorize(user)).await)
     }
 
     /// Clients without a key end here: accepted at once, with no prompt and no text.
@@ -399,7 +403,7 @@ impl server::Handler for DeviceSide {
         _submethods: &str,
         _response: Option<server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.authorize(user).await)
+        Ok(Box::pin(self.authorize(user)).await)
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
@@ -408,6 +412,7 @@ impl server::Handler for DeviceSide {
         self.info
             .authenticated
             .store(true, std::sync::atomic::Ordering::Release);
+        self.info.logged_in.notify_one();
         if let Some(message) = self.failure.take() {
             session.disconnect(Disconnect::ByApplication, &message, "en")?;
         }
@@ -434,7 +439,7 @@ impl server::Handler for DeviceSide {
         if let Err(e) = &opened {
             tracing::warn!(session = %self.info.id, error = %e, "server refused a session channel");
         }
-        self.bridge_channel(channel::Kind::Session, channel, opened, reply, session)
+        Box::pin(self.bridge_channel(channel::Kind::Session, channel, opened, reply, session))
             .await;
         Ok(())
     }
@@ -471,8 +476,7 @@ impl server::Handler for DeviceSide {
                 originator_port,
             )
             .await;
-        self.bridge_channel(channel::Kind::Stream, channel, opened, reply, session)
-            .await;
+        Box::pin(self.bridge_channel(channel::Kind::Stream, channel, opened, reply, session)).await;
         Ok(())
     }
 

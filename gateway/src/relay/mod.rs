@@ -2,6 +2,7 @@
 //! with a short-lived certificate, relaying every channel.
 
 mod channel;
+mod configs;
 mod credit;
 mod device_side;
 mod end;
@@ -58,6 +59,8 @@ pub struct RelayContext {
     pub limits: Arc<limits::Limits>,
     /// Every new device table and policy set, to judge live sessions again.
     pub snapshots: tokio::sync::watch::Receiver<Arc<crate::state::Snapshot>>,
+    /// The russh configurations, shared by the sessions.
+    pub configs: configs::ConfigCache,
 }
 
 #[cfg(test)]
@@ -91,6 +94,7 @@ impl RelayContext {
             authorities,
             limits: limits::Limits::new(config.limits.clone()),
             snapshots: state.subscribe(),
+            configs: Default::default(),
         })
     }
 }
@@ -157,6 +161,8 @@ pub struct ConnectionInfo {
     /// The interface the connection came in on, as the datapath saw it.
     pub ingress: Option<String>,
     pub authenticated: AtomicBool,
+    /// Notified once `authenticated` is set.
+    pub logged_in: tokio::sync::Notify,
     /// What the policy in force allows; `None` when the connection is refused.
     pub permissions: SharedPermissions,
     pub tracker: Arc<Tracker>,
@@ -242,7 +248,13 @@ impl RelayContext {
     fn server_config(&self, dst: IpAddr) -> Result<Arc<server::Config>> {
         // The destination's own host key, and the host certificate for it.
         let identity = self.host_certs.get(dst)?;
-        Ok(Arc::new(server::Config {
+        Ok(self
+            .configs
+            .device(dst, identity, |identity| self.device_config(identity)))
+    }
+
+    fn device_config(&self, identity: crate::trust::ca::HostIdentity) -> server::Config {
+        server::Config {
             server_id: SshId::Standard(
                 format!("SSH-2.0-sshgw_{}", env!("CARGO_PKG_VERSION")).into(),
             ),
@@ -264,6 +276,6 @@ impl RelayContext {
                 ..Default::default()
             },
             ..Default::default()
-        }))
+        }
     }
 }

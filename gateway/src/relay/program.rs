@@ -46,20 +46,19 @@ impl DeviceSide {
                 return;
             }
         };
-        let recording = match self
-            .prepare_program(channel, &kind, admitted.transfer)
-            .await
-        {
-            Ok(file) => file,
-            Err(message) => {
-                // Disconnect first: a client that saw the request fail would exit before
-                // reading why.
-                self.info.fail(EndReason::Failed(message.clone()));
-                let _ = session.disconnect(Disconnect::ByApplication, &message, "en");
-                let _ = session.channel_failure(channel);
-                return;
-            }
-        };
+        // Boxed: see `authorize`.
+        let recording =
+            match Box::pin(self.prepare_program(channel, &kind, admitted.transfer)).await {
+                Ok(file) => file,
+                Err(message) => {
+                    // Disconnect first: a client that saw the request fail would exit before
+                    // reading why.
+                    self.info.fail(EndReason::Failed(message.clone()));
+                    let _ = session.disconnect(Disconnect::ByApplication, &message, "en");
+                    let _ = session.channel_failure(channel);
+                    return;
+                }
+            };
         if !self.relay_request(channel, session, send).await {
             // The server refused it: nothing more is recorded or audited on the channel,
             // and the recording opened for it goes (no row would reference it).

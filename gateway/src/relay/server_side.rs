@@ -90,14 +90,20 @@ pub struct ServerSide {
 }
 
 fn client_config(ctx: &RelayContext, dst: SocketAddr) -> Arc<client::Config> {
+    let certificates = ctx.upstream_keys.wants_certificates(dst.ip(), dst.port());
+    ctx.configs
+        .upstream(certificates, || build_client_config(ctx, certificates))
+}
+
+fn build_client_config(ctx: &RelayContext, certificates: bool) -> client::Config {
     let mut preferred = russh::Preferred {
         cipher: ctx.ciphers.upstream.clone().into(),
         ..Default::default()
     };
-    if ctx.upstream_keys.wants_certificates(dst.ip(), dst.port()) {
+    if certificates {
         preferred.host_key_certificates = preferred.key.clone();
     }
-    Arc::new(client::Config {
+    client::Config {
         window_size: super::WINDOW_SIZE,
         window_refill: russh::WindowRefill::OnRelease,
         nodelay: true,
@@ -106,7 +112,7 @@ fn client_config(ctx: &RelayContext, dst: SocketAddr) -> Arc<client::Config> {
         keepalive_max: 3,
         preferred,
         ..Default::default()
-    })
+    }
 }
 
 /// TCP connect and SSH handshake with the real server, host key checked.

@@ -116,6 +116,7 @@ fn open(
         identity,
         ingress,
         authenticated: AtomicBool::new(false),
+        logged_in: tokio::sync::Notify::new(),
         permissions: SharedPermissions::new(permissions),
         tracker,
         failure: std::sync::Mutex::new(refusal.clone().map(EndReason::Failed)),
@@ -236,7 +237,7 @@ async fn supervise(
         started,
     } = running;
     let device = session.handle();
-    let login_deadline = login_deadline(info.clone(), started + grace);
+    let login_deadline = login_deadline(info.clone(), started + grace, socket);
     let expiry = expiry(max_duration(info));
     let revoked = revocation(ctx.clone(), info.clone());
     let kill = info.tracker.kill_switch();
@@ -246,7 +247,7 @@ async fn supervise(
             Ok(()) => EndReason::Client,
             Err(e) => EndReason::Error(e.to_string()),
         },
-        () = &mut login_deadline => {
+        socket = &mut login_deadline => {
             tracing::info!(session = %info.id, peer = %info.peer, grace_secs = grace.as_secs(), "no login within the pre-auth grace; closing");
             close_before_login(&device, &socket).await;
             let _ = session.as_mut().await;
@@ -278,14 +279,21 @@ async fn supervise(
     reason
 }
 
-/// Resolves at `deadline` unless the device logged in by then.
-async fn login_deadline(info: Arc<ConnectionInfo>, deadline: Instant) {
+/// Resolves at `deadline` unless the device logged in by then, with `socket` (the
+/// duplicate of the device's socket) to close. At login the duplicate is let go, so a
+/// logged-in session holds two descriptors, not three.
+async fn login_deadline(info: Arc<ConnectionInfo>, deadline: Instant, socket: OwnedFd) -> OwnedFd {
     // Banner, key exchange and login must all fit in the grace: a client stuck in key
     // exchange cannot be told anything, so its connection is simply closed.
-    tokio::time::sleep_until(deadline).await;
-    if info.authenticated.load(Ordering::Acquire) {
-        std::future::pending::<()>().await;
+    tokio::select! {
+        () = tokio::time::sleep_until(deadline) => {}
+        () = info.logged_in.notified() => {}
     }
+    if info.authenticated.load(Ordering::Acquire) {
+        drop(socket);
+        return std::future::pending().await;
+    }
+    socket
 }
 
 /// How the admitting policy's `max_duration` would end the session, if it has one.
