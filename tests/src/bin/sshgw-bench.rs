@@ -2,7 +2,7 @@
 //! `sshgw_tests::bench`), plus the TCP sender/receiver it runs inside the lab namespaces.
 //!
 //! ```text
-//! sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N] [--gateway-ssh LINE]...
+//! sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N] [--bulk-bytes N] [--gateway-ssh LINE]...
 //! sshgw-bench tcp-sink --listen ADDR:PORT
 //! sshgw-bench tcp-source --connect ADDR:PORT --bytes N
 //! ```
@@ -16,9 +16,10 @@ use anyhow::{Context, Result, bail};
 use sshgw_tests::bench::{self, Figure, Options, Sizes, datapath};
 
 const USAGE: &str = "usage:
-  sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N] [--gateway-ssh LINE]...
+  sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N] [--bulk-bytes N] [--gateway-ssh LINE]...
       FIG: bulk, setup, latency, concurrency, datapath, floor, bulk-pinned
       --sessions N: idle sessions of the concurrency figure (default 2000, quick 50)
+      --bulk-bytes N: bytes per bulk transfer (default 1 GiB, quick 16 MiB)
       --gateway-ssh LINE: a line for sshgw's [ssh] table, e.g.
         'upstream_ciphers = [\"aes128-ctr\"]' (repeatable)
   sshgw-bench tcp-sink --listen ADDR:PORT
@@ -71,6 +72,7 @@ fn run(args: &[String]) -> Result<()> {
     let mut profile = false;
     let mut out_dir = None;
     let mut sessions = None;
+    let mut bulk_bytes = None;
     let mut only = Vec::new();
     let mut gateway_ssh = Vec::new();
     let mut it = args.iter();
@@ -87,6 +89,14 @@ fn run(args: &[String]) -> Result<()> {
                         .context("--sessions takes a number")?,
                 )
             }
+            "--bulk-bytes" => {
+                bulk_bytes = Some(
+                    it.next()
+                        .context("--bulk-bytes N")?
+                        .parse()
+                        .context("--bulk-bytes takes a byte count")?,
+                )
+            }
             "--gateway-ssh" => gateway_ssh.push(it.next().context("--gateway-ssh LINE")?.clone()),
             "--only" => {
                 for name in it.next().context("--only FIG,...")?.split(',') {
@@ -99,6 +109,9 @@ fn run(args: &[String]) -> Result<()> {
     let mut sizes = if quick { Sizes::quick() } else { Sizes::full() };
     if let Some(n) = sessions {
         sizes.sessions = n;
+    }
+    if let Some(n) = bulk_bytes {
+        sizes.bulk_bytes = n;
     }
     let opts = Options {
         quick,
