@@ -21,6 +21,8 @@
 //! * the central index and SIEM servers: [`postgres`] (PostgreSQL 15, TLS, over TCP and a
 //!   Unix socket), [`syslog`] (rsyslogd receiving RFC 5424 over TCP) and [`otlp`] (an
 //!   OTLP/HTTP logs sink in the test process); see [`central`] for what they share.
+//! * [`load`]: an SSH load client and a certificate-checking echo server built with russh,
+//!   which hold thousands of sessions in one process each (the benchmark's scale figure).
 //!
 //! Requirements: root, `ip` (iproute2), `/usr/sbin/sshd`, `ssh`, `ssh-keygen`, `tcpdump`,
 //! `sysctl`; `bpftool` for BPF link checks. All waits are bounded and poll concrete
@@ -50,6 +52,7 @@ pub mod control;
 pub mod doctor;
 pub mod files;
 pub mod gateway;
+pub mod load;
 pub mod netns;
 pub mod nspawn;
 pub mod otlp;

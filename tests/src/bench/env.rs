@@ -9,10 +9,12 @@
 //! sshgw+logging  203.0.113.30    sshgw, policy bench-logged (command_logging + recording key)
 //! ```
 //!
-//! All three reach the same sshd in `srv` (it listens on the wildcard address).
+//! All three reach the same sshd in `srv` (it listens on the wildcard address). The scale
+//! figure adds 203.0.113.40, audited by policy `bench-scale`, for its russh load server
+//! ([`EnvOptions::load_server`]; sshd then listens on the three addresses above only).
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -28,6 +30,9 @@ use crate::wait::poll_until;
 
 /// Server address audited with command logging (added to `s0` by the benchmark only).
 pub const SRV_LOGGED_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
+/// The load server's address (the scale figure only, [`EnvOptions::load_server`]): port 22,
+/// audited by policy `bench-scale`.
+pub const SRV_LOAD_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 40);
 
 /// Which way the device's SSH goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -106,6 +111,12 @@ pub struct EnvOptions {
     pub remove_on_stop: bool,
     /// Extra lines for sshgw's `[ssh]` table.
     pub gateway_ssh: Vec<String>,
+    /// The scale figure's load server: [`SRV_LOAD_V4`] on `s0`, audited by policy
+    /// `bench-scale`; sshd then listens on the three route addresses only, so that the load
+    /// server can have port 22 of its own address.
+    pub load_server: bool,
+    /// sshgw's `RLIMIT_NOFILE` (soft and hard); None: inherited from the harness.
+    pub nofile: Option<u64>,
 }
 
 /// A running benchmark lab: sshd in `srv`, sshgw in `rtr`, host keys already accepted.
@@ -126,7 +137,24 @@ impl<'a> BenchEnv<'a> {
             iface::SRV,
         ])?;
 
+        if opts.load_server {
+            lab.srv.ip(&[
+                "addr",
+                "add",
+                &format!("{SRV_LOAD_V4}/24"),
+                "dev",
+                iface::SRV,
+            ])?;
+        }
+
         let mut sshd_cfg = SshdConfig::gateway();
+        if opts.load_server {
+            // A wildcard listener on port 22 would keep the load server from binding it.
+            sshd_cfg.listen = Route::ALL
+                .iter()
+                .map(|r| SocketAddr::new(r.addr(), 22))
+                .collect();
+        }
         for line in SSHD_BENCH_LINES {
             sshd_cfg = sshd_cfg.line(line);
         }
@@ -146,15 +174,24 @@ impl<'a> BenchEnv<'a> {
             .check("sshgw recording keygen")?;
         let public = PathBuf::from(format!("{}.pub", recording_key.display()));
 
-        let mut cfg = GatewayConfig::default().policies(json!({"policies": [
-            {"id": "bench-audit", "name": "Bench: audited", "precedence": 10,
+        let mut policies = vec![
+            json!({"id": "bench-audit", "name": "Bench: audited", "precedence": 10,
              "enabled": true, "action": "audit_ssh",
-             "destinations": [format!("{}/32", Route::Sshgw.addr())], "ports": [22]},
-            {"id": "bench-logged", "name": "Bench: audited with command logging",
+             "destinations": [format!("{}/32", Route::Sshgw.addr())], "ports": [22]}),
+            json!({"id": "bench-logged", "name": "Bench: audited with command logging",
              "precedence": 20, "enabled": true, "action": "audit_ssh",
              "destinations": [format!("{}/32", Route::SshgwLogged.addr())], "ports": [22],
-             "ssh": {"command_logging": true}}
-        ]}));
+             "ssh": {"command_logging": true}}),
+        ];
+        if opts.load_server {
+            policies.push(json!({"id": "bench-scale", "name": "Bench: load server",
+             "precedence": 30, "enabled": true, "action": "audit_ssh",
+             "destinations": [format!("{SRV_LOAD_V4}/32")], "ports": [22]}));
+        }
+        let mut cfg = GatewayConfig::default().policies(json!({ "policies": policies }));
+        if let Some(limit) = opts.nofile {
+            cfg = cfg.nofile(limit);
+        }
         for line in &opts.gateway_ssh {
             cfg = cfg.ssh(line);
         }

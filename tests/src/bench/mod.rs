@@ -12,6 +12,8 @@
 //! * (a) pinned, sshgw on one core and ssh and sshd on the other: [`pinned`];
 //! * (g) the crypto floor of the negotiated AEADs, and sshgw's CPU per GiB against it:
 //!   [`floor`];
+//! * (h) up to 10,000 idle sessions through one sshgw under the shipped unit's open-file
+//!   limit, held by a russh load client and server: [`scale`];
 //! * `--profile`: `perf` samples of sshgw during a bulk transfer: [`profile`].
 //!
 //! The outcome is `report.json` (every sample series, medians, p99s, ratios, the machine,
@@ -28,6 +30,7 @@ pub mod latency;
 pub mod pinned;
 pub mod profile;
 pub mod report;
+pub mod scale;
 pub mod setup;
 pub mod stats;
 pub mod sys;
@@ -56,10 +59,12 @@ pub enum Figure {
     Floor,
     /// (a) with sshgw on one core, ssh and sshd on the other.
     BulkPinned,
+    /// (h) thousands of sessions from the russh load client.
+    Scale,
 }
 
 impl Figure {
-    pub const ALL: [Figure; 7] = [
+    pub const ALL: [Figure; 8] = [
         Figure::Bulk,
         Figure::Setup,
         Figure::Latency,
@@ -67,6 +72,7 @@ impl Figure {
         Figure::Datapath,
         Figure::Floor,
         Figure::BulkPinned,
+        Figure::Scale,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +84,7 @@ impl Figure {
             Figure::Datapath => "datapath",
             Figure::Floor => "floor",
             Figure::BulkPinned => "bulk-pinned",
+            Figure::Scale => "scale",
         }
     }
 
@@ -109,6 +116,11 @@ pub struct Sizes {
     /// Size of the SSH uploads that measure the program's per-packet cost on SSH.
     pub datapath_ssh_bytes: u64,
     pub datapath_rounds: usize,
+    /// Session counts the scale figure measures at, in order.
+    pub scale_levels: Vec<usize>,
+    /// Its handshakes in flight, and keystrokes timed per level.
+    pub scale_window: usize,
+    pub scale_keystrokes: usize,
 }
 
 impl Sizes {
@@ -124,6 +136,9 @@ impl Sizes {
             tcp_bytes: 8 << 30,
             datapath_ssh_bytes: 256 << 20,
             datapath_rounds: 10,
+            scale_levels: vec![1000, 5000, 10_000],
+            scale_window: 64,
+            scale_keystrokes: 1000,
         }
     }
 
@@ -139,6 +154,9 @@ impl Sizes {
             tcp_bytes: 64 << 20,
             datapath_ssh_bytes: 16 << 20,
             datapath_rounds: 2,
+            scale_levels: vec![20, 50, 100],
+            scale_window: 16,
+            scale_keystrokes: 100,
         }
     }
 }
@@ -310,6 +328,9 @@ pub fn run(opts: &Options) -> Result<Report> {
                 &log,
             )
         });
+    }
+    if opts.wants(Figure::Scale) {
+        report.scale = scale::figure(opts, &plain, &mut errors, &log);
     }
     if opts.profile {
         let out = opts.out_dir.clone();

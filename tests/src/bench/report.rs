@@ -98,6 +98,8 @@ pub struct Report {
     /// Parallel uploads through the pinned sshgw (part of `bulk-pinned`).
     pub bulk_parallel: Option<super::pinned::ParallelFigure>,
     pub profiles: Vec<Profile>,
+    /// (h) thousands of sessions from the russh load client.
+    pub scale: Option<super::scale::ScaleFigure>,
     pub summary: Vec<Row>,
     pub errors: Vec<FigureError>,
 }
@@ -138,6 +140,7 @@ impl Report {
             bulk_pinned: None,
             bulk_parallel: None,
             profiles: Vec::new(),
+            scale: None,
             summary: Vec::new(),
             errors: Vec::new(),
         }
@@ -429,6 +432,12 @@ impl Report {
                 row(r.figure, r.direct, r.sshgw, r.comparison, r.target, v);
             }
         }
+        if let Some(s) = &self.scale {
+            for r in super::scale::rows(s) {
+                let v = r.ok.map_or(Verdict::Info, |ok| self.verdict(ok));
+                row(r.figure, r.direct, r.sshgw, r.comparison, r.target, v);
+            }
+        }
         rows
     }
 
@@ -607,6 +616,9 @@ impl Report {
                     );
                 }
             }
+        }
+        if let Some(s) = &self.scale {
+            super::scale::markdown(s, md);
         }
         if let Some(d) = &self.datapath {
             let _ = writeln!(
