@@ -30,41 +30,58 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
+/// Bucket upper bounds in seconds for an admission decision (a device lookup and a policy
+/// evaluation): 100 ns to 1 ms.
+const DECISION_BUCKETS: [f64; 13] = [
+    1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3,
+];
+
+/// A Prometheus histogram with `N` fixed bucket bounds (seconds); the sum is kept in
+/// nanoseconds, so sub-microsecond observations add up exactly.
+pub struct Histogram<const N: usize = 14> {
+    bounds: &'static [f64; N],
+    buckets: [AtomicU64; N],
     count: AtomicU64,
-    sum_micros: AtomicU64,
+    sum_nanos: AtomicU64,
 }
 
 impl Histogram {
+    /// A histogram with the handshake-scale [`BUCKETS`].
     const fn new() -> Self {
+        Self::with_bounds(&BUCKETS)
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    const fn with_bounds(bounds: &'static [f64; N]) -> Self {
         Histogram {
-            buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; N],
             count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
         }
     }
 
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+        if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
     }
 }
@@ -88,6 +105,8 @@ pub struct Metrics {
     over_limit: Mutex<BTreeMap<&'static str, u64>>,
     pub certificate_mint: Histogram,
     pub upstream_connect: Histogram,
+    /// Deciding an intercepted connection: device lookup and policy evaluation.
+    pub admission_decision: Histogram<{ DECISION_BUCKETS.len() }>,
     /// Objects uploaded to object storage (recordings and session records).
     pub storage_uploads: AtomicU64,
     /// Bytes of recordings uploaded.
@@ -109,6 +128,7 @@ pub static METRICS: Metrics = Metrics {
     over_limit: Mutex::new(BTreeMap::new()),
     certificate_mint: Histogram::new(),
     upstream_connect: Histogram::new(),
+    admission_decision: Histogram::with_bounds(&DECISION_BUCKETS),
     storage_uploads: AtomicU64::new(0),
     storage_uploaded_bytes: AtomicU64::new(0),
     storage_failures: AtomicU64::new(0),
@@ -320,6 +340,11 @@ pub fn render(
         "sshgw_upstream_connect_seconds",
         "Time for the TCP connect and SSH handshake with the real server.",
     );
+    m.admission_decision.render(
+        &mut out,
+        "sshgw_admission_decision_seconds",
+        "Time to decide an intercepted connection: the device lookup and the policy evaluation (not the logging).",
+    );
     out
 }
 
@@ -507,6 +532,56 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"10\"} 2\n"));
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"));
         assert!(out.contains("x_count 3\n"));
+    }
+
+    #[test]
+    fn decision_histogram_exposition() {
+        let h = Histogram::with_bounds(&DECISION_BUCKETS);
+        h.observe(Duration::from_nanos(150));
+        h.observe(Duration::from_nanos(3_000));
+        h.observe(Duration::from_millis(2));
+        let mut out = String::new();
+        h.render(&mut out, "sshgw_admission_decision_seconds", "Decisions.");
+        let name = "sshgw_admission_decision_seconds";
+        let mut want = format!("# HELP {name} Decisions.\n# TYPE {name} histogram\n");
+        for (le, n) in [
+            ("0.0000001", 0),
+            ("0.00000025", 1),
+            ("0.0000005", 1),
+            ("0.000001", 1),
+            ("0.0000025", 1),
+            ("0.000005", 2),
+            ("0.00001", 2),
+            ("0.000025", 2),
+            ("0.00005", 2),
+            ("0.0001", 2),
+            ("0.00025", 2),
+            ("0.0005", 2),
+            ("0.001", 2),
+            ("+Inf", 3),
+        ] {
+            want.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {n}\n"));
+        }
+        // The sum is exact to the nanosecond: 150 ns + 3 µs + 2 ms.
+        want.push_str(&format!("{name}_sum 0.00200315\n{name}_count 3\n"));
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn the_exposition_has_the_decision_histogram() {
+        METRICS
+            .admission_decision
+            .observe(Duration::from_nanos(500));
+        let out = render(
+            &LiveSessions::default(),
+            None,
+            &crate::sessions::health::Health::default().report(),
+            None,
+            &[],
+        );
+        assert!(out.contains("# TYPE sshgw_admission_decision_seconds histogram\n"));
+        assert!(out.contains("sshgw_admission_decision_seconds_bucket{le=\"0.0000005\"} "));
+        assert!(out.contains("\nsshgw_admission_decision_seconds_count "));
     }
 
     #[test]

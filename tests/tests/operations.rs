@@ -247,6 +247,8 @@ fn metrics_are_prometheus_text() {
         value("sshgw_recording_failures_total", &[])?;
         check_histogram(&scrape, "sshgw_certificate_mint_seconds", 1.0)?;
         check_histogram(&scrape, "sshgw_upstream_connect_seconds", 1.0)?;
+        // Both connections were decided: the audited one and the blocked one.
+        check_histogram(&scrape, "sshgw_admission_decision_seconds", 2.0)?;
         // Datapath counters: two intercepted SYNs at least (audited + blocked).
         ensure!(
             value(

@@ -1,10 +1,11 @@
 //! Deciding an intercepted connection's fate before any SSH is spoken: who it is
 //! (identity), whether it really came from that device's tunnel, and which policy applies.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use crate::{
     identity::Identity,
+    metrics::METRICS,
     policy::eval::{Decision, Subject},
     policy::model::{Action, Policy},
     state::Snapshot,
@@ -91,7 +92,9 @@ enum Grounds {
 }
 
 /// Judges a connection from `peer` to `original_dst` that came in on `ingress`
-/// (the interface name, when the datapath recorded it), and logs the decision.
+/// (the interface name, when the datapath recorded it), and logs the decision. The
+/// judgement alone (device lookup and policy evaluation, not the logging) is timed into
+/// `sshgw_admission_decision_seconds`.
 pub fn admit(
     snapshot: &Snapshot,
     session_id: &str,
@@ -99,7 +102,9 @@ pub fn admit(
     original_dst: SocketAddr,
     ingress: Option<&str>,
 ) -> Admission {
+    let started = Instant::now();
     let (admission, grounds) = judge(snapshot, peer, original_dst, ingress);
+    METRICS.admission_decision.observe(started.elapsed());
     let (decision, policy) = match &admission.outcome {
         Outcome::Relay { policy } => (Action::AuditSsh.as_str(), Some(policy.id.as_str())),
         Outcome::Refuse { policy_id, .. } => (Action::Block.as_str(), policy_id.as_deref()),

@@ -117,6 +117,36 @@ fn a_missing_posture_check_matches_no_policy() {
     );
 }
 
+#[test]
+fn every_admission_is_timed() {
+    let snapshot = snapshot(DEVICES, POLICIES);
+    let decisions = || {
+        let text = crate::metrics::render(
+            &crate::sessions::live::LiveSessions::default(),
+            None,
+            &crate::sessions::health::Health::default().report(),
+            None,
+            &[],
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix("sshgw_admission_decision_seconds_count "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("the exposition has the decision histogram")
+    };
+    let before = decisions();
+    for peer in ["100.96.0.7:40000", "100.96.0.99:40000"] {
+        admit(
+            &snapshot,
+            "s-test",
+            addr(peer),
+            addr("203.0.113.10:22"),
+            Some("wg0"),
+        );
+    }
+    // Other tests admit connections in parallel: at least these two were counted.
+    assert!(decisions() >= before + 2);
+}
+
 fn verdict(readmission: Readmission) -> String {
     match readmission {
         Readmission::Keep(policy) => format!("keep {}", policy.id),

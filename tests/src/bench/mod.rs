@@ -14,7 +14,12 @@
 //!   [`floor`];
 //! * (h) up to 10,000 idle sessions through one sshgw under the shipped unit's open-file
 //!   limit, held by a russh load client and server: [`scale`];
+//! * (i) the policy decision time and the push time against the size of the device table
+//!   and the policy set: [`policy`];
 //! * `--profile`: `perf` samples of sshgw during a bulk transfer: [`profile`].
+//!
+//! [`charts`] draws SVG charts of the figures a run has (RSS against sessions, CPU per GiB
+//! against the crypto floor, decision and push time against the table sizes).
 //!
 //! The outcome is `report.json` (every sample series, medians, p99s, ratios, the machine,
 //! the commit and the date), `report.md` (the tables) and `results.md` (the Results section
@@ -22,12 +27,14 @@
 //! timing: a figure fails only when the harness cannot measure it.
 
 pub mod bulk;
+pub mod charts;
 pub mod concurrency;
 pub mod datapath;
 pub mod env;
 pub mod floor;
 pub mod latency;
 pub mod pinned;
+pub mod policy;
 pub mod profile;
 pub mod report;
 pub mod scale;
@@ -61,10 +68,12 @@ pub enum Figure {
     BulkPinned,
     /// (h) thousands of sessions from the russh load client.
     Scale,
+    /// (i) decision and push time against the table sizes.
+    Policy,
 }
 
 impl Figure {
-    pub const ALL: [Figure; 8] = [
+    pub const ALL: [Figure; 9] = [
         Figure::Bulk,
         Figure::Setup,
         Figure::Latency,
@@ -73,6 +82,7 @@ impl Figure {
         Figure::Floor,
         Figure::BulkPinned,
         Figure::Scale,
+        Figure::Policy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +95,7 @@ impl Figure {
             Figure::Floor => "floor",
             Figure::BulkPinned => "bulk-pinned",
             Figure::Scale => "scale",
+            Figure::Policy => "policy",
         }
     }
 
@@ -121,6 +132,16 @@ pub struct Sizes {
     /// Its handshakes in flight, and keystrokes timed per level.
     pub scale_window: usize,
     pub scale_keystrokes: usize,
+    /// Device table sizes of the policy figure (the lab's device included).
+    pub policy_devices: Vec<usize>,
+    /// Policy set sizes of the policy figure (the lab's policy included).
+    pub policy_counts: Vec<usize>,
+    /// Connections per decision-time sample of the policy figure…
+    pub policy_connections: usize,
+    /// …opened in this many chunks (the daemon's histogram is read after each).
+    pub policy_chunks: usize,
+    /// Timed pushes (each with its read-back) per table size.
+    pub push_rounds: usize,
 }
 
 impl Sizes {
@@ -139,6 +160,13 @@ impl Sizes {
             scale_levels: vec![1000, 5000, 10_000],
             scale_window: 64,
             scale_keystrokes: 1000,
+            // 65,536: the most tunnel addresses per family the datapath holds; 100,000
+            // and 10,000 (over the 1,000-policy limit) are tried and reported refused.
+            policy_devices: vec![10, 1_000, 65_536, 100_000],
+            policy_counts: vec![10, 1_000, 10_000],
+            policy_connections: 1000,
+            policy_chunks: 10,
+            push_rounds: 5,
         }
     }
 
@@ -157,6 +185,11 @@ impl Sizes {
             scale_levels: vec![20, 50, 100],
             scale_window: 16,
             scale_keystrokes: 100,
+            policy_devices: vec![10, 1_000],
+            policy_counts: vec![10, 100],
+            policy_connections: 20,
+            policy_chunks: 2,
+            push_rounds: 1,
         }
     }
 }
@@ -331,6 +364,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     if opts.wants(Figure::Scale) {
         report.scale = scale::figure(opts, &plain, &mut errors, &log);
+    }
+    if opts.wants(Figure::Policy) {
+        report.policy = in_lab(Figure::Policy, &plain, &mut errors, |env| {
+            policy::run(env, &opts.exe, s, &log)
+        });
     }
     if opts.profile {
         let out = opts.out_dir.clone();

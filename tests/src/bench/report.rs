@@ -97,6 +97,8 @@ pub struct Report {
     pub bulk_pinned: Option<BulkFigure>,
     /// Parallel uploads through the pinned sshgw (part of `bulk-pinned`).
     pub bulk_parallel: Option<super::pinned::ParallelFigure>,
+    /// (h) decision and push time against the table sizes.
+    pub policy: Option<super::policy::PolicyFigure>,
     pub profiles: Vec<Profile>,
     /// (h) thousands of sessions from the russh load client.
     pub scale: Option<super::scale::ScaleFigure>,
@@ -139,6 +141,7 @@ impl Report {
             floor: None,
             bulk_pinned: None,
             bulk_parallel: None,
+            policy: None,
             profiles: Vec::new(),
             scale: None,
             summary: Vec::new(),
@@ -438,6 +441,18 @@ impl Report {
                 row(r.figure, r.direct, r.sshgw, r.comparison, r.target, v);
             }
         }
+        if let Some(p) = &self.policy {
+            for r in super::policy::rows(p) {
+                row(
+                    r.figure,
+                    r.direct,
+                    r.sshgw,
+                    r.comparison,
+                    r.target,
+                    Verdict::Info,
+                );
+            }
+        }
         rows
     }
 
@@ -519,6 +534,7 @@ impl Report {
             );
         }
         self.details(&mut md);
+        super::charts::markdown(&super::charts::of_report(self), &mut md);
         md
     }
 
@@ -683,6 +699,9 @@ impl Report {
                 num(d.paired.max, 3)
             );
         }
+        if let Some(p) = &self.policy {
+            super::policy::markdown(p, md);
+        }
         for p in &self.profiles {
             let _ = writeln!(
                 md,
@@ -705,7 +724,8 @@ impl Report {
         }
     }
 
-    /// Writes `report.json`, `report.md` and `results.md` into `dir`.
+    /// Writes `report.json`, `report.md`, `results.md` and the charts (`images/bench-*.svg`)
+    /// into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let json = dir.join("report.json");
         std::fs::write(&json, serde_json::to_vec_pretty(self)?)
@@ -716,6 +736,7 @@ impl Report {
             .with_context(|| format!("writing {}", md.display()))?;
         let results = dir.join("results.md");
         std::fs::write(&results, body).with_context(|| format!("writing {}", results.display()))?;
+        super::charts::write(&super::charts::of_report(self), dir)?;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@
 //! sshgw-bench tcp-source --connect ADDR:PORT --bytes N
 //! sshgw-bench load-server --listen ADDR:PORT --user-ca FILE
 //! sshgw-bench load-client --connect ADDR:PORT --user LOGIN --window N
+//! sshgw-bench tcp-connect --connect ADDR:PORT --count N
 //! ```
 //!
 //! Needs root and `SSHGW_BIN` (the release sshgw); `cargo xtask bench` sets everything up.
@@ -18,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use sshgw_tests::bench::{self, Figure, Options, Sizes, datapath};
+use sshgw_tests::bench::{self, Figure, Options, Sizes, datapath, policy};
 use sshgw_tests::load::{client, server};
 
 const USAGE: &str = "usage:
   sshgw-bench [run] [--quick] [--out DIR] [--only FIG,...] [--profile] [--sessions N]
               [--bulk-bytes N] [--scale-levels N,...] [--gateway-ssh LINE]...
-      FIG: bulk, setup, latency, concurrency, datapath, floor, bulk-pinned, scale
+      FIG: bulk, setup, latency, concurrency, datapath, floor, bulk-pinned, scale, policy
       --sessions N: idle sessions of the concurrency figure (default 2000, quick 50)
       --bulk-bytes N: bytes per bulk transfer (default 1 GiB, quick 16 MiB)
       --scale-levels N,...: session counts of the scale figure (default 1000,5000,10000;
@@ -34,7 +35,9 @@ const USAGE: &str = "usage:
   sshgw-bench tcp-sink --listen ADDR:PORT
   sshgw-bench tcp-source --connect ADDR:PORT --bytes N
   sshgw-bench load-server --listen ADDR:PORT --user-ca FILE     (run by the scale figure)
-  sshgw-bench load-client --connect ADDR:PORT --user LOGIN --window N";
+  sshgw-bench load-client --connect ADDR:PORT --user LOGIN --window N
+
+  sshgw-bench tcp-connect --connect ADDR:PORT --count N";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -81,6 +84,12 @@ fn dispatch(args: &[String]) -> Result<()> {
                 .parse()
                 .context("--window takes a number")?,
         }),
+        Some("tcp-connect") => {
+            let count = value(args, "--count")?
+                .parse()
+                .context("--count must be a number of connections")?;
+            policy::tcp_connect(value(args, "--connect")?, count)
+        }
         Some("run") => run(&args[1..]),
         Some("-h" | "--help") => {
             println!("{USAGE}");
