@@ -31,6 +31,8 @@ impl ConfigCache {
         identity: HostIdentity,
         build: impl FnOnce(HostIdentity) -> server::Config,
     ) -> Arc<server::Config> {
+        // As `HostCerts` does: `::ffff:a.b.c.d` and `a.b.c.d` are one destination.
+        let dst = dst.to_canonical();
         let mut cache = self.device.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(config) = cache.get(&dst)
             && config.certificates.first() == Some(&identity.certificate)

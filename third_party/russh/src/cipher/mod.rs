@@ -375,7 +375,11 @@ async fn read_rest<R: AsyncRead + Unpin>(
     while buffer.len() < end {
         let want = end - buffer.len();
         if stream.read_buf(&mut (&mut *buffer).limit(want)).await? == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            // The same kind and text as the `read_exact` this replaces ("early eof"), which
+            // applications may match on.
+            return Err(
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof").into(),
+            );
         }
     }
     Ok(())
@@ -431,5 +435,28 @@ mod tests {
         #[allow(clippy::indexing_slicing)]
         let payload = &buffer.buffer[5..n];
         assert_eq!(payload, [52]);
+    }
+}
+
+#[cfg(test)]
+mod read_rest_tests {
+    use super::read_rest;
+
+    #[tokio::test]
+    async fn keeps_the_block_and_appends_the_rest() {
+        let mut stream: &[u8] = b"defghij";
+        let mut buffer = b"abcXYZ".to_vec();
+        read_rest(&mut stream, &mut buffer, 3, 8).await.unwrap();
+        assert_eq!(buffer, b"abcdefgh");
+        assert_eq!(stream, b"ij", "nothing past the packet is read");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_inside_the_packet_is_an_early_eof() {
+        let mut stream: &[u8] = b"de";
+        let mut buffer = b"abc".to_vec();
+        let err = read_rest(&mut stream, &mut buffer, 3, 8).await.unwrap_err();
+        // The text sshgw and others classify as a peer's close, as before the patch.
+        assert_eq!(err.to_string(), "early eof");
     }
 }
