@@ -177,15 +177,7 @@ impl Transfer {
         let wall_seconds = start.elapsed().as_secs_f64();
         let ssh_cpu_s = sys::reaped_children_cpu() - ssh_before;
         let stderr = proc.stderr_text();
-        if !status.success() {
-            bail!(
-                "{label}: ssh failed ({status}); stderr: {}",
-                stderr.trim_end()
-            );
-        }
-        if let Err(err) = written {
-            bail!("{label}: writing to ssh failed: {err}");
-        }
+        check_upload(&label, status, &stderr, &written)?;
 
         let seconds = match self.direction {
             Direction::Upload => {
@@ -495,4 +487,23 @@ impl BulkFigure {
             );
         }
     }
+}
+
+/// Fails an upload whose ssh exited with an error or whose writer could not write.
+pub fn check_upload<E: std::fmt::Display>(
+    label: &str,
+    status: std::process::ExitStatus,
+    stderr: &str,
+    written: &Result<(), E>,
+) -> Result<()> {
+    if !status.success() {
+        bail!(
+            "{label}: ssh failed ({status}); stderr: {}",
+            stderr.trim_end()
+        );
+    }
+    if let Err(err) = written {
+        bail!("{label}: writing to ssh failed: {err}");
+    }
+    Ok(())
 }

@@ -291,15 +291,7 @@ fn parallel_round(
         let timeout = Duration::from_secs(120) + Duration::from_secs(bytes_each / (1 << 20));
         let status = proc.wait_exit(timeout)?;
         let stderr = proc.stderr_text();
-        if !status.success() {
-            bail!(
-                "{label}: ssh failed ({status}); stderr: {}",
-                stderr.trim_end()
-            );
-        }
-        if let Err(err) = written {
-            bail!("{label}: writing to ssh failed: {err}");
-        }
+        super::bulk::check_upload(&label, status, &stderr, &written)?;
         let (t0, t1) = stderr
             .lines()
             .find_map(|l| {

@@ -30,22 +30,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use russh::{ChannelMsg, client};
+use sshgw_tests::load::client::LoadClient as Client;
 
 /// Every step is bounded: the tests decide on outcomes, never wait forever.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Client;
-
-impl client::Handler for Client {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
 
 /// The next message of the channel, bounded; `None` once it closed.
 async fn next(ch: &mut russh::Channel<client::Msg>) -> Result<Option<ChannelMsg>> {

@@ -88,9 +88,9 @@ fn config() -> client::Config {
     }
 }
 
-/// The client side of a connection: sshgw's host key is not checked (the gateway's own
-/// tests do that); this client only measures.
-struct LoadClient;
+/// The client side of a connection: the server's host key is not checked (the gateway's
+/// own tests do that); this client only measures. Also the attack client's handler.
+pub struct LoadClient;
 
 impl client::Handler for LoadClient {
     type Error = russh::Error;
